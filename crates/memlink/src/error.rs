@@ -1,0 +1,158 @@
+//! The one error type of the crate.
+//!
+//! Every variant is something a caller can act on, and every message says what to do about it.
+//! Conversions from raw OS errors happen in the layer that knows what was being attempted (a
+//! `EACCES` while opening a segment is [`Error::PermissionDenied`], not an opaque I/O error).
+
+use std::io;
+
+/// Result alias used throughout memlink.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in memlink.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The name breaks the naming rule; `reason` states the rule.
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName {
+        /// The rejected name.
+        name: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+
+    /// An object with this name exists and its creator is alive.
+    #[error(
+        "memlink object '{name}' already exists and its creator (pid {pid}) is alive; \
+         open it instead, pick another name, or stop that process"
+    )]
+    AlreadyExists {
+        /// The contested name.
+        name: String,
+        /// Process id recorded by the live creator (0 if it could not be read).
+        pid: u32,
+    },
+
+    /// No object with this name exists.
+    #[error(
+        "no memlink object named '{name}'; create it first or check the name with `memlink ls`"
+    )]
+    NotFound {
+        /// The name that was looked up.
+        name: String,
+    },
+
+    /// The object belongs to another user, or its permissions exclude us.
+    #[error(
+        "permission denied on memlink object '{name}': it belongs to another user or its mode \
+         excludes you; run as its owner, or have it created with group/everyone permissions"
+    )]
+    PermissionDenied {
+        /// The object that refused us.
+        name: String,
+    },
+
+    /// The object exists but is not a memlink object of the expected kind or layout version.
+    #[error("'{name}' is not a compatible memlink object: {reason}")]
+    Incompatible {
+        /// The object that was opened.
+        name: String,
+        /// What did not match (magic, layout version, kind, ...).
+        reason: String,
+    },
+
+    /// Shared state written by another process is invalid. The object cannot be used safely; the
+    /// process that shares it is misbehaving or crashed mid-initialisation.
+    #[error("memlink object '{name}' is corrupted: {reason}; remove it with `memlink rm --force`")]
+    Corrupted {
+        /// The object whose shared state is invalid.
+        name: String,
+        /// What was found to be invalid.
+        reason: String,
+    },
+
+    /// An access to a segment's bytes falls outside the segment.
+    #[error("access of {len} bytes at offset {offset} is outside the {size}-byte segment")]
+    OutOfBounds {
+        /// Requested start, relative to the segment's payload.
+        offset: usize,
+        /// Requested length.
+        len: usize,
+        /// Payload size of the segment.
+        size: usize,
+    },
+
+    /// An offset at which a sync primitive is placed is not aligned as the primitive requires.
+    #[error(
+        "offset {offset} is not a multiple of {align}; place the primitive at an aligned offset"
+    )]
+    Misaligned {
+        /// The offending offset.
+        offset: usize,
+        /// Required alignment in bytes.
+        align: usize,
+    },
+
+    /// A timed operation did not complete in time.
+    #[error("timed out; retry, or check that the other process is running")]
+    Timeout,
+
+    /// The calling thread already holds this mutex; locking it again would never return.
+    #[error("this thread (tid {tid}) already holds the mutex; locking it again would deadlock")]
+    WouldDeadlock {
+        /// The calling thread's id.
+        tid: u32,
+    },
+
+    /// A semaphore post would push the count past its maximum.
+    #[error("semaphore count would exceed its maximum of {max}; wait on it before posting more")]
+    Overflow {
+        /// The semaphore's maximum count.
+        max: u32,
+    },
+
+    /// The object is in use by a live process, and removal was not forced.
+    #[error(
+        "memlink object '{name}' is in use by live process {pid}; stop it first, or force removal"
+    )]
+    InUse {
+        /// The object.
+        name: String,
+        /// The live creator's process id.
+        pid: u32,
+    },
+
+    /// The operating system refused an operation for a reason not covered above.
+    #[error("{op} failed: {source}")]
+    Os {
+        /// What memlink was doing.
+        op: &'static str,
+        /// The underlying OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn os(op: &'static str, errno: rustix::io::Errno) -> Self {
+        Error::Os {
+            op,
+            source: errno.into(),
+        }
+    }
+
+    pub(crate) fn corrupted(name: &str, reason: impl Into<String>) -> Self {
+        Error::Corrupted {
+            name: name.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn incompatible(name: &str, reason: impl Into<String>) -> Self {
+        Error::Incompatible {
+            name: name.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}

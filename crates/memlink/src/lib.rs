@@ -1,0 +1,28 @@
+//! memlink: fast, crash-safe inter-process communication through shared memory on Linux.
+//!
+//! Layers, each using only the ones below it:
+//!
+//! - `platform` (private): every syscall and raw pointer — tmpfs objects, mappings, futexes,
+//!   process liveness. The only module allowed `unsafe`.
+//! - [`memory`]: named [`Segment`]s with a validated header, and the cross-process [`Event`],
+//!   [`Semaphore`] and robust [`Mutex`] that live in them; [`inventory`] lists and removes objects.
+//!
+//! Shared memory is written by other processes and treated as untrusted input: nothing here forms
+//! a slice over it, and every value read from it is validated before use.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod error;
+pub mod memory;
+mod platform;
+
+pub use error::{Error, Result};
+pub use memory::header::ObjectKind;
+pub use memory::inventory;
+pub use memory::name::{MAX_NAME_LEN, validate_name};
+pub use memory::segment::{Permissions, Segment, SegmentOptions};
+pub use memory::sync::{Event, EventMode, Lock, Mutex, MutexGuard, OwnerDiedGuard, Semaphore};

@@ -1,0 +1,15 @@
+//! Platform layer: every system call and every raw pointer in memlink lives here.
+//!
+//! Owns: tmpfs object files and their owner locks ([`shm`]), memory mappings and the raw byte and
+//! atomic access to them ([`mapping`]), futex wait/wake ([`futex`]), and process identity and
+//! liveness ([`process`]). It may use only `rustix`, `libc` and `std`; nothing above it issues
+//! syscalls or dereferences raw pointers (the crate root denies `unsafe` outside this module).
+//!
+//! Functions here return raw [`rustix::io::Errno`] values; the layers above know what was being
+//! attempted and turn them into actionable [`crate::Error`]s.
+#![allow(unsafe_code)]
+
+pub(crate) mod futex;
+pub(crate) mod mapping;
+pub(crate) mod process;
+pub(crate) mod shm;
