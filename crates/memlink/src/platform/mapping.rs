@@ -67,17 +67,12 @@ impl Mapping {
         if self.check(offset, out.len()).is_none() {
             return false;
         }
-        // SAFETY: `offset..offset + out.len()` lies inside the mapping (checked above), which stays
+        let source = self.base.as_ptr().wrapping_add(offset);
+        // SAFETY: `source..source + out.len()` lies inside the mapping (checked above), which stays
         // mapped while `self` lives. `out` is our own memory and cannot overlap a shared mapping
         // that no reference points into. A concurrent writer in another process can only make us
         // read stale or torn bytes, which callers validate after copying.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.base.as_ptr().add(offset),
-                out.as_mut_ptr(),
-                out.len(),
-            );
-        }
+        unsafe { std::ptr::copy_nonoverlapping(source, out.as_mut_ptr(), out.len()) };
         true
     }
 
@@ -88,16 +83,11 @@ impl Mapping {
         if self.check(offset, data.len()).is_none() {
             return false;
         }
+        let destination = self.base.as_ptr().wrapping_add(offset);
         // SAFETY: the destination range lies inside the mapping (checked above), which is writable
         // and stays mapped while `self` lives; no reference to it exists, so the write aliases
         // nothing in this process. `data` is ordinary process memory, disjoint from the mapping.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                self.base.as_ptr().add(offset),
-                data.len(),
-            );
-        }
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), destination, data.len()) };
         true
     }
 

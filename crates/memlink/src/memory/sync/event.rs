@@ -155,10 +155,7 @@ impl Event {
     #[doc(alias = "SetEvent")]
     pub fn set(&self) -> Result<()> {
         let word = self.place.word()?;
-        // SYNC POINT: SeqCst store, then SeqCst waiters load: pairs with `WaiterRegistration::new`
-        // (SeqCst increment) followed by the waiter's SeqCst re-check of the word.
-        let previous = word.swap(SET, Ordering::SeqCst);
-        self.check(previous)?;
+        self.replace_valid(UNSET, SET)?;
         if self.place.waiters()?.load(Ordering::SeqCst) != 0 {
             match self.mode {
                 EventMode::AutoReset => futex::wake(word, 1),
@@ -175,8 +172,23 @@ impl Event {
     /// [`Error::Corrupted`] if the shared state was invalid.
     #[doc(alias = "ResetEvent")]
     pub fn reset(&self) -> Result<()> {
-        self.check(self.place.word()?.swap(UNSET, Ordering::Relaxed))
-            .map(drop)
+        self.replace_valid(SET, UNSET)
+    }
+
+    /// Moves the word from `from` to `to` (a no-op if it already holds `to`), refusing to touch a
+    /// word that holds neither: overwriting garbage would hide the corruption.
+    fn replace_valid(&self, from: u32, to: u32) -> Result<()> {
+        // SYNC POINT: SeqCst, so that in `set` the word change and the following SeqCst waiters
+        // load pair with `WaiterRegistration::new` plus the waiter's SeqCst re-check of the word
+        // (Dekker): either we see the waiter registered, or it sees the new value.
+        match self
+            .place
+            .word()?
+            .compare_exchange(from, to, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => Ok(()),
+            Err(now) => self.check(now).map(drop),
+        }
     }
 
     /// Whether the event is currently set.

@@ -1,0 +1,232 @@
+//! Multi-process test harness.
+//!
+//! A test spawns children by re-executing its own test binary with `--exact child_main` and an
+//! environment variable naming the *role* to play; the `child_main` test of each test file hands
+//! control to [`run_child`], which runs the role and exits the process. Children report to the
+//! parent with `@@ `-prefixed lines on stdout (other lines are libtest's and are ignored). Every
+//! child is SIGKILLed and reaped when its [`ChildProcess`] drops, and every wait has a watchdog, so
+//! a broken test fails instead of hanging or leaking processes.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+const ROLE_VAR: &str = "MEMLINK_TEST_ROLE";
+const ARGS_VAR: &str = "MEMLINK_TEST_ARGS";
+const SEP: char = '\u{1f}';
+
+/// Generous bound for anything a child should do promptly; only reached when a test is broken.
+pub const WATCHDOG: Duration = Duration::from_secs(20);
+
+/// A name no other test (in this or any parallel process) uses.
+pub fn unique_name(tag: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "t-{tag}-{}-{}-{nanos:x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Files memlink keeps in /dev/shm for `name`, or for any name starting with `name` + '-'.
+pub fn leftovers(name: &str) -> Vec<String> {
+    let exact = format!("memlink.{name}");
+    let family = format!("{exact}-");
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|f| *f == exact || f.starts_with(&family))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn assert_no_leftovers(name: &str) {
+    let left = leftovers(name);
+    assert!(left.is_empty(), "left behind in /dev/shm: {left:?}");
+}
+
+/// Runs the child role named in the environment, if any, and exits with its status. Each test file
+/// calls this from a `#[test] fn child_main()`; in a normal test run the variable is unset and it
+/// returns at once.
+/// A child role: runs in the child process with the arguments the parent passed.
+pub type Role = fn(&[String]);
+
+pub fn run_child(roles: &[(&str, Role)]) {
+    let Ok(role) = std::env::var(ROLE_VAR) else {
+        return;
+    };
+    let args: Vec<String> = std::env::var(ARGS_VAR)
+        .unwrap_or_default()
+        .split(SEP)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    let table: HashMap<&str, Role> = roles.iter().copied().collect();
+    match table.get(role.as_str()) {
+        Some(run) => {
+            run(&args);
+            std::process::exit(0);
+        }
+        None => {
+            eprintln!("unknown child role {role}");
+            std::process::exit(101);
+        }
+    }
+}
+
+/// Tells the parent something (one line).
+pub fn report(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "\n@@ {line}");
+    let _ = out.flush();
+}
+
+/// Blocks until the parent writes a line to our stdin (or closes it).
+pub fn await_parent() -> String {
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    line.trim().to_owned()
+}
+
+/// Sleeps until killed (bounded, so an orphan cannot live forever).
+pub fn park_until_killed() -> ! {
+    std::thread::sleep(Duration::from_secs(120));
+    std::process::exit(3);
+}
+
+pub struct ChildProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    role: String,
+}
+
+impl ChildProcess {
+    pub fn spawn(role: &str, args: &[&str]) -> Self {
+        Self::spawn_with(role, args, |_| {})
+    }
+
+    pub fn spawn_with(role: &str, args: &[&str], configure: impl FnOnce(&mut Command)) -> Self {
+        let exe = std::env::current_exe().expect("test binary path");
+        let mut cmd = Command::new(exe);
+        cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
+            .env(ROLE_VAR, role)
+            .env(ARGS_VAR, args.join(&SEP.to_string()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn child");
+        let stdout = child.stdout.take().expect("child stdout");
+        let stdin = child.stdin.take();
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // libtest may have printed "test child_main ... " on the same line first.
+                if let Some((_, msg)) = line.split_once("@@ ") {
+                    if tx.send(msg.to_owned()).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        ChildProcess {
+            child,
+            stdin,
+            lines,
+            role: role.to_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The child's next report, or a test failure after [`WATCHDOG`].
+    pub fn next_line(&mut self) -> String {
+        match self.lines.recv_timeout(WATCHDOG) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("child {} sent nothing for {WATCHDOG:?}", self.role)
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let status = self.child.wait();
+                panic!("child {} exited before reporting: {status:?}", self.role)
+            }
+        }
+    }
+
+    pub fn expect_line(&mut self, expected: &str) {
+        let got = self.next_line();
+        assert_eq!(got, expected, "child {} said something else", self.role);
+    }
+
+    pub fn tell(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("child stdin");
+        writeln!(stdin, "{line}").expect("write to child");
+        stdin.flush().expect("flush to child");
+    }
+
+    pub fn sigkill(&mut self) {
+        let _ = self.child.kill();
+    }
+
+    /// Kills the child and reaps it, so it is gone (not a zombie) when this returns.
+    pub fn kill_and_reap(&mut self) {
+        self.sigkill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits (bounded) for the child to exit on its own.
+    pub fn wait(&mut self) -> ExitStatus {
+        self.stdin.take();
+        let deadline = Instant::now() + WATCHDOG;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.kill_and_reap();
+                panic!("child {} did not exit within {WATCHDOG:?}", self.role);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn wait_success(&mut self) {
+        let status = self.wait();
+        assert!(status.success(), "child {} failed: {status:?}", self.role);
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `f` on a thread and fails the test if it does not finish within [`WATCHDOG`].
+pub fn with_watchdog<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(WATCHDOG)
+        .unwrap_or_else(|_| panic!("{what} did not finish within {WATCHDOG:?}"))
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
