@@ -8,5 +8,6 @@
 pub mod header;
 pub mod inventory;
 pub mod name;
+pub(crate) mod ring;
 pub mod segment;
 pub mod sync;

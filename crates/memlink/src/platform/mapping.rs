@@ -91,6 +91,27 @@ impl Mapping {
         true
     }
 
+    /// Appends the `len` bytes at `offset` to `out`, without zero-filling them first. Returns
+    /// `false` (appending nothing) if the range is not inside the mapping.
+    #[must_use]
+    pub(crate) fn append_to_vec(&self, offset: usize, len: usize, out: &mut Vec<u8>) -> bool {
+        if self.check(offset, len).is_none() {
+            return false;
+        }
+        out.reserve(len);
+        let old_len = out.len();
+        let source = self.base.as_ptr().wrapping_add(offset);
+        let destination = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+        // SAFETY: the source range is inside the mapping (checked) and no reference points into
+        // it; `destination` has room for `len` bytes (reserved above) and is our own allocation,
+        // disjoint from the mapping.
+        unsafe { std::ptr::copy_nonoverlapping(source, destination, len) };
+        // SAFETY: the copy above initialised exactly the `len` bytes following `old_len`, and
+        // `old_len + len` is within the capacity reserved above.
+        unsafe { out.set_len(old_len + len) };
+        true
+    }
+
     /// The `AtomicU32` at `offset`, or `None` if it is out of bounds or misaligned.
     pub(crate) fn atomic_u32(&self, offset: usize) -> Option<&AtomicU32> {
         self.check(offset, 4)?;

@@ -1,7 +1,9 @@
 //! Platform layer: every system call and every raw pointer in memlink lives here.
 //!
-//! Owns: tmpfs object files and their owner locks ([`shm`]), memory mappings and the raw byte and
-//! atomic access to them ([`mapping`]), futex wait/wake ([`futex`]), and process identity and
+//! Owns: tmpfs object files and their owner locks ([`shm`]), sealed anonymous memory ([`memfd`]),
+//! memory mappings and the raw byte and atomic access to them ([`mapping`]), futex wait/wake
+//! ([`futex`]), eventfd/poll/epoll wake-ups ([`notify`]), abstract Unix sockets with descriptor
+//! passing and peer credentials ([`socket`]), CPU identity ([`cpu`]), and process identity and
 //! liveness ([`process`]). It may use only `rustix`, `libc` and `std`; nothing above it issues
 //! syscalls or dereferences raw pointers (the crate root denies `unsafe` outside this module).
 //!
@@ -9,7 +11,11 @@
 //! attempted and turn them into actionable [`crate::Error`]s.
 #![allow(unsafe_code)]
 
+pub(crate) mod cpu;
 pub(crate) mod futex;
 pub(crate) mod mapping;
+pub(crate) mod memfd;
+pub(crate) mod notify;
 pub(crate) mod process;
 pub(crate) mod shm;
+pub(crate) mod socket;

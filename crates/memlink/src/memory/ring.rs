@@ -1,0 +1,559 @@
+//! A single-producer single-consumer ring of variable-size records in shared memory.
+//!
+//! The classic Lamport/FastFlow-style SPSC byte ring: the producer owns `tail`, the consumer owns
+//! `head`, both are monotonically increasing byte counts (never wrapped; a 64-bit counter outlives
+//! the machine) and a position in the data area is `index % capacity`. Each index sits on its own
+//! 128-byte line so the two sides never write the same cache line (adjacent-line prefetch pairs
+//! 64-byte lines, hence 128).
+//!
+//! A record is a 64-byte header line followed by its payload padded to a multiple of 64 bytes, so
+//! every payload starts 64-byte aligned (glibc `memcpy` is several times slower for copies whose
+//! source and destination disagree in their low address bits). A record never wraps around the end
+//! of the data area: when it does not fit before the end, the producer first writes a *padding*
+//! record that fills the rest, and publishes both with one `tail` store.
+//!
+//! Both sides keep their own index in a private field and never read it back from shared memory;
+//! they only *read* the other side's index, and validate it (a peer can write anything there).
+//! Every record header is validated before its payload is touched. Anything inconsistent is
+//! [`RingError`], and the caller drops the connection.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::platform::mapping::Mapping;
+
+/// Records and payloads are aligned to this.
+pub(crate) const RECORD_ALIGN: usize = 64;
+/// Bytes of the header line in front of each payload.
+pub(crate) const RECORD_HEADER_LEN: usize = 64;
+/// Bytes of a ring's control block (`tail` line, `head` line).
+pub(crate) const CONTROL_LEN: usize = 256;
+const TAIL_AT: usize = 0;
+const HEAD_AT: usize = 128;
+
+/// Smallest and largest data-area sizes a ring accepts.
+pub(crate) const MIN_CAPACITY: usize = 4096;
+pub(crate) const MAX_CAPACITY: usize = 1 << 30;
+
+/// First fragment of a message.
+pub(crate) const FIRST: u32 = 1;
+/// Last fragment of a message.
+pub(crate) const LAST: u32 = 2;
+/// Fills the end of the data area; carries nothing. Never seen by users of the ring.
+const PADDING: u32 = 4;
+/// Bits the ring leaves to the protocol above it.
+pub(crate) const USER_FLAGS: u32 = 0xff00;
+
+/// A ring was found in an impossible state: the peer is broken or hostile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RingError(pub(crate) String);
+
+fn corrupted<T>(what: impl Into<String>) -> Result<T, RingError> {
+    Err(RingError(what.into()))
+}
+
+/// The header of one record, as stored in its first line (little-endian, 24 bytes used).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecordHeader {
+    /// Payload bytes in this record.
+    pub(crate) len: u32,
+    /// [`FIRST`], [`LAST`] and protocol bits within [`USER_FLAGS`].
+    pub(crate) flags: u32,
+    /// Which call this fragment belongs to.
+    pub(crate) call_id: u64,
+    /// Length of the whole message this fragment belongs to.
+    pub(crate) total: u64,
+}
+
+impl RecordHeader {
+    const ENCODED_LEN: usize = 24;
+
+    fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+        let mut b = [0u8; Self::ENCODED_LEN];
+        b[0..4].copy_from_slice(&self.len.to_le_bytes());
+        b[4..8].copy_from_slice(&self.flags.to_le_bytes());
+        b[8..16].copy_from_slice(&self.call_id.to_le_bytes());
+        b[16..24].copy_from_slice(&self.total.to_le_bytes());
+        b
+    }
+
+    fn decode(b: &[u8; Self::ENCODED_LEN]) -> Self {
+        let word = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let long = |at: usize| u64::from(word(at)) | (u64::from(word(at + 4)) << 32);
+        RecordHeader {
+            len: word(0),
+            flags: word(4),
+            call_id: long(8),
+            total: long(16),
+        }
+    }
+}
+
+/// Space a record with `len` payload bytes takes in the data area.
+pub(crate) fn record_size(len: usize) -> usize {
+    RECORD_HEADER_LEN + len.div_ceil(RECORD_ALIGN) * RECORD_ALIGN
+}
+
+/// Where a ring's control block and data area are inside a mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RingLayout {
+    /// Offset of the control block (128-byte aligned).
+    pub(crate) control: usize,
+    /// Offset of the data area (64-byte aligned).
+    pub(crate) data: usize,
+    /// Data area size: a power of two between [`MIN_CAPACITY`] and [`MAX_CAPACITY`].
+    pub(crate) capacity: usize,
+}
+
+impl RingLayout {
+    /// Largest payload one record may carry: a quarter of the ring, so that several fragments of a
+    /// large message are in flight at once and both sides copy in parallel.
+    pub(crate) fn max_fragment(&self) -> usize {
+        self.capacity / 4
+    }
+
+    fn check(&self, map: &Mapping) -> Result<(), RingError> {
+        let fits = |at: usize, len: usize| at.checked_add(len).is_some_and(|end| end <= map.len());
+        if !self.capacity.is_power_of_two()
+            || !(MIN_CAPACITY..=MAX_CAPACITY).contains(&self.capacity)
+        {
+            return corrupted(format!(
+                "ring capacity {} is not a power of two in range",
+                self.capacity
+            ));
+        }
+        if !self.control.is_multiple_of(128) || !self.data.is_multiple_of(RECORD_ALIGN) {
+            return corrupted("ring offsets are misaligned");
+        }
+        if !fits(self.control, CONTROL_LEN) || !fits(self.data, self.capacity) {
+            return corrupted("ring does not fit in its mapping");
+        }
+        Ok(())
+    }
+}
+
+fn index(map: &Mapping, at: usize) -> Result<&AtomicU64, RingError> {
+    map.atomic_u64(at)
+        .ok_or_else(|| RingError("ring index out of its mapping".into()))
+}
+
+/// The writing end of a ring.
+#[derive(Debug)]
+pub(crate) struct Producer {
+    map: Arc<Mapping>,
+    layout: RingLayout,
+    tail: u64,
+    head_seen: u64,
+}
+
+impl Producer {
+    /// The producer of a fresh (all-zero) ring.
+    pub(crate) fn new(map: Arc<Mapping>, layout: RingLayout) -> Result<Self, RingError> {
+        layout.check(&map)?;
+        Ok(Producer {
+            map,
+            layout,
+            tail: 0,
+            head_seen: 0,
+        })
+    }
+
+    pub(crate) fn layout(&self) -> &RingLayout {
+        &self.layout
+    }
+
+    /// Bytes written so far (our private `tail`).
+    pub(crate) fn position(&self) -> u64 {
+        self.tail
+    }
+
+    /// The consumer's position, validated against ours.
+    pub(crate) fn consumer_position(&mut self) -> Result<u64, RingError> {
+        // SYNC POINT: Acquire, pairs with the Release `head` store in `Consumer::advance`: once we
+        // see the consumer past a record, its copies out of that record are complete and we may
+        // overwrite the space.
+        let head = index(&self.map, self.layout.control + HEAD_AT)?.load(Ordering::Acquire);
+        let capacity = self.layout.capacity as u64;
+        if head > self.tail || self.tail - head > capacity || head % RECORD_ALIGN as u64 != 0 {
+            return corrupted(format!(
+                "consumer index {head} is impossible (producer at {})",
+                self.tail
+            ));
+        }
+        self.head_seen = head;
+        Ok(head)
+    }
+
+    /// Whether the consumer has taken everything written.
+    pub(crate) fn is_drained(&mut self) -> Result<bool, RingError> {
+        Ok(self.consumer_position()? == self.tail)
+    }
+
+    /// Appends one record, unless there is not room for it right now (`Ok(false)`: retry after the
+    /// consumer has advanced). `payload` must not exceed [`RingLayout::max_fragment`].
+    pub(crate) fn try_push(
+        &mut self,
+        flags: u32,
+        call_id: u64,
+        total: u64,
+        payload: &[u8],
+    ) -> Result<bool, RingError> {
+        let capacity = self.layout.capacity;
+        if payload.len() > self.layout.max_fragment() || flags & !(FIRST | LAST | USER_FLAGS) != 0 {
+            return corrupted("record too large or with reserved flags (memlink bug)");
+        }
+        let size = record_size(payload.len());
+        let position = (self.tail % capacity as u64) as usize;
+        let to_end = capacity - position;
+        let needed = if to_end < size { to_end + size } else { size };
+        let free = |head: u64, tail: u64| capacity as u64 - (tail - head);
+        if free(self.head_seen, self.tail) < needed as u64
+            && free(self.consumer_position()?, self.tail) < needed as u64
+        {
+            return Ok(false);
+        }
+        let mut at = position;
+        let mut tail = self.tail;
+        if to_end < size {
+            self.write_header(
+                at,
+                RecordHeader {
+                    len: 0,
+                    flags: PADDING,
+                    call_id: 0,
+                    total: 0,
+                },
+            )?;
+            tail += to_end as u64;
+            at = 0;
+        }
+        let header = RecordHeader {
+            len: payload.len() as u32,
+            flags,
+            call_id,
+            total,
+        };
+        if !self
+            .map
+            .copy_in(self.layout.data + at + RECORD_HEADER_LEN, payload)
+        {
+            return corrupted("record outside the ring");
+        }
+        self.write_header(at, header)?;
+        tail += size as u64;
+        // SYNC POINT: Release, pairs with the Acquire `tail` load in `Consumer::peek`: the header
+        // and payload copied in above are visible before the consumer can see the new tail.
+        index(&self.map, self.layout.control + TAIL_AT)?.store(tail, Ordering::Release);
+        self.tail = tail;
+        Ok(true)
+    }
+
+    fn write_header(&self, at: usize, header: RecordHeader) -> Result<(), RingError> {
+        if self.map.copy_in(self.layout.data + at, &header.encode()) {
+            Ok(())
+        } else {
+            corrupted("record header outside the ring")
+        }
+    }
+}
+
+/// The reading end of a ring.
+#[derive(Debug)]
+pub(crate) struct Consumer {
+    map: Arc<Mapping>,
+    layout: RingLayout,
+    head: u64,
+    tail_seen: u64,
+}
+
+impl Consumer {
+    /// The consumer of a fresh (all-zero) ring.
+    pub(crate) fn new(map: Arc<Mapping>, layout: RingLayout) -> Result<Self, RingError> {
+        layout.check(&map)?;
+        Ok(Consumer {
+            map,
+            layout,
+            head: 0,
+            tail_seen: 0,
+        })
+    }
+
+    pub(crate) fn layout(&self) -> &RingLayout {
+        &self.layout
+    }
+
+    fn refresh_tail(&mut self) -> Result<u64, RingError> {
+        // SYNC POINT: Acquire, pairs with the Release `tail` store in `Producer::try_push`.
+        let tail = index(&self.map, self.layout.control + TAIL_AT)?.load(Ordering::Acquire);
+        if tail < self.head
+            || tail - self.head > self.layout.capacity as u64
+            || tail % RECORD_ALIGN as u64 != 0
+        {
+            return corrupted(format!(
+                "producer index {tail} is impossible (consumer at {})",
+                self.head
+            ));
+        }
+        self.tail_seen = tail;
+        Ok(tail)
+    }
+
+    /// Whether a record is waiting (cheap: one shared load when nothing is there).
+    pub(crate) fn has_data(&mut self) -> Result<bool, RingError> {
+        Ok(self.tail_seen > self.head || self.refresh_tail()? > self.head)
+    }
+
+    /// The next record's header, validated; `None` if the ring is empty.
+    pub(crate) fn peek(&mut self) -> Result<Option<RecordHeader>, RingError> {
+        loop {
+            if self.tail_seen == self.head && self.refresh_tail()? == self.head {
+                return Ok(None);
+            }
+            let available = (self.tail_seen - self.head) as usize;
+            let capacity = self.layout.capacity;
+            let position = (self.head % capacity as u64) as usize;
+            let mut raw = [0u8; RecordHeader::ENCODED_LEN];
+            if !self.map.copy_out(self.layout.data + position, &mut raw) {
+                return corrupted("record header outside the ring");
+            }
+            let header = RecordHeader::decode(&raw);
+            if header.flags == PADDING {
+                let size = capacity - position;
+                if header.len != 0 || size > available {
+                    return corrupted("malformed padding record");
+                }
+                self.advance(size)?;
+                continue;
+            }
+            if header.flags & !(FIRST | LAST | USER_FLAGS) != 0 {
+                return corrupted(format!("record flags {:#x} are invalid", header.flags));
+            }
+            let len = header.len as usize;
+            if len > self.layout.max_fragment() {
+                return corrupted(format!(
+                    "record of {len} bytes exceeds the {}-byte fragment limit",
+                    self.layout.max_fragment()
+                ));
+            }
+            let size = record_size(len);
+            if position + size > capacity || size > available {
+                return corrupted("record runs past the end of the ring or of the written data");
+            }
+            return Ok(Some(header));
+        }
+    }
+
+    /// Appends the payload of the record `peek` returned to `out`, and releases the record.
+    pub(crate) fn take(
+        &mut self,
+        header: &RecordHeader,
+        out: &mut Vec<u8>,
+    ) -> Result<(), RingError> {
+        let position = (self.head % self.layout.capacity as u64) as usize;
+        let start = self.layout.data + position + RECORD_HEADER_LEN;
+        if !self.map.append_to_vec(start, header.len as usize, out) {
+            return corrupted("record payload outside the ring");
+        }
+        self.advance(record_size(header.len as usize))
+    }
+
+    /// Releases the record `peek` returned without reading it.
+    pub(crate) fn skip(&mut self, header: &RecordHeader) -> Result<(), RingError> {
+        self.advance(record_size(header.len as usize))
+    }
+
+    fn advance(&mut self, size: usize) -> Result<(), RingError> {
+        self.head += size as u64;
+        // SYNC POINT: Release, pairs with the Acquire `head` load in `Producer::consumer_position`:
+        // our copies out of the released space happen-before the producer reuses it.
+        index(&self.map, self.layout.control + HEAD_AT)?.store(self.head, Ordering::Release);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ring(capacity: usize) -> (Producer, Consumer, Arc<Mapping>) {
+        let len = CONTROL_LEN + capacity;
+        let fd = crate::platform::memfd::create_sealed("ring-test", len as u64).unwrap();
+        let map = Arc::new(Mapping::map_shared(&fd, len).unwrap());
+        let layout = RingLayout {
+            control: 0,
+            data: CONTROL_LEN,
+            capacity,
+        };
+        (
+            Producer::new(map.clone(), layout).unwrap(),
+            Consumer::new(map.clone(), layout).unwrap(),
+            map,
+        )
+    }
+
+    fn pattern(seed: u64, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64 * 7) % 251) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn layout_checks_reject_bad_geometry() {
+        let (_, _, map) = ring(MIN_CAPACITY);
+        for layout in [
+            RingLayout {
+                control: 0,
+                data: CONTROL_LEN,
+                capacity: 5000,
+            },
+            RingLayout {
+                control: 64,
+                data: CONTROL_LEN,
+                capacity: MIN_CAPACITY,
+            },
+            RingLayout {
+                control: 0,
+                data: CONTROL_LEN,
+                capacity: MIN_CAPACITY * 2,
+            },
+        ] {
+            assert!(Producer::new(map.clone(), layout).is_err(), "{layout:?}");
+        }
+    }
+
+    #[test]
+    fn wraps_with_padding_and_keeps_payloads_aligned() {
+        let (mut p, mut c, _map) = ring(MIN_CAPACITY);
+        let mut out = Vec::new();
+        for round in 0..200u64 {
+            let len = (round as usize * 97) % 1000;
+            let data = pattern(round, len);
+            assert!(p.try_push(FIRST | LAST, round, len as u64, &data).unwrap());
+            let h = c.peek().unwrap().unwrap();
+            assert_eq!((h.call_id, h.len as usize), (round, len));
+            out.clear();
+            c.take(&h, &mut out).unwrap();
+            assert_eq!(out, data);
+            assert!(c.peek().unwrap().is_none());
+        }
+        assert!(p.is_drained().unwrap());
+    }
+
+    #[test]
+    fn full_ring_refuses_until_consumed() {
+        let (mut p, mut c, _map) = ring(MIN_CAPACITY);
+        let chunk = vec![1u8; MIN_CAPACITY / 4];
+        let mut pushed = 0;
+        while p.try_push(FIRST | LAST, pushed, 0, &chunk).unwrap() {
+            pushed += 1;
+        }
+        assert_eq!(pushed, 3, "three quarter-ring records (plus headers) fit");
+        let h = c.peek().unwrap().unwrap();
+        c.skip(&h).unwrap();
+        assert!(p.try_push(FIRST | LAST, 99, 0, &chunk).unwrap());
+        assert!(
+            p.try_push(FIRST | LAST, 99, 0, &vec![0; MIN_CAPACITY / 4 + 1])
+                .is_err(),
+            "oversized fragment"
+        );
+    }
+
+    #[test]
+    fn threads_stream_many_records_in_order() {
+        let (mut p, mut c, _map) = ring(64 * 1024);
+        let writer = std::thread::spawn(move || {
+            for i in 0..20_000u64 {
+                let data = pattern(i, (i as usize * 13) % 4000);
+                while !p
+                    .try_push(FIRST | LAST, i, data.len() as u64, &data)
+                    .unwrap()
+                {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        let mut out = Vec::new();
+        for i in 0..20_000u64 {
+            let h = loop {
+                if let Some(h) = c.peek().unwrap() {
+                    break h;
+                }
+                std::hint::spin_loop();
+            };
+            assert_eq!(h.call_id, i);
+            out.clear();
+            c.take(&h, &mut out).unwrap();
+            assert_eq!(out, pattern(i, (i as usize * 13) % 4000));
+        }
+        writer.join().unwrap();
+    }
+
+    proptest! {
+        #[test]
+        fn any_interleaving_round_trips(ops in proptest::collection::vec((0usize..3000, any::<bool>()), 1..200)) {
+            let (mut p, mut c, _map) = ring(MIN_CAPACITY * 2);
+            let mut expected = std::collections::VecDeque::new();
+            let mut seq = 0u64;
+            let mut out = Vec::new();
+            for (len, consume) in ops {
+                let len = len.min(p.layout().max_fragment());
+                let data = pattern(seq, len);
+                if p.try_push(FIRST | LAST, seq, len as u64, &data).unwrap() {
+                    expected.push_back((seq, data));
+                    seq += 1;
+                }
+                if consume {
+                    if let Some(h) = c.peek().unwrap() {
+                        let (id, data) = expected.pop_front().unwrap();
+                        prop_assert_eq!(h.call_id, id);
+                        out.clear();
+                        c.take(&h, &mut out).unwrap();
+                        prop_assert_eq!(&out, &data);
+                    }
+                }
+            }
+            while let Some(h) = c.peek().unwrap() {
+                let (id, data) = expected.pop_front().unwrap();
+                prop_assert_eq!(h.call_id, id);
+                out.clear();
+                c.take(&h, &mut out).unwrap();
+                prop_assert_eq!(&out, &data);
+            }
+            prop_assert!(expected.is_empty());
+        }
+
+        /// A hostile producer controls the tail and every byte of the data area: the consumer must
+        /// answer with data or an error, never panic or read outside the ring.
+        #[test]
+        fn consumer_survives_arbitrary_shared_state(
+            tail in any::<u64>(),
+            garbage in proptest::collection::vec(any::<u8>(), 0..512),
+            at in 0usize..MIN_CAPACITY,
+        ) {
+            let (_p, mut c, map) = ring(MIN_CAPACITY);
+            prop_assert!(map.copy_in(CONTROL_LEN + at.min(MIN_CAPACITY - garbage.len().min(MIN_CAPACITY)), &garbage));
+            map.atomic_u64(TAIL_AT).unwrap().store(tail, Ordering::Relaxed);
+            let mut out = Vec::new();
+            for _ in 0..8 {
+                match c.peek() {
+                    Ok(Some(h)) => {
+                        prop_assert!(h.len as usize <= MIN_CAPACITY / 4);
+                        if c.take(&h, &mut out).is_err() { break; }
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            prop_assert!(out.len() <= MIN_CAPACITY);
+        }
+
+        #[test]
+        fn producer_rejects_impossible_consumer_indices(head in any::<u64>()) {
+            let (mut p, _c, map) = ring(MIN_CAPACITY);
+            prop_assert!(p.try_push(FIRST | LAST, 1, 100, &[7; 100]).unwrap());
+            map.atomic_u64(HEAD_AT).unwrap().store(head, Ordering::Relaxed);
+            let valid = head <= p.position() && head % 64 == 0;
+            prop_assert_eq!(p.consumer_position().is_ok(), valid);
+        }
+    }
+}
