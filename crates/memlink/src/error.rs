@@ -123,6 +123,68 @@ pub enum Error {
         pid: u32,
     },
 
+    /// No server is running under this name.
+    #[error(
+        "no memlink server is running under '{name}'; start one (e.g. `memlink serve --name {name}`) \
+         or use `Client::connect_timeout` to wait for it"
+    )]
+    NotRunning {
+        /// The service name.
+        name: String,
+    },
+
+    /// Another live server already serves this name.
+    #[error(
+        "a memlink server (pid {pid}) is already running under '{name}'; stop it or pick another name"
+    )]
+    AlreadyRunning {
+        /// The service name.
+        name: String,
+        /// The running server's process id (0 if it did not say).
+        pid: u32,
+    },
+
+    /// The server went away (crashed, was killed, or shut down) while the call was in progress.
+    #[error(
+        "the memlink server '{name}' went away during the call; the call may or may not have been \
+         executed. The client reconnects on its next call once a server is running again"
+    )]
+    Disconnected {
+        /// The service name.
+        name: String,
+    },
+
+    /// A request or reply is larger than the connection allows. The connection stays usable.
+    #[error(
+        "message of {size} bytes exceeds the maximum of {max} bytes; send less, or raise the server's max_message_size"
+    )]
+    MessageTooLarge {
+        /// Size of the offending message.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    /// The server already has as many connections as it admits.
+    #[error(
+        "the memlink server '{name}' is full ({max} connections); retry later or raise its max_clients"
+    )]
+    ServerFull {
+        /// The service name.
+        name: String,
+        /// Its connection limit.
+        max: u32,
+    },
+
+    /// The server's handler panicked while handling this request. The connection stays usable.
+    #[error(
+        "the memlink server '{name}' failed to handle this request (its handler panicked); see the server's log"
+    )]
+    HandlerPanicked {
+        /// The service name.
+        name: String,
+    },
+
     /// The operating system refused an operation for a reason not covered above.
     #[error("{op} failed: {source}")]
     Os {

@@ -6,6 +6,8 @@
 //!   process liveness. The only module allowed `unsafe`.
 //! - [`memory`]: named [`Segment`]s with a validated header, and the cross-process [`Event`],
 //!   [`Semaphore`] and robust [`Mutex`] that live in them; [`inventory`] lists and removes objects.
+//! - [`rpc`]: request/response between processes — a [`Server`] with worker threads answering many
+//!   [`Client`]s, each over its own pair of shared-memory rings.
 //!
 //! Shared memory is written by other processes and treated as untrusted input: nothing here forms
 //! a slice over it, and every value read from it is validated before use.
@@ -19,6 +21,7 @@
 pub mod error;
 pub mod memory;
 mod platform;
+pub mod rpc;
 
 pub use error::{Error, Result};
 pub use memory::header::ObjectKind;
@@ -26,3 +29,4 @@ pub use memory::inventory;
 pub use memory::name::{MAX_NAME_LEN, validate_name};
 pub use memory::segment::{Permissions, Segment, SegmentOptions};
 pub use memory::sync::{Event, EventMode, Lock, Mutex, MutexGuard, OwnerDiedGuard, Semaphore};
+pub use rpc::{Client, ClientOptions, Handler, Server, ServerOptions, ShutdownHandle};

@@ -185,6 +185,7 @@ impl Producer {
     }
 
     /// Whether the consumer has taken everything written.
+    #[cfg(test)]
     pub(crate) fn is_drained(&mut self) -> Result<bool, RingError> {
         Ok(self.consumer_position()? == self.tail)
     }
@@ -278,10 +279,6 @@ impl Consumer {
         })
     }
 
-    pub(crate) fn layout(&self) -> &RingLayout {
-        &self.layout
-    }
-
     fn refresh_tail(&mut self) -> Result<u64, RingError> {
         // SYNC POINT: Acquire, pairs with the Release `tail` store in `Producer::try_push`.
         let tail = index(&self.map, self.layout.control + TAIL_AT)?.load(Ordering::Acquire);
@@ -358,6 +355,7 @@ impl Consumer {
     }
 
     /// Releases the record `peek` returned without reading it.
+    #[cfg(test)]
     pub(crate) fn skip(&mut self, header: &RecordHeader) -> Result<(), RingError> {
         self.advance(record_size(header.len as usize))
     }

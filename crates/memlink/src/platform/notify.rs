@@ -65,11 +65,22 @@ pub(crate) fn wait_doorbell_or_hangup(
     })
 }
 
-/// Whether `socket`'s peer has hung up, without blocking.
-pub(crate) fn is_hung_up(socket: impl AsFd) -> bool {
-    let mut fds = [PollFd::new(&socket, PollFlags::IN | PollFlags::RDHUP)];
-    let zero = timespec(Duration::ZERO);
-    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+/// Sleeps until `a` or `b` is readable (or `timeout`); reports which are.
+pub(crate) fn wait_either(
+    a: impl AsFd,
+    b: impl AsFd,
+    timeout: Option<Duration>,
+) -> Result<(bool, bool), Errno> {
+    let mut fds = [
+        PollFd::new(&a, PollFlags::IN),
+        PollFd::new(&b, PollFlags::IN),
+    ];
+    let ts = timeout.map(timespec);
+    match rustix::event::poll(&mut fds, ts.as_ref()) {
+        Ok(_) | Err(Errno::INTR) => {}
+        Err(e) => return Err(e),
+    }
+    Ok((!fds[0].revents().is_empty(), !fds[1].revents().is_empty()))
 }
 
 /// An epoll set whose entries carry a `u64` token.
@@ -77,6 +88,11 @@ pub(crate) struct Poller {
     epoll: OwnedFd,
     events: Vec<epoll::Event>,
 }
+
+// SAFETY: `epoll::Event` is `!Send` only because its data union can hold a pointer. We only ever
+// store `u64` tokens in it and never dereference anything it holds; the epoll fd itself may be
+// used from any thread.
+unsafe impl Send for Poller {}
 
 /// One readiness report from [`Poller::wait`].
 #[derive(Debug, Clone, Copy)]

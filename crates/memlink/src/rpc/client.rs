@@ -1,0 +1,718 @@
+//! The calling side: [`Client`] and its per-thread connections.
+//!
+//! A `Client` owns a small pool of *channels*, each a separate connection to the server with its
+//! own shared region, rings and doorbells. A call borrows a free channel (an uncontended
+//! `try_lock`, no syscall), so threads calling through one client at once never share a ring and
+//! each gets its own reply. A channel that failed (server gone, timeout, corruption) is dropped; the
+//! next call opens a fresh one, which is how a `Client` transparently reconnects to a restarted
+//! server.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+
+use super::link::{self, Backoff, CLIENT, Patience, SERVER};
+use super::protocol::{
+    Admission, ERR_HANDLER_PANICKED, ERR_REPLY_TOO_LARGE, ERROR_REPLY, Goodbye, Hello, Purpose,
+    RegionLayout, Welcome, socket_name,
+};
+use crate::error::{Error, Result};
+use crate::memory::name::validate_name;
+use crate::memory::ring::{Consumer, FIRST, LAST, Producer, RingError, USER_FLAGS};
+use crate::platform::mapping::Mapping;
+use crate::platform::{memfd, notify, process, shm, socket};
+
+const DEFAULT_CHANNELS: usize = 8;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_SPIN: Duration = Duration::from_micros(50);
+const MIN_SPIN: Duration = Duration::from_micros(4);
+const YIELD_FOR: Duration = Duration::from_micros(100);
+
+/// How to connect. `ClientOptions::new()` gives the defaults.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    channels: usize,
+    trusted_server_uid: Option<u32>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            channels: DEFAULT_CHANNELS,
+            trusted_server_uid: None,
+        }
+    }
+}
+
+impl ClientOptions {
+    /// Defaults: up to 8 concurrent calls, trust only servers run by our own user (or root).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many calls may be in flight at once through one client (one connection each; further
+    /// callers wait for a free one). At least 1.
+    pub fn max_concurrent_calls(mut self, n: usize) -> Self {
+        self.channels = n.max(1);
+        self
+    }
+
+    /// Also accept a server run by user `uid` (by default only our own user and root are trusted,
+    /// so another user cannot impersonate a service by binding its name first).
+    pub fn trust_server_uid(mut self, uid: u32) -> Self {
+        self.trusted_server_uid = Some(uid);
+        self
+    }
+
+    /// Connects to the server named `name`.
+    ///
+    /// # Errors
+    /// As [`Client::connect`].
+    pub fn connect(&self, name: &str) -> Result<Client> {
+        Client::new(name, self.clone(), None)
+    }
+
+    /// Connects, waiting up to `timeout` for the server to appear.
+    ///
+    /// # Errors
+    /// As [`Client::connect_timeout`].
+    pub fn connect_timeout(&self, name: &str, timeout: Duration) -> Result<Client> {
+        Client::new(name, self.clone(), Some(Instant::now() + timeout))
+    }
+}
+
+/// A connection to a memlink server. `Send + Sync`: share it (e.g. in an `Arc`) and call from
+/// several threads at once; each call gets its own reply.
+///
+/// # Examples
+/// ```no_run
+/// # fn main() -> memlink::Result<()> {
+/// let client = memlink::Client::connect("echo")?;
+/// let reply = client.call(b"hello")?;
+/// let mut buf = Vec::new();
+/// client.call_into(b"again", &mut buf)?; // reuses `buf`: no allocation per call
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Client {
+    name: String,
+    options: ClientOptions,
+    channels: Box<[Mutex<Option<Channel>>]>,
+    /// Bumped by the first call that finds the server gone, so that idle channels to the dead
+    /// server are dropped before use instead of each failing once.
+    epoch: AtomicU64,
+    max_message: AtomicU64,
+}
+
+impl Client {
+    /// Connects to the server named `name`.
+    ///
+    /// # Errors
+    /// [`Error::NotRunning`] at once if no server has the name; [`Error::PermissionDenied`] if the
+    /// server refuses our user or is run by an untrusted user; [`Error::ServerFull`];
+    /// [`Error::InvalidName`].
+    pub fn connect(name: &str) -> Result<Client> {
+        ClientOptions::new().connect(name)
+    }
+
+    /// Like [`Client::connect`], but waits up to `timeout` for a server to appear, returning as
+    /// soon as it does.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`] if no server appeared in time; otherwise as [`Client::connect`].
+    pub fn connect_timeout(name: &str, timeout: Duration) -> Result<Client> {
+        ClientOptions::new().connect_timeout(name, timeout)
+    }
+
+    /// Options for connecting with non-default settings.
+    pub fn options() -> ClientOptions {
+        ClientOptions::new()
+    }
+
+    fn new(name: &str, options: ClientOptions, wait_until: Option<Instant>) -> Result<Client> {
+        validate_name(name)?;
+        let channels = (0..options.channels).map(|_| Mutex::new(None)).collect();
+        let client = Client {
+            name: name.to_owned(),
+            options,
+            channels,
+            epoch: AtomicU64::new(0),
+            max_message: AtomicU64::new(0),
+        };
+        let first = loop {
+            match Channel::open(&client.name, &client.options, 0) {
+                Err(Error::NotRunning { .. }) if wait_until.is_some_and(|t| Instant::now() < t) => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(Error::NotRunning { .. }) if wait_until.is_some() => {
+                    return Err(Error::Timeout);
+                }
+                other => break other?,
+            }
+        };
+        client
+            .max_message
+            .store(first.max_message as u64, Ordering::Relaxed);
+        *lock_slot(&client.channels[0]) = Some(first);
+        Ok(client)
+    }
+
+    /// The service name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Largest request (and reply) the server accepts, in bytes, as of the last connection.
+    pub fn max_message_size(&self) -> usize {
+        self.max_message.load(Ordering::Relaxed) as usize
+    }
+
+    /// Sends `request` and returns the server's reply.
+    ///
+    /// # Errors
+    /// [`Error::MessageTooLarge`] (connection still usable); [`Error::Disconnected`] if the server
+    /// went away during the call; [`Error::NotRunning`] if it is gone and was not restarted;
+    /// [`Error::HandlerPanicked`]; [`Error::Corrupted`] if the server broke the protocol.
+    pub fn call(&self, request: &[u8]) -> Result<Vec<u8>> {
+        let mut reply = Vec::new();
+        self.call_into(request, &mut reply)?;
+        Ok(reply)
+    }
+
+    /// Like [`Client::call`], giving up after `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`]; otherwise as [`Client::call`].
+    pub fn call_timeout(&self, request: &[u8], timeout: Duration) -> Result<Vec<u8>> {
+        let mut reply = Vec::new();
+        self.call_into_timeout(request, &mut reply, timeout)?;
+        Ok(reply)
+    }
+
+    /// Sends `request` and writes the reply into `reply` (cleared first). With a reused `reply`
+    /// buffer the call allocates nothing.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub fn call_into(&self, request: &[u8], reply: &mut Vec<u8>) -> Result<()> {
+        self.call_until(request, reply, None)
+    }
+
+    /// Like [`Client::call_into`], giving up after `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`]; otherwise as [`Client::call`].
+    pub fn call_into_timeout(
+        &self,
+        request: &[u8],
+        reply: &mut Vec<u8>,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.call_until(request, reply, Some(Instant::now() + timeout))
+    }
+
+    fn call_until(
+        &self,
+        request: &[u8],
+        reply: &mut Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let max = self.max_message_size();
+        if request.len() > max {
+            return Err(Error::MessageTooLarge {
+                size: request.len(),
+                max,
+            });
+        }
+        let mut slot = self.free_channel(deadline)?;
+        let mut retried = false;
+        loop {
+            let epoch = self.epoch.load(Ordering::Acquire);
+            if slot.as_ref().is_some_and(|c| c.epoch != epoch) {
+                *slot = None;
+            }
+            let channel = match slot.as_mut() {
+                Some(channel) => channel,
+                None => match Channel::open(&self.name, &self.options, epoch) {
+                    Ok(channel) => {
+                        self.max_message
+                            .store(channel.max_message as u64, Ordering::Relaxed);
+                        slot.insert(channel)
+                    }
+                    // A retry of a provably unsent call found no server: report the original loss.
+                    Err(Error::NotRunning { .. }) if retried => {
+                        return Err(Error::Disconnected {
+                            name: self.name.clone(),
+                        });
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            match channel.call(request, reply, deadline) {
+                Ok(()) => return Ok(()),
+                Err(Failure::Kept(e)) => return Err(e),
+                Err(Failure::Broken { error, unsent }) => {
+                    let dead_epoch = channel.epoch;
+                    *slot = None;
+                    if let Error::Disconnected { .. } = error {
+                        let _ = self.epoch.compare_exchange(
+                            dead_epoch,
+                            dead_epoch + 1,
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        );
+                        // The server never took a byte of this request, so sending it again on a
+                        // fresh connection cannot execute it twice.
+                        if unsent && !retried {
+                            retried = true;
+                            continue;
+                        }
+                    }
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// A channel slot no other thread is using: the first free one, else wait for one.
+    fn free_channel(&self, deadline: Option<Instant>) -> Result<MutexGuard<'_, Option<Channel>>> {
+        loop {
+            for slot in self.channels.iter() {
+                match slot.try_lock() {
+                    Ok(guard) => return Ok(guard),
+                    Err(TryLockError::Poisoned(poisoned)) => {
+                        let mut guard = poisoned.into_inner();
+                        *guard = None; // a panic mid-call left it in an unknown state
+                        return Ok(guard);
+                    }
+                    Err(TryLockError::WouldBlock) => {}
+                }
+            }
+            if deadline.is_some_and(|t| Instant::now() >= t) {
+                return Err(Error::Timeout);
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    #[doc(hidden)]
+    /// Fault injection for tests: overwrites this client's next request header in shared memory
+    /// with garbage and publishes it, as a buggy or hostile client would. Not part of the API.
+    pub fn __corrupt_next_request(&self) -> Result<()> {
+        let mut slot = self.free_channel(None)?;
+        if slot.is_none() {
+            *slot = Some(Channel::open(
+                &self.name,
+                &self.options,
+                self.epoch.load(Ordering::Acquire),
+            )?);
+        }
+        let channel = slot.as_mut().ok_or(Error::Timeout)?;
+        channel
+            .corrupt_requests()
+            .map_err(|e| Error::corrupted(&self.name, e.0))
+    }
+}
+
+fn lock_slot(slot: &Mutex<Option<Channel>>) -> MutexGuard<'_, Option<Channel>> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How a call failed, and whether its channel survives.
+enum Failure {
+    /// The channel is still in step with the server.
+    Kept(Error),
+    /// The channel must be dropped. `unsent`: the server provably never read any of the request.
+    Broken { error: Error, unsent: bool },
+}
+
+/// One connection: a region with a request ring we produce and a response ring we consume.
+#[derive(Debug)]
+struct Channel {
+    name: String,
+    socket: OwnedFd,
+    map: Arc<Mapping>,
+    requests: Producer,
+    responses: Consumer,
+    server_doorbell: OwnedFd,
+    client_doorbell: OwnedFd,
+    last_call: u64,
+    max_message: usize,
+    epoch: u64,
+    spin: Duration,
+}
+
+fn connect_error(name: &str, e: Errno) -> Error {
+    match e {
+        Errno::CONNREFUSED | Errno::NOENT => Error::NotRunning {
+            name: name.to_owned(),
+        },
+        Errno::ACCESS | Errno::PERM => Error::PermissionDenied {
+            name: name.to_owned(),
+        },
+        Errno::AGAIN | Errno::TIMEDOUT => Error::Timeout,
+        Errno::PIPE | Errno::CONNRESET => Error::Disconnected {
+            name: name.to_owned(),
+        },
+        e => Error::os("connecting to a memlink server", e),
+    }
+}
+
+impl Channel {
+    fn open(name: &str, options: &ClientOptions, epoch: u64) -> Result<Channel> {
+        let fail = |e| connect_error(name, e);
+        let socket = socket::connect(&socket_name(name)).map_err(fail)?;
+        socket::set_io_timeout(&socket, HANDSHAKE_TIMEOUT).map_err(fail)?;
+        let server = socket::peer_credentials(&socket).map_err(fail)?;
+        let me = process::effective_uid();
+        if server.uid != me && server.uid != 0 && Some(server.uid) != options.trusted_server_uid {
+            // Someone else's process holds the name: do not hand it our requests.
+            return Err(Error::PermissionDenied {
+                name: name.to_owned(),
+            });
+        }
+        socket::send_message(
+            &socket,
+            &Hello {
+                purpose: Purpose::Connect,
+            }
+            .encode(),
+            &[],
+        )
+        .map_err(fail)?;
+        let mut buf = [0u8; Welcome::LEN + 8];
+        let (len, fds) = socket::receive_message(&socket, &mut buf).map_err(fail)?;
+        if len == 0 {
+            return Err(Error::Disconnected {
+                name: name.to_owned(),
+            });
+        }
+        let welcome = Welcome::decode(&buf[..len]).map_err(|r| Error::incompatible(name, r))?;
+        match welcome.admission {
+            Admission::Accepted => {}
+            Admission::PermissionDenied => {
+                return Err(Error::PermissionDenied {
+                    name: name.to_owned(),
+                });
+            }
+            Admission::Full { max_clients } => {
+                return Err(Error::ServerFull {
+                    name: name.to_owned(),
+                    max: max_clients,
+                });
+            }
+            Admission::ShuttingDown => {
+                return Err(Error::NotRunning {
+                    name: name.to_owned(),
+                });
+            }
+        }
+        let [region_fd, server_doorbell, client_doorbell]: [OwnedFd; 3] =
+            fds.try_into().map_err(|_| {
+                Error::corrupted(name, "the server's welcome carried the wrong descriptors")
+            })?;
+        let layout = RegionLayout {
+            capacity: welcome.ring_capacity as usize,
+        };
+        // The region must be sealed (we cannot be SIGBUSed by a shrink) and exactly as large as
+        // the layout we derive ourselves; nothing about it is taken on trust.
+        if !memfd::is_sealed_against_shrinking(&region_fd) {
+            return Err(Error::corrupted(
+                name,
+                "the server's shared region is not sealed against shrinking",
+            ));
+        }
+        let size = shm::fstat(&region_fd)
+            .map_err(|e| Error::os("inspecting the shared region", e))?
+            .size;
+        if size != layout.len() as u64 {
+            return Err(Error::corrupted(
+                name,
+                format!("shared region of {size} bytes, expected {}", layout.len()),
+            ));
+        }
+        let map = Arc::new(
+            Mapping::map_shared(&region_fd, layout.len())
+                .map_err(|e| Error::os("mapping the shared region", e))?,
+        );
+        let ring = |e: RingError| Error::corrupted(name, e.0);
+        let requests = Producer::new(map.clone(), layout.requests()).map_err(ring)?;
+        let responses = Consumer::new(map.clone(), layout.responses()).map_err(ring)?;
+        let max_message = usize::try_from(welcome.max_message).unwrap_or(usize::MAX);
+        Ok(Channel {
+            name: name.to_owned(),
+            socket,
+            map,
+            requests,
+            responses,
+            server_doorbell,
+            client_doorbell,
+            last_call: 0,
+            max_message,
+            epoch,
+            spin: MAX_SPIN,
+        })
+    }
+
+    fn call(
+        &mut self,
+        request: &[u8],
+        reply: &mut Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<(), Failure> {
+        if request.len() > self.max_message {
+            return Err(Failure::Kept(Error::MessageTooLarge {
+                size: request.len(),
+                max: self.max_message,
+            }));
+        }
+        self.last_call += 1;
+        let call = self.last_call;
+        let start = self.requests.position();
+        let result = self
+            .send(call, request, deadline)
+            .and_then(|()| self.receive(call, reply, deadline));
+        result.map_err(|error| match error {
+            Error::MessageTooLarge { .. } | Error::HandlerPanicked { .. } => Failure::Kept(error),
+            error => {
+                let unsent = self
+                    .requests
+                    .consumer_position()
+                    .is_ok_and(|head| head <= start);
+                Failure::Broken { error, unsent }
+            }
+        })
+    }
+
+    fn send(&mut self, call: u64, request: &[u8], deadline: Option<Instant>) -> Result<()> {
+        let fragment = self.requests.layout().max_fragment();
+        let total = request.len() as u64;
+        let mut sent = 0;
+        loop {
+            let end = (sent + fragment).min(request.len());
+            let flags =
+                if sent == 0 { FIRST } else { 0 } | if end == request.len() { LAST } else { 0 };
+            let ring = |e: RingError| Error::corrupted(&self.name, e.0);
+            if self
+                .requests
+                .try_push(flags, call, total, &request[sent..end])
+                .map_err(ring)?
+            {
+                link::nudge(&self.map, SERVER, &self.server_doorbell)
+                    .map_err(|e| Error::corrupted(&self.name, e.0))?;
+                sent = end;
+                if sent == request.len() {
+                    return Ok(());
+                }
+            } else {
+                let head = self
+                    .requests
+                    .consumer_position()
+                    .map_err(|e| Error::corrupted(&self.name, e.0))?;
+                self.wait(deadline, |c| Ok(c.requests.consumer_position()? != head))?;
+            }
+        }
+    }
+
+    fn receive(&mut self, call: u64, reply: &mut Vec<u8>, deadline: Option<Instant>) -> Result<()> {
+        reply.clear();
+        let mut total = None;
+        loop {
+            let ring = |name: &str, e: RingError| Error::corrupted(name, e.0);
+            let Some(header) = self.responses.peek().map_err(|e| ring(&self.name, e))? else {
+                self.wait(deadline, |c| c.responses.has_data())?;
+                continue;
+            };
+            let bad = |why: &str| {
+                Err(Error::corrupted(
+                    &self.name,
+                    format!("server broke the protocol: {why}"),
+                ))
+            };
+            if header.call_id != call {
+                return bad("reply to another call");
+            }
+            let expected = match total {
+                None if header.flags & FIRST == 0 => {
+                    return bad("reply does not start with a first fragment");
+                }
+                None => {
+                    if header.total > self.max_message as u64 {
+                        return bad("reply larger than the agreed maximum");
+                    }
+                    reply.reserve(header.total as usize);
+                    *total.insert(header.total)
+                }
+                Some(_) if header.flags & FIRST != 0 => {
+                    return bad("a new reply started mid-reply");
+                }
+                Some(t) if header.total != t => {
+                    return bad("fragments disagree on the reply length");
+                }
+                Some(t) => t,
+            };
+            if reply.len() as u64 + u64::from(header.len) > expected {
+                return bad("reply fragments exceed the announced length");
+            }
+            self.responses
+                .take(&header, reply)
+                .map_err(|e| ring(&self.name, e))?;
+            link::nudge(&self.map, SERVER, &self.server_doorbell)
+                .map_err(|e| ring(&self.name, e))?;
+            if header.flags & LAST != 0 {
+                if reply.len() as u64 != expected {
+                    return bad("reply shorter than announced");
+                }
+                if header.flags & USER_FLAGS == ERROR_REPLY {
+                    return Err(self.remote_error(reply));
+                }
+                if header.flags & USER_FLAGS != 0 {
+                    return bad("unknown reply flags");
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    fn remote_error(&self, report: &[u8]) -> Error {
+        let word = |at: usize| {
+            report
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_le_bytes)
+        };
+        match report
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+        {
+            Some(ERR_HANDLER_PANICKED) => Error::HandlerPanicked {
+                name: self.name.clone(),
+            },
+            Some(ERR_REPLY_TOO_LARGE) => Error::MessageTooLarge {
+                size: word(4).unwrap_or(0) as usize,
+                max: word(12).unwrap_or(self.max_message as u64) as usize,
+            },
+            _ => Error::corrupted(&self.name, "the server sent an unknown error report"),
+        }
+    }
+
+    /// Waits until `ready` holds: spins (unless the server shares our CPU), yields, then parks on
+    /// our doorbell and the socket. Adapts the spin budget to how long waits actually take.
+    fn wait(
+        &mut self,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut(&mut Self) -> Result<bool, RingError>,
+    ) -> Result<()> {
+        let corrupted = |c: &Self, e: RingError| Error::corrupted(&c.name, e.0);
+        let spin = if link::shares_cpu_with_peer(&self.map, CLIENT, SERVER) {
+            Duration::ZERO
+        } else {
+            self.spin
+        };
+        let mut backoff = Backoff::new(Patience {
+            spin,
+            yield_for: YIELD_FOR,
+        });
+        loop {
+            if ready(self).map_err(|e| corrupted(self, e))? {
+                self.adapt(backoff.elapsed(), false);
+                return Ok(());
+            }
+            if !backoff.pause() {
+                break;
+            }
+            if deadline.is_some_and(|t| Instant::now() >= t) {
+                return Err(Error::Timeout);
+            }
+        }
+        loop {
+            link::park_begin(&self.map, CLIENT).map_err(|e| corrupted(self, e))?;
+            if ready(self).map_err(|e| corrupted(self, e))? {
+                link::park_end(&self.map, CLIENT).map_err(|e| corrupted(self, e))?;
+                self.adapt(backoff.elapsed(), true);
+                return Ok(());
+            }
+            let left = match deadline {
+                None => None,
+                Some(t) => match t.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => {
+                        link::park_end(&self.map, CLIENT).map_err(|e| corrupted(self, e))?;
+                        return Err(Error::Timeout);
+                    }
+                },
+            };
+            let woken = notify::wait_doorbell_or_hangup(&self.client_doorbell, &self.socket, left)
+                .map_err(|e| Error::os("waiting for the server", e))?;
+            link::park_end(&self.map, CLIENT).map_err(|e| corrupted(self, e))?;
+            if woken.rung {
+                notify::silence(&self.client_doorbell);
+            }
+            if woken.hung_up {
+                // The server may have answered just before it went away.
+                if ready(self).map_err(|e| corrupted(self, e))? {
+                    return Ok(());
+                }
+                return Err(self.goodbye());
+            }
+        }
+    }
+
+    /// Spin budget adaptation: keep spinning while replies arrive within the spin window; when a
+    /// wait had to park and took longer than the full budget, halve it (down to zero — a very short
+    /// spin is worse than none); when a parked wait turns out short, spinning would have caught it,
+    /// so grow it again.
+    fn adapt(&mut self, waited: Duration, parked: bool) {
+        if !parked {
+            return;
+        }
+        if waited > MAX_SPIN + YIELD_FOR {
+            self.spin /= 2;
+            if self.spin < MIN_SPIN {
+                self.spin = Duration::ZERO;
+            }
+        } else {
+            self.spin = (self.spin * 2).clamp(MIN_SPIN, MAX_SPIN);
+        }
+    }
+
+    /// Why the server closed the connection: it says so in a goodbye message if it dropped us
+    /// deliberately; silence means it died.
+    fn goodbye(&self) -> Error {
+        let mut buf = [0u8; Goodbye::MAX_LEN];
+        match socket::receive_message(&self.socket, &mut buf) {
+            Ok((len, _)) if len > 0 => match Goodbye::decode(&buf[..len]) {
+                Ok(Goodbye::Corrupted(why)) => Error::corrupted(
+                    &self.name,
+                    format!("the server dropped this connection: {why}"),
+                ),
+                _ => Error::Disconnected {
+                    name: self.name.clone(),
+                },
+            },
+            _ => Error::Disconnected {
+                name: self.name.clone(),
+            },
+        }
+    }
+
+    fn corrupt_requests(&mut self) -> Result<(), RingError> {
+        // A header claiming an impossible fragment length, published through the real tail.
+        let garbage = [0xffu8; 64];
+        self.requests
+            .try_push(FIRST | LAST, self.last_call + 1, 64, &garbage)?;
+        let data = self.requests.layout().data;
+        let start = (self.requests.position() - crate::memory::ring::record_size(64) as u64)
+            as usize
+            % self.requests.layout().capacity;
+        if !self.map.copy_in(data + start, &[0xff; 8]) {
+            return Err(RingError("cannot corrupt".into()));
+        }
+        link::nudge(&self.map, SERVER, &self.server_doorbell)
+    }
+}

@@ -1,0 +1,135 @@
+//! What both ends of a connection share: the region's parked flags and CPU words, the doorbell
+//! protocol, and the spin → yield → park backoff.
+//!
+//! # Sleeping without losing a wake-up
+//!
+//! A side that runs out of work *parks*: it sets its `parked` flag, issues a SeqCst fence, looks at
+//! its rings once more, and only then sleeps on its doorbell (an eventfd, polled together with the
+//! connection's socket so that peer death also wakes it). A side that makes progress the other may
+//! be waiting for (published a record, or freed ring space) issues a SeqCst fence and reads the
+//! other's `parked` flag; only if it is set does it clear it and ring the doorbell. The two
+//! store → fence → load sequences are Dekker's pattern: at least one side sees the other's store,
+//! so either the sleeper sees the new data or the waker sees the flag. Hence a wake-up syscall is
+//! made only when the receiver has said it is asleep.
+//!
+//! # Spinning only when it can pay off
+//!
+//! Spinning helps only if the peer is running on *another* CPU at the same time. Each side
+//! publishes the CPU it last waited on (free to read via rseq); when the peer's CPU equals ours,
+//! the spin phase is skipped and we go straight to yielding, so a client and server sharing one
+//! core hand the CPU back and forth instead of burning a scheduler tick.
+
+use std::sync::atomic::{AtomicU32, Ordering, fence};
+use std::time::{Duration, Instant};
+
+use crate::memory::ring::RingError;
+use crate::platform::{cpu, mapping::Mapping, notify};
+use std::os::fd::AsFd;
+
+/// One side's line in the region.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Side {
+    parked: usize,
+    cpu: usize,
+}
+
+pub(crate) const CLIENT: Side = Side {
+    parked: super::protocol::RegionLayout::CLIENT_PARKED,
+    cpu: super::protocol::RegionLayout::CLIENT_CPU,
+};
+pub(crate) const SERVER: Side = Side {
+    parked: super::protocol::RegionLayout::SERVER_PARKED,
+    cpu: super::protocol::RegionLayout::SERVER_CPU,
+};
+
+fn word(map: &Mapping, at: usize) -> Result<&AtomicU32, RingError> {
+    map.atomic_u32(at)
+        .ok_or_else(|| RingError("region flag outside the mapping".into()))
+}
+
+/// Marks `me` as about to sleep. Follow with a last look at the rings, then sleep.
+pub(crate) fn park_begin(map: &Mapping, me: Side) -> Result<(), RingError> {
+    word(map, me.parked)?.store(1, Ordering::Relaxed);
+    // SYNC POINT: pairs with the fence in `nudge` (Dekker): our flag store is ordered before our
+    // re-check of the rings, the waker's ring update before its flag load.
+    fence(Ordering::SeqCst);
+    Ok(())
+}
+
+pub(crate) fn park_end(map: &Mapping, me: Side) -> Result<(), RingError> {
+    word(map, me.parked)?.store(0, Ordering::Relaxed);
+    Ok(())
+}
+
+/// After making progress `peer` may wait for: rings its doorbell if (and only if) it is parked.
+pub(crate) fn nudge(map: &Mapping, peer: Side, doorbell: impl AsFd) -> Result<(), RingError> {
+    // SYNC POINT: pairs with the fence in `park_begin`.
+    fence(Ordering::SeqCst);
+    let parked = word(map, peer.parked)?;
+    // Read first: while the peer is awake the line stays shared and this costs no transfer.
+    if parked.load(Ordering::Relaxed) != 0 && parked.swap(0, Ordering::Relaxed) != 0 {
+        notify::ring(doorbell)
+            .map_err(|e| RingError(format!("ringing the peer's doorbell failed: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Records the CPU `me` runs on and reports whether `peer` was last seen on the same one.
+pub(crate) fn shares_cpu_with_peer(map: &Mapping, me: Side, peer: Side) -> bool {
+    let here = cpu::current_cpu();
+    let (Ok(mine), Ok(theirs)) = (word(map, me.cpu), word(map, peer.cpu)) else {
+        return false;
+    };
+    // Stored as cpu + 1 so that 0 means "not yet known".
+    if mine.load(Ordering::Relaxed) != here.wrapping_add(1) {
+        mine.store(here.wrapping_add(1), Ordering::Relaxed);
+    }
+    theirs.load(Ordering::Relaxed) == here.wrapping_add(1)
+}
+
+/// How long to spin, then yield, before parking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Patience {
+    pub(crate) spin: Duration,
+    pub(crate) yield_for: Duration,
+}
+
+/// Spin a while, then yield a while, then give up (the caller parks).
+///
+/// The defaults are long enough to cover a cross-core wake-up (~11 µs) plus a typical handler, so
+/// a sender that spins catches replies without sleeping; and short enough that an idle side parks
+/// within a fraction of a millisecond and costs nothing.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    started: Instant,
+    patience: Patience,
+}
+
+impl Backoff {
+    pub(crate) fn new(patience: Patience) -> Self {
+        Backoff {
+            started: Instant::now(),
+            patience,
+        }
+    }
+
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Waits a little (spinning or yielding); `false` once it is time to park.
+    pub(crate) fn pause(&mut self) -> bool {
+        let elapsed = self.started.elapsed();
+        if elapsed < self.patience.spin {
+            for _ in 0..16 {
+                std::hint::spin_loop();
+            }
+            true
+        } else if elapsed < self.patience.spin + self.patience.yield_for {
+            std::thread::yield_now();
+            true
+        } else {
+            false
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Request/response: many client processes call one server process; each call gets its own answer.
+//!
+//! Owns the handshake and region layout ([`protocol`](self)), the parking and wake-up protocol
+//! shared by both ends (`link`), the [`Client`] and the [`Server`]. Built on the memory layer's
+//! rings and the platform layer's sockets, memfds and doorbells; no `unsafe` of its own.
+//!
+//! How a call travels: a client connects to the server's abstract Unix socket; the server checks
+//! its credentials and passes back a sealed memfd holding two SPSC rings (requests, responses) and
+//! two eventfd doorbells. From then on the socket only signals liveness: a call copies the request
+//! into the request ring (in fragments if it is larger than a quarter of the ring), the server's
+//! worker copies it out, runs the handler and copies the reply into the response ring. While both
+//! sides are awake nothing but shared memory is touched; a side about to sleep says so in the
+//! region, and only then does the other spend a syscall on its doorbell. Sleepers poll their
+//! doorbell together with the socket, so a peer's death wakes them at once.
+
+mod client;
+mod link;
+mod protocol;
+mod server;
+
+pub use client::{Client, ClientOptions};
+pub use protocol::Stats;
+pub use server::{Handler, Server, ServerOptions, ShutdownHandle};
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::memory::name::validate_name;
+use crate::platform::socket;
+use protocol::{Hello, Purpose, SOCKET_PREFIX, socket_name};
+
+/// Asks the live server `name` for its statistics.
+///
+/// # Errors
+/// [`Error::NotRunning`], [`Error::PermissionDenied`] (the server admits only other users),
+/// [`Error::Timeout`] if it does not answer within a second.
+pub fn server_stats(name: &str) -> Result<Stats> {
+    validate_name(name)?;
+    let fail = |e: rustix::io::Errno| match e {
+        rustix::io::Errno::CONNREFUSED | rustix::io::Errno::NOENT => Error::NotRunning {
+            name: name.to_owned(),
+        },
+        rustix::io::Errno::AGAIN => Error::Timeout,
+        e => Error::os("querying a server", e),
+    };
+    let connection = socket::connect(&socket_name(name)).map_err(fail)?;
+    socket::set_io_timeout(&connection, Duration::from_secs(1)).map_err(fail)?;
+    socket::send_message(
+        &connection,
+        &Hello {
+            purpose: Purpose::Stats,
+        }
+        .encode(),
+        &[],
+    )
+    .map_err(fail)?;
+    let mut buf = [0u8; 64];
+    let (len, _) = socket::receive_message(&connection, &mut buf).map_err(fail)?;
+    if len == protocol::Welcome::LEN {
+        // A refusal instead of statistics.
+        return Err(Error::PermissionDenied {
+            name: name.to_owned(),
+        });
+    }
+    Stats::decode(&buf[..len]).map_err(|r| Error::incompatible(name, r))
+}
+
+/// A server found on this machine.
+#[derive(Debug)]
+pub struct ServerInfo {
+    /// Its service name.
+    pub name: String,
+    /// Its statistics, or why they could not be had.
+    pub stats: Result<Stats>,
+}
+
+/// Every memlink server running on this machine (in this network namespace), with its statistics.
+pub fn list_servers() -> Vec<ServerInfo> {
+    socket::bound_abstract_names(SOCKET_PREFIX)
+        .into_iter()
+        .filter_map(|socket_name| {
+            let name = socket_name.strip_prefix(SOCKET_PREFIX)?.to_owned();
+            validate_name(&name).ok()?;
+            let stats = server_stats(&name);
+            Some(ServerInfo { name, stats })
+        })
+        .collect()
+}

@@ -1,0 +1,793 @@
+//! The serving side: [`Server`], its acceptor and its workers.
+//!
+//! `serve` runs an *acceptor* on the calling thread and `workers` worker threads. The acceptor
+//! answers handshakes on the abstract socket: it checks the peer's credentials against the
+//! server's [`Permissions`], creates the connection's sealed region and doorbells, passes them to
+//! the client and hands the connection to the least-loaded worker. Each worker drives all of its
+//! connections as non-blocking state machines (receive fragments → run the handler → send
+//! fragments), one request per connection per sweep so that no client can starve another, and
+//! parks on one epoll set (its doorbell, the shutdown bell, every connection's socket) when idle.
+//! A connection whose socket hangs up — the client exited or was killed — is freed at once; one
+//! whose shared state breaks the protocol is told why and dropped; neither disturbs the others.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+
+use super::link::{self, Backoff, CLIENT, Patience, SERVER};
+use super::protocol::{
+    Admission, ERR_HANDLER_PANICKED, ERR_REPLY_TOO_LARGE, ERROR_REPLY, Goodbye, Hello, Purpose,
+    RegionLayout, Stats, Welcome, socket_name,
+};
+use crate::error::{Error, Result};
+use crate::memory::name::validate_name;
+use crate::memory::ring::{
+    Consumer, FIRST, LAST, MAX_CAPACITY, MIN_CAPACITY, Producer, RingError, USER_FLAGS,
+};
+use crate::memory::segment::Permissions;
+use crate::platform::mapping::Mapping;
+use crate::platform::notify::{self, Poller, Ready};
+use crate::platform::{memfd, process, socket};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+const HANGUP_SWEEP: Duration = Duration::from_millis(50);
+const PATIENCE: Patience = Patience {
+    spin: Duration::from_micros(50),
+    yield_for: Duration::from_micros(100),
+};
+/// Buffers grown past this by a large message are released once it is answered.
+const KEEP_BUFFER: usize = 8 << 20;
+
+/// Whatever answers requests. Implemented for every `Fn(&[u8], &mut Vec<u8>) + Send + Sync`.
+///
+/// `reply` arrives empty; whatever the handler leaves in it is sent back. A handler that panics
+/// fails only that call (the client gets [`Error::HandlerPanicked`]); the server keeps serving.
+pub trait Handler: Send + Sync {
+    /// Answers one request.
+    fn handle(&self, request: &[u8], reply: &mut Vec<u8>);
+}
+
+impl<F: Fn(&[u8], &mut Vec<u8>) + Send + Sync> Handler for F {
+    fn handle(&self, request: &[u8], reply: &mut Vec<u8>) {
+        self(request, reply)
+    }
+}
+
+/// How to serve. `ServerOptions::new()` gives the defaults.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    max_clients: usize,
+    max_message_size: usize,
+    workers: usize,
+    permissions: Permissions,
+    ring_capacity: usize,
+    shutdown_grace: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            max_clients: 256,
+            max_message_size: 64 << 20,
+            workers: 1,
+            permissions: Permissions::OwnerOnly,
+            ring_capacity: 256 << 10,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ServerOptions {
+    /// Defaults: 256 connections, 64 MiB messages, 1 worker, owner-only, 256 KiB rings.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Most connections at once (each client thread with a call in flight uses one).
+    pub fn max_clients(mut self, n: usize) -> Self {
+        self.max_clients = n.clamp(1, u32::MAX as usize);
+        self
+    }
+
+    /// Largest request or reply, in bytes. Independent of the ring size: larger messages are
+    /// streamed through the ring in fragments.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Worker threads running the handler (at least 1).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n.max(1);
+        self
+    }
+
+    /// Which users may connect: [`Permissions::OwnerOnly`] (default: our user and root),
+    /// [`Permissions::Group`] (also our group), [`Permissions::Everyone`].
+    pub fn permissions(mut self, permissions: Permissions) -> Self {
+        self.permissions = permissions;
+        self
+    }
+
+    /// Bytes of each ring (one per direction per connection); rounded up to a power of two
+    /// between 4 KiB and 1 GiB.
+    pub fn ring_capacity(mut self, bytes: usize) -> Self {
+        self.ring_capacity = bytes.clamp(MIN_CAPACITY, MAX_CAPACITY).next_power_of_two();
+        self
+    }
+
+    /// How long shutdown waits for calls in flight before dropping them.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Claims service `name`.
+    ///
+    /// # Errors
+    /// As [`Server::bind`].
+    pub fn bind(&self, name: &str) -> Result<Server> {
+        validate_name(name)?;
+        let listener = socket::listen(&socket_name(name)).map_err(|e| match e {
+            Errno::ADDRINUSE => Error::AlreadyRunning {
+                name: name.to_owned(),
+                pid: super::server_stats(name).map_or(0, |s| s.pid),
+            },
+            e => Error::os("binding the server socket", e),
+        })?;
+        let shutdown_bell = notify::doorbell().map_err(|e| Error::os("creating an eventfd", e))?;
+        Ok(Server {
+            name: name.to_owned(),
+            options: self.clone(),
+            listener,
+            shared: Arc::new(Shared {
+                shutting_down: AtomicBool::new(false),
+                shutdown_bell,
+                connections: AtomicUsize::new(0),
+                calls: AtomicU64::new(0),
+                corrupt_disconnects: AtomicU64::new(0),
+                started: Instant::now(),
+            }),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    shutting_down: AtomicBool,
+    shutdown_bell: OwnedFd,
+    connections: AtomicUsize,
+    calls: AtomicU64,
+    corrupt_disconnects: AtomicU64,
+    started: Instant,
+}
+
+/// Stops a running [`Server`]: no new connections, calls in flight finish (within the grace
+/// period), then `serve` returns. Cheap to clone, `Send + Sync`.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle {
+    shared: Arc<Shared>,
+}
+
+impl ShutdownHandle {
+    /// Requests shutdown. Async-signal-safe: one atomic store and one `write(2)` to an eventfd, no
+    /// allocation and no lock, so it may be called from a signal handler.
+    pub fn shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        let _ = notify::ring(&self.shared.shutdown_bell);
+    }
+}
+
+/// A bound memlink server: owns its name until dropped.
+///
+/// # Examples
+/// ```no_run
+/// # fn main() -> memlink::Result<()> {
+/// let server = memlink::Server::bind("echo")?;
+/// let stop = server.shutdown_handle(); // e.g. for a signal handler
+/// server.serve(|request: &[u8], reply: &mut Vec<u8>| reply.extend_from_slice(request))?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    name: String,
+    options: ServerOptions,
+    listener: OwnedFd,
+    shared: Arc<Shared>,
+}
+
+impl Server {
+    /// Claims service `name` with default options.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyRunning`] if a live server has the name (a dead server's name is free the
+    /// moment it dies); [`Error::InvalidName`].
+    pub fn bind(name: &str) -> Result<Server> {
+        ServerOptions::new().bind(name)
+    }
+
+    /// Options for serving with non-default settings.
+    pub fn options() -> ServerOptions {
+        ServerOptions::new()
+    }
+
+    /// The service name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A handle that stops [`Server::serve`] from another thread or a signal handler.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serves requests with `handler` until shut down.
+    ///
+    /// # Errors
+    /// [`Error::Os`] if the server's own descriptors fail (misbehaving clients never end `serve`).
+    pub fn serve<H: Handler>(self, handler: H) -> Result<()> {
+        let workers = self.options.workers;
+        let mut handles = Vec::with_capacity(workers);
+        let mut bodies = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let doorbell =
+                Arc::new(notify::doorbell().map_err(|e| Error::os("creating an eventfd", e))?);
+            let (inbox_tx, inbox_rx) = channel();
+            let load = Arc::new(AtomicUsize::new(0));
+            handles.push(WorkerHandle {
+                doorbell: doorbell.clone(),
+                inbox: Mutex::new(inbox_tx),
+                load: load.clone(),
+            });
+            bodies.push((doorbell, inbox_rx, load));
+        }
+        let handler: &dyn Handler = &handler;
+        let workers = bodies
+            .into_iter()
+            .map(|(doorbell, inbox, load)| Worker::new(&self, doorbell, inbox, load, handler))
+            .collect::<Result<Vec<_>>>()?;
+        std::thread::scope(|scope| {
+            let joins: Vec<_> = workers
+                .into_iter()
+                .map(|worker| scope.spawn(move || worker.run()))
+                .collect();
+            let accepted = self.accept_loop(&handles);
+            // Whatever ended the acceptor, the workers must stop too.
+            self.shutdown_handle().shutdown();
+            let mut result = accepted;
+            for join in joins {
+                let worker_result = join
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::os("a server worker panicked", Errno::IO)));
+                result = result.and(worker_result);
+            }
+            result
+        })
+    }
+
+    fn stats(&self) -> Stats {
+        let shared = &self.shared;
+        Stats {
+            pid: process::current_pid(),
+            connections: shared.connections.load(Ordering::Relaxed) as u32,
+            workers: self.options.workers as u32,
+            max_connections: self.options.max_clients as u32,
+            calls: shared.calls.load(Ordering::Relaxed),
+            corrupt_disconnects: shared.corrupt_disconnects.load(Ordering::Relaxed),
+            uptime_ms: shared.started.elapsed().as_millis() as u64,
+            max_message: self.options.max_message_size as u64,
+        }
+    }
+
+    fn accept_loop(&self, workers: &[WorkerHandle]) -> Result<()> {
+        loop {
+            let (incoming, stop) =
+                notify::wait_either(&self.listener, &self.shared.shutdown_bell, None)
+                    .map_err(|e| Error::os("waiting for connections", e))?;
+            if stop || self.shared.shutting_down.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            if !incoming {
+                continue;
+            }
+            match socket::accept(&self.listener) {
+                Ok(connection) => {
+                    // A misbehaving connector only loses its own connection.
+                    if let Err(e) = self.admit(connection, workers) {
+                        tracing::debug!(server = %self.name, error = %e, "handshake failed");
+                    }
+                }
+                Err(Errno::INTR | Errno::AGAIN | Errno::CONNABORTED | Errno::PROTO) => {}
+                Err(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM) => {
+                    tracing::warn!(server = %self.name, "out of descriptors or memory; refusing connections for a moment");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(Error::os("accepting a connection", e)),
+            }
+        }
+    }
+
+    fn allowed(&self, peer: socket::PeerCredentials) -> bool {
+        let uid = process::effective_uid();
+        match self.options.permissions {
+            Permissions::Everyone => true,
+            Permissions::Group => {
+                peer.uid == uid || peer.uid == 0 || peer.gid == rustix::process::getegid().as_raw()
+            }
+            Permissions::OwnerOnly => peer.uid == uid || peer.uid == 0,
+        }
+    }
+
+    fn admit(&self, connection: OwnedFd, workers: &[WorkerHandle]) -> Result<(), Errno> {
+        socket::set_io_timeout(&connection, HANDSHAKE_TIMEOUT)?;
+        let peer = socket::peer_credentials(&connection)?;
+        let mut buf = [0u8; Hello::LEN + 8];
+        let (len, _) = socket::receive_message(&connection, &mut buf)?;
+        let hello = Hello::decode(&buf[..len]).map_err(|_| Errno::PROTO)?;
+        let mut welcome = Welcome {
+            admission: Admission::Accepted,
+            ring_capacity: self.options.ring_capacity as u32,
+            max_message: self.options.max_message_size as u64,
+            server_pid: process::current_pid(),
+        };
+        let refuse = |admission, welcome: &mut Welcome| {
+            welcome.admission = admission;
+            socket::send_message(&connection, &welcome.encode(), &[])
+        };
+        if !self.allowed(peer) {
+            return refuse(Admission::PermissionDenied, &mut welcome);
+        }
+        if hello.purpose == Purpose::Stats {
+            return socket::send_message(&connection, &self.stats().encode(), &[]);
+        }
+        if self.shared.shutting_down.load(Ordering::SeqCst) {
+            return refuse(Admission::ShuttingDown, &mut welcome);
+        }
+        if self.shared.connections.load(Ordering::Relaxed) >= self.options.max_clients {
+            return refuse(
+                Admission::Full {
+                    max_clients: self.options.max_clients as u32,
+                },
+                &mut welcome,
+            );
+        }
+        let Some(worker) = workers
+            .iter()
+            .min_by_key(|w| w.load.load(Ordering::Relaxed))
+        else {
+            return refuse(Admission::ShuttingDown, &mut welcome);
+        };
+        let layout = RegionLayout {
+            capacity: self.options.ring_capacity,
+        };
+        let region = memfd::create_sealed("memlink-connection", layout.len() as u64)?;
+        let map = Arc::new(Mapping::map_shared(&region, layout.len())?);
+        let client_doorbell = notify::doorbell()?;
+        socket::send_message(
+            &connection,
+            &welcome.encode(),
+            &[
+                region.as_fd(),
+                worker.doorbell.as_fd(),
+                client_doorbell.as_fd(),
+            ],
+        )?;
+        let conn = Connection::new(
+            connection,
+            map,
+            layout,
+            client_doorbell,
+            self.options.max_message_size,
+            peer.pid,
+        )
+        .map_err(|_| Errno::INVAL)?;
+        self.shared.connections.fetch_add(1, Ordering::Relaxed);
+        worker.load.fetch_add(1, Ordering::Relaxed);
+        let sent = worker.inbox.lock().map_err(|_| Errno::IO)?.send(conn);
+        if sent.is_err() {
+            self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+            return Err(Errno::IO);
+        }
+        notify::ring(&*worker.doorbell)
+    }
+}
+
+struct WorkerHandle {
+    doorbell: Arc<OwnedFd>,
+    inbox: Mutex<Sender<Connection>>,
+    load: Arc<AtomicUsize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Receiving,
+    Replying,
+}
+
+/// The server's end of one connection.
+struct Connection {
+    socket: OwnedFd,
+    map: Arc<Mapping>,
+    requests: Consumer,
+    responses: Producer,
+    client_doorbell: OwnedFd,
+    phase: Phase,
+    call: u64,
+    request_total: u64,
+    request: Vec<u8>,
+    reply: Vec<u8>,
+    reply_flags: u32,
+    reply_sent: usize,
+    /// Consumer position of the response ring when a reply fragment last did not fit.
+    blocked_at: Option<u64>,
+    max_message: usize,
+    client_pid: u32,
+}
+
+impl Connection {
+    fn new(
+        socket: OwnedFd,
+        map: Arc<Mapping>,
+        layout: RegionLayout,
+        client_doorbell: OwnedFd,
+        max_message: usize,
+        client_pid: u32,
+    ) -> Result<Self, RingError> {
+        Ok(Connection {
+            requests: Consumer::new(map.clone(), layout.requests())?,
+            responses: Producer::new(map.clone(), layout.responses())?,
+            socket,
+            map,
+            client_doorbell,
+            phase: Phase::Idle,
+            call: 0,
+            request_total: 0,
+            request: Vec::new(),
+            reply: Vec::new(),
+            reply_flags: 0,
+            reply_sent: 0,
+            blocked_at: None,
+            max_message,
+            client_pid,
+        })
+    }
+
+    fn nudge_client(&self) -> Result<(), RingError> {
+        link::nudge(&self.map, CLIENT, &self.client_doorbell)
+    }
+
+    /// Whether `pump` could make progress now.
+    fn has_work(&mut self) -> Result<bool, RingError> {
+        match self.phase {
+            Phase::Replying => Ok(self.blocked_at != Some(self.responses.consumer_position()?)),
+            Phase::Idle | Phase::Receiving => self.requests.has_data(),
+        }
+    }
+
+    /// Moves this connection forward as far as it can without waiting, handling at most one
+    /// request. Returns whether anything happened.
+    fn pump(&mut self, handler: &dyn Handler, calls: &AtomicU64) -> Result<bool, RingError> {
+        let mut progressed = false;
+        if self.phase == Phase::Replying {
+            progressed |= self.push_reply()?;
+            if self.phase == Phase::Replying {
+                return Ok(progressed);
+            }
+        }
+        while let Some(header) = self.requests.peek()? {
+            let bad = |why: String| Err(RingError(format!("client broke the protocol: {why}")));
+            match self.phase {
+                Phase::Idle => {
+                    if header.flags & FIRST == 0 {
+                        return bad("a request does not start with a first fragment".into());
+                    }
+                    if header.call_id <= self.call {
+                        return bad(format!("call id {} does not increase", header.call_id));
+                    }
+                    if header.total > self.max_message as u64 {
+                        return bad(format!(
+                            "request of {} bytes exceeds the {}-byte maximum",
+                            header.total, self.max_message
+                        ));
+                    }
+                    self.call = header.call_id;
+                    self.request_total = header.total;
+                    self.request.clear();
+                    self.phase = Phase::Receiving;
+                }
+                Phase::Receiving => {
+                    if header.flags & FIRST != 0
+                        || header.call_id != self.call
+                        || header.total != self.request_total
+                    {
+                        return bad("fragments of one request disagree".into());
+                    }
+                }
+                Phase::Replying => break,
+            }
+            if header.flags & USER_FLAGS != 0 {
+                return bad(format!("request flags {:#x}", header.flags));
+            }
+            if self.request.len() as u64 + u64::from(header.len) > self.request_total {
+                return bad("request fragments exceed the announced length".into());
+            }
+            self.requests.take(&header, &mut self.request)?;
+            self.nudge_client()?;
+            progressed = true;
+            if header.flags & LAST != 0 {
+                if self.request.len() as u64 != self.request_total {
+                    return bad("request shorter than announced".into());
+                }
+                self.respond(handler);
+                calls.fetch_add(1, Ordering::Relaxed);
+                self.push_reply()?;
+                break;
+            }
+        }
+        Ok(progressed)
+    }
+
+    fn respond(&mut self, handler: &dyn Handler) {
+        self.reply.clear();
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            handler.handle(&self.request, &mut self.reply)
+        }));
+        self.reply_flags = 0;
+        if outcome.is_err() {
+            self.reply.clear();
+            self.reply
+                .extend_from_slice(&ERR_HANDLER_PANICKED.to_le_bytes());
+            self.reply_flags = ERROR_REPLY;
+        } else if self.reply.len() > self.max_message {
+            let size = self.reply.len() as u64;
+            self.reply.clear();
+            self.reply
+                .extend_from_slice(&ERR_REPLY_TOO_LARGE.to_le_bytes());
+            self.reply.extend_from_slice(&size.to_le_bytes());
+            self.reply
+                .extend_from_slice(&(self.max_message as u64).to_le_bytes());
+            self.reply_flags = ERROR_REPLY;
+        }
+        self.reply_sent = 0;
+        self.blocked_at = None;
+        self.phase = Phase::Replying;
+    }
+
+    fn push_reply(&mut self) -> Result<bool, RingError> {
+        let fragment = self.responses.layout().max_fragment();
+        let total = self.reply.len();
+        let mut progressed = false;
+        loop {
+            let end = (self.reply_sent + fragment).min(total);
+            let mut flags = self.reply_flags;
+            if self.reply_sent == 0 {
+                flags |= FIRST;
+            }
+            if end == total {
+                flags |= LAST;
+            }
+            if !self.responses.try_push(
+                flags,
+                self.call,
+                total as u64,
+                &self.reply[self.reply_sent..end],
+            )? {
+                self.blocked_at = Some(self.responses.consumer_position()?);
+                return Ok(progressed);
+            }
+            progressed = true;
+            self.nudge_client()?;
+            self.reply_sent = end;
+            if end == total {
+                self.phase = Phase::Idle;
+                if self.request.capacity() > KEEP_BUFFER {
+                    self.request = Vec::new();
+                }
+                if self.reply.capacity() > KEEP_BUFFER {
+                    self.reply = Vec::new();
+                }
+                return Ok(progressed);
+            }
+        }
+    }
+}
+
+const DOORBELL: u64 = 0;
+const SHUTDOWN: u64 = 1;
+const FIRST_CONNECTION: u64 = 2;
+
+struct Worker<'a> {
+    server: &'a Server,
+    handler: &'a dyn Handler,
+    poller: Poller,
+    doorbell: Arc<OwnedFd>,
+    inbox: Receiver<Connection>,
+    load: Arc<AtomicUsize>,
+    connections: Vec<Option<Connection>>,
+    ready: Vec<Ready>,
+}
+
+impl<'a> Worker<'a> {
+    fn new(
+        server: &'a Server,
+        doorbell: Arc<OwnedFd>,
+        inbox: Receiver<Connection>,
+        load: Arc<AtomicUsize>,
+        handler: &'a dyn Handler,
+    ) -> Result<Self> {
+        let poller = Poller::new().map_err(|e| Error::os("creating an epoll set", e))?;
+        poller
+            .add(&*doorbell, DOORBELL)
+            .map_err(|e| Error::os("watching a doorbell", e))?;
+        poller
+            .add(&server.shared.shutdown_bell, SHUTDOWN)
+            .map_err(|e| Error::os("watching the shutdown bell", e))?;
+        Ok(Worker {
+            server,
+            handler,
+            poller,
+            doorbell,
+            inbox,
+            load,
+            connections: Vec::new(),
+            ready: Vec::new(),
+        })
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.server.shared
+    }
+
+    fn adopt_new_connections(&mut self) {
+        while let Ok(conn) = self.inbox.try_recv() {
+            let slot = match self.connections.iter().position(Option::is_none) {
+                Some(free) => free,
+                None => {
+                    self.connections.push(None);
+                    self.connections.len() - 1
+                }
+            };
+            if self
+                .poller
+                .add(&conn.socket, FIRST_CONNECTION + slot as u64)
+                .is_err()
+            {
+                self.release(conn);
+                continue;
+            }
+            self.connections[slot] = Some(conn);
+        }
+    }
+
+    fn release(&self, conn: Connection) {
+        let _ = self.poller.remove(&conn.socket);
+        self.load.fetch_sub(1, Ordering::Relaxed);
+        self.shared().connections.fetch_sub(1, Ordering::Relaxed);
+        drop(conn); // unmaps the region and closes the socket: the client sees the hang-up
+    }
+
+    fn drop_connection(&mut self, slot: usize, goodbye: Option<Goodbye>) {
+        if let Some(conn) = self.connections.get_mut(slot).and_then(Option::take) {
+            if let Some(goodbye) = goodbye {
+                let _ = socket::send_message(&conn.socket, &goodbye.encode(), &[]);
+            }
+            self.release(conn);
+        }
+    }
+
+    fn corrupted(&mut self, slot: usize, error: RingError) {
+        let pid = self
+            .connections
+            .get(slot)
+            .and_then(Option::as_ref)
+            .map_or(0, |c| c.client_pid);
+        tracing::warn!(server = %self.server.name, client_pid = pid, reason = %error.0, "dropping a client that corrupted its connection");
+        self.shared()
+            .corrupt_disconnects
+            .fetch_add(1, Ordering::Relaxed);
+        self.drop_connection(slot, Some(Goodbye::Corrupted(error.0)));
+    }
+
+    fn sweep(&mut self) -> bool {
+        let mut progressed = false;
+        for slot in 0..self.connections.len() {
+            let Some(conn) = self.connections[slot].as_mut() else {
+                continue;
+            };
+            match conn.pump(self.handler, &self.server.shared.calls) {
+                Ok(p) => progressed |= p,
+                Err(e) => self.corrupted(slot, e),
+            }
+        }
+        progressed
+    }
+
+    fn run(mut self) -> Result<()> {
+        let mut backoff = Backoff::new(PATIENCE);
+        let mut last_hangup_sweep = Instant::now();
+        let mut grace_ends: Option<Instant> = None;
+        loop {
+            self.adopt_new_connections();
+            if self.sweep() {
+                backoff = Backoff::new(PATIENCE);
+            } else if !backoff.pause() {
+                self.park(grace_ends)?;
+                backoff = Backoff::new(PATIENCE);
+            }
+            if last_hangup_sweep.elapsed() >= HANGUP_SWEEP {
+                // Busy workers rarely park; collect hang-ups anyway so dead clients are freed.
+                last_hangup_sweep = Instant::now();
+                self.wait_events(Some(Duration::ZERO))?;
+            }
+            if self.shared().shutting_down.load(Ordering::SeqCst) {
+                let ends = *grace_ends
+                    .get_or_insert_with(|| Instant::now() + self.server.options.shutdown_grace);
+                for slot in 0..self.connections.len() {
+                    let idle = self.connections[slot]
+                        .as_ref()
+                        .is_some_and(|c| c.phase == Phase::Idle);
+                    if idle || Instant::now() >= ends {
+                        self.drop_connection(slot, Some(Goodbye::ShuttingDown));
+                    }
+                }
+                if self.connections.iter().all(Option::is_none) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn park(&mut self, grace_ends: Option<Instant>) -> Result<()> {
+        let mut work = false;
+        for slot in 0..self.connections.len() {
+            let Some(conn) = self.connections[slot].as_mut() else {
+                continue;
+            };
+            match link::park_begin(&conn.map, SERVER).and_then(|()| conn.has_work()) {
+                Ok(w) => work |= w,
+                Err(e) => self.corrupted(slot, e),
+            }
+        }
+        if !work {
+            let timeout = grace_ends.map(|t| {
+                t.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1))
+            });
+            self.wait_events(timeout)?;
+        }
+        for conn in self.connections.iter().flatten() {
+            let _ = link::park_end(&conn.map, SERVER);
+        }
+        Ok(())
+    }
+
+    fn wait_events(&mut self, timeout: Option<Duration>) -> Result<()> {
+        let mut ready = std::mem::take(&mut self.ready);
+        self.poller
+            .wait(timeout, &mut ready)
+            .map_err(|e| Error::os("waiting for work", e))?;
+        for event in &ready {
+            match event.token {
+                DOORBELL => notify::silence(&*self.doorbell),
+                SHUTDOWN => {}
+                token => {
+                    // Clients send nothing on the socket after the handshake: readable or hung
+                    // up both mean the client is gone (or misbehaving).
+                    let slot = (token - FIRST_CONNECTION) as usize;
+                    tracing::debug!(server = %self.server.name, slot, hung_up = event.hung_up, "client gone");
+                    self.drop_connection(slot, None);
+                }
+            }
+        }
+        self.ready = ready;
+        Ok(())
+    }
+}
