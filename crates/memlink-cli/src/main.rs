@@ -1,15 +1,21 @@
-//! The `memlink` command: inspect and clean up memlink objects on this machine.
+//! The `memlink` command: serve and call, demo and benchmark, inspect and clean up.
+
+mod bench;
+mod demo;
+mod peer;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use memlink::inventory::{self, ObjectInfo, ObjectState};
+use memlink::{Client, Permissions, Server};
 
 #[derive(Parser)]
 #[command(
     name = "memlink",
     version,
-    about = "Shared-memory IPC for Linux: inspect and manage memlink objects"
+    about = "Fast, crash-safe shared-memory IPC for Linux"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -18,7 +24,47 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List memlink objects on this machine: name, kind, size, permissions, creator, alive or stale.
+    /// Start a server and several client processes, then compare memlink with a Unix socket.
+    Demo {
+        /// Client processes.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Calls per client.
+        #[arg(long, default_value_t = 25_000)]
+        calls: u64,
+        /// Request (and reply) size in bytes.
+        #[arg(long, default_value_t = 1024)]
+        size: usize,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchCommand,
+    },
+    /// Run an echo server under NAME until Ctrl-C, printing its statistics every second.
+    Serve {
+        /// Service name.
+        #[arg(long)]
+        name: String,
+        /// Worker threads.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Admit clients of every user (default: only this user and root).
+        #[arg(long)]
+        everyone: bool,
+    },
+    /// Call the server NAME with TEXT and print its reply.
+    Call {
+        /// Service name.
+        #[arg(long)]
+        name: String,
+        /// The request.
+        text: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
+    /// List memlink servers and objects on this machine.
     Ls,
     /// Remove an object by name. Refuses one whose creator is alive unless --force.
     Rm {
@@ -28,15 +74,87 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Internal: the child processes of `bench` and `demo`.
+    #[command(name = "__peer", hide = true)]
+    Peer {
+        #[command(subcommand)]
+        role: PeerRole,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Request/response latency and throughput against the floors, Unix sockets, pipes and TCP.
+    Rpc {
+        /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Fewer samples (about a tenth): for a quick look, not for quoting.
+        #[arg(long)]
+        quick: bool,
+        /// Server worker threads.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum PeerRole {
+    Serve {
+        transport: String,
+        name: String,
+        size: usize,
+        workers: usize,
+    },
+    Client {
+        transport: String,
+        address: String,
+        size: usize,
+        calls: u64,
+        seconds: f64,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Ls => list(),
-        Command::Rm { name, force } => {
-            inventory::remove(&name, force).map(|()| println!("removed {name}"))
-        }
+    let result: Result<(), Box<dyn std::error::Error>> = match Cli::parse().command {
+        Command::Demo {
+            clients,
+            calls,
+            size,
+        } => demo::run(&demo::DemoOptions {
+            clients: clients.max(1),
+            calls: calls.max(1),
+            size,
+        })
+        .map_err(Into::into),
+        Command::Bench {
+            which:
+                BenchCommand::Rpc {
+                    json,
+                    quick,
+                    workers,
+                },
+        } => bench::run(&bench::BenchOptions {
+            json,
+            quick,
+            workers: workers.max(1),
+        })
+        .map_err(Into::into),
+        Command::Serve {
+            name,
+            workers,
+            everyone,
+        } => serve(&name, workers, everyone).map_err(Into::into),
+        Command::Call {
+            name,
+            text,
+            timeout_ms,
+        } => call(&name, &text, timeout_ms).map_err(Into::into),
+        Command::Ls => list().map_err(Into::into),
+        Command::Rm { name, force } => inventory::remove(&name, force)
+            .map(|()| println!("removed {name}"))
+            .map_err(Into::into),
+        Command::Peer { role } => run_peer(role).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -47,21 +165,86 @@ fn main() -> ExitCode {
     }
 }
 
-fn list() -> memlink::Result<()> {
-    let objects = inventory::list()?;
-    if objects.is_empty() {
-        println!("no memlink objects");
-        return Ok(());
+fn run_peer(role: PeerRole) -> std::io::Result<()> {
+    let parse = |t: &str| {
+        peer::Transport::parse(t)
+            .ok_or_else(|| std::io::Error::other(format!("unknown transport {t}")))
+    };
+    match role {
+        PeerRole::Serve {
+            transport,
+            name,
+            size,
+            workers,
+        } => peer::serve(parse(&transport)?, &name, size, workers),
+        PeerRole::Client {
+            transport,
+            address,
+            size,
+            calls,
+            seconds,
+        } => peer::client(parse(&transport)?, &address, size, calls, seconds),
     }
-    let rows: Vec<[String; 7]> = objects.iter().map(row).collect();
-    let header = ["NAME", "KIND", "SIZE", "MODE", "UID", "PID", "STATE"].map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for r in &rows {
+}
+
+fn serve(name: &str, workers: usize, everyone: bool) -> memlink::Result<()> {
+    let permissions = if everyone {
+        Permissions::Everyone
+    } else {
+        Permissions::OwnerOnly
+    };
+    let server = Server::options()
+        .workers(workers)
+        .permissions(permissions)
+        .bind(name)?;
+    let stop = server.shutdown_handle();
+    if let Err(e) = ctrlc::set_handler(move || stop.shutdown()) {
+        eprintln!(
+            "memlink: cannot install the Ctrl-C handler ({e}); stop the server with a signal"
+        );
+    }
+    eprintln!(
+        "serving '{name}' (pid {}, {workers} worker(s)); Ctrl-C stops",
+        std::process::id()
+    );
+    let status_name = name.to_owned();
+    std::thread::spawn(move || {
+        let mut last_calls = 0;
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let Ok(stats) = memlink::rpc::server_stats(&status_name) else {
+                break;
+            };
+            eprint!(
+                "\r  {} calls ({} /s), {} client connection(s)      ",
+                stats.calls,
+                stats.calls - last_calls,
+                stats.connections
+            );
+            last_calls = stats.calls;
+        }
+    });
+    server.serve(|request: &[u8], reply: &mut Vec<u8>| reply.extend_from_slice(request))?;
+    eprintln!("\nstopped");
+    Ok(())
+}
+
+fn call(name: &str, text: &str, timeout_ms: u64) -> memlink::Result<()> {
+    let client = Client::connect(name)?;
+    let reply = client.call_timeout(text.as_bytes(), Duration::from_millis(timeout_ms))?;
+    println!("{}", String::from_utf8_lossy(&reply));
+    Ok(())
+}
+
+fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.len());
         }
     }
-    for r in std::iter::once(&header).chain(&rows) {
+    let header = header.map(str::to_owned);
+    for r in std::iter::once(&header).chain(rows) {
         let line: Vec<String> = r
             .iter()
             .zip(widths)
@@ -69,10 +252,54 @@ fn list() -> memlink::Result<()> {
             .collect();
         println!("{}", line.join("  ").trim_end());
     }
+}
+
+fn list() -> memlink::Result<()> {
+    let servers = memlink::rpc::list_servers();
+    if servers.is_empty() {
+        println!("no memlink servers");
+    } else {
+        let rows: Vec<[String; 6]> = servers
+            .iter()
+            .map(|s| match &s.stats {
+                Ok(st) => [
+                    s.name.clone(),
+                    st.pid.to_string(),
+                    st.connections.to_string(),
+                    st.calls.to_string(),
+                    st.workers.to_string(),
+                    format!("{:.0}s", st.uptime_ms as f64 / 1000.0),
+                ],
+                Err(e) => [
+                    s.name.clone(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                    format!("({e})"),
+                ],
+            })
+            .collect();
+        print_table(
+            ["SERVER", "PID", "CLIENTS", "CALLS", "WORKERS", "UPTIME"],
+            &rows,
+        );
+    }
+    println!();
+    let objects = inventory::list()?;
+    if objects.is_empty() {
+        println!("no memlink objects");
+        return Ok(());
+    }
+    let rows: Vec<[String; 7]> = objects.iter().map(object_row).collect();
+    print_table(
+        ["NAME", "KIND", "SIZE", "MODE", "UID", "PID", "STATE"],
+        &rows,
+    );
     Ok(())
 }
 
-fn row(o: &ObjectInfo) -> [String; 7] {
+fn object_row(o: &ObjectInfo) -> [String; 7] {
     [
         o.name.clone(),
         o.kind.map_or_else(|| "?".to_owned(), |k| k.to_string()),

@@ -36,7 +36,7 @@ fn ls_shows_live_and_stale_objects_and_rm_removes_only_stale_ones_unless_forced(
     let out = memlink(&["ls"]);
     assert!(out.status.success());
     let listing = stdout(&out);
-    assert!(listing.starts_with("NAME"), "{listing}");
+    assert!(listing.lines().any(|l| l.starts_with("NAME")), "{listing}");
     let row =
         line_for(&listing, &live).unwrap_or_else(|| panic!("{live} missing from:\n{listing}"));
     let cols: Vec<&str> = row.split_whitespace().collect();
@@ -87,4 +87,113 @@ fn rustix_uid() -> String {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m).to_string())
         .unwrap_or_default()
+}
+
+fn call(name: &str, text: &str) -> Output {
+    memlink(&["call", "--name", name, text])
+}
+
+#[test]
+fn serve_answers_call_shows_in_ls_and_stops_on_ctrl_c() {
+    let name = unique("serve");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_memlink"))
+        .args(["serve", "--name", &name, "--workers", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let reply = loop {
+        let out = call(&name, "hello over shared memory");
+        if out.status.success() {
+            break stdout(&out);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server never answered: {out:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(reply.trim_end(), "hello over shared memory");
+
+    let listing = stdout(&memlink(&["ls"]));
+    let row =
+        line_for(&listing, &name).unwrap_or_else(|| panic!("server missing from:\n{listing}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[1], server.id().to_string(), "{row}");
+    assert_eq!(cols[4], "2", "workers: {row}");
+
+    let pid = rustix::process::Pid::from_raw(server.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let status = server.wait().unwrap();
+    assert!(
+        status.success(),
+        "serve did not stop cleanly on Ctrl-C: {status:?}"
+    );
+    let after = call(&name, "anyone?");
+    assert!(!after.status.success());
+    assert!(
+        String::from_utf8_lossy(&after.stderr).contains("no memlink server is running"),
+        "{after:?}"
+    );
+}
+
+#[test]
+fn demo_runs_clients_and_compares_with_a_unix_socket() {
+    let out = memlink(&["demo", "--clients", "2", "--calls", "2000", "--size", "256"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    for needle in [
+        "memlink demo: 2 client processes",
+        "transport",
+        "memlink",
+        "unix socket",
+        "p99.9",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    let row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("memlink ") && l.contains("4000"))
+        .unwrap();
+    assert!(row.split_whitespace().count() == 6, "{row}");
+}
+
+#[test]
+fn bench_rpc_json_reports_every_transport_size_and_target() {
+    let out = memlink(&["bench", "rpc", "--quick", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    let latency = report["latency"].as_array().unwrap();
+    for transport in [
+        "shm spin (floor)",
+        "futex (floor)",
+        "memlink (awake)",
+        "memlink (asleep)",
+        "unix socket",
+        "pipe",
+        "tcp loopback",
+    ] {
+        for size in [64, 4096, 65536, 1 << 20] {
+            let row = latency
+                .iter()
+                .find(|r| r["transport"] == transport && r["size"] == size);
+            let row = row.unwrap_or_else(|| panic!("no {transport} {size}"));
+            assert!(
+                row["p50_ns"].as_u64().unwrap() > 0
+                    && row["p999_ns"].as_u64() >= row["p50_ns"].as_u64()
+            );
+        }
+    }
+    assert_eq!(report["same_core"].as_array().unwrap().len(), 2);
+    let throughput = report["throughput"].as_array().unwrap();
+    for clients in [1, 4, 16, 64] {
+        assert!(
+            throughput
+                .iter()
+                .any(|t| t["transport"] == "memlink" && t["clients"] == clients)
+        );
+    }
+    assert_eq!(report["targets"].as_array().unwrap().len(), 9);
 }

@@ -27,9 +27,12 @@ use crate::platform::{memfd, notify, process, shm, socket};
 
 const DEFAULT_CHANNELS: usize = 8;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a waiting call spins (when the server runs on another CPU).
 const MAX_SPIN: Duration = Duration::from_micros(50);
-const MIN_SPIN: Duration = Duration::from_micros(4);
-const YIELD_FOR: Duration = Duration::from_micros(100);
+/// Longest a waiting call stays runnable (spinning, then yielding) before it parks.
+const MAX_PATIENCE: Duration = Duration::from_micros(150);
+/// Below this a budget is not worth having: each side would park before the other's reply.
+const MIN_PATIENCE: Duration = Duration::from_micros(8);
 
 /// How to connect. `ClientOptions::new()` gives the defaults.
 #[derive(Debug, Clone)]
@@ -343,7 +346,8 @@ struct Channel {
     last_call: u64,
     max_message: usize,
     epoch: u64,
-    spin: Duration,
+    /// How long a wait stays runnable before parking; adapted to how long waits take.
+    patience: Duration,
 }
 
 fn connect_error(name: &str, e: Errno) -> Error {
@@ -454,7 +458,7 @@ impl Channel {
             last_call: 0,
             max_message,
             epoch,
-            spin: MAX_SPIN,
+            patience: MAX_PATIENCE,
         })
     }
 
@@ -609,14 +613,15 @@ impl Channel {
         mut ready: impl FnMut(&mut Self) -> Result<bool, RingError>,
     ) -> Result<()> {
         let corrupted = |c: &Self, e: RingError| Error::corrupted(&c.name, e.0);
+        // Spinning is pointless while the server runs on our CPU: it cannot run until we stop.
         let spin = if link::shares_cpu_with_peer(&self.map, CLIENT, SERVER) {
             Duration::ZERO
         } else {
-            self.spin
+            self.patience.min(MAX_SPIN)
         };
         let mut backoff = Backoff::new(Patience {
             spin,
-            yield_for: YIELD_FOR,
+            yield_for: self.patience - spin,
         });
         loop {
             if ready(self).map_err(|e| corrupted(self, e))? {
@@ -663,21 +668,22 @@ impl Channel {
         }
     }
 
-    /// Spin budget adaptation: keep spinning while replies arrive within the spin window; when a
-    /// wait had to park and took longer than the full budget, halve it (down to zero — a very short
-    /// spin is worse than none); when a parked wait turns out short, spinning would have caught it,
-    /// so grow it again.
+    /// Budget adaptation, as in adaptive mutexes: a wait that had to park and then took longer
+    /// than the whole budget (the server is busy with others, or slow) halves the budget, down to
+    /// zero — a waiter that stays runnable only steals CPU from the server it waits for, and a very
+    /// short budget is worse than none. A parked wait that turned out short would have been caught
+    /// by staying runnable, so it doubles the budget again.
     fn adapt(&mut self, waited: Duration, parked: bool) {
         if !parked {
             return;
         }
-        if waited > MAX_SPIN + YIELD_FOR {
-            self.spin /= 2;
-            if self.spin < MIN_SPIN {
-                self.spin = Duration::ZERO;
+        if waited > MAX_PATIENCE {
+            self.patience /= 2;
+            if self.patience < MIN_PATIENCE {
+                self.patience = Duration::ZERO;
             }
         } else {
-            self.spin = (self.spin * 2).clamp(MIN_SPIN, MAX_SPIN);
+            self.patience = (self.patience * 2).clamp(MIN_PATIENCE, MAX_PATIENCE);
         }
     }
 

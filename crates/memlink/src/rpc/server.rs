@@ -710,17 +710,35 @@ impl<'a> Worker<'a> {
         progressed
     }
 
+    /// How long to spin and yield before parking: no spinning while any of our clients runs on
+    /// our CPU (it could not run while we spin).
+    fn patience(&self) -> Patience {
+        let shared_cpu = self
+            .connections
+            .iter()
+            .flatten()
+            .any(|c| link::shares_cpu_with_peer(&c.map, SERVER, CLIENT));
+        if shared_cpu {
+            Patience {
+                spin: Duration::ZERO,
+                ..PATIENCE
+            }
+        } else {
+            PATIENCE
+        }
+    }
+
     fn run(mut self) -> Result<()> {
-        let mut backoff = Backoff::new(PATIENCE);
+        let mut backoff = Backoff::new(self.patience());
         let mut last_hangup_sweep = Instant::now();
         let mut grace_ends: Option<Instant> = None;
         loop {
             self.adopt_new_connections();
             if self.sweep() {
-                backoff = Backoff::new(PATIENCE);
+                backoff = Backoff::new(self.patience());
             } else if !backoff.pause() {
                 self.park(grace_ends)?;
-                backoff = Backoff::new(PATIENCE);
+                backoff = Backoff::new(self.patience());
             }
             if last_hangup_sweep.elapsed() >= HANGUP_SWEEP {
                 // Busy workers rarely park; collect hang-ups anyway so dead clients are freed.

@@ -1,0 +1,537 @@
+//! `memlink bench rpc`: round-trip latency and throughput of memlink against its own floors and
+//! the usual alternatives, all measured in one run on this machine.
+//!
+//! This process is always the client; every server runs in a child process. Latencies are
+//! recorded per call in an HDR histogram (ns, 3 significant digits). The floors are the same echo
+//! done with nothing but the copies and one shared sequence word per direction: `shm spin` (both
+//! sides busy-wait — the hardware floor) and `futex` (both sides sleep in the kernel every time —
+//! the floor for a sleeping peer).
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use memlink::Client;
+use serde_json::{Value, json};
+
+use crate::peer::{self, Floor, PeerProcess, RoundTrip, Transport};
+
+const SIZES: [usize; 4] = [64, 4096, 64 << 10, 1 << 20];
+const THROUGHPUT_CLIENTS: [usize; 4] = [1, 4, 16, 64];
+
+/// Command-line options of `memlink bench rpc`.
+#[derive(Debug, Clone)]
+pub(crate) struct BenchOptions {
+    pub(crate) json: bool,
+    pub(crate) quick: bool,
+    pub(crate) workers: usize,
+}
+
+/// Percentiles of one latency measurement, in nanoseconds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Latency {
+    pub(crate) p50: u64,
+    pub(crate) p99: u64,
+    pub(crate) p999: u64,
+    pub(crate) mean: f64,
+    pub(crate) samples: u64,
+}
+
+impl Latency {
+    pub(crate) fn of(h: &Histogram<u64>) -> Self {
+        Latency {
+            p50: h.value_at_quantile(0.50),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            mean: h.mean(),
+            samples: h.len(),
+        }
+    }
+}
+
+pub(crate) fn new_histogram() -> io::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).map_err(io::Error::other)
+}
+
+struct Row {
+    label: &'static str,
+    size: usize,
+    latency: Latency,
+}
+
+fn iterations(size: usize, quick: bool) -> u64 {
+    let full = match size {
+        0..=4096 => 20_000,
+        4097..=65536 => 5_000,
+        _ => 500,
+    };
+    if quick { full / 10 } else { full }
+}
+
+/// Times `iterations` echo round trips of `size` bytes (after a warm-up), sleeping `gap` before
+/// each when given, and checks the last reply.
+pub(crate) fn measure(
+    rt: &mut dyn RoundTrip,
+    size: usize,
+    iterations: u64,
+    gap: Option<Duration>,
+) -> io::Result<Latency> {
+    let request: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let mut reply = Vec::with_capacity(size);
+    let warmup = if gap.is_some() {
+        10
+    } else {
+        (iterations / 10).clamp(10, 1000)
+    };
+    for _ in 0..warmup {
+        rt.round_trip(&request, &mut reply)?;
+    }
+    let mut histogram = new_histogram()?;
+    for _ in 0..iterations {
+        if let Some(gap) = gap {
+            std::thread::sleep(gap);
+        }
+        let started = Instant::now();
+        rt.round_trip(&request, &mut reply)?;
+        histogram.saturating_record(started.elapsed().as_nanos() as u64);
+    }
+    if reply != request {
+        return Err(io::Error::other("a transport returned a wrong echo"));
+    }
+    Ok(Latency::of(&histogram))
+}
+
+fn memcpy_bandwidth() -> f64 {
+    let source = vec![1u8; 1 << 20];
+    let mut destination = vec![0u8; 1 << 20];
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let started = Instant::now();
+        for _ in 0..200 {
+            destination.copy_from_slice(std::hint::black_box(&source));
+            std::hint::black_box(&mut destination);
+        }
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    200.0 * (1 << 20) as f64 / best
+}
+
+fn unique(tag: &str) -> String {
+    format!("bench-{tag}-{}", std::process::id())
+}
+
+fn note(json: bool, message: &str) {
+    if json {
+        eprintln!("{message}");
+    } else {
+        println!("{message}");
+    }
+}
+
+/// Latency of every transport at every size (both processes free to run anywhere).
+fn latency_rows(options: &BenchOptions) -> io::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let memlink_name = unique("rpc");
+    let _memlink_server = PeerProcess::spawn(&[
+        "serve",
+        "memlink",
+        &memlink_name,
+        "0",
+        &options.workers.to_string(),
+    ])?;
+    let mut client = Client::connect_timeout(&memlink_name, Duration::from_secs(10))
+        .map_err(io::Error::other)?;
+    let uds_name = unique("uds");
+    let _uds_server = PeerProcess::spawn(&["serve", "uds", &uds_name, "0", "1"])?;
+    let mut uds = peer::connect_uds(&uds_name)?;
+    let mut pipe_server = PeerProcess::spawn(&["serve", "pipe", "-", "0", "1"])?;
+    let mut pipe = pipe_server.pipe()?;
+    let tcp_server = PeerProcess::spawn(&["serve", "tcp", "-", "0", "1"])?;
+    let mut tcp = peer::connect_tcp(&tcp_server.detail)?;
+    let asleep_samples = if options.quick { 50 } else { 300 };
+
+    for size in SIZES {
+        let n = iterations(size, options.quick);
+        note(
+            options.json,
+            &format!("  measuring {} ...", human_size(size)),
+        );
+        for (label, sleep) in [("shm spin (floor)", false), ("futex (floor)", true)] {
+            let name = unique(&format!("floor-{size}-{sleep}"));
+            let mut floor = Floor::create(&name, size, sleep).map_err(io::Error::other)?;
+            let transport = if sleep { "futex" } else { "spin" };
+            let server = PeerProcess::spawn(&["serve", transport, &name, &size.to_string(), "1"])?;
+            let latency = measure(&mut floor, size, n, None)?;
+            floor.stop();
+            drop(server);
+            rows.push(Row {
+                label,
+                size,
+                latency,
+            });
+        }
+        rows.push(Row {
+            label: "memlink (awake)",
+            size,
+            latency: measure(&mut client, size, n, None)?,
+        });
+        let asleep = measure(
+            &mut client,
+            size,
+            asleep_samples,
+            Some(Duration::from_millis(2)),
+        )?;
+        rows.push(Row {
+            label: "memlink (asleep)",
+            size,
+            latency: asleep,
+        });
+        rows.push(Row {
+            label: "unix socket",
+            size,
+            latency: measure(&mut uds, size, n, None)?,
+        });
+        rows.push(Row {
+            label: "pipe",
+            size,
+            latency: measure(&mut pipe, size, n, None)?,
+        });
+        rows.push(Row {
+            label: "tcp loopback",
+            size,
+            latency: measure(&mut tcp, size, n, None)?,
+        });
+    }
+    Ok(rows)
+}
+
+/// 64-byte latency with this process and the server pinned to the same CPU.
+fn same_core_rows(options: &BenchOptions) -> io::Result<Vec<Row>> {
+    let original = rustix::thread::sched_getaffinity(None).map_err(io::Error::from)?;
+    let mut only_cpu0 = rustix::thread::CpuSet::new();
+    only_cpu0.set(0);
+    rustix::thread::sched_setaffinity(None, &only_cpu0).map_err(io::Error::from)?;
+    let result = (|| {
+        let n = iterations(64, options.quick);
+        let mut rows = Vec::new();
+        let name = unique("samecore-futex");
+        let mut floor = Floor::create(&name, 64, true).map_err(io::Error::other)?;
+        let server = PeerProcess::spawn(&["serve", "futex", &name, "64", "1"])?;
+        rows.push(Row {
+            label: "futex (floor)",
+            size: 64,
+            latency: measure(&mut floor, 64, n, None)?,
+        });
+        floor.stop();
+        drop(server);
+        let name = unique("samecore-rpc");
+        let _server = PeerProcess::spawn(&["serve", "memlink", &name, "0", "1"])?;
+        let mut client =
+            Client::connect_timeout(&name, Duration::from_secs(10)).map_err(io::Error::other)?;
+        rows.push(Row {
+            label: "memlink",
+            size: 64,
+            latency: measure(&mut client, 64, n, None)?,
+        });
+        Ok(rows)
+    })();
+    rustix::thread::sched_setaffinity(None, &original).map_err(io::Error::from)?;
+    result
+}
+
+struct Throughput {
+    label: &'static str,
+    clients: usize,
+    calls_per_second: f64,
+    slowest: u64,
+    fastest: u64,
+}
+
+fn throughput_rows(options: &BenchOptions) -> io::Result<Vec<Throughput>> {
+    let seconds = if options.quick { 0.3 } else { 1.0 };
+    let mut rows = Vec::new();
+    let memlink_name = unique("load");
+    let _memlink = PeerProcess::spawn(&[
+        "serve",
+        "memlink",
+        &memlink_name,
+        "0",
+        &options.workers.to_string(),
+    ])?;
+    let uds_name = unique("load-uds");
+    let _uds = PeerProcess::spawn(&["serve", "uds", &uds_name, "0", "1"])?;
+    for (label, transport, address) in [
+        ("memlink", Transport::Memlink, &memlink_name),
+        ("unix socket", Transport::Uds, &uds_name),
+    ] {
+        for clients in THROUGHPUT_CLIENTS {
+            note(
+                options.json,
+                &format!("  {label}: {clients} client processes ..."),
+            );
+            let mut histogram = new_histogram()?;
+            let load = peer::Load {
+                transport,
+                address,
+                clients,
+                size: 64,
+                calls: 0,
+                seconds,
+            };
+            let reports = peer::run_clients(&load, &mut histogram, |_| {})?;
+            let calls_per_second = reports
+                .iter()
+                .map(|r| r.calls as f64 / r.elapsed.as_secs_f64().max(1e-9))
+                .sum();
+            let slowest = reports.iter().map(|r| r.calls).min().unwrap_or(0);
+            let fastest = reports.iter().map(|r| r.calls).max().unwrap_or(0);
+            rows.push(Throughput {
+                label,
+                clients,
+                calls_per_second,
+                slowest,
+                fastest,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+pub(crate) fn human_size(size: usize) -> String {
+    match size {
+        s if s >= 1 << 20 => format!("{} MiB", s >> 20),
+        s if s >= 1 << 10 => format!("{} KiB", s >> 10),
+        s => format!("{s} B"),
+    }
+}
+
+pub(crate) fn us(ns: u64) -> String {
+    format!("{:.2}", ns as f64 / 1000.0)
+}
+
+struct Target {
+    what: &'static str,
+    measured: f64,
+    goal: f64,
+    higher_is_better: bool,
+}
+
+impl Target {
+    fn met(&self) -> bool {
+        if self.higher_is_better {
+            self.measured >= self.goal
+        } else {
+            self.measured <= self.goal
+        }
+    }
+}
+
+/// Runs the whole benchmark and prints it (as a table, or one JSON object).
+pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
+    let cpus = rustix::thread::sched_getaffinity(None)
+        .map(|s| s.count())
+        .unwrap_or(1);
+    note(
+        options.json,
+        &format!(
+            "memlink bench rpc: {cpus} CPUs, server workers {}",
+            options.workers
+        ),
+    );
+    let memcpy = memcpy_bandwidth();
+    note(
+        options.json,
+        "latency (this process is the client, the server is a child process):",
+    );
+    let latency = latency_rows(options)?;
+    note(options.json, "same core (both pinned to CPU 0):");
+    let same_core = same_core_rows(options)?;
+    note(options.json, "throughput (64 B calls, N client processes):");
+    let throughput = throughput_rows(options)?;
+
+    let find = |label: &str, size: usize| {
+        latency
+            .iter()
+            .find(|r| r.label == label && r.size == size)
+            .map(|r| r.latency)
+    };
+    let get = |label: &str, size: usize| {
+        find(label, size).ok_or_else(|| io::Error::other(format!("no {label} row")))
+    };
+    let (spin, futex, awake, asleep, uds) = (
+        get("shm spin (floor)", 64)?,
+        get("futex (floor)", 64)?,
+        get("memlink (awake)", 64)?,
+        get("memlink (asleep)", 64)?,
+        get("unix socket", 64)?,
+    );
+    let same = |label: &str| {
+        same_core
+            .iter()
+            .find(|r| r.label == label)
+            .map(|r| r.latency)
+    };
+    let (same_futex, same_memlink) = (
+        same("futex (floor)").ok_or_else(|| io::Error::other("no row"))?,
+        same("memlink").ok_or_else(|| io::Error::other("no row"))?,
+    );
+    let mib = (1 << 20) as f64;
+    let echo_rate = |l: Latency| mib / (l.mean / 1e9);
+    let (memlink_mib, uds_mib) = (
+        echo_rate(get("memlink (awake)", 1 << 20)?),
+        echo_rate(get("unix socket", 1 << 20)?),
+    );
+    let tp = |label: &str, clients: usize| {
+        throughput
+            .iter()
+            .find(|t| t.label == label && t.clients == clients)
+    };
+    let (one, many) = (tp("memlink", 1), tp("memlink", 64));
+    let targets = vec![
+        Target {
+            what: "64 B awake p50 / spin floor p50",
+            measured: awake.p50 as f64 / spin.p50 as f64,
+            goal: 1.5,
+            higher_is_better: false,
+        },
+        Target {
+            what: "64 B awake p99.9 / spin floor p99.9",
+            measured: awake.p999 as f64 / spin.p999 as f64,
+            goal: 3.0,
+            higher_is_better: false,
+        },
+        Target {
+            what: "64 B unix socket p50 / memlink p50",
+            measured: uds.p50 as f64 / awake.p50 as f64,
+            goal: 50.0,
+            higher_is_better: true,
+        },
+        Target {
+            what: "64 B asleep p50 / futex floor p50",
+            measured: asleep.p50 as f64 / futex.p50 as f64,
+            goal: 1.2,
+            higher_is_better: false,
+        },
+        Target {
+            what: "same core p50 / same-core futex p50",
+            measured: same_memlink.p50 as f64 / same_futex.p50 as f64,
+            goal: 1.5,
+            higher_is_better: false,
+        },
+        Target {
+            what: "1 MiB echo bytes/s / memcpy bytes/s",
+            measured: memlink_mib / memcpy,
+            goal: 0.6,
+            higher_is_better: true,
+        },
+        Target {
+            what: "1 MiB echo bytes/s / unix socket",
+            measured: memlink_mib / uds_mib,
+            goal: 1.6,
+            higher_is_better: true,
+        },
+        Target {
+            what: "64 clients calls/s / 1 client calls/s",
+            measured: match (one, many) {
+                (Some(o), Some(m)) => m.calls_per_second / o.calls_per_second,
+                _ => 0.0,
+            },
+            goal: 0.8,
+            higher_is_better: true,
+        },
+        Target {
+            what: "64 clients: slowest / fastest client",
+            measured: many.map_or(0.0, |m| m.slowest as f64 / m.fastest.max(1) as f64),
+            goal: 2.0 / 3.0,
+            higher_is_better: true,
+        },
+    ];
+
+    if options.json {
+        let latency_json = |rows: &[Row]| -> Vec<Value> {
+            rows.iter()
+                .map(|r| json!({"transport": r.label, "size": r.size, "p50_ns": r.latency.p50, "p99_ns": r.latency.p99,
+                                "p999_ns": r.latency.p999, "mean_ns": r.latency.mean, "samples": r.latency.samples}))
+                .collect()
+        };
+        let report = json!({
+            "cpus": cpus,
+            "server_workers": options.workers,
+            "memcpy_bytes_per_second": memcpy,
+            "latency": latency_json(&latency),
+            "same_core": latency_json(&same_core),
+            "throughput": throughput.iter().map(|t| json!({"transport": t.label, "clients": t.clients,
+                "calls_per_second": t.calls_per_second, "slowest_client_calls": t.slowest, "fastest_client_calls": t.fastest})).collect::<Vec<_>>(),
+            "echo_1mib_bytes_per_second": {"memlink": memlink_mib, "unix socket": uds_mib},
+            "targets": targets.iter().map(|t| json!({"target": t.what, "measured": t.measured, "goal": t.goal,
+                "higher_is_better": t.higher_is_better, "met": t.met()})).collect::<Vec<_>>(),
+        });
+        println!("{report}");
+        return Ok(());
+    }
+
+    println!();
+    for size in SIZES {
+        let memlink_p50 = find("memlink (awake)", size).map_or(1, |l| l.p50.max(1)) as f64;
+        let floor_p50 = find("shm spin (floor)", size).map_or(1, |l| l.p50.max(1)) as f64;
+        println!(
+            "{} round trip (µs)       p50       p99     p99.9   x memlink   x floor",
+            human_size(size)
+        );
+        for row in latency.iter().filter(|r| r.size == size) {
+            let l = row.latency;
+            println!(
+                "  {:<18} {:>9} {:>9} {:>9} {:>10.2} {:>9.2}",
+                row.label,
+                us(l.p50),
+                us(l.p99),
+                us(l.p999),
+                l.p50 as f64 / memlink_p50,
+                l.p50 as f64 / floor_p50
+            );
+        }
+        println!();
+    }
+    println!("64 B round trip, client and server on the same CPU (µs)   p50       p99     p99.9");
+    for row in &same_core {
+        println!(
+            "  {:<55} {:>9} {:>9} {:>9}",
+            row.label,
+            us(row.latency.p50),
+            us(row.latency.p99),
+            us(row.latency.p999)
+        );
+    }
+    println!();
+    println!("throughput, 64 B calls       clients     calls/s   slowest/fastest client");
+    for t in &throughput {
+        println!(
+            "  {:<26} {:>7} {:>11.0}   {:.2}",
+            t.label,
+            t.clients,
+            t.calls_per_second,
+            t.slowest as f64 / t.fastest.max(1) as f64
+        );
+    }
+    println!();
+    println!(
+        "1 MiB echo: memlink {:.2} GB/s, unix socket {:.2} GB/s, single-thread memcpy {:.2} GB/s",
+        memlink_mib / 1e9,
+        uds_mib / 1e9,
+        memcpy / 1e9
+    );
+    println!();
+    println!("targets                                    measured     goal   met");
+    for t in &targets {
+        let relation = if t.higher_is_better { ">=" } else { "<=" };
+        println!(
+            "  {:<40} {:>8.2}  {} {:<5.2} {}",
+            t.what,
+            t.measured,
+            relation,
+            t.goal,
+            if t.met() { "yes" } else { "NO" }
+        );
+    }
+    Ok(())
+}
