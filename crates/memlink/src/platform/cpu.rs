@@ -9,3 +9,8 @@ pub(crate) fn current_cpu() -> u32 {
     let cpu = unsafe { libc::sched_getcpu() };
     u32::try_from(cpu).unwrap_or(u32::MAX)
 }
+
+/// How many CPUs the calling thread may run on.
+pub(crate) fn allowed_cpus() -> usize {
+    rustix::thread::sched_getaffinity(None).map_or(1, |set| set.count() as usize)
+}

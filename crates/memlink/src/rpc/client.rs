@@ -31,8 +31,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_SPIN: Duration = Duration::from_micros(50);
 /// Longest a waiting call stays runnable (spinning, then yielding) before it parks.
 const MAX_PATIENCE: Duration = Duration::from_micros(150);
-/// Below this a budget is not worth having: each side would park before the other's reply.
-const MIN_PATIENCE: Duration = Duration::from_micros(8);
+/// How long a waiter yields before parking while the server is crowded: about one turn of a
+/// worker serving a hundred clients.
+const CROWDED_PATIENCE: Duration = Duration::from_micros(500);
+/// Waits averaging longer than this (a slow handler, an overloaded server) are not worth staying
+/// runnable for: the waiter parks at once and leaves the CPU to the server.
+const WORTH_STAYING_RUNNABLE: Duration = Duration::from_micros(500);
+/// While parking at once, one wait in this many is patient anyway, to notice when waits are short
+/// again.
+const PROBE_EVERY: u32 = 16;
 
 /// How to connect. `ClientOptions::new()` gives the defaults.
 #[derive(Debug, Clone)]
@@ -346,8 +353,9 @@ struct Channel {
     last_call: u64,
     max_message: usize,
     epoch: u64,
-    /// How long a wait stays runnable before parking; adapted to how long waits take.
-    patience: Duration,
+    /// Moving average of how long waits took (1/8 weight to the newest).
+    recent_wait: Duration,
+    waits: u32,
 }
 
 fn connect_error(name: &str, e: Errno) -> Error {
@@ -458,7 +466,8 @@ impl Channel {
             last_call: 0,
             max_message,
             epoch,
-            patience: MAX_PATIENCE,
+            recent_wait: Duration::ZERO,
+            waits: 0,
         })
     }
 
@@ -613,19 +622,10 @@ impl Channel {
         mut ready: impl FnMut(&mut Self) -> Result<bool, RingError>,
     ) -> Result<()> {
         let corrupted = |c: &Self, e: RingError| Error::corrupted(&c.name, e.0);
-        // Spinning is pointless while the server runs on our CPU: it cannot run until we stop.
-        let spin = if link::shares_cpu_with_peer(&self.map, CLIENT, SERVER) {
-            Duration::ZERO
-        } else {
-            self.patience.min(MAX_SPIN)
-        };
-        let mut backoff = Backoff::new(Patience {
-            spin,
-            yield_for: self.patience - spin,
-        });
+        let mut backoff = Backoff::new(self.patience());
         loop {
             if ready(self).map_err(|e| corrupted(self, e))? {
-                self.adapt(backoff.elapsed(), false);
+                self.record_wait(backoff.elapsed());
                 return Ok(());
             }
             if !backoff.pause() {
@@ -639,7 +639,7 @@ impl Channel {
             link::park_begin(&self.map, CLIENT).map_err(|e| corrupted(self, e))?;
             if ready(self).map_err(|e| corrupted(self, e))? {
                 link::park_end(&self.map, CLIENT).map_err(|e| corrupted(self, e))?;
-                self.adapt(backoff.elapsed(), true);
+                self.record_wait(backoff.elapsed());
                 return Ok(());
             }
             let left = match deadline {
@@ -668,23 +668,43 @@ impl Channel {
         }
     }
 
-    /// Budget adaptation, as in adaptive mutexes: a wait that had to park and then took longer
-    /// than the whole budget (the server is busy with others, or slow) halves the budget, down to
-    /// zero — a waiter that stays runnable only steals CPU from the server it waits for, and a very
-    /// short budget is worse than none. A parked wait that turned out short would have been caught
-    /// by staying runnable, so it doubles the budget again.
-    fn adapt(&mut self, waited: Duration, parked: bool) {
-        if !parked {
-            return;
+    /// How the next wait behaves before it parks.
+    ///
+    /// - Waits have been long (the server is slow or overloaded): park at once, so the server
+    ///   keeps the CPU; one wait in [`PROBE_EVERY`] is patient anyway, to notice when that changes.
+    /// - The server says it is crowded (more active clients than spare CPUs): do not spin — a
+    ///   spinning waiter takes CPU from the server and is served ahead of parked clients, starving
+    ///   them — but yield for a while: the CPU goes to whoever needs it, every waiter is treated
+    ///   alike, and a reply that comes within a worker's turn is caught without a wake-up.
+    /// - Otherwise spin (unless the server runs on our CPU: it could not run while we spin),
+    ///   then yield.
+    fn patience(&mut self) -> Patience {
+        self.waits = self.waits.wrapping_add(1);
+        if self.recent_wait > WORTH_STAYING_RUNNABLE && !self.waits.is_multiple_of(PROBE_EVERY) {
+            return Patience {
+                spin: Duration::ZERO,
+                yield_for: Duration::ZERO,
+            };
         }
-        if waited > MAX_PATIENCE {
-            self.patience /= 2;
-            if self.patience < MIN_PATIENCE {
-                self.patience = Duration::ZERO;
-            }
+        if link::server_is_crowded(&self.map) {
+            return Patience {
+                spin: Duration::ZERO,
+                yield_for: CROWDED_PATIENCE,
+            };
+        }
+        let spin = if link::shares_cpu_with_peer(&self.map, CLIENT, SERVER) {
+            Duration::ZERO
         } else {
-            self.patience = (self.patience * 2).clamp(MIN_PATIENCE, MAX_PATIENCE);
+            MAX_SPIN
+        };
+        Patience {
+            spin,
+            yield_for: MAX_PATIENCE - spin,
         }
+    }
+
+    fn record_wait(&mut self, waited: Duration) {
+        self.recent_wait = (self.recent_wait * 7 + waited) / 8;
     }
 
     /// Why the server closed the connection: it says so in a goodbye message if it dropped us

@@ -18,6 +18,11 @@
 //! publishes the CPU it last waited on (free to read via rseq); when the peer's CPU equals ours,
 //! the spin phase is skipped and we go straight to yielding, so a client and server sharing one
 //! core hand the CPU back and forth instead of burning a scheduler tick.
+//!
+//! Spinning also only pays while there are CPUs to spare. When a server has more active clients
+//! than that, waiting clients that stay runnable take CPU time from the server and get served
+//! ahead of clients that parked, starving them; so the server marks itself *crowded* and clients
+//! then park at once, all alike.
 
 use std::sync::atomic::{AtomicU32, Ordering, fence};
 use std::time::{Duration, Instant};
@@ -85,6 +90,23 @@ pub(crate) fn shares_cpu_with_peer(map: &Mapping, me: Side, peer: Side) -> bool 
         mine.store(here.wrapping_add(1), Ordering::Relaxed);
     }
     theirs.load(Ordering::Relaxed) == here.wrapping_add(1)
+}
+
+/// Server side: tells this connection's client whether the server has more active clients than
+/// the machine has CPUs to spare (written only when it changes, so the line stays shared).
+pub(crate) fn set_crowded(map: &Mapping, crowded: bool) -> Result<(), RingError> {
+    let word = word(map, super::protocol::RegionLayout::SERVER_CROWDED)?;
+    if (word.load(Ordering::Relaxed) != 0) != crowded {
+        word.store(u32::from(crowded), Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Client side: whether the server says it is crowded. Any nonzero value counts (untrusted, but
+/// it only changes how we wait, never what we read).
+pub(crate) fn server_is_crowded(map: &Mapping) -> bool {
+    word(map, super::protocol::RegionLayout::SERVER_CROWDED)
+        .is_ok_and(|w| w.load(Ordering::Relaxed) != 0)
 }
 
 /// How long to spin, then yield, before parking.

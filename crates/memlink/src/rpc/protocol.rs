@@ -267,7 +267,7 @@ impl Goodbye {
 /// |-----------------|---------------------------------------------------------------|
 /// | 0               | reserved header line pair                                     |
 /// | 128             | client line: `client_parked u32`, `client_cpu u32`            |
-/// | 256             | server line: `server_parked u32`, `server_cpu u32`            |
+/// | 256             | server line: `server_parked`, `server_cpu`, `crowded` (u32s)  |
 /// | 384             | request ring control (tail line, head line)                   |
 /// | 640             | response ring control                                         |
 /// | 1024            | request ring data (`capacity` bytes)                          |
@@ -284,6 +284,7 @@ impl RegionLayout {
     pub(crate) const CLIENT_CPU: usize = 132;
     pub(crate) const SERVER_PARKED: usize = 256;
     pub(crate) const SERVER_CPU: usize = 260;
+    pub(crate) const SERVER_CROWDED: usize = 264;
     const REQUEST_CONTROL: usize = 384;
     const RESPONSE_CONTROL: usize = Self::REQUEST_CONTROL + CONTROL_LEN;
     const DATA: usize = 1024;

@@ -36,6 +36,8 @@ use crate::platform::{memfd, process, socket};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 const HANGUP_SWEEP: Duration = Duration::from_millis(50);
+/// How often a worker recounts its active clients to decide whether it is crowded.
+const CROWDING_PERIOD: Duration = Duration::from_millis(1);
 const PATIENCE: Patience = Patience {
     spin: Duration::from_micros(50),
     yield_for: Duration::from_micros(100),
@@ -430,6 +432,8 @@ struct Connection {
     blocked_at: Option<u64>,
     max_message: usize,
     client_pid: u32,
+    /// Made progress since the worker last counted its active clients.
+    active: bool,
 }
 
 impl Connection {
@@ -457,6 +461,7 @@ impl Connection {
             blocked_at: None,
             max_message,
             client_pid,
+            active: false,
         })
     }
 
@@ -613,6 +618,8 @@ struct Worker<'a> {
     load: Arc<AtomicUsize>,
     connections: Vec<Option<Connection>>,
     ready: Vec<Ready>,
+    cpus: usize,
+    crowded: bool,
 }
 
 impl<'a> Worker<'a> {
@@ -639,6 +646,8 @@ impl<'a> Worker<'a> {
             load,
             connections: Vec::new(),
             ready: Vec::new(),
+            cpus: crate::platform::cpu::allowed_cpus(),
+            crowded: false,
         })
     }
 
@@ -703,11 +712,32 @@ impl<'a> Worker<'a> {
                 continue;
             };
             match conn.pump(self.handler, &self.server.shared.calls) {
-                Ok(p) => progressed |= p,
+                Ok(p) => {
+                    conn.active |= p;
+                    progressed |= p;
+                }
                 Err(e) => self.corrupted(slot, e),
             }
         }
         progressed
+    }
+
+    /// Counts the clients active since the last count and tells every client whether the server
+    /// is crowded: more active clients, plus the workers serving them, than CPUs.
+    fn update_crowding(&mut self) {
+        let mut active = 0;
+        for conn in self.connections.iter_mut().flatten() {
+            active += usize::from(std::mem::take(&mut conn.active));
+        }
+        self.crowded = active + self.server.options.workers > self.cpus;
+        for slot in 0..self.connections.len() {
+            let Some(conn) = self.connections[slot].as_ref() else {
+                continue;
+            };
+            if let Err(e) = link::set_crowded(&conn.map, self.crowded) {
+                self.corrupted(slot, e);
+            }
+        }
     }
 
     /// How long to spin and yield before parking: no spinning while any of our clients runs on
@@ -731,6 +761,7 @@ impl<'a> Worker<'a> {
     fn run(mut self) -> Result<()> {
         let mut backoff = Backoff::new(self.patience());
         let mut last_hangup_sweep = Instant::now();
+        let mut last_crowding_update = Instant::now();
         let mut grace_ends: Option<Instant> = None;
         loop {
             self.adopt_new_connections();
@@ -739,6 +770,10 @@ impl<'a> Worker<'a> {
             } else if !backoff.pause() {
                 self.park(grace_ends)?;
                 backoff = Backoff::new(self.patience());
+            }
+            if last_crowding_update.elapsed() >= CROWDING_PERIOD {
+                last_crowding_update = Instant::now();
+                self.update_crowding();
             }
             if last_hangup_sweep.elapsed() >= HANGUP_SWEEP {
                 // Busy workers rarely park; collect hang-ups anyway so dead clients are freed.
