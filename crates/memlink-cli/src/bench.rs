@@ -18,6 +18,9 @@ use crate::peer::{self, Floor, PeerProcess, RoundTrip, Transport};
 
 const SIZES: [usize; 4] = [64, 4096, 64 << 10, 1 << 20];
 const THROUGHPUT_CLIENTS: [usize; 4] = [1, 4, 16, 64];
+/// Pause before each "asleep" sample: far longer than any spin or yield budget, so the server
+/// (or the floor's peer) has parked and its CPU has gone idle.
+const IDLE_GAP: Duration = Duration::from_millis(2);
 
 /// Command-line options of `memlink bench rpc`.
 #[derive(Debug, Clone)]
@@ -128,11 +131,25 @@ fn note(json: bool, message: &str) {
     }
 }
 
-/// Latency of every transport at every size (both processes free to run anywhere).
-fn latency_rows(options: &BenchOptions) -> io::Result<Vec<Row>> {
+/// Latency of every transport at every size, this process (the client) pinned to CPU 0 and every
+/// server to CPU 1 when there are two CPUs or more: the scheduler then cannot move the two onto
+/// one CPU (as wake-affine placement likes to), which would make the numbers depend on luck.
+fn latency_rows(options: &BenchOptions, cpus: usize) -> io::Result<Vec<Row>> {
+    let original = rustix::thread::sched_getaffinity(None).map_err(io::Error::from)?;
+    let server_cpu = (cpus >= 2).then_some(1);
+    if cpus >= 2 {
+        peer::pin_to(&[0])?;
+    }
+    let rows = latency_rows_on(options, server_cpu);
+    rustix::thread::sched_setaffinity(None, &original).map_err(io::Error::from)?;
+    rows
+}
+
+fn latency_rows_on(options: &BenchOptions, server_cpu: Option<usize>) -> io::Result<Vec<Row>> {
+    let spawn = |args: &[&str]| PeerProcess::spawn_on(server_cpu, args);
     let mut rows = Vec::new();
     let memlink_name = unique("rpc");
-    let _memlink_server = PeerProcess::spawn(&[
+    let _memlink_server = spawn(&[
         "serve",
         "memlink",
         &memlink_name,
@@ -142,11 +159,11 @@ fn latency_rows(options: &BenchOptions) -> io::Result<Vec<Row>> {
     let mut client = Client::connect_timeout(&memlink_name, Duration::from_secs(10))
         .map_err(io::Error::other)?;
     let uds_name = unique("uds");
-    let _uds_server = PeerProcess::spawn(&["serve", "uds", &uds_name, "0", "1"])?;
+    let _uds_server = spawn(&["serve", "uds", &uds_name, "0", "1"])?;
     let mut uds = peer::connect_uds(&uds_name)?;
-    let mut pipe_server = PeerProcess::spawn(&["serve", "pipe", "-", "0", "1"])?;
+    let mut pipe_server = spawn(&["serve", "pipe", "-", "0", "1"])?;
     let mut pipe = pipe_server.pipe()?;
-    let tcp_server = PeerProcess::spawn(&["serve", "tcp", "-", "0", "1"])?;
+    let tcp_server = spawn(&["serve", "tcp", "-", "0", "1"])?;
     let mut tcp = peer::connect_tcp(&tcp_server.detail)?;
     let asleep_samples = if options.quick { 50 } else { 300 };
 
@@ -156,12 +173,17 @@ fn latency_rows(options: &BenchOptions) -> io::Result<Vec<Row>> {
             options.json,
             &format!("  measuring {} ...", human_size(size)),
         );
-        for (label, sleep) in [("shm spin (floor)", false), ("futex (floor)", true)] {
+        for (label, sleep, gap) in [
+            ("shm spin (floor)", false, None),
+            ("futex (floor)", true, None),
+            ("futex (floor, idle)", true, Some(IDLE_GAP)),
+        ] {
             let name = unique(&format!("floor-{size}-{sleep}"));
             let mut floor = Floor::create(&name, size, sleep).map_err(io::Error::other)?;
             let transport = if sleep { "futex" } else { "spin" };
-            let server = PeerProcess::spawn(&["serve", transport, &name, &size.to_string(), "1"])?;
-            let latency = measure(&mut floor, size, n, None)?;
+            let server = spawn(&["serve", transport, &name, &size.to_string(), "1"])?;
+            let samples = if gap.is_some() { asleep_samples } else { n };
+            let latency = measure(&mut floor, size, samples, gap)?;
             floor.stop();
             drop(server);
             rows.push(Row {
@@ -175,12 +197,7 @@ fn latency_rows(options: &BenchOptions) -> io::Result<Vec<Row>> {
             size,
             latency: measure(&mut client, size, n, None)?,
         });
-        let asleep = measure(
-            &mut client,
-            size,
-            asleep_samples,
-            Some(Duration::from_millis(2)),
-        )?;
+        let asleep = measure(&mut client, size, asleep_samples, Some(IDLE_GAP))?;
         rows.push(Row {
             label: "memlink (asleep)",
             size,
@@ -341,9 +358,9 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
     let memcpy = memcpy_bandwidth();
     note(
         options.json,
-        "latency (this process is the client, the server is a child process):",
+        "latency (this process is the client on CPU 0, each server a child process on CPU 1):",
     );
-    let latency = latency_rows(options)?;
+    let latency = latency_rows(options, cpus as usize)?;
     note(options.json, "same core (both pinned to CPU 0):");
     let same_core = same_core_rows(options)?;
     note(options.json, "throughput (64 B calls, N client processes):");
@@ -360,7 +377,7 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
     };
     let (spin, futex, awake, asleep, uds) = (
         get("shm spin (floor)", 64)?,
-        get("futex (floor)", 64)?,
+        get("futex (floor, idle)", 64)?,
         get("memlink (awake)", 64)?,
         get("memlink (asleep)", 64)?,
         get("unix socket", 64)?,
@@ -407,7 +424,7 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
             higher_is_better: true,
         },
         Target {
-            what: "64 B asleep p50 / futex floor p50",
+            what: "64 B asleep p50 / idle futex floor p50",
             measured: asleep.p50 as f64 / futex.p50 as f64,
             goal: 1.2,
             higher_is_better: false,

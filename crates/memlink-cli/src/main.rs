@@ -166,6 +166,7 @@ fn main() -> ExitCode {
 }
 
 fn run_peer(role: PeerRole) -> std::io::Result<()> {
+    peer::pin_as_asked()?;
     let parse = |t: &str| {
         peer::Transport::parse(t)
             .ok_or_else(|| std::io::Error::other(format!("unknown transport {t}")))

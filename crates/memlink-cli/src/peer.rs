@@ -316,9 +316,39 @@ pub(crate) struct PeerProcess {
     pub(crate) detail: String,
 }
 
+/// Environment variable telling a peer process which CPU to pin itself to.
+pub(crate) const PIN_VAR: &str = "MEMLINK_PEER_CPU";
+
+/// Restricts the calling thread (and threads it starts later) to `cpus`.
+pub(crate) fn pin_to(cpus: &[usize]) -> io::Result<()> {
+    let mut set = rustix::thread::CpuSet::new();
+    for &cpu in cpus {
+        set.set(cpu);
+    }
+    rustix::thread::sched_setaffinity(None, &set).map_err(io::Error::from)
+}
+
+/// Pins this process as its parent asked, if it did.
+pub(crate) fn pin_as_asked() -> io::Result<()> {
+    match std::env::var(PIN_VAR).ok().and_then(|v| v.parse().ok()) {
+        Some(cpu) => pin_to(&[cpu]),
+        None => Ok(()),
+    }
+}
+
 impl PeerProcess {
     pub(crate) fn spawn(args: &[&str]) -> io::Result<Self> {
-        let mut child = Command::new(std::env::current_exe()?)
+        Self::spawn_on(None, args)
+    }
+
+    /// Spawns a peer that pins itself to `cpu`, if given.
+    pub(crate) fn spawn_on(cpu: Option<usize>, args: &[&str]) -> io::Result<Self> {
+        let mut command = Command::new(std::env::current_exe()?);
+        match cpu {
+            Some(cpu) => command.env(PIN_VAR, cpu.to_string()),
+            None => command.env_remove(PIN_VAR),
+        };
+        let mut child = command
             .arg("__peer")
             .args(args)
             .stdin(Stdio::piped())

@@ -169,6 +169,7 @@ fn bench_rpc_json_reports_every_transport_size_and_target() {
     for transport in [
         "shm spin (floor)",
         "futex (floor)",
+        "futex (floor, idle)",
         "memlink (awake)",
         "memlink (asleep)",
         "unix socket",

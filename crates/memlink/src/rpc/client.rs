@@ -670,26 +670,30 @@ impl Channel {
 
     /// How the next wait behaves before it parks.
     ///
-    /// - Waits have been long (the server is slow or overloaded): park at once, so the server
-    ///   keeps the CPU; one wait in [`PROBE_EVERY`] is patient anyway, to notice when that changes.
     /// - The server says it is crowded (more active clients than spare CPUs): do not spin — a
     ///   spinning waiter takes CPU from the server and is served ahead of parked clients, starving
     ///   them — but yield for a while: the CPU goes to whoever needs it, every waiter is treated
     ///   alike, and a reply that comes within a worker's turn is caught without a wake-up.
+    /// - Waits have been long although the server is not crowded (a slow handler): park at once,
+    ///   so the server keeps the CPU; one wait in [`PROBE_EVERY`] is patient anyway, to notice
+    ///   when waits are short again.
     /// - Otherwise spin (unless the server runs on our CPU: it could not run while we spin),
     ///   then yield.
     fn patience(&mut self) -> Patience {
+        // Crowding first: under load every waiter must wait alike. A waiter that parked at once
+        // because its own recent waits were long would keep waiting long (a wake-up on a busy
+        // machine is slow) while the others kept being served: a starvation trap.
+        if link::server_is_crowded(&self.map) {
+            return Patience {
+                spin: Duration::ZERO,
+                yield_for: CROWDED_PATIENCE,
+            };
+        }
         self.waits = self.waits.wrapping_add(1);
         if self.recent_wait > WORTH_STAYING_RUNNABLE && !self.waits.is_multiple_of(PROBE_EVERY) {
             return Patience {
                 spin: Duration::ZERO,
                 yield_for: Duration::ZERO,
-            };
-        }
-        if link::server_is_crowded(&self.map) {
-            return Patience {
-                spin: Duration::ZERO,
-                yield_for: CROWDED_PATIENCE,
             };
         }
         let spin = if link::shares_cpu_with_peer(&self.map, CLIENT, SERVER) {
