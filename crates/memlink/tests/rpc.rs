@@ -495,6 +495,27 @@ fn clients_killed_mid_call_are_freed_and_do_not_disturb_others_or_grow_the_serve
 }
 
 #[test]
+fn a_client_killed_mid_call_has_its_connection_freed_within_a_second() {
+    let name = unique_name("freed");
+    let server = start_server(&name, 1);
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let mut victim = ChildProcess::spawn("kill_target", &[&name]);
+        victim.expect_line("calling");
+        std::thread::sleep(Duration::from_millis(3)); // 600 KiB requests: mid-call
+        let killed = Instant::now();
+        victim.kill_and_reap();
+        wait_until("the killed client's connection freed", || {
+            server_stats(&name).unwrap().connections == 0
+        });
+        slowest = slowest.max(killed.elapsed());
+    }
+    eprintln!("killed clients' connections were freed within {slowest:?}");
+    assert!(slowest < Duration::from_secs(1), "freeing took {slowest:?}");
+    stop_server(server);
+}
+
+#[test]
 fn a_client_that_corrupts_its_ring_is_disconnected_with_corrupted_and_harms_no_one() {
     let name = unique_name("corrupt");
     let server = start_server(&name, 1);

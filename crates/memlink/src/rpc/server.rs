@@ -36,8 +36,10 @@ use crate::platform::{memfd, process, socket};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 const HANGUP_SWEEP: Duration = Duration::from_millis(50);
-/// How often a worker recounts its active clients to decide whether it is crowded.
-const CROWDING_PERIOD: Duration = Duration::from_millis(1);
+/// How often a worker recounts its active clients to decide whether it is crowded. Long enough
+/// that a worker descheduled for a few scheduler ticks does not count its clients as gone (and
+/// invite them all to spin at the worst moment); short enough to notice load changes quickly.
+const CROWDING_PERIOD: Duration = Duration::from_millis(10);
 const PATIENCE: Patience = Patience {
     spin: Duration::from_micros(50),
     yield_for: Duration::from_micros(100),
@@ -727,7 +729,9 @@ impl<'a> Worker<'a> {
     fn update_crowding(&mut self) {
         let mut active = 0;
         for conn in self.connections.iter_mut().flatten() {
-            active += usize::from(std::mem::take(&mut conn.active));
+            // Active: served a call this period, or has one waiting right now.
+            let waiting = conn.phase != Phase::Idle || conn.requests.has_data().unwrap_or(false);
+            active += usize::from(std::mem::take(&mut conn.active) || waiting);
         }
         self.crowded = active + self.server.options.workers > self.cpus;
         for slot in 0..self.connections.len() {
@@ -759,17 +763,21 @@ impl<'a> Worker<'a> {
     }
 
     fn run(mut self) -> Result<()> {
-        let mut backoff = Backoff::new(self.patience());
+        // Started on the first sweep that finds nothing to do, so a busy worker never pays for it.
+        let mut backoff: Option<Backoff> = None;
         let mut last_hangup_sweep = Instant::now();
         let mut last_crowding_update = Instant::now();
         let mut grace_ends: Option<Instant> = None;
         loop {
             self.adopt_new_connections();
             if self.sweep() {
-                backoff = Backoff::new(self.patience());
-            } else if !backoff.pause() {
+                backoff = None;
+            } else if !backoff
+                .get_or_insert_with(|| Backoff::new(self.patience()))
+                .pause()
+            {
                 self.park(grace_ends)?;
-                backoff = Backoff::new(self.patience());
+                backoff = None;
             }
             if last_crowding_update.elapsed() >= CROWDING_PERIOD {
                 last_crowding_update = Instant::now();
