@@ -448,7 +448,7 @@ impl Channel {
             ));
         }
         let map = Arc::new(
-            Mapping::map_shared(&region_fd, layout.len())
+            Mapping::map_shared_populated(&region_fd, layout.len())
                 .map_err(|e| Error::os("mapping the shared region", e))?,
         );
         let ring = |e: RingError| Error::corrupted(name, e.0);

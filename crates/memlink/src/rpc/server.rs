@@ -372,7 +372,7 @@ impl Server {
             capacity: self.options.ring_capacity,
         };
         let region = memfd::create_sealed("memlink-connection", layout.len() as u64)?;
-        let map = Arc::new(Mapping::map_shared(&region, layout.len())?);
+        let map = Arc::new(Mapping::map_shared_populated(&region, layout.len())?);
         let client_doorbell = notify::doorbell()?;
         socket::send_message(
             &connection,
