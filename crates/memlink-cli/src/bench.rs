@@ -334,6 +334,24 @@ struct Target {
 }
 
 impl Target {
+    fn at_most(what: &'static str, measured: f64, goal: f64) -> Self {
+        Target {
+            what,
+            measured,
+            goal,
+            higher_is_better: false,
+        }
+    }
+
+    fn at_least(what: &'static str, measured: f64, goal: f64) -> Self {
+        Target {
+            what,
+            measured,
+            goal,
+            higher_is_better: true,
+        }
+    }
+
     fn met(&self) -> bool {
         if self.higher_is_better {
             self.measured >= self.goal
@@ -405,63 +423,54 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
     };
     let (one, many) = (tp("memlink", 1), tp("memlink", 64));
     let targets = vec![
-        Target {
-            what: "64 B awake p50 / spin floor p50",
-            measured: awake.p50 as f64 / spin.p50 as f64,
-            goal: 1.5,
-            higher_is_better: false,
-        },
-        Target {
-            what: "64 B awake p99.9 / spin floor p99.9",
-            measured: awake.p999 as f64 / spin.p999 as f64,
-            goal: 3.0,
-            higher_is_better: false,
-        },
-        Target {
-            what: "64 B unix socket p50 / memlink p50",
-            measured: uds.p50 as f64 / awake.p50 as f64,
-            goal: 50.0,
-            higher_is_better: true,
-        },
-        Target {
-            what: "64 B asleep p50 / idle futex floor p50",
-            measured: asleep.p50 as f64 / futex.p50 as f64,
-            goal: 1.2,
-            higher_is_better: false,
-        },
-        Target {
-            what: "same core p50 / same-core futex p50",
-            measured: same_memlink.p50 as f64 / same_futex.p50 as f64,
-            goal: 1.5,
-            higher_is_better: false,
-        },
-        Target {
-            what: "1 MiB echo bytes/s / memcpy bytes/s",
-            measured: memlink_mib / memcpy,
-            goal: 0.6,
-            higher_is_better: true,
-        },
-        Target {
-            what: "1 MiB echo bytes/s / unix socket",
-            measured: memlink_mib / uds_mib,
-            goal: 1.6,
-            higher_is_better: true,
-        },
-        Target {
-            what: "64 clients calls/s / 1 client calls/s",
-            measured: match (one, many) {
+        Target::at_most(
+            "64 B awake p50 / spin floor p50",
+            awake.p50 as f64 / spin.p50 as f64,
+            1.5,
+        ),
+        Target::at_most(
+            "64 B awake p99.9 / spin floor p99.9",
+            awake.p999 as f64 / spin.p999 as f64,
+            3.0,
+        ),
+        Target::at_least(
+            "64 B unix socket p50 / memlink p50",
+            uds.p50 as f64 / awake.p50 as f64,
+            50.0,
+        ),
+        Target::at_most(
+            "64 B asleep p50 / idle futex floor p50",
+            asleep.p50 as f64 / futex.p50 as f64,
+            1.2,
+        ),
+        Target::at_most(
+            "same core p50 / same-core futex p50",
+            same_memlink.p50 as f64 / same_futex.p50 as f64,
+            1.5,
+        ),
+        Target::at_least(
+            "1 MiB echo bytes/s / memcpy bytes/s",
+            memlink_mib / memcpy,
+            0.6,
+        ),
+        Target::at_least(
+            "1 MiB echo bytes/s / unix socket",
+            memlink_mib / uds_mib,
+            1.6,
+        ),
+        Target::at_least(
+            "64 clients calls/s / 1 client calls/s",
+            match (one, many) {
                 (Some(o), Some(m)) => m.calls_per_second / o.calls_per_second,
                 _ => 0.0,
             },
-            goal: 0.8,
-            higher_is_better: true,
-        },
-        Target {
-            what: "64 clients: slowest / fastest client",
-            measured: many.map_or(0.0, |m| m.slowest as f64 / m.fastest.max(1) as f64),
-            goal: 2.0 / 3.0,
-            higher_is_better: true,
-        },
+            0.8,
+        ),
+        Target::at_least(
+            "64 clients: slowest / fastest client",
+            many.map_or(0.0, |m| m.slowest as f64 / m.fastest.max(1) as f64),
+            2.0 / 3.0,
+        ),
     ];
 
     if options.json {

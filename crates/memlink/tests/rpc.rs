@@ -6,7 +6,10 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{ChildProcess, WATCHDOG, await_parent, is_root, report, unique_name, with_watchdog};
+use common::{
+    ChildProcess, WATCHDOG, await_parent, drop_privileges_to_nobody, is_root, report, unique_name,
+    with_watchdog,
+};
 use memlink::rpc::{list_servers, server_stats};
 use memlink::{Client, Error, Permissions, Server};
 
@@ -122,20 +125,6 @@ fn server_role(args: &[String]) {
     report("ready");
     server.serve(service).unwrap();
     report("stopped");
-}
-
-fn drop_privileges_to_nobody() {
-    const NOBODY: u32 = 65534;
-    // SAFETY (all three): plain libc calls with valid arguments; results are checked below.
-    let rc = [
-        // SAFETY: see above.
-        unsafe { libc::setgroups(0, std::ptr::null()) },
-        // SAFETY: see above.
-        unsafe { libc::setgid(NOBODY) },
-        // SAFETY: see above.
-        unsafe { libc::setuid(NOBODY) },
-    ];
-    assert_eq!(rc, [0, 0, 0]);
 }
 
 fn server_as_nobody(args: &[String]) {

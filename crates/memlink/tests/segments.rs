@@ -4,8 +4,8 @@
 mod common;
 
 use common::{
-    ChildProcess, assert_no_leftovers, await_parent, is_root, park_until_killed, report,
-    unique_name,
+    ChildProcess, assert_no_leftovers, await_parent, drop_privileges_to_nobody, is_root,
+    park_until_killed, report, unique_name,
 };
 use memlink::inventory::{self, ObjectState};
 use memlink::{Error, Permissions, Segment};
@@ -67,22 +67,6 @@ fn open_and_read(args: &[String]) {
         Ok(text) => report(&format!("read {text}")),
         Err(e) => report(&format!("error {}", variant(&e))),
     }
-}
-
-fn drop_privileges_to_nobody() {
-    const NOBODY: u32 = 65534;
-    // SAFETY (all three): plain libc calls with valid arguments (a null list of length 0 for
-    // setgroups); glibc applies set*id to every thread of the process. Results are checked below.
-    let rc = [
-        // SAFETY: see above.
-        unsafe { libc::setgroups(0, std::ptr::null()) },
-        // SAFETY: see above.
-        unsafe { libc::setgid(NOBODY) },
-        // SAFETY: see above.
-        unsafe { libc::setuid(NOBODY) },
-    ];
-    assert_eq!(rc, [0, 0, 0], "dropping privileges failed");
-    assert_eq!(rustix::process::geteuid().as_raw(), NOBODY);
 }
 
 fn as_nobody(args: &[String]) {

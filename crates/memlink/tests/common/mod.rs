@@ -227,6 +227,23 @@ pub fn with_watchdog<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send
         .unwrap_or_else(|_| panic!("{what} did not finish within {WATCHDOG:?}"))
 }
 
+/// Makes this (child) process run as user and group `nobody` (65534), for permission tests.
+pub fn drop_privileges_to_nobody() {
+    const NOBODY: u32 = 65534;
+    // SAFETY (all three): plain libc calls with valid arguments (a null list of length 0 for
+    // setgroups); glibc applies set*id to every thread of the process. Results are checked below.
+    let rc = [
+        // SAFETY: see above.
+        unsafe { libc::setgroups(0, std::ptr::null()) },
+        // SAFETY: see above.
+        unsafe { libc::setgid(NOBODY) },
+        // SAFETY: see above.
+        unsafe { libc::setuid(NOBODY) },
+    ];
+    assert_eq!(rc, [0, 0, 0], "dropping privileges failed");
+    assert_eq!(rustix::process::geteuid().as_raw(), NOBODY);
+}
+
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
