@@ -19,6 +19,15 @@ fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Removes an object when dropped, so a failing test leaves nothing behind in /dev/shm.
+struct RemoveOnDrop(String);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = memlink::inventory::remove(&self.0, true);
+    }
+}
+
 fn line_for<'a>(listing: &'a str, name: &str) -> Option<&'a str> {
     listing
         .lines()
@@ -29,6 +38,7 @@ fn line_for<'a>(listing: &'a str, name: &str) -> Option<&'a str> {
 fn ls_shows_live_and_stale_objects_and_rm_removes_only_stale_ones_unless_forced() {
     let live = unique("live");
     let stale = unique("stale");
+    let _cleanup = (RemoveOnDrop(live.clone()), RemoveOnDrop(stale.clone()));
     let segment = Segment::create(&live, 1000).unwrap();
     let sem = Segment::options().remove_on_drop(false);
     drop(Semaphore::create_with(&stale, 0, 5, &sem).unwrap()); // creator gone, object kept: stale
