@@ -249,6 +249,14 @@ impl Producer {
         Ok(true)
     }
 
+    /// Fault injection: publishes a `tail` no consumer can accept (more than a ring ahead of
+    /// anything it could have read), leaving our private position untouched.
+    pub(crate) fn publish_impossible_index(&self) -> Result<(), RingError> {
+        let impossible = self.tail + 2 * self.layout.capacity as u64;
+        index(&self.map, self.layout.control + TAIL_AT)?.store(impossible, Ordering::Release);
+        Ok(())
+    }
+
     fn write_header(&self, at: usize, header: RecordHeader) -> Result<(), RingError> {
         if self.map.copy_in(self.layout.data + at, &header.encode()) {
             Ok(())

@@ -26,6 +26,8 @@ use crate::platform::mapping::Mapping;
 use crate::platform::{memfd, notify, process, shm, socket};
 
 const DEFAULT_CHANNELS: usize = 8;
+/// Most reply bytes reserved before they arrive.
+const MAX_UPFRONT_RESERVE: usize = 16 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a waiting call spins (when the server runs on another CPU).
 const MAX_SPIN: Duration = Duration::from_micros(50);
@@ -309,8 +311,9 @@ impl Client {
     }
 
     #[doc(hidden)]
-    /// Fault injection for tests: overwrites this client's next request header in shared memory
-    /// with garbage and publishes it, as a buggy or hostile client would. Not part of the API.
+    /// Fault injection for tests: corrupts this client's request ring in shared memory, as a buggy
+    /// or hostile client would, and returns once the server has dropped the connection (the next
+    /// call then reports why). Not part of the API.
     pub fn __corrupt_next_request(&self) -> Result<()> {
         let mut slot = self.free_channel(None)?;
         if slot.is_none() {
@@ -321,9 +324,7 @@ impl Client {
             )?);
         }
         let channel = slot.as_mut().ok_or(Error::Timeout)?;
-        channel
-            .corrupt_requests()
-            .map_err(|e| Error::corrupted(&self.name, e.0))
+        channel.corrupt_requests()
     }
 }
 
@@ -557,7 +558,9 @@ impl Channel {
                     if header.total > self.max_message as u64 {
                         return bad("reply larger than the agreed maximum");
                     }
-                    reply.reserve(header.total as usize);
+                    // The announced length is the server's word: reserve at most a bounded amount up
+                    // front and let the buffer grow as fragments actually arrive.
+                    reply.reserve((header.total as usize).min(MAX_UPFRONT_RESERVE));
                     *total.insert(header.total)
                 }
                 Some(_) if header.flags & FIRST != 0 => {
@@ -731,18 +734,21 @@ impl Channel {
         }
     }
 
-    fn corrupt_requests(&mut self) -> Result<(), RingError> {
-        // A header claiming an impossible fragment length, published through the real tail.
-        let garbage = [0xffu8; 64];
-        self.requests
-            .try_push(FIRST | LAST, self.last_call + 1, 64, &garbage)?;
-        let data = self.requests.layout().data;
-        let start = (self.requests.position() - crate::memory::ring::record_size(64) as u64)
-            as usize
-            % self.requests.layout().capacity;
-        if !self.map.copy_in(data + start, &[0xff; 8]) {
-            return Err(RingError("cannot corrupt".into()));
+    /// Fault injection: publishes an impossible request-ring index, as a buggy or hostile client
+    /// could, then waits (up to a few seconds) until the server has dropped the connection.
+    fn corrupt_requests(&mut self) -> Result<()> {
+        let broken = |e: RingError| Error::corrupted(&self.name, e.0);
+        self.requests.publish_impossible_index().map_err(broken)?;
+        link::nudge(&self.map, SERVER, &self.server_doorbell).map_err(broken)?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let woken =
+                notify::wait_doorbell_or_hangup(&self.client_doorbell, &self.socket, Some(left))
+                    .map_err(|e| Error::os("waiting for the server", e))?;
+            if woken.hung_up {
+                return Ok(());
+            }
         }
-        link::nudge(&self.map, SERVER, &self.server_doorbell)
+        Err(Error::Timeout)
     }
 }
