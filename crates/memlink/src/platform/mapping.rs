@@ -46,8 +46,8 @@ impl Mapping {
         if len == 0 {
             return Err(Errno::INVAL);
         }
-        // SAFETY: we ask for a fresh mapping (null hint, no MAP_FIXED), so no existing memory is
-        // replaced; the kernel validates fd, len and protection.
+        // The kernel validates fd, len and protection and picks the address.
+        // SAFETY: a fresh mapping (null hint, no MAP_FIXED) replaces no existing memory.
         let ptr = unsafe {
             rustix::mm::mmap(
                 std::ptr::null_mut(),
@@ -79,10 +79,9 @@ impl Mapping {
             return false;
         }
         let source = self.base.as_ptr().wrapping_add(offset);
-        // SAFETY: `source..source + out.len()` lies inside the mapping (checked above), which stays
-        // mapped while `self` lives. `out` is our own memory and cannot overlap a shared mapping
-        // that no reference points into. A concurrent writer in another process can only make us
-        // read stale or torn bytes, which callers validate after copying.
+        // A concurrent writer in another process can only make us read stale or torn bytes, which
+        // callers validate after copying; no reference into the mapping exists to be aliased.
+        // SAFETY: the source range is inside the live mapping (checked); `out` is disjoint from it.
         unsafe { std::ptr::copy_nonoverlapping(source, out.as_mut_ptr(), out.len()) };
         true
     }
@@ -95,9 +94,8 @@ impl Mapping {
             return false;
         }
         let destination = self.base.as_ptr().wrapping_add(offset);
-        // SAFETY: the destination range lies inside the mapping (checked above), which is writable
-        // and stays mapped while `self` lives; no reference to it exists, so the write aliases
-        // nothing in this process. `data` is ordinary process memory, disjoint from the mapping.
+        // No reference into the mapping exists, so the write aliases nothing in this process.
+        // SAFETY: the destination is inside the live, writable mapping (checked); `data` is disjoint.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), destination, data.len()) };
         true
     }
@@ -113,12 +111,11 @@ impl Mapping {
         let old_len = out.len();
         let source = self.base.as_ptr().wrapping_add(offset);
         let destination = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
-        // SAFETY: the source range is inside the mapping (checked) and no reference points into
-        // it; `destination` has room for `len` bytes (reserved above) and is our own allocation,
-        // disjoint from the mapping.
+        // `destination` is our own allocation, disjoint from the mapping.
+        // SAFETY: the source is inside the live mapping (checked); `destination` has room for `len`.
         unsafe { std::ptr::copy_nonoverlapping(source, destination, len) };
-        // SAFETY: the copy above initialised exactly the `len` bytes following `old_len`, and
         // `old_len + len` is within the capacity reserved above.
+        // SAFETY: the copy above initialised exactly the `len` bytes following `old_len`.
         unsafe { out.set_len(old_len + len) };
         true
     }
@@ -130,9 +127,9 @@ impl Mapping {
         if !(ptr as usize).is_multiple_of(align_of::<AtomicU32>()) {
             return None;
         }
-        // SAFETY: `ptr` is inside the mapping (checked), aligned for `AtomicU32` (checked), and the
-        // mapping outlives the returned borrow of `self`. All accesses to shared words — ours and
-        // every memlink peer's — are atomic, which is what `AtomicU32::from_ptr` requires.
+        // All accesses to shared words, ours and every memlink peer's, are atomic, as
+        // `AtomicU32::from_ptr` requires; the mapping outlives the returned borrow of `self`.
+        // SAFETY: `ptr` is in bounds and aligned for `AtomicU32` (both checked above).
         Some(unsafe { AtomicU32::from_ptr(ptr.cast::<u32>()) })
     }
 
@@ -143,16 +140,16 @@ impl Mapping {
         if !(ptr as usize).is_multiple_of(align_of::<AtomicU64>()) {
             return None;
         }
-        // SAFETY: in bounds and aligned (both checked); the mapping outlives the borrow; shared
-        // words are only ever accessed atomically.
+        // Shared words are only ever accessed atomically; the mapping outlives the borrow.
+        // SAFETY: `ptr` is in bounds and aligned for `AtomicU64` (both checked above).
         Some(unsafe { AtomicU64::from_ptr(ptr.cast::<u64>()) })
     }
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: `base`/`len` describe exactly the region returned by `mmap` in `map_shared`, and
-        // no borrow of it outlives `self` (all borrows are tied to `&self`).
+        // No borrow of the region outlives `self`: all borrows are tied to `&self`.
+        // SAFETY: `base`/`len` describe exactly the region `mmap` returned in `map`.
         let result = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
         debug_assert!(
             result.is_ok(),

@@ -185,8 +185,8 @@ fn owner_lock_request(kind: libc::c_int) -> libc::flock {
 /// file description holds it.
 pub(crate) fn try_lock_owner(fd: impl AsFd) -> Result<bool, Errno> {
     let mut request = owner_lock_request(libc::F_WRLCK);
-    // SAFETY: `fd` is a valid open descriptor for the duration of the call and `request` is a
-    // fully initialised `struct flock` that lives across it; F_OFD_SETLK only reads the struct.
+    // F_OFD_SETLK only reads the struct.
+    // SAFETY: `fd` is open for the call; `request` is an initialised `struct flock` that outlives it.
     let rc = unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_OFD_SETLK, &mut request) };
     if rc == 0 {
         return Ok(true);
@@ -204,8 +204,8 @@ pub(crate) fn try_lock_owner(fd: impl AsFd) -> Result<bool, Errno> {
 /// Whether any open file description other than `fd`'s holds the owner lock.
 pub(crate) fn owner_lock_held(fd: impl AsFd) -> Result<bool, Errno> {
     let mut request = owner_lock_request(libc::F_WRLCK);
-    // SAFETY: `fd` is valid for the call; `request` is an initialised `struct flock` the kernel
-    // overwrites with the conflicting lock (or sets `l_type = F_UNLCK`), and it outlives the call.
+    // The kernel overwrites `request` with the conflicting lock, or sets `l_type = F_UNLCK`.
+    // SAFETY: `fd` is open for the call; `request` is an initialised `struct flock` that outlives it.
     let rc = unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_OFD_GETLK, &mut request) };
     if rc != 0 {
         return Err(Errno::from_raw_os_error(
