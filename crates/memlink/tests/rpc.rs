@@ -104,7 +104,7 @@ fn request_for(rng: &mut Rng, id: u64, max: usize) -> Vec<u8> {
 // --- child roles -------------------------------------------------------------------------------
 
 /// Serves until its stdin closes (then shuts down gracefully) or it is killed.
-/// Args: name, workers, permissions (owner|everyone).
+/// Args: name, workers, permissions (owner|everyone), ring capacity (optional).
 fn server_role(args: &[String]) {
     let permissions = if args.get(2).map(String::as_str) == Some("everyone") {
         Permissions::Everyone
@@ -112,11 +112,11 @@ fn server_role(args: &[String]) {
         Permissions::OwnerOnly
     };
     let workers = args.get(1).and_then(|w| w.parse().ok()).unwrap_or(1);
-    let server = Server::options()
-        .workers(workers)
-        .permissions(permissions)
-        .bind(&args[0])
-        .unwrap();
+    let mut options = Server::options().workers(workers).permissions(permissions);
+    if let Some(capacity) = args.get(3).and_then(|c| c.parse().ok()) {
+        options = options.ring_capacity(capacity);
+    }
+    let server = options.bind(&args[0]).unwrap();
     let stop = server.shutdown_handle();
     std::thread::spawn(move || {
         await_parent();
@@ -346,6 +346,38 @@ fn messages_of_every_size_up_to_the_maximum_and_errors_that_keep_the_connection(
         Err(Error::HandlerPanicked { .. })
     ));
     check_echo(b"after panic", &client.call(b"after panic").unwrap());
+    stop_server(server);
+}
+
+/// Flow-control stress: a 4 KiB ring makes every message hundreds of fragments and every fragment
+/// a wait for room, in both directions; a lost wake-up would show up as a timeout. (A producer
+/// once slept on "the consumer moved since my push failed", which could already be true when
+/// read, and both sides slept forever with a 64 MiB reply. That race needs a rare coincidence of
+/// timings this test does not force; the ring's `room_check_agrees_with_push` property pins the
+/// condition both sides now sleep on.)
+#[test]
+fn large_messages_through_a_tiny_ring_never_stall() {
+    let name = unique_name("tinyring");
+    let mut server = ChildProcess::spawn("server", &[&name, "1", "owner", "4096"]);
+    server.expect_line("ready");
+    let client = Client::connect(&name).unwrap();
+    let mut reply = Vec::new();
+    for round in 0..40usize {
+        let request: Vec<u8> = (0..(200_000 + round * 7919))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        client
+            .call_into_timeout(&request, &mut reply, WATCHDOG)
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        check_echo(&request, &reply);
+        let big = client
+            .call_timeout(
+                format!("big:{}", 300_000 + round * 4099).as_bytes(),
+                WATCHDOG,
+            )
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(big.len(), 300_000 + round * 4099);
+    }
     stop_server(server);
 }
 

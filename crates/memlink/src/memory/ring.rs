@@ -190,6 +190,21 @@ impl Producer {
         Ok(self.consumer_position()? == self.tail)
     }
 
+    /// Whether a record with `len` payload bytes fits now. Reads the consumer's position only when
+    /// the last one seen leaves too little room. A waiting producer should sleep on exactly this
+    /// condition: "the consumer moved since I failed" can be true already when it is read, and
+    /// then nobody wakes the producer again.
+    pub(crate) fn has_room_for(&mut self, len: usize) -> Result<bool, RingError> {
+        let capacity = self.layout.capacity;
+        let size = record_size(len);
+        let to_end = capacity - (self.tail % capacity as u64) as usize;
+        // A record that does not fit before the end needs padding to the end first.
+        let needed = (if to_end < size { to_end + size } else { size }) as u64;
+        let free = |head: u64, tail: u64| capacity as u64 - (tail - head);
+        Ok(free(self.head_seen, self.tail) >= needed
+            || free(self.consumer_position()?, self.tail) >= needed)
+    }
+
     /// Appends one record, unless there is not room for it right now (`Ok(false)`: retry after the
     /// consumer has advanced). `payload` must not exceed [`RingLayout::max_fragment`].
     pub(crate) fn try_push(
@@ -206,11 +221,7 @@ impl Producer {
         let size = record_size(payload.len());
         let position = (self.tail % capacity as u64) as usize;
         let to_end = capacity - position;
-        let needed = if to_end < size { to_end + size } else { size };
-        let free = |head: u64, tail: u64| capacity as u64 - (tail - head);
-        if free(self.head_seen, self.tail) < needed as u64
-            && free(self.consumer_position()?, self.tail) < needed as u64
-        {
+        if !self.has_room_for(payload.len())? {
             return Ok(false);
         }
         let mut at = position;
@@ -551,6 +562,24 @@ mod tests {
                 }
             }
             prop_assert!(out.len() <= MIN_CAPACITY);
+        }
+
+                /// Producers sleep on `has_room_for`; it must say "room" exactly when a push would succeed,
+        /// or a sleeper could miss its wake-up (false "no room") or spin on a push that fails.
+        #[test]
+        fn room_check_agrees_with_push(ops in proptest::collection::vec((0usize..=MIN_CAPACITY / 4, 0usize..4), 1..300)) {
+            let (mut p, mut c, _map) = ring(MIN_CAPACITY);
+            let payload = vec![9u8; MIN_CAPACITY / 4];
+            for (len, consume) in ops {
+                let room = p.has_room_for(len).unwrap();
+                prop_assert_eq!(room, p.try_push(FIRST | LAST, 1, len as u64, &payload[..len]).unwrap());
+                for _ in 0..consume {
+                    match c.peek().unwrap() {
+                        Some(h) => c.skip(&h).unwrap(),
+                        None => break,
+                    }
+                }
+            }
         }
 
         #[test]

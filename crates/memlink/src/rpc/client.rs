@@ -523,11 +523,8 @@ impl Channel {
                     return Ok(());
                 }
             } else {
-                let head = self
-                    .requests
-                    .consumer_position()
-                    .map_err(|e| Error::corrupted(&self.name, e.0))?;
-                self.wait(deadline, |c| Ok(c.requests.consumer_position()? != head))?;
+                let len = end - sent;
+                self.wait(deadline, |c| c.requests.has_room_for(len))?;
             }
         }
     }

@@ -430,8 +430,7 @@ struct Connection {
     reply: Vec<u8>,
     reply_flags: u32,
     reply_sent: usize,
-    /// Consumer position of the response ring when a reply fragment last did not fit.
-    blocked_at: Option<u64>,
+
     max_message: usize,
     client_pid: u32,
     /// Made progress since the worker last counted its active clients.
@@ -460,7 +459,7 @@ impl Connection {
             reply: Vec::new(),
             reply_flags: 0,
             reply_sent: 0,
-            blocked_at: None,
+
             max_message,
             client_pid,
             active: false,
@@ -474,7 +473,11 @@ impl Connection {
     /// Whether `pump` could make progress now.
     fn has_work(&mut self) -> Result<bool, RingError> {
         match self.phase {
-            Phase::Replying => Ok(self.blocked_at != Some(self.responses.consumer_position()?)),
+            Phase::Replying => {
+                let next = (self.reply.len() - self.reply_sent)
+                    .min(self.responses.layout().max_fragment());
+                self.responses.has_room_for(next)
+            }
             Phase::Idle | Phase::Receiving => self.requests.has_data(),
         }
     }
@@ -564,7 +567,7 @@ impl Connection {
             self.reply_flags = ERROR_REPLY;
         }
         self.reply_sent = 0;
-        self.blocked_at = None;
+
         self.phase = Phase::Replying;
     }
 
@@ -587,7 +590,6 @@ impl Connection {
                 total as u64,
                 &self.reply[self.reply_sent..end],
             )? {
-                self.blocked_at = Some(self.responses.consumer_position()?);
                 return Ok(progressed);
             }
             progressed = true;
