@@ -254,6 +254,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[test]
 fn thirty_two_client_processes_each_get_their_own_replies() {
+    let _watchdog = common::Watchdog::arm("thirty_two_client_processes_each_get_their_own_replies");
     let name = unique_name("many");
     let server = start_server(&name, 2);
     let mut clients: Vec<_> = (0..32)
@@ -271,6 +272,7 @@ fn thirty_two_client_processes_each_get_their_own_replies() {
 
 #[test]
 fn threads_sharing_one_client_each_get_their_own_replies() {
+    let _watchdog = common::Watchdog::arm("threads_sharing_one_client_each_get_their_own_replies");
     let name = unique_name("threads");
     let server = start_server(&name, 1);
     let client = Arc::new(Client::connect(&name).unwrap());
@@ -295,6 +297,9 @@ fn threads_sharing_one_client_each_get_their_own_replies() {
 
 #[test]
 fn messages_of_every_size_up_to_the_maximum_and_errors_that_keep_the_connection() {
+    let _watchdog = common::Watchdog::arm(
+        "messages_of_every_size_up_to_the_maximum_and_errors_that_keep_the_connection",
+    );
     let name = unique_name("sizes");
     let server = start_server(&name, 1);
     let client = Client::connect(&name).unwrap();
@@ -357,6 +362,7 @@ fn messages_of_every_size_up_to_the_maximum_and_errors_that_keep_the_connection(
 /// condition both sides now sleep on.)
 #[test]
 fn large_messages_through_a_tiny_ring_never_stall() {
+    let _watchdog = common::Watchdog::arm("large_messages_through_a_tiny_ring_never_stall");
     let name = unique_name("tinyring");
     let mut server = ChildProcess::spawn("server", &[&name, "1", "owner", "4096"]);
     server.expect_line("ready");
@@ -383,6 +389,8 @@ fn large_messages_through_a_tiny_ring_never_stall() {
 
 #[test]
 fn client_started_before_the_server_is_told_at_once_or_waits_for_it() {
+    let _watchdog =
+        common::Watchdog::arm("client_started_before_the_server_is_told_at_once_or_waits_for_it");
     let name = unique_name("early");
     let started = Instant::now();
     assert!(matches!(
@@ -413,6 +421,9 @@ fn client_started_before_the_server_is_told_at_once_or_waits_for_it() {
 
 #[test]
 fn server_killed_while_clients_are_blocked_disconnects_them_promptly_and_a_restart_is_picked_up() {
+    let _watchdog = common::Watchdog::arm(
+        "server_killed_while_clients_are_blocked_disconnects_them_promptly_and_a_restart_is_picked_up",
+    );
     let name = unique_name("srvkill");
     let mut server = start_server(&name, 1);
     let mut watcher = ChildProcess::spawn("reconnect", &[&name]);
@@ -461,6 +472,8 @@ fn server_killed_while_clients_are_blocked_disconnects_them_promptly_and_a_resta
 
 #[test]
 fn only_one_live_server_per_name_and_a_dead_ones_name_is_free_at_once() {
+    let _watchdog =
+        common::Watchdog::arm("only_one_live_server_per_name_and_a_dead_ones_name_is_free_at_once");
     let name = unique_name("single");
     let mut first = start_server(&name, 1);
     match Server::bind(&name) {
@@ -475,6 +488,9 @@ fn only_one_live_server_per_name_and_a_dead_ones_name_is_free_at_once() {
 
 #[test]
 fn clients_killed_mid_call_are_freed_and_do_not_disturb_others_or_grow_the_server() {
+    let _watchdog = common::Watchdog::arm(
+        "clients_killed_mid_call_are_freed_and_do_not_disturb_others_or_grow_the_server",
+    );
     let name = unique_name("clikill");
     let server = start_server(&name, 1);
     let server_pid = server.pid();
@@ -517,6 +533,8 @@ fn clients_killed_mid_call_are_freed_and_do_not_disturb_others_or_grow_the_serve
 
 #[test]
 fn a_client_killed_mid_call_has_its_connection_freed_within_a_second() {
+    let _watchdog =
+        common::Watchdog::arm("a_client_killed_mid_call_has_its_connection_freed_within_a_second");
     let name = unique_name("freed");
     let server = start_server(&name, 1);
     let mut slowest = Duration::ZERO;
@@ -538,6 +556,9 @@ fn a_client_killed_mid_call_has_its_connection_freed_within_a_second() {
 
 #[test]
 fn a_client_that_corrupts_its_ring_is_disconnected_with_corrupted_and_harms_no_one() {
+    let _watchdog = common::Watchdog::arm(
+        "a_client_that_corrupts_its_ring_is_disconnected_with_corrupted_and_harms_no_one",
+    );
     let name = unique_name("corrupt");
     let server = start_server(&name, 1);
     let bystander = Client::connect(&name).unwrap();
@@ -552,6 +573,9 @@ fn a_client_that_corrupts_its_ring_is_disconnected_with_corrupted_and_harms_no_o
 
 #[test]
 fn other_users_are_refused_unless_admitted_and_clients_refuse_foreign_servers() {
+    let _watchdog = common::Watchdog::arm(
+        "other_users_are_refused_unless_admitted_and_clients_refuse_foreign_servers",
+    );
     if !is_root() {
         eprintln!("skipped: needs root to run a child as another user");
         return;
@@ -589,6 +613,7 @@ fn other_users_are_refused_unless_admitted_and_clients_refuse_foreign_servers() 
 
 #[test]
 fn idle_server_and_client_use_no_cpu() {
+    let _watchdog = common::Watchdog::arm("idle_server_and_client_use_no_cpu");
     let name = unique_name("idle");
     let server = start_server(&name, 2);
     let client = Client::connect(&name).unwrap();
@@ -610,6 +635,8 @@ fn idle_server_and_client_use_no_cpu() {
 
 #[test]
 fn shutdown_lets_the_call_in_flight_finish_then_stops_accepting() {
+    let _watchdog =
+        common::Watchdog::arm("shutdown_lets_the_call_in_flight_finish_then_stops_accepting");
     let name = unique_name("shutdown");
     let server = Server::bind(&name).unwrap();
     let stop = server.shutdown_handle();
@@ -631,6 +658,7 @@ fn shutdown_lets_the_call_in_flight_finish_then_stops_accepting() {
 
 #[test]
 fn live_servers_are_listed_with_their_statistics() {
+    let _watchdog = common::Watchdog::arm("live_servers_are_listed_with_their_statistics");
     let name = unique_name("listed");
     let server = start_server(&name, 2);
     let client = Client::connect(&name).unwrap();

@@ -217,6 +217,42 @@ impl Drop for ChildProcess {
     }
 }
 
+/// Longest any one multi-process test may take before [`Watchdog`] ends the test binary.
+pub const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+/// Fails the whole test binary, loudly, if the test that armed it is still running after
+/// [`TEST_LIMIT`]: a deadlock (in memlink or in a test) must fail CI, not hang it.
+pub struct Watchdog {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    pub fn arm(test: &'static str) -> Self {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + TEST_LIMIT;
+            while Instant::now() < deadline {
+                if flag.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            eprintln!(
+                "WATCHDOG: test {test} still running after {TEST_LIMIT:?}: deadlock; aborting"
+            );
+            std::process::exit(124);
+        });
+        Watchdog { done }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Runs `f` on a thread and fails the test if it does not finish within [`WATCHDOG`].
 pub fn with_watchdog<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = channel();
