@@ -295,6 +295,48 @@ fn threads_sharing_one_client_each_get_their_own_replies() {
     stop_server(server);
 }
 
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+#[test]
+fn more_callers_than_channels_sleep_until_one_is_free() {
+    let _watchdog = common::Watchdog::arm("more_callers_than_channels_sleep_until_one_is_free");
+    let name = unique_name("overbooked");
+    let server = start_server(&name, 2);
+    let client = Arc::new(
+        Client::options()
+            .max_concurrent_calls(2)
+            .connect(&name)
+            .unwrap(),
+    );
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                let cpu = thread_cpu_time();
+                let reply = client.call(b"sleep:150").unwrap();
+                assert_eq!(reply, b"slept");
+                thread_cpu_time() - cpu
+            })
+        })
+        .collect();
+    // 8 calls of 150 ms through 2 channels take about 600 ms; a thread waiting its turn must sleep.
+    for t in threads {
+        let cpu = t.join().unwrap();
+        assert!(
+            cpu < Duration::from_millis(100),
+            "a waiting caller burned {cpu:?} of CPU"
+        );
+    }
+    assert!(matches!(
+        client.call_timeout(b"sleep:10", Duration::from_secs(5)),
+        Ok(ref r) if r == b"slept"
+    ));
+    stop_server(server);
+}
+
 #[test]
 fn messages_of_every_size_up_to_the_maximum_and_errors_that_keep_the_connection() {
     let _watchdog = common::Watchdog::arm(

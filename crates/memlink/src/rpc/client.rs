@@ -8,8 +8,8 @@
 //! server.
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
@@ -117,6 +117,47 @@ pub struct Client {
     /// server are dropped before use instead of each failing once.
     epoch: AtomicU64,
     max_message: AtomicU64,
+    /// Callers sleeping until a channel frees up (more concurrent calls than channels).
+    waiting: AtomicUsize,
+    wait_lock: Mutex<()>,
+    channel_freed: Condvar,
+}
+
+/// A channel slot held by one call. Fields drop in declaration order: the slot is released first,
+/// then `wake` wakes a caller waiting for a channel, if there is one.
+struct ChannelGuard<'a> {
+    slot: MutexGuard<'a, Option<Channel>>,
+    _wake: WakeWaiter<'a>,
+}
+
+impl std::ops::Deref for ChannelGuard<'_> {
+    type Target = Option<Channel>;
+    fn deref(&self) -> &Option<Channel> {
+        &self.slot
+    }
+}
+
+impl std::ops::DerefMut for ChannelGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Option<Channel> {
+        &mut self.slot
+    }
+}
+
+struct WakeWaiter<'a>(&'a Client);
+
+impl Drop for WakeWaiter<'_> {
+    fn drop(&mut self) {
+        let client = self.0;
+        // SYNC POINT: SeqCst, pairs with the waiter's SeqCst increment before its last look at
+        // the slots: either it saw our slot free, or we see it waiting and wake it.
+        if client.waiting.load(Ordering::SeqCst) > 0 {
+            let _lock = client
+                .wait_lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            client.channel_freed.notify_all();
+        }
+    }
 }
 
 impl Client {
@@ -153,6 +194,9 @@ impl Client {
             channels,
             epoch: AtomicU64::new(0),
             max_message: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            wait_lock: Mutex::new(()),
+            channel_freed: Condvar::new(),
         };
         let first = loop {
             match Channel::open(&client.name, &client.options, 0) {
@@ -289,25 +333,57 @@ impl Client {
         }
     }
 
-    /// A channel slot no other thread is using: the first free one, else wait for one.
-    fn free_channel(&self, deadline: Option<Instant>) -> Result<MutexGuard<'_, Option<Channel>>> {
+    /// A channel slot no other thread is using: the first free one (one uncontended `try_lock`),
+    /// else sleep until a call releases one.
+    fn free_channel(&self, deadline: Option<Instant>) -> Result<ChannelGuard<'_>> {
+        let guard = |slot| ChannelGuard {
+            slot,
+            _wake: WakeWaiter(self),
+        };
         loop {
-            for slot in self.channels.iter() {
-                match slot.try_lock() {
-                    Ok(guard) => return Ok(guard),
-                    Err(TryLockError::Poisoned(poisoned)) => {
-                        let mut guard = poisoned.into_inner();
-                        *guard = None; // a panic mid-call left it in an unknown state
-                        return Ok(guard);
-                    }
-                    Err(TryLockError::WouldBlock) => {}
-                }
+            if let Some(slot) = self.try_take_channel() {
+                return Ok(guard(slot));
+            }
+            let lock = self
+                .wait_lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // SYNC POINT: SeqCst, pairs with the load in `WakeWaiter::drop`.
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let taken = self.try_take_channel();
+            if taken.is_none() {
+                // Bounded, so that a wake-up lost to a panic elsewhere costs a moment, not forever.
+                let nap = deadline.map_or(Duration::from_millis(100), |t| {
+                    t.saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(100))
+                });
+                drop(self.channel_freed.wait_timeout(lock, nap));
+            } else {
+                drop(lock);
+            }
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            if let Some(slot) = taken {
+                return Ok(guard(slot));
             }
             if deadline.is_some_and(|t| Instant::now() >= t) {
                 return Err(Error::Timeout);
             }
-            std::thread::yield_now();
         }
+    }
+
+    fn try_take_channel(&self) -> Option<MutexGuard<'_, Option<Channel>>> {
+        for slot in self.channels.iter() {
+            match slot.try_lock() {
+                Ok(guard) => return Some(guard),
+                Err(TryLockError::Poisoned(poisoned)) => {
+                    let mut guard = poisoned.into_inner();
+                    *guard = None; // a panic mid-call left it in an unknown state
+                    return Some(guard);
+                }
+                Err(TryLockError::WouldBlock) => {}
+            }
+        }
+        None
     }
 
     #[doc(hidden)]
