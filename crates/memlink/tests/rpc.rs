@@ -512,6 +512,36 @@ fn server_killed_while_clients_are_blocked_disconnects_them_promptly_and_a_resta
     stop_server(server);
 }
 
+/// A raw connection to a server's socket that never says hello.
+fn silent_connection(name: &str) -> std::os::fd::OwnedFd {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let address =
+        SocketAddrUnix::new_abstract_name(format!("memlink.rpc.{name}").as_bytes()).unwrap();
+    rustix::net::connect(&socket, &address).unwrap();
+    socket
+}
+
+#[test]
+fn connectors_that_never_speak_do_not_hold_up_other_clients() {
+    let _watchdog =
+        common::Watchdog::arm("connectors_that_never_speak_do_not_hold_up_other_clients");
+    let name = unique_name("silent");
+    let server = start_server(&name, 1);
+    // Each would hold a one-at-a-time acceptor for its whole handshake timeout.
+    let silent: Vec<_> = (0..20).map(|_| silent_connection(&name)).collect();
+    let client = Client::connect(&name).expect("a real client is admitted while others stall");
+    check_echo(b"through", &client.call(b"through").unwrap());
+    drop(silent);
+    stop_server(server);
+}
+
 #[test]
 fn only_one_live_server_per_name_and_a_dead_ones_name_is_free_at_once() {
     let _watchdog =

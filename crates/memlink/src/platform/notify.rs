@@ -65,24 +65,6 @@ pub(crate) fn wait_doorbell_or_hangup(
     })
 }
 
-/// Sleeps until `a` or `b` is readable (or `timeout`); reports which are.
-pub(crate) fn wait_either(
-    a: impl AsFd,
-    b: impl AsFd,
-    timeout: Option<Duration>,
-) -> Result<(bool, bool), Errno> {
-    let mut fds = [
-        PollFd::new(&a, PollFlags::IN),
-        PollFd::new(&b, PollFlags::IN),
-    ];
-    let ts = timeout.map(timespec);
-    match rustix::event::poll(&mut fds, ts.as_ref()) {
-        Ok(_) | Err(Errno::INTR) => {}
-        Err(e) => return Err(e),
-    }
-    Ok((!fds[0].revents().is_empty(), !fds[1].revents().is_empty()))
-}
-
 /// An epoll set whose entries carry a `u64` token.
 pub(crate) struct Poller {
     epoll: OwnedFd,

@@ -34,7 +34,10 @@ use crate::platform::mapping::Mapping;
 use crate::platform::notify::{self, Poller, Ready};
 use crate::platform::{memfd, process, socket};
 
+/// How long a connector may take to say hello before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Handshakes in progress at once; connections beyond this are refused until some finish.
+const MAX_PENDING_HANDSHAKES: usize = 1024;
 const HANGUP_SWEEP: Duration = Duration::from_millis(50);
 /// How often a worker recounts its active clients to decide whether it is crowded. Long enough
 /// that a worker descheduled for a few scheduler ticks does not count its clients as gone (and
@@ -290,30 +293,85 @@ impl Server {
         }
     }
 
+    /// Accepts connections and answers their hellos. Handshakes in progress wait in an epoll set
+    /// with a deadline each, so a connector that never speaks (or speaks slowly) holds up nobody
+    /// but itself.
     fn accept_loop(&self, workers: &[WorkerHandle]) -> Result<()> {
+        const LISTENER: u64 = 0;
+        const STOP: u64 = 1;
+        const FIRST_PENDING: u64 = 2;
+        let poll_error = |e| Error::os("waiting for connections", e);
+        let mut poller = Poller::new().map_err(|e| Error::os("creating an epoll set", e))?;
+        poller.add(&self.listener, LISTENER).map_err(poll_error)?;
+        poller
+            .add(&self.shared.shutdown_bell, STOP)
+            .map_err(poll_error)?;
+        let mut pending: Vec<Option<(OwnedFd, Instant)>> = Vec::new();
+        let mut ready = Vec::new();
         loop {
-            let (incoming, stop) =
-                notify::wait_either(&self.listener, &self.shared.shutdown_bell, None)
-                    .map_err(|e| Error::os("waiting for connections", e))?;
-            if stop || self.shared.shutting_down.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            let next_deadline = pending
+                .iter()
+                .flatten()
+                .map(|(_, deadline)| *deadline)
+                .min();
+            poller
+                .wait(
+                    next_deadline.map(|d| d.saturating_duration_since(now)),
+                    &mut ready,
+                )
+                .map_err(poll_error)?;
+            if self.shared.shutting_down.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            if !incoming {
-                continue;
-            }
-            match socket::accept(&self.listener) {
-                Ok(connection) => {
-                    // A misbehaving connector only loses its own connection.
-                    if let Err(e) = self.admit(connection, workers) {
-                        tracing::debug!(server = %self.name, error = %e, "handshake failed");
+            for event in &ready {
+                match event.token {
+                    LISTENER => match socket::accept(&self.listener) {
+                        Ok(connection)
+                            if pending.iter().flatten().count() < MAX_PENDING_HANDSHAKES =>
+                        {
+                            let slot =
+                                pending.iter().position(Option::is_none).unwrap_or_else(|| {
+                                    pending.push(None);
+                                    pending.len() - 1
+                                });
+                            if poller.add(&connection, FIRST_PENDING + slot as u64).is_ok() {
+                                pending[slot] =
+                                    Some((connection, Instant::now() + HANDSHAKE_TIMEOUT));
+                            }
+                        }
+                        Ok(_) => {
+                            tracing::warn!(server = %self.name, "too many handshakes in progress; refusing one")
+                        }
+                        Err(Errno::INTR | Errno::AGAIN | Errno::CONNABORTED | Errno::PROTO) => {}
+                        Err(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM) => {
+                            tracing::warn!(server = %self.name, "out of descriptors or memory; refusing connections for a moment");
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Err(e) => return Err(Error::os("accepting a connection", e)),
+                    },
+                    STOP => return Ok(()),
+                    token => {
+                        let slot = (token - FIRST_PENDING) as usize;
+                        if let Some((connection, _)) = pending.get_mut(slot).and_then(Option::take)
+                        {
+                            let _ = poller.remove(&connection);
+                            // Its hello has arrived (or it hung up): answering does not block.
+                            // A misbehaving connector only loses its own connection.
+                            if let Err(e) = self.admit(connection, workers) {
+                                tracing::debug!(server = %self.name, error = %e, "handshake failed");
+                            }
+                        }
                     }
                 }
-                Err(Errno::INTR | Errno::AGAIN | Errno::CONNABORTED | Errno::PROTO) => {}
-                Err(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM) => {
-                    tracing::warn!(server = %self.name, "out of descriptors or memory; refusing connections for a moment");
-                    std::thread::sleep(Duration::from_millis(10));
+            }
+            let now = Instant::now();
+            for entry in pending.iter_mut() {
+                if entry.as_ref().is_some_and(|(_, deadline)| *deadline <= now) {
+                    if let Some((connection, _)) = entry.take() {
+                        let _ = poller.remove(&connection);
+                    }
                 }
-                Err(e) => return Err(Error::os("accepting a connection", e)),
             }
         }
     }
