@@ -159,6 +159,7 @@ impl ServerOptions {
                 calls: AtomicU64::new(0),
                 corrupt_disconnects: AtomicU64::new(0),
                 started: Instant::now(),
+                active_clients: (0..self.workers).map(|_| AtomicUsize::new(0)).collect(),
             }),
         })
     }
@@ -172,6 +173,8 @@ struct Shared {
     calls: AtomicU64,
     corrupt_disconnects: AtomicU64,
     started: Instant,
+    /// Per worker: clients it found active in its last counting period.
+    active_clients: Box<[AtomicUsize]>,
 }
 
 /// Stops a running [`Server`]: no new connections, calls in flight finish (within the grace
@@ -258,7 +261,10 @@ impl Server {
         let handler: &dyn Handler = &handler;
         let workers = bodies
             .into_iter()
-            .map(|(doorbell, inbox, load)| Worker::new(&self, doorbell, inbox, load, handler))
+            .enumerate()
+            .map(|(index, (doorbell, inbox, load))| {
+                Worker::new(&self, index, doorbell, inbox, load, handler)
+            })
             .collect::<Result<Vec<_>>>()?;
         std::thread::scope(|scope| {
             let joins: Vec<_> = workers
@@ -673,6 +679,7 @@ const FIRST_CONNECTION: u64 = 2;
 
 struct Worker<'a> {
     server: &'a Server,
+    index: usize,
     handler: &'a dyn Handler,
     poller: Poller,
     doorbell: Arc<OwnedFd>,
@@ -687,6 +694,7 @@ struct Worker<'a> {
 impl<'a> Worker<'a> {
     fn new(
         server: &'a Server,
+        index: usize,
         doorbell: Arc<OwnedFd>,
         inbox: Receiver<Connection>,
         load: Arc<AtomicUsize>,
@@ -701,6 +709,7 @@ impl<'a> Worker<'a> {
             .map_err(|e| Error::os("watching the shutdown bell", e))?;
         Ok(Worker {
             server,
+            index,
             handler,
             poller,
             doorbell,
@@ -785,7 +794,7 @@ impl<'a> Worker<'a> {
     }
 
     /// Counts the clients active since the last count and tells every client whether the server
-    /// is crowded: more active clients, plus the workers serving them, than CPUs.
+    /// is crowded: more active clients, plus the busy workers serving them, than CPUs.
     fn update_crowding(&mut self) {
         let mut active = 0;
         for conn in self.connections.iter_mut().flatten() {
@@ -793,7 +802,15 @@ impl<'a> Worker<'a> {
             let waiting = conn.phase != Phase::Idle || conn.requests.has_data().unwrap_or(false);
             active += usize::from(std::mem::take(&mut conn.active) || waiting);
         }
-        self.crowded = active + self.server.options.workers > self.cpus;
+        let counts = &self.shared().active_clients;
+        if let Some(mine) = counts.get(self.index) {
+            mine.store(active, Ordering::Relaxed);
+        }
+        let (clients, busy_workers) = counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .fold((0, 0), |(c, w), a| (c + a, w + usize::from(a > 0)));
+        self.crowded = clients + busy_workers > self.cpus;
         for slot in 0..self.connections.len() {
             let Some(conn) = self.connections[slot].as_ref() else {
                 continue;
