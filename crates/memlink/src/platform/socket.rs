@@ -61,6 +61,13 @@ pub(crate) fn accept(listener: impl AsFd) -> Result<OwnedFd, Errno> {
     rustix::net::accept_with(listener, SocketFlags::CLOEXEC)
 }
 
+/// Shuts `socket` down in both directions. Unlike closing a descriptor this acts on the socket
+/// itself: a listener refuses new connections (`ECONNREFUSED`) at once, even while copies of
+/// its descriptor live on (for instance in a child between `fork` and `exec`).
+pub(crate) fn shut_down(socket: impl AsFd) -> Result<(), Errno> {
+    rustix::net::shutdown(socket, rustix::net::Shutdown::Both)
+}
+
 /// Bounds how long a blocking send or receive on `socket` may take.
 pub(crate) fn set_io_timeout(socket: impl AsFd, timeout: Duration) -> Result<(), Errno> {
     use rustix::net::sockopt::{Timeout, set_socket_timeout};

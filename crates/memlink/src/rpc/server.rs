@@ -272,6 +272,9 @@ impl Server {
                 .map(|worker| scope.spawn(move || worker.run()))
                 .collect();
             let accepted = self.accept_loop(&handles);
+            // Stop accepting now, not when `self` drops after the grace period: a connector must
+            // be refused (`NotRunning`), not left waiting for a handshake nobody will answer.
+            let _ = socket::shut_down(&self.listener);
             // Whatever ended the acceptor, the workers must stop too.
             self.shutdown_handle().shutdown();
             let mut result = accepted;
