@@ -194,6 +194,11 @@ fn serve(name: &str, workers: usize, everyone: bool) -> memlink::Result<()> {
     } else {
         Permissions::OwnerOnly
     };
+    // The server reports clients it drops for corrupting their rings, and resource exhaustion.
+    tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_writer(std::io::stderr)
+        .init();
     let server = Server::options()
         .workers(workers)
         .permissions(permissions)
