@@ -131,14 +131,24 @@ fn note(json: bool, message: &str) {
     }
 }
 
-/// Latency of every transport at every size, this process (the client) pinned to CPU 0 and every
-/// server to CPU 1 when there are two CPUs or more: the scheduler then cannot move the two onto
-/// one CPU (as wake-affine placement likes to), which would make the numbers depend on luck.
-fn latency_rows(options: &BenchOptions, cpus: usize) -> io::Result<Vec<Row>> {
+/// The CPUs this process may run on, in order.
+fn allowed_cpus() -> io::Result<Vec<usize>> {
+    let set = rustix::thread::sched_getaffinity(None).map_err(io::Error::from)?;
+    Ok((0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&cpu| set.is_set(cpu))
+        .collect())
+}
+
+/// Latency of every transport at every size, this process (the client) pinned to the first
+/// allowed CPU and every server to the second, when there are two: the scheduler then cannot
+/// move the two onto one CPU (as wake-affine placement likes to), which would make the numbers
+/// depend on luck.
+fn latency_rows(options: &BenchOptions) -> io::Result<Vec<Row>> {
     let original = rustix::thread::sched_getaffinity(None).map_err(io::Error::from)?;
-    let server_cpu = (cpus >= 2).then_some(1);
-    if cpus >= 2 {
-        peer::pin_to(&[0])?;
+    let cpus = allowed_cpus()?;
+    let server_cpu = cpus.get(1).copied();
+    if let (Some(&client_cpu), Some(_)) = (cpus.first(), server_cpu) {
+        peer::pin_to(&[client_cpu])?;
     }
     let rows = latency_rows_on(options, server_cpu);
     rustix::thread::sched_setaffinity(None, &original).map_err(io::Error::from)?;
@@ -222,12 +232,11 @@ fn latency_rows_on(options: &BenchOptions, server_cpu: Option<usize>) -> io::Res
     Ok(rows)
 }
 
-/// 64-byte latency with this process and the server pinned to the same CPU.
+/// 64-byte latency with this process and the server pinned to the same CPU (the first allowed).
 fn same_core_rows(options: &BenchOptions) -> io::Result<Vec<Row>> {
     let original = rustix::thread::sched_getaffinity(None).map_err(io::Error::from)?;
-    let mut only_cpu0 = rustix::thread::CpuSet::new();
-    only_cpu0.set(0);
-    rustix::thread::sched_setaffinity(None, &only_cpu0).map_err(io::Error::from)?;
+    let first = allowed_cpus()?.first().copied().unwrap_or(0);
+    peer::pin_to(&[first])?;
     let result = (|| {
         let n = iterations(64, options.quick);
         let mut rows = Vec::new();
@@ -376,10 +385,10 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
     let memcpy = memcpy_bandwidth();
     note(
         options.json,
-        "latency (this process is the client on CPU 0, each server a child process on CPU 1):",
+        "latency (this process is the client on one CPU, each server a child process on another):",
     );
-    let latency = latency_rows(options, cpus as usize)?;
-    note(options.json, "same core (both pinned to CPU 0):");
+    let latency = latency_rows(options)?;
+    note(options.json, "same core (both pinned to one CPU):");
     let same_core = same_core_rows(options)?;
     note(options.json, "throughput (64 B calls, N client processes):");
     let throughput = throughput_rows(options)?;
