@@ -568,17 +568,25 @@ fn clients_killed_mid_call_are_freed_and_do_not_disturb_others_or_grow_the_serve
     let server_pid = server.pid();
     let mut steady = ChildProcess::spawn("hammer", &[&name, "3000", "7", "300000"]);
     let mut rng = Rng(99);
-    let mut baseline = None;
-    for round in 0..1000 {
+    let mut fds_baseline = None;
+    let mut rss_at = Vec::new();
+    let settled = || {
+        wait_until("killed clients' connections freed", || {
+            server_stats(&name).unwrap().connections <= 1
+        })
+    };
+    for round in 1..=1000 {
         let mut victim = ChildProcess::spawn("kill_target", &[&name]);
         victim.expect_line("calling");
         std::thread::sleep(Duration::from_micros(rng.next() % 2000));
         victim.kill_and_reap();
         if round == 100 {
-            wait_until("connections freed", || {
-                server_stats(&name).unwrap().connections <= 1
-            });
-            baseline = Some((rss_kib(server_pid), open_fds(server_pid)));
+            settled();
+            fds_baseline = Some(open_fds(server_pid));
+        }
+        if round == 500 || round == 1000 {
+            settled();
+            rss_at.push(rss_kib(server_pid));
         }
     }
     steady.expect_line("ok 3000");
@@ -586,23 +594,28 @@ fn clients_killed_mid_call_are_freed_and_do_not_disturb_others_or_grow_the_serve
     wait_until("every killed client's connection freed", || {
         server_stats(&name).unwrap().connections == 0
     });
-    let (rss_before, fds_before) = baseline.unwrap();
+    let fds_before = fds_baseline.unwrap();
     // Our own statistics queries come and go on the server's side: a leak is a count that
     // never comes back down, not one sampled while a query's socket is still closing.
     wait_until("the server's descriptors back to the baseline", || {
         open_fds(server_pid) <= fds_before
     });
-    let (rss_after, fds_after) = (rss_kib(server_pid), open_fds(server_pid));
+    let fds_after = open_fds(server_pid);
+    // Memory: the allocator keeps a high-water mark of freed buffers (glibc raises its mmap
+    // threshold after large frees), so memory is judged by growth over the *second* 500 kills:
+    // a leak grows with every kill, a high-water mark does not. Any per-connection leak (a ring
+    // region alone is 512 KiB) would add hundreds of MiB here.
+    let (rss_half, rss_end) = (rss_at[0], rss_at[1]);
     eprintln!(
-        "server RSS {rss_before} KiB -> {rss_after} KiB, fds {fds_before} -> {fds_after} over 900 kills"
+        "server fds {fds_before} -> {fds_after}; RSS {rss_half} KiB after 500 kills, {rss_end} KiB after 1000"
     );
     assert!(
         fds_after <= fds_before,
         "descriptors leak: {fds_before} -> {fds_after}"
     );
     assert!(
-        rss_after < rss_before + 16 * 1024,
-        "memory grows: {rss_before} KiB -> {rss_after} KiB"
+        rss_end < rss_half + 8 * 1024,
+        "memory grows with kills: {rss_half} KiB -> {rss_end} KiB"
     );
     assert_eq!(server_stats(&name).unwrap().corrupt_disconnects, 0);
     stop_server(server);
