@@ -12,9 +12,9 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
@@ -253,7 +253,7 @@ impl Server {
             let load = Arc::new(AtomicUsize::new(0));
             handles.push(WorkerHandle {
                 doorbell: doorbell.clone(),
-                inbox: Mutex::new(inbox_tx),
+                inbox: inbox_tx,
                 load: load.clone(),
             });
             bodies.push((doorbell, inbox_rx, load));
@@ -461,18 +461,20 @@ impl Server {
         .map_err(|_| Errno::INVAL)?;
         self.shared.connections.fetch_add(1, Ordering::Relaxed);
         worker.load.fetch_add(1, Ordering::Relaxed);
-        let sent = worker.inbox.lock().map_err(|_| Errno::IO)?.send(conn);
-        if sent.is_err() {
+        if worker.inbox.send(conn).is_err() {
+            // The worker has exited (it failed); the connection is dropped, and the client sees it.
             self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+            worker.load.fetch_sub(1, Ordering::Relaxed);
             return Err(Errno::IO);
         }
         notify::ring(&*worker.doorbell)
     }
 }
 
+/// What the acceptor holds of each worker.
 struct WorkerHandle {
     doorbell: Arc<OwnedFd>,
-    inbox: Mutex<Sender<Connection>>,
+    inbox: Sender<Connection>,
     load: Arc<AtomicUsize>,
 }
 
@@ -497,7 +499,6 @@ struct Connection {
     reply: Vec<u8>,
     reply_flags: u32,
     reply_sent: usize,
-
     max_message: usize,
     client_pid: u32,
     /// Made progress since the worker last counted its active clients.
