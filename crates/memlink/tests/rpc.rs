@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     ChildProcess, WATCHDOG, await_parent, drop_privileges_to_nobody, is_root, report, unique_name,
-    with_watchdog,
+    variant, with_watchdog,
 };
 use memlink::rpc::{list_servers, server_stats};
 use memlink::{Client, Error, Permissions, Server};
@@ -70,14 +70,6 @@ fn check_echo(request: &[u8], reply: &[u8]) {
         checksum(request).to_le_bytes(),
         "checksum"
     );
-}
-
-fn variant(e: &Error) -> String {
-    format!("{e:?}")
-        .split([' ', '{', '('])
-        .next()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// Deterministic pseudo-random numbers (xorshift), so failures reproduce.
@@ -254,7 +246,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[test]
 fn thirty_two_client_processes_each_get_their_own_replies() {
-    let _watchdog = common::Watchdog::arm("thirty_two_client_processes_each_get_their_own_replies");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("many");
     let server = start_server(&name, 2);
     let mut clients: Vec<_> = (0..32)
@@ -272,7 +264,7 @@ fn thirty_two_client_processes_each_get_their_own_replies() {
 
 #[test]
 fn threads_sharing_one_client_each_get_their_own_replies() {
-    let _watchdog = common::Watchdog::arm("threads_sharing_one_client_each_get_their_own_replies");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("threads");
     let server = start_server(&name, 1);
     let client = Arc::new(Client::connect(&name).unwrap());
@@ -302,7 +294,7 @@ fn thread_cpu_time() -> Duration {
 
 #[test]
 fn more_callers_than_channels_sleep_until_one_is_free() {
-    let _watchdog = common::Watchdog::arm("more_callers_than_channels_sleep_until_one_is_free");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("overbooked");
     let server = start_server(&name, 2);
     let client = Arc::new(
@@ -339,9 +331,7 @@ fn more_callers_than_channels_sleep_until_one_is_free() {
 
 #[test]
 fn messages_of_every_size_up_to_the_maximum_and_errors_that_keep_the_connection() {
-    let _watchdog = common::Watchdog::arm(
-        "messages_of_every_size_up_to_the_maximum_and_errors_that_keep_the_connection",
-    );
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("sizes");
     let server = start_server(&name, 1);
     let client = Client::connect(&name).unwrap();
@@ -404,7 +394,7 @@ fn messages_of_every_size_up_to_the_maximum_and_errors_that_keep_the_connection(
 /// condition both sides now sleep on.)
 #[test]
 fn large_messages_through_a_tiny_ring_never_stall() {
-    let _watchdog = common::Watchdog::arm("large_messages_through_a_tiny_ring_never_stall");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("tinyring");
     let mut server = ChildProcess::spawn("server", &[&name, "1", "owner", "4096"]);
     server.expect_line("ready");
@@ -431,8 +421,7 @@ fn large_messages_through_a_tiny_ring_never_stall() {
 
 #[test]
 fn client_started_before_the_server_is_told_at_once_or_waits_for_it() {
-    let _watchdog =
-        common::Watchdog::arm("client_started_before_the_server_is_told_at_once_or_waits_for_it");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("early");
     let started = Instant::now();
     assert!(matches!(
@@ -463,9 +452,7 @@ fn client_started_before_the_server_is_told_at_once_or_waits_for_it() {
 
 #[test]
 fn server_killed_while_clients_are_blocked_disconnects_them_promptly_and_a_restart_is_picked_up() {
-    let _watchdog = common::Watchdog::arm(
-        "server_killed_while_clients_are_blocked_disconnects_them_promptly_and_a_restart_is_picked_up",
-    );
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("srvkill");
     let mut server = start_server(&name, 1);
     let mut watcher = ChildProcess::spawn("reconnect", &[&name]);
@@ -530,8 +517,7 @@ fn silent_connection(name: &str) -> std::os::fd::OwnedFd {
 
 #[test]
 fn connectors_that_never_speak_do_not_hold_up_other_clients() {
-    let _watchdog =
-        common::Watchdog::arm("connectors_that_never_speak_do_not_hold_up_other_clients");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("silent");
     let server = start_server(&name, 1);
     // Each would hold a one-at-a-time acceptor for its whole handshake timeout.
@@ -544,8 +530,7 @@ fn connectors_that_never_speak_do_not_hold_up_other_clients() {
 
 #[test]
 fn only_one_live_server_per_name_and_a_dead_ones_name_is_free_at_once() {
-    let _watchdog =
-        common::Watchdog::arm("only_one_live_server_per_name_and_a_dead_ones_name_is_free_at_once");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("single");
     let mut first = start_server(&name, 1);
     match Server::bind(&name) {
@@ -560,9 +545,7 @@ fn only_one_live_server_per_name_and_a_dead_ones_name_is_free_at_once() {
 
 #[test]
 fn clients_killed_mid_call_are_freed_and_do_not_disturb_others_or_grow_the_server() {
-    let _watchdog = common::Watchdog::arm(
-        "clients_killed_mid_call_are_freed_and_do_not_disturb_others_or_grow_the_server",
-    );
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("clikill");
     let server = start_server(&name, 1);
     let server_pid = server.pid();
@@ -623,8 +606,7 @@ fn clients_killed_mid_call_are_freed_and_do_not_disturb_others_or_grow_the_serve
 
 #[test]
 fn a_client_killed_mid_call_has_its_connection_freed_within_a_second() {
-    let _watchdog =
-        common::Watchdog::arm("a_client_killed_mid_call_has_its_connection_freed_within_a_second");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("freed");
     let server = start_server(&name, 1);
     let mut slowest = Duration::ZERO;
@@ -646,9 +628,7 @@ fn a_client_killed_mid_call_has_its_connection_freed_within_a_second() {
 
 #[test]
 fn a_client_that_corrupts_its_ring_is_disconnected_with_corrupted_and_harms_no_one() {
-    let _watchdog = common::Watchdog::arm(
-        "a_client_that_corrupts_its_ring_is_disconnected_with_corrupted_and_harms_no_one",
-    );
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("corrupt");
     let server = start_server(&name, 1);
     let bystander = Client::connect(&name).unwrap();
@@ -663,9 +643,7 @@ fn a_client_that_corrupts_its_ring_is_disconnected_with_corrupted_and_harms_no_o
 
 #[test]
 fn other_users_are_refused_unless_admitted_and_clients_refuse_foreign_servers() {
-    let _watchdog = common::Watchdog::arm(
-        "other_users_are_refused_unless_admitted_and_clients_refuse_foreign_servers",
-    );
+    let _watchdog = common::Watchdog::arm();
     if !is_root() {
         eprintln!("skipped: needs root to run a child as another user");
         return;
@@ -703,7 +681,7 @@ fn other_users_are_refused_unless_admitted_and_clients_refuse_foreign_servers() 
 
 #[test]
 fn idle_server_and_client_use_no_cpu() {
-    let _watchdog = common::Watchdog::arm("idle_server_and_client_use_no_cpu");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("idle");
     let server = start_server(&name, 2);
     let client = Client::connect(&name).unwrap();
@@ -725,8 +703,7 @@ fn idle_server_and_client_use_no_cpu() {
 
 #[test]
 fn shutdown_lets_the_call_in_flight_finish_then_stops_accepting() {
-    let _watchdog =
-        common::Watchdog::arm("shutdown_lets_the_call_in_flight_finish_then_stops_accepting");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("shutdown");
     let server = Server::bind(&name).unwrap();
     let stop = server.shutdown_handle();
@@ -756,7 +733,7 @@ fn shutdown_lets_the_call_in_flight_finish_then_stops_accepting() {
 
 #[test]
 fn live_servers_are_listed_with_their_statistics() {
-    let _watchdog = common::Watchdog::arm("live_servers_are_listed_with_their_statistics");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("listed");
     let server = start_server(&name, 2);
     let client = Client::connect(&name).unwrap();

@@ -5,7 +5,7 @@ mod common;
 
 use common::{
     ChildProcess, assert_no_leftovers, await_parent, drop_privileges_to_nobody, is_root,
-    park_until_killed, report, unique_name,
+    park_until_killed, report, unique_name, variant,
 };
 use memlink::inventory::{self, ObjectState};
 use memlink::{Error, Permissions, Segment};
@@ -36,14 +36,6 @@ fn get_message(segment: &Segment) -> Result<String, Error> {
     let mut text = vec![0u8; len.min(segment.len().saturating_sub(4))];
     segment.read(4, &mut text)?;
     Ok(String::from_utf8_lossy(&text).into_owned())
-}
-
-fn variant(e: &Error) -> String {
-    format!("{e:?}")
-        .split([' ', '{', '('])
-        .next()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 // --- child roles -------------------------------------------------------------------------------
@@ -86,9 +78,7 @@ fn as_nobody(args: &[String]) {
 
 #[test]
 fn one_process_writes_another_reads_and_the_name_goes_with_the_creator() {
-    let _watchdog = common::Watchdog::arm(
-        "one_process_writes_another_reads_and_the_name_goes_with_the_creator",
-    );
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("seed002");
     let mut writer = ChildProcess::spawn("create_and_write", &[&name, "welcome to IPC"]);
     writer.expect_line("ready");
@@ -107,8 +97,7 @@ fn one_process_writes_another_reads_and_the_name_goes_with_the_creator() {
 
 #[test]
 fn stale_segment_of_a_killed_creator_is_listed_readable_and_reclaimed() {
-    let _watchdog =
-        common::Watchdog::arm("stale_segment_of_a_killed_creator_is_listed_readable_and_reclaimed");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("stale");
     let mut creator = ChildProcess::spawn("create_then_park", &[&name, "last words"]);
     creator.expect_line("ready");
@@ -151,9 +140,7 @@ fn stale_segment_of_a_killed_creator_is_listed_readable_and_reclaimed() {
 
 #[test]
 fn another_user_is_refused_an_owner_only_segment_but_admitted_when_shared() {
-    let _watchdog = common::Watchdog::arm(
-        "another_user_is_refused_an_owner_only_segment_but_admitted_when_shared",
-    );
+    let _watchdog = common::Watchdog::arm();
     if !is_root() {
         eprintln!("skipped: dropping to another uid needs root");
         return;
@@ -184,7 +171,7 @@ fn another_user_is_refused_an_owner_only_segment_but_admitted_when_shared() {
 
 #[test]
 fn permissions_are_applied_exactly() {
-    let _watchdog = common::Watchdog::arm("permissions_are_applied_exactly");
+    let _watchdog = common::Watchdog::arm();
     for (perm, mode) in [
         (Permissions::OwnerOnly, 0o600),
         (Permissions::Group, 0o660),
@@ -224,7 +211,7 @@ fn header(kind: u32, total: u64) -> Vec<u8> {
 
 #[test]
 fn garbage_truncated_and_lying_objects_give_clear_errors() {
-    let _watchdog = common::Watchdog::arm("garbage_truncated_and_lying_objects_give_clear_errors");
+    let _watchdog = common::Watchdog::arm();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("empty", vec![], "Incompatible"),
         ("truncated", b"MEMLINK\0\x01".to_vec(), "Incompatible"),
@@ -308,7 +295,7 @@ fn garbage_truncated_and_lying_objects_give_clear_errors() {
 
 #[test]
 fn names_are_validated_with_the_rule_in_the_message() {
-    let _watchdog = common::Watchdog::arm("names_are_validated_with_the_rule_in_the_message");
+    let _watchdog = common::Watchdog::arm();
     for bad in ["", "a/b", "../etc", ".x", "with space", &"n".repeat(201)] {
         let err = Segment::create(bad, 8).expect_err(bad);
         assert!(matches!(err, Error::InvalidName { .. }), "{bad:?}: {err:?}");
@@ -323,7 +310,7 @@ fn names_are_validated_with_the_rule_in_the_message() {
 
 #[test]
 fn persistent_segment_outlives_its_creator_until_removed() {
-    let _watchdog = common::Watchdog::arm("persistent_segment_outlives_its_creator_until_removed");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("persist");
     let segment = Segment::options()
         .remove_on_drop(false)
@@ -344,7 +331,7 @@ fn persistent_segment_outlives_its_creator_until_removed() {
 
 #[test]
 fn removal_refuses_a_live_object_unless_forced() {
-    let _watchdog = common::Watchdog::arm("removal_refuses_a_live_object_unless_forced");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("rm-live");
     let segment = Segment::create(&name, 64).unwrap();
     match inventory::remove(&name, false) {

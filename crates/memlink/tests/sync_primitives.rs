@@ -111,7 +111,7 @@ fn scribble_u32(args: &[String]) {
 
 #[test]
 fn auto_reset_events_ping_pong_between_processes() {
-    let _watchdog = common::Watchdog::arm("auto_reset_events_ping_pong_between_processes");
+    let _watchdog = common::Watchdog::arm();
     let (ping_name, pong_name) = (unique_name("ping"), unique_name("pong"));
     let ping = Event::create(&ping_name, EventMode::AutoReset).unwrap();
     let pong = Event::create(&pong_name, EventMode::AutoReset).unwrap();
@@ -133,8 +133,7 @@ fn auto_reset_events_ping_pong_between_processes() {
 
 #[test]
 fn manual_reset_event_releases_waiters_in_every_process_until_reset() {
-    let _watchdog =
-        common::Watchdog::arm("manual_reset_event_releases_waiters_in_every_process_until_reset");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("manual");
     let event = Event::create(&name, EventMode::ManualReset).unwrap();
     let mut waiters: Vec<_> = (0..3)
@@ -159,7 +158,7 @@ fn manual_reset_event_releases_waiters_in_every_process_until_reset() {
 
 #[test]
 fn auto_reset_event_releases_one_waiter_per_set() {
-    let _watchdog = common::Watchdog::arm("auto_reset_event_releases_one_waiter_per_set");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("auto");
     let event = Event::create(&name, EventMode::AutoReset).unwrap();
     let mut a = ChildProcess::spawn("event_waiter", &[&name]);
@@ -198,7 +197,7 @@ fn auto_reset_event_releases_one_waiter_per_set() {
 
 #[test]
 fn semaphore_counts_posts_from_several_processes() {
-    let _watchdog = common::Watchdog::arm("semaphore_counts_posts_from_several_processes");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("sem");
     let sem = Semaphore::create(&name, 0).unwrap();
     let mut posters: Vec<_> = (0..4)
@@ -221,7 +220,7 @@ fn semaphore_counts_posts_from_several_processes() {
 
 #[test]
 fn semaphore_respects_its_maximum() {
-    let _watchdog = common::Watchdog::arm("semaphore_respects_its_maximum");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("sem-max");
     let sem = Semaphore::create_with(&name, 1, 2, &memlink::SegmentOptions::new()).unwrap();
     sem.post().unwrap();
@@ -237,7 +236,7 @@ fn semaphore_respects_its_maximum() {
 
 #[test]
 fn mutex_excludes_across_processes() {
-    let _watchdog = common::Watchdog::arm("mutex_excludes_across_processes");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("mutex-count");
     let segment = Segment::create(&name, 128).unwrap();
     let mutex = Mutex::create_in(&segment, 0).unwrap();
@@ -266,8 +265,7 @@ fn locked_tid(line: &str) -> u32 {
 
 #[test]
 fn holder_killed_while_holding_hands_the_lock_on_with_owner_died() {
-    let _watchdog =
-        common::Watchdog::arm("holder_killed_while_holding_hands_the_lock_on_with_owner_died");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("mutex-died");
     let mutex = Mutex::create(&name).unwrap();
     let mut holder = ChildProcess::spawn("mutex_hold_and_park", &[&name]);
@@ -303,8 +301,7 @@ fn holder_killed_while_holding_hands_the_lock_on_with_owner_died() {
 
 #[test]
 fn waiter_already_blocked_is_released_when_the_holder_is_killed() {
-    let _watchdog =
-        common::Watchdog::arm("waiter_already_blocked_is_released_when_the_holder_is_killed");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("mutex-blocked");
     let mutex = Mutex::create(&name).unwrap();
     let mut holder = ChildProcess::spawn("mutex_hold_and_park", &[&name]);
@@ -329,8 +326,7 @@ fn waiter_already_blocked_is_released_when_the_holder_is_killed() {
 
 #[test]
 fn relocking_from_the_holding_thread_is_refused_not_deadlocked() {
-    let _watchdog =
-        common::Watchdog::arm("relocking_from_the_holding_thread_is_refused_not_deadlocked");
+    let _watchdog = common::Watchdog::arm();
     let mutex = Mutex::create(&unique_name("mutex-relock")).unwrap();
     let _held = mutex.lock().unwrap();
     assert!(matches!(mutex.lock(), Err(Error::WouldDeadlock { .. })));
@@ -350,7 +346,7 @@ fn scribble(segment_name: &str, offset: usize, value: u32) {
 
 #[test]
 fn state_scribbled_by_a_peer_gives_errors_not_hangs() {
-    let _watchdog = common::Watchdog::arm("state_scribbled_by_a_peer_gives_errors_not_hangs");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("hostile");
     let segment = Segment::create(&name, 256).unwrap();
     let event = Event::create_in(&segment, 0, EventMode::AutoReset).unwrap();
@@ -407,7 +403,7 @@ fn state_scribbled_by_a_peer_gives_errors_not_hangs() {
 
 #[test]
 fn placement_offsets_are_checked() {
-    let _watchdog = common::Watchdog::arm("placement_offsets_are_checked");
+    let _watchdog = common::Watchdog::arm();
     let segment = Segment::create(&unique_name("place"), 40).unwrap();
     assert!(matches!(
         Event::create_in(&segment, 2, EventMode::AutoReset),
@@ -430,7 +426,7 @@ fn placement_offsets_are_checked() {
 
 #[test]
 fn named_primitives_check_kind_and_existence() {
-    let _watchdog = common::Watchdog::arm("named_primitives_check_kind_and_existence");
+    let _watchdog = common::Watchdog::arm();
     let name = unique_name("kinds");
     assert!(matches!(Event::open(&name), Err(Error::NotFound { .. })));
     let _event = Event::create(&name, EventMode::ManualReset).unwrap();

@@ -871,13 +871,14 @@ impl<'a> Worker<'a> {
                 self.park(grace_ends)?;
                 backoff = None;
             }
-            if last_crowding_update.elapsed() >= CROWDING_PERIOD {
-                last_crowding_update = Instant::now();
+            let now = Instant::now();
+            if now.duration_since(last_crowding_update) >= CROWDING_PERIOD {
+                last_crowding_update = now;
                 self.update_crowding();
             }
-            if last_hangup_sweep.elapsed() >= HANGUP_SWEEP {
+            if now.duration_since(last_hangup_sweep) >= HANGUP_SWEEP {
                 // Busy workers rarely park; collect hang-ups anyway so dead clients are freed.
-                last_hangup_sweep = Instant::now();
+                last_hangup_sweep = now;
                 self.wait_events(Some(Duration::ZERO))?;
             }
             if self.shared().shutting_down.load(Ordering::SeqCst) {

@@ -111,10 +111,6 @@ pub struct ChildProcess {
 
 impl ChildProcess {
     pub fn spawn(role: &str, args: &[&str]) -> Self {
-        Self::spawn_with(role, args, |_| {})
-    }
-
-    pub fn spawn_with(role: &str, args: &[&str], configure: impl FnOnce(&mut Command)) -> Self {
         let exe = std::env::current_exe().expect("test binary path");
         let mut cmd = Command::new(exe);
         cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
@@ -123,7 +119,6 @@ impl ChildProcess {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        configure(&mut cmd);
         let mut child = cmd.spawn().expect("spawn child");
         let stdout = child.stdout.take().expect("child stdout");
         let stdin = child.stdin.take();
@@ -227,7 +222,12 @@ pub struct Watchdog {
 }
 
 impl Watchdog {
-    pub fn arm(test: &'static str) -> Self {
+    /// Arms the watchdog for the calling test (libtest names each test's thread after it).
+    pub fn arm() -> Self {
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("<unnamed test>")
+            .to_owned();
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = done.clone();
         std::thread::spawn(move || {
@@ -278,6 +278,15 @@ pub fn drop_privileges_to_nobody() {
     ];
     assert_eq!(rc, [0, 0, 0], "dropping privileges failed");
     assert_eq!(rustix::process::geteuid().as_raw(), NOBODY);
+}
+
+/// The name of an error's variant (`NotFound`, `Corrupted`, ...), for children to report.
+pub fn variant(e: &memlink::Error) -> String {
+    format!("{e:?}")
+        .split([' ', '{', '('])
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 pub fn is_root() -> bool {
