@@ -210,7 +210,7 @@ fn serve(name: &str, workers: usize, everyone: bool) -> memlink::Result<()> {
         );
     }
     eprintln!(
-        "serving '{name}' (pid {}, {workers} worker(s)); Ctrl-C stops",
+        "serving '{name}' (pid {}, {workers} worker(s)); Ctrl-C or SIGTERM stops",
         std::process::id()
     );
     let status_name = name.to_owned();

@@ -12,6 +12,12 @@
 //! of the data area: when it does not fit before the end, the producer first writes a *padding*
 //! record that fills the rest, and publishes both with one `tail` store.
 //!
+//! Memory grows with need: the producer goes back to the start of the data area early (with a
+//! padding record, as at the end) whenever it has passed the first [`HOT_WINDOW`] bytes and finds
+//! the ring empty. A stream of small messages therefore cycles through the same few pages, and an
+//! unpopulated mapping (memfd pages are allocated on first touch) only ever holds the pages that
+//! messages needed. Large or backed-up messages still use the whole ring.
+//!
 //! Both sides keep their own index in a private field and never read it back from shared memory;
 //! they only *read* the other side's index, and validate it (a peer can write anything there).
 //! Every record header is validated before its payload is touched. Anything inconsistent is
@@ -30,6 +36,9 @@ pub(crate) const RECORD_HEADER_LEN: usize = 64;
 pub(crate) const CONTROL_LEN: usize = 256;
 const TAIL_AT: usize = 0;
 const HEAD_AT: usize = 128;
+
+/// Bytes at the start of the data area that small messages cycle through (see the module doc).
+pub(crate) const HOT_WINDOW: usize = 16 << 10;
 
 /// Smallest and largest data-area sizes a ring accepts.
 pub(crate) const MIN_CAPACITY: usize = 4096;
@@ -226,7 +235,14 @@ impl Producer {
         }
         let mut at = position;
         let mut tail = self.tail;
-        if to_end < size {
+        // Past the hot window with nothing unread (the consumer's position, read only out here,
+        // equals ours): start over at the front instead of touching fresh pages.
+        // (Only if the record fits before where we are: padding plus record must fit in an
+        // empty ring.)
+        let wrap_early = position >= HOT_WINDOW
+            && size <= position
+            && (self.head_seen == self.tail || self.consumer_position()? == self.tail);
+        if to_end < size || wrap_early {
             self.write_header(
                 at,
                 RecordHeader {

@@ -35,13 +35,6 @@ impl Mapping {
         Self::map(fd, len, MapFlags::SHARED)
     }
 
-    /// Like [`Mapping::map_shared`], with every page faulted in now (`MAP_POPULATE`): for small,
-    /// hot regions such as rings, where a first-touch page fault (several µs) in the middle of a
-    /// message exchange would show up as a latency spike.
-    pub(crate) fn map_shared_populated(fd: impl AsFd, len: usize) -> Result<Self, Errno> {
-        Self::map(fd, len, MapFlags::SHARED | MapFlags::POPULATE)
-    }
-
     fn map(fd: impl AsFd, len: usize, flags: MapFlags) -> Result<Self, Errno> {
         if len == 0 {
             return Err(Errno::INVAL);

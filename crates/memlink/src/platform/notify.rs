@@ -1,7 +1,12 @@
-//! Wake-ups that are file descriptors: eventfd doorbells, `poll` for one waiter, `epoll` for many.
+//! Wake-ups that are file descriptors: eventfd doorbells private to one process, `poll` for one
+//! waiter, `epoll` for many.
 //!
 //! Waking through an fd (rather than a bare futex) lets a sleeper wait for "data arrived" and
 //! "peer died" (its socket hung up) in one call, and lets an async runtime watch the same fd later.
+//! An eventfd is never handed to another process: its `O_NONBLOCK` flag and its counter belong to
+//! the open file description, so a peer holding it could make our `write` block or read away our
+//! wake-ups. Wake-ups between processes travel on each connection's own socket instead
+//! ([`super::socket::send_wake`]).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
@@ -16,7 +21,7 @@ fn timespec(timeout: Duration) -> rustix::time::Timespec {
     }
 }
 
-/// A non-blocking eventfd used as a doorbell.
+/// A non-blocking eventfd used as a doorbell between threads of this process.
 pub(crate) fn doorbell() -> Result<OwnedFd, Errno> {
     rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
 }
@@ -35,34 +40,18 @@ pub(crate) fn silence(doorbell: impl AsFd) {
     let _ = rustix::io::read(doorbell, &mut buf);
 }
 
-/// What woke a [`wait_doorbell_or_hangup`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Woken {
-    pub(crate) rung: bool,
-    pub(crate) hung_up: bool,
-}
-
-/// Sleeps until `doorbell` rings, `socket` is hung up (or has data — a connected memlink socket
-/// carries nothing after its handshake, so readability means the peer closed), or `timeout`.
-pub(crate) fn wait_doorbell_or_hangup(
-    doorbell: impl AsFd,
-    socket: impl AsFd,
-    timeout: Option<Duration>,
-) -> Result<Woken, Errno> {
-    let mut fds = [
-        PollFd::new(&doorbell, PollFlags::IN),
-        PollFd::new(&socket, PollFlags::IN | PollFlags::RDHUP),
-    ];
+/// Sleeps until `socket` is readable (a wake-up or goodbye arrived, or the peer hung up) or
+/// `timeout` passes; returns whether it is readable. The caller then [`drain`]s it.
+///
+/// [`drain`]: super::socket::drain
+pub(crate) fn wait_readable(socket: impl AsFd, timeout: Option<Duration>) -> Result<bool, Errno> {
+    let mut fds = [PollFd::new(&socket, PollFlags::IN | PollFlags::RDHUP)];
     let ts = timeout.map(timespec);
     match rustix::event::poll(&mut fds, ts.as_ref()) {
         Ok(_) | Err(Errno::INTR) => {}
         Err(e) => return Err(e),
     }
-    let hangup = PollFlags::IN | PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR;
-    Ok(Woken {
-        rung: !fds[0].revents().is_empty(),
-        hung_up: fds[1].revents().intersects(hangup),
-    })
+    Ok(!fds[0].revents().is_empty())
 }
 
 /// An epoll set whose entries carry a `u64` token.

@@ -41,9 +41,15 @@ fn seqpacket() -> Result<OwnedFd, Errno> {
     )
 }
 
-/// Binds and listens on abstract name `name`. `EADDRINUSE` means a live process has it.
+/// Binds and listens on abstract name `name`, non-blocking (`accept` says `EAGAIN` when no
+/// connection waits). `EADDRINUSE` means a live process has it.
 pub(crate) fn listen(name: &str) -> Result<OwnedFd, Errno> {
-    let socket = seqpacket()?;
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
     rustix::net::bind(&socket, &address(name)?)?;
     rustix::net::listen(&socket, 128)?;
     Ok(socket)
@@ -56,7 +62,7 @@ pub(crate) fn connect(name: &str) -> Result<OwnedFd, Errno> {
     Ok(socket)
 }
 
-/// Accepts one connection (blocking unless the listener is non-blocking).
+/// Accepts one connection; the new socket is blocking (flags are not inherited).
 pub(crate) fn accept(listener: impl AsFd) -> Result<OwnedFd, Errno> {
     rustix::net::accept_with(listener, SocketFlags::CLOEXEC)
 }
@@ -85,7 +91,9 @@ pub(crate) fn peer_credentials(socket: impl AsFd) -> Result<PeerCredentials, Err
     })
 }
 
-/// Sends one message carrying `bytes` and the descriptors `fds`.
+/// Sends one message carrying `bytes` and the descriptors `fds`, never blocking: `MSG_DONTWAIT`
+/// acts on this call only, so nothing the peer does to a shared open file description's flags can
+/// make it wait. A peer that does not read its socket gets `EAGAIN`, never a stuck sender.
 pub(crate) fn send_message(
     socket: impl AsFd,
     bytes: &[u8],
@@ -102,7 +110,7 @@ pub(crate) fn send_message(
         socket,
         &[IoSlice::new(bytes)],
         &mut control,
-        SendFlags::NOSIGNAL,
+        SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
     )?;
     if sent == bytes.len() {
         Ok(())
@@ -112,10 +120,12 @@ pub(crate) fn send_message(
 }
 
 /// Receives one message into `buf`; returns its length and the descriptors it carried. A zero
-/// length with no descriptors means the peer closed the connection.
+/// length with no descriptors means the peer closed the connection. Waits (up to the socket's
+/// receive timeout) only if `wait`.
 pub(crate) fn receive_message(
     socket: impl AsFd,
     buf: &mut [u8],
+    wait: bool,
 ) -> Result<(usize, Vec<OwnedFd>), Errno> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -123,7 +133,11 @@ pub(crate) fn receive_message(
         socket,
         &mut [IoSliceMut::new(buf)],
         &mut control,
-        RecvFlags::CMSG_CLOEXEC,
+        if wait {
+            RecvFlags::CMSG_CLOEXEC
+        } else {
+            RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT
+        },
     )?;
     let mut fds = Vec::new();
     for message in control.drain() {
@@ -138,6 +152,58 @@ pub(crate) fn receive_message(
         return Err(Errno::MSGSIZE);
     }
     Ok((received.bytes, fds))
+}
+
+/// The one byte a wake-up message carries. Any other message on a connected memlink socket is a
+/// control message (a goodbye), and a zero-length read is the peer hanging up.
+const WAKE: u8 = 0x57;
+
+/// Wakes the peer of a connected socket with a one-byte message, never blocking (see
+/// [`send_message`]). `EAGAIN` (the peer has not read earlier wake-ups yet, so it will wake anyway)
+/// is success. Each connection has its own socket, so a wake-up can neither be stolen nor blocked by
+/// anyone but that connection's peer, and it only hurts itself.
+pub(crate) fn send_wake(socket: impl AsFd) -> Result<(), Errno> {
+    match rustix::net::send(socket, &[WAKE], SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
+        Ok(_) | Err(Errno::AGAIN) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// What [`drain`] found on a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Drained {
+    /// Wake-up messages consumed.
+    pub(crate) wakes: usize,
+    /// Length of a non-wake message now at the start of the buffer (a goodbye, or garbage).
+    pub(crate) message: Option<usize>,
+    /// The peer hung up (or the socket failed).
+    pub(crate) closed: bool,
+}
+
+/// Consumes up to `max` pending messages without waiting, stopping at the first one that is not
+/// a wake-up (left in `buf`, truncated to its size) or at the end of the stream. Descriptors a
+/// peer attaches are discarded by the kernel, since no control buffer is offered.
+pub(crate) fn drain(socket: impl AsFd, buf: &mut [u8], max: usize) -> Drained {
+    let mut drained = Drained::default();
+    for _ in 0..max {
+        match rustix::net::recv(&socket, &mut *buf, RecvFlags::DONTWAIT) {
+            Ok((0, _)) => {
+                drained.closed = true;
+                break;
+            }
+            Ok((1, _)) if buf.first() == Some(&WAKE) => drained.wakes += 1,
+            Ok((len, _)) => {
+                drained.message = Some(len.min(buf.len()));
+                break;
+            }
+            Err(Errno::AGAIN | Errno::INTR) => break,
+            Err(_) => {
+                drained.closed = true;
+                break;
+            }
+        }
+    }
+    drained
 }
 
 /// Abstract socket names currently bound on this machine (from `/proc/net/unix`) that start with
@@ -179,15 +245,28 @@ mod tests {
         let payload = rustix::event::eventfd(7, rustix::event::EventfdFlags::CLOEXEC).unwrap();
         send_message(&server_side, b"hello", &[payload.as_fd()]).unwrap();
         let mut buf = [0u8; 16];
-        let (n, fds) = receive_message(&client, &mut buf).unwrap();
+        let (n, fds) = receive_message(&client, &mut buf, true).unwrap();
         assert_eq!(&buf[..n], b"hello");
         assert_eq!(fds.len(), 1);
         let mut counter = [0u8; 8];
         rustix::io::read(&fds[0], &mut counter).unwrap();
         assert_eq!(u64::from_ne_bytes(counter), 7);
 
+        for _ in 0..3 {
+            send_wake(&server_side).unwrap();
+        }
+        send_message(&server_side, b"bye", &[]).unwrap();
+        let drained = drain(&client, &mut buf, 16);
+        assert_eq!(
+            (drained.wakes, drained.message, drained.closed),
+            (3, Some(3), false)
+        );
+        assert_eq!(&buf[..3], b"bye");
+        assert_eq!(drain(&client, &mut buf, 16), Drained::default());
+
         drop(server_side);
-        let (n, fds) = receive_message(&client, &mut buf).unwrap();
+        assert!(drain(&client, &mut buf, 16).closed);
+        let (n, fds) = receive_message(&client, &mut buf, true).unwrap();
         assert_eq!((n, fds.len()), (0, 0), "close is seen as an empty message");
         drop(listener);
         assert_eq!(connect(&name).err(), Some(Errno::CONNREFUSED));

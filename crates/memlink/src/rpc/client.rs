@@ -26,6 +26,9 @@ use crate::platform::mapping::Mapping;
 use crate::platform::{memfd, notify, process, shm, socket};
 
 const DEFAULT_CHANNELS: usize = 8;
+/// Most messages read off the socket per wake-up (wake-ups are one byte each; a flood of them
+/// from a misbehaving server costs us a bounded amount of work per wait).
+const DRAIN_LIMIT: usize = 64;
 /// Most reply bytes reserved before they arrive.
 const MAX_UPFRONT_RESERVE: usize = 16 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -199,7 +202,8 @@ impl Client {
             channel_freed: Condvar::new(),
         };
         let first = loop {
-            match Channel::open(&client.name, &client.options, 0) {
+            let transient_until = wait_until.unwrap_or_else(|| Instant::now() + HANDSHAKE_TIMEOUT);
+            match Channel::open_retrying(&client.name, &client.options, 0, transient_until) {
                 Err(Error::NotRunning { .. }) if wait_until.is_some_and(|t| Instant::now() < t) => {
                     std::thread::sleep(Duration::from_millis(2));
                 }
@@ -292,7 +296,12 @@ impl Client {
             }
             let channel = match slot.as_mut() {
                 Some(channel) => channel,
-                None => match Channel::open(&self.name, &self.options, epoch) {
+                None => match Channel::open_retrying(
+                    &self.name,
+                    &self.options,
+                    epoch,
+                    deadline.unwrap_or_else(|| Instant::now() + HANDSHAKE_TIMEOUT),
+                ) {
                     Ok(channel) => {
                         self.max_message
                             .store(channel.max_message as u64, Ordering::Relaxed);
@@ -425,8 +434,8 @@ struct Channel {
     map: Arc<Mapping>,
     requests: Producer,
     responses: Consumer,
-    server_doorbell: OwnedFd,
-    client_doorbell: OwnedFd,
+    /// A goodbye the server sent that was read before it could be reported.
+    pending_goodbye: Option<Vec<u8>>,
     last_call: u64,
     max_message: usize,
     epoch: u64,
@@ -452,6 +461,26 @@ fn connect_error(name: &str, e: Errno) -> Error {
 }
 
 impl Channel {
+    /// [`Channel::open`], retried until `until` while the server drops our handshake without an
+    /// answer (it is shedding half-open connections under a flood, or restarting).
+    fn open_retrying(
+        name: &str,
+        options: &ClientOptions,
+        epoch: u64,
+        until: Instant,
+    ) -> Result<Channel> {
+        let mut pause = Duration::from_micros(200);
+        loop {
+            match Channel::open(name, options, epoch) {
+                Err(Error::Disconnected { .. }) if Instant::now() + pause < until => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn open(name: &str, options: &ClientOptions, epoch: u64) -> Result<Channel> {
         let fail = |e| connect_error(name, e);
         let socket = socket::connect(&socket_name(name)).map_err(fail)?;
@@ -464,18 +493,24 @@ impl Channel {
                 name: name.to_owned(),
             });
         }
-        socket::send_message(
+        // A server that refuses us may answer (and close) before reading our hello, so a failed
+        // send is only fatal if no answer is waiting either.
+        let sent = socket::send_message(
             &socket,
             &Hello {
                 purpose: Purpose::Connect,
             }
             .encode(),
             &[],
-        )
-        .map_err(fail)?;
+        );
         let mut buf = [0u8; Welcome::LEN + 8];
-        let (len, fds) = socket::receive_message(&socket, &mut buf).map_err(fail)?;
+        let (len, fds) = match socket::receive_message(&socket, &mut buf, true) {
+            Ok(received) => received,
+            Err(e) => return Err(fail(sent.err().unwrap_or(e))),
+        };
         if len == 0 {
+            // Closed without an answer: the server dropped this handshake (it was shutting down,
+            // or shed half-open connections under a flood). Transient: see `open_retrying`.
             return Err(Error::Disconnected {
                 name: name.to_owned(),
             });
@@ -500,10 +535,9 @@ impl Channel {
                 });
             }
         }
-        let [region_fd, server_doorbell, client_doorbell]: [OwnedFd; 3] =
-            fds.try_into().map_err(|_| {
-                Error::corrupted(name, "the server's welcome carried the wrong descriptors")
-            })?;
+        let [region_fd]: [OwnedFd; 1] = fds.try_into().map_err(|_| {
+            Error::corrupted(name, "the server's welcome carried the wrong descriptors")
+        })?;
         let layout = RegionLayout {
             capacity: welcome.ring_capacity as usize,
         };
@@ -525,7 +559,7 @@ impl Channel {
             ));
         }
         let map = Arc::new(
-            Mapping::map_shared_populated(&region_fd, layout.len())
+            Mapping::map_shared(&region_fd, layout.len())
                 .map_err(|e| Error::os("mapping the shared region", e))?,
         );
         let ring = |e: RingError| Error::corrupted(name, e.0);
@@ -538,8 +572,7 @@ impl Channel {
             map,
             requests,
             responses,
-            server_doorbell,
-            client_doorbell,
+            pending_goodbye: None,
             last_call: 0,
             max_message,
             epoch,
@@ -592,7 +625,7 @@ impl Channel {
                 .try_push(flags, call, total, &request[sent..end])
                 .map_err(ring)?
             {
-                link::nudge(&self.map, SERVER, &self.server_doorbell)
+                link::nudge(&self.map, SERVER, &self.socket)
                     .map_err(|e| Error::corrupted(&self.name, e.0))?;
                 sent = end;
                 if sent == request.len() {
@@ -650,9 +683,11 @@ impl Channel {
             self.responses
                 .take(&header, reply)
                 .map_err(|e| ring(&self.name, e))?;
-            link::nudge(&self.map, SERVER, &self.server_doorbell)
-                .map_err(|e| ring(&self.name, e))?;
-            if header.flags & LAST != 0 {
+            if header.flags & LAST == 0 {
+                // The server may be waiting for the room we just freed. After the last fragment
+                // it is not: the whole reply is in the ring.
+                link::nudge(&self.map, SERVER, &self.socket).map_err(|e| ring(&self.name, e))?;
+            } else {
                 if reply.len() as u64 != expected {
                     return bad("reply shorter than announced");
                 }
@@ -728,18 +763,23 @@ impl Channel {
                     }
                 },
             };
-            let woken = notify::wait_doorbell_or_hangup(&self.client_doorbell, &self.socket, left)
+            let readable = notify::wait_readable(&self.socket, left)
                 .map_err(|e| Error::os("waiting for the server", e))?;
             link::park_end(&self.map, CLIENT).map_err(|e| corrupted(self, e))?;
-            if woken.rung {
-                notify::silence(&self.client_doorbell);
-            }
-            if woken.hung_up {
-                // The server may have answered just before it went away.
-                if ready(self).map_err(|e| corrupted(self, e))? {
-                    return Ok(());
+            if readable {
+                let mut said = [0u8; Goodbye::MAX_LEN];
+                let drained = socket::drain(&self.socket, &mut said, DRAIN_LIMIT);
+                if drained.closed || drained.message.is_some() {
+                    // The server may have answered just before it went away.
+                    if ready(self).map_err(|e| corrupted(self, e))? {
+                        return Ok(());
+                    }
+                    let said = match drained.message {
+                        Some(len) => Some(said[..len].to_vec()),
+                        None => self.pending_goodbye.take(),
+                    };
+                    return Err(self.goodbye(said));
                 }
-                return Err(self.goodbye());
             }
         }
     }
@@ -789,18 +829,12 @@ impl Channel {
 
     /// Why the server closed the connection: it says so in a goodbye message if it dropped us
     /// deliberately; silence means it died.
-    fn goodbye(&self) -> Error {
-        let mut buf = [0u8; Goodbye::MAX_LEN];
-        match socket::receive_message(&self.socket, &mut buf) {
-            Ok((len, _)) if len > 0 => match Goodbye::decode(&buf[..len]) {
-                Ok(Goodbye::Corrupted(why)) => Error::corrupted(
-                    &self.name,
-                    format!("the server dropped this connection: {why}"),
-                ),
-                _ => Error::Disconnected {
-                    name: self.name.clone(),
-                },
-            },
+    fn goodbye(&self, said: Option<Vec<u8>>) -> Error {
+        match said.as_deref().map(Goodbye::decode) {
+            Some(Ok(Goodbye::Corrupted(why))) => Error::corrupted(
+                &self.name,
+                format!("the server dropped this connection: {why}"),
+            ),
             _ => Error::Disconnected {
                 name: self.name.clone(),
             },
@@ -812,13 +846,17 @@ impl Channel {
     fn corrupt_requests(&mut self) -> Result<()> {
         let broken = |e: RingError| Error::corrupted(&self.name, e.0);
         self.requests.publish_impossible_index().map_err(broken)?;
-        link::nudge(&self.map, SERVER, &self.server_doorbell).map_err(broken)?;
+        let _ = socket::send_wake(&self.socket);
         let deadline = Instant::now() + Duration::from_secs(5);
+        let mut said = [0u8; Goodbye::MAX_LEN];
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let woken =
-                notify::wait_doorbell_or_hangup(&self.client_doorbell, &self.socket, Some(left))
-                    .map_err(|e| Error::os("waiting for the server", e))?;
-            if woken.hung_up {
+            notify::wait_readable(&self.socket, Some(left))
+                .map_err(|e| Error::os("waiting for the server", e))?;
+            let drained = socket::drain(&self.socket, &mut said, DRAIN_LIMIT);
+            if let Some(len) = drained.message {
+                self.pending_goodbye = Some(said[..len].to_vec());
+            }
+            if drained.closed {
                 return Ok(());
             }
         }

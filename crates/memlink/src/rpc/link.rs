@@ -12,6 +12,14 @@
 //! so either the sleeper sees the new data or the waker sees the flag. Hence a wake-up syscall is
 //! made only when the receiver has said it is asleep.
 //!
+//! # Wake-ups a peer cannot block or steal
+//!
+//! Each connection's wake-ups travel on its own socket, sent with `MSG_DONTWAIT` (a flag of the
+//! call, not of the descriptor, so the peer cannot turn it off) and received only by the process
+//! holding that end. A peer can refuse to read its wake-ups (our sends then fail with `EAGAIN`,
+//! which we ignore: it is woken already), or scribble on the parked flags in its own region (then
+//! it misses its own wake-ups); neither touches any other connection, and no send ever blocks.
+//!
 //! # Spinning only when it can pay off
 //!
 //! Spinning helps only if the peer is running on *another* CPU at the same time. Each side
@@ -28,7 +36,7 @@ use std::sync::atomic::{AtomicU32, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use crate::memory::ring::RingError;
-use crate::platform::{cpu, mapping::Mapping, notify};
+use crate::platform::{cpu, mapping::Mapping, socket};
 use std::os::fd::AsFd;
 
 /// One side's line in the region.
@@ -66,15 +74,16 @@ pub(crate) fn park_end(map: &Mapping, me: Side) -> Result<(), RingError> {
     Ok(())
 }
 
-/// After making progress `peer` may wait for: rings its doorbell if (and only if) it is parked.
-pub(crate) fn nudge(map: &Mapping, peer: Side, doorbell: impl AsFd) -> Result<(), RingError> {
+/// After making progress `peer` may wait for: wakes it through the connection's socket if (and
+/// only if) it is parked. A failed send is ignored: it means the peer is gone, which our own next
+/// wait sees as a hang-up.
+pub(crate) fn nudge(map: &Mapping, peer: Side, connection: impl AsFd) -> Result<(), RingError> {
     // SYNC POINT: pairs with the fence in `park_begin`.
     fence(Ordering::SeqCst);
     let parked = word(map, peer.parked)?;
     // Read first: while the peer is awake the line stays shared and this costs no transfer.
     if parked.load(Ordering::Relaxed) != 0 && parked.swap(0, Ordering::Relaxed) != 0 {
-        notify::ring(doorbell)
-            .map_err(|e| RingError(format!("ringing the peer's doorbell failed: {e}")))?;
+        let _ = socket::send_wake(connection);
     }
     Ok(())
 }

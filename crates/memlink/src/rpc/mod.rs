@@ -55,7 +55,7 @@ pub fn server_stats(name: &str) -> Result<Stats> {
     )
     .map_err(fail)?;
     let mut buf = [0u8; 64];
-    let (len, _) = socket::receive_message(&connection, &mut buf).map_err(fail)?;
+    let (len, _) = socket::receive_message(&connection, &mut buf, true).map_err(fail)?;
     if len == protocol::Welcome::LEN {
         // A refusal instead of statistics.
         return Err(Error::PermissionDenied {

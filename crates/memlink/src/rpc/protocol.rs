@@ -5,11 +5,13 @@
 //!
 //! - client → server [`Hello`]: `magic u32 | version u32 | purpose u32 | reserved u32`.
 //! - server → client [`Welcome`]: `magic | version | status u32 | ring_capacity u32 |
-//!   max_message u64 | server_pid u32 | reserved u32`, plus, when accepted, three descriptors:
-//!   the connection's sealed memfd, the server worker's doorbell, the client's doorbell.
+//!   max_message u64 | server_pid u32 | reserved u32`, plus, when accepted, one descriptor: the
+//!   connection's sealed memfd. A server may answer a refusal before reading the hello.
 //! - server → client [`Stats`] instead, when the hello asked for statistics.
 //! - server → client [`Goodbye`] just before the server drops a connection it found corrupted or
 //!   is shutting down: `magic | version | reason u32 | text`.
+//! - after the handshake, either side → the other: one-byte wake-up messages, sent only when the
+//!   receiver has said in the region that it is parked (see `link`). Every send is non-blocking.
 //!
 //! Every decoder takes arbitrary bytes and returns a value or an error; property tests pin that.
 
@@ -19,7 +21,7 @@ use crate::memory::ring::{CONTROL_LEN, RingLayout};
 pub(crate) const SOCKET_PREFIX: &str = "memlink.rpc.";
 const MAGIC: u32 = u32::from_le_bytes(*b"MLNK");
 /// Bumped whenever the handshake or region layout changes incompatibly.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
 
 /// A response record flag: the payload is an error report, not a reply.
 pub(crate) const ERROR_REPLY: u32 = 0x100;

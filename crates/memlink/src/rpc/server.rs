@@ -10,11 +10,12 @@
 //! A connection whose socket hangs up — the client exited or was killed — is freed at once; one
 //! whose shared state breaks the protocol is told why and dropped; neither disturbs the others.
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
@@ -36,8 +37,17 @@ use crate::platform::{memfd, process, socket};
 
 /// How long a connector may take to say hello before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Handshakes in progress at once; connections beyond this are refused until some finish.
+/// Handshakes in progress at once, over all users. When full, the user with the most pending
+/// handshakes loses its oldest one.
 const MAX_PENDING_HANDSHAKES: usize = 1024;
+/// Connections accepted per wake-up of the acceptor before it looks at pending hellos again.
+const ACCEPT_BATCH: usize = 64;
+/// Most fragments and bytes a worker takes from (or gives to) one connection per sweep, so that
+/// one connection's large message cannot hold the others up for its whole length.
+const SWEEP_FRAGMENTS: usize = 16;
+const SWEEP_BYTES: usize = 64 << 10;
+/// Most wake-up messages read off one connection's socket per event.
+const DRAIN_LIMIT: usize = 64;
 const HANGUP_SWEEP: Duration = Duration::from_millis(50);
 /// How often a worker recounts its active clients to decide whether it is crowded. Long enough
 /// that a worker descheduled for a few scheduler ticks does not count its clients as gone (and
@@ -69,6 +79,8 @@ impl<F: Fn(&[u8], &mut Vec<u8>) + Send + Sync> Handler for F {
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     max_clients: usize,
+    max_clients_per_uid: usize,
+    max_pending_per_uid: usize,
     max_message_size: usize,
     workers: usize,
     permissions: Permissions,
@@ -79,7 +91,9 @@ pub struct ServerOptions {
 impl Default for ServerOptions {
     fn default() -> Self {
         ServerOptions {
-            max_clients: 256,
+            max_clients: 1024,
+            max_clients_per_uid: 256,
+            max_pending_per_uid: 64,
             max_message_size: 64 << 20,
             workers: 1,
             permissions: Permissions::OwnerOnly,
@@ -90,7 +104,8 @@ impl Default for ServerOptions {
 }
 
 impl ServerOptions {
-    /// Defaults: 256 connections, 64 MiB messages, 1 worker, owner-only, 256 KiB rings.
+    /// Defaults: 1,024 connections of which at most 256 per user, 64 handshakes in progress per
+    /// user, 64 MiB messages, 1 worker, owner-only, 256 KiB rings.
     pub fn new() -> Self {
         Self::default()
     }
@@ -98,6 +113,21 @@ impl ServerOptions {
     /// Most connections at once (each client thread with a call in flight uses one).
     pub fn max_clients(mut self, n: usize) -> Self {
         self.max_clients = n.clamp(1, u32::MAX as usize);
+        self
+    }
+
+    /// Most connections one user (uid) may hold at once, so that one user cannot take every
+    /// connection from the others. Default 256.
+    pub fn max_clients_per_uid(mut self, n: usize) -> Self {
+        self.max_clients_per_uid = n.clamp(1, u32::MAX as usize);
+        self
+    }
+
+    /// Most handshakes one user may have in progress (connected, not yet said hello). A user
+    /// over it loses its oldest half-open connection, so a flood of silent connections only
+    /// ever pushes out the flooder's own. Default 64.
+    pub fn max_pending_per_uid(mut self, n: usize) -> Self {
+        self.max_pending_per_uid = n.max(1);
         self
     }
 
@@ -158,6 +188,8 @@ impl ServerOptions {
                 connections: AtomicUsize::new(0),
                 calls: AtomicU64::new(0),
                 corrupt_disconnects: AtomicU64::new(0),
+                per_uid: std::sync::Mutex::new(HashMap::new()),
+                worker_failure: std::sync::Mutex::new(None),
                 started: Instant::now(),
                 active_clients: (0..self.workers).map(|_| AtomicUsize::new(0)).collect(),
             }),
@@ -172,6 +204,10 @@ struct Shared {
     connections: AtomicUsize,
     calls: AtomicU64,
     corrupt_disconnects: AtomicU64,
+    /// Admitted connections per uid (locked per connect and disconnect, never per call).
+    per_uid: std::sync::Mutex<HashMap<u32, usize>>,
+    /// Why a worker stopped early, for `serve` to return.
+    worker_failure: std::sync::Mutex<Option<String>>,
     started: Instant,
     /// Per worker: clients it found active in its last counting period.
     active_clients: Box<[AtomicUsize]>,
@@ -182,6 +218,18 @@ struct Shared {
 #[derive(Debug, Clone)]
 pub struct ShutdownHandle {
     shared: Arc<Shared>,
+}
+
+impl Shared {
+    fn release_uid(&self, uid: u32) {
+        let mut per_uid = self.per_uid.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = per_uid.get_mut(&uid) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                per_uid.remove(&uid);
+            }
+        }
+    }
 }
 
 impl ShutdownHandle {
@@ -241,7 +289,10 @@ impl Server {
     /// Serves requests with `handler` until shut down.
     ///
     /// # Errors
-    /// [`Error::Os`] if the server's own descriptors fail (misbehaving clients never end `serve`).
+    /// [`Error::Os`] if the server's own descriptors fail, or a worker thread stopped (failed or
+    /// panicked outside a handler): the server then shuts down as a whole, letting the other
+    /// workers finish their calls, rather than run on half-dead. Misbehaving clients never end
+    /// `serve`.
     pub fn serve<H: Handler>(self, handler: H) -> Result<()> {
         let workers = self.options.workers;
         let mut handles = Vec::with_capacity(workers);
@@ -255,6 +306,7 @@ impl Server {
                 doorbell: doorbell.clone(),
                 inbox: inbox_tx,
                 load: load.clone(),
+                gone: AtomicBool::new(false),
             });
             bodies.push((doorbell, inbox_rx, load));
         }
@@ -269,7 +321,30 @@ impl Server {
         std::thread::scope(|scope| {
             let joins: Vec<_> = workers
                 .into_iter()
-                .map(|worker| scope.spawn(move || worker.run()))
+                .map(|worker| {
+                    let server = &self;
+                    let shared = &self.shared;
+                    let stop = self.shutdown_handle();
+                    let index = worker.index;
+                    scope.spawn(move || {
+                        let outcome = catch_unwind(AssertUnwindSafe(|| worker.run()));
+                        let failure = match &outcome {
+                            Ok(Ok(())) => None,
+                            Ok(Err(e)) => Some(e.to_string()),
+                            Err(_) => Some("it panicked".to_owned()),
+                        };
+                        if let Some(why) = failure {
+                            tracing::error!(server = %server.name, worker = index, %why, "a worker stopped; shutting the server down");
+                            shared
+                                .worker_failure
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .get_or_insert(format!("worker {index} stopped: {why}"));
+                            stop.shutdown();
+                        }
+                        outcome.unwrap_or_else(|_| Err(Error::os("a server worker panicked", Errno::IO)))
+                    })
+                })
                 .collect();
             let accepted = self.accept_loop(&handles);
             // Stop accepting now, not when `self` drops after the grace period: a connector must
@@ -302,87 +377,88 @@ impl Server {
         }
     }
 
-    /// Accepts connections and answers their hellos. Handshakes in progress wait in an epoll set
-    /// with a deadline each, so a connector that never speaks (or speaks slowly) holds up nobody
-    /// but itself.
+    /// Accepts connections and answers their hellos. Credentials are checked the moment a
+    /// connection is accepted, so a user the server does not admit never holds a handshake slot.
+    /// Handshakes in progress wait in an epoll set with a deadline each, at most
+    /// `max_pending_per_uid` per user: a connector that never speaks holds up nobody but itself,
+    /// and a flood of them only pushes out the flooder's own older ones.
     fn accept_loop(&self, workers: &[WorkerHandle]) -> Result<()> {
         const LISTENER: u64 = 0;
         const STOP: u64 = 1;
-        const FIRST_PENDING: u64 = 2;
         let poll_error = |e| Error::os("waiting for connections", e);
         let mut poller = Poller::new().map_err(|e| Error::os("creating an epoll set", e))?;
         poller.add(&self.listener, LISTENER).map_err(poll_error)?;
         poller
             .add(&self.shared.shutdown_bell, STOP)
             .map_err(poll_error)?;
-        let mut pending: Vec<Option<(OwnedFd, Instant)>> = Vec::new();
+        let mut pending = Handshakes::default();
         let mut ready = Vec::new();
         loop {
-            let now = Instant::now();
-            let next_deadline = pending
-                .iter()
-                .flatten()
-                .map(|(_, deadline)| *deadline)
-                .min();
-            poller
-                .wait(
-                    next_deadline.map(|d| d.saturating_duration_since(now)),
-                    &mut ready,
-                )
-                .map_err(poll_error)?;
+            let timeout = pending
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            poller.wait(timeout, &mut ready).map_err(poll_error)?;
             if self.shared.shutting_down.load(Ordering::SeqCst) {
                 return Ok(());
             }
             for event in &ready {
                 match event.token {
-                    LISTENER => match socket::accept(&self.listener) {
-                        Ok(connection)
-                            if pending.iter().flatten().count() < MAX_PENDING_HANDSHAKES =>
-                        {
-                            let slot =
-                                pending.iter().position(Option::is_none).unwrap_or_else(|| {
-                                    pending.push(None);
-                                    pending.len() - 1
-                                });
-                            if poller.add(&connection, FIRST_PENDING + slot as u64).is_ok() {
-                                pending[slot] =
-                                    Some((connection, Instant::now() + HANDSHAKE_TIMEOUT));
-                            }
-                        }
-                        Ok(_) => {
-                            tracing::warn!(server = %self.name, "too many handshakes in progress; refusing one")
-                        }
-                        Err(Errno::INTR | Errno::AGAIN | Errno::CONNABORTED | Errno::PROTO) => {}
-                        Err(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM) => {
-                            tracing::warn!(server = %self.name, "out of descriptors or memory; refusing connections for a moment");
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                        Err(e) => return Err(Error::os("accepting a connection", e)),
-                    },
+                    LISTENER => self.accept_batch(&poller, &mut pending)?,
                     STOP => return Ok(()),
                     token => {
-                        let slot = (token - FIRST_PENDING) as usize;
-                        if let Some((connection, _)) = pending.get_mut(slot).and_then(Option::take)
-                        {
-                            let _ = poller.remove(&connection);
+                        if let Some(handshake) = pending.take(token) {
+                            let _ = poller.remove(&handshake.socket);
                             // Its hello has arrived (or it hung up): answering does not block.
                             // A misbehaving connector only loses its own connection.
-                            if let Err(e) = self.admit(connection, workers) {
+                            if let Err(e) = self.admit(handshake, workers) {
                                 tracing::debug!(server = %self.name, error = %e, "handshake failed");
                             }
                         }
                     }
                 }
             }
-            let now = Instant::now();
-            for entry in pending.iter_mut() {
-                if entry.as_ref().is_some_and(|(_, deadline)| *deadline <= now) {
-                    if let Some((connection, _)) = entry.take() {
-                        let _ = poller.remove(&connection);
-                    }
+            for expired in pending.expire(Instant::now()) {
+                let _ = poller.remove(&expired.socket);
+            }
+        }
+    }
+
+    fn accept_batch(&self, poller: &Poller, pending: &mut Handshakes) -> Result<()> {
+        for _ in 0..ACCEPT_BATCH {
+            let connection = match socket::accept(&self.listener) {
+                Ok(connection) => connection,
+                Err(Errno::INTR | Errno::CONNABORTED | Errno::PROTO) => continue,
+                Err(Errno::AGAIN) => return Ok(()),
+                Err(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM) => {
+                    tracing::warn!(server = %self.name, "out of descriptors or memory; refusing connections for a moment");
+                    std::thread::sleep(Duration::from_millis(10));
+                    return Ok(());
+                }
+                Err(e) => return Err(Error::os("accepting a connection", e)),
+            };
+            let Ok(peer) = socket::peer_credentials(&connection) else {
+                continue;
+            };
+            if !self.allowed(peer) {
+                // Answered at once, without reading anything from it.
+                let _ = socket::send_message(
+                    &connection,
+                    &self.refusal(Admission::PermissionDenied).encode(),
+                    &[],
+                );
+                continue;
+            }
+            let token = pending.insert(connection, peer, self.options.max_pending_per_uid, |evicted| {
+                let _ = poller.remove(&evicted.socket);
+                tracing::debug!(server = %self.name, uid = evicted.peer.uid, "dropped a half-open connection to make room");
+            });
+            if let Some((token, socket)) = token {
+                if poller.add(socket, token).is_err() {
+                    pending.take(token);
                 }
             }
         }
+        Ok(())
     }
 
     fn allowed(&self, peer: socket::PeerCredentials) -> bool {
@@ -396,78 +472,217 @@ impl Server {
         }
     }
 
-    fn admit(&self, connection: OwnedFd, workers: &[WorkerHandle]) -> Result<(), Errno> {
-        socket::set_io_timeout(&connection, HANDSHAKE_TIMEOUT)?;
-        let peer = socket::peer_credentials(&connection)?;
-        let mut buf = [0u8; Hello::LEN + 8];
-        let (len, _) = socket::receive_message(&connection, &mut buf)?;
-        let hello = Hello::decode(&buf[..len]).map_err(|_| Errno::PROTO)?;
-        let mut welcome = Welcome {
-            admission: Admission::Accepted,
+    fn refusal(&self, admission: Admission) -> Welcome {
+        Welcome {
+            admission,
             ring_capacity: self.options.ring_capacity as u32,
             max_message: self.options.max_message_size as u64,
             server_pid: process::current_pid(),
-        };
-        let refuse = |admission, welcome: &mut Welcome| {
-            welcome.admission = admission;
-            socket::send_message(&connection, &welcome.encode(), &[])
-        };
-        if !self.allowed(peer) {
-            return refuse(Admission::PermissionDenied, &mut welcome);
         }
+    }
+
+    /// Takes a uid's slot for one more connection, if both the server and the uid have room.
+    fn claim_slot(&self, uid: u32) -> Result<(), Admission> {
+        let mut per_uid = self
+            .shared
+            .per_uid
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let total: usize = per_uid.values().sum();
+        if total >= self.options.max_clients {
+            return Err(Admission::Full {
+                max_clients: self.options.max_clients as u32,
+            });
+        }
+        let mine = per_uid.entry(uid).or_insert(0);
+        if *mine >= self.options.max_clients_per_uid {
+            return Err(Admission::Full {
+                max_clients: self.options.max_clients_per_uid as u32,
+            });
+        }
+        *mine += 1;
+        Ok(())
+    }
+
+    fn admit(&self, handshake: Handshake, workers: &[WorkerHandle]) -> Result<(), Errno> {
+        let Handshake {
+            socket: connection,
+            peer,
+            ..
+        } = handshake;
+        let mut buf = [0u8; Hello::LEN + 8];
+        let (len, _) = socket::receive_message(&connection, &mut buf, false)?;
+        let hello = Hello::decode(&buf[..len]).map_err(|_| Errno::PROTO)?;
+        let refuse =
+            |admission| socket::send_message(&connection, &self.refusal(admission).encode(), &[]);
         if hello.purpose == Purpose::Stats {
             return socket::send_message(&connection, &self.stats().encode(), &[]);
         }
         if self.shared.shutting_down.load(Ordering::SeqCst) {
-            return refuse(Admission::ShuttingDown, &mut welcome);
-        }
-        if self.shared.connections.load(Ordering::Relaxed) >= self.options.max_clients {
-            return refuse(
-                Admission::Full {
-                    max_clients: self.options.max_clients as u32,
-                },
-                &mut welcome,
-            );
+            return refuse(Admission::ShuttingDown);
         }
         let Some(worker) = workers
             .iter()
+            .filter(|w| !w.gone.load(Ordering::Relaxed))
             .min_by_key(|w| w.load.load(Ordering::Relaxed))
         else {
-            return refuse(Admission::ShuttingDown, &mut welcome);
+            return refuse(Admission::ShuttingDown);
+        };
+        if let Err(full) = self.claim_slot(peer.uid) {
+            return refuse(full);
+        }
+        let slot = UidSlot {
+            shared: self.shared.clone(),
+            uid: peer.uid,
         };
         let layout = RegionLayout {
             capacity: self.options.ring_capacity,
         };
         let region = memfd::create_sealed("memlink-connection", layout.len() as u64)?;
-        let map = Arc::new(Mapping::map_shared_populated(&region, layout.len())?);
-        let client_doorbell = notify::doorbell()?;
-        socket::send_message(
-            &connection,
-            &welcome.encode(),
-            &[
-                region.as_fd(),
-                worker.doorbell.as_fd(),
-                client_doorbell.as_fd(),
-            ],
-        )?;
+        // Only the control page is faulted in now: ring pages are allocated as messages first
+        // reach them, so an idle connection costs a page, not its whole rings.
+        let map = Arc::new(Mapping::map_shared(&region, layout.len())?);
+        let welcome = self.refusal(Admission::Accepted);
+        socket::send_message(&connection, &welcome.encode(), &[region.as_fd()])?;
         let conn = Connection::new(
             connection,
             map,
             layout,
-            client_doorbell,
             self.options.max_message_size,
-            peer.pid,
+            peer,
+            slot,
         )
         .map_err(|_| Errno::INVAL)?;
         self.shared.connections.fetch_add(1, Ordering::Relaxed);
         worker.load.fetch_add(1, Ordering::Relaxed);
-        if worker.inbox.send(conn).is_err() {
-            // The worker has exited (it failed); the connection is dropped, and the client sees it.
+        if let Err(returned) = worker.inbox.send(conn) {
+            // The worker has exited (it failed; the server is shutting down). The connection is
+            // dropped here, and the client sees it.
+            worker.gone.store(true, Ordering::Relaxed);
             self.shared.connections.fetch_sub(1, Ordering::Relaxed);
             worker.load.fetch_sub(1, Ordering::Relaxed);
+            drop(returned);
             return Err(Errno::IO);
         }
         notify::ring(&*worker.doorbell)
+    }
+}
+
+/// A connection that has not said hello yet.
+struct Handshake {
+    socket: OwnedFd,
+    peer: socket::PeerCredentials,
+    deadline: Instant,
+    /// Order of arrival, to find a user's oldest.
+    seq: u64,
+}
+
+/// The handshakes in progress, indexed by epoll token, with a count per uid.
+#[derive(Default)]
+struct Handshakes {
+    slots: Vec<Option<Handshake>>,
+    per_uid: HashMap<u32, usize>,
+    count: usize,
+    next_seq: u64,
+}
+
+impl Handshakes {
+    const FIRST_TOKEN: u64 = 2;
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.slots.iter().flatten().map(|h| h.deadline).min()
+    }
+
+    fn take(&mut self, token: u64) -> Option<Handshake> {
+        let index = usize::try_from(token.checked_sub(Self::FIRST_TOKEN)?).ok()?;
+        let handshake = self.slots.get_mut(index)?.take()?;
+        self.count -= 1;
+        if let Some(n) = self.per_uid.get_mut(&handshake.peer.uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_uid.remove(&handshake.peer.uid);
+            }
+        }
+        Some(handshake)
+    }
+
+    /// The token of `uid`'s oldest handshake.
+    fn oldest_of(&self, uid: u32) -> Option<u64> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| h.as_ref().filter(|h| h.peer.uid == uid).map(|h| (h.seq, i)))
+            .min()
+            .map(|(_, i)| i as u64 + Self::FIRST_TOKEN)
+    }
+
+    /// Adds a handshake, first evicting (through `evict`) the user's oldest one if the user is at
+    /// `per_uid_cap`, or the oldest one of the user with the most if the table is full. Returns the
+    /// new entry's token and socket.
+    fn insert(
+        &mut self,
+        socket: OwnedFd,
+        peer: socket::PeerCredentials,
+        per_uid_cap: usize,
+        mut evict: impl FnMut(Handshake),
+    ) -> Option<(u64, &OwnedFd)> {
+        let victim_uid = if self.per_uid.get(&peer.uid).copied().unwrap_or(0) >= per_uid_cap {
+            Some(peer.uid)
+        } else if self.count >= MAX_PENDING_HANDSHAKES {
+            self.per_uid
+                .iter()
+                .max_by_key(|(_, n)| **n)
+                .map(|(uid, _)| *uid)
+        } else {
+            None
+        };
+        if let Some(victim) = victim_uid
+            .and_then(|uid| self.oldest_of(uid))
+            .and_then(|t| self.take(t))
+        {
+            evict(victim);
+        }
+        let index = match self.slots.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        self.next_seq += 1;
+        *self.per_uid.entry(peer.uid).or_insert(0) += 1;
+        self.count += 1;
+        let handshake = self.slots[index].insert(Handshake {
+            socket,
+            peer,
+            deadline: Instant::now() + HANDSHAKE_TIMEOUT,
+            seq: self.next_seq,
+        });
+        Some((index as u64 + Self::FIRST_TOKEN, &handshake.socket))
+    }
+
+    /// Removes and returns every handshake whose deadline has passed.
+    fn expire(&mut self, now: Instant) -> Vec<Handshake> {
+        let expired: Vec<u64> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.as_ref().is_some_and(|h| h.deadline <= now))
+            .map(|(i, _)| i as u64 + Self::FIRST_TOKEN)
+            .collect();
+        expired.into_iter().filter_map(|t| self.take(t)).collect()
+    }
+}
+
+/// A connection's place in its uid's count, given back when the connection is dropped.
+struct UidSlot {
+    shared: Arc<Shared>,
+    uid: u32,
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        self.shared.release_uid(self.uid);
     }
 }
 
@@ -476,6 +691,8 @@ struct WorkerHandle {
     doorbell: Arc<OwnedFd>,
     inbox: Sender<Connection>,
     load: Arc<AtomicUsize>,
+    /// Its inbox was found closed: the worker has exited.
+    gone: AtomicBool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -491,7 +708,6 @@ struct Connection {
     map: Arc<Mapping>,
     requests: Consumer,
     responses: Producer,
-    client_doorbell: OwnedFd,
     phase: Phase,
     call: u64,
     request_total: u64,
@@ -503,6 +719,8 @@ struct Connection {
     client_pid: u32,
     /// Made progress since the worker last counted its active clients.
     active: bool,
+    /// Declared last: gives the uid's connection slot back once everything else is released.
+    _slot: UidSlot,
 }
 
 impl Connection {
@@ -510,16 +728,15 @@ impl Connection {
         socket: OwnedFd,
         map: Arc<Mapping>,
         layout: RegionLayout,
-        client_doorbell: OwnedFd,
         max_message: usize,
-        client_pid: u32,
+        peer: socket::PeerCredentials,
+        slot: UidSlot,
     ) -> Result<Self, RingError> {
         Ok(Connection {
             requests: Consumer::new(map.clone(), layout.requests())?,
             responses: Producer::new(map.clone(), layout.responses())?,
             socket,
             map,
-            client_doorbell,
             phase: Phase::Idle,
             call: 0,
             request_total: 0,
@@ -529,13 +746,14 @@ impl Connection {
             reply_sent: 0,
 
             max_message,
-            client_pid,
+            client_pid: peer.pid,
             active: false,
+            _slot: slot,
         })
     }
 
     fn nudge_client(&self) -> Result<(), RingError> {
-        link::nudge(&self.map, CLIENT, &self.client_doorbell)
+        link::nudge(&self.map, CLIENT, &self.socket)
     }
 
     /// Whether `pump` could make progress now.
@@ -554,13 +772,17 @@ impl Connection {
     /// request. Returns whether anything happened.
     fn pump(&mut self, handler: &dyn Handler, calls: &AtomicU64) -> Result<bool, RingError> {
         let mut progressed = false;
+        let mut budget = Budget::new();
         if self.phase == Phase::Replying {
-            progressed |= self.push_reply()?;
+            progressed |= self.push_reply(&mut budget)?;
             if self.phase == Phase::Replying {
                 return Ok(progressed);
             }
         }
-        while let Some(header) = self.requests.peek()? {
+        while !budget.spent() {
+            let Some(header) = self.requests.peek()? else {
+                break;
+            };
             let bad = |why: String| Err(RingError(format!("client broke the protocol: {why}")));
             match self.phase {
                 Phase::Idle => {
@@ -597,16 +819,25 @@ impl Connection {
             if self.request.len() as u64 + u64::from(header.len) > self.request_total {
                 return bad("request fragments exceed the announced length".into());
             }
+            if header.len == 0 && header.flags & LAST == 0 {
+                // It would move the request no closer to its end: a client could keep a worker
+                // busy forever with these.
+                return bad("an empty fragment that is not the last".into());
+            }
             self.requests.take(&header, &mut self.request)?;
-            self.nudge_client()?;
+            budget.charge(header.len as usize);
             progressed = true;
-            if header.flags & LAST != 0 {
+            if header.flags & LAST == 0 {
+                // The client may be waiting for the room we just freed to send the next fragment.
+                // After the last one it is not: it waits for the reply, which wakes it anyway.
+                self.nudge_client()?;
+            } else {
                 if self.request.len() as u64 != self.request_total {
                     return bad("request shorter than announced".into());
                 }
                 self.respond(handler);
                 calls.fetch_add(1, Ordering::Relaxed);
-                self.push_reply()?;
+                self.push_reply(&mut budget)?;
                 break;
             }
         }
@@ -639,11 +870,14 @@ impl Connection {
         self.phase = Phase::Replying;
     }
 
-    fn push_reply(&mut self) -> Result<bool, RingError> {
+    fn push_reply(&mut self, budget: &mut Budget) -> Result<bool, RingError> {
         let fragment = self.responses.layout().max_fragment();
         let total = self.reply.len();
         let mut progressed = false;
         loop {
+            if budget.spent() {
+                return Ok(progressed);
+            }
             let end = (self.reply_sent + fragment).min(total);
             let mut flags = self.reply_flags;
             if self.reply_sent == 0 {
@@ -661,6 +895,7 @@ impl Connection {
                 return Ok(progressed);
             }
             progressed = true;
+            budget.charge(end - self.reply_sent);
             self.nudge_client()?;
             self.reply_sent = end;
             if end == total {
@@ -674,6 +909,31 @@ impl Connection {
                 return Ok(progressed);
             }
         }
+    }
+}
+
+/// How much one connection may move in one sweep: at least one fragment, then up to
+/// [`SWEEP_FRAGMENTS`] fragments or [`SWEEP_BYTES`] bytes, whichever comes first.
+struct Budget {
+    fragments: usize,
+    bytes: usize,
+}
+
+impl Budget {
+    fn new() -> Self {
+        Budget {
+            fragments: 0,
+            bytes: 0,
+        }
+    }
+
+    fn charge(&mut self, bytes: usize) {
+        self.fragments += 1;
+        self.bytes += bytes;
+    }
+
+    fn spent(&self) -> bool {
+        self.fragments >= SWEEP_FRAGMENTS || self.bytes >= SWEEP_BYTES
     }
 }
 
@@ -933,11 +1193,19 @@ impl<'a> Worker<'a> {
                 DOORBELL => notify::silence(&*self.doorbell),
                 SHUTDOWN => {}
                 token => {
-                    // Clients send nothing on the socket after the handshake: readable or hung
-                    // up both mean the client is gone (or misbehaving).
+                    // After the handshake a client sends nothing but one-byte wake-ups (the
+                    // sweep that follows serves it); anything else, or a hang-up, means the
+                    // client is gone or misbehaving.
                     let slot = (token - FIRST_CONNECTION) as usize;
-                    tracing::debug!(server = %self.server.name, slot, hung_up = event.hung_up, "client gone");
-                    self.drop_connection(slot, None);
+                    let Some(conn) = self.connections.get(slot).and_then(Option::as_ref) else {
+                        continue;
+                    };
+                    let mut said = [0u8; 16];
+                    let drained = socket::drain(&conn.socket, &mut said, DRAIN_LIMIT);
+                    if event.hung_up || drained.closed || drained.message.is_some() {
+                        tracing::debug!(server = %self.server.name, slot, "client gone");
+                        self.drop_connection(slot, None);
+                    }
                 }
             }
         }
