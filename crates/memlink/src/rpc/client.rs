@@ -442,6 +442,7 @@ fn connect_error(name: &str, e: Errno) -> Error {
         },
         Errno::ACCESS | Errno::PERM => Error::PermissionDenied {
             name: name.to_owned(),
+            owner_uid: None,
         },
         Errno::AGAIN | Errno::TIMEDOUT => Error::Timeout,
         Errno::PIPE | Errno::CONNRESET => Error::Disconnected {
@@ -462,6 +463,7 @@ impl Channel {
             // Someone else's process holds the name: do not hand it our requests.
             return Err(Error::PermissionDenied {
                 name: name.to_owned(),
+                owner_uid: None,
             });
         }
         socket::send_message(
@@ -486,6 +488,7 @@ impl Channel {
             Admission::PermissionDenied => {
                 return Err(Error::PermissionDenied {
                     name: name.to_owned(),
+                    owner_uid: None,
                 });
             }
             Admission::Full { max_clients } => {
