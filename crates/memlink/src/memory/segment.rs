@@ -30,7 +30,8 @@ use crate::platform::mapping::Mapping;
 use crate::platform::process;
 use crate::platform::shm::{self, FileInfo, ShmDir};
 
-/// Who may open an object. Applied exactly (the umask does not narrow it).
+/// Who may open an object. Applied exactly when creating (the umask does not narrow it); when
+/// opening an existing object, the widest mode accepted (see [`SegmentOptions::permissions`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Permissions {
     /// Read-write for the creating user only (`0600`). The default.
