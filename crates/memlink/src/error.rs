@@ -43,14 +43,15 @@ pub enum Error {
         name: String,
     },
 
-    /// The object belongs to another user, or its permissions exclude us.
-    #[error(
-        "permission denied on memlink object '{name}': it belongs to another user or its mode \
-         excludes you; run as its owner, or have it created with group/everyone permissions"
-    )]
+    /// The object belongs to another user (or its mode excludes us), or it is more open than we
+    /// asked for, so it was not used: a user who can create files in the shared memory directory
+    /// can put an object under any free name, and using it would read and write their memory.
+    #[error("permission denied on memlink object '{name}': {}", permission_hint(.name, *.owner_uid))]
     PermissionDenied {
         /// The object that refused us.
         name: String,
+        /// The user id owning the object, where known (for a server, the uid it runs as).
+        owner_uid: Option<u32>,
     },
 
     /// The object exists but is not a memlink object of the expected kind or layout version.
@@ -194,6 +195,24 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+fn permission_hint(name: &str, owner_uid: Option<u32>) -> String {
+    match owner_uid {
+        None => {
+            "it belongs to another user or its mode excludes you; run as its owner, or have it \
+                 created with group/everyone permissions"
+                .to_owned()
+        }
+        Some(uid) => format!(
+            "it is owned by uid {uid}, and memlink uses only objects owned by its own user or by a \
+             user it is told to trust, with a mode no wider than the permissions asked for. If \
+             uid {uid} should not own '{name}', another user is squatting the name: remove it \
+             with `memlink rm {name}` (as root or uid {uid}). If it is shared on purpose, open it \
+             with `SegmentOptions::trust_owner_uid({uid})` and the permissions it was created \
+             with (e.g. `Permissions::Everyone`)"
+        ),
+    }
 }
 
 impl Error {

@@ -8,6 +8,12 @@
 //! The payload is shared with other processes that may write it at any time, so it is accessed by
 //! copying ([`Segment::read`], [`Segment::write`]) or through atomics, never through slices.
 //!
+//! Anyone who may create files in the shared memory directory can put a file under any free
+//! memlink name, so an existing object is used only if it is a regular file (opened without
+//! following symlinks or blocking on FIFOs), owned by our effective uid or a uid the caller trusts
+//! ([`SegmentOptions::trust_owner_uid`]), with a mode no wider than the permissions asked for.
+//! Root gets no exemption: a squatter's object is exactly what root must not use.
+//!
 //! Uses the platform layer only; knows nothing about sync primitives or messaging.
 
 use std::os::fd::OwnedFd;
@@ -24,7 +30,8 @@ use crate::platform::mapping::Mapping;
 use crate::platform::process;
 use crate::platform::shm::{self, FileInfo, ShmDir};
 
-/// Who may open an object. Applied exactly (the umask does not narrow it).
+/// Who may open an object. Applied exactly when creating (the umask does not narrow it); when
+/// opening an existing object, the widest mode accepted (see [`SegmentOptions::permissions`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Permissions {
     /// Read-write for the creating user only (`0600`). The default.
@@ -53,6 +60,7 @@ impl Permissions {
 pub struct SegmentOptions {
     permissions: Permissions,
     remove_on_drop: bool,
+    trusted_owners: Vec<u32>,
     pub(crate) kind: ObjectKind,
 }
 
@@ -61,6 +69,7 @@ impl Default for SegmentOptions {
         SegmentOptions {
             permissions: Permissions::OwnerOnly,
             remove_on_drop: true,
+            trusted_owners: Vec::new(),
             kind: ObjectKind::Segment,
         }
     }
@@ -72,7 +81,10 @@ impl SegmentOptions {
         Self::default()
     }
 
-    /// Who may open the object.
+    /// Who may open the object. For `create`, the mode the new object gets; for opening an
+    /// existing one, the widest mode accepted: with the default [`Permissions::OwnerOnly`] an
+    /// object that group or other users may write is refused ([`Error::PermissionDenied`]), as it
+    /// may hold anything those users wrote.
     pub fn permissions(mut self, permissions: Permissions) -> Self {
         self.permissions = permissions;
         self
@@ -86,17 +98,53 @@ impl SegmentOptions {
         self
     }
 
+    /// Also accepts existing objects owned by user `uid` (by default only objects owned by our
+    /// effective uid are opened, root included). For objects one user shares with another on
+    /// purpose: the opener names the user it expects, and usually asks for the permissions the
+    /// object was created with (e.g. [`Permissions::Everyone`]). May be called several times.
+    /// Trusting a user does not let `create` reclaim that user's stale objects.
+    pub fn trust_owner_uid(mut self, uid: u32) -> Self {
+        if !self.trusted_owners.contains(&uid) {
+            self.trusted_owners.push(uid);
+        }
+        self
+    }
+
     pub(crate) fn kind(mut self, kind: ObjectKind) -> Self {
         self.kind = kind;
         self
     }
 
+    /// Refuses an existing object that is not a regular file or whose owner we do not trust.
+    fn check_identity(&self, name: &str, info: &FileInfo) -> Result<()> {
+        if !info.is_regular() {
+            return Err(not_regular(name, info));
+        }
+        if info.uid != process::effective_uid() && !self.trusted_owners.contains(&info.uid) {
+            return Err(denied(name, info.uid));
+        }
+        Ok(())
+    }
+
+    /// Refuses an object whose mode is wider than the permissions we asked for, or has setuid,
+    /// setgid, sticky or execute bits (no memlink object has them).
+    fn check_mode(&self, name: &str, info: &FileInfo) -> Result<()> {
+        if info.mode & !self.permissions.mode() != 0 {
+            return Err(denied(name, info.uid));
+        }
+        Ok(())
+    }
+
     /// Creates segment `name` with `size` payload bytes, all zero.
     ///
     /// # Errors
-    /// [`Error::AlreadyExists`] if a live creator has the name (a stale one is reclaimed),
-    /// [`Error::InvalidName`], [`Error::PermissionDenied`] if another user's object has the name,
-    /// [`Error::Os`] if the system is out of shared memory.
+    /// [`Error::AlreadyExists`] if a live creator of ours (or of a trusted user) has the name; a
+    /// stale object of ours is reclaimed.
+    /// [`Error::PermissionDenied`] naming the owner (`owner_uid`) if another user's object has
+    /// the name, live or stale: it is neither used nor removed.
+    /// [`Error::Incompatible`] if something other than a regular file (a FIFO, a symlink, ...)
+    /// has the name; remove it with `memlink rm`.
+    /// [`Error::InvalidName`]; [`Error::Os`] if the system is out of shared memory.
     pub fn create(&self, name: &str, size: usize) -> Result<Segment> {
         self.create_initialized(name, size, |_| Ok(()))
     }
@@ -104,13 +152,18 @@ impl SegmentOptions {
     /// Opens the existing segment `name`.
     ///
     /// # Errors
-    /// [`Error::NotFound`], [`Error::PermissionDenied`], [`Error::Incompatible`] if it is not a
-    /// memlink segment, [`Error::Corrupted`] if its header is inconsistent.
+    /// [`Error::NotFound`].
+    /// [`Error::PermissionDenied`] naming the owner (`owner_uid`) if the object is owned by
+    /// another user not trusted with [`SegmentOptions::trust_owner_uid`], if its mode is wider
+    /// than [`SegmentOptions::permissions`] (or has setuid/setgid/sticky/execute bits), or if the
+    /// system refuses us access.
+    /// [`Error::Incompatible`] if it is not a regular file (FIFO, symlink, ...; never followed or
+    /// waited on) or not a memlink segment; [`Error::Corrupted`] if its header is inconsistent.
     pub fn open(&self, name: &str) -> Result<Segment> {
         validate_name(name)?;
         let dir =
             ShmDir::open().map_err(|e| Error::os("opening the shared memory directory", e))?;
-        open_validated(&dir, name, self.kind)
+        open_validated(&dir, name, self)
     }
 
     /// Opens `name` if it exists with a live creator, or else creates it; whichever happened is
@@ -175,6 +228,7 @@ impl SegmentOptions {
         let denied = |e: Errno, op| match e {
             Errno::ACCESS | Errno::PERM => Error::PermissionDenied {
                 name: name.to_owned(),
+                owner_uid: None,
             },
             e => Error::os(op, e),
         };
@@ -218,7 +272,7 @@ impl SegmentOptions {
                     inner.is_creator = true;
                     return Ok(segment);
                 }
-                Err(Errno::EXIST) => match reclaim_if_stale(&dir, name, &file)? {
+                Err(Errno::EXIST) => match reclaim_if_stale(&dir, name, &file, self)? {
                     Existing::Gone => {}
                     Existing::Live { pid } => {
                         return Err(Error::AlreadyExists {
@@ -245,17 +299,17 @@ enum Existing {
     },
 }
 
-/// Looks at the object currently named `file`. If its creator is dead, removes the name.
-fn reclaim_if_stale(dir: &ShmDir, name: &str, file: &str) -> Result<Existing> {
-    let old = match dir.open_existing(file, true) {
-        Ok(fd) => fd,
-        Err(Errno::NOENT) => return Ok(Existing::Gone),
-        Err(Errno::ACCESS | Errno::PERM) => {
-            return Err(Error::PermissionDenied {
-                name: name.to_owned(),
-            });
-        }
-        Err(e) => return Err(Error::os("opening an existing object", e)),
+/// Looks at the object currently named `file`. If its creator is dead and it is ours, removes the
+/// name. Another user's object (trusted or not) is never removed, and one we do not trust is not
+/// even opened beyond the type and owner check.
+fn reclaim_if_stale(
+    dir: &ShmDir,
+    name: &str,
+    file: &str,
+    options: &SegmentOptions,
+) -> Result<Existing> {
+    let Some((old, info)) = open_checked(dir, name, file, options)? else {
+        return Ok(Existing::Gone);
     };
     // Taking the owner lock on the old object both proves its creator is gone and makes us the
     // only process allowed to unlink it: another reclaimer racing with us fails here.
@@ -264,14 +318,67 @@ fn reclaim_if_stale(dir: &ShmDir, name: &str, file: &str) -> Result<Existing> {
             pid: read_header(&old).map_or(0, |h| h.creator_pid),
         });
     }
-    let info = shm::fstat(&old).map_err(|e| Error::os("inspecting a stale object", e))?;
+    if info.uid != process::effective_uid() {
+        // A trusted user's stale object: theirs to remove, not ours.
+        return Err(denied(name, info.uid));
+    }
     match dir.unlink_if_same(file, &info) {
         Ok(_) => Ok(Existing::Gone),
-        Err(Errno::ACCESS | Errno::PERM) => Err(Error::PermissionDenied {
-            name: name.to_owned(),
-        }),
+        Err(Errno::ACCESS | Errno::PERM) => Err(denied(name, info.uid)),
         Err(e) => Err(Error::os("removing a stale object", e)),
     }
+}
+
+fn denied(name: &str, owner_uid: u32) -> Error {
+    Error::PermissionDenied {
+        name: name.to_owned(),
+        owner_uid: Some(owner_uid),
+    }
+}
+
+fn not_regular(name: &str, info: &FileInfo) -> Error {
+    Error::incompatible(
+        name,
+        format!(
+            "it is a {}, not a regular file, so no memlink process made it (it was not opened); \
+             remove it with `memlink rm {name}`",
+            info.type_name()
+        ),
+    )
+}
+
+/// Opens the object named `file` read-write without following a symlink or blocking on a FIFO,
+/// refusing it unless it is a regular file owned by us or a trusted user: checked with `lstat`
+/// before opening (so a FIFO or device is never opened) and again with `fstat` on what was opened.
+/// `Ok(None)` if there is no such object. The mode is not checked here.
+fn open_checked(
+    dir: &ShmDir,
+    name: &str,
+    file: &str,
+    options: &SegmentOptions,
+) -> Result<Option<(OwnedFd, FileInfo)>> {
+    let seen = match dir.stat(file) {
+        Ok(info) => info,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(Error::os("inspecting a shared memory object", e)),
+    };
+    options.check_identity(name, &seen)?;
+    let fd = match dir.open_existing(file, true) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(Errno::ACCESS | Errno::PERM) => return Err(denied(name, seen.uid)),
+        // Replaced by a symlink since the `lstat`; O_NOFOLLOW refused it.
+        Err(Errno::LOOP) => {
+            return Err(Error::incompatible(
+                name,
+                format!("it is a symlink (not followed); remove it with `memlink rm {name}`"),
+            ));
+        }
+        Err(e) => return Err(Error::os("opening a shared memory object", e)),
+    };
+    let info = shm::fstat(&fd).map_err(|e| Error::os("inspecting a shared memory object", e))?;
+    options.check_identity(name, &info)?;
+    Ok(Some((fd, info)))
 }
 
 /// Reads and decodes the header with `pread`, without mapping anything.
@@ -286,24 +393,15 @@ pub(crate) fn read_header(fd: &OwnedFd) -> std::result::Result<ObjectHeader, Hea
     }
 }
 
-fn open_validated(dir: &ShmDir, name: &str, expected: ObjectKind) -> Result<Segment> {
-    let fd = match dir.open_existing(&file_name(name), true) {
-        Ok(fd) => fd,
-        Err(Errno::NOENT) => {
-            return Err(Error::NotFound {
-                name: name.to_owned(),
-            });
-        }
-        Err(Errno::ACCESS | Errno::PERM) => {
-            return Err(Error::PermissionDenied {
-                name: name.to_owned(),
-            });
-        }
-        Err(e) => return Err(Error::os("opening a shared memory object", e)),
-    };
+fn open_validated(dir: &ShmDir, name: &str, options: &SegmentOptions) -> Result<Segment> {
+    let expected = options.kind;
+    let (fd, info) =
+        open_checked(dir, name, &file_name(name), options)?.ok_or_else(|| Error::NotFound {
+            name: name.to_owned(),
+        })?;
+    options.check_mode(name, &info)?;
     // Size comes from the kernel, not from the (untrusted) header: we map exactly what exists, so
     // a header that lies about the size cannot make us touch pages past the end of the file.
-    let info = shm::fstat(&fd).map_err(|e| Error::os("inspecting a shared memory object", e))?;
     let header = read_header(&fd).map_err(|p| match p {
         HeaderProblem::Foreign(r) => Error::incompatible(name, r),
         HeaderProblem::Invalid(r) => Error::corrupted(name, r),
@@ -477,7 +575,7 @@ impl Segment {
     /// [`Error::OutOfBounds`] if the range is not inside the payload.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
         let at = self.absolute(offset, buf.len())?;
-        if self.inner.map.copy_out(at, buf) {
+        if self.inner.map.read_atomic(at, buf) {
             Ok(())
         } else {
             Err(self.out_of_bounds(offset, buf.len()))
@@ -490,7 +588,7 @@ impl Segment {
     /// [`Error::OutOfBounds`] if the range is not inside the payload.
     pub fn write(&self, offset: usize, data: &[u8]) -> Result<()> {
         let at = self.absolute(offset, data.len())?;
-        if self.inner.map.copy_in(at, data) {
+        if self.inner.map.write_atomic(at, data) {
             Ok(())
         } else {
             Err(self.out_of_bounds(offset, data.len()))

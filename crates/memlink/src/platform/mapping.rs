@@ -4,10 +4,17 @@
 //! module never hands out `&[u8]` or `&mut [u8]` over it: bytes are copied in and out through raw
 //! pointers, and the only references formed are to atomics, which are made for concurrent mutation.
 //! Every access is bounds- and alignment-checked here, whatever the caller already checked.
+//!
+//! Two kinds of copy: [`Mapping::read_atomic`] / [`Mapping::write_atomic`] copy with relaxed
+//! atomic loads and stores, for bytes that threads of this process may also reach through
+//! [`Mapping::atomic_u32`] / [`Mapping::atomic_u64`] at the same time (a segment's payload). The
+//! `memcpy`-based [`Mapping::copy_in`], [`Mapping::copy_out`] and [`Mapping::append_to_vec`] are
+//! for bytes that, within this process, only one thread touches at a time (a ring's slots, owned
+//! by one side of the ring between its index updates).
 
 use std::os::fd::AsFd;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
@@ -64,37 +71,50 @@ impl Mapping {
         (end <= self.len).then_some(end)
     }
 
-    /// Copies `out.len()` bytes starting at `offset` into `out`. Returns `false` (copying nothing)
-    /// if the range is not inside the mapping.
+    /// Copies `out.len()` bytes starting at `offset` into `out` with `memcpy`. Returns `false`
+    /// (copying nothing) if the range is not inside the mapping.
+    ///
+    /// Caller's invariant: no other thread of this process writes the range, or accesses it
+    /// atomically, during the copy (a ring slot is only touched by the side that owns it). Use
+    /// [`Mapping::read_atomic`] for bytes without that guarantee.
     #[must_use]
     pub(crate) fn copy_out(&self, offset: usize, out: &mut [u8]) -> bool {
         if self.check(offset, out.len()).is_none() {
             return false;
         }
         let source = self.base.as_ptr().wrapping_add(offset);
-        // A concurrent writer in another process can only make us read stale or torn bytes, which
-        // callers validate after copying; no reference into the mapping exists to be aliased.
-        // SAFETY: the source range is inside the live mapping (checked); `out` is disjoint from it.
+        // Within this process nothing races the copy (caller's invariant above), so it is not a
+        // data race in Rust's model. A writer in another process is outside that model: it can
+        // only make us read stale or torn bytes, which callers validate after copying; no
+        // reference into the mapping exists to be aliased.
+        // SAFETY: the source range is inside the live mapping (checked); `out` is disjoint from
+        // it; no thread of this process accesses the range concurrently (caller's invariant).
         unsafe { std::ptr::copy_nonoverlapping(source, out.as_mut_ptr(), out.len()) };
         true
     }
 
-    /// Copies `data` into the mapping at `offset`. Returns `false` (copying nothing) if the range
-    /// is not inside the mapping.
+    /// Copies `data` into the mapping at `offset` with `memcpy`. Returns `false` (copying
+    /// nothing) if the range is not inside the mapping.
+    ///
+    /// Caller's invariant: no other thread of this process reads, writes or atomically accesses
+    /// the range during the copy. Use [`Mapping::write_atomic`] for bytes without that guarantee.
     #[must_use]
     pub(crate) fn copy_in(&self, offset: usize, data: &[u8]) -> bool {
         if self.check(offset, data.len()).is_none() {
             return false;
         }
         let destination = self.base.as_ptr().wrapping_add(offset);
-        // No reference into the mapping exists, so the write aliases nothing in this process.
-        // SAFETY: the destination is inside the live, writable mapping (checked); `data` is disjoint.
+        // No reference into the mapping exists, and no thread of this process accesses the range
+        // meanwhile (caller's invariant), so the write races nothing in this process.
+        // SAFETY: the destination is inside the live, writable mapping (checked); `data` is
+        // disjoint; no thread of this process accesses the range concurrently (caller's invariant).
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), destination, data.len()) };
         true
     }
 
-    /// Appends the `len` bytes at `offset` to `out`, without zero-filling them first. Returns
-    /// `false` (appending nothing) if the range is not inside the mapping.
+    /// Appends the `len` bytes at `offset` to `out` with `memcpy`, without zero-filling them
+    /// first. Returns `false` (appending nothing) if the range is not inside the mapping. Same
+    /// caller's invariant as [`Mapping::copy_out`].
     #[must_use]
     pub(crate) fn append_to_vec(&self, offset: usize, len: usize, out: &mut Vec<u8>) -> bool {
         if self.check(offset, len).is_none() {
@@ -104,12 +124,107 @@ impl Mapping {
         let old_len = out.len();
         let source = self.base.as_ptr().wrapping_add(offset);
         let destination = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
-        // `destination` is our own allocation, disjoint from the mapping.
-        // SAFETY: the source is inside the live mapping (checked); `destination` has room for `len`.
+        // `destination` is our own allocation, disjoint from the mapping; no thread of this
+        // process writes the source range meanwhile (caller's invariant, as for `copy_out`).
+        // SAFETY: the source is inside the live mapping (checked); `destination` has room for
+        // `len`; nothing in this process races the read (caller's invariant).
         unsafe { std::ptr::copy_nonoverlapping(source, destination, len) };
         // `old_len + len` is within the capacity reserved above.
         // SAFETY: the copy above initialised exactly the `len` bytes following `old_len`.
         unsafe { out.set_len(old_len + len) };
+        true
+    }
+
+    /// The `AtomicU8` at `offset`, which the caller has bounds-checked.
+    fn byte_at(&self, offset: usize) -> &AtomicU8 {
+        debug_assert!(offset < self.len);
+        let ptr = self.base.as_ptr().wrapping_add(offset);
+        // Every access to these bytes from this process is atomic (the atomic copies, the
+        // `atomic_*` accessors) or excluded by the `memcpy` copies' caller invariant; `AtomicU8`
+        // has alignment 1; the mapping outlives the returned borrow of `self`.
+        // SAFETY: `offset < len` (checked by every caller), so `ptr` is inside the live mapping.
+        unsafe { AtomicU8::from_ptr(ptr) }
+    }
+
+    /// The `AtomicU64` at `offset`, which the caller has bounds- and alignment-checked.
+    fn word_at(&self, offset: usize) -> &AtomicU64 {
+        debug_assert!(offset + 8 <= self.len && offset.is_multiple_of(8));
+        let ptr = self.base.as_ptr().wrapping_add(offset);
+        // As for `byte_at`. The base is page-aligned, so an 8-aligned offset is an 8-aligned
+        // address.
+        // SAFETY: `offset + 8 <= len` and `offset % 8 == 0` (checked by every caller), so `ptr`
+        // is in bounds and aligned for `AtomicU64`.
+        unsafe { AtomicU64::from_ptr(ptr.cast::<u64>()) }
+    }
+
+    /// Splits `offset..offset + len` into an unaligned head, whole aligned 8-byte words, and a
+    /// tail: returns `(head_len, words)`.
+    fn split_aligned(offset: usize, len: usize) -> (usize, usize) {
+        let head = (8 - offset % 8) % 8;
+        let head = head.min(len);
+        (head, (len - head) / 8)
+    }
+
+    /// Copies `out.len()` bytes starting at `offset` into `out` with relaxed atomic loads (bytes
+    /// for the unaligned ends, 8-byte words in between). Returns `false` (copying nothing) if the
+    /// range is not inside the mapping.
+    ///
+    /// May race with any other access from this process: no non-atomic access is involved, so
+    /// there is no data race (which a `memcpy` racing [`Mapping::atomic_u32`] would be). Racing
+    /// atomics of *different sizes* (these bytes and words against a caller's `AtomicU32`) are
+    /// not yet given a meaning by Rust's memory model when one of them writes; every platform
+    /// Linux runs on makes each such access single-copy atomic, and callers rely only on each
+    /// byte read being some byte that was written: the assumption cross-process sharing already
+    /// makes. Bytes may be torn across words; callers validate what they read.
+    #[must_use]
+    pub(crate) fn read_atomic(&self, offset: usize, out: &mut [u8]) -> bool {
+        if self.check(offset, out.len()).is_none() {
+            return false;
+        }
+        let (head, words) = Self::split_aligned(offset, out.len());
+        let (head_out, rest) = out.split_at_mut(head);
+        let (word_out, tail_out) = rest.split_at_mut(words * 8);
+        for (i, b) in head_out.iter_mut().enumerate() {
+            *b = self.byte_at(offset + i).load(Ordering::Relaxed);
+        }
+        let mut at = offset + head;
+        for chunk in word_out.chunks_exact_mut(8) {
+            chunk.copy_from_slice(&self.word_at(at).load(Ordering::Relaxed).to_ne_bytes());
+            at += 8;
+        }
+        for b in tail_out.iter_mut() {
+            *b = self.byte_at(at).load(Ordering::Relaxed);
+            at += 1;
+        }
+        true
+    }
+
+    /// Copies `data` into the mapping at `offset` with relaxed atomic stores; the counterpart of
+    /// [`Mapping::read_atomic`]. Returns `false` (copying nothing) if the range is not inside the
+    /// mapping.
+    #[must_use]
+    pub(crate) fn write_atomic(&self, offset: usize, data: &[u8]) -> bool {
+        if self.check(offset, data.len()).is_none() {
+            return false;
+        }
+        let (head, words) = Self::split_aligned(offset, data.len());
+        let (head_in, rest) = data.split_at(head);
+        let (word_in, tail_in) = rest.split_at(words * 8);
+        for (i, &b) in head_in.iter().enumerate() {
+            self.byte_at(offset + i).store(b, Ordering::Relaxed);
+        }
+        let mut at = offset + head;
+        for chunk in word_in.chunks_exact(8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.word_at(at)
+                .store(u64::from_ne_bytes(word), Ordering::Relaxed);
+            at += 8;
+        }
+        for &b in tail_in {
+            self.byte_at(at).store(b, Ordering::Relaxed);
+            at += 1;
+        }
         true
     }
 
@@ -148,5 +263,46 @@ impl Drop for Mapping {
             result.is_ok(),
             "munmap of our own mapping failed: {result:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The atomic copies against a plain reference model, at every alignment and length 0..200.
+    #[test]
+    fn atomic_copies_match_a_reference_at_every_alignment_and_length() {
+        const LEN: usize = 256;
+        let fd = super::super::memfd::create_sealed("memlink-unit-copies", LEN as u64).unwrap();
+        let map = Mapping::map_shared(&fd, LEN).unwrap();
+        let pattern = |i: usize| (i.wrapping_mul(37) ^ 0x5a) as u8;
+        let mut reference = [0u8; LEN];
+        for offset in 0..16 {
+            for len in 0..200 {
+                // Reset mapping and reference to the same background.
+                let background: Vec<u8> = (0..LEN).map(|i| (i as u8).wrapping_add(1)).collect();
+                assert!(map.write_atomic(0, &background));
+                reference.copy_from_slice(&background);
+
+                let data: Vec<u8> = (0..len).map(|i| pattern(i + offset)).collect();
+                assert!(map.write_atomic(offset, &data));
+                reference[offset..offset + len].copy_from_slice(&data);
+
+                let mut whole = [0u8; LEN];
+                assert!(map.read_atomic(0, &mut whole));
+                assert_eq!(whole, reference, "write at {offset} len {len}");
+                let mut part = vec![0u8; len];
+                assert!(map.read_atomic(offset, &mut part));
+                assert_eq!(part, data, "read at {offset} len {len}");
+                let mut plain = vec![0u8; len];
+                assert!(map.copy_out(offset, &mut plain));
+                assert_eq!(plain, data, "memcpy read at {offset} len {len}");
+            }
+        }
+        assert!(map.read_atomic(LEN, &mut []));
+        assert!(!map.read_atomic(LEN - 3, &mut [0u8; 4]));
+        assert!(!map.write_atomic(usize::MAX, &[1]));
+        assert!(!map.write_atomic(LEN - 7, &[0u8; 8]));
     }
 }

@@ -27,6 +27,8 @@ pub(crate) struct FileInfo {
     pub(crate) uid: u32,
     pub(crate) dev: u64,
     pub(crate) ino: u64,
+    /// File type bits (`st_mode & S_IFMT`).
+    pub(crate) file_type: u32,
 }
 
 impl FileInfo {
@@ -37,6 +39,26 @@ impl FileInfo {
             uid: st.st_uid,
             dev: st.st_dev,
             ino: st.st_ino,
+            file_type: st.st_mode & libc::S_IFMT,
+        }
+    }
+
+    /// Whether it is a regular file (the only kind of file a memlink object can be).
+    pub(crate) fn is_regular(&self) -> bool {
+        self.file_type == libc::S_IFREG
+    }
+
+    /// What kind of file it is, in words (`"fifo"`, `"symlink"`, ...).
+    pub(crate) fn type_name(&self) -> &'static str {
+        match self.file_type {
+            libc::S_IFREG => "regular file",
+            libc::S_IFDIR => "directory",
+            libc::S_IFLNK => "symlink",
+            libc::S_IFIFO => "fifo",
+            libc::S_IFSOCK => "socket",
+            libc::S_IFCHR => "character device",
+            libc::S_IFBLK => "block device",
+            _ => "file of unknown type",
         }
     }
 
@@ -93,7 +115,10 @@ impl ShmDir {
         }
     }
 
-    /// Opens an existing object read-write (or read-only for inspection); never follows symlinks.
+    /// Opens an existing object read-write (or read-only for inspection). Never follows a symlink
+    /// (`ELOOP`), never blocks (`O_NONBLOCK`: a FIFO planted under the name opens at once instead
+    /// of waiting for a writer) and never acquires a controlling terminal. The caller must `fstat`
+    /// the result: this opens whatever file is there, not only regular ones.
     pub(crate) fn open_existing(&self, file_name: &str, writable: bool) -> Result<OwnedFd, Errno> {
         let access = if writable {
             OFlags::RDWR
@@ -103,7 +128,7 @@ impl ShmDir {
         rustix::fs::openat(
             &self.dir,
             file_name,
-            access | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            access | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
             Mode::empty(),
         )
     }
@@ -117,8 +142,9 @@ impl ShmDir {
         rustix::fs::unlinkat(&self.dir, file_name, AtFlags::empty())
     }
 
-    /// Removes `file_name` only if it still names the file `expected` (best effort: the check and
-    /// the unlink are two calls, but only a holder of that file's owner lock ever unlinks it).
+    /// Removes `file_name` only if it still names the file `expected`; `Ok(false)` if it names
+    /// another file or nothing. The check and the unlink are two calls, but the directory is
+    /// sticky: between them only the file's owner or root can replace the entry.
     pub(crate) fn unlink_if_same(
         &self,
         file_name: &str,

@@ -451,6 +451,7 @@ fn connect_error(name: &str, e: Errno) -> Error {
         },
         Errno::ACCESS | Errno::PERM => Error::PermissionDenied {
             name: name.to_owned(),
+            owner_uid: None,
         },
         Errno::AGAIN | Errno::TIMEDOUT => Error::Timeout,
         Errno::PIPE | Errno::CONNRESET => Error::Disconnected {
@@ -491,6 +492,7 @@ impl Channel {
             // Someone else's process holds the name: do not hand it our requests.
             return Err(Error::PermissionDenied {
                 name: name.to_owned(),
+                owner_uid: None,
             });
         }
         // A server that refuses us may answer (and close) before reading our hello, so a failed
@@ -521,6 +523,7 @@ impl Channel {
             Admission::PermissionDenied => {
                 return Err(Error::PermissionDenied {
                     name: name.to_owned(),
+                    owner_uid: None,
                 });
             }
             Admission::Full { max_clients } => {

@@ -60,6 +60,7 @@ pub fn server_stats(name: &str) -> Result<Stats> {
         // A refusal instead of statistics.
         return Err(Error::PermissionDenied {
             name: name.to_owned(),
+            owner_uid: None,
         });
     }
     Stats::decode(&buf[..len]).map_err(|r| Error::incompatible(name, r))

@@ -80,10 +80,22 @@ impl Event {
     /// # Errors
     /// As [`Segment::create_or_open`].
     pub fn create_or_open(name: &str, mode: EventMode) -> Result<Event> {
+        Self::create_or_open_with(name, mode, &SegmentOptions::new())
+    }
+
+    /// [`Event::create_or_open`] with the given options (permissions, trusted owners).
+    ///
+    /// # Errors
+    /// As [`Segment::create_or_open`].
+    pub fn create_or_open_with(
+        name: &str,
+        mode: EventMode,
+        options: &SegmentOptions,
+    ) -> Result<Event> {
         let (place, param) = create_or_open_named(
             name,
             ObjectKind::Event,
-            &SegmentOptions::new(),
+            options,
             TAG,
             UNSET,
             mode.code(),
@@ -97,7 +109,16 @@ impl Event {
     /// # Errors
     /// As [`Segment::open`], and [`Error::Corrupted`] if its state is invalid.
     pub fn open(name: &str) -> Result<Event> {
-        let (place, param) = open_named(name, ObjectKind::Event, TAG, "event")?;
+        Self::open_with(name, &SegmentOptions::new())
+    }
+
+    /// Opens existing named event `name`, accepting the owners and modes `options` allow (see
+    /// [`SegmentOptions::trust_owner_uid`]).
+    ///
+    /// # Errors
+    /// As [`Event::open`].
+    pub fn open_with(name: &str, options: &SegmentOptions) -> Result<Event> {
+        let (place, param) = open_named(name, ObjectKind::Event, options, TAG, "event")?;
         Self::from_param(place, param)
     }
 

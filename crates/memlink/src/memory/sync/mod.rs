@@ -154,8 +154,16 @@ fn create_or_open_named(
     Placement::attach(&segment, 0, tag, what)
 }
 
-fn open_named(name: &str, kind: ObjectKind, tag: u32, what: &str) -> Result<(Placement, u32)> {
-    let segment = SegmentOptions::new().kind(kind).open(name)?;
+/// Opens a named object holding one state block; `options` say whose objects and which modes are
+/// accepted.
+fn open_named(
+    name: &str,
+    kind: ObjectKind,
+    options: &SegmentOptions,
+    tag: u32,
+    what: &str,
+) -> Result<(Placement, u32)> {
+    let segment = options.clone().kind(kind).open(name)?;
     Placement::attach(&segment, 0, tag, what)
 }
 

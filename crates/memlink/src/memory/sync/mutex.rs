@@ -169,15 +169,16 @@ impl Mutex {
     /// # Errors
     /// As [`Segment::create_or_open`].
     pub fn create_or_open(name: &str) -> Result<Mutex> {
-        let (place, _) = create_or_open_named(
-            name,
-            ObjectKind::Mutex,
-            &SegmentOptions::new(),
-            TAG,
-            0,
-            0,
-            "mutex",
-        )?;
+        Self::create_or_open_with(name, &SegmentOptions::new())
+    }
+
+    /// [`Mutex::create_or_open`] with the given options (permissions, trusted owners).
+    ///
+    /// # Errors
+    /// As [`Segment::create_or_open`].
+    pub fn create_or_open_with(name: &str, options: &SegmentOptions) -> Result<Mutex> {
+        let (place, _) =
+            create_or_open_named(name, ObjectKind::Mutex, options, TAG, 0, 0, "mutex")?;
         Ok(Mutex { place })
     }
 
@@ -186,8 +187,17 @@ impl Mutex {
     /// # Errors
     /// As [`Segment::open`].
     pub fn open(name: &str) -> Result<Mutex> {
+        Self::open_with(name, &SegmentOptions::new())
+    }
+
+    /// Opens existing named mutex `name`, accepting the owners and modes `options` allow (see
+    /// [`SegmentOptions::trust_owner_uid`]).
+    ///
+    /// # Errors
+    /// As [`Segment::open`].
+    pub fn open_with(name: &str, options: &SegmentOptions) -> Result<Mutex> {
         Ok(Mutex {
-            place: open_named(name, ObjectKind::Mutex, TAG, "mutex")?.0,
+            place: open_named(name, ObjectKind::Mutex, options, TAG, "mutex")?.0,
         })
     }
 

@@ -71,11 +71,23 @@ impl Semaphore {
     /// # Errors
     /// As [`Segment::create_or_open`].
     pub fn create_or_open(name: &str, initial: u32) -> Result<Semaphore> {
+        Self::create_or_open_with(name, initial, &SegmentOptions::new())
+    }
+
+    /// [`Semaphore::create_or_open`] with the given options (permissions, trusted owners).
+    ///
+    /// # Errors
+    /// As [`Semaphore::create_or_open`].
+    pub fn create_or_open_with(
+        name: &str,
+        initial: u32,
+        options: &SegmentOptions,
+    ) -> Result<Semaphore> {
         check_limits(initial, MAX_COUNT)?;
         let (place, max) = create_or_open_named(
             name,
             ObjectKind::Semaphore,
-            &SegmentOptions::new(),
+            options,
             TAG,
             initial,
             MAX_COUNT,
@@ -89,7 +101,16 @@ impl Semaphore {
     /// # Errors
     /// As [`Segment::open`], and [`Error::Corrupted`] if its state is invalid.
     pub fn open(name: &str) -> Result<Semaphore> {
-        let (place, max) = open_named(name, ObjectKind::Semaphore, TAG, "semaphore")?;
+        Self::open_with(name, &SegmentOptions::new())
+    }
+
+    /// Opens existing named semaphore `name`, accepting the owners and modes `options` allow (see
+    /// [`SegmentOptions::trust_owner_uid`]).
+    ///
+    /// # Errors
+    /// As [`Semaphore::open`].
+    pub fn open_with(name: &str, options: &SegmentOptions) -> Result<Semaphore> {
+        let (place, max) = open_named(name, ObjectKind::Semaphore, options, TAG, "semaphore")?;
         Self::from_param(place, max)
     }
 
