@@ -82,7 +82,7 @@ fn parent() -> Result<(), Box<dyn std::error::Error>> {
     match mutex.lock_timeout(Duration::from_secs(10))? {
         Lock::OwnerDied(recovering) => {
             println!(
-                "5. next lock() returned OwnerDied (previous owner tid {:?}) after {:?}; repaired and released",
+                "5. next lock() returned OwnerDied (previous owner token {:?}) after {:?}; repaired and released",
                 recovering.previous_owner(),
                 started.elapsed()
             );

@@ -135,15 +135,17 @@ impl RawConnection {
 
     fn word(&self, at: usize) -> &AtomicU32 {
         assert!(at + 4 <= self.region_len);
+        let ptr = self.region.wrapping_add(at).cast();
         // SAFETY: in bounds (checked) and 4-aligned (page-aligned base, aligned offsets); the
         // mapping lives as long as the process.
-        unsafe { AtomicU32::from_ptr(self.region.add(at).cast()) }
+        unsafe { AtomicU32::from_ptr(ptr) }
     }
 
     fn long(&self, at: usize) -> &AtomicU64 {
         assert!(at + 8 <= self.region_len);
+        let ptr = self.region.wrapping_add(at).cast();
         // SAFETY: as in `word`, 8-aligned.
-        unsafe { AtomicU64::from_ptr(self.region.add(at).cast()) }
+        unsafe { AtomicU64::from_ptr(ptr) }
     }
 
     /// Pushes one empty-payload record into the request ring, waiting for room; `false` once the

@@ -20,6 +20,9 @@ fn child_main() {
         ("mutex_hold_and_park", mutex_hold_and_park),
         ("mutex_counter", mutex_counter),
         ("scribble_u32", scribble_u32),
+        ("event_set_in", event_set_in),
+        ("sem_post_in", sem_post_in),
+        ("mutex_probe", mutex_probe),
     ]);
 }
 
@@ -53,13 +56,10 @@ fn sem_poster(args: &[String]) {
 
 fn mutex_hold_and_park(args: &[String]) {
     let mutex = Mutex::open(&args[0]).unwrap();
-    let Lock::Acquired(_guard) = mutex.lock_timeout(WATCHDOG).unwrap() else {
+    let Lock::Acquired(guard) = mutex.lock_timeout(WATCHDOG).unwrap() else {
         panic!("unexpected owner-died")
     };
-    report(&format!(
-        "locked {}",
-        rustix::thread::gettid().as_raw_nonzero()
-    ));
+    report(&format!("locked {}", guard.owner_token()));
     park_until_killed();
 }
 
@@ -105,6 +105,43 @@ fn scribble_u32(args: &[String]) {
         .unwrap()
         .store(value, std::sync::atomic::Ordering::SeqCst);
     report("scribbled");
+}
+
+fn event_set_in(args: &[String]) {
+    let segment = Segment::open(&args[0]).unwrap();
+    Event::open_in(&segment, args[1].parse().unwrap())
+        .unwrap()
+        .set()
+        .unwrap();
+    report("set");
+}
+
+fn sem_post_in(args: &[String]) {
+    let segment = Segment::open(&args[0]).unwrap();
+    Semaphore::open_in(&segment, args[1].parse().unwrap())
+        .unwrap()
+        .post()
+        .unwrap();
+    report("posted");
+}
+
+fn lock_outcome(result: memlink::Result<Lock<'_>>) -> String {
+    match result {
+        Ok(Lock::Acquired(_)) => "acquired".into(),
+        Ok(Lock::OwnerDied(_)) => "owner-died".into(),
+        Err(e) => common::variant(&e),
+    }
+}
+
+/// Tries a named mutex someone else holds: reports the try_lock and a 300 ms lock_timeout outcome.
+fn mutex_probe(args: &[String]) {
+    let mutex = Mutex::open(&args[0]).unwrap();
+    let tried = match mutex.try_lock() {
+        Ok(None) => "none".to_owned(),
+        other => lock_outcome(other.map(|l| l.expect("Some"))),
+    };
+    let timed = lock_outcome(mutex.lock_timeout(Duration::from_millis(300)));
+    report(&format!("try {tried} timed {timed}"));
 }
 
 // --- events ------------------------------------------------------------------------------------
@@ -257,7 +294,7 @@ fn mutex_excludes_across_processes() {
     );
 }
 
-fn locked_tid(line: &str) -> u32 {
+fn locked_token(line: &str) -> u32 {
     line.strip_prefix("locked ")
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| panic!("bad report {line}"))
@@ -269,7 +306,7 @@ fn holder_killed_while_holding_hands_the_lock_on_with_owner_died() {
     let name = unique_name("mutex-died");
     let mutex = Mutex::create(&name).unwrap();
     let mut holder = ChildProcess::spawn("mutex_hold_and_park", &[&name]);
-    let holder_tid = locked_tid(&holder.next_line());
+    let holder_token = locked_token(&holder.next_line());
 
     assert!(
         mutex.try_lock().unwrap().is_none(),
@@ -283,7 +320,7 @@ fn holder_killed_while_holding_hands_the_lock_on_with_owner_died() {
 
     match mutex.lock_timeout(WATCHDOG).unwrap() {
         Lock::OwnerDied(recovering) => {
-            assert_eq!(recovering.previous_owner(), Some(holder_tid));
+            assert_eq!(recovering.previous_owner(), Some(holder_token));
             // Not acknowledged: the next locker must be told as well.
         }
         Lock::Acquired(_) => panic!("owner death went unreported"),
@@ -305,7 +342,7 @@ fn waiter_already_blocked_is_released_when_the_holder_is_killed() {
     let name = unique_name("mutex-blocked");
     let mutex = Mutex::create(&name).unwrap();
     let mut holder = ChildProcess::spawn("mutex_hold_and_park", &[&name]);
-    let holder_tid = locked_tid(&holder.next_line());
+    let holder_token = locked_token(&holder.next_line());
 
     let waiter_name = name.clone();
     let waiter = std::thread::spawn(move || {
@@ -318,7 +355,7 @@ fn waiter_already_blocked_is_released_when_the_holder_is_killed() {
     std::thread::sleep(Duration::from_millis(100)); // let the waiter block
     holder.sigkill(); // not reaped yet: the holder lingers as a zombie, which must count as dead
     let previous = with_watchdog("blocked waiter", move || waiter.join().unwrap());
-    assert_eq!(previous, Some(holder_tid));
+    assert_eq!(previous, Some(holder_token));
     holder.kill_and_reap();
     drop(mutex);
     assert_no_leftovers(&name);
@@ -458,4 +495,163 @@ fn named_primitives_check_kind_and_existence() {
     }));
     drop(guard);
     drop(opened);
+}
+
+// --- peers that hide waiters or skip wake-ups ---------------------------------------------------
+
+/// Waits (bounded) until thread `tid` of this process is asleep, then a little longer, so that a
+/// wait it started is in the kernel rather than about to begin.
+fn until_asleep(tid: i32) {
+    let deadline = std::time::Instant::now() + WATCHDOG;
+    while std::time::Instant::now() < deadline {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.trim_start().chars().next());
+        if state == Some('S') {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+}
+
+/// Runs `wait` on a thread; returns its join handle once it sleeps.
+fn sleeping_waiter(
+    wait: impl FnOnce() -> memlink::Result<()> + Send + 'static,
+) -> std::thread::JoinHandle<memlink::Result<()>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        tx.send(rustix::thread::gettid().as_raw_nonzero().get())
+            .unwrap();
+        wait()
+    });
+    until_asleep(rx.recv_timeout(WATCHDOG).unwrap());
+    waiter
+}
+
+fn peer(role: &str, segment: &str, offset: usize, said: &str) {
+    let mut child = ChildProcess::spawn(role, &[segment, &offset.to_string()]);
+    child.expect_line(said);
+    child.wait_success();
+}
+
+#[test]
+fn event_waiter_hidden_by_a_zeroed_waiter_count_is_still_woken() {
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("hide-event");
+    let segment = Segment::create(&name, 64).unwrap();
+    let event = Event::create_in(&segment, 0, EventMode::AutoReset).unwrap();
+    let waiter = sleeping_waiter(move || event.wait());
+    scribble(&name, 8, 0); // the (old) waiter count: nobody sleeps here, says the peer
+    peer("event_set_in", &name, 0, "set");
+    with_watchdog("event waiter after set", move || waiter.join().unwrap()).unwrap();
+}
+
+#[test]
+fn event_set_by_a_peer_without_a_wake_still_releases_a_plain_wait() {
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("nowake-event");
+    let segment = Segment::create(&name, 64).unwrap();
+    let event = Event::create_in(&segment, 0, EventMode::ManualReset).unwrap();
+    let waiter = sleeping_waiter({
+        let event = event.clone();
+        move || event.wait()
+    });
+    scribble(&name, 4, 1); // "set", written straight into the word: no futex wake
+    with_watchdog("event waiter after silent set", move || {
+        waiter.join().unwrap()
+    })
+    .unwrap();
+    assert!(event.is_set().unwrap());
+}
+
+#[test]
+fn semaphore_waiter_hidden_by_a_zeroed_waiter_count_is_still_woken() {
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("hide-sem");
+    let segment = Segment::create(&name, 64).unwrap();
+    let sem = Semaphore::create_in(&segment, 0, 0, 10).unwrap();
+    let waiter = sleeping_waiter(move || sem.wait());
+    scribble(&name, 8, 0);
+    peer("sem_post_in", &name, 0, "posted");
+    with_watchdog("semaphore waiter after post", move || {
+        waiter.join().unwrap()
+    })
+    .unwrap();
+}
+
+#[test]
+fn semaphore_posted_by_a_peer_without_a_wake_still_releases_a_plain_wait() {
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("nowake-sem");
+    let segment = Segment::create(&name, 64).unwrap();
+    let sem = Semaphore::create_in(&segment, 0, 0, 10).unwrap();
+    let waiter = sleeping_waiter({
+        let sem = sem.clone();
+        move || sem.wait()
+    });
+    scribble(&name, 4, 1); // count 1, written straight into the word: no futex wake
+    with_watchdog("semaphore waiter after silent post", move || {
+        waiter.join().unwrap()
+    })
+    .unwrap();
+    assert_eq!(sem.value().unwrap(), 0, "the waiter took the permit");
+}
+
+// --- mutex across pid namespaces ---------------------------------------------------------------
+
+/// Runs the test binary as pid 1 of a new pid namespace with its own /proc; when we kill it,
+/// everything in the namespace dies with it, and `unshare` reaps it (and may then print a harmless
+/// "sigprocmask unblock failed" while re-raising the child's signal).
+const NEW_PID_NAMESPACE: &[&str] = &["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"];
+
+#[test]
+fn holder_in_another_pid_namespace_is_alive_until_killed() {
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("mutex-pidns");
+    let mutex = Mutex::create(&name).unwrap();
+    let mut holder =
+        ChildProcess::spawn_wrapped(NEW_PID_NAMESPACE, "mutex_hold_and_park", &[&name]);
+    let Some(line) = holder.try_next_line() else {
+        eprintln!("skipped: could not start a process in a new pid namespace (needs root/unshare)");
+        return;
+    };
+    assert!(line.starts_with("locked "), "{line}");
+
+    // The holder's tid means nothing here (or names someone else): it must still count as alive.
+    assert!(
+        mutex.try_lock().unwrap().is_none(),
+        "a live holder in another pid namespace lost its lock"
+    );
+    assert!(matches!(
+        mutex.lock_timeout(Duration::from_millis(300)),
+        Err(Error::Timeout)
+    ));
+
+    holder.kill_and_reap();
+    let lock = with_watchdog("lock after the holder's namespace died", move || {
+        mutex.lock_timeout(WATCHDOG).map(|l| l.owner_died())
+    });
+    assert!(
+        lock.unwrap(),
+        "owner death across namespaces went unreported"
+    );
+    assert_no_leftovers(&name);
+}
+
+#[test]
+fn waiter_in_another_pid_namespace_does_not_take_a_live_holders_lock() {
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("mutex-pidns-rev");
+    let mutex = Mutex::create(&name).unwrap();
+    let guard = mutex.lock().unwrap();
+    let mut prober = ChildProcess::spawn_wrapped(NEW_PID_NAMESPACE, "mutex_probe", &[&name]);
+    let Some(line) = prober.try_next_line() else {
+        eprintln!("skipped: could not start a process in a new pid namespace (needs root/unshare)");
+        return;
+    };
+    assert_eq!(line, "try none timed Timeout", "our lock was taken from us");
+    prober.wait_success();
+    drop(guard);
 }

@@ -2,7 +2,8 @@
 //!
 //! Owns: tmpfs object files and their owner locks ([`shm`]), sealed anonymous memory ([`memfd`]),
 //! memory mappings and the raw byte and atomic access to them ([`mapping`]), futex wait/wake
-//! ([`futex`]), eventfd/poll/epoll wake-ups ([`notify`]), abstract Unix sockets with descriptor
+//! ([`futex`]), OFD byte locks at any offset, the file behind a mapping and fork detection
+//! ([`file_lock`]), eventfd/poll/epoll wake-ups ([`notify`]), abstract Unix sockets with descriptor
 //! passing and peer credentials ([`socket`]), CPU identity ([`cpu`]), and process identity and
 //! liveness ([`process`]). It may use only `rustix`, `libc` and `std`; nothing above it issues
 //! syscalls or dereferences raw pointers (the crate root denies `unsafe` outside this module).
@@ -12,6 +13,7 @@
 #![allow(unsafe_code)]
 
 pub(crate) mod cpu;
+pub(crate) mod file_lock;
 pub(crate) mod futex;
 pub(crate) mod mapping;
 pub(crate) mod memfd;

@@ -107,12 +107,29 @@ pub struct ChildProcess {
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
     role: String,
+    /// Spawned through a wrapper (e.g. `unshare --fork`) whose own child runs the role.
+    wrapped: bool,
 }
 
 impl ChildProcess {
     pub fn spawn(role: &str, args: &[&str]) -> Self {
+        Self::spawn_wrapped(&[], role, args)
+    }
+
+    /// Like [`ChildProcess::spawn`], but runs the test binary through `wrapper` (a command and its
+    /// options, e.g. `["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]`). The wrapper
+    /// must fork the role's process and wait for it; killing the child then kills the wrapper's
+    /// children first, so the wrapper reaps them and we reap the wrapper.
+    pub fn spawn_wrapped(wrapper: &[&str], role: &str, args: &[&str]) -> Self {
         let exe = std::env::current_exe().expect("test binary path");
-        let mut cmd = Command::new(exe);
+        let mut cmd = match wrapper.split_first() {
+            Some((program, options)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(options).arg(exe);
+                cmd
+            }
+            None => Command::new(exe),
+        };
         cmd.args(["--exact", "child_main", "--nocapture", "--test-threads=1"])
             .env(ROLE_VAR, role)
             .env(ARGS_VAR, args.join(&SEP.to_string()))
@@ -139,6 +156,22 @@ impl ChildProcess {
             stdin,
             lines,
             role: role.to_owned(),
+            wrapped: !wrapper.is_empty(),
+        }
+    }
+
+    /// The child's next report, or `None` if it exited without reporting (a wrapper that could not
+    /// set up, say); a test failure after [`WATCHDOG`].
+    pub fn try_next_line(&mut self) -> Option<String> {
+        match self.lines.recv_timeout(WATCHDOG) {
+            Ok(line) => Some(line),
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("child {} sent nothing for {WATCHDOG:?}", self.role)
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                self.kill_and_reap();
+                None
+            }
         }
     }
 
@@ -171,13 +204,34 @@ impl ChildProcess {
         stdin.flush().expect("flush to child");
     }
 
+    /// SIGKILLs the child; for a wrapped child, the wrapper's children (the role's process, which
+    /// for `unshare --pid` is the namespace's init, so everything in the namespace dies with it).
     pub fn sigkill(&mut self) {
-        let _ = self.child.kill();
+        if self.wrapped {
+            for pid in children_of(self.child.id()) {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+        } else {
+            let _ = self.child.kill();
+        }
     }
 
-    /// Kills the child and reaps it, so it is gone (not a zombie) when this returns.
+    /// Kills the child and reaps it, so it is gone (not a zombie) when this returns. A wrapper
+    /// reaps its own children once they die, then exits; it is killed only if it does not.
     pub fn kill_and_reap(&mut self) {
         self.sigkill();
+        if self.wrapped {
+            let deadline = Instant::now() + WATCHDOG;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) | Err(_) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
@@ -206,10 +260,26 @@ impl ChildProcess {
 impl Drop for ChildProcess {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
+            self.kill_and_reap();
         }
         let _ = self.child.wait();
     }
+}
+
+/// Process ids whose parent is `parent` (from `/proc/<pid>/stat`, field 4, after the last ')').
+fn children_of(parent: u32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
 }
 
 /// Longest any one multi-process test may take before [`Watchdog`] ends the test binary.

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{
-    Deadline, Placement, WaiterRegistration, create_named, create_or_open_named, open_named,
+    Deadline, FIRST_SLICE, Placement, create_named, create_or_open_named, open_named, sleep_slice,
 };
 use crate::error::{Error, Result};
 use crate::memory::header::ObjectKind;
@@ -177,13 +177,12 @@ impl Event {
     pub fn set(&self) -> Result<()> {
         let word = self.place.word()?;
         self.replace_valid(UNSET, SET)?;
-        if self.place.waiters()?.load(Ordering::SeqCst) != 0 {
-            match self.mode {
-                EventMode::AutoReset => futex::wake(word, 1),
-                EventMode::ManualReset => futex::wake_all(word),
-            }
-            .map_err(|e| Error::os("futex wake", e))?;
+        // Always wake: no peer-writable count decides whether our waiters are woken (module doc).
+        match self.mode {
+            EventMode::AutoReset => futex::wake(word, 1),
+            EventMode::ManualReset => futex::wake_all(word),
         }
+        .map_err(|e| Error::os("futex wake", e))?;
         Ok(())
     }
 
@@ -199,9 +198,9 @@ impl Event {
     /// Moves the word from `from` to `to` (a no-op if it already holds `to`), refusing to touch a
     /// word that holds neither: overwriting garbage would hide the corruption.
     fn replace_valid(&self, from: u32, to: u32) -> Result<()> {
-        // SYNC POINT: SeqCst, so that in `set` the word change and the following SeqCst waiters
-        // load pair with `WaiterRegistration::new` plus the waiter's SeqCst re-check of the word
-        // (Dekker): either we see the waiter registered, or it sees the new value.
+        // SYNC POINT: SeqCst (hence Release), pairs with the Acquire loads in `try_take`. No lost
+        // wake-up: `set` wakes after this store unconditionally, and `futex_wait` only sleeps
+        // while the word still holds UNSET, checked atomically with queueing the waiter.
         match self
             .place
             .word()?
@@ -253,17 +252,13 @@ impl Event {
     }
 
     fn wait_until(&self, deadline: Deadline) -> Result<()> {
+        let mut slice = FIRST_SLICE;
         loop {
             if self.try_take()? {
                 return Ok(());
             }
-            let left = deadline.remaining()?;
-            let word = self.place.word()?;
-            let _registered = WaiterRegistration::new(self.place.waiters()?);
-            // Re-check after registering (see `set`): if it was set in between, don't sleep.
-            if self.check(word.load(Ordering::SeqCst))? == UNSET {
-                futex::wait(word, UNSET, left).map_err(|e| Error::os("futex wait", e))?;
-            }
+            // Bounded: a peer that sets the word without waking us costs one slice at most.
+            sleep_slice(self.place.word()?, UNSET, &deadline, &mut slice)?;
         }
     }
 }

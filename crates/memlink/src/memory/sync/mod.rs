@@ -7,18 +7,36 @@
 //!
 //! State block layout (every field a little-endian `u32` accessed atomically):
 //!
-//! | offset | field   | meaning                                                        |
-//! |--------|---------|----------------------------------------------------------------|
-//! | 0      | tag     | which primitive lives here; written last by `create_in`        |
-//! | 4      | word    | the futex word (event: 0/1, semaphore: count, mutex: owner)    |
-//! | 8      | waiters | sleepers, so wakers skip the `futex_wake` syscall when zero    |
-//! | 12     | param   | fixed at creation (event mode, semaphore maximum)              |
+//! | offset | field    | meaning                                                              |
+//! |--------|----------|----------------------------------------------------------------------|
+//! | 0      | tag      | which primitive lives here; written last by `create_in`              |
+//! | 4      | word     | the futex word (event: 0/1, semaphore: count, mutex: see below)      |
+//! | 8      | reserved | written 0 at creation, never read (was a waiter count; see below)    |
+//! | 12     | param    | fixed at creation (event mode, semaphore maximum)                    |
+//!
+//! The mutex word is `token | OWNER_DIED (bit 30) | WAITERS (bit 31)`, where the 30-bit token names
+//! the holding *process* through a lock the kernel keeps on the object's file (see [`Mutex`]).
+//!
+//! # Peers cannot leave our waiters asleep
+//!
+//! Anything a peer can write, it can write wrongly, so nothing a peer writes decides whether one of
+//! our waiters gets woken:
+//! - Wakers (`Event::set`, `Semaphore::post`) always issue the `futex_wake` after changing the
+//!   word. Skipping it when a shared waiter count said "nobody sleeps" saved one ~250 ns syscall,
+//!   next to a cross-process wake-up of ~11 us, and let a peer that zeroed the count strand our
+//!   waiters; the count is gone and its field is reserved (kept so the 16-byte layout stays).
+//! - Waiters sleep in bounded slices (1 ms doubling to 200 ms) and re-check the word after each,
+//!   so even a peer that writes "set" or a count without waking anyone delays our waiter by at
+//!   most one slice. Cost: a waiter blocked for long wakes about 5 times a second.
+//! - The mutex still skips the wake on unlock when its word's `WAITERS` bit is clear (the bit is
+//!   in the lock word itself, which a peer can corrupt anyway); its waiters sleep in slices of at
+//!   most 50 ms, so a cleared bit delays them, never strands them.
 //!
 //! Waiting sleeps in `futex_wait` (non-private, so it works across processes); nothing spins
 //! without bound. Values read from the block are validated on every use: a block a peer has
 //! scribbled over gives [`Error::Corrupted`], never a hang or a panic.
 //!
-//! Uses the segment layer and the platform futex/process calls.
+//! Uses the segment layer and the platform futex, process and file-lock calls.
 
 mod event;
 mod mutex;
@@ -34,6 +52,7 @@ use std::time::{Duration, Instant};
 use super::header::ObjectKind;
 use super::segment::{Segment, SegmentOptions};
 use crate::error::{Error, Result};
+use crate::platform::futex;
 
 /// Bytes a primitive's state block occupies inside a segment.
 pub const STATE_SIZE: usize = 16;
@@ -42,7 +61,8 @@ pub const STATE_ALIGN: usize = 4;
 
 const TAG: usize = 0;
 const WORD: usize = 4;
-const WAITERS: usize = 8;
+/// Reserved (once a waiter count): zeroed at creation, never read, so a peer writing it is harmless.
+const RESERVED: usize = 8;
 const PARAM: usize = 12;
 
 /// Where a primitive's state block is: a segment kept mapped, and the block's payload offset.
@@ -77,7 +97,7 @@ impl Placement {
     fn init(segment: &Segment, offset: usize, tag: u32, word: u32, param: u32) -> Result<Self> {
         let place = Self::checked(segment, offset)?;
         place.field(WORD)?.store(word, Ordering::Relaxed);
-        place.field(WAITERS)?.store(0, Ordering::Relaxed);
+        place.field(RESERVED)?.store(0, Ordering::Relaxed);
         place.field(PARAM)?.store(param, Ordering::Relaxed);
         // SYNC POINT: pairs with the Acquire tag load in `attach`, so whoever sees the tag sees
         // the fields written above.
@@ -105,10 +125,6 @@ impl Placement {
 
     fn word(&self) -> Result<&AtomicU32> {
         self.field(WORD)
-    }
-
-    fn waiters(&self) -> Result<&AtomicU32> {
-        self.field(WAITERS)
     }
 
     fn corrupted(&self, reason: String) -> Error {
@@ -192,27 +208,22 @@ impl Deadline {
     }
 }
 
-/// Increments the waiter count for the lifetime of the value. A waiter killed while registered
-/// leaves the count too high, which only costs wakers a spare `futex_wake`.
-struct WaiterRegistration<'a>(&'a AtomicU32);
+/// First sleep of a blocked waiter before it re-checks the word on its own.
+const FIRST_SLICE: Duration = Duration::from_millis(1);
+/// Longest sleep between re-checks: bounds how long a missing wake-up can delay a waiter.
+const MAX_SLICE: Duration = Duration::from_millis(200);
 
-impl<'a> WaiterRegistration<'a> {
-    fn new(waiters: &'a AtomicU32) -> Self {
-        // SYNC POINT: SeqCst, paired with the SeqCst word store and waiters load in the wakers
-        // (`Event::set`, `Semaphore::post`): either the waker sees us registered and wakes us, or
-        // we see its new word value and do not sleep.
-        waiters.fetch_add(1, Ordering::SeqCst);
-        WaiterRegistration(waiters)
-    }
-}
-
-impl Drop for WaiterRegistration<'_> {
-    fn drop(&mut self) {
-        // Saturating: a peer may have zeroed the count while we slept.
-        let _ = self
-            .0
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_sub(1))
-            });
-    }
+/// Sleeps in `futex_wait` while `word` holds `expected`, for at most one slice (and never past
+/// `deadline`), then grows the slice. The caller re-checks the word whatever the outcome.
+fn sleep_slice(
+    word: &AtomicU32,
+    expected: u32,
+    deadline: &Deadline,
+    slice: &mut Duration,
+) -> Result<()> {
+    let left = deadline.remaining()?;
+    let nap = left.map_or(*slice, |left| left.min(*slice));
+    futex::wait(word, expected, Some(nap)).map_err(|e| Error::os("futex wait", e))?;
+    *slice = (*slice * 2).min(MAX_SLICE);
+    Ok(())
 }

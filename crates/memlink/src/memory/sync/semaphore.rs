@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{
-    Deadline, Placement, WaiterRegistration, create_named, create_or_open_named, open_named,
+    Deadline, FIRST_SLICE, Placement, create_named, create_or_open_named, open_named, sleep_slice,
 };
 use crate::error::{Error, Result};
 use crate::memory::header::ObjectKind;
@@ -184,17 +184,17 @@ impl Semaphore {
             if self.check(count)? == self.max {
                 return Err(Error::Overflow { max: self.max });
             }
-            // SYNC POINT: SeqCst (Release for the data published with the post; SeqCst for the
-            // Dekker pairing with `WaiterRegistration::new` and the waiter's re-check).
+            // SYNC POINT: SeqCst (hence Release), pairs with the Acquire decrement in `try_wait`,
+            // publishing the data posted with the permit. No lost wake-up: the wake below is
+            // unconditional, and `futex_wait` sleeps only while the count is still 0.
             match word.compare_exchange_weak(count, count + 1, Ordering::SeqCst, Ordering::Relaxed)
             {
                 Ok(_) => break,
                 Err(now) => count = now,
             }
         }
-        if self.place.waiters()?.load(Ordering::SeqCst) != 0 {
-            futex::wake(word, 1).map_err(|e| Error::os("futex wake", e))?;
-        }
+        // Always wake: no peer-writable count decides whether our waiters are woken (module doc).
+        futex::wake(word, 1).map_err(|e| Error::os("futex wake", e))?;
         Ok(())
     }
 
@@ -238,16 +238,13 @@ impl Semaphore {
     }
 
     fn wait_until(&self, deadline: Deadline) -> Result<()> {
+        let mut slice = FIRST_SLICE;
         loop {
             if self.try_wait()? {
                 return Ok(());
             }
-            let left = deadline.remaining()?;
-            let word = self.place.word()?;
-            let _registered = WaiterRegistration::new(self.place.waiters()?);
-            if self.check(word.load(Ordering::SeqCst))? == 0 {
-                futex::wait(word, 0, left).map_err(|e| Error::os("futex wait", e))?;
-            }
+            // Bounded: a peer that raises the count without waking us costs one slice at most.
+            sleep_slice(self.place.word()?, 0, &deadline, &mut slice)?;
         }
     }
 }
