@@ -105,7 +105,16 @@ fn call(name: &str, text: &str) -> Output {
 
 #[test]
 fn serve_answers_call_shows_in_ls_and_stops_on_ctrl_c() {
-    let name = unique("serve");
+    serve_answers_call_shows_in_ls_and_stops_on("serve-int", rustix::process::Signal::INT);
+}
+
+#[test]
+fn serve_stops_gracefully_on_sigterm() {
+    serve_answers_call_shows_in_ls_and_stops_on("serve-term", rustix::process::Signal::TERM);
+}
+
+fn serve_answers_call_shows_in_ls_and_stops_on(tag: &str, signal: rustix::process::Signal) {
+    let name = unique(tag);
     let mut server = Command::new(env!("CARGO_BIN_EXE_memlink"))
         .args(["serve", "--name", &name, "--workers", "2"])
         .stdout(std::process::Stdio::null())
@@ -134,11 +143,11 @@ fn serve_answers_call_shows_in_ls_and_stops_on_ctrl_c() {
     assert_eq!(cols[4], "2", "workers: {row}");
 
     let pid = rustix::process::Pid::from_raw(server.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
     let status = server.wait().unwrap();
     assert!(
         status.success(),
-        "serve did not stop cleanly on Ctrl-C: {status:?}"
+        "serve did not stop cleanly on {signal:?}: {status:?}"
     );
     let after = call(&name, "anyone?");
     assert!(!after.status.success());

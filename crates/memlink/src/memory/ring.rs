@@ -278,6 +278,7 @@ impl Producer {
 
     /// Fault injection: publishes a `tail` no consumer can accept (more than a ring ahead of
     /// anything it could have read), leaving our private position untouched.
+    #[cfg(feature = "fault-injection")]
     pub(crate) fn publish_impossible_index(&self) -> Result<(), RingError> {
         let impossible = self.tail + 2 * self.layout.capacity as u64;
         index(&self.map, self.layout.control + TAIL_AT)?.store(impossible, Ordering::Release);

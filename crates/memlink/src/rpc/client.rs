@@ -395,10 +395,12 @@ impl Client {
         None
     }
 
-    #[doc(hidden)]
     /// Fault injection for tests: corrupts this client's request ring in shared memory, as a buggy
     /// or hostile client would, and returns once the server has dropped the connection (the next
-    /// call then reports why). Not part of the API.
+    /// call then reports why). Exists only with the `fault-injection` feature, which memlink's own
+    /// tests enable; not part of the API.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
     pub fn __corrupt_next_request(&self) -> Result<()> {
         let mut slot = self.free_channel(None)?;
         if slot.is_none() {
@@ -846,6 +848,7 @@ impl Channel {
 
     /// Fault injection: publishes an impossible request-ring index, as a buggy or hostile client
     /// could, then waits (up to a few seconds) until the server has dropped the connection.
+    #[cfg(feature = "fault-injection")]
     fn corrupt_requests(&mut self) -> Result<()> {
         let broken = |e: RingError| Error::corrupted(&self.name, e.0);
         self.requests.publish_impossible_index().map_err(broken)?;
