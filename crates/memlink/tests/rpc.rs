@@ -174,9 +174,8 @@ fn kill_target(args: &[String]) {
     let client = Client::connect(&args[0]).unwrap();
     let request = vec![0x5a; 600 << 10];
     report("calling");
-    loop {
-        let _ = client.call(&request);
-    }
+    // Calls until killed; stops if the server is gone for good.
+    while !matches!(client.call(&request), Err(Error::NotRunning { .. })) {}
 }
 
 fn corrupter(args: &[String]) {

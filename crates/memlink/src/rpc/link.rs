@@ -134,13 +134,36 @@ pub(crate) struct Patience {
 pub(crate) struct Backoff {
     started: Instant,
     patience: Patience,
+    /// Calls since the clock was last read.
+    calls: u32,
+    /// Where the last clock read put us.
+    phase: Phase,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Spin,
+    Yield,
+    Done,
+}
+
+/// While spinning, the clock is read once per this many pauses. One `pause` instruction takes
+/// from ~10 to ~140 cycles depending on the CPU, so a waiter that spun several per look (as an
+/// earlier version did, 16) noticed the peer's record up to a microsecond late: most of the gap
+/// between a call and the bare shared-memory floor.
+const SPINS_PER_CLOCK_READ: u32 = 64;
 
 impl Backoff {
     pub(crate) fn new(patience: Patience) -> Self {
         Backoff {
             started: Instant::now(),
             patience,
+            calls: 0,
+            phase: if patience.spin.is_zero() {
+                Phase::Yield
+            } else {
+                Phase::Spin
+            },
         }
     }
 
@@ -148,19 +171,36 @@ impl Backoff {
         self.started.elapsed()
     }
 
-    /// Waits a little (spinning or yielding); `false` once it is time to park.
-    pub(crate) fn pause(&mut self) -> bool {
+    fn update_phase(&mut self) {
         let elapsed = self.started.elapsed();
-        if elapsed < self.patience.spin {
-            for _ in 0..16 {
-                std::hint::spin_loop();
-            }
-            true
+        self.phase = if elapsed < self.patience.spin {
+            Phase::Spin
         } else if elapsed < self.patience.spin + self.patience.yield_for {
-            std::thread::yield_now();
-            true
+            Phase::Yield
         } else {
-            false
+            Phase::Done
+        };
+    }
+
+    /// Waits a little (one spin-loop hint, or a yield); `false` once it is time to park. The
+    /// caller looks at what it waits for between calls, so a short pause means a prompt look.
+    pub(crate) fn pause(&mut self) -> bool {
+        match self.phase {
+            Phase::Spin => {
+                std::hint::spin_loop();
+                self.calls += 1;
+                if self.calls >= SPINS_PER_CLOCK_READ {
+                    self.calls = 0;
+                    self.update_phase();
+                }
+                true
+            }
+            Phase::Yield => {
+                std::thread::yield_now();
+                self.update_phase();
+                self.phase != Phase::Done
+            }
+            Phase::Done => false,
         }
     }
 }

@@ -63,6 +63,8 @@ pub fn run_child(roles: &[(&str, Role)]) {
     let Ok(role) = std::env::var(ROLE_VAR) else {
         return;
     };
+    // Whatever ends the parent (a failed test, the watchdog's exit), no child outlives it.
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
     let args: Vec<String> = std::env::var(ARGS_VAR)
         .unwrap_or_default()
         .split(SEP)
