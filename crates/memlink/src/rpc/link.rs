@@ -133,6 +133,8 @@ pub(crate) struct Patience {
 #[derive(Debug)]
 pub(crate) struct Backoff {
     started: Instant,
+    /// When the clock was last read.
+    now: Instant,
     patience: Patience,
     /// Calls since the clock was last read.
     calls: u32,
@@ -155,8 +157,10 @@ const SPINS_PER_CLOCK_READ: u32 = 64;
 
 impl Backoff {
     pub(crate) fn new(patience: Patience) -> Self {
+        let now = Instant::now();
         Backoff {
-            started: Instant::now(),
+            started: now,
+            now,
             patience,
             calls: 0,
             phase: if patience.spin.is_zero() {
@@ -171,8 +175,14 @@ impl Backoff {
         self.started.elapsed()
     }
 
+    /// The time as of the last clock read (at most [`SPINS_PER_CLOCK_READ`] pauses ago).
+    pub(crate) fn last_clock_read(&self) -> Instant {
+        self.now
+    }
+
     fn update_phase(&mut self) {
-        let elapsed = self.started.elapsed();
+        self.now = Instant::now();
+        let elapsed = self.now.duration_since(self.started);
         self.phase = if elapsed < self.patience.spin {
             Phase::Spin
         } else if elapsed < self.patience.spin + self.patience.yield_for {

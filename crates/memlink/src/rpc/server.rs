@@ -46,6 +46,8 @@ const ACCEPT_BATCH: usize = 64;
 /// one connection's large message cannot hold the others up for its whole length.
 const SWEEP_FRAGMENTS: usize = 16;
 const SWEEP_BYTES: usize = 64 << 10;
+/// A busy worker does its periodic chores (crowding, hang-ups, shutdown) once per this many sweeps.
+const CHORE_EVERY: u32 = 32;
 /// Most wake-up messages read off one connection's socket per event.
 const DRAIN_LIMIT: usize = 64;
 const HANGUP_SWEEP: Duration = Duration::from_millis(50);
@@ -1120,8 +1122,10 @@ impl<'a> Worker<'a> {
         let mut last_hangup_sweep = Instant::now();
         let mut last_crowding_update = Instant::now();
         let mut grace_ends: Option<Instant> = None;
+        let mut sweeps = 0u32;
         loop {
             self.adopt_new_connections();
+            let mut parked = false;
             if self.sweep() {
                 backoff = None;
             } else if !backoff
@@ -1130,6 +1134,18 @@ impl<'a> Worker<'a> {
             {
                 self.park(grace_ends)?;
                 backoff = None;
+                parked = true;
+            }
+            // The periodic chores need the clock, which costs as much as a whole small call:
+            // look at it every few sweeps, and after every sleep.
+            sweeps = sweeps.wrapping_add(1);
+            if !parked && !sweeps.is_multiple_of(CHORE_EVERY) {
+                if self.shared().shutting_down.load(Ordering::Relaxed) {
+                    sweeps = 0; // go straight to the shutdown handling below
+                }
+                if sweeps != 0 {
+                    continue;
+                }
             }
             let now = Instant::now();
             if now.duration_since(last_crowding_update) >= CROWDING_PERIOD {
