@@ -160,12 +160,23 @@ impl RawConnection {
             std::thread::sleep(Duration::from_micros(200));
         }
         let at = DATA + (self.tail % self.capacity as u64) as usize;
-        self.word(at).store(0, Ordering::Relaxed);
-        self.word(at + 4).store(flags, Ordering::Relaxed);
-        self.long(at + 8).store(call_id, Ordering::Relaxed);
-        self.long(at + 16).store(total, Ordering::Relaxed);
-        self.tail += 64;
-        self.long(REQUEST_TAIL).store(self.tail, Ordering::Release);
+        if self.version >= 2 {
+            // Fields after an 8-byte stamp; the stamp (position + 1) publishes the record.
+            self.word(at + 8).store(0, Ordering::Relaxed);
+            self.word(at + 12).store(flags, Ordering::Relaxed);
+            self.long(at + 16).store(call_id, Ordering::Relaxed);
+            self.long(at + 24).store(total, Ordering::Relaxed);
+            self.long(at).store(self.tail + 1, Ordering::Release);
+            self.tail += 64;
+        } else {
+            // Fields at the start of the line; a tail index publishes the record.
+            self.word(at).store(0, Ordering::Relaxed);
+            self.word(at + 4).store(flags, Ordering::Relaxed);
+            self.long(at + 8).store(call_id, Ordering::Relaxed);
+            self.long(at + 16).store(total, Ordering::Relaxed);
+            self.tail += 64;
+            self.long(REQUEST_TAIL).store(self.tail, Ordering::Release);
+        }
         true
     }
 

@@ -1,16 +1,23 @@
 //! A single-producer single-consumer ring of variable-size records in shared memory.
 //!
-//! The classic Lamport/FastFlow-style SPSC byte ring: the producer owns `tail`, the consumer owns
-//! `head`, both are monotonically increasing byte counts (never wrapped; a 64-bit counter outlives
-//! the machine) and a position in the data area is `index % capacity`. Each index sits on its own
-//! 128-byte line so the two sides never write the same cache line (adjacent-line prefetch pairs
-//! 64-byte lines, hence 128).
+//! An SPSC byte ring in the FastFlow style: the producer's position (`tail`) and the consumer's
+//! (`head`) are monotonically increasing byte counts (never wrapped; a 64-bit counter outlives the
+//! machine), and a position in the data area is `index % capacity`.
 //!
 //! A record is a 64-byte header line followed by its payload padded to a multiple of 64 bytes, so
 //! every payload starts 64-byte aligned (glibc `memcpy` is several times slower for copies whose
 //! source and destination disagree in their low address bits). A record never wraps around the end
 //! of the data area: when it does not fit before the end, the producer first writes a *padding*
-//! record that fills the rest, and publishes both with one `tail` store.
+//! record that fills the rest.
+//!
+//! The producer publishes a record by writing its header's *stamp* last: the record's own stream
+//! position plus one. The consumer looks for the stamp it expects at `head` instead of reading a
+//! separate tail index, so a message costs the cache lines it occupies and nothing more (with a
+//! tail index, a 64-byte message crossed three lines per direction instead of two). Stale bytes at
+//! `head` carry an older position, never the expected one; a producer writing anything else there
+//! only garbles its own stream, which the consumer validates like any other input. The consumer
+//! publishes `head` on its own 128-byte line (adjacent-line prefetch pairs 64-byte lines, hence
+//! 128); the producer reads it only when its last look leaves too little room.
 //!
 //! Memory grows with need: the producer goes back to the start of the data area early (with a
 //! padding record, as at the end) whenever it has passed the first [`HOT_WINDOW`] bytes and finds
@@ -32,9 +39,8 @@ use crate::platform::mapping::Mapping;
 pub(crate) const RECORD_ALIGN: usize = 64;
 /// Bytes of the header line in front of each payload.
 pub(crate) const RECORD_HEADER_LEN: usize = 64;
-/// Bytes of a ring's control block (`tail` line, `head` line).
+/// Bytes of a ring's control block (a reserved line, then the `head` line).
 pub(crate) const CONTROL_LEN: usize = 256;
-const TAIL_AT: usize = 0;
 const HEAD_AT: usize = 128;
 
 /// Bytes at the start of the data area that small messages cycle through (see the module doc).
@@ -61,7 +67,18 @@ fn corrupted<T>(what: impl Into<String>) -> Result<T, RingError> {
     Err(RingError(what.into()))
 }
 
-/// The header of one record, as stored in its first line (little-endian, 24 bytes used).
+/// Where a record's stamp sits in its header line; the fields follow it.
+const STAMP_AT: usize = 0;
+const FIELDS_AT: usize = 8;
+
+/// The stamp that publishes the record starting at stream position `position`. Never 0, so a
+/// fresh (zeroed) ring holds no record.
+fn stamp(position: u64) -> u64 {
+    position.wrapping_add(1)
+}
+
+/// The header of one record, as stored in its first line after the stamp (little-endian, 24
+/// bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RecordHeader {
     /// Payload bytes in this record.
@@ -243,8 +260,9 @@ impl Producer {
             && size <= position
             && (self.head_seen == self.tail || self.consumer_position()? == self.tail);
         if to_end < size || wrap_early {
-            self.write_header(
+            self.write_record_header(
                 at,
+                tail,
                 RecordHeader {
                     len: 0,
                     flags: PADDING,
@@ -267,30 +285,41 @@ impl Producer {
         {
             return corrupted("record outside the ring");
         }
-        self.write_header(at, header)?;
-        tail += size as u64;
-        // SYNC POINT: Release, pairs with the Acquire `tail` load in `Consumer::peek`: the header
-        // and payload copied in above are visible before the consumer can see the new tail.
-        index(&self.map, self.layout.control + TAIL_AT)?.store(tail, Ordering::Release);
-        self.tail = tail;
+        self.write_record_header(at, tail, header)?;
+        self.tail = tail + size as u64;
         Ok(true)
     }
 
-    /// Fault injection: publishes a `tail` no consumer can accept (more than a ring ahead of
-    /// anything it could have read), leaving our private position untouched.
+    /// Fault injection: publishes a record no consumer can accept (longer than a fragment may
+    /// be), leaving our private position untouched.
     #[cfg(feature = "fault-injection")]
-    pub(crate) fn publish_impossible_index(&self) -> Result<(), RingError> {
-        let impossible = self.tail + 2 * self.layout.capacity as u64;
-        index(&self.map, self.layout.control + TAIL_AT)?.store(impossible, Ordering::Release);
-        Ok(())
+    pub(crate) fn publish_impossible_record(&self) -> Result<(), RingError> {
+        let at = (self.tail % self.layout.capacity as u64) as usize;
+        let header = RecordHeader {
+            len: u32::MAX,
+            flags: FIRST | LAST,
+            call_id: u64::MAX,
+            total: 0,
+        };
+        self.write_record_header(at, self.tail, header)
     }
 
-    fn write_header(&self, at: usize, header: RecordHeader) -> Result<(), RingError> {
-        if self.map.copy_in(self.layout.data + at, &header.encode()) {
-            Ok(())
-        } else {
-            corrupted("record header outside the ring")
+    /// Writes the header of the record at data offset `at` (stream position `position`), then
+    /// its stamp, which publishes it.
+    fn write_record_header(
+        &self,
+        at: usize,
+        position: u64,
+        header: RecordHeader,
+    ) -> Result<(), RingError> {
+        let start = self.layout.data + at;
+        if !self.map.copy_in(start + FIELDS_AT, &header.encode()) {
+            return corrupted("record header outside the ring");
         }
+        // SYNC POINT: Release, pairs with the Acquire stamp load in `Consumer::peek`: the fields
+        // and payload written above are visible to a consumer that sees the stamp.
+        index(&self.map, start + STAMP_AT)?.store(stamp(position), Ordering::Release);
+        Ok(())
     }
 }
 
@@ -300,7 +329,6 @@ pub(crate) struct Consumer {
     map: Arc<Mapping>,
     layout: RingLayout,
     head: u64,
-    tail_seen: u64,
 }
 
 impl Consumer {
@@ -311,51 +339,47 @@ impl Consumer {
             map,
             layout,
             head: 0,
-            tail_seen: 0,
         })
     }
 
-    fn refresh_tail(&mut self) -> Result<u64, RingError> {
-        // SYNC POINT: Acquire, pairs with the Release `tail` store in `Producer::try_push`.
-        let tail = index(&self.map, self.layout.control + TAIL_AT)?.load(Ordering::Acquire);
-        if tail < self.head
-            || tail - self.head > self.layout.capacity as u64
-            || tail % RECORD_ALIGN as u64 != 0
-        {
-            return corrupted(format!(
-                "producer index {tail} is impossible (consumer at {})",
-                self.head
-            ));
-        }
-        self.tail_seen = tail;
-        Ok(tail)
+    /// Whether the record at `head` has been published: its stamp is the one we expect.
+    fn published(&self) -> Result<bool, RingError> {
+        let position = (self.head % self.layout.capacity as u64) as usize;
+        // SYNC POINT: Acquire, pairs with the Release stamp store in
+        // `Producer::write_record_header`: once we see the stamp, the record is complete.
+        let found =
+            index(&self.map, self.layout.data + position + STAMP_AT)?.load(Ordering::Acquire);
+        Ok(found == stamp(self.head))
     }
 
-    /// Whether a record is waiting (cheap: one shared load when nothing is there).
+    /// Whether a record is waiting (cheap: one shared load).
     pub(crate) fn has_data(&mut self) -> Result<bool, RingError> {
-        Ok(self.tail_seen > self.head || self.refresh_tail()? > self.head)
+        self.published()
     }
 
     /// The next record's header, validated; `None` if the ring is empty.
     pub(crate) fn peek(&mut self) -> Result<Option<RecordHeader>, RingError> {
-        loop {
-            if self.tail_seen == self.head && self.refresh_tail()? == self.head {
+        // A producer pads at most once before a record, so a peek skips at most one padding: a
+        // producer that keeps stamping paddings cannot keep us here.
+        for _ in 0..2 {
+            if !self.published()? {
                 return Ok(None);
             }
-            let available = (self.tail_seen - self.head) as usize;
             let capacity = self.layout.capacity;
             let position = (self.head % capacity as u64) as usize;
             let mut raw = [0u8; RecordHeader::ENCODED_LEN];
-            if !self.map.copy_out(self.layout.data + position, &mut raw) {
+            if !self
+                .map
+                .copy_out(self.layout.data + position + FIELDS_AT, &mut raw)
+            {
                 return corrupted("record header outside the ring");
             }
             let header = RecordHeader::decode(&raw);
             if header.flags == PADDING {
-                let size = capacity - position;
-                if header.len != 0 || size > available {
+                if header.len != 0 || position == 0 {
                     return corrupted("malformed padding record");
                 }
-                self.advance(size)?;
+                self.advance(capacity - position)?;
                 continue;
             }
             if header.flags & !(FIRST | LAST | USER_FLAGS) != 0 {
@@ -368,12 +392,12 @@ impl Consumer {
                     self.layout.max_fragment()
                 ));
             }
-            let size = record_size(len);
-            if position + size > capacity || size > available {
-                return corrupted("record runs past the end of the ring or of the written data");
+            if position + record_size(len) > capacity {
+                return corrupted("record runs past the end of the ring");
             }
             return Ok(Some(header));
         }
+        corrupted("padding follows padding")
     }
 
     /// Appends the payload of the record `peek` returned to `out`, and releases the record.
@@ -557,17 +581,20 @@ mod tests {
             prop_assert!(expected.is_empty());
         }
 
-        /// A hostile producer controls the tail and every byte of the data area: the consumer must
-        /// answer with data or an error, never panic or read outside the ring.
+        /// A hostile producer controls every byte of the data area, stamps included: the consumer
+        /// must answer with data or an error, never panic or read outside the ring.
         #[test]
         fn consumer_survives_arbitrary_shared_state(
-            tail in any::<u64>(),
+            stamps in proptest::collection::vec((0usize..MIN_CAPACITY / 64, 0u64..MIN_CAPACITY as u64 * 2), 0..16),
             garbage in proptest::collection::vec(any::<u8>(), 0..512),
             at in 0usize..MIN_CAPACITY,
         ) {
             let (_p, mut c, map) = ring(MIN_CAPACITY);
             prop_assert!(map.copy_in(CONTROL_LEN + at.min(MIN_CAPACITY - garbage.len().min(MIN_CAPACITY)), &garbage));
-            map.atomic_u64(TAIL_AT).unwrap().store(tail, Ordering::Relaxed);
+            // Plausible stamps (positions the consumer will look for) at arbitrary header slots.
+            for (slot, position) in stamps {
+                map.atomic_u64(CONTROL_LEN + slot * 64).unwrap().store(stamp(position / 64 * 64), Ordering::Relaxed);
+            }
             let mut out = Vec::new();
             for _ in 0..8 {
                 match c.peek() {

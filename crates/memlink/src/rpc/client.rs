@@ -857,12 +857,12 @@ impl Channel {
         }
     }
 
-    /// Fault injection: publishes an impossible request-ring index, as a buggy or hostile client
+    /// Fault injection: publishes an impossible request record, as a buggy or hostile client
     /// could, then waits (up to a few seconds) until the server has dropped the connection.
     #[cfg(feature = "fault-injection")]
     fn corrupt_requests(&mut self) -> Result<()> {
         let broken = |e: RingError| Error::corrupted(&self.name, e.0);
-        self.requests.publish_impossible_index().map_err(broken)?;
+        self.requests.publish_impossible_record().map_err(broken)?;
         let _ = socket::send_wake(&self.socket);
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut said = [0u8; Goodbye::MAX_LEN];
