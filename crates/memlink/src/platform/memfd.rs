@@ -13,10 +13,13 @@ const SEALS: SealFlags = SealFlags::SHRINK
     .union(SealFlags::GROW)
     .union(SealFlags::SEAL);
 
-/// A new memfd of exactly `len` bytes, its pages reserved, sealed against resizing.
+/// A new memfd of exactly `len` bytes, sealed against resizing. Its pages are allocated when first
+/// touched, not now, so a connection costs the memory its messages have needed so far. (The price:
+/// a machine out of memory meets it at a first touch, through the OOM killer, rather than as an
+/// error here.)
 pub(crate) fn create_sealed(debug_name: &str, len: u64) -> Result<OwnedFd, Errno> {
     let fd = rustix::fs::memfd_create(debug_name, MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
-    super::shm::reserve(&fd, len)?;
+    rustix::fs::ftruncate(&fd, len)?;
     rustix::fs::fcntl_add_seals(&fd, SEALS)?;
     Ok(fd)
 }

@@ -8,7 +8,7 @@
 
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use rustix::io::Errno;
@@ -41,23 +41,65 @@ fn seqpacket() -> Result<OwnedFd, Errno> {
     )
 }
 
+/// `SO_PASSRIGHTS` (Linux 6.16): whether others may send descriptors to this socket.
+const SO_PASSRIGHTS: libc::c_int = 83;
+
+/// Sets whether peers may pass descriptors to `socket` (`SO_PASSRIGHTS`, Linux 6.16+). Returns
+/// `Ok(false)` on a kernel without the option.
+///
+/// Why it matters: a descriptor that arrives in a message we never wanted is closed by *us*, when
+/// we read the message without room for it or close the socket it waits in, and closing some
+/// descriptors blocks (a TCP socket with `SO_LINGER` waits out its linger time). A peer could
+/// stall any thread of ours that way. With the option off the kernel refuses such messages at
+/// the sender (`EPERM`). A listener passes the setting on to the connections it accepts, from
+/// the moment they connect.
+pub(crate) fn set_accept_descriptors(socket: impl AsFd, accept: bool) -> Result<bool, Errno> {
+    let value: libc::c_int = accept.into();
+    // `setsockopt` only reads `size_of::<c_int>()` bytes from `value`, which outlives the call.
+    // SAFETY: the descriptor is open (borrowed for the call); pointer and length describe `value`.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PASSRIGHTS,
+            (&raw const value).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    match Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO) {
+        Errno::NOPROTOOPT | Errno::INVAL => Ok(false),
+        e => Err(e),
+    }
+}
+
 /// Binds and listens on abstract name `name`, non-blocking (`accept` says `EAGAIN` when no
-/// connection waits). `EADDRINUSE` means a live process has it.
-pub(crate) fn listen(name: &str) -> Result<OwnedFd, Errno> {
+/// connection waits), refusing descriptors from connectors where the kernel can (see
+/// [`set_accept_descriptors`]; the second value says whether it could). `EADDRINUSE` means a live
+/// process has the name.
+pub(crate) fn listen(name: &str) -> Result<(OwnedFd, bool), Errno> {
     let socket = rustix::net::socket_with(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
         SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         None,
     )?;
+    let refuses = set_accept_descriptors(&socket, false)?;
     rustix::net::bind(&socket, &address(name)?)?;
     rustix::net::listen(&socket, 128)?;
-    Ok(socket)
+    Ok((socket, refuses))
 }
 
-/// Connects to abstract name `name`. `ECONNREFUSED` means nobody listens there.
-pub(crate) fn connect(name: &str) -> Result<OwnedFd, Errno> {
+/// Connects to abstract name `name`, waiting at most `timeout` for a listener whose backlog is
+/// full (a listener that never accepts cannot hold us). The new socket refuses descriptors until
+/// [`set_accept_descriptors`] allows them. `ECONNREFUSED` means nobody listens there, `EAGAIN`
+/// that the wait ran out.
+pub(crate) fn connect(name: &str, timeout: Duration) -> Result<OwnedFd, Errno> {
     let socket = seqpacket()?;
+    set_accept_descriptors(&socket, false)?;
+    set_io_timeout(&socket, timeout)?;
     rustix::net::connect(&socket, &address(name)?)?;
     Ok(socket)
 }
@@ -81,13 +123,35 @@ pub(crate) fn set_io_timeout(socket: impl AsFd, timeout: Duration) -> Result<(),
     set_socket_timeout(&socket, Timeout::Send, Some(timeout))
 }
 
-/// The credentials the kernel recorded for the peer when the connection was made.
+/// The credentials the kernel recorded for the peer when the connection was made. The pid is 0
+/// when the peer is in a pid namespace we cannot see.
 pub(crate) fn peer_credentials(socket: impl AsFd) -> Result<PeerCredentials, Errno> {
-    let cred = rustix::net::sockopt::socket_peercred(socket)?;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // Read directly rather than through rustix, whose `UCred` assumes a nonzero pid: the kernel
+    // reports 0 for a peer in a pid namespace we cannot see.
+    // SAFETY: the descriptor is open for the call; `cred` and `len` are valid, writable, and
+    // `len` holds `cred`'s size, which the kernel does not exceed.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+    }
     Ok(PeerCredentials {
-        pid: cred.pid.as_raw_nonzero().get().unsigned_abs(),
-        uid: cred.uid.as_raw(),
-        gid: cred.gid.as_raw(),
+        pid: cred.pid.unsigned_abs(),
+        uid: cred.uid,
+        gid: cred.gid,
     })
 }
 
@@ -231,13 +295,37 @@ mod tests {
     use std::os::fd::AsFd;
 
     #[test]
+    fn a_listener_that_refuses_descriptors_refuses_them_from_its_connections() {
+        let name = format!("memlink.unit.norights.{}", std::process::id());
+        let (listener, refuses) = listen(&name).unwrap();
+        if !refuses {
+            eprintln!("skipped: this kernel has no SO_PASSRIGHTS");
+            return;
+        }
+        let client = connect(&name, Duration::from_secs(5)).unwrap();
+        let payload = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap();
+        // Before and after the connection is accepted.
+        assert_eq!(
+            send_message(&client, b"x", &[payload.as_fd()]),
+            Err(Errno::PERM)
+        );
+        let _server_side = accept(&listener).unwrap();
+        assert_eq!(
+            send_message(&client, b"x", &[payload.as_fd()]),
+            Err(Errno::PERM)
+        );
+        assert_eq!(send_message(&client, b"x", &[]), Ok(()));
+    }
+
+    #[test]
     fn passes_descriptors_and_credentials_and_frees_the_name_on_close() {
         let name = format!("memlink.unit.sock.{}", std::process::id());
-        let listener = listen(&name).unwrap();
+        let (listener, _) = listen(&name).unwrap();
         assert_eq!(listen(&name).err(), Some(Errno::ADDRINUSE));
         assert!(bound_abstract_names("memlink.unit.sock.").contains(&name));
 
-        let client = connect(&name).unwrap();
+        let client = connect(&name, Duration::from_secs(5)).unwrap();
+        set_accept_descriptors(&client, true).unwrap();
         let server_side = accept(&listener).unwrap();
         let creds = peer_credentials(&server_side).unwrap();
         assert_eq!(creds.pid, std::process::id());
@@ -269,6 +357,9 @@ mod tests {
         let (n, fds) = receive_message(&client, &mut buf, true).unwrap();
         assert_eq!((n, fds.len()), (0, 0), "close is seen as an empty message");
         drop(listener);
-        assert_eq!(connect(&name).err(), Some(Errno::CONNREFUSED));
+        assert_eq!(
+            connect(&name, Duration::from_secs(5)).err(),
+            Some(Errno::CONNREFUSED)
+        );
     }
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
-use super::link::{self, Backoff, CLIENT, Patience, SERVER};
+use super::link::{self, Backoff, CLIENT, PARK_RECHECK, Patience, SERVER};
 use super::protocol::{
     Admission, ERR_HANDLER_PANICKED, ERR_REPLY_TOO_LARGE, ERROR_REPLY, Goodbye, Hello, Purpose,
     RegionLayout, Welcome, socket_name,
@@ -410,6 +410,7 @@ impl Client {
                 &self.name,
                 &self.options,
                 self.epoch.load(Ordering::Acquire),
+                Instant::now() + HANDSHAKE_TIMEOUT,
             )?);
         }
         let channel = slot.as_mut().ok_or(Error::Timeout)?;
@@ -476,7 +477,7 @@ impl Channel {
     ) -> Result<Channel> {
         let mut pause = Duration::from_micros(200);
         loop {
-            match Channel::open(name, options, epoch) {
+            match Channel::open(name, options, epoch, until) {
                 Err(Error::Disconnected { .. }) if Instant::now() + pause < until => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(20));
@@ -486,10 +487,15 @@ impl Channel {
         }
     }
 
-    fn open(name: &str, options: &ClientOptions, epoch: u64) -> Result<Channel> {
+    /// Connects and shakes hands, waiting for the server no later than `until` (and no longer
+    /// than [`HANDSHAKE_TIMEOUT`]).
+    fn open(name: &str, options: &ClientOptions, epoch: u64, until: Instant) -> Result<Channel> {
         let fail = |e| connect_error(name, e);
-        let socket = socket::connect(&socket_name(name)).map_err(fail)?;
-        socket::set_io_timeout(&socket, HANDSHAKE_TIMEOUT).map_err(fail)?;
+        let patience = until
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(1), HANDSHAKE_TIMEOUT);
+        // The socket refuses descriptors until we know who is on the other end.
+        let socket = socket::connect(&socket_name(name), patience).map_err(fail)?;
         let server = socket::peer_credentials(&socket).map_err(fail)?;
         let me = process::effective_uid();
         if server.uid != me && server.uid != 0 && Some(server.uid) != options.trusted_server_uid {
@@ -499,6 +505,8 @@ impl Channel {
                 owner_uid: None,
             });
         }
+        // A trusted server: accept the one descriptor its welcome carries, then no more.
+        socket::set_accept_descriptors(&socket, true).map_err(fail)?;
         // A server that refuses us may answer (and close) before reading our hello, so a failed
         // send is only fatal if no answer is waiting either.
         let sent = socket::send_message(
@@ -542,6 +550,7 @@ impl Channel {
                 });
             }
         }
+        socket::set_accept_descriptors(&socket, false).map_err(fail)?;
         let [region_fd]: [OwnedFd; 1] = fds.try_into().map_err(|_| {
             Error::corrupted(name, "the server's welcome carried the wrong descriptors")
         })?;
@@ -779,7 +788,9 @@ impl Channel {
                     }
                 },
             };
-            let readable = notify::wait_readable(&self.socket, left)
+            // Bounded (see `PARK_RECHECK`): a lost wake-up costs a moment, not the call.
+            let nap = left.map_or(PARK_RECHECK, |left| left.min(PARK_RECHECK));
+            let readable = notify::wait_readable(&self.socket, Some(nap))
                 .map_err(|e| Error::os("waiting for the server", e))?;
             link::park_end(&self.map, CLIENT).map_err(|e| corrupted(self, e))?;
             if readable {

@@ -39,6 +39,10 @@ use crate::memory::ring::RingError;
 use crate::platform::{cpu, mapping::Mapping, socket};
 use std::os::fd::AsFd;
 
+/// Longest a parked side sleeps before it looks at its rings again on its own: a wake-up lost to
+/// a failed send (the kernel out of buffers) then costs a moment, never a connection.
+pub(crate) const PARK_RECHECK: Duration = Duration::from_millis(100);
+
 /// One side's line in the region.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Side {

@@ -43,8 +43,8 @@ pub fn server_stats(name: &str) -> Result<Stats> {
         rustix::io::Errno::AGAIN => Error::Timeout,
         e => Error::os("querying a server", e),
     };
-    let connection = socket::connect(&socket_name(name)).map_err(fail)?;
-    socket::set_io_timeout(&connection, Duration::from_secs(1)).map_err(fail)?;
+    // Statistics carry no descriptors: the socket refuses them throughout.
+    let connection = socket::connect(&socket_name(name), Duration::from_secs(1)).map_err(fail)?;
     socket::send_message(
         &connection,
         &Hello {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
-use super::link::{self, Backoff, CLIENT, Patience, SERVER};
+use super::link::{self, Backoff, CLIENT, PARK_RECHECK, Patience, SERVER};
 use super::protocol::{
     Admission, ERR_HANDLER_PANICKED, ERR_REPLY_TOO_LARGE, ERROR_REPLY, Goodbye, Hello, Purpose,
     RegionLayout, Stats, Welcome, socket_name,
@@ -172,13 +172,21 @@ impl ServerOptions {
     /// As [`Server::bind`].
     pub fn bind(&self, name: &str) -> Result<Server> {
         validate_name(name)?;
-        let listener = socket::listen(&socket_name(name)).map_err(|e| match e {
-            Errno::ADDRINUSE => Error::AlreadyRunning {
-                name: name.to_owned(),
-                pid: super::server_stats(name).map_or(0, |s| s.pid),
-            },
-            e => Error::os("binding the server socket", e),
-        })?;
+        let (listener, refuses_descriptors) =
+            socket::listen(&socket_name(name)).map_err(|e| match e {
+                Errno::ADDRINUSE => Error::AlreadyRunning {
+                    name: name.to_owned(),
+                    pid: super::server_stats(name).map_or(0, |s| s.pid),
+                },
+                e => Error::os("binding the server socket", e),
+            })?;
+        if !refuses_descriptors {
+            tracing::warn!(
+                server = name,
+                "this kernel cannot refuse descriptors passed by clients (SO_PASSRIGHTS, Linux 6.16+): a hostile client can delay this server's threads by passing one whose close blocks"
+            );
+        }
+        raise_descriptor_limit(self.max_clients + MAX_PENDING_HANDSHAKES + 64);
         let shutdown_bell = notify::doorbell().map_err(|e| Error::os("creating an eventfd", e))?;
         Ok(Server {
             name: name.to_owned(),
@@ -196,6 +204,21 @@ impl ServerOptions {
                 active_clients: (0..self.workers).map(|_| AtomicUsize::new(0)).collect(),
             }),
         })
+    }
+}
+
+/// Raises this process's soft descriptor limit towards `wanted` (as far as the hard limit
+/// allows): each connection holds a descriptor, and the default soft limit (1,024) is below what
+/// the default options admit.
+fn raise_descriptor_limit(wanted: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    let wanted = wanted as u64;
+    if limit.current.is_some_and(|current| current < wanted) {
+        limit.current = Some(limit.maximum.map_or(wanted, |max| max.min(wanted)));
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!(error = %e, "could not raise the descriptor limit");
+        }
     }
 }
 
@@ -436,7 +459,14 @@ impl Server {
                     std::thread::sleep(Duration::from_millis(10));
                     return Ok(());
                 }
-                Err(e) => return Err(Error::os("accepting a connection", e)),
+                Err(e @ (Errno::BADF | Errno::INVAL | Errno::NOTSOCK | Errno::OPNOTSUPP)) => {
+                    return Err(Error::os("accepting a connection", e));
+                }
+                Err(e) => {
+                    // Anything else concerns that one connection (e.g. a security module's veto).
+                    tracing::debug!(server = %self.name, error = %e, "a connection could not be accepted");
+                    continue;
+                }
             };
             let Ok(peer) = socket::peer_credentials(&connection) else {
                 continue;
@@ -579,10 +609,13 @@ struct Handshake {
     seq: u64,
 }
 
-/// The handshakes in progress, indexed by epoll token, with a count per uid.
+/// The handshakes in progress, indexed by epoll token, with a count per uid. A token is a slot
+/// index and the slot's generation, so an event that was already queued for a handshake since
+/// evicted can never be mistaken for the newer one in its slot.
 #[derive(Default)]
 struct Handshakes {
     slots: Vec<Option<Handshake>>,
+    generations: Vec<u32>,
     per_uid: HashMap<u32, usize>,
     count: usize,
     next_seq: u64,
@@ -595,8 +628,15 @@ impl Handshakes {
         self.slots.iter().flatten().map(|h| h.deadline).min()
     }
 
+    fn token(&self, index: usize) -> u64 {
+        (u64::from(self.generations[index]) << 32) | (index as u64 + Self::FIRST_TOKEN)
+    }
+
     fn take(&mut self, token: u64) -> Option<Handshake> {
-        let index = usize::try_from(token.checked_sub(Self::FIRST_TOKEN)?).ok()?;
+        let index = usize::try_from((token & 0xffff_ffff).checked_sub(Self::FIRST_TOKEN)?).ok()?;
+        if self.generations.get(index).copied() != u32::try_from(token >> 32).ok() {
+            return None;
+        }
         let handshake = self.slots.get_mut(index)?.take()?;
         self.count -= 1;
         if let Some(n) = self.per_uid.get_mut(&handshake.peer.uid) {
@@ -615,7 +655,7 @@ impl Handshakes {
             .enumerate()
             .filter_map(|(i, h)| h.as_ref().filter(|h| h.peer.uid == uid).map(|h| (h.seq, i)))
             .min()
-            .map(|(_, i)| i as u64 + Self::FIRST_TOKEN)
+            .map(|(_, i)| self.token(i))
     }
 
     /// Adds a handshake, first evicting (through `evict`) the user's oldest one if the user is at
@@ -648,9 +688,12 @@ impl Handshakes {
             Some(free) => free,
             None => {
                 self.slots.push(None);
+                self.generations.push(0);
                 self.slots.len() - 1
             }
         };
+        self.generations[index] = self.generations[index].wrapping_add(1);
+        let token = self.token(index);
         self.next_seq += 1;
         *self.per_uid.entry(peer.uid).or_insert(0) += 1;
         self.count += 1;
@@ -660,7 +703,7 @@ impl Handshakes {
             deadline: Instant::now() + HANDSHAKE_TIMEOUT,
             seq: self.next_seq,
         });
-        Some((index as u64 + Self::FIRST_TOKEN, &handshake.socket))
+        Some((token, &handshake.socket))
     }
 
     /// Removes and returns every handshake whose deadline has passed.
@@ -670,7 +713,7 @@ impl Handshakes {
             .iter()
             .enumerate()
             .filter(|(_, h)| h.as_ref().is_some_and(|h| h.deadline <= now))
-            .map(|(i, _)| i as u64 + Self::FIRST_TOKEN)
+            .map(|(i, _)| self.token(i))
             .collect();
         expired.into_iter().filter_map(|t| self.take(t)).collect()
     }
@@ -1158,8 +1201,11 @@ impl<'a> Worker<'a> {
                 self.wait_events(Some(Duration::ZERO))?;
             }
             if self.shared().shutting_down.load(Ordering::SeqCst) {
-                let ends = *grace_ends
-                    .get_or_insert_with(|| Instant::now() + self.server.options.shutdown_grace);
+                let ends = *grace_ends.get_or_insert_with(|| {
+                    let now = Instant::now();
+                    now.checked_add(self.server.options.shutdown_grace)
+                        .unwrap_or(now + Duration::from_secs(365 * 24 * 3600))
+                });
                 for slot in 0..self.connections.len() {
                     let idle = self.connections[slot]
                         .as_ref()
@@ -1187,11 +1233,13 @@ impl<'a> Worker<'a> {
             }
         }
         if !work {
-            let timeout = grace_ends.map(|t| {
+            // Bounded: a wake-up that a failed send lost (the kernel out of buffers) costs a
+            // moment, not a connection.
+            let timeout = grace_ends.map_or(PARK_RECHECK, |t| {
                 t.saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(1))
+                    .clamp(Duration::from_millis(1), PARK_RECHECK)
             });
-            self.wait_events(timeout)?;
+            self.wait_events(Some(timeout))?;
         }
         for conn in self.connections.iter().flatten() {
             let _ = link::park_end(&conn.map, SERVER);
