@@ -28,6 +28,7 @@ fn child_main() {
         ("flood_as_nobody", flood_as_nobody),
         ("idle_clients", idle_clients),
         ("descriptor_passer", descriptor_passer),
+        ("failing_server", failing_server),
     ]);
 }
 
@@ -232,6 +233,21 @@ fn server_role(args: &[String]) {
         .serve(|request: &[u8], reply: &mut Vec<u8>| reply.extend_from_slice(request))
         .unwrap();
     report("stopped");
+}
+
+/// A server whose workers fail after `calls` answered calls; reports how `serve` ended.
+/// Args: name, workers, calls.
+fn failing_server(args: &[String]) {
+    let server = Server::options()
+        .workers(args[1].parse().unwrap())
+        .__fail_workers_after(args[2].parse().unwrap())
+        .bind(&args[0])
+        .unwrap();
+    report("ready");
+    match server.serve(|request: &[u8], reply: &mut Vec<u8>| reply.extend_from_slice(request)) {
+        Ok(()) => report("serve returned Ok"),
+        Err(e) => report(&format!("serve failed: {e}")),
+    }
 }
 
 /// Attack 1: makes every descriptor it was given blocking and full, says it is parked, and sends
@@ -532,6 +548,29 @@ fn a_client_cannot_stall_a_worker_by_passing_a_descriptor_whose_close_blocks() {
     honest_calls(&name, 10);
     stop_server(server);
     attacker.kill_and_reap();
+}
+
+#[test]
+fn a_failed_worker_takes_the_server_down_with_an_error_instead_of_leaving_it_half_dead() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("worker-fails");
+    let mut server = ChildProcess::spawn("failing_server", &[&name, "2", "3"]);
+    server.expect_line("ready");
+    let client = Client::connect(&name).unwrap();
+    for _ in 0..3 {
+        assert_eq!(client.call(b"x").unwrap(), b"x");
+    }
+    let line = server.next_line();
+    assert!(
+        line.starts_with("serve failed:") && line.contains("injected failure"),
+        "{line}"
+    );
+    server.wait_success();
+    // Nobody is left serving the name.
+    assert!(matches!(
+        client.call(b"after"),
+        Err(memlink::Error::Disconnected { .. } | memlink::Error::NotRunning { .. })
+    ));
 }
 
 #[test]

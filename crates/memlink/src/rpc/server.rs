@@ -88,6 +88,8 @@ pub struct ServerOptions {
     permissions: Permissions,
     ring_capacity: usize,
     shutdown_grace: Duration,
+    /// Fault injection: workers fail once the server has answered this many calls.
+    fail_workers_after: Option<u64>,
 }
 
 impl Default for ServerOptions {
@@ -101,6 +103,7 @@ impl Default for ServerOptions {
             permissions: Permissions::OwnerOnly,
             ring_capacity: 256 << 10,
             shutdown_grace: Duration::from_secs(5),
+            fail_workers_after: None,
         }
     }
 }
@@ -163,6 +166,15 @@ impl ServerOptions {
     /// How long shutdown waits for calls in flight before dropping them.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
+        self
+    }
+
+    /// Fault injection for tests: every worker fails (as if its epoll set broke) once the server
+    /// has answered `calls` calls. Exists only with the `fault-injection` feature.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __fail_workers_after(mut self, calls: u64) -> Self {
+        self.fail_workers_after = Some(calls);
         self
     }
 
@@ -1168,6 +1180,14 @@ impl<'a> Worker<'a> {
         let mut sweeps = 0u32;
         loop {
             self.adopt_new_connections();
+            if self
+                .server
+                .options
+                .fail_workers_after
+                .is_some_and(|n| self.shared().calls.load(Ordering::Relaxed) >= n)
+            {
+                return Err(Error::os("a worker's injected failure", Errno::IO));
+            }
             let mut parked = false;
             if self.sweep() {
                 backoff = None;
