@@ -26,9 +26,11 @@ pub(crate) struct Mapping {
     len: usize,
 }
 
-// SAFETY: a `Mapping` is a raw region of process memory that is valid until drop. All access goes
-// through `&self` methods that copy via raw pointers or form atomics, both of which are sound to do
-// from several threads at once (other processes already write it concurrently).
+// SAFETY: a `Mapping` is a raw region of process memory that is valid until drop, owned by no
+// thread. All access goes through `&self` methods that form atomics (sound from any number of
+// threads) or copy via raw pointers; the `memcpy` copies state, as their precondition, that no
+// other thread of this process touches the same bytes meanwhile, and their only caller (the SPSC
+// ring, whose index protocol hands each byte range to one side at a time) keeps it.
 unsafe impl Send for Mapping {}
 // SAFETY: see `Send`; no method hands out non-atomic references into the region.
 unsafe impl Sync for Mapping {}
