@@ -104,6 +104,26 @@ pub(crate) fn measure(
     Ok(Latency::of(&histogram))
 }
 
+/// Times back-to-back echo round trips of `size` bytes for `span`, checking every reply.
+fn measure_for(rt: &mut dyn RoundTrip, size: usize, span: Duration) -> io::Result<Latency> {
+    let request: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let mut reply = Vec::with_capacity(size);
+    let mut histogram = new_histogram()?;
+    let end = Instant::now() + span;
+    loop {
+        let started = Instant::now();
+        if started >= end {
+            break;
+        }
+        rt.round_trip(&request, &mut reply)?;
+        histogram.saturating_record(started.elapsed().as_nanos() as u64);
+        if reply != request {
+            return Err(io::Error::other("a transport returned a wrong echo"));
+        }
+    }
+    Ok(Latency::of(&histogram))
+}
+
 fn memcpy_bandwidth() -> f64 {
     let source = vec![1u8; 1 << 20];
     let mut destination = vec![0u8; 1 << 20];
@@ -323,6 +343,97 @@ fn throughput_rows(options: &BenchOptions) -> io::Result<Vec<Throughput>> {
     Ok(rows)
 }
 
+/// Small calls measured alone, then beside another client process that streams 64 MiB requests
+/// to the same server (one connection's big message must not hold the others up for its length).
+/// Nothing is pinned: the streamer is a third busy process on a machine of maybe two CPUs.
+fn isolation_rows(options: &BenchOptions) -> io::Result<(Vec<Row>, f64)> {
+    let name = unique("isolation");
+    let _server =
+        PeerProcess::spawn(&["serve", "memlink", &name, "0", &options.workers.to_string()])?;
+    let mut client =
+        Client::connect_timeout(&name, Duration::from_secs(10)).map_err(io::Error::other)?;
+    // Long enough to span many of the streamer's requests (each takes milliseconds).
+    let span = Duration::from_secs_f64(if options.quick { 0.5 } else { 3.0 });
+    let alone = measure_for(&mut client, 64, span)?;
+    // Streams for a little longer than we measure, then reports what it moved.
+    let streaming = span + Duration::from_millis(300);
+    let mut streamer = PeerProcess::spawn(&[
+        "client",
+        "memlink",
+        &name,
+        &(64usize << 20).to_string(),
+        "0",
+        &streaming.as_secs_f64().to_string(),
+    ])?;
+    streamer.say("go")?;
+    // Let the first 64 MiB request get under way.
+    std::thread::sleep(Duration::from_millis(100));
+    let beside = measure_for(&mut client, 64, span)?;
+    // The streamer must still be streaming: a failed one would make the comparison meaningless.
+    if let Some(status) = streamer.try_exit_status()? {
+        return Err(io::Error::other(format!(
+            "the 64 MiB streamer stopped early: {status}"
+        )));
+    }
+    let mut streamed = 0.0;
+    for line in streamer.lines()? {
+        let line = line?;
+        if let Some(done) = line.strip_prefix("done ") {
+            let mut fields = done
+                .split_whitespace()
+                .map(|f| f.parse::<f64>().unwrap_or(0.0));
+            let (calls, nanos) = (fields.next().unwrap_or(0.0), fields.next().unwrap_or(1.0));
+            // Each call moves the request there and the reply back.
+            streamed = calls * 2.0 * (64 << 20) as f64 / (nanos / 1e9);
+            break;
+        }
+    }
+    drop(streamer);
+    Ok((
+        vec![
+            Row {
+                label: "64 B calls alone",
+                size: 64,
+                latency: alone,
+            },
+            Row {
+                label: "64 B calls beside a 64 MiB streamer",
+                size: 64,
+                latency: beside,
+            },
+        ],
+        streamed,
+    ))
+}
+
+/// Shared memory that `count` idle connections hold (the whole machine's `Shmem` grows by it;
+/// other processes making shared memory meanwhile would show up too), in bytes.
+fn idle_connection_memory(count: usize) -> io::Result<f64> {
+    fn shmem_bytes() -> io::Result<u64> {
+        let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("Shmem:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib * 1024)
+            .ok_or_else(|| io::Error::other("no Shmem line in /proc/meminfo"))
+    }
+    let name = unique("idle");
+    let _server = PeerProcess::spawn(&["serve", "memlink", &name, "0", "1"])?;
+    let first =
+        Client::connect_timeout(&name, Duration::from_secs(10)).map_err(io::Error::other)?;
+    let before = shmem_bytes()?;
+    let clients: Vec<Client> = (1..count)
+        .map(|_| Client::connect(&name))
+        .collect::<memlink::Result<_>>()
+        .map_err(io::Error::other)?;
+    // Let the server adopt and park on the last ones.
+    std::thread::sleep(Duration::from_millis(100));
+    let after = shmem_bytes()?;
+    drop((first, clients));
+    Ok(after.saturating_sub(before) as f64 * count as f64 / (count - 1) as f64)
+}
+
 pub(crate) fn human_size(size: usize) -> String {
     match size {
         s if s >= 1 << 20 => format!("{} MiB", s >> 20),
@@ -392,6 +503,14 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
     let same_core = same_core_rows(options)?;
     note(options.json, "throughput (64 B calls, N client processes):");
     let throughput = throughput_rows(options)?;
+    note(
+        options.json,
+        "isolation (64 B calls beside a client streaming 64 MiB requests):",
+    );
+    let (isolation, streamed) = isolation_rows(options)?;
+    const IDLE_CONNECTIONS: usize = 1000;
+    note(options.json, "memory of 1,000 idle connections:");
+    let idle_memory = idle_connection_memory(IDLE_CONNECTIONS)?;
 
     let find = |label: &str, size: usize| {
         latency
@@ -498,6 +617,9 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
             "throughput": throughput.iter().map(|t| json!({"transport": t.label, "clients": t.clients,
                 "calls_per_second": t.calls_per_second, "slowest_client_calls": t.slowest, "fastest_client_calls": t.fastest})).collect::<Vec<_>>(),
             "echo_1mib_bytes_per_second": {"memlink": memlink_mib, "unix socket": uds_mib},
+            "isolation": latency_json(&isolation),
+            "isolation_streamer_bytes_per_second": streamed,
+            "idle_connections": {"count": IDLE_CONNECTIONS, "shared_memory_bytes": idle_memory},
             "targets": targets.iter().map(|t| json!({"target": t.what, "measured": t.measured, "goal": t.goal,
                 "higher_is_better": t.higher_is_better, "met": t.met()})).collect::<Vec<_>>(),
         });
@@ -548,6 +670,27 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
             t.slowest as f64 / t.fastest.max(1) as f64
         );
     }
+    println!();
+    println!("isolation, one server (µs)                        p50       p99     p99.9");
+    for row in &isolation {
+        println!(
+            "  {:<45} {:>9} {:>9} {:>9}",
+            row.label,
+            us(row.latency.p50),
+            us(row.latency.p99),
+            us(row.latency.p999)
+        );
+    }
+    println!(
+        "  (the streamer moved {:.2} GB/s meanwhile, requests and echoes)",
+        streamed / 1e9
+    );
+    println!();
+    println!(
+        "{IDLE_CONNECTIONS} idle connections hold {:.1} MiB of shared memory ({:.1} KiB each)",
+        idle_memory / (1 << 20) as f64,
+        idle_memory / 1024.0 / IDLE_CONNECTIONS as f64
+    );
     println!();
     println!(
         "1 MiB echo: memlink {:.2} GB/s, unix socket {:.2} GB/s, single-thread memcpy {:.2} GB/s",

@@ -265,8 +265,11 @@ pub(crate) fn serve(
 ) -> io::Result<()> {
     match transport {
         Transport::Memlink => {
+            // One user runs the whole benchmark, up to a thousand connections at once.
             let server = Server::options()
                 .workers(workers)
+                .max_clients(4096)
+                .max_clients_per_uid(4096)
                 .bind(name)
                 .map_err(other)?;
             exit_when_parent_leaves();
@@ -398,6 +401,11 @@ impl PeerProcess {
 
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// How the peer exited, if it has.
+    pub(crate) fn try_exit_status(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
     }
 }
 

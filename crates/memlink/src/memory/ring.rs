@@ -43,6 +43,9 @@ pub(crate) const RECORD_HEADER_LEN: usize = 64;
 pub(crate) const CONTROL_LEN: usize = 256;
 const HEAD_AT: usize = 128;
 
+/// Largest fragment of a message, whatever the ring's size (see [`RingLayout::max_fragment`]).
+pub(crate) const MAX_FRAGMENT: usize = 16 << 10;
+
 /// Bytes at the start of the data area that small messages cycle through (see the module doc).
 pub(crate) const HOT_WINDOW: usize = 16 << 10;
 
@@ -133,9 +136,11 @@ pub(crate) struct RingLayout {
 
 impl RingLayout {
     /// Largest payload one record may carry: a quarter of the ring, so that several fragments of a
-    /// large message are in flight at once and both sides copy in parallel.
+    /// large message are in flight at once and both sides copy in parallel, and at most
+    /// [`MAX_FRAGMENT`], so that the unit a server moves for one connection before it turns to
+    /// the next stays short.
     pub(crate) fn max_fragment(&self) -> usize {
-        self.capacity / 4
+        (self.capacity / 4).min(MAX_FRAGMENT)
     }
 
     fn check(&self, map: &Mapping) -> Result<(), RingError> {

@@ -45,7 +45,7 @@ const ACCEPT_BATCH: usize = 64;
 /// Most fragments and bytes a worker takes from (or gives to) one connection per sweep, so that
 /// one connection's large message cannot hold the others up for its whole length.
 const SWEEP_FRAGMENTS: usize = 16;
-const SWEEP_BYTES: usize = 64 << 10;
+const SWEEP_BYTES: usize = 16 << 10;
 /// A busy worker does its periodic chores (crowding, hang-ups, shutdown) once per this many sweeps.
 const CHORE_EVERY: u32 = 32;
 /// Most wake-up messages read off one connection's socket per event.
