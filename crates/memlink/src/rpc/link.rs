@@ -4,13 +4,15 @@
 //! # Sleeping without losing a wake-up
 //!
 //! A side that runs out of work *parks*: it sets its `parked` flag, issues a SeqCst fence, looks at
-//! its rings once more, and only then sleeps on its doorbell (an eventfd, polled together with the
-//! connection's socket so that peer death also wakes it). A side that makes progress the other may
-//! be waiting for (published a record, or freed ring space) issues a SeqCst fence and reads the
-//! other's `parked` flag; only if it is set does it clear it and ring the doorbell. The two
-//! store → fence → load sequences are Dekker's pattern: at least one side sees the other's store,
-//! so either the sleeper sees the new data or the waker sees the flag. Hence a wake-up syscall is
-//! made only when the receiver has said it is asleep.
+//! its rings once more, and only then sleeps in `poll` on the connection's socket (so that peer
+//! death wakes it too). A side that makes progress the other may be waiting for (published a
+//! record, or freed ring space while the other waits for room) issues a SeqCst fence and reads the
+//! other's `parked` flag; only if it is set does it clear it and send a one-byte wake-up on the
+//! socket. The two store → fence → load sequences are Dekker's pattern: at least one side sees
+//! the other's store, so either the sleeper sees the new data or the waker sees the flag. Hence a
+//! wake-up syscall is made only when the receiver has said it is asleep. (SeqCst stores and loads
+//! instead of the fences, one `xchg` instead of a store and an `mfence` on x86, measured no
+//! faster here.)
 //!
 //! # Wake-ups a peer cannot block or steal
 //!

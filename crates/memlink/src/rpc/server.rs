@@ -46,6 +46,8 @@ const ACCEPT_BATCH: usize = 64;
 /// one connection's large message cannot hold the others up for its whole length.
 const SWEEP_FRAGMENTS: usize = 16;
 const SWEEP_BYTES: usize = 16 << 10;
+/// Empty sweeps a worker makes before it starts its timed backoff.
+const FIRST_LOOKS: u32 = 32;
 /// A busy worker does its periodic chores (crowding, hang-ups, shutdown) once per this many sweeps.
 const CHORE_EVERY: u32 = 32;
 /// Most wake-up messages read off one connection's socket per event.
@@ -1178,25 +1180,25 @@ impl<'a> Worker<'a> {
         let mut last_crowding_update = Instant::now();
         let mut grace_ends: Option<Instant> = None;
         let mut sweeps = 0u32;
+        let mut idle_sweeps = 0u32;
+        self.adopt_new_connections();
         loop {
-            self.adopt_new_connections();
-            if self
-                .server
-                .options
-                .fail_workers_after
-                .is_some_and(|n| self.shared().calls.load(Ordering::Relaxed) >= n)
-            {
-                return Err(Error::os("a worker's injected failure", Errno::IO));
-            }
             let mut parked = false;
             if self.sweep() {
                 backoff = None;
+                idle_sweeps = 0;
+            } else if idle_sweeps < FIRST_LOOKS {
+                // The next request usually follows within a few hundred nanoseconds: look again
+                // before paying for the clock and CPU reads that deciding how to wait takes.
+                idle_sweeps += 1;
+                std::hint::spin_loop();
             } else if !backoff
                 .get_or_insert_with(|| Backoff::new(self.patience()))
                 .pause()
             {
                 self.park(grace_ends)?;
                 backoff = None;
+                idle_sweeps = 0;
                 parked = true;
             }
             // The periodic chores need the clock, which costs as much as a whole small call:
@@ -1209,6 +1211,16 @@ impl<'a> Worker<'a> {
                 if sweeps != 0 {
                     continue;
                 }
+            }
+            // New connections too: the acceptor rings our doorbell for each, which ends a park.
+            self.adopt_new_connections();
+            if self
+                .server
+                .options
+                .fail_workers_after
+                .is_some_and(|n| self.shared().calls.load(Ordering::Relaxed) >= n)
+            {
+                return Err(Error::os("a worker's injected failure", Errno::IO));
             }
             let now = Instant::now();
             if now.duration_since(last_crowding_update) >= CROWDING_PERIOD {
