@@ -481,6 +481,26 @@ impl Target {
     }
 }
 
+/// Prints `rows` under `heading` as label, p50, p99 and p99.9 columns.
+fn print_percentiles(heading: &str, rows: &[Row], label_width: usize) {
+    println!(
+        "{heading:<width$} {:>9} {:>9} {:>9}",
+        "p50",
+        "p99",
+        "p99.9",
+        width = label_width + 2
+    );
+    for row in rows {
+        println!(
+            "  {:<label_width$} {:>9} {:>9} {:>9}",
+            row.label,
+            us(row.latency.p50),
+            us(row.latency.p99),
+            us(row.latency.p999)
+        );
+    }
+}
+
 /// Runs the whole benchmark and prints it (as a table, or one JSON object).
 pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
     let cpus = rustix::thread::sched_getaffinity(None)
@@ -649,16 +669,11 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
         }
         println!();
     }
-    println!("64 B round trip, client and server on the same CPU (µs)   p50       p99     p99.9");
-    for row in &same_core {
-        println!(
-            "  {:<55} {:>9} {:>9} {:>9}",
-            row.label,
-            us(row.latency.p50),
-            us(row.latency.p99),
-            us(row.latency.p999)
-        );
-    }
+    print_percentiles(
+        "64 B round trip, client and server on the same CPU (µs)",
+        &same_core,
+        55,
+    );
     println!();
     println!("throughput, 64 B calls       clients     calls/s   slowest/fastest client");
     for t in &throughput {
@@ -671,16 +686,7 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
         );
     }
     println!();
-    println!("isolation, one server (µs)                        p50       p99     p99.9");
-    for row in &isolation {
-        println!(
-            "  {:<45} {:>9} {:>9} {:>9}",
-            row.label,
-            us(row.latency.p50),
-            us(row.latency.p99),
-            us(row.latency.p999)
-        );
-    }
+    print_percentiles("isolation, one server (µs)", &isolation, 45);
     println!(
         "  (the streamer moved {:.2} GB/s meanwhile, requests and echoes)",
         streamed / 1e9

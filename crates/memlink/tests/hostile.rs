@@ -483,30 +483,29 @@ fn connection_memory_kib(pid: u32) -> (usize, u64) {
 
 // --- the attacks -------------------------------------------------------------------------------
 
-#[test]
-fn attack_1_a_client_cannot_block_a_worker_through_its_wake_ups() {
+/// Starts a server and the attacker `role`, waits until it says it is attacking, then makes
+/// `calls` honest calls beside it and stops the server gracefully (a stuck worker would keep it
+/// from stopping).
+fn honest_calls_beside_attacker(tag: &str, role: &str, calls: usize) {
     let _watchdog = Watchdog::arm();
-    let name = unique_name("hostile-block");
+    let name = unique_name(tag);
     let server = start_server(&name);
-    let mut attacker = ChildProcess::spawn("doorbell_blocker", &[&name]);
+    let mut attacker = ChildProcess::spawn(role, &[&name]);
     attacker.expect_line("attacking");
-    honest_calls(&name, 20);
-    // A stuck worker would also keep the server from stopping.
+    honest_calls(&name, calls);
     stop_server(server);
     attacker.kill_and_reap();
 }
 
 #[test]
+fn attack_1_a_client_cannot_block_a_worker_through_its_wake_ups() {
+    honest_calls_beside_attacker("hostile-block", "doorbell_blocker", 20);
+}
+
+#[test]
 fn attack_2_a_client_cannot_swallow_other_clients_wake_ups() {
-    let _watchdog = Watchdog::arm();
-    let name = unique_name("hostile-thief");
-    let server = start_server(&name);
-    let mut thief = ChildProcess::spawn("wake_thief", &[&name]);
-    thief.expect_line("attacking");
     // The theft is a race the thief wins some of the time: enough calls that it would win one.
-    honest_calls(&name, 40);
-    stop_server(server);
-    thief.kill_and_reap();
+    honest_calls_beside_attacker("hostile-thief", "wake_thief", 40);
 }
 
 #[test]
@@ -573,16 +572,13 @@ fn a_failed_worker_takes_the_server_down_with_an_error_instead_of_leaving_it_hal
     ));
 }
 
-#[test]
-fn attack_5_a_flood_of_silent_connections_by_another_user_holds_no_handshake_slot() {
-    if !is_root() {
-        eprintln!("skipped: needs root to run the flood as another user");
-        return;
-    }
+/// Runs the flood `role` (2,000 silent connections, re-opened as the server drops them) against
+/// a fresh server; meanwhile every one of 20 honest first connects must succeed.
+fn connects_beside_flood(tag: &str, role: &str) {
     let _watchdog = Watchdog::arm();
-    let name = unique_name("hostile-flood-other");
+    let name = unique_name(tag);
     let server = start_server(&name);
-    let mut flood = ChildProcess::spawn("flood_as_nobody", &[&name, "2000"]);
+    let mut flood = ChildProcess::spawn(role, &[&name, "2000"]);
     flood.expect_line("flooding");
     for _ in 0..20 {
         let client = Client::connect(&name).unwrap();
@@ -593,18 +589,17 @@ fn attack_5_a_flood_of_silent_connections_by_another_user_holds_no_handshake_slo
 }
 
 #[test]
-fn attack_5_a_flood_of_silent_connections_by_our_own_user_only_evicts_its_own() {
-    let _watchdog = Watchdog::arm();
-    let name = unique_name("hostile-flood-same");
-    let server = start_server(&name);
-    let mut flood = ChildProcess::spawn("flood", &[&name, "2000"]);
-    flood.expect_line("flooding");
-    for _ in 0..20 {
-        let client = Client::connect(&name).unwrap();
-        assert_eq!(client.call(b"hi").unwrap(), b"hi");
+fn attack_5_a_flood_of_silent_connections_by_another_user_holds_no_handshake_slot() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run the flood as another user");
+        return;
     }
-    flood.kill_and_reap();
-    stop_server(server);
+    connects_beside_flood("hostile-flood-other", "flood_as_nobody");
+}
+
+#[test]
+fn attack_5_a_flood_of_silent_connections_by_our_own_user_only_evicts_its_own() {
+    connects_beside_flood("hostile-flood-same", "flood");
 }
 
 #[test]
