@@ -49,6 +49,8 @@ struct RawConnection {
     version: u32,
     capacity: usize,
     eventfds: Vec<OwnedFd>,
+    /// Wake pipes (version 2): the write end to the server's, the read end of ours.
+    pipes: Vec<OwnedFd>,
     region: *mut u8,
     region_len: usize,
     tail: u64,
@@ -101,10 +103,13 @@ impl RawConnection {
             return None;
         }
         let capacity = u32::from_le_bytes(buf[12..16].try_into().unwrap()) as usize;
-        let (mut eventfds, mut region) = (Vec::new(), None);
+        let (mut eventfds, mut pipes, mut region) = (Vec::new(), Vec::new(), None);
         for fd in fds {
-            if descriptor_kind(&fd).contains("eventfd") {
+            let kind = descriptor_kind(&fd);
+            if kind.contains("eventfd") {
                 eventfds.push(fd);
+            } else if kind.starts_with("pipe:") {
+                pipes.push(fd);
             } else {
                 region = Some(fd);
             }
@@ -129,6 +134,7 @@ impl RawConnection {
             version,
             capacity,
             eventfds,
+            pipes,
             region: ptr.cast(),
             region_len,
             tail: 0,
@@ -185,7 +191,9 @@ impl RawConnection {
     /// Wakes the server the way its protocol version expects.
     fn wake_server(&self) {
         if self.version >= 2 {
-            let _ = rustix::net::send(&self.socket, &[0x57], SendFlags::NOSIGNAL);
+            if let Some(server_pipe) = self.pipes.first() {
+                let _ = rustix::io::write(server_pipe, &[1]);
+            }
         } else {
             // Version 1 passed [region, worker doorbell, client doorbell].
             if let Some(worker_bell) = self.eventfds.first() {
@@ -258,8 +266,12 @@ fn doorbell_blocker(args: &[String]) {
         rustix::fs::fcntl_setfl(fd, rustix::fs::OFlags::empty()).unwrap();
         rustix::io::write(fd, &(u64::MAX - 1).to_ne_bytes()).unwrap();
     }
-    // Our own socket end: blocking, and never read, so its receive queue fills up.
+    // Our own socket end: blocking, and never read. Our wake pipe is never read either, and the
+    // server's is filled to the brim.
     rustix::fs::fcntl_setfl(&conn.socket, rustix::fs::OFlags::empty()).unwrap();
+    if let Some(server_pipe) = conn.pipes.first() {
+        while rustix::io::write(server_pipe, &[1; 512]).is_ok() {}
+    }
     conn.word(CLIENT_PARKED).store(1, Ordering::SeqCst);
     assert!(conn.push_empty(FIRST | LAST, 1, 0));
     conn.wake_server();
@@ -276,7 +288,7 @@ fn wake_thief(args: &[String]) {
     let conn = RawConnection::connect(&args[0]);
     // Non-blocking reads in a tight loop take a counter the moment it is written.
     let (running, started) = std::sync::mpsc::channel();
-    for fd in conn.eventfds.iter() {
+    for fd in conn.eventfds.iter().chain(&conn.pipes) {
         let fd = fd.try_clone().unwrap();
         let running = running.clone();
         std::thread::spawn(move || {
@@ -293,7 +305,7 @@ fn wake_thief(args: &[String]) {
         let _ = running.send(());
         while rustix::net::recv(&socket, &mut buf, RecvFlags::empty()).is_ok_and(|(n, _)| n > 0) {}
     });
-    for _ in 0..=conn.eventfds.len() {
+    for _ in 0..=conn.eventfds.len() + conn.pipes.len() {
         started.recv().unwrap();
     }
     // Let the server go to sleep first: only a parked worker depends on its wake-ups.

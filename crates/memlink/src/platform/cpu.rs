@@ -10,7 +10,9 @@ pub(crate) fn current_cpu() -> u32 {
     u32::try_from(cpu).unwrap_or(u32::MAX)
 }
 
-/// How many CPUs the calling thread may run on.
-pub(crate) fn allowed_cpus() -> usize {
-    rustix::thread::sched_getaffinity(None).map_or(1, |set| set.count() as usize)
+/// How many CPUs are online on the machine (other processes are not bound by our affinity).
+pub(crate) fn online_cpus() -> usize {
+    // SAFETY: `sysconf` takes a plain integer, touches no memory of ours, and is thread-safe.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(online).unwrap_or(1).max(1)
 }

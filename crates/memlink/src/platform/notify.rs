@@ -1,12 +1,16 @@
-//! Wake-ups that are file descriptors: eventfd doorbells private to one process, `poll` for one
-//! waiter, `epoll` for many.
+//! Wake-ups that are file descriptors: eventfd doorbells private to one process, wake-up pipes
+//! between two processes, `poll` for one waiter, `epoll` for many.
 //!
 //! Waking through an fd (rather than a bare futex) lets a sleeper wait for "data arrived" and
 //! "peer died" (its socket hung up) in one call, and lets an async runtime watch the same fd later.
+//!
 //! An eventfd is never handed to another process: its `O_NONBLOCK` flag and its counter belong to
-//! the open file description, so a peer holding it could make our `write` block or read away our
-//! wake-ups. Wake-ups between processes travel on each connection's own socket instead
-//! ([`super::socket::send_wake`]).
+//! the one open file description both would share, so a peer holding it could make our `write`
+//! block or read away our wake-ups. Between processes each direction of a connection has its own
+//! pipe ([`wake_pipe`]): the two ends of a pipe are two open file descriptions, so the peer's
+//! flags on its end never reach ours, only the peer can read what we write to it, a pipe cannot
+//! carry descriptors, and closing one never blocks. A wake-up costs a `write` and a `read` of one
+//! byte (about 0.5 µs together here, against 1.5 µs for a message on a Unix socket).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
@@ -26,6 +30,73 @@ pub(crate) fn doorbell() -> Result<OwnedFd, Errno> {
     rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
 }
 
+/// A pipe for wake-ups in one direction of a connection: `(read end, write end)`, both
+/// non-blocking and close-on-exec, its buffer shrunk to one page (it only ever holds a few bytes).
+pub(crate) fn wake_pipe() -> Result<(OwnedFd, OwnedFd), Errno> {
+    let (read, write) = rustix::pipe::pipe_with(
+        rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+    )?;
+    let _ = rustix::pipe::fcntl_setpipe_size(&write, 4096);
+    Ok((read, write))
+}
+
+/// Sends one wake-up byte down a wake pipe, never blocking: our end is non-blocking, and no one
+/// else holds this open file description. A full pipe (the peer is not reading: it is woken
+/// already) is success.
+pub(crate) fn wake(write_end: impl AsFd) -> Result<(), Errno> {
+    match rustix::io::write(write_end, &[1]) {
+        Ok(_) | Err(Errno::AGAIN) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Consumes the wake-ups waiting in a wake pipe (up to 64, in one `read`); `true` if the pipe's
+/// other end is gone (every writer closed it: the peer exited or hung up).
+pub(crate) fn drain_wakes(read_end: impl AsFd) -> bool {
+    let mut buf = [0u8; 64];
+    match rustix::io::read(read_end, &mut buf) {
+        Ok(0) => true,
+        Ok(_) | Err(Errno::AGAIN | Errno::INTR) => false,
+        Err(_) => true,
+    }
+}
+
+/// What woke a [`wait_wake_or_hangup`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Woken {
+    /// The wake pipe is readable (or its writer is gone).
+    pub(crate) wake: bool,
+    /// The connection's socket has something to read (after the handshake only a goodbye travels
+    /// on it) or has hung up.
+    pub(crate) socket: bool,
+    /// The connection's socket has hung up: the peer closed it or died.
+    pub(crate) hung_up: bool,
+}
+
+/// Sleeps until a wake-up arrives on `wake_read`, `socket` hangs up or has a message, or `timeout`
+/// passes.
+pub(crate) fn wait_wake_or_hangup(
+    wake_read: impl AsFd,
+    socket: impl AsFd,
+    timeout: Option<Duration>,
+) -> Result<Woken, Errno> {
+    let mut fds = [
+        PollFd::new(&wake_read, PollFlags::IN),
+        PollFd::new(&socket, PollFlags::IN | PollFlags::RDHUP),
+    ];
+    let ts = timeout.map(timespec);
+    match rustix::event::poll(&mut fds, ts.as_ref()) {
+        Ok(_) | Err(Errno::INTR) => {}
+        Err(e) => return Err(e),
+    }
+    let hangup = PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR;
+    Ok(Woken {
+        wake: !fds[0].revents().is_empty(),
+        socket: !fds[1].revents().is_empty(),
+        hung_up: fds[1].revents().intersects(hangup),
+    })
+}
+
 /// Rings a doorbell. Safe to call from a signal handler (one `write`, no allocation, no lock).
 pub(crate) fn ring(doorbell: impl AsFd) -> Result<(), Errno> {
     match rustix::io::write(doorbell, &1u64.to_ne_bytes()) {
@@ -38,20 +109,6 @@ pub(crate) fn ring(doorbell: impl AsFd) -> Result<(), Errno> {
 pub(crate) fn silence(doorbell: impl AsFd) {
     let mut buf = [0u8; 8];
     let _ = rustix::io::read(doorbell, &mut buf);
-}
-
-/// Sleeps until `socket` is readable (a wake-up or goodbye arrived, or the peer hung up) or
-/// `timeout` passes; returns whether it is readable. The caller then [`drain`]s it.
-///
-/// [`drain`]: super::socket::drain
-pub(crate) fn wait_readable(socket: impl AsFd, timeout: Option<Duration>) -> Result<bool, Errno> {
-    let mut fds = [PollFd::new(&socket, PollFlags::IN | PollFlags::RDHUP)];
-    let ts = timeout.map(timespec);
-    match rustix::event::poll(&mut fds, ts.as_ref()) {
-        Ok(_) | Err(Errno::INTR) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(!fds[0].revents().is_empty())
 }
 
 /// An epoll set whose entries carry a `u64` token.
@@ -84,6 +141,17 @@ impl Poller {
     pub(crate) fn add(&self, fd: impl AsFd, token: u64) -> Result<(), Errno> {
         let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP;
         epoll::add(&self.epoll, fd, epoll::EventData::new_u64(token), flags)
+    }
+
+    /// Watches `fd` for hang-up only (`EPOLLRDHUP`; `EPOLLHUP` and `EPOLLERR` always count), so
+    /// that bytes a peer writes to it can never make us spin.
+    pub(crate) fn add_hangup(&self, fd: impl AsFd, token: u64) -> Result<(), Errno> {
+        epoll::add(
+            &self.epoll,
+            fd,
+            epoll::EventData::new_u64(token),
+            epoll::EventFlags::RDHUP,
+        )
     }
 
     pub(crate) fn remove(&self, fd: impl AsFd) -> Result<(), Errno> {

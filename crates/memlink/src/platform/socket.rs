@@ -218,58 +218,6 @@ pub(crate) fn receive_message(
     Ok((received.bytes, fds))
 }
 
-/// The one byte a wake-up message carries. Any other message on a connected memlink socket is a
-/// control message (a goodbye), and a zero-length read is the peer hanging up.
-const WAKE: u8 = 0x57;
-
-/// Wakes the peer of a connected socket with a one-byte message, never blocking (see
-/// [`send_message`]). `EAGAIN` (the peer has not read earlier wake-ups yet, so it will wake anyway)
-/// is success. Each connection has its own socket, so a wake-up can neither be stolen nor blocked by
-/// anyone but that connection's peer, and it only hurts itself.
-pub(crate) fn send_wake(socket: impl AsFd) -> Result<(), Errno> {
-    match rustix::net::send(socket, &[WAKE], SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
-        Ok(_) | Err(Errno::AGAIN) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// What [`drain`] found on a socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Drained {
-    /// Wake-up messages consumed.
-    pub(crate) wakes: usize,
-    /// Length of a non-wake message now at the start of the buffer (a goodbye, or garbage).
-    pub(crate) message: Option<usize>,
-    /// The peer hung up (or the socket failed).
-    pub(crate) closed: bool,
-}
-
-/// Consumes up to `max` pending messages without waiting, stopping at the first one that is not
-/// a wake-up (left in `buf`, truncated to its size) or at the end of the stream. Descriptors a
-/// peer attaches are discarded by the kernel, since no control buffer is offered.
-pub(crate) fn drain(socket: impl AsFd, buf: &mut [u8], max: usize) -> Drained {
-    let mut drained = Drained::default();
-    for _ in 0..max {
-        match rustix::net::recv(&socket, &mut *buf, RecvFlags::DONTWAIT) {
-            Ok((0, _)) => {
-                drained.closed = true;
-                break;
-            }
-            Ok((1, _)) if buf.first() == Some(&WAKE) => drained.wakes += 1,
-            Ok((len, _)) => {
-                drained.message = Some(len.min(buf.len()));
-                break;
-            }
-            Err(Errno::AGAIN | Errno::INTR) => break,
-            Err(_) => {
-                drained.closed = true;
-                break;
-            }
-        }
-    }
-    drained
-}
-
 /// Abstract socket names currently bound on this machine (from `/proc/net/unix`) that start with
 /// `prefix`, without the leading `@`.
 pub(crate) fn bound_abstract_names(prefix: &str) -> Vec<String> {
@@ -340,20 +288,7 @@ mod tests {
         rustix::io::read(&fds[0], &mut counter).unwrap();
         assert_eq!(u64::from_ne_bytes(counter), 7);
 
-        for _ in 0..3 {
-            send_wake(&server_side).unwrap();
-        }
-        send_message(&server_side, b"bye", &[]).unwrap();
-        let drained = drain(&client, &mut buf, 16);
-        assert_eq!(
-            (drained.wakes, drained.message, drained.closed),
-            (3, Some(3), false)
-        );
-        assert_eq!(&buf[..3], b"bye");
-        assert_eq!(drain(&client, &mut buf, 16), Drained::default());
-
         drop(server_side);
-        assert!(drain(&client, &mut buf, 16).closed);
         let (n, fds) = receive_message(&client, &mut buf, true).unwrap();
         assert_eq!((n, fds.len()), (0, 0), "close is seen as an empty message");
         drop(listener);

@@ -26,9 +26,6 @@ use crate::platform::mapping::Mapping;
 use crate::platform::{memfd, notify, process, shm, socket};
 
 const DEFAULT_CHANNELS: usize = 8;
-/// Most messages read off the socket per wake-up (wake-ups are one byte each; a flood of them
-/// from a misbehaving server costs us a bounded amount of work per wait).
-const DRAIN_LIMIT: usize = 64;
 /// Most reply bytes reserved before they arrive.
 const MAX_UPFRONT_RESERVE: usize = 16 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -439,8 +436,10 @@ struct Channel {
     map: Arc<Mapping>,
     requests: Producer,
     responses: Consumer,
-    /// A goodbye the server sent that was read before it could be reported.
-    pending_goodbye: Option<Vec<u8>>,
+    /// Read end of the pipe the server wakes us through.
+    wake_in: OwnedFd,
+    /// Write end of the pipe we wake the server through.
+    wake_out: OwnedFd,
     last_call: u64,
     max_message: usize,
     epoch: u64,
@@ -551,7 +550,7 @@ impl Channel {
             }
         }
         socket::set_accept_descriptors(&socket, false).map_err(fail)?;
-        let [region_fd]: [OwnedFd; 1] = fds.try_into().map_err(|_| {
+        let [region_fd, wake_out, wake_in]: [OwnedFd; 3] = fds.try_into().map_err(|_| {
             Error::corrupted(name, "the server's welcome carried the wrong descriptors")
         })?;
         let layout = RegionLayout {
@@ -588,7 +587,8 @@ impl Channel {
             map,
             requests,
             responses,
-            pending_goodbye: None,
+            wake_in,
+            wake_out,
             last_call: 0,
             max_message,
             epoch,
@@ -641,7 +641,7 @@ impl Channel {
                 .try_push(flags, call, total, &request[sent..end])
                 .map_err(ring)?
             {
-                link::nudge(&self.map, SERVER, &self.socket)
+                link::nudge(&self.map, SERVER, &self.wake_out)
                     .map_err(|e| Error::corrupted(&self.name, e.0))?;
                 sent = end;
                 if sent == request.len() {
@@ -702,7 +702,7 @@ impl Channel {
             if header.flags & LAST == 0 {
                 // The server may be waiting for the room we just freed. After the last fragment
                 // it is not: the whole reply is in the ring.
-                link::nudge(&self.map, SERVER, &self.socket).map_err(|e| ring(&self.name, e))?;
+                link::nudge(&self.map, SERVER, &self.wake_out).map_err(|e| ring(&self.name, e))?;
             } else {
                 if reply.len() as u64 != expected {
                     return bad("reply shorter than announced");
@@ -750,8 +750,15 @@ impl Channel {
     ) -> Result<()> {
         let corrupted = |c: &Self, e: RingError| Error::corrupted(&c.name, e.0);
         // While the server is awake the answer comes within a few hundred nanoseconds: look for
-        // it before paying for the clock and CPU reads that deciding how to wait takes.
-        for _ in 0..FIRST_LOOKS {
+        // it before paying for the clock and CPU reads that deciding how to wait takes. Not when
+        // the server is crowded: then every waiter yields at once, so the CPU goes to whoever
+        // can use it.
+        let first_looks = if link::server_is_crowded(&self.map) {
+            0
+        } else {
+            FIRST_LOOKS
+        };
+        for _ in 0..first_looks {
             if ready(self).map_err(|e| corrupted(self, e))? {
                 self.record_wait(Duration::ZERO);
                 return Ok(());
@@ -790,23 +797,16 @@ impl Channel {
             };
             // Bounded (see `PARK_RECHECK`): a lost wake-up costs a moment, not the call.
             let nap = left.map_or(PARK_RECHECK, |left| left.min(PARK_RECHECK));
-            let readable = notify::wait_readable(&self.socket, Some(nap))
+            let woken = notify::wait_wake_or_hangup(&self.wake_in, &self.socket, Some(nap))
                 .map_err(|e| Error::os("waiting for the server", e))?;
             link::park_end(&self.map, CLIENT).map_err(|e| corrupted(self, e))?;
-            if readable {
-                let mut said = [0u8; Goodbye::MAX_LEN];
-                let drained = socket::drain(&self.socket, &mut said, DRAIN_LIMIT);
-                if drained.closed || drained.message.is_some() {
-                    // The server may have answered just before it went away.
-                    if ready(self).map_err(|e| corrupted(self, e))? {
-                        return Ok(());
-                    }
-                    let said = match drained.message {
-                        Some(len) => Some(said[..len].to_vec()),
-                        None => self.pending_goodbye.take(),
-                    };
-                    return Err(self.goodbye(said));
+            let writer_gone = woken.wake && notify::drain_wakes(&self.wake_in);
+            if woken.socket || writer_gone {
+                // The server may have answered just before it went away.
+                if ready(self).map_err(|e| corrupted(self, e))? {
+                    return Ok(());
                 }
+                return Err(self.goodbye());
             }
         }
     }
@@ -855,9 +855,15 @@ impl Channel {
     }
 
     /// Why the server closed the connection: it says so in a goodbye message if it dropped us
-    /// deliberately; silence means it died.
-    fn goodbye(&self, said: Option<Vec<u8>>) -> Error {
-        match said.as_deref().map(Goodbye::decode) {
+    /// deliberately; silence means it died. (The socket refuses descriptors since the handshake,
+    /// so reading it cannot hand us one.)
+    fn goodbye(&self) -> Error {
+        let mut buf = [0u8; Goodbye::MAX_LEN];
+        let said = match socket::receive_message(&self.socket, &mut buf, false) {
+            Ok((len, _)) if len > 0 => Some(&buf[..len]),
+            _ => None,
+        };
+        match said.map(Goodbye::decode) {
             Some(Ok(Goodbye::Corrupted(why))) => Error::corrupted(
                 &self.name,
                 format!("the server dropped this connection: {why}"),
@@ -874,17 +880,15 @@ impl Channel {
     fn corrupt_requests(&mut self) -> Result<()> {
         let broken = |e: RingError| Error::corrupted(&self.name, e.0);
         self.requests.publish_impossible_record().map_err(broken)?;
-        let _ = socket::send_wake(&self.socket);
+        let _ = notify::wake(&self.wake_out);
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut said = [0u8; Goodbye::MAX_LEN];
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            notify::wait_readable(&self.socket, Some(left))
+            let woken = notify::wait_wake_or_hangup(&self.wake_in, &self.socket, Some(left))
                 .map_err(|e| Error::os("waiting for the server", e))?;
-            let drained = socket::drain(&self.socket, &mut said, DRAIN_LIMIT);
-            if let Some(len) = drained.message {
-                self.pending_goodbye = Some(said[..len].to_vec());
+            if woken.wake {
+                notify::drain_wakes(&self.wake_in);
             }
-            if drained.closed {
+            if woken.hung_up {
                 return Ok(());
             }
         }

@@ -4,11 +4,11 @@
 //! # Sleeping without losing a wake-up
 //!
 //! A side that runs out of work *parks*: it sets its `parked` flag, issues a SeqCst fence, looks at
-//! its rings once more, and only then sleeps in `poll` on the connection's socket (so that peer
-//! death wakes it too). A side that makes progress the other may be waiting for (published a
+//! its rings once more, and only then sleeps in `poll` on its wake pipe and the connection's
+//! socket (so that peer death wakes it too). A side that makes progress the other may be waiting for (published a
 //! record, or freed ring space while the other waits for room) issues a SeqCst fence and reads the
-//! other's `parked` flag; only if it is set does it clear it and send a one-byte wake-up on the
-//! socket. The two store → fence → load sequences are Dekker's pattern: at least one side sees
+//! other's `parked` flag; only if it is set does it clear it and write a one-byte wake-up to
+//! the other's wake pipe. The two store → fence → load sequences are Dekker's pattern: at least one side sees
 //! the other's store, so either the sleeper sees the new data or the waker sees the flag. Hence a
 //! wake-up syscall is made only when the receiver has said it is asleep. (SeqCst stores and loads
 //! instead of the fences, one `xchg` instead of a store and an `mfence` on x86, measured no
@@ -16,11 +16,13 @@
 //!
 //! # Wake-ups a peer cannot block or steal
 //!
-//! Each connection's wake-ups travel on its own socket, sent with `MSG_DONTWAIT` (a flag of the
-//! call, not of the descriptor, so the peer cannot turn it off) and received only by the process
-//! holding that end. A peer can refuse to read its wake-ups (our sends then fail with `EAGAIN`,
-//! which we ignore: it is woken already), or scribble on the parked flags in its own region (then
-//! it misses its own wake-ups); neither touches any other connection, and no send ever blocks.
+//! Each direction of each connection has its own pipe (see `platform::notify`). Our end is our own
+//! open file description, non-blocking, so no write of ours ever blocks whatever the peer does to
+//! its end; only the peer reads what we write, so nobody can steal another connection's wake-ups.
+//! A peer can refuse to read its wake-ups (our writes then find the pipe full, which we ignore:
+//! it is woken already), or scribble on the parked flags in its own region (then it misses its
+//! own wake-ups); neither touches any other connection. A park is bounded anyway
+//! ([`PARK_RECHECK`]), so even a wake-up lost to a failed write costs a moment, not a call.
 //!
 //! # Spinning only when it can pay off
 //!
@@ -38,7 +40,7 @@ use std::sync::atomic::{AtomicU32, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use crate::memory::ring::RingError;
-use crate::platform::{cpu, mapping::Mapping, socket};
+use crate::platform::{cpu, mapping::Mapping, notify};
 use std::os::fd::AsFd;
 
 /// Longest a parked side sleeps before it looks at its rings again on its own: a wake-up lost to
@@ -80,16 +82,16 @@ pub(crate) fn park_end(map: &Mapping, me: Side) -> Result<(), RingError> {
     Ok(())
 }
 
-/// After making progress `peer` may wait for: wakes it through the connection's socket if (and
-/// only if) it is parked. A failed send is ignored: it means the peer is gone, which our own next
-/// wait sees as a hang-up.
-pub(crate) fn nudge(map: &Mapping, peer: Side, connection: impl AsFd) -> Result<(), RingError> {
+/// After making progress `peer` may wait for: wakes it through its wake pipe if (and only if) it
+/// is parked. A failed write is ignored: the peer is gone (which our own next wait sees as a
+/// hang-up), and a parked peer looks again on its own within [`PARK_RECHECK`] anyway.
+pub(crate) fn nudge(map: &Mapping, peer: Side, wake_write: impl AsFd) -> Result<(), RingError> {
     // SYNC POINT: pairs with the fence in `park_begin`.
     fence(Ordering::SeqCst);
     let parked = word(map, peer.parked)?;
     // Read first: while the peer is awake the line stays shared and this costs no transfer.
     if parked.load(Ordering::Relaxed) != 0 && parked.swap(0, Ordering::Relaxed) != 0 {
-        let _ = socket::send_wake(connection);
+        let _ = notify::wake(wake_write);
     }
     Ok(())
 }

@@ -6,12 +6,12 @@
 //!
 //! How a call travels: a client connects to the server's abstract Unix socket; the server checks
 //! its credentials and passes back a sealed memfd holding two SPSC rings (requests, responses) and
-//! two eventfd doorbells. From then on the socket only signals liveness: a call copies the request
-//! into the request ring (in fragments if it is larger than a quarter of the ring), the server's
-//! worker copies it out, runs the handler and copies the reply into the response ring. While both
-//! sides are awake nothing but shared memory is touched; a side about to sleep says so in the
-//! region, and only then does the other spend a syscall on its doorbell. Sleepers poll their
-//! doorbell together with the socket, so a peer's death wakes them at once.
+//! one end of each of two wake pipes. From then on the socket only signals liveness (and carries
+//! a goodbye): a call copies the request into the request ring (in 16 KiB fragments if it is
+//! larger), the server's worker copies it out, runs the handler and copies the reply into the
+//! response ring. While both sides are awake nothing but shared memory is touched; a side about to
+//! sleep says so in the region, and only then does the other spend a syscall on its wake pipe.
+//! Sleepers poll their wake pipe together with the socket, so a peer's death wakes them at once.
 
 mod client;
 mod link;

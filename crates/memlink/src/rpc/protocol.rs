@@ -5,13 +5,15 @@
 //!
 //! - client → server [`Hello`]: `magic u32 | version u32 | purpose u32 | reserved u32`.
 //! - server → client [`Welcome`]: `magic | version | status u32 | ring_capacity u32 |
-//!   max_message u64 | server_pid u32 | reserved u32`, plus, when accepted, one descriptor: the
-//!   connection's sealed memfd. A server may answer a refusal before reading the hello.
+//!   max_message u64 | server_pid u32 | reserved u32`, plus, when accepted, three descriptors:
+//!   the connection's sealed memfd, the write end of the pipe that wakes the server, and the read
+//!   end of the pipe that wakes the client. A server may answer a refusal before reading the hello.
 //! - server → client [`Stats`] instead, when the hello asked for statistics.
 //! - server → client [`Goodbye`] just before the server drops a connection it found corrupted or
 //!   is shutting down: `magic | version | reason u32 | text`.
-//! - after the handshake, either side → the other: one-byte wake-up messages, sent only when the
-//!   receiver has said in the region that it is parked (see `link`). Every send is non-blocking.
+//! - after the handshake nothing but a goodbye travels on the socket; its hang-up is the peer's
+//!   death. Wake-ups are single bytes on the pipes, written only when the receiver has said in the
+//!   region that it is parked (see `link`), never blocking.
 //!
 //! Every decoder takes arbitrary bytes and returns a value or an error; property tests pin that.
 

@@ -50,8 +50,6 @@ const SWEEP_BYTES: usize = 16 << 10;
 const FIRST_LOOKS: u32 = 32;
 /// A busy worker does its periodic chores (crowding, hang-ups, shutdown) once per this many sweeps.
 const CHORE_EVERY: u32 = 32;
-/// Most wake-up messages read off one connection's socket per event.
-const DRAIN_LIMIT: usize = 64;
 const HANGUP_SWEEP: Duration = Duration::from_millis(50);
 /// How often a worker recounts its active clients to decide whether it is crowded. Long enough
 /// that a worker descheduled for a few scheduler ticks does not count its clients as gone (and
@@ -588,10 +586,25 @@ impl Server {
         // Only the control page is faulted in now: ring pages are allocated as messages first
         // reach them, so an idle connection costs a page, not its whole rings.
         let map = Arc::new(Mapping::map_shared(&region, layout.len())?);
+        // One wake pipe per direction; each side keeps the end it uses (see `link`).
+        let (wake_in, client_wakes_us) = notify::wake_pipe()?;
+        let (client_wake_in, wake_out) = notify::wake_pipe()?;
         let welcome = self.refusal(Admission::Accepted);
-        socket::send_message(&connection, &welcome.encode(), &[region.as_fd()])?;
+        socket::send_message(
+            &connection,
+            &welcome.encode(),
+            &[
+                region.as_fd(),
+                client_wakes_us.as_fd(),
+                client_wake_in.as_fd(),
+            ],
+        )?;
         let conn = Connection::new(
-            connection,
+            Endpoints {
+                socket: connection,
+                wake_in,
+                wake_out,
+            },
             map,
             layout,
             self.options.max_message_size,
@@ -761,9 +774,21 @@ enum Phase {
     Replying,
 }
 
+/// The descriptors of the server's end of one connection.
+struct Endpoints {
+    /// Liveness (the client's death hangs it up) and goodbyes.
+    socket: OwnedFd,
+    /// Read end of the pipe the client wakes us through.
+    wake_in: OwnedFd,
+    /// Write end of the pipe we wake the client through.
+    wake_out: OwnedFd,
+}
+
 /// The server's end of one connection.
 struct Connection {
     socket: OwnedFd,
+    wake_in: OwnedFd,
+    wake_out: OwnedFd,
     map: Arc<Mapping>,
     requests: Consumer,
     responses: Producer,
@@ -784,7 +809,7 @@ struct Connection {
 
 impl Connection {
     fn new(
-        socket: OwnedFd,
+        endpoints: Endpoints,
         map: Arc<Mapping>,
         layout: RegionLayout,
         max_message: usize,
@@ -794,7 +819,9 @@ impl Connection {
         Ok(Connection {
             requests: Consumer::new(map.clone(), layout.requests())?,
             responses: Producer::new(map.clone(), layout.responses())?,
-            socket,
+            socket: endpoints.socket,
+            wake_in: endpoints.wake_in,
+            wake_out: endpoints.wake_out,
             map,
             phase: Phase::Idle,
             call: 0,
@@ -812,7 +839,7 @@ impl Connection {
     }
 
     fn nudge_client(&self) -> Result<(), RingError> {
-        link::nudge(&self.map, CLIENT, &self.socket)
+        link::nudge(&self.map, CLIENT, &self.wake_out)
     }
 
     /// Whether `pump` could make progress now.
@@ -1041,7 +1068,11 @@ impl<'a> Worker<'a> {
             load,
             connections: Vec::new(),
             ready: Vec::new(),
-            cpus: crate::platform::cpu::allowed_cpus(),
+            // Clients are not bound by our affinity (a server pinned to one CPU still has clients
+            // on the others), so crowding is judged against the machine's CPUs. (Inside a cpuset
+            // narrower than the machine this overstates the room; the clients' own yields when
+            // they share a CPU with us still keep them from starving.)
+            cpus: crate::platform::cpu::online_cpus(),
             crowded: false,
             sweep_start: 0,
         })
@@ -1060,10 +1091,12 @@ impl<'a> Worker<'a> {
                     self.connections.len() - 1
                 }
             };
-            if self
-                .poller
-                .add(&conn.socket, FIRST_CONNECTION + slot as u64)
-                .is_err()
+            // Both under one token: a wake-up on the pipe, or the client gone (its socket hangs
+            // up, or every writer of its pipe is closed). Bytes a client writes to its socket are
+            // never read, so they cannot make us spin.
+            let token = FIRST_CONNECTION + slot as u64;
+            if self.poller.add(&conn.wake_in, token).is_err()
+                || self.poller.add_hangup(&conn.socket, token).is_err()
             {
                 self.release(conn);
                 continue;
@@ -1073,6 +1106,7 @@ impl<'a> Worker<'a> {
     }
 
     fn release(&self, conn: Connection) {
+        let _ = self.poller.remove(&conn.wake_in);
         let _ = self.poller.remove(&conn.socket);
         self.load.fetch_sub(1, Ordering::Relaxed);
         self.shared().connections.fetch_sub(1, Ordering::Relaxed);
@@ -1291,16 +1325,12 @@ impl<'a> Worker<'a> {
                 DOORBELL => notify::silence(&*self.doorbell),
                 SHUTDOWN => {}
                 token => {
-                    // After the handshake a client sends nothing but one-byte wake-ups (the
-                    // sweep that follows serves it); anything else, or a hang-up, means the
-                    // client is gone or misbehaving.
+                    // A wake-up (the sweep that follows serves it), or the client is gone.
                     let slot = (token - FIRST_CONNECTION) as usize;
                     let Some(conn) = self.connections.get(slot).and_then(Option::as_ref) else {
                         continue;
                     };
-                    let mut said = [0u8; 16];
-                    let drained = socket::drain(&conn.socket, &mut said, DRAIN_LIMIT);
-                    if event.hung_up || drained.closed || drained.message.is_some() {
+                    if event.hung_up || notify::drain_wakes(&conn.wake_in) {
                         tracing::debug!(server = %self.server.name, slot, "client gone");
                         self.drop_connection(slot, None);
                     }
