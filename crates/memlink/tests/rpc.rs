@@ -24,6 +24,7 @@ fn child_main() {
         ("kill_target", kill_target),
         ("corrupter", corrupter),
         ("as_nobody", client_as_nobody),
+        ("as_nobody_in_our_group", client_as_nobody_in_our_group),
     ]);
 }
 
@@ -98,10 +99,10 @@ fn request_for(rng: &mut Rng, id: u64, max: usize) -> Vec<u8> {
 /// Serves until its stdin closes (then shuts down gracefully) or it is killed.
 /// Args: name, workers, permissions (owner|everyone), ring capacity (optional).
 fn server_role(args: &[String]) {
-    let permissions = if args.get(2).map(String::as_str) == Some("everyone") {
-        Permissions::Everyone
-    } else {
-        Permissions::OwnerOnly
+    let permissions = match args.get(2).map(String::as_str) {
+        Some("everyone") => Permissions::Everyone,
+        Some("group") => Permissions::Group,
+        _ => Permissions::OwnerOnly,
     };
     let workers = args.get(1).and_then(|w| w.parse().ok()).unwrap_or(1);
     let mut options = Server::options().workers(workers).permissions(permissions);
@@ -191,7 +192,18 @@ fn corrupter(args: &[String]) {
 
 fn client_as_nobody(args: &[String]) {
     drop_privileges_to_nobody();
-    match Client::connect(&args[0]).and_then(|c| c.call(b"hi")) {
+    try_a_call(&args[0]);
+}
+
+/// As nobody, but with the parent's group among its supplementary groups (not its primary one).
+fn client_as_nobody_in_our_group(args: &[String]) {
+    let group: libc::gid_t = args[1].parse().unwrap();
+    common::drop_privileges_to_nobody_in(&[group]);
+    try_a_call(&args[0]);
+}
+
+fn try_a_call(name: &str) {
+    match Client::connect(name).and_then(|c| c.call(b"hi")) {
         Ok(reply) => report(&format!("ok {}", reply.len())),
         Err(e) => report(&format!("error {}", variant(&e))),
     }
@@ -391,6 +403,28 @@ fn messages_of_every_size_up_to_the_maximum_and_errors_that_keep_the_connection(
 /// read, and both sides slept forever with a 64 MiB reply. That race needs a rare coincidence of
 /// timings this test does not force; the ring's `room_check_agrees_with_push` property pins the
 /// condition both sides now sleep on.)
+#[test]
+fn a_client_can_cap_the_replies_it_accepts() {
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("replycap");
+    let server = start_server(&name, 1);
+    let client = Client::options()
+        .max_reply_size(100 << 10)
+        .connect(&name)
+        .unwrap();
+    match client.call(b"big:1000000") {
+        Err(Error::MessageTooLarge { size, max }) => {
+            assert_eq!((size, max), (1_000_000, 100 << 10))
+        }
+        other => panic!("a 1 MB reply was not refused: {other:?}"),
+    }
+    // The abandoned reply does not leak into the next call.
+    let reply = client.call(b"after").unwrap();
+    check_echo(b"after", &reply);
+    assert_eq!(client.call(b"big:1000").unwrap().len(), 1000);
+    stop_server(server);
+}
+
 #[test]
 fn large_messages_through_a_tiny_ring_never_stall() {
     let _watchdog = common::Watchdog::arm();
@@ -652,6 +686,19 @@ fn other_users_are_refused_unless_admitted_and_clients_refuse_foreign_servers() 
     let mut intruder = ChildProcess::spawn("as_nobody", &[&private]);
     intruder.expect_line("error PermissionDenied");
     intruder.wait_success();
+    stop_server(server);
+
+    // A group server admits a member of its group, also one for whom it is a supplementary group.
+    let grouped = unique_name("group");
+    let mut server = ChildProcess::spawn("server", &[&grouped, "1", "group"]);
+    server.expect_line("ready");
+    let our_group = rustix::process::getegid().as_raw().to_string();
+    let mut member = ChildProcess::spawn("as_nobody_in_our_group", &[&grouped, &our_group]);
+    member.expect_line(&format!("ok {}", 2 + 8));
+    member.wait_success();
+    let mut stranger = ChildProcess::spawn("as_nobody", &[&grouped]);
+    stranger.expect_line("error PermissionDenied");
+    stranger.wait_success();
     stop_server(server);
 
     let public = unique_name("pub");

@@ -155,6 +155,38 @@ pub(crate) fn peer_credentials(socket: impl AsFd) -> Result<PeerCredentials, Err
     })
 }
 
+/// `SO_PEERGROUPS` (Linux 4.13), in the generic socket option numbering x86-64 and arm64 use.
+const SO_PEERGROUPS: libc::c_int = 59;
+
+/// The supplementary groups the kernel recorded for the peer when the connection was made.
+pub(crate) fn peer_groups(socket: impl AsFd) -> Result<Vec<u32>, Errno> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * size_of::<libc::gid_t>()) as libc::socklen_t;
+        // The kernel writes at most `len` bytes (the buffer's size) and says how many it needed.
+        // SAFETY: the descriptor is open for the call; the pointer and `len` describe `groups`.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_fd().as_raw_fd(),
+                libc::SOL_SOCKET,
+                SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &raw mut len,
+            )
+        };
+        let count = len as usize / size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(count);
+            return Ok(groups);
+        }
+        match Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO) {
+            // The kernel caps a process's groups at 65,536.
+            Errno::RANGE if count > groups.len() && count <= 65_536 => groups.resize(count, 0),
+            e => return Err(e),
+        }
+    }
+}
+
 /// Sends one message carrying `bytes` and the descriptors `fds`, never blocking: `MSG_DONTWAIT`
 /// acts on this call only, so nothing the peer does to a shared open file description's flags can
 /// make it wait. A peer that does not read its socket gets `EAGAIN`, never a stuck sender.

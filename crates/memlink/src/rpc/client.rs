@@ -50,6 +50,7 @@ const PROBE_EVERY: u32 = 16;
 pub struct ClientOptions {
     channels: usize,
     trusted_server_uid: Option<u32>,
+    max_reply_size: Option<usize>,
 }
 
 impl Default for ClientOptions {
@@ -57,6 +58,7 @@ impl Default for ClientOptions {
         ClientOptions {
             channels: DEFAULT_CHANNELS,
             trusted_server_uid: None,
+            max_reply_size: None,
         }
     }
 }
@@ -78,6 +80,15 @@ impl ClientOptions {
     /// so another user cannot impersonate a service by binding its name first).
     pub fn trust_server_uid(mut self, uid: u32) -> Self {
         self.trusted_server_uid = Some(uid);
+        self
+    }
+
+    /// Largest reply this client accepts, whatever the server allows (by default the server's
+    /// maximum message size, 64 MiB unless configured). A larger reply fails its call with
+    /// [`Error::MessageTooLarge`] before more than a fragment of it is read; the call did run on
+    /// the server, and the next call uses a fresh connection.
+    pub fn max_reply_size(mut self, bytes: usize) -> Self {
+        self.max_reply_size = Some(bytes);
         self
     }
 
@@ -442,6 +453,10 @@ struct Channel {
     wake_out: OwnedFd,
     last_call: u64,
     max_message: usize,
+    /// Largest reply we accept: the server's maximum, or less if the options say so.
+    max_reply: usize,
+    /// A reply was abandoned part-way (too large for us): the rings are out of step.
+    abandoned: bool,
     epoch: u64,
     /// Moving average of how long waits took (1/8 weight to the newest).
     recent_wait: Duration,
@@ -591,6 +606,10 @@ impl Channel {
             wake_out,
             last_call: 0,
             max_message,
+            max_reply: options
+                .max_reply_size
+                .map_or(max_message, |m| m.min(max_message)),
+            abandoned: false,
             epoch,
             recent_wait: Duration::ZERO,
             waits: 0,
@@ -616,7 +635,9 @@ impl Channel {
             .send(call, request, deadline)
             .and_then(|()| self.receive(call, reply, deadline));
         result.map_err(|error| match error {
-            Error::MessageTooLarge { .. } | Error::HandlerPanicked { .. } => Failure::Kept(error),
+            Error::MessageTooLarge { .. } | Error::HandlerPanicked { .. } if !self.abandoned => {
+                Failure::Kept(error)
+            }
             error => {
                 let unsent = self
                     .requests
@@ -679,6 +700,15 @@ impl Channel {
                 None => {
                     if header.total > self.max_message as u64 {
                         return bad("reply larger than the agreed maximum");
+                    }
+                    if header.total > self.max_reply as u64 {
+                        // Ours to refuse, not a broken server: leave the rest unread and let
+                        // this connection go.
+                        self.abandoned = true;
+                        return Err(Error::MessageTooLarge {
+                            size: usize::try_from(header.total).unwrap_or(usize::MAX),
+                            max: self.max_reply,
+                        });
                     }
                     // The announced length is the server's word: reserve at most a bounded amount up
                     // front and let the buffer grow as fragments actually arrive.

@@ -483,7 +483,7 @@ impl Server {
             let Ok(peer) = socket::peer_credentials(&connection) else {
                 continue;
             };
-            if !self.allowed(peer) {
+            if !self.allowed(&connection, peer) {
                 // Answered at once, without reading anything from it.
                 let _ = socket::send_message(
                     &connection,
@@ -505,12 +505,16 @@ impl Server {
         Ok(())
     }
 
-    fn allowed(&self, peer: socket::PeerCredentials) -> bool {
+    fn allowed(&self, connection: &OwnedFd, peer: socket::PeerCredentials) -> bool {
         let uid = process::effective_uid();
         match self.options.permissions {
             Permissions::Everyone => true,
             Permissions::Group => {
-                peer.uid == uid || peer.uid == 0 || peer.gid == rustix::process::getegid().as_raw()
+                let group = rustix::process::getegid().as_raw();
+                peer.uid == uid
+                    || peer.uid == 0
+                    || peer.gid == group
+                    || socket::peer_groups(connection).is_ok_and(|groups| groups.contains(&group))
             }
             Permissions::OwnerOnly => peer.uid == uid || peer.uid == 0,
         }

@@ -337,12 +337,18 @@ pub fn with_watchdog<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send
 
 /// Makes this (child) process run as user and group `nobody` (65534), for permission tests.
 pub fn drop_privileges_to_nobody() {
+    drop_privileges_to_nobody_in(&[]);
+}
+
+/// Like [`drop_privileges_to_nobody`], keeping `groups` as supplementary groups.
+pub fn drop_privileges_to_nobody_in(groups: &[libc::gid_t]) {
     const NOBODY: u32 = 65534;
-    // SAFETY (all three): plain libc calls with valid arguments (a null list of length 0 for
-    // setgroups); glibc applies set*id to every thread of the process. Results are checked below.
+    // SAFETY (all three): plain libc calls with valid arguments (`groups` is a live slice of
+    // `groups.len()` gids); glibc applies set*id to every thread of the process. Results are
+    // checked below.
     let rc = [
         // SAFETY: see above.
-        unsafe { libc::setgroups(0, std::ptr::null()) },
+        unsafe { libc::setgroups(groups.len(), groups.as_ptr()) },
         // SAFETY: see above.
         unsafe { libc::setgid(NOBODY) },
         // SAFETY: see above.
