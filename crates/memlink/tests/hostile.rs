@@ -21,6 +21,8 @@ use rustix::net::{
 fn child_main() {
     common::run_child(&[
         ("server", server_role),
+        ("server_default_sigpipe", server_default_sigpipe),
+        ("pipe_closer", pipe_closer),
         ("doorbell_blocker", doorbell_blocker),
         ("wake_thief", wake_thief),
         ("empty_fragments", empty_fragments),
@@ -169,12 +171,15 @@ impl RawConnection {
         }
         let at = DATA + (self.tail % self.capacity as u64) as usize;
         if self.version >= 2 {
-            // Fields after an 8-byte stamp; the stamp (position + 1) publishes the record.
+            // Fields after an 8-byte stamp; the stamp (position + 1, keyed) publishes the record.
             self.word(at + 8).store(0, Ordering::Relaxed);
             self.word(at + 12).store(flags, Ordering::Relaxed);
             self.long(at + 16).store(call_id, Ordering::Relaxed);
             self.long(at + 24).store(total, Ordering::Relaxed);
-            self.long(at).store(self.tail + 1, Ordering::Release);
+            // The stamp is keyed with the request ring's key, which the server put at offset 0.
+            let key = self.long(0).load(Ordering::Relaxed);
+            self.long(at)
+                .store((self.tail + 1) ^ key, Ordering::Release);
             self.tail += 64;
         } else {
             // Fields at the start of the line; a tail index publishes the record.
@@ -241,6 +246,31 @@ fn server_role(args: &[String]) {
         .serve(|request: &[u8], reply: &mut Vec<u8>| reply.extend_from_slice(request))
         .unwrap();
     report("stopped");
+}
+
+/// The echo server in a process where `SIGPIPE` has its default action (kill), as in a C or
+/// Python host; Rust's runtime ignores it otherwise. Args: name.
+fn server_default_sigpipe(args: &[String]) {
+    // SAFETY: restores the default disposition of one signal before any thread of ours runs
+    // library code; no handler is involved.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    server_role(args);
+}
+
+/// Closes its end of the pipe the server wakes it through, says it is parked and sends a request:
+/// the server's wake-up for the reply then writes to a pipe nobody reads.
+fn pipe_closer(args: &[String]) {
+    let mut conn = RawConnection::connect(&args[0]);
+    // Version 2 passes [region, write end of the server's pipe, read end of ours].
+    conn.pipes.truncate(1);
+    conn.word(CLIENT_PARKED).store(1, Ordering::SeqCst);
+    assert!(conn.push_empty(FIRST | LAST, 1, 0));
+    conn.wake_server();
+    report("attacking");
+    loop {
+        conn.word(CLIENT_PARKED).store(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_micros(100));
+    }
 }
 
 /// A server whose workers fail after `calls` answered calls; reports how `serve` ended.
@@ -499,9 +529,15 @@ fn connection_memory_kib(pid: u32) -> (usize, u64) {
 /// `calls` honest calls beside it and stops the server gracefully (a stuck worker would keep it
 /// from stopping).
 fn honest_calls_beside_attacker(tag: &str, role: &str, calls: usize) {
+    honest_calls_beside_attacker_of("server", tag, role, calls);
+}
+
+/// [`honest_calls_beside_attacker`] with the server run as `server_role`.
+fn honest_calls_beside_attacker_of(server_role: &str, tag: &str, role: &str, calls: usize) {
     let _watchdog = Watchdog::arm();
     let name = unique_name(tag);
-    let server = start_server(&name);
+    let mut server = ChildProcess::spawn(server_role, &[&name]);
+    server.expect_line("ready");
     let mut attacker = ChildProcess::spawn(role, &[&name]);
     attacker.expect_line("attacking");
     honest_calls(&name, calls);
@@ -518,6 +554,16 @@ fn attack_1_a_client_cannot_block_a_worker_through_its_wake_ups() {
 fn attack_2_a_client_cannot_swallow_other_clients_wake_ups() {
     // The theft is a race the thief wins some of the time: enough calls that it would win one.
     honest_calls_beside_attacker("hostile-thief", "wake_thief", 40);
+}
+
+#[test]
+fn a_client_that_closes_its_wake_pipe_cannot_kill_the_server_with_sigpipe() {
+    honest_calls_beside_attacker_of(
+        "server_default_sigpipe",
+        "hostile-sigpipe",
+        "pipe_closer",
+        10,
+    );
 }
 
 #[test]

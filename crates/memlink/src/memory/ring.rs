@@ -11,11 +11,15 @@
 //! record that fills the rest.
 //!
 //! The producer publishes a record by writing its header's *stamp* last: the record's own stream
-//! position plus one. The consumer looks for the stamp it expects at `head` instead of reading a
-//! separate tail index, so a message costs the cache lines it occupies and nothing more (with a
-//! tail index, a 64-byte message crossed three lines per direction instead of two). Stale bytes at
-//! `head` carry an older position, never the expected one; a producer writing anything else there
-//! only garbles its own stream, which the consumer validates like any other input. The consumer
+//! position plus one, mixed with the ring's key (see [`RingLayout::key`]). The consumer looks for
+//! the stamp it expects at `head` instead of reading a separate tail index, so a message costs the
+//! cache lines it occupies and nothing more (with a tail index, a 64-byte message crossed three
+//! lines per direction instead of two). The bytes at `head` may be stale: an older header (whose
+//! stamp names an older position), or the payload of an older, longer record, which can hold any
+//! bytes a third party chose (a server echoing data another client stored, say). Without the key
+//! such a payload could pass for the next record; with a random 64-bit key only the two peers
+//! know, it passes with probability 2^-63. A producer writing garbage there only garbles its own
+//! stream, which the consumer validates like any other input. The consumer
 //! publishes `head` on its own 128-byte line (adjacent-line prefetch pairs 64-byte lines, hence
 //! 128); the producer reads it only when its last look leaves too little room.
 //!
@@ -74,10 +78,11 @@ fn corrupted<T>(what: impl Into<String>) -> Result<T, RingError> {
 const STAMP_AT: usize = 0;
 const FIELDS_AT: usize = 8;
 
-/// The stamp that publishes the record starting at stream position `position`. Never 0, so a
-/// fresh (zeroed) ring holds no record.
-fn stamp(position: u64) -> u64 {
-    position.wrapping_add(1)
+/// The stamp that publishes the record starting at stream position `position` in a ring with
+/// `key`. Keys have their top bit set (see [`RingLayout::key`]) and positions stay far below
+/// 2^63, so a stamp is never 0: a fresh (zeroed) ring holds no record.
+fn stamp(position: u64, key: u64) -> u64 {
+    position.wrapping_add(1) ^ key
 }
 
 /// The header of one record, as stored in its first line after the stamp (little-endian, 24
@@ -132,6 +137,9 @@ pub(crate) struct RingLayout {
     pub(crate) data: usize,
     /// Data area size: a power of two between [`MIN_CAPACITY`] and [`MAX_CAPACITY`].
     pub(crate) capacity: usize,
+    /// Mixed into every stamp; random, with the top bit set, known to the two ends only (each
+    /// reads it once, when it sets up, and never again from shared memory).
+    pub(crate) key: u64,
 }
 
 impl RingLayout {
@@ -323,7 +331,8 @@ impl Producer {
         }
         // SYNC POINT: Release, pairs with the Acquire stamp load in `Consumer::peek`: the fields
         // and payload written above are visible to a consumer that sees the stamp.
-        index(&self.map, start + STAMP_AT)?.store(stamp(position), Ordering::Release);
+        index(&self.map, start + STAMP_AT)?
+            .store(stamp(position, self.layout.key), Ordering::Release);
         Ok(())
     }
 }
@@ -354,7 +363,7 @@ impl Consumer {
         // `Producer::write_record_header`: once we see the stamp, the record is complete.
         let found =
             index(&self.map, self.layout.data + position + STAMP_AT)?.load(Ordering::Acquire);
-        Ok(found == stamp(self.head))
+        Ok(found == stamp(self.head, self.layout.key))
     }
 
     /// Whether a record is waiting (cheap: one shared load).
@@ -439,6 +448,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const TEST_KEY: u64 = (1 << 63) | 0x005e_ed0f_ba5e;
+
     fn ring(capacity: usize) -> (Producer, Consumer, Arc<Mapping>) {
         let len = CONTROL_LEN + capacity;
         let fd = crate::platform::memfd::create_sealed("ring-test", len as u64).unwrap();
@@ -447,6 +458,7 @@ mod tests {
             control: 0,
             data: CONTROL_LEN,
             capacity,
+            key: TEST_KEY,
         };
         (
             Producer::new(map.clone(), layout).unwrap(),
@@ -469,20 +481,57 @@ mod tests {
                 control: 0,
                 data: CONTROL_LEN,
                 capacity: 5000,
+                key: TEST_KEY,
             },
             RingLayout {
                 control: 64,
                 data: CONTROL_LEN,
                 capacity: MIN_CAPACITY,
+                key: TEST_KEY,
             },
             RingLayout {
                 control: 0,
                 data: CONTROL_LEN,
                 capacity: MIN_CAPACITY * 2,
+                key: TEST_KEY,
             },
         ] {
             assert!(Producer::new(map.clone(), layout).is_err(), "{layout:?}");
         }
+    }
+
+    /// Stale payload bytes at the consumer's position can hold anything a third party chose, the
+    /// stamp the next record would carry without a key included: that must not pass for a record.
+    #[test]
+    fn stale_bytes_that_guess_an_unkeyed_stamp_are_no_record() {
+        let (mut p, mut c, map) = ring(MIN_CAPACITY);
+        assert!(p.try_push(FIRST | LAST, 1, 3, b"abc").unwrap());
+        let h = c.peek().unwrap().unwrap();
+        c.skip(&h).unwrap();
+        let next = p.position();
+        // What an unkeyed ring would take for the next record: its position plus one, then
+        // plausible fields.
+        let forged = CONTROL_LEN + (next as usize % MIN_CAPACITY);
+        map.atomic_u64(forged)
+            .unwrap()
+            .store(next + 1, Ordering::Relaxed);
+        assert!(
+            map.copy_in(
+                forged + FIELDS_AT,
+                &RecordHeader {
+                    len: 0,
+                    flags: FIRST | LAST,
+                    call_id: 2,
+                    total: 0
+                }
+                .encode()
+            )
+        );
+        assert!(!c.has_data().unwrap());
+        assert_eq!(c.peek().unwrap(), None);
+        // The real record, when it comes, is read as usual.
+        assert!(p.try_push(FIRST | LAST, 2, 2, b"ok").unwrap());
+        assert_eq!(c.peek().unwrap().map(|h| h.call_id), Some(2));
     }
 
     #[test]
@@ -598,7 +647,7 @@ mod tests {
             prop_assert!(map.copy_in(CONTROL_LEN + at.min(MIN_CAPACITY - garbage.len().min(MIN_CAPACITY)), &garbage));
             // Plausible stamps (positions the consumer will look for) at arbitrary header slots.
             for (slot, position) in stamps {
-                map.atomic_u64(CONTROL_LEN + slot * 64).unwrap().store(stamp(position / 64 * 64), Ordering::Relaxed);
+                map.atomic_u64(CONTROL_LEN + slot * 64).unwrap().store(stamp(position / 64 * 64, TEST_KEY), Ordering::Relaxed);
             }
             let mut out = Vec::new();
             for _ in 0..8 {

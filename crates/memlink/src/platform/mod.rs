@@ -4,8 +4,8 @@
 //! memory mappings and the raw byte and atomic access to them ([`mapping`]), futex wait/wake
 //! ([`futex`]), OFD byte locks at any offset, the file behind a mapping and fork detection
 //! ([`file_lock`]), eventfd/poll/epoll wake-ups ([`notify`]), abstract Unix sockets with descriptor
-//! passing and peer credentials ([`socket`]), CPU identity ([`cpu`]), and process identity and
-//! liveness ([`process`]). It may use only `rustix`, `libc` and `std`; nothing above it issues
+//! passing and peer credentials ([`socket`]), CPU identity ([`cpu`]), process identity and
+//! liveness ([`process`]), and unpredictable numbers ([`random`]). It may use only `rustix`, `libc` and `std`; nothing above it issues
 //! syscalls or dereferences raw pointers (the crate root denies `unsafe` outside this module).
 //!
 //! Functions here return raw [`rustix::io::Errno`] values; the layers above know what was being
@@ -19,5 +19,6 @@ pub(crate) mod mapping;
 pub(crate) mod memfd;
 pub(crate) mod notify;
 pub(crate) mod process;
+pub(crate) mod random;
 pub(crate) mod shm;
 pub(crate) mod socket;

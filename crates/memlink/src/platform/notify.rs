@@ -12,7 +12,8 @@
 //! carry descriptors, and closing one never blocks. A wake-up costs a `write` and a `read` of one
 //! byte (about 0.5 µs together here, against 1.5 µs for a message on a Unix socket).
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags, epoll};
@@ -40,14 +41,108 @@ pub(crate) fn wake_pipe() -> Result<(OwnedFd, OwnedFd), Errno> {
     Ok((read, write))
 }
 
-/// Sends one wake-up byte down a wake pipe, never blocking: our end is non-blocking, and no one
-/// else holds this open file description. A full pipe (the peer is not reading: it is woken
-/// already) is success.
-pub(crate) fn wake(write_end: impl AsFd) -> Result<(), Errno> {
-    match rustix::io::write(write_end, &[1]) {
-        Ok(_) | Err(Errno::AGAIN) => Ok(()),
+/// A private open file description of the wake pipe end `received` (which a peer passed us and
+/// may also hold): checks that it is a pipe end opened for writing (`writable`) or reading, then
+/// reopens it through `/proc/self/fd` non-blocking, so that the peer's `fcntl`s on its copy never
+/// reach ours. Where that cannot be done (no `/proc`, or the pipe belongs to another user, whose
+/// pipes we may not open by path), the received end is used as it is, made non-blocking.
+pub(crate) fn private_wake_end(received: &OwnedFd, writable: bool) -> Result<OwnedFd, Errno> {
+    let stat = rustix::fs::fstat(received)?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Fifo {
+        return Err(Errno::BADFD);
+    }
+    let access = rustix::fs::fcntl_getfl(received)? & rustix::fs::OFlags::RWMODE;
+    let wanted = if writable {
+        rustix::fs::OFlags::WRONLY
+    } else {
+        rustix::fs::OFlags::RDONLY
+    };
+    if access != wanted {
+        return Err(Errno::BADF);
+    }
+    let path = format!("/proc/self/fd/{}", received.as_fd().as_raw_fd());
+    match rustix::fs::open(
+        path.as_str(),
+        wanted | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        Ok(own) => Ok(own),
+        Err(Errno::NOENT | Errno::ACCESS | Errno::PERM) => {
+            rustix::fs::fcntl_setfl(received, access | rustix::fs::OFlags::NONBLOCK)?;
+            received
+                .try_clone()
+                .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))
+        }
         Err(e) => Err(e),
     }
+}
+
+/// What a [`wake`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// The byte is in the pipe.
+    Sent,
+    /// The pipe is full: the peer has not read its earlier wake-ups, so it is woken already.
+    Full,
+    /// Nobody reads the pipe any more (the peer closed its end or died), or the write failed.
+    Gone,
+}
+
+/// Sends one wake-up byte down a wake pipe, never blocking (our end is non-blocking, and no one
+/// else holds this open file description) and never raising `SIGPIPE`.
+///
+/// A `write` to a pipe without readers raises `SIGPIPE`, which kills a process that has not
+/// ignored it (the default outside Rust's `main`: C or Python hosts, or tools that restore it).
+/// So the signal is blocked for this thread around the write, and a `SIGPIPE` the write raised is
+/// consumed before the mask is restored. That costs a few system calls, on the wake-up path only,
+/// where the sleeper's own wake-up costs microseconds anyway.
+pub(crate) fn wake(write_end: impl AsFd) -> Wake {
+    let mut pipe_only = MaybeUninit::<libc::sigset_t>::uninit();
+    let mut previous = MaybeUninit::<libc::sigset_t>::uninit();
+    let mut pending = MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: `sigemptyset` writes only into `pipe_only`, a live, writable `sigset_t`.
+    unsafe { libc::sigemptyset(pipe_only.as_mut_ptr()) };
+    // SAFETY: as above; the set was initialised by `sigemptyset`.
+    unsafe { libc::sigaddset(pipe_only.as_mut_ptr(), libc::SIGPIPE) };
+    // SAFETY: `sigemptyset` initialised every byte of the set.
+    let pipe_only = unsafe { pipe_only.assume_init() };
+    // The thread's previous mask is written to `previous`, which is then initialised.
+    // SAFETY: `pipe_only` is an initialised set; `previous` is live and writable.
+    let blocked =
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &pipe_only, previous.as_mut_ptr()) == 0 };
+    // A `SIGPIPE` already pending was raised by someone else: it must stay pending.
+    // SAFETY: `sigpending` writes the pending set into `pending`, live and writable.
+    let got_pending = unsafe { libc::sigpending(pending.as_mut_ptr()) } == 0;
+    let already_pending = got_pending
+        // SAFETY: `pending` was initialised by the successful `sigpending` (checked first).
+        && unsafe { libc::sigismember(pending.as_ptr(), libc::SIGPIPE) } == 1;
+    let result = rustix::io::write(write_end, &[1]);
+    if blocked {
+        if result == Err(Errno::PIPE) && !already_pending {
+            let now = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // Consumes the `SIGPIPE` our write raised (zero timeout: it is pending now, if at
+            // all). SAFETY: `pipe_only` and `now` are initialised; the info pointer may be null.
+            unsafe { libc::sigtimedwait(&pipe_only, std::ptr::null_mut(), &now) };
+        }
+        // `previous` was initialised by the successful `pthread_sigmask` above.
+        // SAFETY: restores the mask saved in `previous`; the old-mask pointer may be null.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, previous.as_ptr(), std::ptr::null_mut())
+        };
+    }
+    match result {
+        Ok(_) => Wake::Sent,
+        Err(Errno::AGAIN) => Wake::Full,
+        Err(_) => Wake::Gone,
+    }
+}
+
+/// The buffer size of the pipe behind `fd` (the peer can change it on its end).
+pub(crate) fn pipe_size(fd: impl AsFd) -> Result<usize, Errno> {
+    rustix::pipe::fcntl_getpipe_size(fd)
 }
 
 /// Consumes the wake-ups waiting in a wake pipe (up to 64, in one `read`); `true` if the pipe's

@@ -519,7 +519,7 @@ impl Channel {
                 owner_uid: None,
             });
         }
-        // A trusted server: accept the one descriptor its welcome carries, then no more.
+        // A trusted server: accept the descriptors its welcome carries, then no more.
         socket::set_accept_descriptors(&socket, true).map_err(fail)?;
         // A server that refuses us may answer (and close) before reading our hello, so a failed
         // send is only fatal if no answer is waiting either.
@@ -568,9 +568,23 @@ impl Channel {
         let [region_fd, wake_out, wake_in]: [OwnedFd; 3] = fds.try_into().map_err(|_| {
             Error::corrupted(name, "the server's welcome carried the wrong descriptors")
         })?;
-        let layout = RegionLayout {
-            capacity: welcome.ring_capacity as usize,
-        };
+        // The wake pipes must be pipes, ends the right way round; we reopen each to get an open
+        // file description of our own, so that not even the server can make our end blocking.
+        let wake_ends = notify::private_wake_end(&wake_out, true)
+            .and_then(|out| Ok((out, notify::private_wake_end(&wake_in, false)?)));
+        let (wake_out, wake_in) = wake_ends.map_err(|e| {
+            Error::corrupted(
+                name,
+                format!("the server's wake descriptors are not the ends of two pipes ({e})"),
+            )
+        })?;
+        let capacity = welcome.ring_capacity as usize;
+        let expected_len = RegionLayout {
+            capacity,
+            request_key: 0,
+            response_key: 0,
+        }
+        .len();
         // The region must be sealed (we cannot be SIGBUSed by a shrink) and exactly as large as
         // the layout we derive ourselves; nothing about it is taken on trust.
         if !memfd::is_sealed_against_shrinking(&region_fd) {
@@ -582,17 +596,18 @@ impl Channel {
         let size = shm::fstat(&region_fd)
             .map_err(|e| Error::os("inspecting the shared region", e))?
             .size;
-        if size != layout.len() as u64 {
+        if size != expected_len as u64 {
             return Err(Error::corrupted(
                 name,
-                format!("shared region of {size} bytes, expected {}", layout.len()),
+                format!("shared region of {size} bytes, expected {expected_len}"),
             ));
         }
         let map = Arc::new(
-            Mapping::map_shared(&region_fd, layout.len())
+            Mapping::map_shared(&region_fd, expected_len)
                 .map_err(|e| Error::os("mapping the shared region", e))?,
         );
         let ring = |e: RingError| Error::corrupted(name, e.0);
+        let layout = RegionLayout::read(capacity, &map).map_err(ring)?;
         let requests = Producer::new(map.clone(), layout.requests()).map_err(ring)?;
         let responses = Consumer::new(map.clone(), layout.responses()).map_err(ring)?;
         let max_message = usize::try_from(welcome.max_message).unwrap_or(usize::MAX);
@@ -885,8 +900,8 @@ impl Channel {
     }
 
     /// Why the server closed the connection: it says so in a goodbye message if it dropped us
-    /// deliberately; silence means it died. (The socket refuses descriptors since the handshake,
-    /// so reading it cannot hand us one.)
+    /// deliberately; silence means it died. (The socket refuses descriptors since the handshake;
+    /// only messages the trusted server queued behind its welcome could still carry one.)
     fn goodbye(&self) -> Error {
         let mut buf = [0u8; Goodbye::MAX_LEN];
         let said = match socket::receive_message(&self.socket, &mut buf, false) {

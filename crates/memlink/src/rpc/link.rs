@@ -40,12 +40,16 @@ use std::sync::atomic::{AtomicU32, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use crate::memory::ring::RingError;
-use crate::platform::{cpu, mapping::Mapping, notify};
+use crate::platform::notify::{self, Wake};
+use crate::platform::{cpu, mapping::Mapping};
 use std::os::fd::AsFd;
 
 /// Longest a parked side sleeps before it looks at its rings again on its own: a wake-up lost to
-/// a failed send (the kernel out of buffers) then costs a moment, never a connection.
+/// a failed write then costs a moment, never a connection.
 pub(crate) const PARK_RECHECK: Duration = Duration::from_millis(100);
+
+/// Largest wake pipe a peer may keep: ours are made one page; the kernel's default is 64 KiB.
+const MAX_WAKE_PIPE: usize = 64 << 10;
 
 /// One side's line in the region.
 #[derive(Debug, Clone, Copy)]
@@ -90,8 +94,16 @@ pub(crate) fn nudge(map: &Mapping, peer: Side, wake_write: impl AsFd) -> Result<
     fence(Ordering::SeqCst);
     let parked = word(map, peer.parked)?;
     // Read first: while the peer is awake the line stays shared and this costs no transfer.
-    if parked.load(Ordering::Relaxed) != 0 && parked.swap(0, Ordering::Relaxed) != 0 {
-        let _ = notify::wake(wake_write);
+    let asleep = parked.load(Ordering::Relaxed) != 0 && parked.swap(0, Ordering::Relaxed) != 0;
+    // A pipe full of one-byte wake-ups means the peer does not read them; enlarging it as well
+    // would pin kernel memory charged to whoever created the pipe.
+    if asleep
+        && notify::wake(&wake_write) == Wake::Full
+        && notify::pipe_size(&wake_write).is_ok_and(|size| size > MAX_WAKE_PIPE)
+    {
+        return Err(RingError(format!(
+            "the peer enlarged its wake pipe beyond {MAX_WAKE_PIPE} bytes and does not read it"
+        )));
     }
     Ok(())
 }

@@ -17,7 +17,13 @@
 //!
 //! Every decoder takes arbitrary bytes and returns a value or an error; property tests pin that.
 
-use crate::memory::ring::{CONTROL_LEN, RingLayout};
+use std::sync::atomic::Ordering;
+
+use crate::memory::ring::{CONTROL_LEN, RingError, RingLayout};
+use crate::platform::mapping::Mapping;
+
+/// Set in every ring key, so that no stamp is ever 0 (see `ring`).
+const KEY_BIT: u64 = 1 << 63;
 
 /// Prefix of every server's abstract socket name.
 pub(crate) const SOCKET_PREFIX: &str = "memlink.rpc.";
@@ -269,7 +275,7 @@ impl Goodbye {
 ///
 /// | offset          | what                                                          |
 /// |-----------------|---------------------------------------------------------------|
-/// | 0               | reserved header line pair                                     |
+/// | 0               | ring keys: `request_key u64`, `response_key u64` (see below)  |
 /// | 128             | client line: `client_parked u32`, `client_cpu u32`            |
 /// | 256             | server line: `server_parked`, `server_cpu`, `crowded` (u32s)  |
 /// | 384             | request ring control (tail line, head line)                   |
@@ -278,12 +284,18 @@ impl Goodbye {
 /// | 1024 + capacity | response ring data (`capacity` bytes)                         |
 ///
 /// Each side writes only its own line and its own ring index, so no cache line is written by both.
+/// The server writes the ring keys (random, top bit set; see [`RingLayout::key`]) before it hands
+/// the region over; the client reads them once, then neither side reads them again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RegionLayout {
     pub(crate) capacity: usize,
+    pub(crate) request_key: u64,
+    pub(crate) response_key: u64,
 }
 
 impl RegionLayout {
+    const REQUEST_KEY: usize = 0;
+    const RESPONSE_KEY: usize = 8;
     pub(crate) const CLIENT_PARKED: usize = 128;
     pub(crate) const CLIENT_CPU: usize = 132;
     pub(crate) const SERVER_PARKED: usize = 256;
@@ -292,6 +304,46 @@ impl RegionLayout {
     const REQUEST_CONTROL: usize = 384;
     const RESPONSE_CONTROL: usize = Self::REQUEST_CONTROL + CONTROL_LEN;
     const DATA: usize = 1024;
+
+    /// A new layout with fresh random ring keys (server side).
+    pub(crate) fn fresh(capacity: usize) -> Self {
+        let key = || crate::platform::random::random_u64() | KEY_BIT;
+        RegionLayout {
+            capacity,
+            request_key: key(),
+            response_key: key(),
+        }
+    }
+
+    /// Writes the ring keys into a fresh region (server side, before the client sees it).
+    pub(crate) fn write_keys(&self, map: &Mapping) -> Result<(), RingError> {
+        let slot = |at| {
+            map.atomic_u64(at)
+                .ok_or_else(|| RingError("region too small for its keys".into()))
+        };
+        slot(Self::REQUEST_KEY)?.store(self.request_key, Ordering::Relaxed);
+        slot(Self::RESPONSE_KEY)?.store(self.response_key, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The layout of a region the server set up, its keys read once (client side).
+    pub(crate) fn read(capacity: usize, map: &Mapping) -> Result<Self, RingError> {
+        let key = |at| {
+            let key = map
+                .atomic_u64(at)
+                .ok_or_else(|| RingError("region too small for its keys".into()))?
+                .load(Ordering::Relaxed);
+            if key & KEY_BIT == 0 {
+                return Err(RingError(format!("ring key {key:#x} lacks its top bit")));
+            }
+            Ok(key)
+        };
+        Ok(RegionLayout {
+            capacity,
+            request_key: key(Self::REQUEST_KEY)?,
+            response_key: key(Self::RESPONSE_KEY)?,
+        })
+    }
 
     pub(crate) fn len(&self) -> usize {
         Self::DATA + 2 * self.capacity
@@ -302,6 +354,7 @@ impl RegionLayout {
             control: Self::REQUEST_CONTROL,
             data: Self::DATA,
             capacity: self.capacity,
+            key: self.request_key,
         }
     }
 
@@ -310,6 +363,7 @@ impl RegionLayout {
             control: Self::RESPONSE_CONTROL,
             data: Self::DATA + self.capacity,
             capacity: self.capacity,
+            key: self.response_key,
         }
     }
 }
@@ -375,7 +429,7 @@ mod tests {
 
     #[test]
     fn region_layout_keeps_rings_apart_and_aligned() {
-        let layout = RegionLayout { capacity: 1 << 16 };
+        let layout = RegionLayout::fresh(1 << 16);
         let (req, resp) = (layout.requests(), layout.responses());
         assert!(
             req.control + CONTROL_LEN <= resp.control && resp.control + CONTROL_LEN <= req.data

@@ -198,7 +198,9 @@ impl ServerOptions {
                 "this kernel cannot refuse descriptors passed by clients (SO_PASSRIGHTS, Linux 6.16+): a hostile client can delay this server's threads by passing one whose close blocks"
             );
         }
-        raise_descriptor_limit(self.max_clients + MAX_PENDING_HANDSHAKES + 64);
+        // Each connection holds three descriptors (socket and two wake pipe ends), and admitting
+        // one briefly five.
+        raise_descriptor_limit(3 * self.max_clients + MAX_PENDING_HANDSHAKES + 64);
         let shutdown_bell = notify::doorbell().map_err(|e| Error::os("creating an eventfd", e))?;
         Ok(Server {
             name: name.to_owned(),
@@ -231,6 +233,15 @@ fn raise_descriptor_limit(wanted: usize) {
         if let Err(e) = setrlimit(Resource::Nofile, limit) {
             tracing::debug!(error = %e, "could not raise the descriptor limit");
         }
+    }
+    let now = getrlimit(Resource::Nofile).current;
+    if now.is_some_and(|n| n < wanted) {
+        tracing::warn!(
+            limit = now,
+            wanted,
+            "the descriptor limit is below what max_clients needs (3 per connection): \
+             connections beyond it will be refused; raise the hard limit (ulimit -Hn) or lower max_clients"
+        );
     }
 }
 
@@ -583,13 +594,12 @@ impl Server {
             shared: self.shared.clone(),
             uid: peer.uid,
         };
-        let layout = RegionLayout {
-            capacity: self.options.ring_capacity,
-        };
+        let layout = RegionLayout::fresh(self.options.ring_capacity);
         let region = memfd::create_sealed("memlink-connection", layout.len() as u64)?;
-        // Only the control page is faulted in now: ring pages are allocated as messages first
-        // reach them, so an idle connection costs a page, not its whole rings.
+        // Nothing is faulted in now but the keys' page: ring pages are allocated as messages
+        // first reach them, so an idle connection costs a page, not its whole rings.
         let map = Arc::new(Mapping::map_shared(&region, layout.len())?);
+        layout.write_keys(&map).map_err(|_| Errno::INVAL)?;
         // One wake pipe per direction; each side keeps the end it uses (see `link`).
         let (wake_in, client_wakes_us) = notify::wake_pipe()?;
         let (client_wake_in, wake_out) = notify::wake_pipe()?;
@@ -1072,11 +1082,10 @@ impl<'a> Worker<'a> {
             load,
             connections: Vec::new(),
             ready: Vec::new(),
-            // Clients are not bound by our affinity (a server pinned to one CPU still has clients
-            // on the others), so crowding is judged against the machine's CPUs. (Inside a cpuset
-            // narrower than the machine this overstates the room; the clients' own yields when
-            // they share a CPU with us still keep them from starving.)
-            cpus: crate::platform::cpu::online_cpus(),
+            // Judged against the CPUs our cgroup may use, not our own affinity: a server pinned
+            // to one CPU still has clients running on the others. (A CPU quota below the cpuset
+            // is not taken into account.)
+            cpus: crate::platform::cpu::usable_cpus(),
             crowded: false,
             sweep_start: 0,
         })
