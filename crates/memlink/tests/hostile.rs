@@ -118,8 +118,8 @@ impl RawConnection {
         }
         let region = region.expect("a region descriptor");
         let region_len = rustix::fs::fstat(&region).unwrap().st_size as usize;
-        // SAFETY: a fresh shared mapping of the whole region file (fstat gave its size), at an
-        // address the kernel picks; it replaces nothing and is never unmapped (the child exits).
+        // The whole region file (fstat gave its size), never unmapped (the child exits).
+        // SAFETY: a fresh mapping at an address the kernel picks replaces nothing of ours.
         let ptr = unsafe {
             rustix::mm::mmap(
                 std::ptr::null_mut(),
@@ -146,8 +146,8 @@ impl RawConnection {
     fn word(&self, at: usize) -> &AtomicU32 {
         assert!(at + 4 <= self.region_len);
         let ptr = self.region.wrapping_add(at).cast();
-        // SAFETY: in bounds (checked) and 4-aligned (page-aligned base, aligned offsets); the
-        // mapping lives as long as the process.
+        // The mapping lives as long as the process.
+        // SAFETY: in bounds (checked) and 4-aligned (page-aligned base, aligned offsets).
         unsafe { AtomicU32::from_ptr(ptr) }
     }
 
@@ -251,8 +251,8 @@ fn server_role(args: &[String]) {
 /// The echo server in a process where `SIGPIPE` has its default action (kill), as in a C or
 /// Python host; Rust's runtime ignores it otherwise. Args: name.
 fn server_default_sigpipe(args: &[String]) {
-    // SAFETY: restores the default disposition of one signal before any thread of ours runs
-    // library code; no handler is involved.
+    // Before any thread of ours runs library code.
+    // SAFETY: restores the default disposition of one signal; no handler is involved.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     server_role(args);
 }

@@ -44,9 +44,8 @@ fn last_errno() -> Errno {
 /// `fd` must be open for writing.
 pub(crate) fn try_lock_byte(fd: impl AsFd, offset: u64) -> Result<bool, Errno> {
     let mut request = byte_request(libc::F_WRLCK, offset)?;
-    // F_OFD_SETLK only reads the struct.
-    // SAFETY: `fd` is borrowed, so open for the duration of the call; `request` is an initialised
-    // `struct flock` that outlives it.
+    // F_OFD_SETLK only reads the struct; `fd` is borrowed, so open for the duration of the call.
+    // SAFETY: `request` is an initialised `struct flock` that outlives the call.
     let rc = unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_OFD_SETLK, &mut request) };
     if rc == 0 {
         return Ok(true);
@@ -60,9 +59,9 @@ pub(crate) fn try_lock_byte(fd: impl AsFd, offset: u64) -> Result<bool, Errno> {
 /// Whether an open file description other than `fd`'s holds a lock on byte `offset`.
 pub(crate) fn byte_locked_elsewhere(fd: impl AsFd, offset: u64) -> Result<bool, Errno> {
     let mut request = byte_request(libc::F_WRLCK, offset)?;
-    // The kernel overwrites `request` with a conflicting lock, or sets `l_type = F_UNLCK`.
-    // SAFETY: `fd` is borrowed, so open for the duration of the call; `request` is an initialised
-    // `struct flock` that outlives it and that the kernel only writes a `struct flock` into.
+    // The kernel overwrites `request` with a conflicting lock, or sets `l_type = F_UNLCK`;
+    // `fd` is borrowed, so open for the duration of the call.
+    // SAFETY: `request` is an initialised `struct flock` that outlives the call.
     let rc = unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_OFD_GETLK, &mut request) };
     if rc != 0 {
         return Err(last_errno());
@@ -157,9 +156,9 @@ extern "C" fn count_fork_in_child() {
 /// A child made by a raw `clone` syscall that bypasses libc's `fork` is not seen.
 pub(crate) fn fork_generation() -> u32 {
     ATFORK.call_once(|| {
-        // SAFETY: registers a plain `extern "C"` function with no preconditions as the child
-        // handler; null prepare/parent handlers are allowed. Handlers can never be unregistered,
-        // and the function is a `static` item, so it stays valid for the life of the process.
+        // Registers a plain `extern "C"` function with no preconditions as the child handler;
+        // null prepare/parent handlers are allowed. Handlers can never be unregistered.
+        // SAFETY: the handler is a `static` item, valid for the life of the process.
         let rc = unsafe { libc::pthread_atfork(None, None, Some(count_fork_in_child)) };
         ATFORK_OK.store(rc == 0, Ordering::Relaxed);
     });

@@ -153,9 +153,8 @@ impl Mapping {
         debug_assert!(offset + 8 <= self.len && offset.is_multiple_of(8));
         let ptr = self.base.as_ptr().wrapping_add(offset);
         // As for `byte_at`. The base is page-aligned, so an 8-aligned offset is an 8-aligned
-        // address.
-        // SAFETY: `offset + 8 <= len` and `offset % 8 == 0` (checked by every caller), so `ptr`
-        // is in bounds and aligned for `AtomicU64`.
+        // address; `offset + 8 <= len` and `offset % 8 == 0` are checked by every caller.
+        // SAFETY: `ptr` is in bounds and aligned for `AtomicU64`.
         unsafe { AtomicU64::from_ptr(ptr.cast::<u64>()) }
     }
 

@@ -107,9 +107,10 @@ pub(crate) fn wake(write_end: impl AsFd) -> Wake {
     // SAFETY: `sigemptyset` initialised every byte of the set.
     let pipe_only = unsafe { pipe_only.assume_init() };
     // The thread's previous mask is written to `previous`, which is then initialised.
+    let block = libc::SIG_BLOCK;
     // SAFETY: `pipe_only` is an initialised set; `previous` is live and writable.
-    let blocked =
-        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &pipe_only, previous.as_mut_ptr()) == 0 };
+    let rc = unsafe { libc::pthread_sigmask(block, &pipe_only, previous.as_mut_ptr()) };
+    let blocked = rc == 0;
     // A `SIGPIPE` already pending was raised by someone else: it must stay pending.
     // SAFETY: `sigpending` writes the pending set into `pending`, live and writable.
     let got_pending = unsafe { libc::sigpending(pending.as_mut_ptr()) } == 0;

@@ -133,9 +133,8 @@ pub(crate) fn peer_credentials(socket: impl AsFd) -> Result<PeerCredentials, Err
     };
     let mut len = size_of::<libc::ucred>() as libc::socklen_t;
     // Read directly rather than through rustix, whose `UCred` assumes a nonzero pid: the kernel
-    // reports 0 for a peer in a pid namespace we cannot see.
-    // SAFETY: the descriptor is open for the call; `cred` and `len` are valid, writable, and
-    // `len` holds `cred`'s size, which the kernel does not exceed.
+    // reports 0 for a peer in a pid namespace we cannot see. The descriptor is open for the call.
+    // SAFETY: `cred` and `len` are valid and writable; `len` holds `cred`'s size, the most written.
     let rc = unsafe {
         libc::getsockopt(
             socket.as_fd().as_raw_fd(),
