@@ -507,10 +507,9 @@ impl Server {
                 let _ = poller.remove(&evicted.socket);
                 tracing::debug!(server = %self.name, uid = evicted.peer.uid, "dropped a half-open connection to make room");
             });
-            if let Some((token, socket)) = token {
-                if poller.add(socket, token).is_err() {
-                    pending.take(token);
-                }
+            let (token, socket) = token;
+            if poller.add(socket, token).is_err() {
+                pending.take(token);
             }
         }
         Ok(())
@@ -708,7 +707,7 @@ impl Handshakes {
         peer: socket::PeerCredentials,
         per_uid_cap: usize,
         mut evict: impl FnMut(Handshake),
-    ) -> Option<(u64, &OwnedFd)> {
+    ) -> (u64, &OwnedFd) {
         let victim_uid = if self.per_uid.get(&peer.uid).copied().unwrap_or(0) >= per_uid_cap {
             Some(peer.uid)
         } else if self.count >= MAX_PENDING_HANDSHAKES {
@@ -744,7 +743,7 @@ impl Handshakes {
             deadline: Instant::now() + HANDSHAKE_TIMEOUT,
             seq: self.next_seq,
         });
-        Some((token, &handshake.socket))
+        (token, &handshake.socket)
     }
 
     /// Removes and returns every handshake whose deadline has passed.
