@@ -183,6 +183,8 @@ pub(crate) struct Producer {
     layout: RingLayout,
     tail: u64,
     head_seen: u64,
+    /// Whether a record may go back to the front early (see the module doc).
+    early_wrap: bool,
 }
 
 impl Producer {
@@ -194,6 +196,7 @@ impl Producer {
             layout,
             tail: 0,
             head_seen: 0,
+            early_wrap: true,
         })
     }
 
@@ -244,6 +247,34 @@ impl Producer {
             || free(self.consumer_position()?, self.tail) >= needed)
     }
 
+    /// Allows or forbids going back to the front early. A producer about to write a message of
+    /// several records it checked with [`Producer::has_room_for_all`] forbids it meanwhile, so
+    /// that the check holds.
+    pub(crate) fn set_early_wrap(&mut self, allowed: bool) {
+        self.early_wrap = allowed;
+    }
+
+    /// Whether records with payloads of `lens` bytes, pushed one after another without early
+    /// wraps, all fit now (reads the consumer's position once).
+    pub(crate) fn has_room_for_all(
+        &mut self,
+        lens: impl Iterator<Item = usize>,
+    ) -> Result<bool, RingError> {
+        let head = self.consumer_position()?;
+        let capacity = self.layout.capacity as u64;
+        let mut tail = self.tail;
+        for len in lens {
+            let size = record_size(len) as u64;
+            let to_end = capacity - tail % capacity;
+            let needed = if to_end < size { to_end + size } else { size };
+            if capacity - (tail - head) < needed {
+                return Ok(false);
+            }
+            tail += needed;
+        }
+        Ok(true)
+    }
+
     /// Appends one record, unless there is not room for it right now (`Ok(false)`: retry after the
     /// consumer has advanced). `payload` must not exceed [`RingLayout::max_fragment`].
     pub(crate) fn try_push(
@@ -269,7 +300,8 @@ impl Producer {
         // equals ours): start over at the front instead of touching fresh pages.
         // (Only if the record fits before where we are: padding plus record must fit in an
         // empty ring.)
-        let wrap_early = position >= HOT_WINDOW
+        let wrap_early = self.early_wrap
+            && position >= HOT_WINDOW
             && size <= position
             && (self.head_seen == self.tail || self.consumer_position()? == self.tail);
         if to_end < size || wrap_early {

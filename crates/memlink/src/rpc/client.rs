@@ -14,16 +14,19 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
-use super::link::{self, Backoff, CLIENT, PARK_RECHECK, Patience, SERVER};
 use super::protocol::{
-    Admission, ERR_HANDLER_PANICKED, ERR_REPLY_TOO_LARGE, ERROR_REPLY, Goodbye, Hello, Purpose,
-    RegionLayout, Welcome, socket_name,
+    Admission, ERR_HANDLER_PANICKED, ERR_REPLY_TOO_LARGE, ERROR_REPLY, Hello, Purpose, Welcome,
+    socket_name,
 };
 use crate::error::{Error, Result};
+use crate::link::wake::{self as link, Backoff, CLIENT, Patience, SERVER};
+use crate::link::{self as connection, Parked};
 use crate::memory::name::validate_name;
 use crate::memory::ring::{Consumer, FIRST, LAST, Producer, RingError, USER_FLAGS};
 use crate::platform::mapping::Mapping;
-use crate::platform::{memfd, notify, process, shm, socket};
+#[cfg(feature = "fault-injection")]
+use crate::platform::notify;
+use crate::platform::{process, socket};
 
 const DEFAULT_CHANNELS: usize = 8;
 /// Most reply bytes reserved before they arrive.
@@ -527,6 +530,7 @@ impl Channel {
             &socket,
             &Hello {
                 purpose: Purpose::Connect,
+                max_message: 0,
             }
             .encode(),
             &[],
@@ -563,6 +567,11 @@ impl Channel {
                     name: name.to_owned(),
                 });
             }
+            Admission::Busy => {
+                return Err(Error::Busy {
+                    name: name.to_owned(),
+                });
+            }
         }
         socket::set_accept_descriptors(&socket, false).map_err(fail)?;
         let [region_fd, wake_out, wake_in]: [OwnedFd; 3] = fds.try_into().map_err(|_| {
@@ -570,44 +579,11 @@ impl Channel {
         })?;
         // The wake pipes must be pipes, ends the right way round; we reopen each to get an open
         // file description of our own, so that not even the server can make our end blocking.
-        let wake_ends = notify::private_wake_end(&wake_out, true)
-            .and_then(|out| Ok((out, notify::private_wake_end(&wake_in, false)?)));
-        let (wake_out, wake_in) = wake_ends.map_err(|e| {
-            Error::corrupted(
-                name,
-                format!("the server's wake descriptors are not the ends of two pipes ({e})"),
-            )
-        })?;
+        let wake_out = connection::private_wake_end(name, &wake_out, true)?;
+        let wake_in = connection::private_wake_end(name, &wake_in, false)?;
         let capacity = welcome.ring_capacity as usize;
-        let expected_len = RegionLayout {
-            capacity,
-            request_key: 0,
-            response_key: 0,
-        }
-        .len();
-        // The region must be sealed (we cannot be SIGBUSed by a shrink) and exactly as large as
-        // the layout we derive ourselves; nothing about it is taken on trust.
-        if !memfd::is_sealed_against_shrinking(&region_fd) {
-            return Err(Error::corrupted(
-                name,
-                "the server's shared region is not sealed against shrinking",
-            ));
-        }
-        let size = shm::fstat(&region_fd)
-            .map_err(|e| Error::os("inspecting the shared region", e))?
-            .size;
-        if size != expected_len as u64 {
-            return Err(Error::corrupted(
-                name,
-                format!("shared region of {size} bytes, expected {expected_len}"),
-            ));
-        }
-        let map = Arc::new(
-            Mapping::map_shared(&region_fd, expected_len)
-                .map_err(|e| Error::os("mapping the shared region", e))?,
-        );
+        let (map, layout) = connection::adopt_region(name, capacity, &region_fd)?;
         let ring = |e: RingError| Error::corrupted(name, e.0);
-        let layout = RegionLayout::read(capacity, &map).map_err(ring)?;
         let requests = Producer::new(map.clone(), layout.requests()).map_err(ring)?;
         let responses = Consumer::new(map.clone(), layout.responses()).map_err(ring)?;
         let max_message = usize::try_from(welcome.max_message).unwrap_or(usize::MAX);
@@ -685,7 +661,7 @@ impl Channel {
                 }
             } else {
                 let len = end - sent;
-                self.wait(deadline, |c| c.requests.has_room_for(len))?;
+                self.wait(deadline, |requests, _| requests.has_room_for(len))?;
             }
         }
     }
@@ -696,7 +672,7 @@ impl Channel {
         loop {
             let ring = |name: &str, e: RingError| Error::corrupted(name, e.0);
             let Some(header) = self.responses.peek().map_err(|e| ring(&self.name, e))? else {
-                self.wait(deadline, |c| c.responses.has_data())?;
+                self.wait(deadline, |_, responses| responses.has_data())?;
                 continue;
             };
             let bad = |why: &str| {
@@ -791,7 +767,7 @@ impl Channel {
     fn wait(
         &mut self,
         deadline: Option<Instant>,
-        mut ready: impl FnMut(&mut Self) -> Result<bool, RingError>,
+        mut ready: impl FnMut(&mut Producer, &mut Consumer) -> Result<bool, RingError>,
     ) -> Result<()> {
         let corrupted = |c: &Self, e: RingError| Error::corrupted(&c.name, e.0);
         // While the server is awake the answer comes within a few hundred nanoseconds: look for
@@ -804,7 +780,7 @@ impl Channel {
             FIRST_LOOKS
         };
         for _ in 0..first_looks {
-            if ready(self).map_err(|e| corrupted(self, e))? {
+            if ready(&mut self.requests, &mut self.responses).map_err(|e| corrupted(self, e))? {
                 self.record_wait(Duration::ZERO);
                 return Ok(());
             }
@@ -812,7 +788,7 @@ impl Channel {
         }
         let mut backoff = Backoff::new(self.patience());
         loop {
-            if ready(self).map_err(|e| corrupted(self, e))? {
+            if ready(&mut self.requests, &mut self.responses).map_err(|e| corrupted(self, e))? {
                 self.record_wait(backoff.elapsed());
                 return Ok(());
             }
@@ -823,36 +799,24 @@ impl Channel {
                 return Err(Error::Timeout);
             }
         }
-        loop {
-            link::park_begin(&self.map, CLIENT).map_err(|e| corrupted(self, e))?;
-            if ready(self).map_err(|e| corrupted(self, e))? {
-                link::park_end(&self.map, CLIENT).map_err(|e| corrupted(self, e))?;
+        let Channel {
+            name,
+            map,
+            wake_in,
+            socket,
+            requests,
+            responses,
+            ..
+        } = self;
+        match connection::park_until(name, map, CLIENT, wake_in, socket, deadline, || {
+            ready(requests, responses)
+        })? {
+            Parked::Ready => {
                 self.record_wait(backoff.elapsed());
-                return Ok(());
+                Ok(())
             }
-            let left = match deadline {
-                None => None,
-                Some(t) => match t.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => {
-                        link::park_end(&self.map, CLIENT).map_err(|e| corrupted(self, e))?;
-                        return Err(Error::Timeout);
-                    }
-                },
-            };
-            // Bounded (see `PARK_RECHECK`): a lost wake-up costs a moment, not the call.
-            let nap = left.map_or(PARK_RECHECK, |left| left.min(PARK_RECHECK));
-            let woken = notify::wait_wake_or_hangup(&self.wake_in, &self.socket, Some(nap))
-                .map_err(|e| Error::os("waiting for the server", e))?;
-            link::park_end(&self.map, CLIENT).map_err(|e| corrupted(self, e))?;
-            let writer_gone = woken.wake && notify::drain_wakes(&self.wake_in);
-            if woken.socket || writer_gone {
-                // The server may have answered just before it went away.
-                if ready(self).map_err(|e| corrupted(self, e))? {
-                    return Ok(());
-                }
-                return Err(self.goodbye());
-            }
+            Parked::TimedOut => Err(Error::Timeout),
+            Parked::HungUp => Err(connection::goodbye(&self.name, &self.socket)),
         }
     }
 
@@ -897,26 +861,6 @@ impl Channel {
 
     fn record_wait(&mut self, waited: Duration) {
         self.recent_wait = (self.recent_wait * 7 + waited) / 8;
-    }
-
-    /// Why the server closed the connection: it says so in a goodbye message if it dropped us
-    /// deliberately; silence means it died. (The socket refuses descriptors since the handshake;
-    /// only messages the trusted server queued behind its welcome could still carry one.)
-    fn goodbye(&self) -> Error {
-        let mut buf = [0u8; Goodbye::MAX_LEN];
-        let said = match socket::receive_message(&self.socket, &mut buf, false) {
-            Ok((len, _)) if len > 0 => Some(&buf[..len]),
-            _ => None,
-        };
-        match said.map(Goodbye::decode) {
-            Some(Ok(Goodbye::Corrupted(why))) => Error::corrupted(
-                &self.name,
-                format!("the server dropped this connection: {why}"),
-            ),
-            _ => Error::Disconnected {
-                name: self.name.clone(),
-            },
-        }
     }
 
     /// Fault injection: publishes an impossible request record, as a buggy or hostile client

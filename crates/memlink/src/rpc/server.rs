@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
-use super::link::{self, Backoff, CLIENT, PARK_RECHECK, Patience, SERVER};
 use super::protocol::{
     Admission, ERR_HANDLER_PANICKED, ERR_REPLY_TOO_LARGE, ERROR_REPLY, Goodbye, Hello, Purpose,
     RegionLayout, Stats, Welcome, socket_name,
 };
 use crate::error::{Error, Result};
+use crate::link::wake::{self as link, Backoff, CLIENT, PARK_RECHECK, Patience, SERVER};
 use crate::memory::name::validate_name;
 use crate::memory::ring::{
     Consumer, FIRST, LAST, MAX_CAPACITY, MIN_CAPACITY, Producer, RingError, USER_FLAGS,
@@ -33,7 +33,7 @@ use crate::memory::ring::{
 use crate::memory::segment::Permissions;
 use crate::platform::mapping::Mapping;
 use crate::platform::notify::{self, Poller, Ready};
-use crate::platform::{memfd, process, socket};
+use crate::platform::{process, socket};
 
 /// How long a connector may take to say hello before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -517,18 +517,7 @@ impl Server {
     }
 
     fn allowed(&self, connection: &OwnedFd, peer: socket::PeerCredentials) -> bool {
-        let uid = process::effective_uid();
-        match self.options.permissions {
-            Permissions::Everyone => true,
-            Permissions::Group => {
-                let group = rustix::process::getegid().as_raw();
-                peer.uid == uid
-                    || peer.uid == 0
-                    || peer.gid == group
-                    || socket::peer_groups(connection).is_ok_and(|groups| groups.contains(&group))
-            }
-            Permissions::OwnerOnly => peer.uid == uid || peer.uid == 0,
-        }
+        crate::link::admits(self.options.permissions, None, connection, peer)
     }
 
     fn refusal(&self, admission: Admission) -> Welcome {
@@ -594,12 +583,11 @@ impl Server {
             shared: self.shared.clone(),
             uid: peer.uid,
         };
-        let layout = RegionLayout::fresh(self.options.ring_capacity);
-        let region = memfd::create_sealed("memlink-connection", layout.len() as u64)?;
-        // Nothing is faulted in now but the keys' page: ring pages are allocated as messages
-        // first reach them, so an idle connection costs a page, not its whole rings.
-        let map = Arc::new(Mapping::map_shared(&region, layout.len())?);
-        layout.write_keys(&map).map_err(|_| Errno::INVAL)?;
+        let crate::link::NewRegion {
+            fd: region,
+            map,
+            layout,
+        } = crate::link::create_region(self.options.ring_capacity)?;
         // One wake pipe per direction; each side keeps the end it uses (see `link`).
         let (wake_in, client_wakes_us) = notify::wake_pipe()?;
         let (client_wake_in, wake_out) = notify::wake_pipe()?;

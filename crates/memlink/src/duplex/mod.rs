@@ -1,0 +1,1095 @@
+//! The duplex channel: two processes open the same name; whichever comes first waits for the
+//! other; then either side sends and receives at any time. Messages are queued in order, never
+//! overwritten, never lost or duplicated.
+//!
+//! Owns the rendezvous on a name, the pairing rules (a third opener is [`Error::Busy`]) and the
+//! message semantics (ids, fragments, reassembly, timeouts). The connection underneath (sealed
+//! region, wake pipes, parking, hang-up detection) is `link`'s, the same as request/response's.
+//! May use `link`, `memory` (rings) and `platform` (sockets, pipes, descriptors); no `unsafe`.
+//!
+//! # Rendezvous
+//!
+//! An opener tries to bind the abstract `SOCK_SEQPACKET` socket `memlink.duplex.<name>`. Binding
+//! is atomic, so of two openers exactly one succeeds: it is the *accepting* side, the other the
+//! *connecting* side, whatever the order or timing: two simultaneous openers can never both wait
+//! or both connect, and an opener never connects to itself (it holds the listener, not a
+//! connection). The accepting side waits for the first connector whose credentials it admits
+//! (`SO_PEERCRED`, checked before anything is read), builds the connection's sealed region and
+//! wake pipes exactly like an rpc server's admission (`link::create_region`), and passes them in
+//! its welcome. It keeps the listener bound while the pair lives and answers any further opener
+//! with a `Busy` welcome from a small thread, so a third opener learns at once that the pair is
+//! complete. If bind fails with `EADDRINUSE` the opener connects instead, checks the accepting
+//! side's user before sending anything, and validates the region it receives like an rpc client
+//! (`link::adopt_region`, `link::private_wake_end`); descriptors are refused on the socket except
+//! for the welcome. If the accepting side vanished between our bind and our connect (it timed
+//! out, or was killed), the connect is refused or hung up without a welcome, and we start over
+//! from the bind. The kernel frees an abstract name the moment its socket closes, so nothing is
+//! left behind, whoever is killed.
+//!
+//! Why a socket and not a file in `/dev/shm`: the socket's hang-up is how a peer's death wakes
+//! the survivor (no polling), bind gives the atomic election for free, and the credentials come
+//! from the kernel, not from shared memory.
+//!
+//! # Two rings, four wake pipes
+//!
+//! The region holds a ring per direction. A side may wait for data (in `recv`) and for room (in
+//! `send`) at the same time, on two threads. Each of those waits has its own parked flag in the
+//! region and its own wake pipe: the peer's send wakes only our receiving thread, the peer's
+//! receive only our sending thread, so no wake-up can be consumed by the wrong thread and leave
+//! the other asleep. Both sleepers also watch the socket, so a peer's death wakes both at once.
+//! The send half and the receive half are locked independently, so `Duplex` is `Send + Sync`.
+//!
+//! # After the peer is gone
+//!
+//! Messages the peer published before it died are still received, in order; only then does
+//! `recv` return [`Error::Disconnected`]. A `Duplex` whose peer is gone stays unusable: drop it,
+//! and open the name again to pair with a new peer. While the accepting side of a broken pair
+//! lives it still holds the name (new openers get `Busy`), so the survivor should drop its
+//! `Duplex` promptly.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+
+use crate::error::{Error, Result};
+use crate::link::protocol::{Admission, Goodbye, Hello, Purpose, Welcome};
+use crate::link::wake::{self, CLIENT, CLIENT_ROOM, SERVER, SERVER_ROOM, Side};
+use crate::link::{self, Parked};
+use crate::memory::name::validate_name;
+use crate::memory::ring::{
+    Consumer, FIRST, LAST, MAX_CAPACITY, MIN_CAPACITY, Producer, RingError, USER_FLAGS,
+};
+use crate::memory::segment::Permissions;
+use crate::platform::mapping::Mapping;
+use crate::platform::notify::{self, Poller};
+use crate::platform::{process, socket};
+
+/// Prefix of every duplex channel's abstract socket name.
+const SOCKET_PREFIX: &str = "memlink.duplex.";
+/// Longest a handshake step may take once the other side is there.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most bytes reserved for an incoming message before they arrive.
+const MAX_UPFRONT_RESERVE: usize = 16 << 20;
+
+fn socket_name(name: &str) -> String {
+    format!("{SOCKET_PREFIX}{name}")
+}
+
+/// How to open a duplex channel. `DuplexOptions::new()` gives the defaults.
+///
+/// The ring capacity of a pair is the accepting side's (the one that opened first); the maximum
+/// message size is the smaller of the two sides' and applies in both directions.
+#[derive(Debug, Clone)]
+pub struct DuplexOptions {
+    ring_capacity: usize,
+    max_message_size: usize,
+    permissions: Permissions,
+    trusted_peer_uid: Option<u32>,
+}
+
+impl Default for DuplexOptions {
+    fn default() -> Self {
+        DuplexOptions {
+            ring_capacity: 256 << 10,
+            max_message_size: 64 << 20,
+            permissions: Permissions::OwnerOnly,
+            trusted_peer_uid: None,
+        }
+    }
+}
+
+impl DuplexOptions {
+    /// Defaults: 256 KiB per direction, messages up to 64 MiB, peers of our own user (or root).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes of ring per direction (rounded up to a power of two, 4 KiB to 1 GiB).
+    pub fn ring_capacity(mut self, bytes: usize) -> Self {
+        self.ring_capacity = bytes.clamp(MIN_CAPACITY, MAX_CAPACITY).next_power_of_two();
+        self
+    }
+
+    /// Largest message either side may send (the smaller of the two sides' settings applies).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Which users may pair with us when we open first (by default only our own user and root).
+    pub fn permissions(mut self, permissions: Permissions) -> Self {
+        self.permissions = permissions;
+        self
+    }
+
+    /// Also pair with a peer run by user `uid`, whichever side opens first (by default only our
+    /// own user and root are trusted, so another user cannot take the name and pose as the peer).
+    pub fn trust_peer_uid(mut self, uid: u32) -> Self {
+        self.trusted_peer_uid = Some(uid);
+        self
+    }
+
+    /// Opens channel `name`, waiting for the peer as long as it takes.
+    ///
+    /// # Errors
+    /// As [`Duplex::open`].
+    pub fn open(&self, name: &str) -> Result<Duplex> {
+        Duplex::rendezvous(name, self, None)
+    }
+
+    /// Opens channel `name`, waiting up to `timeout` for the peer.
+    ///
+    /// # Errors
+    /// As [`Duplex::open_timeout`].
+    pub fn open_timeout(&self, name: &str, timeout: Duration) -> Result<Duplex> {
+        Duplex::rendezvous(name, self, Some(Instant::now() + timeout))
+    }
+}
+
+/// Why [`Duplex::try_send`] did not send; the message comes back with it.
+#[derive(Debug, thiserror::Error)]
+pub enum TrySendError {
+    /// The peer has not made room for the whole message yet; try again later. (A message that
+    /// needs more than the ring's capacity never fits at once: send it with [`Duplex::send`].)
+    #[error("the duplex ring is full; retry once the peer has received")]
+    Full(Vec<u8>),
+    /// The channel cannot send any more: the peer is gone, or something else failed (the error
+    /// says what).
+    #[error("{1}")]
+    Failed(Vec<u8>, Error),
+}
+
+impl TrySendError {
+    /// The message that was not sent.
+    pub fn into_message(self) -> Vec<u8> {
+        match self {
+            TrySendError::Full(m) | TrySendError::Failed(m, _) => m,
+        }
+    }
+}
+
+/// One end of a duplex channel. `Send + Sync`: one thread may send while another receives.
+///
+/// # Examples
+/// ```no_run
+/// # fn main() -> memlink::Result<()> {
+/// // In each of two processes (either may start first):
+/// let chan = memlink::Duplex::open("chat")?;
+/// chan.send(b"hello")?;
+/// let reply = chan.recv()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Duplex {
+    name: String,
+    max_message: usize,
+    peer_pid: u32,
+    socket: OwnedFd,
+    map: Arc<Mapping>,
+    /// Set by whichever half first learns that the peer is gone, so the other half's next call
+    /// fails at once instead of writing into a ring nobody reads (one relaxed load per call).
+    peer_gone: AtomicBool,
+    tx: Mutex<Outgoing>,
+    rx: Mutex<Incoming>,
+    /// Accepting side only: answers later openers with `Busy` while the pair lives (its thread
+    /// is stopped and joined on drop, which frees the name).
+    _busy: Option<BusyResponder>,
+}
+
+/// Why a half can no longer be used.
+#[derive(Debug, Clone)]
+enum Failed {
+    Disconnected,
+    Corrupted(String),
+}
+
+#[derive(Debug)]
+struct Outgoing {
+    ring: Producer,
+    next_id: u64,
+    /// Our parked flag while waiting for room, and the peer's while it waits for data.
+    me: Side,
+    peer: Side,
+    /// Read end of the pipe the peer wakes our sender through; write end of its receiver's.
+    wake_in: OwnedFd,
+    wake_peer: OwnedFd,
+    failed: Option<Failed>,
+}
+
+#[derive(Debug)]
+struct Incoming {
+    ring: Consumer,
+    next_id: u64,
+    me: Side,
+    peer: Side,
+    wake_in: OwnedFd,
+    wake_peer: OwnedFd,
+    /// A message received in part when a timed receive gave up, and its announced length.
+    partial: Vec<u8>,
+    total: Option<u64>,
+    failed: Option<Failed>,
+}
+
+impl Duplex {
+    /// Opens channel `name` with default options, waiting for the peer as long as it takes.
+    ///
+    /// # Errors
+    /// [`Error::Busy`] if two peers are already paired under the name; [`Error::PermissionDenied`]
+    /// if the side that opened first is another user's (or refuses ours); [`Error::InvalidName`].
+    pub fn open(name: &str) -> Result<Duplex> {
+        DuplexOptions::new().open(name)
+    }
+
+    /// Like [`Duplex::open`], giving up after `timeout` without a peer. The name is free again
+    /// when this returns.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`]; otherwise as [`Duplex::open`].
+    pub fn open_timeout(name: &str, timeout: Duration) -> Result<Duplex> {
+        DuplexOptions::new().open_timeout(name, timeout)
+    }
+
+    /// Options for opening with non-default settings.
+    pub fn options() -> DuplexOptions {
+        DuplexOptions::new()
+    }
+
+    /// The channel name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Largest message either side may send, in bytes.
+    pub fn max_message_size(&self) -> usize {
+        self.max_message
+    }
+
+    /// The peer's process id (as the kernel reported it when the pair formed).
+    pub fn peer_pid(&self) -> u32 {
+        self.peer_pid
+    }
+
+    fn rendezvous(
+        name: &str,
+        options: &DuplexOptions,
+        deadline: Option<Instant>,
+    ) -> Result<Duplex> {
+        validate_name(name)?;
+        let mut pause = Duration::from_micros(100);
+        loop {
+            if deadline.is_some_and(|t| Instant::now() >= t) {
+                return Err(Error::Timeout);
+            }
+            match socket::listen(&socket_name(name)) {
+                Ok((listener, _)) => return Self::accept_peer(name, options, listener, deadline),
+                Err(Errno::ADDRINUSE) => {}
+                Err(e) => return Err(Error::os("binding the duplex socket", e)),
+            }
+            match Self::connect_peer(name, options, deadline) {
+                // The accepting side vanished between our bind and our connect, or dropped us
+                // unanswered: start over (we may be the one to wait now).
+                Err(Error::NotRunning { .. } | Error::Disconnected { .. }) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The accepting side: waits for an admissible connector and hands it the connection.
+    fn accept_peer(
+        name: &str,
+        options: &DuplexOptions,
+        listener: OwnedFd,
+        deadline: Option<Instant>,
+    ) -> Result<Duplex> {
+        let poll_error = |e| Error::os("waiting for the duplex peer", e);
+        let mut poller = Poller::new().map_err(poll_error)?;
+        poller.add(&listener, 0).map_err(poll_error)?;
+        let mut ready = Vec::new();
+        loop {
+            let left = match deadline {
+                None => None,
+                Some(t) => match t.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Err(Error::Timeout),
+                },
+            };
+            poller.wait(left, &mut ready).map_err(poll_error)?;
+            loop {
+                let connection = match socket::accept(&listener) {
+                    Ok(connection) => connection,
+                    Err(Errno::AGAIN) => break,
+                    Err(Errno::INTR | Errno::CONNABORTED | Errno::PROTO) => continue,
+                    Err(e) => return Err(Error::os("accepting the duplex peer", e)),
+                };
+                if let Some(duplex) = Self::admit(name, options, connection)? {
+                    let busy = BusyResponder::start(listener, options.clone())
+                        .map_err(|e| Error::os("starting the duplex busy responder", e))?;
+                    return Ok(Duplex {
+                        _busy: Some(busy),
+                        ..duplex
+                    });
+                }
+            }
+        }
+    }
+
+    /// Completes the pair with `connection`, or refuses it (`Ok(None)`: keep waiting).
+    fn admit(name: &str, options: &DuplexOptions, connection: OwnedFd) -> Result<Option<Duplex>> {
+        let Ok(peer) = socket::peer_credentials(&connection) else {
+            return Ok(None);
+        };
+        let answer = |admission, max: u64| Welcome {
+            admission,
+            ring_capacity: options.ring_capacity as u32,
+            max_message: max,
+            server_pid: process::current_pid(),
+        };
+        if !link::admits(
+            options.permissions,
+            options.trusted_peer_uid,
+            &connection,
+            peer,
+        ) {
+            let _ = socket::send_message(
+                &connection,
+                &answer(Admission::PermissionDenied, 0).encode(),
+                &[],
+            );
+            return Ok(None);
+        }
+        // A connector that does not say hello in time only loses its own connection.
+        if socket::set_io_timeout(&connection, HANDSHAKE_TIMEOUT).is_err() {
+            return Ok(None);
+        }
+        let mut buf = [0u8; Hello::LEN + 8];
+        let hello = match socket::receive_message(&connection, &mut buf, true) {
+            Ok((len, _)) => Hello::decode(&buf[..len]),
+            Err(_) => return Ok(None),
+        };
+        let Ok(Hello {
+            purpose: Purpose::Duplex,
+            max_message: theirs,
+        }) = hello
+        else {
+            return Ok(None);
+        };
+        let max_message = options.max_message_size.min(theirs as usize);
+        let os = |e| Error::os("setting up the duplex region", e);
+        let region = link::create_region(options.ring_capacity).map_err(os)?;
+        // Four wake pipes: our receiver's and our sender's, the peer's receiver's and sender's.
+        let (data_in, peer_wakes_our_data) = notify::wake_pipe().map_err(os)?;
+        let (room_in, peer_wakes_our_room) = notify::wake_pipe().map_err(os)?;
+        let (peer_data_in, wake_peer_data) = notify::wake_pipe().map_err(os)?;
+        let (peer_room_in, wake_peer_room) = notify::wake_pipe().map_err(os)?;
+        let sent = socket::send_message(
+            &connection,
+            &answer(Admission::Accepted, max_message as u64).encode(),
+            &[
+                region.fd.as_fd(),
+                peer_wakes_our_data.as_fd(),
+                peer_wakes_our_room.as_fd(),
+                peer_data_in.as_fd(),
+                peer_room_in.as_fd(),
+            ],
+        );
+        if sent.is_err() {
+            return Ok(None);
+        }
+        let ring = |e: RingError| Error::corrupted(name, e.0);
+        // We produce the "responses" ring and consume the "requests" ring, as an rpc server.
+        let tx = Producer::new(region.map.clone(), region.layout.responses()).map_err(ring)?;
+        let rx = Consumer::new(region.map.clone(), region.layout.requests()).map_err(ring)?;
+        Ok(Some(Duplex::assemble(
+            name,
+            max_message,
+            peer.pid,
+            connection,
+            region.map,
+            (tx, SERVER_ROOM, CLIENT, room_in, wake_peer_data),
+            (rx, SERVER, CLIENT_ROOM, data_in, wake_peer_room),
+        )))
+    }
+
+    /// The connecting side: shakes hands with the side that bound the name.
+    fn connect_peer(
+        name: &str,
+        options: &DuplexOptions,
+        deadline: Option<Instant>,
+    ) -> Result<Duplex> {
+        let fail = |e: Errno| match e {
+            Errno::CONNREFUSED | Errno::NOENT => Error::NotRunning {
+                name: name.to_owned(),
+            },
+            Errno::AGAIN | Errno::TIMEDOUT => Error::Timeout,
+            Errno::PIPE | Errno::CONNRESET => Error::Disconnected {
+                name: name.to_owned(),
+            },
+            e => Error::os("connecting to the duplex peer", e),
+        };
+        let patience = deadline.map_or(HANDSHAKE_TIMEOUT, |t| {
+            t.saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), HANDSHAKE_TIMEOUT)
+        });
+        // The socket refuses descriptors until we know who is on the other end.
+        let connection = socket::connect(&socket_name(name), patience).map_err(fail)?;
+        let peer = socket::peer_credentials(&connection).map_err(fail)?;
+        if !link::trusts(peer.uid, options.trusted_peer_uid) {
+            return Err(Error::PermissionDenied {
+                name: name.to_owned(),
+                owner_uid: Some(peer.uid),
+            });
+        }
+        socket::set_accept_descriptors(&connection, true).map_err(fail)?;
+        let hello = Hello {
+            purpose: Purpose::Duplex,
+            max_message: u32::try_from(options.max_message_size).unwrap_or(u32::MAX),
+        };
+        // A refusal may come (and the socket close) before our hello is read.
+        let sent = socket::send_message(&connection, &hello.encode(), &[]);
+        let mut buf = [0u8; Welcome::LEN + 8];
+        let (len, fds) = match socket::receive_message(&connection, &mut buf, true) {
+            Ok(received) => received,
+            Err(e) => return Err(fail(sent.err().unwrap_or(e))),
+        };
+        if len == 0 {
+            return Err(Error::Disconnected {
+                name: name.to_owned(),
+            });
+        }
+        let welcome = Welcome::decode(&buf[..len]).map_err(|r| Error::incompatible(name, r))?;
+        match welcome.admission {
+            Admission::Accepted => {}
+            Admission::Busy => {
+                return Err(Error::Busy {
+                    name: name.to_owned(),
+                });
+            }
+            Admission::PermissionDenied => {
+                return Err(Error::PermissionDenied {
+                    name: name.to_owned(),
+                    owner_uid: None,
+                });
+            }
+            Admission::Full { .. } | Admission::ShuttingDown => {
+                return Err(Error::incompatible(
+                    name,
+                    "the peer answered like a request/response server",
+                ));
+            }
+        }
+        socket::set_accept_descriptors(&connection, false).map_err(fail)?;
+        let [
+            region_fd,
+            wake_their_data,
+            wake_their_room,
+            data_in,
+            room_in,
+        ]: [OwnedFd; 5] = fds.try_into().map_err(|_| {
+            Error::corrupted(name, "the peer's welcome carried the wrong descriptors")
+        })?;
+        let wake_peer_data = link::private_wake_end(name, &wake_their_data, true)?;
+        let wake_peer_room = link::private_wake_end(name, &wake_their_room, true)?;
+        let data_in = link::private_wake_end(name, &data_in, false)?;
+        let room_in = link::private_wake_end(name, &room_in, false)?;
+        let (map, layout) = link::adopt_region(name, welcome.ring_capacity as usize, &region_fd)?;
+        let max_message = usize::try_from(welcome.max_message)
+            .unwrap_or(usize::MAX)
+            .min(options.max_message_size);
+        let ring = |e: RingError| Error::corrupted(name, e.0);
+        let tx = Producer::new(map.clone(), layout.requests()).map_err(ring)?;
+        let rx = Consumer::new(map.clone(), layout.responses()).map_err(ring)?;
+        Ok(Duplex::assemble(
+            name,
+            max_message,
+            peer.pid,
+            connection,
+            map,
+            (tx, CLIENT_ROOM, SERVER, room_in, wake_peer_data),
+            (rx, CLIENT, SERVER_ROOM, data_in, wake_peer_room),
+        ))
+    }
+
+    fn assemble(
+        name: &str,
+        max_message: usize,
+        peer_pid: u32,
+        socket: OwnedFd,
+        map: Arc<Mapping>,
+        (ring, me, peer, wake_in, wake_peer): (Producer, Side, Side, OwnedFd, OwnedFd),
+        rx: (Consumer, Side, Side, OwnedFd, OwnedFd),
+    ) -> Duplex {
+        let tx = Outgoing {
+            ring,
+            next_id: 1,
+            me,
+            peer,
+            wake_in,
+            wake_peer,
+            failed: None,
+        };
+        let (ring, me, peer, wake_in, wake_peer) = rx;
+        let rx = Incoming {
+            ring,
+            next_id: 1,
+            me,
+            peer,
+            wake_in,
+            wake_peer,
+            partial: Vec::new(),
+            total: None,
+            failed: None,
+        };
+        Duplex {
+            name: name.to_owned(),
+            max_message,
+            peer_pid,
+            socket,
+            map,
+            peer_gone: AtomicBool::new(false),
+            tx: Mutex::new(tx),
+            rx: Mutex::new(rx),
+            _busy: None,
+        }
+    }
+
+    fn tx(&self) -> MutexGuard<'_, Outgoing> {
+        self.tx.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn rx(&self) -> MutexGuard<'_, Incoming> {
+        self.rx.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks a half failed if the other half found the peer gone.
+    fn notice_peer_gone(&self, failed: &mut Option<Failed>) {
+        if failed.is_none() && self.peer_gone.load(Ordering::Relaxed) {
+            *failed = Some(Failed::Disconnected);
+        }
+    }
+
+    fn failure(&self, failed: &Failed) -> Error {
+        match failed {
+            Failed::Disconnected => Error::Disconnected {
+                name: self.name.clone(),
+            },
+            Failed::Corrupted(why) => Error::corrupted(&self.name, why.clone()),
+        }
+    }
+
+    /// Ends the connection after finding the peer's ring corrupted: tells it why, and hangs up.
+    fn drop_corrupt_peer(&self, why: &str) {
+        let _ = socket::send_message(
+            &self.socket,
+            &Goodbye::Corrupted(why.to_owned()).encode(),
+            &[],
+        );
+        let _ = socket::shut_down(&self.socket);
+    }
+
+    /// Sends `message`, waiting for room as long as it takes.
+    ///
+    /// A send that finds room returns at once without asking whether the peer still lives (no
+    /// syscall while both sides are awake); a peer's death is reported by the first send that has
+    /// to wait for room, and by every call after a receive has seen it.
+    ///
+    /// # Errors
+    /// [`Error::MessageTooLarge`] (nothing sent, channel still usable); [`Error::Disconnected`]
+    /// if the peer is gone; [`Error::Corrupted`] if it broke the protocol.
+    pub fn send(&self, message: &[u8]) -> Result<()> {
+        self.send_until(message, None)
+    }
+
+    /// Like [`Duplex::send`], giving up after `timeout`. A message that fits in the ring is sent
+    /// whole or not at all. One larger than the ring streams through as the peer receives it; if
+    /// the time runs out part-way the channel is closed (the peer would otherwise hold half a
+    /// message) and later calls return [`Error::Disconnected`].
+    ///
+    /// # Errors
+    /// [`Error::Timeout`]; otherwise as [`Duplex::send`].
+    pub fn send_timeout(&self, message: &[u8], timeout: Duration) -> Result<()> {
+        self.send_until(message, Some(Instant::now() + timeout))
+    }
+
+    /// Sends `message` if the ring has room for all of it now; never waits. On
+    /// [`TrySendError::Full`] the message comes back to the caller.
+    ///
+    /// # Errors
+    /// [`TrySendError::Full`] (retry later; a message larger than the ring never fits at once:
+    /// use [`Duplex::send`]); [`TrySendError::Failed`] with [`Error::MessageTooLarge`],
+    /// [`Error::Disconnected`] or [`Error::Corrupted`].
+    pub fn try_send(&self, message: Vec<u8>) -> Result<(), TrySendError> {
+        if message.len() > self.max_message {
+            let error = Error::MessageTooLarge {
+                size: message.len(),
+                max: self.max_message,
+            };
+            return Err(TrySendError::Failed(message, error));
+        }
+        let mut tx = self.tx();
+        self.notice_peer_gone(&mut tx.failed);
+        if let Some(failed) = &tx.failed {
+            let error = self.failure(failed);
+            return Err(TrySendError::Failed(message, error));
+        }
+        let fragment = tx.ring.layout().max_fragment();
+        match tx
+            .ring
+            .has_room_for_all(fragment_lens(message.len(), fragment))
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                if link::hung_up(&self.socket, &tx.wake_in) {
+                    let error = Error::Disconnected {
+                        name: self.name.clone(),
+                    };
+                    return Err(TrySendError::Failed(message, error));
+                }
+                return Err(TrySendError::Full(message));
+            }
+            Err(e) => {
+                let error = Error::corrupted(&self.name, e.0);
+                return Err(TrySendError::Failed(message, error));
+            }
+        }
+        match self.push_message(&mut tx, &message, None) {
+            Ok(()) => Ok(()),
+            Err(error) => Err(TrySendError::Failed(message, error)),
+        }
+    }
+
+    fn send_until(&self, message: &[u8], deadline: Option<Instant>) -> Result<()> {
+        if message.len() > self.max_message {
+            return Err(Error::MessageTooLarge {
+                size: message.len(),
+                max: self.max_message,
+            });
+        }
+        let mut tx = self.tx();
+        self.notice_peer_gone(&mut tx.failed);
+        if let Some(failed) = &tx.failed {
+            return Err(self.failure(failed));
+        }
+        let fragment = tx.ring.layout().max_fragment();
+        let capacity = tx.ring.layout().capacity;
+        let footprint: usize = fragment_lens(message.len(), fragment)
+            .map(crate::memory::ring::record_size)
+            .sum();
+        // A message that fits in the ring goes in whole once there is room for all of it, so
+        // a timeout never cuts one short. (One fragment of padding may be needed at the end.)
+        let whole = footprint + crate::memory::ring::record_size(fragment) <= capacity;
+        if whole {
+            self.wait_for_room(&mut tx, deadline, |ring| {
+                ring.has_room_for_all(fragment_lens(message.len(), fragment))
+            })?;
+        }
+        self.push_message(&mut tx, message, deadline)
+    }
+
+    /// Waits on the send half until `ready` holds for our ring.
+    fn wait_for_room(
+        &self,
+        tx: &mut Outgoing,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut(&mut Producer) -> Result<bool, RingError>,
+    ) -> Result<()> {
+        let Outgoing {
+            ring,
+            me,
+            peer,
+            wake_in,
+            ..
+        } = tx;
+        let waited = link::wait(
+            &self.name,
+            &self.map,
+            *me,
+            *peer,
+            wake_in,
+            &self.socket,
+            deadline,
+            || ready(ring),
+        );
+        match waited {
+            Ok(Parked::Ready) => Ok(()),
+            Ok(Parked::TimedOut) => Err(Error::Timeout),
+            Ok(Parked::HungUp) => {
+                tx.failed = Some(Failed::Disconnected);
+                self.peer_gone.store(true, Ordering::Relaxed);
+                Err(link::goodbye(&self.name, &self.socket))
+            }
+            Err(e) => {
+                if let Error::Corrupted { reason, .. } = &e {
+                    tx.failed = Some(Failed::Corrupted(reason.clone()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes `message` fragment by fragment, waking the peer's receiver after each, waiting for
+    /// room only where the caller did not already see room for all of it (no early wrap of the
+    /// ring may spoil that check meanwhile).
+    fn push_message(
+        &self,
+        tx: &mut Outgoing,
+        message: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let fragment = tx.ring.layout().max_fragment();
+        let id = tx.next_id;
+        let total = message.len() as u64;
+        let mut sent = 0;
+        let multi = message.len() > fragment;
+        if multi {
+            tx.ring.set_early_wrap(false);
+        }
+        let result = loop {
+            let end = (sent + fragment).min(message.len());
+            let flags =
+                if sent == 0 { FIRST } else { 0 } | if end == message.len() { LAST } else { 0 };
+            match tx.ring.try_push(flags, id, total, &message[sent..end]) {
+                Ok(true) => {
+                    if let Err(e) = wake::nudge(&self.map, tx.peer, &tx.wake_peer) {
+                        break Err(e);
+                    }
+                    sent = end;
+                    if sent == message.len() {
+                        break Ok(());
+                    }
+                }
+                Ok(false) => {
+                    let len = end - sent;
+                    if let Err(e) = self.wait_for_room(tx, deadline, |ring| ring.has_room_for(len))
+                    {
+                        if sent > 0 && matches!(e, Error::Timeout) {
+                            // Part of the message is in the ring: the stream cannot go on.
+                            tx.failed = Some(Failed::Disconnected);
+                            let _ = socket::shut_down(&self.socket);
+                        }
+                        tx.ring.set_early_wrap(true);
+                        return Err(e);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        tx.ring.set_early_wrap(true);
+        match result {
+            Ok(()) => {
+                tx.next_id += 1;
+                Ok(())
+            }
+            Err(e) => {
+                tx.failed = Some(Failed::Corrupted(e.0.clone()));
+                Err(Error::corrupted(&self.name, e.0))
+            }
+        }
+    }
+
+    /// Receives the next message, waiting as long as it takes.
+    ///
+    /// # Errors
+    /// [`Error::Disconnected`] once the peer is gone and every message it sent has been
+    /// received; [`Error::Corrupted`] if it broke the protocol (the channel is then closed).
+    pub fn recv(&self) -> Result<Vec<u8>> {
+        let mut message = Vec::new();
+        self.recv_until(&mut message, None, true)?;
+        Ok(message)
+    }
+
+    /// Receives the next message into `message` (cleared first; its allocation is reused).
+    ///
+    /// # Errors
+    /// As [`Duplex::recv`].
+    pub fn recv_into(&self, message: &mut Vec<u8>) -> Result<()> {
+        self.recv_until(message, None, true).map(|_| ())
+    }
+
+    /// Like [`Duplex::recv`], giving up after `timeout`. A message received in part when the
+    /// time runs out is kept, and the next receive continues it.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`]; otherwise as [`Duplex::recv`].
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Vec<u8>> {
+        let mut message = Vec::new();
+        self.recv_until(&mut message, Some(Instant::now() + timeout), true)?;
+        Ok(message)
+    }
+
+    /// Like [`Duplex::recv_into`], giving up after `timeout`.
+    ///
+    /// # Errors
+    /// As [`Duplex::recv_timeout`].
+    pub fn recv_into_timeout(&self, message: &mut Vec<u8>, timeout: Duration) -> Result<()> {
+        self.recv_until(message, Some(Instant::now() + timeout), true)
+            .map(|_| ())
+    }
+
+    /// Receives a message if one has arrived in full; never waits.
+    ///
+    /// # Errors
+    /// [`Error::Disconnected`] if nothing is waiting and the peer is gone; [`Error::Corrupted`].
+    pub fn try_recv(&self) -> Result<Option<Vec<u8>>> {
+        let mut message = Vec::new();
+        if self.recv_until(&mut message, None, false)? {
+            Ok(Some(message))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Receives into `message`; `Ok(false)` if `wait` is off and no whole message is there.
+    fn recv_until(
+        &self,
+        message: &mut Vec<u8>,
+        deadline: Option<Instant>,
+        wait: bool,
+    ) -> Result<bool> {
+        let mut rx = self.rx();
+        if let Some(failed) = &rx.failed {
+            return Err(self.failure(failed));
+        }
+        message.clear();
+        if rx.total.is_some() {
+            std::mem::swap(message, &mut rx.partial);
+        }
+        let result = self.reassemble(&mut rx, message, deadline, wait);
+        match result {
+            Ok(true) => Ok(true),
+            Ok(false) => {
+                self.keep_partial(&mut rx, message);
+                Ok(false)
+            }
+            Err(Error::Timeout) => {
+                self.keep_partial(&mut rx, message);
+                Err(Error::Timeout)
+            }
+            Err(e) => {
+                rx.failed = Some(match &e {
+                    Error::Corrupted { reason, .. } => {
+                        self.drop_corrupt_peer(reason);
+                        Failed::Corrupted(reason.clone())
+                    }
+                    _ => Failed::Disconnected,
+                });
+                self.peer_gone.store(true, Ordering::Relaxed);
+                message.clear();
+                Err(e)
+            }
+        }
+    }
+
+    fn keep_partial(&self, rx: &mut Incoming, message: &mut Vec<u8>) {
+        if rx.total.is_some() {
+            std::mem::swap(message, &mut rx.partial);
+        }
+        message.clear();
+    }
+
+    /// Takes fragments into `message` until a whole message is there (`Ok(true)`), validating
+    /// every header the peer wrote.
+    fn reassemble(
+        &self,
+        rx: &mut Incoming,
+        message: &mut Vec<u8>,
+        deadline: Option<Instant>,
+        wait: bool,
+    ) -> Result<bool> {
+        let bad = |why: &str| {
+            Err(Error::corrupted(
+                &self.name,
+                format!("the peer broke the protocol: {why}"),
+            ))
+        };
+        let ring_error = |e: RingError| Error::corrupted(&self.name, e.0);
+        loop {
+            let Some(header) = rx.ring.peek().map_err(ring_error)? else {
+                if !wait {
+                    if link::hung_up(&self.socket, &rx.wake_in)
+                        && !rx.ring.has_data().map_err(ring_error)?
+                    {
+                        return Err(link::goodbye(&self.name, &self.socket));
+                    }
+                    return Ok(false);
+                }
+                let Incoming {
+                    ring,
+                    me,
+                    peer,
+                    wake_in,
+                    ..
+                } = &mut *rx;
+                match link::wait(
+                    &self.name,
+                    &self.map,
+                    *me,
+                    *peer,
+                    wake_in,
+                    &self.socket,
+                    deadline,
+                    || ring.has_data(),
+                )? {
+                    Parked::Ready => continue,
+                    Parked::TimedOut => return Err(Error::Timeout),
+                    Parked::HungUp => return Err(link::goodbye(&self.name, &self.socket)),
+                }
+            };
+            if header.call_id != rx.next_id {
+                return bad("message out of sequence");
+            }
+            if header.flags & USER_FLAGS != 0 {
+                return bad("unknown message flags");
+            }
+            let expected = match rx.total {
+                None if header.flags & FIRST == 0 => {
+                    return bad("message does not start with a first fragment");
+                }
+                None => {
+                    if header.total > self.max_message as u64 {
+                        return bad("message larger than the agreed maximum");
+                    }
+                    // The announced length is the peer's word: reserve a bounded amount up
+                    // front and let the buffer grow as fragments actually arrive.
+                    message.reserve((header.total as usize).min(MAX_UPFRONT_RESERVE));
+                    *rx.total.insert(header.total)
+                }
+                Some(_) if header.flags & FIRST != 0 => {
+                    return bad("a new message started mid-message");
+                }
+                Some(t) if header.total != t => {
+                    return bad("fragments disagree on the message length");
+                }
+                Some(t) => t,
+            };
+            if message.len() as u64 + u64::from(header.len) > expected {
+                return bad("fragments exceed the announced length");
+            }
+            if header.len == 0 && header.flags & LAST == 0 {
+                return bad("an empty fragment that is not the last");
+            }
+            rx.ring.take(&header, message).map_err(ring_error)?;
+            // The peer's sender may be waiting for the room we just freed.
+            wake::nudge(&self.map, rx.peer, &rx.wake_peer).map_err(ring_error)?;
+            if header.flags & LAST != 0 {
+                if message.len() as u64 != expected {
+                    return bad("message shorter than announced");
+                }
+                rx.total = None;
+                rx.next_id += 1;
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Fault injection for tests: publishes an impossible record in the ring we send on, as a
+    /// buggy or hostile peer could. Exists only with the `fault-injection` feature, which
+    /// memlink's own tests enable; not part of the API.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __corrupt_outgoing(&self) -> Result<()> {
+        let tx = self.tx();
+        tx.ring
+            .publish_impossible_record()
+            .map_err(|e| Error::corrupted(&self.name, e.0))?;
+        let _ = notify::wake(&tx.wake_peer);
+        Ok(())
+    }
+}
+
+/// Payload lengths of the fragments of a `len`-byte message.
+fn fragment_lens(len: usize, fragment: usize) -> impl Iterator<Item = usize> {
+    let count = len.div_ceil(fragment).max(1);
+    (0..count).map(move |i| (len - i * fragment).min(fragment))
+}
+
+/// Answers every later opener of a complete pair's name with `Busy` (or a refusal, for a user
+/// we do not admit), from its own thread, until the pair's accepting side drops.
+#[derive(Debug)]
+struct BusyResponder {
+    stop: Arc<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BusyResponder {
+    fn start(listener: OwnedFd, options: DuplexOptions) -> Result<Self, Errno> {
+        let stop = Arc::new(notify::doorbell()?);
+        let mut poller = Poller::new()?;
+        poller.add(&listener, 0)?;
+        poller.add(&*stop, 1)?;
+        let stop_seen = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("memlink-duplex-busy".into())
+            .spawn(move || {
+                let mut ready = Vec::new();
+                loop {
+                    if poller.wait(None, &mut ready).is_err() {
+                        return;
+                    }
+                    if ready.iter().any(|r| r.token == 1) {
+                        notify::silence(&*stop_seen);
+                        return;
+                    }
+                    loop {
+                        let connection = match socket::accept(&listener) {
+                            Ok(connection) => connection,
+                            Err(Errno::INTR | Errno::CONNABORTED | Errno::PROTO) => continue,
+                            Err(_) => break,
+                        };
+                        let admitted = socket::peer_credentials(&connection).is_ok_and(|peer| {
+                            link::admits(
+                                options.permissions,
+                                options.trusted_peer_uid,
+                                &connection,
+                                peer,
+                            )
+                        });
+                        let welcome = Welcome {
+                            admission: if admitted {
+                                Admission::Busy
+                            } else {
+                                Admission::PermissionDenied
+                            },
+                            ring_capacity: 0,
+                            max_message: 0,
+                            server_pid: process::current_pid(),
+                        };
+                        // Never blocks: a connector that does not read loses only its answer.
+                        let _ = socket::send_message(&connection, &welcome.encode(), &[]);
+                    }
+                }
+            })
+            .map_err(|_| Errno::AGAIN)?;
+        Ok(BusyResponder {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for BusyResponder {
+    fn drop(&mut self) {
+        let _ = notify::ring(&*self.stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fragments_cover_the_message() {
+        assert_eq!(fragment_lens(0, 16).collect::<Vec<_>>(), [0]);
+        assert_eq!(fragment_lens(16, 16).collect::<Vec<_>>(), [16]);
+        assert_eq!(fragment_lens(33, 16).collect::<Vec<_>>(), [16, 16, 1]);
+    }
+}

@@ -1,0 +1,248 @@
+//! One connection between two processes, whatever the pattern: the handshake messages and region
+//! layout ([`protocol`]), the sealed region (made by the accepting side, validated by the
+//! connecting side), the wake pipes a peer can neither block nor steal, spin → yield → park
+//! ([`wake`]), hang-up detection and goodbyes.
+//!
+//! Request/response (`rpc`) and the duplex channel (`duplex`) both build on this; a pattern module
+//! never touches a wake pipe, a socket or a raw region offset itself. May use `memory` (rings) and
+//! `platform` (sockets, memfds, pipes, mappings); no `unsafe` of its own.
+
+pub(crate) mod protocol;
+pub(crate) mod wake;
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+
+use crate::error::{Error, Result};
+use crate::memory::ring::RingError;
+use crate::memory::segment::Permissions;
+use crate::platform::mapping::Mapping;
+use crate::platform::{memfd, notify, process, shm, socket};
+use protocol::{Goodbye, RegionLayout};
+pub(crate) use wake::{Backoff, PARK_RECHECK, Patience, Side, park_begin, park_end};
+
+/// Whether the accepting side admits the connector `peer` under `permissions` (root and our
+/// own user always; `trusted_uid` too, if given).
+pub(crate) fn admits(
+    permissions: Permissions,
+    trusted_uid: Option<u32>,
+    connection: &OwnedFd,
+    peer: socket::PeerCredentials,
+) -> bool {
+    let uid = process::effective_uid();
+    if peer.uid == uid || peer.uid == 0 || Some(peer.uid) == trusted_uid {
+        return true;
+    }
+    match permissions {
+        Permissions::Everyone => true,
+        Permissions::Group => {
+            let group = rustix::process::getegid().as_raw();
+            peer.gid == group
+                || socket::peer_groups(connection).is_ok_and(|groups| groups.contains(&group))
+        }
+        Permissions::OwnerOnly => false,
+    }
+}
+
+/// Whether the connecting side trusts the accepting side's user: our own, root, or `trusted_uid`.
+/// Checked before anything is sent, so another user who took the name first learns nothing.
+pub(crate) fn trusts(peer_uid: u32, trusted_uid: Option<u32>) -> bool {
+    peer_uid == process::effective_uid() || peer_uid == 0 || Some(peer_uid) == trusted_uid
+}
+
+/// A connection's fresh region, made by the accepting side before it hands the memfd over.
+pub(crate) struct NewRegion {
+    pub(crate) fd: OwnedFd,
+    pub(crate) map: Arc<Mapping>,
+    pub(crate) layout: RegionLayout,
+}
+
+/// Makes a sealed memfd for a connection with rings of `capacity` bytes and writes fresh random
+/// ring keys into it. Nothing is faulted in but the keys' page: ring pages are allocated as
+/// messages first reach them, so an idle connection costs a page, not its whole rings.
+pub(crate) fn create_region(capacity: usize) -> Result<NewRegion, Errno> {
+    let layout = RegionLayout::fresh(capacity);
+    let fd = memfd::create_sealed("memlink-connection", layout.len() as u64)?;
+    let map = Arc::new(Mapping::map_shared(&fd, layout.len())?);
+    layout.write_keys(&map).map_err(|_| Errno::INVAL)?;
+    Ok(NewRegion { fd, map, layout })
+}
+
+/// Validates and maps the region the accepting side handed us: it must be sealed against
+/// shrinking (so it cannot `SIGBUS` us) and exactly as large as the layout we derive ourselves
+/// from `capacity`; the ring keys are read once. Nothing about it is taken on trust.
+pub(crate) fn adopt_region(
+    name: &str,
+    capacity: usize,
+    region_fd: &OwnedFd,
+) -> Result<(Arc<Mapping>, RegionLayout)> {
+    let expected_len = RegionLayout {
+        capacity,
+        request_key: 0,
+        response_key: 0,
+    }
+    .len();
+    if !memfd::is_sealed_against_shrinking(region_fd) {
+        return Err(Error::corrupted(
+            name,
+            "the peer's shared region is not sealed against shrinking",
+        ));
+    }
+    let size = shm::fstat(region_fd)
+        .map_err(|e| Error::os("inspecting the shared region", e))?
+        .size;
+    if size != expected_len as u64 {
+        return Err(Error::corrupted(
+            name,
+            format!("shared region of {size} bytes, expected {expected_len}"),
+        ));
+    }
+    let map = Arc::new(
+        Mapping::map_shared(region_fd, expected_len)
+            .map_err(|e| Error::os("mapping the shared region", e))?,
+    );
+    let layout = RegionLayout::read(capacity, &map).map_err(|e| Error::corrupted(name, e.0))?;
+    Ok((map, layout))
+}
+
+/// Checks that `received` is a pipe end of the right direction and reopens it as an open file
+/// description of our own, so that not even the peer that sent it can make our end blocking.
+pub(crate) fn private_wake_end(name: &str, received: &OwnedFd, writable: bool) -> Result<OwnedFd> {
+    notify::private_wake_end(received, writable).map_err(|e| {
+        Error::corrupted(
+            name,
+            format!("the peer's wake descriptors are not the ends of pipes ({e})"),
+        )
+    })
+}
+
+/// How a [`park_until`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Parked {
+    /// What we waited for holds.
+    Ready,
+    /// The deadline passed first.
+    TimedOut,
+    /// The peer hung up (or said goodbye) and what we waited for does not hold: see [`goodbye`].
+    HungUp,
+}
+
+/// Sleeps until `ready` holds, parked as `me` (see [`wake`]): sets the parked flag, looks once
+/// more, sleeps on `wake_in` and the connection's `socket` for at most [`PARK_RECHECK`] at a time,
+/// and looks again after every wake-up. A hang-up is reported only after a last look, so whatever
+/// the peer published before it died is still taken first.
+pub(crate) fn park_until(
+    name: &str,
+    map: &Mapping,
+    me: Side,
+    wake_in: &OwnedFd,
+    socket: &OwnedFd,
+    deadline: Option<Instant>,
+    mut ready: impl FnMut() -> Result<bool, RingError>,
+) -> Result<Parked> {
+    let corrupted = |e: RingError| Error::corrupted(name, e.0);
+    loop {
+        park_begin(map, me).map_err(corrupted)?;
+        if ready().map_err(corrupted)? {
+            park_end(map, me).map_err(corrupted)?;
+            return Ok(Parked::Ready);
+        }
+        let left = match deadline {
+            None => None,
+            Some(t) => match t.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => {
+                    park_end(map, me).map_err(corrupted)?;
+                    return Ok(Parked::TimedOut);
+                }
+            },
+        };
+        // Bounded (see `PARK_RECHECK`): a lost wake-up costs a moment, not the wait.
+        let nap = left.map_or(PARK_RECHECK, |left| left.min(PARK_RECHECK));
+        let woken = notify::wait_wake_or_hangup(wake_in, socket, Some(nap))
+            .map_err(|e| Error::os("waiting for the peer", e))?;
+        park_end(map, me).map_err(corrupted)?;
+        let writer_gone = woken.wake && notify::drain_wakes(wake_in);
+        if woken.socket || writer_gone {
+            // The peer may have published just before it went away.
+            if ready().map_err(corrupted)? {
+                return Ok(Parked::Ready);
+            }
+            return Ok(Parked::HungUp);
+        }
+    }
+}
+
+/// Longest a waiter spins (when the peer runs on another CPU), and then yields, before it parks.
+const WAIT_SPIN: Duration = Duration::from_micros(50);
+const WAIT_YIELD: Duration = Duration::from_micros(100);
+
+/// Waits until `ready` holds: a few looks, then spins (unless `peer` last ran on our CPU), yields,
+/// and parks as `me` (see [`park_until`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn wait(
+    name: &str,
+    map: &Mapping,
+    me: Side,
+    peer: Side,
+    wake_in: &OwnedFd,
+    socket: &OwnedFd,
+    deadline: Option<Instant>,
+    mut ready: impl FnMut() -> Result<bool, RingError>,
+) -> Result<Parked> {
+    let corrupted = |e: RingError| Error::corrupted(name, e.0);
+    for _ in 0..32 {
+        if ready().map_err(corrupted)? {
+            return Ok(Parked::Ready);
+        }
+        std::hint::spin_loop();
+    }
+    let spin = if wake::shares_cpu_with_peer(map, me, peer) {
+        Duration::ZERO
+    } else {
+        WAIT_SPIN
+    };
+    let mut backoff = Backoff::new(Patience {
+        spin,
+        yield_for: WAIT_YIELD,
+    });
+    loop {
+        if ready().map_err(corrupted)? {
+            return Ok(Parked::Ready);
+        }
+        if !backoff.pause() {
+            break;
+        }
+        if deadline.is_some_and(|t| backoff.last_clock_read() >= t) {
+            return Ok(Parked::TimedOut);
+        }
+    }
+    park_until(name, map, me, wake_in, socket, deadline, ready)
+}
+
+/// Whether the peer has hung up (a non-blocking look at the socket).
+pub(crate) fn hung_up(socket: &OwnedFd, wake_in: &OwnedFd) -> bool {
+    notify::wait_wake_or_hangup(wake_in, socket, Some(std::time::Duration::ZERO))
+        .is_ok_and(|w| w.hung_up)
+}
+
+/// Why the peer closed the connection: it says so in a goodbye message if it dropped us
+/// deliberately; silence means it died or closed its end. `Disconnected` names `name`.
+pub(crate) fn goodbye(name: &str, socket: &OwnedFd) -> Error {
+    let mut buf = [0u8; Goodbye::MAX_LEN];
+    let said = match socket::receive_message(socket, &mut buf, false) {
+        Ok((len, _)) if len > 0 => Some(&buf[..len]),
+        _ => None,
+    };
+    match said.map(Goodbye::decode) {
+        Some(Ok(Goodbye::Corrupted(why))) => {
+            Error::corrupted(name, format!("the peer dropped this connection: {why}"))
+        }
+        _ => Error::Disconnected {
+            name: name.to_owned(),
+        },
+    }
+}
