@@ -56,6 +56,7 @@ use std::time::{Duration, Instant};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
+use crate::link::fragment::Reassembly;
 use crate::link::protocol::{Admission, Goodbye, Hello, Purpose, Welcome};
 use crate::link::wake::{self, CLIENT, CLIENT_ROOM, SERVER, SERVER_ROOM, Side};
 use crate::link::{self, Parked};
@@ -228,9 +229,9 @@ struct Incoming {
     peer: Side,
     wake_in: OwnedFd,
     wake_peer: OwnedFd,
-    /// A message received in part when a timed receive gave up, and its announced length.
+    /// A message received in part when a timed receive gave up, and where its reassembly is.
     partial: Vec<u8>,
-    total: Option<u64>,
+    reassembly: Reassembly,
     failed: Option<Failed>,
 }
 
@@ -543,7 +544,7 @@ impl Duplex {
             wake_in,
             wake_peer,
             partial: Vec::new(),
-            total: None,
+            reassembly: Reassembly::default(),
             failed: None,
         };
         Duplex {
@@ -857,7 +858,7 @@ impl Duplex {
             return Err(self.failure(failed));
         }
         message.clear();
-        if rx.total.is_some() {
+        if rx.reassembly.in_progress() {
             std::mem::swap(message, &mut rx.partial);
         }
         let result = self.reassemble(&mut rx, message, deadline, wait);
@@ -887,7 +888,7 @@ impl Duplex {
     }
 
     fn keep_partial(&self, rx: &mut Incoming, message: &mut Vec<u8>) {
-        if rx.total.is_some() {
+        if rx.reassembly.in_progress() {
             std::mem::swap(message, &mut rx.partial);
         }
         message.clear();
@@ -902,12 +903,8 @@ impl Duplex {
         deadline: Option<Instant>,
         wait: bool,
     ) -> Result<bool> {
-        let bad = |why: &str| {
-            Err(Error::corrupted(
-                &self.name,
-                format!("the peer broke the protocol: {why}"),
-            ))
-        };
+        let bad =
+            |why: &str| Error::corrupted(&self.name, format!("the peer broke the protocol: {why}"));
         let ring_error = |e: RingError| Error::corrupted(&self.name, e.0);
         loop {
             let Some(header) = rx.ring.peek().map_err(ring_error)? else {
@@ -941,47 +938,28 @@ impl Duplex {
                     Parked::HungUp => return Err(link::goodbye(&self.name, &self.socket)),
                 }
             };
-            if header.call_id != rx.next_id {
-                return bad("message out of sequence");
-            }
             if header.flags & USER_FLAGS != 0 {
-                return bad("unknown message flags");
+                return Err(bad("unknown message flags"));
             }
-            let expected = match rx.total {
-                None if header.flags & FIRST == 0 => {
-                    return bad("message does not start with a first fragment");
-                }
-                None => {
-                    if header.total > self.max_message as u64 {
-                        return bad("message larger than the agreed maximum");
-                    }
-                    // The announced length is the peer's word: reserve a bounded amount up
-                    // front and let the buffer grow as fragments actually arrive.
-                    message.reserve((header.total as usize).min(MAX_UPFRONT_RESERVE));
-                    *rx.total.insert(header.total)
-                }
-                Some(_) if header.flags & FIRST != 0 => {
-                    return bad("a new message started mid-message");
-                }
-                Some(t) if header.total != t => {
-                    return bad("fragments disagree on the message length");
-                }
-                Some(t) => t,
-            };
-            if message.len() as u64 + u64::from(header.len) > expected {
-                return bad("fragments exceed the announced length");
-            }
-            if header.len == 0 && header.flags & LAST == 0 {
-                return bad("an empty fragment that is not the last");
+            let next_id = rx.next_id;
+            let started = rx
+                .reassembly
+                .accept(&header, |id| id == next_id, self.max_message as u64)
+                .map_err(|why| bad(&why))?;
+            if let Some(total) = started {
+                // The announced length is the peer's word: reserve a bounded amount up front
+                // and let the buffer grow as fragments actually arrive.
+                message.reserve((total as usize).min(MAX_UPFRONT_RESERVE));
             }
             rx.ring.take(&header, message).map_err(ring_error)?;
             // The peer's sender may be waiting for the room we just freed.
             wake::nudge(&self.map, rx.peer, &rx.wake_peer).map_err(ring_error)?;
-            if header.flags & LAST != 0 {
-                if message.len() as u64 != expected {
-                    return bad("message shorter than announced");
-                }
-                rx.total = None;
+            if rx
+                .reassembly
+                .taken(&header)
+                .map_err(|why| bad(&why))?
+                .is_some()
+            {
                 rx.next_id += 1;
                 return Ok(true);
             }

@@ -7,6 +7,7 @@
 //! never touches a wake pipe, a socket or a raw region offset itself. May use `memory` (rings) and
 //! `platform` (sockets, memfds, pipes, mappings); no `unsafe` of its own.
 
+pub(crate) mod fragment;
 pub(crate) mod protocol;
 pub(crate) mod wake;
 

@@ -19,6 +19,7 @@ use super::protocol::{
     socket_name,
 };
 use crate::error::{Error, Result};
+use crate::link::fragment::Reassembly;
 use crate::link::wake::{self as link, Backoff, CLIENT, Patience, SERVER};
 use crate::link::{self as connection, Parked};
 use crate::memory::name::validate_name;
@@ -668,7 +669,7 @@ impl Channel {
 
     fn receive(&mut self, call: u64, reply: &mut Vec<u8>, deadline: Option<Instant>) -> Result<()> {
         reply.clear();
-        let mut total = None;
+        let mut reassembly = Reassembly::default();
         loop {
             let ring = |name: &str, e: RingError| Error::corrupted(name, e.0);
             let Some(header) = self.responses.peek().map_err(|e| ring(&self.name, e))? else {
@@ -676,63 +677,42 @@ impl Channel {
                 continue;
             };
             let bad = |why: &str| {
-                Err(Error::corrupted(
-                    &self.name,
-                    format!("server broke the protocol: {why}"),
-                ))
+                Error::corrupted(&self.name, format!("server broke the protocol: {why}"))
             };
-            if header.call_id != call {
-                return bad("reply to another call");
-            }
-            let expected = match total {
-                None if header.flags & FIRST == 0 => {
-                    return bad("reply does not start with a first fragment");
+            let started = reassembly
+                .accept(&header, |id| id == call, self.max_message as u64)
+                .map_err(|why| bad(&why))?;
+            if let Some(total) = started {
+                if total > self.max_reply as u64 {
+                    // Ours to refuse, not a broken server: leave the rest unread and let this
+                    // connection go.
+                    self.abandoned = true;
+                    return Err(Error::MessageTooLarge {
+                        size: usize::try_from(total).unwrap_or(usize::MAX),
+                        max: self.max_reply,
+                    });
                 }
-                None => {
-                    if header.total > self.max_message as u64 {
-                        return bad("reply larger than the agreed maximum");
-                    }
-                    if header.total > self.max_reply as u64 {
-                        // Ours to refuse, not a broken server: leave the rest unread and let
-                        // this connection go.
-                        self.abandoned = true;
-                        return Err(Error::MessageTooLarge {
-                            size: usize::try_from(header.total).unwrap_or(usize::MAX),
-                            max: self.max_reply,
-                        });
-                    }
-                    // The announced length is the server's word: reserve at most a bounded amount up
-                    // front and let the buffer grow as fragments actually arrive.
-                    reply.reserve((header.total as usize).min(MAX_UPFRONT_RESERVE));
-                    *total.insert(header.total)
-                }
-                Some(_) if header.flags & FIRST != 0 => {
-                    return bad("a new reply started mid-reply");
-                }
-                Some(t) if header.total != t => {
-                    return bad("fragments disagree on the reply length");
-                }
-                Some(t) => t,
-            };
-            if reply.len() as u64 + u64::from(header.len) > expected {
-                return bad("reply fragments exceed the announced length");
+                // The announced length is the server's word: reserve at most a bounded amount up
+                // front and let the buffer grow as fragments actually arrive.
+                reply.reserve((total as usize).min(MAX_UPFRONT_RESERVE));
             }
             self.responses
                 .take(&header, reply)
                 .map_err(|e| ring(&self.name, e))?;
-            if header.flags & LAST == 0 {
+            if reassembly
+                .taken(&header)
+                .map_err(|why| bad(&why))?
+                .is_none()
+            {
                 // The server may be waiting for the room we just freed. After the last fragment
                 // it is not: the whole reply is in the ring.
                 link::nudge(&self.map, SERVER, &self.wake_out).map_err(|e| ring(&self.name, e))?;
             } else {
-                if reply.len() as u64 != expected {
-                    return bad("reply shorter than announced");
-                }
                 if header.flags & USER_FLAGS == ERROR_REPLY {
                     return Err(self.remote_error(reply));
                 }
                 if header.flags & USER_FLAGS != 0 {
-                    return bad("unknown reply flags");
+                    return Err(bad("unknown reply flags"));
                 }
                 return Ok(());
             }

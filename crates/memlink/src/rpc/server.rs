@@ -25,6 +25,7 @@ use super::protocol::{
     RegionLayout, Stats, Welcome, socket_name,
 };
 use crate::error::{Error, Result};
+use crate::link::fragment::Reassembly;
 use crate::link::wake::{self as link, Backoff, CLIENT, PARK_RECHECK, Patience, SERVER};
 use crate::memory::name::validate_name;
 use crate::memory::ring::{
@@ -796,7 +797,8 @@ struct Connection {
     responses: Producer,
     phase: Phase,
     call: u64,
-    request_total: u64,
+    /// Where the request in progress is (its id, length, fragments so far).
+    reassembly: Reassembly,
     request: Vec<u8>,
     reply: Vec<u8>,
     reply_flags: u32,
@@ -827,7 +829,7 @@ impl Connection {
             map,
             phase: Phase::Idle,
             call: 0,
-            request_total: 0,
+            reassembly: Reassembly::default(),
             request: Vec::new(),
             reply: Vec::new(),
             reply_flags: 0,
@@ -871,58 +873,33 @@ impl Connection {
             let Some(header) = self.requests.peek()? else {
                 break;
             };
-            let bad = |why: String| Err(RingError(format!("client broke the protocol: {why}")));
-            match self.phase {
-                Phase::Idle => {
-                    if header.flags & FIRST == 0 {
-                        return bad("a request does not start with a first fragment".into());
-                    }
-                    if header.call_id <= self.call {
-                        return bad(format!("call id {} does not increase", header.call_id));
-                    }
-                    if header.total > self.max_message as u64 {
-                        return bad(format!(
-                            "request of {} bytes exceeds the {}-byte maximum",
-                            header.total, self.max_message
-                        ));
-                    }
-                    self.call = header.call_id;
-                    self.request_total = header.total;
-                    self.request.clear();
-                    self.phase = Phase::Receiving;
-                }
-                Phase::Receiving => {
-                    if header.flags & FIRST != 0
-                        || header.call_id != self.call
-                        || header.total != self.request_total
-                    {
-                        return bad("fragments of one request disagree".into());
-                    }
-                }
-                Phase::Replying => break,
+            let bad = |why: String| RingError(format!("client broke the protocol: {why}"));
+            if self.phase == Phase::Replying {
+                break;
             }
             if header.flags & USER_FLAGS != 0 {
-                return bad(format!("request flags {:#x}", header.flags));
+                return Err(bad(format!("request flags {:#x}", header.flags)));
             }
-            if self.request.len() as u64 + u64::from(header.len) > self.request_total {
-                return bad("request fragments exceed the announced length".into());
-            }
-            if header.len == 0 && header.flags & LAST == 0 {
-                // It would move the request no closer to its end: a client could keep a worker
-                // busy forever with these.
-                return bad("an empty fragment that is not the last".into());
+            // Call ids increase; an empty fragment that is not the last is refused (a client
+            // could otherwise keep a worker busy forever with fragments that move nothing).
+            let last_call = self.call;
+            let started = self
+                .reassembly
+                .accept(&header, |id| id > last_call, self.max_message as u64)
+                .map_err(bad)?;
+            if started.is_some() {
+                self.call = header.call_id;
+                self.request.clear();
+                self.phase = Phase::Receiving;
             }
             self.requests.take(&header, &mut self.request)?;
             budget.charge(header.len as usize);
             progressed = true;
-            if header.flags & LAST == 0 {
+            if self.reassembly.taken(&header).map_err(bad)?.is_none() {
                 // The client may be waiting for the room we just freed to send the next fragment.
                 // After the last one it is not: it waits for the reply, which wakes it anyway.
                 self.nudge_client()?;
             } else {
-                if self.request.len() as u64 != self.request_total {
-                    return bad("request shorter than announced".into());
-                }
                 self.respond(handler);
                 calls.fetch_add(1, Ordering::Relaxed);
                 self.push_reply(&mut budget)?;
