@@ -7,8 +7,8 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::{
-    ChildProcess, WATCHDOG, Watchdog, assert_no_leftovers, await_parent, park_until_killed, report,
-    unique_name, variant, with_watchdog,
+    ChildProcess, WATCHDOG, Watchdog, assert_no_leftovers, await_parent, drop_privileges_to_nobody,
+    is_root, park_until_killed, report, unique_name, variant, with_watchdog,
 };
 use memlink::{Duplex, Error, TrySendError};
 
@@ -21,6 +21,7 @@ fn child_main() {
         ("send_forever", send_forever),
         ("open_and_report", open_and_report),
         ("corrupter", corrupter),
+        ("nobody_open", nobody_open),
     ]);
 }
 
@@ -176,15 +177,40 @@ fn send_forever(args: &[String]) {
 
 /// Opens `name` (within a second) and reports the outcome. Paired, it then receives one message
 /// (args: name, "read") or reads nothing until the parent says so (args: name, "idle").
+/// An optional third argument is the ring capacity (the pair's is the first opener's, so both
+/// sides of a test that depends on it ask for the same).
 fn open_and_report(args: &[String]) {
-    match Duplex::open_timeout(&args[0], Duration::from_secs(1)) {
+    let mut options = Duplex::options();
+    if let Some(capacity) = args.get(2) {
+        options = options.ring_capacity(capacity.parse().unwrap());
+    }
+    match options.open_timeout(&args[0], Duration::from_secs(1)) {
         Ok(chan) => {
             report("paired");
             if args.get(1).is_some_and(|mode| mode == "idle") {
+                // Reads nothing until told, then counts what is there.
                 await_parent();
+                let mut count = 0;
+                while chan.recv_timeout(Duration::from_millis(300)).is_ok() {
+                    count += 1;
+                }
+                report(&format!("received {count}"));
             } else {
                 let _ = chan.recv_timeout(WATCHDOG);
             }
+        }
+        Err(e) => report(&variant(&e)),
+    }
+}
+
+/// As user nobody: says so, then opens `name` (within 5 s) and reports the outcome.
+fn nobody_open(args: &[String]) {
+    drop_privileges_to_nobody();
+    report("opening");
+    match Duplex::open_timeout(&args[0], Duration::from_secs(5)) {
+        Ok(chan) => {
+            report("paired");
+            let _ = chan.recv_timeout(WATCHDOG);
         }
         Err(e) => report(&variant(&e)),
     }
@@ -334,7 +360,7 @@ fn blocked_recv_returns_disconnected_when_the_peer_is_killed_mid_transfer() {
 fn blocked_send_returns_disconnected_when_the_peer_is_killed() {
     let _watchdog = Watchdog::arm();
     let name = unique_name("duplex-full");
-    let mut child = ChildProcess::spawn("open_and_report", &[&name, "idle"]);
+    let mut child = ChildProcess::spawn("open_and_report", &[&name, "idle", "65536"]);
     let chan = Arc::new(
         Duplex::options()
             .ring_capacity(64 << 10)
@@ -453,7 +479,7 @@ fn timeouts_and_non_blocking_calls() {
     let lonely = Duplex::open_timeout(&name, Duration::from_millis(200));
     assert!(matches!(lonely, Err(Error::Timeout)), "{lonely:?}");
     assert!(started.elapsed() >= Duration::from_millis(200));
-    let mut peer = ChildProcess::spawn("open_and_report", &[&name, "idle"]);
+    let mut peer = ChildProcess::spawn("open_and_report", &[&name, "idle", "4096"]);
     let chan = Duplex::options()
         .ring_capacity(4096)
         .max_message_size(100_000)
@@ -493,10 +519,192 @@ fn timeouts_and_non_blocking_calls() {
         chan.send_timeout(&[7; 500], Duration::from_millis(100)),
         Err(Error::Timeout)
     ));
+    // The timed-out send left nothing behind: the peer gets exactly the messages sent.
+    peer.tell("read");
+    assert_eq!(peer.next_line(), format!("received {sent}"));
     drop(chan);
-    peer.tell("done");
     peer.wait_success();
     assert_no_leftovers(&name);
+}
+
+/// A timed send of a message larger than the ring, cut short because the peer does not read,
+/// closes the channel rather than leave half a message: later sends say `Disconnected`.
+#[test]
+fn a_send_timeout_cutting_a_message_short_closes_the_channel() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("duplex-cut");
+    let mut peer = ChildProcess::spawn("open_and_report", &[&name, "idle", "4096"]);
+    let chan = Duplex::options()
+        .ring_capacity(4096)
+        .open_timeout(&name, WATCHDOG)
+        .unwrap();
+    peer.expect_line("paired");
+    let cut = chan.send_timeout(&[3; 100_000], Duration::from_millis(100));
+    assert!(matches!(cut, Err(Error::Timeout)), "{cut:?}");
+    let after = chan.send(b"x");
+    assert!(
+        matches!(after, Err(Error::Disconnected { .. })),
+        "{after:?}"
+    );
+    peer.tell("read");
+    assert_eq!(
+        peer.next_line(),
+        "received 0",
+        "the peer got half a message"
+    );
+    peer.wait_success();
+}
+
+/// A receive that times out part-way through a message keeps what it has; the next receive
+/// continues it, and the message arrives whole.
+#[test]
+fn recv_timeout_part_way_through_a_message_loses_nothing() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("duplex-partial");
+    let other = {
+        let name = name.clone();
+        std::thread::spawn(move || {
+            Duplex::options()
+                .ring_capacity(4096)
+                .open_timeout(&name, WATCHDOG)
+                .unwrap()
+        })
+    };
+    let a = Arc::new(
+        Duplex::options()
+            .ring_capacity(4096)
+            .open_timeout(&name, WATCHDOG)
+            .unwrap(),
+    );
+    let b = other.join().unwrap();
+    let mut messages = Vec::new();
+    for seq in 0..20u64 {
+        let mut m = Vec::new();
+        message(seq, 50_000 + seq as usize * 1000, &mut m);
+        messages.push(m);
+    }
+    let sender = {
+        let (a, messages) = (a.clone(), messages.clone());
+        std::thread::spawn(move || {
+            for m in &messages {
+                a.send(m).unwrap();
+                // Pauses mid-stream make the receiver's short timeouts expire part-way.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let mut timeouts = 0;
+    let mut buf = Vec::new();
+    for (seq, m) in messages.iter().enumerate() {
+        loop {
+            match b.recv_into_timeout(&mut buf, Duration::from_micros(200)) {
+                Ok(()) => break,
+                Err(Error::Timeout) => timeouts += 1,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(timeouts < 1_000_000);
+        }
+        assert!(buf == *m, "message {seq} arrived damaged");
+    }
+    sender.join().unwrap();
+    println!("{timeouts} timeouts along the way");
+    assert!(
+        timeouts > 0,
+        "no receive timed out: the test proved nothing"
+    );
+}
+
+/// A user the side that opened first does not admit is refused (and does not take the pair's
+/// place); a side that opened first as another user is refused unless trusted.
+#[test]
+fn other_users_are_refused_unless_trusted() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run a child as another user");
+        return;
+    }
+    let _watchdog = Watchdog::arm();
+    // We open first: nobody is refused, our own user then pairs.
+    let name = unique_name("duplex-users");
+    let waiting = {
+        let name = name.clone();
+        std::thread::spawn(move || Duplex::open_timeout(&name, WATCHDOG))
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let mut intruder = ChildProcess::spawn("nobody_open", &[&name]);
+    intruder.expect_line("opening");
+    intruder.expect_line("PermissionDenied");
+    intruder.wait_success();
+    let mut friend = ChildProcess::spawn("open_and_report", &[&name, "read"]);
+    friend.expect_line("paired");
+    let chan = waiting.join().unwrap().unwrap();
+    chan.send(b"bye").unwrap();
+    friend.wait_success();
+    drop(chan);
+    // Nobody opens first: we refuse it, unless we trust its uid.
+    let name = unique_name("duplex-trust");
+    let mut other = ChildProcess::spawn("nobody_open", &[&name]);
+    other.expect_line("opening");
+    std::thread::sleep(Duration::from_millis(200));
+    let refused = Duplex::open_timeout(&name, Duration::from_secs(2));
+    assert!(
+        matches!(refused, Err(Error::PermissionDenied { .. })),
+        "{refused:?}"
+    );
+    let chan = Duplex::options()
+        .trust_peer_uid(65534)
+        .open_timeout(&name, WATCHDOG)
+        .unwrap();
+    other.expect_line("paired");
+    chan.send(b"bye").unwrap();
+    other.wait_success();
+}
+
+/// A process squatting the name with a socket that answers garbage, or a welcome without the
+/// region: `open` fails with a clear error, never panics or hangs.
+#[test]
+fn a_squatter_answering_garbage_is_refused_cleanly() {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let _watchdog = Watchdog::arm();
+    for answer in [
+        b"not a memlink welcome at all".to_vec(),
+        // magic, version 2, status 0 (accepted), capacity, max, pid, extra: but no descriptors.
+        [
+            &b"MLNK"[..],
+            &2u32.to_le_bytes(),
+            &0u32.to_le_bytes(),
+            &4096u32.to_le_bytes(),
+            &1024u64.to_le_bytes(),
+            &1u32.to_le_bytes(),
+            &0u32.to_le_bytes(),
+        ]
+        .concat(),
+    ] {
+        let name = unique_name("duplex-squat");
+        let listener = rustix::net::socket_with(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let address =
+            SocketAddrUnix::new_abstract_name(format!("memlink.duplex.{name}").as_bytes()).unwrap();
+        rustix::net::bind(&listener, &address).unwrap();
+        rustix::net::listen(&listener, 8).unwrap();
+        let squatter = std::thread::spawn(move || {
+            let connection = rustix::net::accept(&listener).unwrap();
+            rustix::net::send(&connection, &answer, rustix::net::SendFlags::empty()).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        let error = with_watchdog("opening against a squatter", move || {
+            Duplex::open_timeout(&name, Duration::from_secs(5)).unwrap_err()
+        });
+        assert!(
+            matches!(error, Error::Incompatible { .. } | Error::Corrupted { .. }),
+            "{error:?}"
+        );
+        squatter.join().unwrap();
+    }
 }
 
 /// A peer that writes an impossible record into its ring: our receive says `Corrupted` (after

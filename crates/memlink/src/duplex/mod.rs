@@ -297,6 +297,12 @@ impl Duplex {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(10));
                 }
+                // The accepting side did not answer in time (stuck on another connector's
+                // handshake): without a deadline of our own, try again.
+                Err(Error::Timeout) if deadline.is_none() => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
                 other => return other,
             }
         }
@@ -403,6 +409,16 @@ impl Duplex {
         if sent.is_err() {
             return Ok(None);
         }
+        // The pair is formed only once the connector says it adopted the region: one that gave
+        // up before reading its welcome must not leave us paired with nobody.
+        let mut ack = [0u8; Hello::LEN + 8];
+        let paired = socket::receive_message(&connection, &mut ack, true)
+            .ok()
+            .and_then(|(len, _)| Hello::decode(&ack[..len]).ok())
+            .is_some_and(|hello| hello.purpose == Purpose::Paired);
+        if !paired {
+            return Ok(None);
+        }
         let ring = |e: RingError| Error::corrupted(name, e.0);
         // We produce the "responses" ring and consume the "requests" ring, as an rpc server.
         let tx = Producer::new(region.map.clone(), region.layout.responses()).map_err(ring)?;
@@ -444,7 +460,7 @@ impl Duplex {
         if !link::trusts(peer.uid, options.trusted_peer_uid) {
             return Err(Error::PermissionDenied {
                 name: name.to_owned(),
-                owner_uid: Some(peer.uid),
+                owner_uid: None,
             });
         }
         socket::set_accept_descriptors(&connection, true).map_err(fail)?;
@@ -506,6 +522,11 @@ impl Duplex {
         let ring = |e: RingError| Error::corrupted(name, e.0);
         let tx = Producer::new(map.clone(), layout.requests()).map_err(ring)?;
         let rx = Consumer::new(map.clone(), layout.responses()).map_err(ring)?;
+        let paired = Hello {
+            purpose: Purpose::Paired,
+            max_message: 0,
+        };
+        socket::send_message(&connection, &paired.encode(), &[]).map_err(fail)?;
         Ok(Duplex::assemble(
             name,
             max_message,

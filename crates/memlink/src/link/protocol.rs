@@ -16,6 +16,10 @@
 //! - server → client a pattern's own answer instead (rpc's statistics), when the hello asked.
 //! - server → client [`Goodbye`] just before a side drops a connection it found corrupted or is
 //!   shutting down: `magic | version | reason u32 | text`.
+//! - client → server, duplex only: a second [`Hello`] with purpose "paired" once the connector has
+//!   validated and mapped the region; only then does the accepting side count the pair as formed
+//!   (a connector that gave up before reading its welcome leaves the accepter waiting, not paired
+//!   with a ghost).
 //! - after the handshake nothing but a goodbye travels on the socket; its hang-up is the peer's
 //!   death. Wake-ups are single bytes on the pipes, written only when the receiver has said in the
 //!   region that it is parked (see `link::wake`), never blocking.
@@ -60,6 +64,8 @@ pub(crate) enum Purpose {
     Stats,
     /// A duplex peer asking to complete the pair.
     Duplex,
+    /// A duplex connector saying it has adopted the region: the pair is complete.
+    Paired,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +86,7 @@ impl Hello {
             Purpose::Connect => 1,
             Purpose::Stats => 2,
             Purpose::Duplex => 3,
+            Purpose::Paired => 4,
         };
         b[8..12].copy_from_slice(&purpose.to_le_bytes());
         b[12..16].copy_from_slice(&self.max_message.to_le_bytes());
@@ -99,6 +106,7 @@ impl Hello {
             Some(1) => Purpose::Connect,
             Some(2) => Purpose::Stats,
             Some(3) => Purpose::Duplex,
+            Some(4) => Purpose::Paired,
             other => return Err(format!("unknown hello purpose {other:?}")),
         };
         let max_message = match purpose {
@@ -333,7 +341,7 @@ mod tests {
 
     #[test]
     fn messages_round_trip() {
-        for purpose in [Purpose::Connect, Purpose::Stats] {
+        for purpose in [Purpose::Connect, Purpose::Stats, Purpose::Paired] {
             let hello = Hello {
                 purpose,
                 max_message: 0,

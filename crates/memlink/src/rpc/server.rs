@@ -567,6 +567,9 @@ impl Server {
         if hello.purpose == Purpose::Stats {
             return socket::send_message(&connection, &self.stats().encode(), &[]);
         }
+        if hello.purpose != Purpose::Connect {
+            return Err(Errno::PROTO);
+        }
         if self.shared.shutting_down.load(Ordering::SeqCst) {
             return refuse(Admission::ShuttingDown);
         }
