@@ -309,20 +309,47 @@ fn messages_sent_before_the_peer_died_are_received_first() {
     assert!(matches!(chan.send(b"x"), Err(Error::Disconnected { .. })));
 }
 
+/// Whether someone has bound duplex channel `name` (it waits for its peer, or holds a pair).
+fn bound(name: &str) -> bool {
+    let wanted = format!("@memlink.duplex.{name}");
+    std::fs::read_to_string("/proc/net/unix").is_ok_and(|table| {
+        table
+            .lines()
+            .any(|l| l.split_whitespace().last() == Some(&wanted))
+    })
+}
+
+fn wait_until_bound(name: &str) {
+    let deadline = Instant::now() + WATCHDOG;
+    while !bound(name) {
+        assert!(Instant::now() < deadline, "{name} never got bound");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// The survivor's blocked `recv` is woken by the peer's death (SIGKILL mid-transfer, with a
 /// message possibly half-written), after taking every whole message; never `Corrupted`, never a
-/// hang. Run with either side opening first.
+/// hang. Run with each side opening first (the one that opens first accepts, the other
+/// connects), which `/proc/net/unix` makes certain.
 #[test]
 fn blocked_recv_returns_disconnected_when_the_peer_is_killed_mid_transfer() {
     let _watchdog = Watchdog::arm();
     for child_first in [false, true] {
         let name = unique_name("duplex-kill");
-        let mut child = ChildProcess::spawn("send_forever", &[&name, "11"]);
-        if child_first {
-            // Not a guarantee of who binds, only a strong hint; both orders must behave alike.
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let chan = Arc::new(Duplex::open_timeout(&name, WATCHDOG).unwrap());
+        let (mut child, chan) = if child_first {
+            let child = ChildProcess::spawn("send_forever", &[&name, "11"]);
+            wait_until_bound(&name);
+            (child, Duplex::open_timeout(&name, WATCHDOG).unwrap())
+        } else {
+            let opening = {
+                let name = name.clone();
+                std::thread::spawn(move || Duplex::open_timeout(&name, WATCHDOG).unwrap())
+            };
+            wait_until_bound(&name);
+            let child = ChildProcess::spawn("send_forever", &[&name, "11"]);
+            (child, opening.join().unwrap())
+        };
+        let chan = Arc::new(chan);
         child.expect_line("paired");
         let reader = {
             let chan = chan.clone();

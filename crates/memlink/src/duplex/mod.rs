@@ -16,7 +16,9 @@
 //! connection). The accepting side waits for the first connector whose credentials it admits
 //! (`SO_PEERCRED`, checked before anything is read), builds the connection's sealed region and
 //! wake pipes exactly like an rpc server's admission (`link::create_region`), and passes them in
-//! its welcome. It keeps the listener bound while the pair lives and answers any further opener
+//! its welcome; the pair is formed when the connector acknowledges them (a connector that gave
+//! up before reading the welcome leaves the accepting side waiting, not paired with nobody). It
+//! keeps the listener bound while the pair lives and answers any further opener
 //! with a `Busy` welcome from a small thread, so a third opener learns at once that the pair is
 //! complete. If bind fails with `EADDRINUSE` the opener connects instead, checks the accepting
 //! side's user before sending anything, and validates the region it receives like an rpc client
@@ -246,7 +248,8 @@ impl Duplex {
     }
 
     /// Like [`Duplex::open`], giving up after `timeout` without a peer. The name is free again
-    /// when this returns.
+    /// when this returns. A handshake already under way when the time runs out is finished
+    /// first (it is bounded by two seconds, against a peer that stalls it).
     ///
     /// # Errors
     /// [`Error::Timeout`]; otherwise as [`Duplex::open`].

@@ -1,11 +1,11 @@
 //! The calling side: [`Client`] and its per-thread connections.
 //!
-//! A `Client` owns a small pool of *channels*, each a separate connection to the server with its
-//! own shared region, rings and doorbells. A call borrows a free channel (an uncontended
-//! `try_lock`, no syscall), so threads calling through one client at once never share a ring and
-//! each gets its own reply. A channel that failed (server gone, timeout, corruption) is dropped; the
-//! next call opens a fresh one, which is how a `Client` transparently reconnects to a restarted
-//! server.
+//! A `Client` owns a small pool of *connections* to the server, each with its own shared region,
+//! rings and wake pipes. A call borrows a free connection (an uncontended `try_lock`, no
+//! syscall), so threads calling through one client at once never share a ring and each gets its
+//! own reply. A connection that failed (server gone, timeout, corruption) is dropped; the next
+//! call opens a fresh one, which is how a `Client` transparently reconnects to a restarted server.
+//! The connection machinery itself (region validation, parking, hang-ups) is `link`'s.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,8 +20,8 @@ use super::protocol::{
 };
 use crate::error::{Error, Result};
 use crate::link::fragment::Reassembly;
-use crate::link::wake::{self as link, Backoff, CLIENT, Patience, SERVER};
-use crate::link::{self as connection, Parked};
+use crate::link::wake::{self, Backoff, CLIENT, Patience, SERVER};
+use crate::link::{self, Parked};
 use crate::memory::name::validate_name;
 use crate::memory::ring::{Consumer, FIRST, LAST, Producer, RingError, USER_FLAGS};
 use crate::platform::mapping::Mapping;
@@ -29,11 +29,11 @@ use crate::platform::mapping::Mapping;
 use crate::platform::notify;
 use crate::platform::{process, socket};
 
-const DEFAULT_CHANNELS: usize = 8;
+const DEFAULT_CONNECTIONS: usize = 8;
 /// Most reply bytes reserved before they arrive.
 const MAX_UPFRONT_RESERVE: usize = 16 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Looks at the ring before a wait decides how to wait (see `Channel::wait`).
+/// Looks at the ring before a wait decides how to wait (see `Connection::wait`).
 const FIRST_LOOKS: u32 = 32;
 /// Longest a waiting call spins (when the server runs on another CPU).
 const MAX_SPIN: Duration = Duration::from_micros(50);
@@ -52,7 +52,7 @@ const PROBE_EVERY: u32 = 16;
 /// How to connect. `ClientOptions::new()` gives the defaults.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    channels: usize,
+    connections: usize,
     trusted_server_uid: Option<u32>,
     max_reply_size: Option<usize>,
 }
@@ -60,7 +60,7 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
-            channels: DEFAULT_CHANNELS,
+            connections: DEFAULT_CONNECTIONS,
             trusted_server_uid: None,
             max_reply_size: None,
         }
@@ -76,7 +76,7 @@ impl ClientOptions {
     /// How many calls may be in flight at once through one client (one connection each; further
     /// callers wait for a free one). At least 1.
     pub fn max_concurrent_calls(mut self, n: usize) -> Self {
-        self.channels = n.max(1);
+        self.connections = n.max(1);
         self
     }
 
@@ -129,33 +129,33 @@ impl ClientOptions {
 pub struct Client {
     name: String,
     options: ClientOptions,
-    channels: Box<[Mutex<Option<Channel>>]>,
-    /// Bumped by the first call that finds the server gone, so that idle channels to the dead
+    connections: Box<[Mutex<Option<Connection>>]>,
+    /// Bumped by the first call that finds the server gone, so that idle connections to the dead
     /// server are dropped before use instead of each failing once.
     epoch: AtomicU64,
     max_message: AtomicU64,
-    /// Callers sleeping until a channel frees up (more concurrent calls than channels).
+    /// Callers sleeping until a connection frees up (more concurrent calls than connections).
     waiting: AtomicUsize,
     wait_lock: Mutex<()>,
-    channel_freed: Condvar,
+    connection_freed: Condvar,
 }
 
-/// A channel slot held by one call. Fields drop in declaration order: the slot is released first,
-/// then `wake` wakes a caller waiting for a channel, if there is one.
-struct ChannelGuard<'a> {
-    slot: MutexGuard<'a, Option<Channel>>,
+/// A connection slot held by one call. Fields drop in declaration order: the slot is released first,
+/// then `wake` wakes a caller waiting for a connection, if there is one.
+struct ConnectionGuard<'a> {
+    slot: MutexGuard<'a, Option<Connection>>,
     _wake: WakeWaiter<'a>,
 }
 
-impl std::ops::Deref for ChannelGuard<'_> {
-    type Target = Option<Channel>;
-    fn deref(&self) -> &Option<Channel> {
+impl std::ops::Deref for ConnectionGuard<'_> {
+    type Target = Option<Connection>;
+    fn deref(&self) -> &Option<Connection> {
         &self.slot
     }
 }
 
-impl std::ops::DerefMut for ChannelGuard<'_> {
-    fn deref_mut(&mut self) -> &mut Option<Channel> {
+impl std::ops::DerefMut for ConnectionGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Option<Connection> {
         &mut self.slot
     }
 }
@@ -172,7 +172,7 @@ impl Drop for WakeWaiter<'_> {
                 .wait_lock
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            client.channel_freed.notify_all();
+            client.connection_freed.notify_all();
         }
     }
 }
@@ -204,20 +204,20 @@ impl Client {
 
     fn new(name: &str, options: ClientOptions, wait_until: Option<Instant>) -> Result<Client> {
         validate_name(name)?;
-        let channels = (0..options.channels).map(|_| Mutex::new(None)).collect();
+        let connections = (0..options.connections).map(|_| Mutex::new(None)).collect();
         let client = Client {
             name: name.to_owned(),
             options,
-            channels,
+            connections,
             epoch: AtomicU64::new(0),
             max_message: AtomicU64::new(0),
             waiting: AtomicUsize::new(0),
             wait_lock: Mutex::new(()),
-            channel_freed: Condvar::new(),
+            connection_freed: Condvar::new(),
         };
         let first = loop {
             let transient_until = wait_until.unwrap_or_else(|| Instant::now() + HANDSHAKE_TIMEOUT);
-            match Channel::open_retrying(&client.name, &client.options, 0, transient_until) {
+            match Connection::open_retrying(&client.name, &client.options, 0, transient_until) {
                 Err(Error::NotRunning { .. }) if wait_until.is_some_and(|t| Instant::now() < t) => {
                     std::thread::sleep(Duration::from_millis(2));
                 }
@@ -230,7 +230,7 @@ impl Client {
         client
             .max_message
             .store(first.max_message as u64, Ordering::Relaxed);
-        *lock_slot(&client.channels[0]) = Some(first);
+        *lock_slot(&client.connections[0]) = Some(first);
         Ok(client)
     }
 
@@ -301,25 +301,25 @@ impl Client {
                 max,
             });
         }
-        let mut slot = self.free_channel(deadline)?;
+        let mut slot = self.free_connection(deadline)?;
         let mut retried = false;
         loop {
             let epoch = self.epoch.load(Ordering::Acquire);
             if slot.as_ref().is_some_and(|c| c.epoch != epoch) {
                 *slot = None;
             }
-            let channel = match slot.as_mut() {
-                Some(channel) => channel,
-                None => match Channel::open_retrying(
+            let connection = match slot.as_mut() {
+                Some(connection) => connection,
+                None => match Connection::open_retrying(
                     &self.name,
                     &self.options,
                     epoch,
                     deadline.unwrap_or_else(|| Instant::now() + HANDSHAKE_TIMEOUT),
                 ) {
-                    Ok(channel) => {
+                    Ok(connection) => {
                         self.max_message
-                            .store(channel.max_message as u64, Ordering::Relaxed);
-                        slot.insert(channel)
+                            .store(connection.max_message as u64, Ordering::Relaxed);
+                        slot.insert(connection)
                     }
                     // A retry of a provably unsent call found no server: report the original loss.
                     Err(Error::NotRunning { .. }) if retried => {
@@ -330,11 +330,11 @@ impl Client {
                     Err(e) => return Err(e),
                 },
             };
-            match channel.call(request, reply, deadline) {
+            match connection.call(request, reply, deadline) {
                 Ok(()) => return Ok(()),
                 Err(Failure::Kept(e)) => return Err(e),
                 Err(Failure::Broken { error, unsent }) => {
-                    let dead_epoch = channel.epoch;
+                    let dead_epoch = connection.epoch;
                     *slot = None;
                     if let Error::Disconnected { .. } = error {
                         let _ = self.epoch.compare_exchange(
@@ -356,15 +356,15 @@ impl Client {
         }
     }
 
-    /// A channel slot no other thread is using: the first free one (one uncontended `try_lock`),
+    /// A connection slot no other thread is using: the first free one (one uncontended `try_lock`),
     /// else sleep until a call releases one.
-    fn free_channel(&self, deadline: Option<Instant>) -> Result<ChannelGuard<'_>> {
-        let guard = |slot| ChannelGuard {
+    fn free_connection(&self, deadline: Option<Instant>) -> Result<ConnectionGuard<'_>> {
+        let guard = |slot| ConnectionGuard {
             slot,
             _wake: WakeWaiter(self),
         };
         loop {
-            if let Some(slot) = self.try_take_channel() {
+            if let Some(slot) = self.try_take_connection() {
                 return Ok(guard(slot));
             }
             let lock = self
@@ -373,14 +373,14 @@ impl Client {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             // SYNC POINT: SeqCst, pairs with the load in `WakeWaiter::drop`.
             self.waiting.fetch_add(1, Ordering::SeqCst);
-            let taken = self.try_take_channel();
+            let taken = self.try_take_connection();
             if taken.is_none() {
                 // Bounded, so that a wake-up lost to a panic elsewhere costs a moment, not forever.
                 let nap = deadline.map_or(Duration::from_millis(100), |t| {
                     t.saturating_duration_since(Instant::now())
                         .min(Duration::from_millis(100))
                 });
-                drop(self.channel_freed.wait_timeout(lock, nap));
+                drop(self.connection_freed.wait_timeout(lock, nap));
             } else {
                 drop(lock);
             }
@@ -394,8 +394,8 @@ impl Client {
         }
     }
 
-    fn try_take_channel(&self) -> Option<MutexGuard<'_, Option<Channel>>> {
-        for slot in self.channels.iter() {
+    fn try_take_connection(&self) -> Option<MutexGuard<'_, Option<Connection>>> {
+        for slot in self.connections.iter() {
             match slot.try_lock() {
                 Ok(guard) => return Some(guard),
                 Err(TryLockError::Poisoned(poisoned)) => {
@@ -416,36 +416,36 @@ impl Client {
     #[doc(hidden)]
     #[cfg(feature = "fault-injection")]
     pub fn __corrupt_next_request(&self) -> Result<()> {
-        let mut slot = self.free_channel(None)?;
+        let mut slot = self.free_connection(None)?;
         if slot.is_none() {
-            *slot = Some(Channel::open(
+            *slot = Some(Connection::open(
                 &self.name,
                 &self.options,
                 self.epoch.load(Ordering::Acquire),
                 Instant::now() + HANDSHAKE_TIMEOUT,
             )?);
         }
-        let channel = slot.as_mut().ok_or(Error::Timeout)?;
-        channel.corrupt_requests()
+        let connection = slot.as_mut().ok_or(Error::Timeout)?;
+        connection.corrupt_requests()
     }
 }
 
-fn lock_slot(slot: &Mutex<Option<Channel>>) -> MutexGuard<'_, Option<Channel>> {
+fn lock_slot(slot: &Mutex<Option<Connection>>) -> MutexGuard<'_, Option<Connection>> {
     slot.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// How a call failed, and whether its channel survives.
+/// How a call failed, and whether its connection survives.
 enum Failure {
-    /// The channel is still in step with the server.
+    /// The connection is still in step with the server.
     Kept(Error),
-    /// The channel must be dropped. `unsent`: the server provably never read any of the request.
+    /// The connection must be dropped. `unsent`: the server provably never read any of the request.
     Broken { error: Error, unsent: bool },
 }
 
 /// One connection: a region with a request ring we produce and a response ring we consume.
 #[derive(Debug)]
-struct Channel {
+struct Connection {
     name: String,
     socket: OwnedFd,
     map: Arc<Mapping>,
@@ -484,18 +484,18 @@ fn connect_error(name: &str, e: Errno) -> Error {
     }
 }
 
-impl Channel {
-    /// [`Channel::open`], retried until `until` while the server drops our handshake without an
+impl Connection {
+    /// [`Connection::open`], retried until `until` while the server drops our handshake without an
     /// answer (it is shedding half-open connections under a flood, or restarting).
     fn open_retrying(
         name: &str,
         options: &ClientOptions,
         epoch: u64,
         until: Instant,
-    ) -> Result<Channel> {
+    ) -> Result<Connection> {
         let mut pause = Duration::from_micros(200);
         loop {
-            match Channel::open(name, options, epoch, until) {
+            match Connection::open(name, options, epoch, until) {
                 Err(Error::Disconnected { .. }) if Instant::now() + pause < until => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(20));
@@ -507,7 +507,7 @@ impl Channel {
 
     /// Connects and shakes hands, waiting for the server no later than `until` (and no longer
     /// than [`HANDSHAKE_TIMEOUT`]).
-    fn open(name: &str, options: &ClientOptions, epoch: u64, until: Instant) -> Result<Channel> {
+    fn open(name: &str, options: &ClientOptions, epoch: u64, until: Instant) -> Result<Connection> {
         let fail = |e| connect_error(name, e);
         let patience = until
             .saturating_duration_since(Instant::now())
@@ -580,15 +580,15 @@ impl Channel {
         })?;
         // The wake pipes must be pipes, ends the right way round; we reopen each to get an open
         // file description of our own, so that not even the server can make our end blocking.
-        let wake_out = connection::private_wake_end(name, &wake_out, true)?;
-        let wake_in = connection::private_wake_end(name, &wake_in, false)?;
+        let wake_out = link::private_wake_end(name, &wake_out, true)?;
+        let wake_in = link::private_wake_end(name, &wake_in, false)?;
         let capacity = welcome.ring_capacity as usize;
-        let (map, layout) = connection::adopt_region(name, capacity, &region_fd)?;
+        let (map, layout) = link::adopt_region(name, capacity, &region_fd)?;
         let ring = |e: RingError| Error::corrupted(name, e.0);
         let requests = Producer::new(map.clone(), layout.requests()).map_err(ring)?;
         let responses = Consumer::new(map.clone(), layout.responses()).map_err(ring)?;
         let max_message = usize::try_from(welcome.max_message).unwrap_or(usize::MAX);
-        Ok(Channel {
+        Ok(Connection {
             name: name.to_owned(),
             socket,
             map,
@@ -654,7 +654,7 @@ impl Channel {
                 .try_push(flags, call, total, &request[sent..end])
                 .map_err(ring)?
             {
-                link::nudge(&self.map, SERVER, &self.wake_out)
+                wake::nudge(&self.map, SERVER, &self.wake_out)
                     .map_err(|e| Error::corrupted(&self.name, e.0))?;
                 sent = end;
                 if sent == request.len() {
@@ -706,7 +706,7 @@ impl Channel {
             {
                 // The server may be waiting for the room we just freed. After the last fragment
                 // it is not: the whole reply is in the ring.
-                link::nudge(&self.map, SERVER, &self.wake_out).map_err(|e| ring(&self.name, e))?;
+                wake::nudge(&self.map, SERVER, &self.wake_out).map_err(|e| ring(&self.name, e))?;
             } else {
                 if header.flags & USER_FLAGS == ERROR_REPLY {
                     return Err(self.remote_error(reply));
@@ -754,7 +754,7 @@ impl Channel {
         // it before paying for the clock and CPU reads that deciding how to wait takes. Not when
         // the server is crowded: then every waiter yields at once, so the CPU goes to whoever
         // can use it.
-        let first_looks = if link::server_is_crowded(&self.map) {
+        let first_looks = if wake::server_is_crowded(&self.map) {
             0
         } else {
             FIRST_LOOKS
@@ -779,7 +779,7 @@ impl Channel {
                 return Err(Error::Timeout);
             }
         }
-        let Channel {
+        let Connection {
             name,
             map,
             wake_in,
@@ -788,7 +788,7 @@ impl Channel {
             responses,
             ..
         } = self;
-        match connection::park_until(name, map, CLIENT, wake_in, socket, deadline, || {
+        match link::park_until(name, map, CLIENT, wake_in, socket, deadline, || {
             ready(requests, responses)
         })? {
             Parked::Ready => {
@@ -796,7 +796,7 @@ impl Channel {
                 Ok(())
             }
             Parked::TimedOut => Err(Error::Timeout),
-            Parked::HungUp => Err(connection::goodbye(&self.name, &self.socket)),
+            Parked::HungUp => Err(link::goodbye(&self.name, &self.socket)),
         }
     }
 
@@ -815,7 +815,7 @@ impl Channel {
         // Crowding first: under load every waiter must wait alike. A waiter that parked at once
         // because its own recent waits were long would keep waiting long (a wake-up on a busy
         // machine is slow) while the others kept being served: a starvation trap.
-        if link::server_is_crowded(&self.map) {
+        if wake::server_is_crowded(&self.map) {
             return Patience {
                 spin: Duration::ZERO,
                 yield_for: CROWDED_PATIENCE,
@@ -828,7 +828,7 @@ impl Channel {
                 yield_for: Duration::ZERO,
             };
         }
-        let spin = if link::shares_cpu_with_peer(&self.map, CLIENT, SERVER) {
+        let spin = if wake::shares_cpu_with_peer(&self.map, CLIENT, SERVER) {
             Duration::ZERO
         } else {
             MAX_SPIN

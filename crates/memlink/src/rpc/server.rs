@@ -26,7 +26,7 @@ use super::protocol::{
 };
 use crate::error::{Error, Result};
 use crate::link::fragment::Reassembly;
-use crate::link::wake::{self as link, Backoff, CLIENT, PARK_RECHECK, Patience, SERVER};
+use crate::link::wake::{self, Backoff, CLIENT, PARK_RECHECK, Patience, SERVER};
 use crate::memory::name::validate_name;
 use crate::memory::ring::{
     Consumer, FIRST, LAST, MAX_CAPACITY, MIN_CAPACITY, Producer, RingError, USER_FLAGS,
@@ -846,7 +846,7 @@ impl Connection {
     }
 
     fn nudge_client(&self) -> Result<(), RingError> {
-        link::nudge(&self.map, CLIENT, &self.wake_out)
+        wake::nudge(&self.map, CLIENT, &self.wake_out)
     }
 
     /// Whether `pump` could make progress now.
@@ -1164,7 +1164,7 @@ impl<'a> Worker<'a> {
             let Some(conn) = self.connections[slot].as_ref() else {
                 continue;
             };
-            if let Err(e) = link::set_crowded(&conn.map, self.crowded) {
+            if let Err(e) = wake::set_crowded(&conn.map, self.crowded) {
                 self.corrupted(slot, e);
             }
         }
@@ -1177,7 +1177,7 @@ impl<'a> Worker<'a> {
             .connections
             .iter()
             .flatten()
-            .any(|c| link::shares_cpu_with_peer(&c.map, SERVER, CLIENT));
+            .any(|c| wake::shares_cpu_with_peer(&c.map, SERVER, CLIENT));
         if shared_cpu {
             Patience {
                 spin: Duration::ZERO,
@@ -1276,7 +1276,7 @@ impl<'a> Worker<'a> {
             let Some(conn) = self.connections[slot].as_mut() else {
                 continue;
             };
-            match link::park_begin(&conn.map, SERVER).and_then(|()| conn.has_work()) {
+            match wake::park_begin(&conn.map, SERVER).and_then(|()| conn.has_work()) {
                 Ok(w) => work |= w,
                 Err(e) => self.corrupted(slot, e),
             }
@@ -1291,7 +1291,7 @@ impl<'a> Worker<'a> {
             self.wait_events(Some(timeout))?;
         }
         for conn in self.connections.iter().flatten() {
-            let _ = link::park_end(&conn.map, SERVER);
+            let _ = wake::park_end(&conn.map, SERVER);
         }
         Ok(())
     }
