@@ -634,6 +634,30 @@ mod tests {
     }
 
     proptest! {
+        /// `has_room_for_all` is exact for a producer that does not wrap early: whatever was
+        /// pushed and taken before, records it approves all go in, and when it refuses, one of
+        /// them does not (checked by pushing them anyway).
+        #[test]
+        fn room_for_all_is_exact(
+            before in proptest::collection::vec((0usize..=1024, any::<bool>()), 0..40),
+            lens in proptest::collection::vec(0usize..=1024, 1..8),
+        ) {
+            let (mut producer, mut consumer, _map) = ring(MIN_CAPACITY);
+            for (len, take) in before {
+                if producer.try_push(FIRST | LAST, 1, len as u64, &pattern(1, len)).unwrap() && take {
+                    while let Some(header) = consumer.peek().unwrap() {
+                        consumer.skip(&header).unwrap();
+                    }
+                }
+            }
+            let approved = producer.has_room_for_all(lens.iter().copied()).unwrap();
+            producer.set_early_wrap(false);
+            let all_went_in = lens
+                .iter()
+                .all(|&len| producer.try_push(FIRST | LAST, 2, len as u64, &pattern(2, len)).unwrap());
+            prop_assert_eq!(approved, all_went_in);
+        }
+
         #[test]
         fn any_interleaving_round_trips(ops in proptest::collection::vec((0usize..3000, any::<bool>()), 1..200)) {
             let (mut p, mut c, _map) = ring(MIN_CAPACITY * 2);
