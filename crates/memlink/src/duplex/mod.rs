@@ -15,14 +15,14 @@
 //! or both connect, and an opener never connects to itself (it holds the listener, not a
 //! connection). The accepting side waits for the first connector whose credentials it admits
 //! (`SO_PEERCRED`, checked before anything is read), builds the connection's sealed region and
-//! wake pipes exactly like an rpc server's admission (`link::create_region`), and passes them in
+//! wake pipes exactly like an rpc server's admission (`link::offer`), and passes them in
 //! its welcome; the pair is formed when the connector acknowledges them (a connector that gave
 //! up before reading the welcome leaves the accepting side waiting, not paired with nobody). It
 //! keeps the listener bound while the pair lives and answers any further opener
 //! with a `Busy` welcome from a small thread, so a third opener learns at once that the pair is
 //! complete. If bind fails with `EADDRINUSE` the opener connects instead, checks the accepting
 //! side's user before sending anything, and validates the region it receives like an rpc client
-//! (`link::adopt_region`, `link::private_wake_end`); descriptors are refused on the socket except
+//! (`link::offer` and `link::adopt`, shared with rpc); descriptors are refused on the socket except
 //! for the welcome. If the accepting side vanished between our bind and our connect (it timed
 //! out, or was killed), the connect is refused or hung up without a welcome, and we start over
 //! from the bind. The kernel frees an abstract name the moment its socket closes, so nothing is
@@ -49,7 +49,7 @@
 //! lives it still holds the name (new openers get `Busy`), so the survivor should drop its
 //! `Duplex` promptly.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -61,7 +61,7 @@ use crate::error::{Error, Result};
 use crate::link::fragment::Reassembly;
 use crate::link::protocol::{Admission, Goodbye, Hello, Purpose, Welcome};
 use crate::link::wake::{self, CLIENT, CLIENT_ROOM, SERVER, SERVER_ROOM, Side};
-use crate::link::{self, Parked};
+use crate::link::{self, Keep, Offered, Parked};
 use crate::memory::name::validate_name;
 use crate::memory::ring::{
     Consumer, FIRST, LAST, MAX_CAPACITY, MIN_CAPACITY, Producer, RingError, USER_FLAGS,
@@ -77,6 +77,10 @@ const SOCKET_PREFIX: &str = "memlink.duplex.";
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most bytes reserved for an incoming message before they arrive.
 const MAX_UPFRONT_RESERVE: usize = 16 << 20;
+
+/// The accepting side's ends of a pair's wake pipes, in the order the welcome carries the others:
+/// its receiver's and its sender's (read), the connector's receiver's and sender's (write).
+const DUPLEX_PIPES: [Keep; 4] = [Keep::Read, Keep::Read, Keep::Write, Keep::Write];
 
 fn socket_name(name: &str) -> String {
     format!("{SOCKET_PREFIX}{name}")
@@ -391,27 +395,22 @@ impl Duplex {
             return Ok(None);
         };
         let max_message = options.max_message_size.min(theirs as usize);
-        let os = |e| Error::os("setting up the duplex region", e);
-        let region = link::create_region(options.ring_capacity).map_err(os)?;
-        // Four wake pipes: our receiver's and our sender's, the peer's receiver's and sender's.
-        let (data_in, peer_wakes_our_data) = notify::wake_pipe().map_err(os)?;
-        let (room_in, peer_wakes_our_room) = notify::wake_pipe().map_err(os)?;
-        let (peer_data_in, wake_peer_data) = notify::wake_pipe().map_err(os)?;
-        let (peer_room_in, wake_peer_room) = notify::wake_pipe().map_err(os)?;
-        let sent = socket::send_message(
+        // Four wake pipes: we keep the read ends of our receiver's and our sender's, and the
+        // write ends of the peer's receiver's and sender's.
+        let welcome = answer(Admission::Accepted, max_message as u64);
+        let Ok(Offered {
+            map,
+            layout,
+            ends: [data_in, room_in, wake_peer_data, wake_peer_room],
+        }) = link::offer(
             &connection,
-            &answer(Admission::Accepted, max_message as u64).encode(),
-            &[
-                region.fd.as_fd(),
-                peer_wakes_our_data.as_fd(),
-                peer_wakes_our_room.as_fd(),
-                peer_data_in.as_fd(),
-                peer_room_in.as_fd(),
-            ],
-        );
-        if sent.is_err() {
+            &welcome.encode(),
+            options.ring_capacity,
+            DUPLEX_PIPES,
+        )
+        else {
             return Ok(None);
-        }
+        };
         // The pair is formed only once the connector says it adopted the region: one that gave
         // up before reading its welcome must not leave us paired with nobody.
         let mut ack = [0u8; Hello::LEN + 8];
@@ -424,14 +423,14 @@ impl Duplex {
         }
         let ring = |e: RingError| Error::corrupted(name, e.0);
         // We produce the "responses" ring and consume the "requests" ring, as an rpc server.
-        let tx = Producer::new(region.map.clone(), region.layout.responses()).map_err(ring)?;
-        let rx = Consumer::new(region.map.clone(), region.layout.requests()).map_err(ring)?;
+        let tx = Producer::new(map.clone(), layout.responses()).map_err(ring)?;
+        let rx = Consumer::new(map.clone(), layout.requests()).map_err(ring)?;
         Ok(Some(Duplex::assemble(
             name,
             max_message,
             peer.pid,
             connection,
-            region.map,
+            map,
             (tx, SERVER_ROOM, CLIENT, room_in, wake_peer_data),
             (rx, SERVER, CLIENT_ROOM, data_in, wake_peer_room),
         )))
@@ -505,20 +504,8 @@ impl Duplex {
             }
         }
         socket::set_accept_descriptors(&connection, false).map_err(fail)?;
-        let [
-            region_fd,
-            wake_their_data,
-            wake_their_room,
-            data_in,
-            room_in,
-        ]: [OwnedFd; 5] = fds.try_into().map_err(|_| {
-            Error::corrupted(name, "the peer's welcome carried the wrong descriptors")
-        })?;
-        let wake_peer_data = link::private_wake_end(name, &wake_their_data, true)?;
-        let wake_peer_room = link::private_wake_end(name, &wake_their_room, true)?;
-        let data_in = link::private_wake_end(name, &data_in, false)?;
-        let room_in = link::private_wake_end(name, &room_in, false)?;
-        let (map, layout) = link::adopt_region(name, welcome.ring_capacity as usize, &region_fd)?;
+        let (map, layout, [wake_peer_data, wake_peer_room, data_in, room_in]) =
+            link::adopt(name, welcome.ring_capacity as usize, fds, DUPLEX_PIPES)?;
         let max_message = usize::try_from(welcome.max_message)
             .unwrap_or(usize::MAX)
             .min(options.max_message_size);

@@ -55,16 +55,16 @@ pub(crate) fn trusts(peer_uid: u32, trusted_uid: Option<u32>) -> bool {
 }
 
 /// A connection's fresh region, made by the accepting side before it hands the memfd over.
-pub(crate) struct NewRegion {
-    pub(crate) fd: OwnedFd,
-    pub(crate) map: Arc<Mapping>,
-    pub(crate) layout: RegionLayout,
+struct NewRegion {
+    fd: OwnedFd,
+    map: Arc<Mapping>,
+    layout: RegionLayout,
 }
 
 /// Makes a sealed memfd for a connection with rings of `capacity` bytes and writes fresh random
 /// ring keys into it. Nothing is faulted in but the keys' page: ring pages are allocated as
 /// messages first reach them, so an idle connection costs a page, not its whole rings.
-pub(crate) fn create_region(capacity: usize) -> Result<NewRegion, Errno> {
+fn create_region(capacity: usize) -> Result<NewRegion, Errno> {
     let layout = RegionLayout::fresh(capacity);
     let fd = memfd::create_sealed("memlink-connection", layout.len() as u64)?;
     let map = Arc::new(Mapping::map_shared(&fd, layout.len())?);
@@ -72,10 +72,95 @@ pub(crate) fn create_region(capacity: usize) -> Result<NewRegion, Errno> {
     Ok(NewRegion { fd, map, layout })
 }
 
+/// Which end of a wake pipe the accepting side keeps; the other end goes to the peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keep {
+    /// We sleep on this pipe; the peer wakes us through it.
+    Read,
+    /// We wake the peer through this pipe.
+    Write,
+}
+
+/// What the accepting side keeps of a connection it offered: the mapped region and, in the order
+/// asked for, its ends of the wake pipes.
+pub(crate) struct Offered<const N: usize> {
+    pub(crate) map: Arc<Mapping>,
+    pub(crate) layout: RegionLayout,
+    pub(crate) ends: [OwnedFd; N],
+}
+
+/// The accepting side's half of a handshake: makes the connection's sealed region (rings of
+/// `capacity` bytes) and one wake pipe per entry of `pipes`, and sends `welcome` carrying the
+/// memfd and the peer's end of each pipe, in order. Nothing of it is kept if the send fails.
+pub(crate) fn offer<const N: usize>(
+    connection: &OwnedFd,
+    welcome: &[u8],
+    capacity: usize,
+    pipes: [Keep; N],
+) -> Result<Offered<N>, Errno> {
+    use std::os::fd::AsFd;
+    let region = create_region(capacity)?;
+    let mut ours = Vec::with_capacity(N);
+    let mut theirs = Vec::with_capacity(N);
+    for keep in pipes {
+        let (read, write) = notify::wake_pipe()?;
+        let (kept, given) = match keep {
+            Keep::Read => (read, write),
+            Keep::Write => (write, read),
+        };
+        ours.push(kept);
+        theirs.push(given);
+    }
+    let mut fds = vec![region.fd.as_fd()];
+    fds.extend(theirs.iter().map(AsFd::as_fd));
+    socket::send_message(connection, welcome, &fds)?;
+    Ok(Offered {
+        map: region.map,
+        layout: region.layout,
+        ends: ours.try_into().map_err(|_| Errno::INVAL)?,
+    })
+}
+
+/// The connecting side's half: checks that `fds` (from an accepted welcome) are a region and the
+/// ends of `pipes` (as the accepting side keeps them: we hold the other ends), reopens each pipe
+/// end privately, and validates and maps the region ([`adopt_region`]).
+pub(crate) fn adopt<const N: usize>(
+    name: &str,
+    capacity: usize,
+    fds: Vec<OwnedFd>,
+    pipes: [Keep; N],
+) -> Result<(Arc<Mapping>, RegionLayout, [OwnedFd; N])> {
+    if fds.len() != N + 1 {
+        return Err(Error::corrupted(
+            name,
+            format!(
+                "the peer's welcome carried {} descriptors, expected {}",
+                fds.len(),
+                N + 1
+            ),
+        ));
+    }
+    let mut fds = fds.into_iter();
+    let region_fd = fds
+        .next()
+        .ok_or_else(|| Error::corrupted(name, "the peer's welcome carried no region"))?;
+    // The wake pipes must be pipes, ends the right way round; we reopen each to get an open
+    // file description of our own, so that not even the peer can make our end blocking.
+    let mut ends = Vec::with_capacity(N);
+    for (received, keep) in fds.zip(pipes) {
+        ends.push(private_wake_end(name, &received, keep == Keep::Read)?);
+    }
+    let (map, layout) = adopt_region(name, capacity, &region_fd)?;
+    let ends = ends
+        .try_into()
+        .map_err(|_| Error::corrupted(name, "the peer's welcome carried too few descriptors"))?;
+    Ok((map, layout, ends))
+}
+
 /// Validates and maps the region the accepting side handed us: it must be sealed against
 /// shrinking (so it cannot `SIGBUS` us) and exactly as large as the layout we derive ourselves
 /// from `capacity`; the ring keys are read once. Nothing about it is taken on trust.
-pub(crate) fn adopt_region(
+fn adopt_region(
     name: &str,
     capacity: usize,
     region_fd: &OwnedFd,
@@ -111,7 +196,7 @@ pub(crate) fn adopt_region(
 
 /// Checks that `received` is a pipe end of the right direction and reopens it as an open file
 /// description of our own, so that not even the peer that sent it can make our end blocking.
-pub(crate) fn private_wake_end(name: &str, received: &OwnedFd, writable: bool) -> Result<OwnedFd> {
+fn private_wake_end(name: &str, received: &OwnedFd, writable: bool) -> Result<OwnedFd> {
     notify::private_wake_end(received, writable).map_err(|e| {
         Error::corrupted(
             name,

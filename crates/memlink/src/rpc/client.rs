@@ -21,7 +21,7 @@ use super::protocol::{
 use crate::error::{Error, Result};
 use crate::link::fragment::Reassembly;
 use crate::link::wake::{self, Backoff, CLIENT, Patience, SERVER};
-use crate::link::{self, Parked};
+use crate::link::{self, Keep, Parked};
 use crate::memory::name::validate_name;
 use crate::memory::ring::{Consumer, FIRST, LAST, Producer, RingError, USER_FLAGS};
 use crate::platform::mapping::Mapping;
@@ -575,15 +575,13 @@ impl Connection {
             }
         }
         socket::set_accept_descriptors(&socket, false).map_err(fail)?;
-        let [region_fd, wake_out, wake_in]: [OwnedFd; 3] = fds.try_into().map_err(|_| {
-            Error::corrupted(name, "the server's welcome carried the wrong descriptors")
-        })?;
-        // The wake pipes must be pipes, ends the right way round; we reopen each to get an open
-        // file description of our own, so that not even the server can make our end blocking.
-        let wake_out = link::private_wake_end(name, &wake_out, true)?;
-        let wake_in = link::private_wake_end(name, &wake_in, false)?;
-        let capacity = welcome.ring_capacity as usize;
-        let (map, layout) = link::adopt_region(name, capacity, &region_fd)?;
+        // The server keeps the read end of the pipe that wakes it and the write end of ours.
+        let (map, layout, [wake_out, wake_in]) = link::adopt(
+            name,
+            welcome.ring_capacity as usize,
+            fds,
+            [Keep::Read, Keep::Write],
+        )?;
         let ring = |e: RingError| Error::corrupted(name, e.0);
         let requests = Producer::new(map.clone(), layout.requests()).map_err(ring)?;
         let responses = Consumer::new(map.clone(), layout.responses()).map_err(ring)?;

@@ -11,7 +11,7 @@
 //! whose shared state breaks the protocol is told why and dropped; neither disturbs the others.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -27,6 +27,7 @@ use super::protocol::{
 use crate::error::{Error, Result};
 use crate::link::fragment::Reassembly;
 use crate::link::wake::{self, Backoff, CLIENT, PARK_RECHECK, Patience, SERVER};
+use crate::link::{self, Keep, Offered};
 use crate::memory::name::validate_name;
 use crate::memory::ring::{
     Consumer, FIRST, LAST, MAX_CAPACITY, MIN_CAPACITY, Producer, RingError, USER_FLAGS,
@@ -518,7 +519,7 @@ impl Server {
     }
 
     fn allowed(&self, connection: &OwnedFd, peer: socket::PeerCredentials) -> bool {
-        crate::link::admits(self.options.permissions, None, connection, peer)
+        link::admits(self.options.permissions, None, connection, peer)
     }
 
     fn refusal(&self, admission: Admission) -> Welcome {
@@ -587,23 +588,17 @@ impl Server {
             shared: self.shared.clone(),
             uid: peer.uid,
         };
-        let crate::link::NewRegion {
-            fd: region,
+        // One wake pipe per direction; each side keeps the end it uses (see `link::wake`).
+        let welcome = self.refusal(Admission::Accepted);
+        let Offered {
             map,
             layout,
-        } = crate::link::create_region(self.options.ring_capacity)?;
-        // One wake pipe per direction; each side keeps the end it uses (see `link`).
-        let (wake_in, client_wakes_us) = notify::wake_pipe()?;
-        let (client_wake_in, wake_out) = notify::wake_pipe()?;
-        let welcome = self.refusal(Admission::Accepted);
-        socket::send_message(
+            ends: [wake_in, wake_out],
+        } = link::offer(
             &connection,
             &welcome.encode(),
-            &[
-                region.as_fd(),
-                client_wakes_us.as_fd(),
-                client_wake_in.as_fd(),
-            ],
+            self.options.ring_capacity,
+            [Keep::Read, Keep::Write],
         )?;
         let conn = Connection::new(
             Endpoints {
