@@ -222,6 +222,11 @@ fn corrupter(args: &[String]) {
     chan.send(b"a fine message first").unwrap();
     chan.__corrupt_outgoing().unwrap();
     report("corrupted");
+    // The victim drops us with a goodbye that says why.
+    match chan.recv_timeout(WATCHDOG) {
+        Ok(_) => report("received something"),
+        Err(e) => report(&format!("{} {e}", variant(&e))),
+    }
     park_until_killed();
 }
 
@@ -744,6 +749,17 @@ fn a_corrupting_peer_gets_corrupted_not_a_panic_or_hang() {
     let chan = Duplex::open_timeout(&name, WATCHDOG).unwrap();
     child.expect_line("corrupted");
     assert_eq!(chan.recv().unwrap(), b"a fine message first");
-    let error = with_watchdog("recv from a corrupter", move || chan.recv().unwrap_err());
+    let error = with_watchdog("recv from a corrupter", move || {
+        let error = chan.recv().unwrap_err();
+        // It stays broken, and sending fails too.
+        assert!(matches!(chan.try_recv(), Err(Error::Corrupted { .. })));
+        assert!(chan.send(b"x").is_err());
+        error
+    });
     assert!(matches!(error, Error::Corrupted { .. }), "{error:?}");
+    let told = child.next_line();
+    assert!(
+        told.starts_with("Corrupted ") && told.contains("dropped this connection"),
+        "{told}"
+    );
 }

@@ -5,7 +5,8 @@
 //! Owns the rendezvous on a name, the pairing rules (a third opener is [`Error::Busy`]) and the
 //! message semantics (ids, fragments, reassembly, timeouts). The connection underneath (sealed
 //! region, wake pipes, parking, hang-up detection) is `link`'s, the same as request/response's.
-//! May use `link`, `memory` (rings) and `platform` (sockets, pipes, descriptors); no `unsafe`.
+//! May use `link` (for everything about sockets, descriptors and wake-ups: this module touches
+//! none itself), `memory` (rings) and `platform` (the process id); no `unsafe`.
 //!
 //! # Rendezvous
 //!
@@ -19,7 +20,7 @@
 //! its welcome; the pair is formed when the connector acknowledges them (a connector that gave
 //! up before reading the welcome leaves the accepting side waiting, not paired with nobody). It
 //! keeps the listener bound while the pair lives and answers any further opener
-//! with a `Busy` welcome from a small thread, so a third opener learns at once that the pair is
+//! with a `Busy` welcome from a small thread (`link::rendezvous::Responder`), so a third opener learns at once that the pair is
 //! complete. If bind fails with `EADDRINUSE` the opener connects instead, checks the accepting
 //! side's user before sending anything, and validates the region it receives like an rpc client
 //! (`link::offer` and `link::adopt`, shared with rpc); descriptors are refused on the socket except
@@ -52,14 +53,12 @@
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-use rustix::io::Errno;
 
 use crate::error::{Error, Result};
 use crate::link::fragment::Reassembly;
 use crate::link::protocol::{Admission, Goodbye, Hello, Purpose, Welcome};
+use crate::link::rendezvous::{self, Caller, Gate, Responder};
 use crate::link::wake::{self, CLIENT, CLIENT_ROOM, SERVER, SERVER_ROOM, Side};
 use crate::link::{self, Keep, Offered, Parked};
 use crate::memory::name::validate_name;
@@ -68,8 +67,9 @@ use crate::memory::ring::{
 };
 use crate::memory::segment::Permissions;
 use crate::platform::mapping::Mapping;
-use crate::platform::notify::{self, Poller};
-use crate::platform::{process, socket};
+#[cfg(feature = "fault-injection")]
+use crate::platform::notify;
+use crate::platform::process;
 
 /// Prefix of every duplex channel's abstract socket name.
 const SOCKET_PREFIX: &str = "memlink.duplex.";
@@ -204,7 +204,7 @@ pub struct Duplex {
     rx: Mutex<Incoming>,
     /// Accepting side only: answers later openers with `Busy` while the pair lives (its thread
     /// is stopped and joined on drop, which frees the name).
-    _busy: Option<BusyResponder>,
+    _busy: Option<Responder>,
 }
 
 /// Why a half can no longer be used.
@@ -292,10 +292,8 @@ impl Duplex {
             if deadline.is_some_and(|t| Instant::now() >= t) {
                 return Err(Error::Timeout);
             }
-            match socket::listen(&socket_name(name)) {
-                Ok((listener, _)) => return Self::accept_peer(name, options, listener, deadline),
-                Err(Errno::ADDRINUSE) => {}
-                Err(e) => return Err(Error::os("binding the duplex socket", e)),
+            if let Some(listener) = rendezvous::bind(&socket_name(name))? {
+                return Self::accept_peer(name, options, listener, deadline);
             }
             match Self::connect_peer(name, options, deadline) {
                 // The accepting side vanished between our bind and our connect, or dropped us
@@ -322,82 +320,60 @@ impl Duplex {
         listener: OwnedFd,
         deadline: Option<Instant>,
     ) -> Result<Duplex> {
-        let poll_error = |e| Error::os("waiting for the duplex peer", e);
-        let mut poller = Poller::new().map_err(poll_error)?;
-        poller.add(&listener, 0).map_err(poll_error)?;
-        let mut ready = Vec::new();
+        let answer = |admission| {
+            Welcome {
+                admission,
+                ring_capacity: options.ring_capacity as u32,
+                max_message: 0,
+                server_pid: process::current_pid(),
+            }
+            .encode()
+        };
+        let gate = Gate {
+            permissions: options.permissions,
+            trusted_uid: options.trusted_peer_uid,
+            refusal: answer(Admission::PermissionDenied),
+        };
         loop {
-            let left = match deadline {
-                None => None,
-                Some(t) => match t.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return Err(Error::Timeout),
-                },
+            let Some(caller) =
+                rendezvous::next_caller(&listener, deadline, &gate, HANDSHAKE_TIMEOUT)?
+            else {
+                return Err(Error::Timeout);
             };
-            poller.wait(left, &mut ready).map_err(poll_error)?;
-            loop {
-                let connection = match socket::accept(&listener) {
-                    Ok(connection) => connection,
-                    Err(Errno::AGAIN) => break,
-                    Err(Errno::INTR | Errno::CONNABORTED | Errno::PROTO) => continue,
-                    Err(e) => return Err(Error::os("accepting the duplex peer", e)),
-                };
-                if let Some(duplex) = Self::admit(name, options, connection)? {
-                    let busy = BusyResponder::start(listener, options.clone())
-                        .map_err(|e| Error::os("starting the duplex busy responder", e))?;
-                    return Ok(Duplex {
-                        _busy: Some(busy),
-                        ..duplex
-                    });
-                }
+            if let Some(duplex) = Self::admit(name, options, caller)? {
+                let busy = Responder::start(listener, gate, answer(Admission::Busy))
+                    .map_err(|e| Error::os("starting the duplex busy responder", e))?;
+                return Ok(Duplex {
+                    _busy: Some(busy),
+                    ..duplex
+                });
             }
         }
     }
 
-    /// Completes the pair with `connection`, or refuses it (`Ok(None)`: keep waiting).
-    fn admit(name: &str, options: &DuplexOptions, connection: OwnedFd) -> Result<Option<Duplex>> {
-        let Ok(peer) = socket::peer_credentials(&connection) else {
-            return Ok(None);
-        };
-        let answer = |admission, max: u64| Welcome {
-            admission,
-            ring_capacity: options.ring_capacity as u32,
-            max_message: max,
-            server_pid: process::current_pid(),
-        };
-        if !link::admits(
-            options.permissions,
-            options.trusted_peer_uid,
-            &connection,
+    /// Completes the pair with `caller`, or drops it (`Ok(None)`: keep waiting).
+    fn admit(name: &str, options: &DuplexOptions, caller: Caller) -> Result<Option<Duplex>> {
+        let Caller {
+            socket: connection,
             peer,
-        ) {
-            let _ = socket::send_message(
-                &connection,
-                &answer(Admission::PermissionDenied, 0).encode(),
-                &[],
-            );
-            return Ok(None);
-        }
-        // A connector that does not say hello in time only loses its own connection.
-        if socket::set_io_timeout(&connection, HANDSHAKE_TIMEOUT).is_err() {
-            return Ok(None);
-        }
-        let mut buf = [0u8; Hello::LEN + 8];
-        let hello = match socket::receive_message(&connection, &mut buf, true) {
-            Ok((len, _)) => Hello::decode(&buf[..len]),
-            Err(_) => return Ok(None),
-        };
-        let Ok(Hello {
-            purpose: Purpose::Duplex,
-            max_message: theirs,
-        }) = hello
+            hello:
+                Hello {
+                    purpose: Purpose::Duplex,
+                    max_message: theirs,
+                },
+        } = caller
         else {
             return Ok(None);
         };
         let max_message = options.max_message_size.min(theirs as usize);
         // Four wake pipes: we keep the read ends of our receiver's and our sender's, and the
         // write ends of the peer's receiver's and sender's.
-        let welcome = answer(Admission::Accepted, max_message as u64);
+        let welcome = Welcome {
+            admission: Admission::Accepted,
+            ring_capacity: options.ring_capacity as u32,
+            max_message: max_message as u64,
+            server_pid: process::current_pid(),
+        };
         let Ok(Offered {
             map,
             layout,
@@ -413,10 +389,7 @@ impl Duplex {
         };
         // The pair is formed only once the connector says it adopted the region: one that gave
         // up before reading its welcome must not leave us paired with nobody.
-        let mut ack = [0u8; Hello::LEN + 8];
-        let paired = socket::receive_message(&connection, &mut ack, true)
-            .ok()
-            .and_then(|(len, _)| Hello::decode(&ack[..len]).ok())
+        let paired = rendezvous::read_hello(&connection)
             .is_some_and(|hello| hello.purpose == Purpose::Paired);
         if !paired {
             return Ok(None);
@@ -442,47 +415,26 @@ impl Duplex {
         options: &DuplexOptions,
         deadline: Option<Instant>,
     ) -> Result<Duplex> {
-        let fail = |e: Errno| match e {
-            Errno::CONNREFUSED | Errno::NOENT => Error::NotRunning {
-                name: name.to_owned(),
-            },
-            Errno::AGAIN | Errno::TIMEDOUT => Error::Timeout,
-            Errno::PIPE | Errno::CONNRESET => Error::Disconnected {
-                name: name.to_owned(),
-            },
-            e => Error::os("connecting to the duplex peer", e),
-        };
         let patience = deadline.map_or(HANDSHAKE_TIMEOUT, |t| {
             t.saturating_duration_since(Instant::now())
                 .clamp(Duration::from_millis(1), HANDSHAKE_TIMEOUT)
         });
-        // The socket refuses descriptors until we know who is on the other end.
-        let connection = socket::connect(&socket_name(name), patience).map_err(fail)?;
-        let peer = socket::peer_credentials(&connection).map_err(fail)?;
-        if !link::trusts(peer.uid, options.trusted_peer_uid) {
-            return Err(Error::PermissionDenied {
-                name: name.to_owned(),
-                owner_uid: None,
-            });
-        }
-        socket::set_accept_descriptors(&connection, true).map_err(fail)?;
         let hello = Hello {
             purpose: Purpose::Duplex,
             max_message: u32::try_from(options.max_message_size).unwrap_or(u32::MAX),
         };
-        // A refusal may come (and the socket close) before our hello is read.
-        let sent = socket::send_message(&connection, &hello.encode(), &[]);
-        let mut buf = [0u8; Welcome::LEN + 8];
-        let (len, fds) = match socket::receive_message(&connection, &mut buf, true) {
-            Ok(received) => received,
-            Err(e) => return Err(fail(sent.err().unwrap_or(e))),
-        };
-        if len == 0 {
-            return Err(Error::Disconnected {
-                name: name.to_owned(),
-            });
-        }
-        let welcome = Welcome::decode(&buf[..len]).map_err(|r| Error::incompatible(name, r))?;
+        let link::Answer {
+            socket: connection,
+            peer,
+            welcome,
+            fds,
+        } = link::handshake(
+            name,
+            &socket_name(name),
+            patience,
+            options.trusted_peer_uid,
+            &hello,
+        )?;
         match welcome.admission {
             Admission::Accepted => {}
             Admission::Busy => {
@@ -503,7 +455,6 @@ impl Duplex {
                 ));
             }
         }
-        socket::set_accept_descriptors(&connection, false).map_err(fail)?;
         let (map, layout, [wake_peer_data, wake_peer_room, data_in, room_in]) =
             link::adopt(name, welcome.ring_capacity as usize, fds, DUPLEX_PIPES)?;
         let max_message = usize::try_from(welcome.max_message)
@@ -516,7 +467,8 @@ impl Duplex {
             purpose: Purpose::Paired,
             max_message: 0,
         };
-        socket::send_message(&connection, &paired.encode(), &[]).map_err(fail)?;
+        rendezvous::send(&connection, &paired.encode())
+            .map_err(|e| link::connect_error(name, e))?;
         Ok(Duplex::assemble(
             name,
             max_message,
@@ -597,12 +549,7 @@ impl Duplex {
 
     /// Ends the connection after finding the peer's ring corrupted: tells it why, and hangs up.
     fn drop_corrupt_peer(&self, why: &str) {
-        let _ = socket::send_message(
-            &self.socket,
-            &Goodbye::Corrupted(why.to_owned()).encode(),
-            &[],
-        );
-        let _ = socket::shut_down(&self.socket);
+        rendezvous::hang_up(&self.socket, Some(&Goodbye::Corrupted(why.to_owned())));
     }
 
     /// Sends `message`, waiting for room as long as it takes.
@@ -783,7 +730,7 @@ impl Duplex {
                         if sent > 0 && matches!(e, Error::Timeout) {
                             // Part of the message is in the ring: the stream cannot go on.
                             tx.failed = Some(Failed::Disconnected);
-                            let _ = socket::shut_down(&self.socket);
+                            rendezvous::hang_up(&self.socket, None);
                         }
                         tx.ring.set_early_wrap(true);
                         return Err(e);
@@ -996,79 +943,6 @@ impl Duplex {
 fn fragment_lens(len: usize, fragment: usize) -> impl Iterator<Item = usize> {
     let count = len.div_ceil(fragment).max(1);
     (0..count).map(move |i| (len - i * fragment).min(fragment))
-}
-
-/// Answers every later opener of a complete pair's name with `Busy` (or a refusal, for a user
-/// we do not admit), from its own thread, until the pair's accepting side drops.
-#[derive(Debug)]
-struct BusyResponder {
-    stop: Arc<OwnedFd>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl BusyResponder {
-    fn start(listener: OwnedFd, options: DuplexOptions) -> Result<Self, Errno> {
-        let stop = Arc::new(notify::doorbell()?);
-        let mut poller = Poller::new()?;
-        poller.add(&listener, 0)?;
-        poller.add(&*stop, 1)?;
-        let stop_seen = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("memlink-duplex-busy".into())
-            .spawn(move || {
-                let mut ready = Vec::new();
-                loop {
-                    if poller.wait(None, &mut ready).is_err() {
-                        return;
-                    }
-                    if ready.iter().any(|r| r.token == 1) {
-                        notify::silence(&*stop_seen);
-                        return;
-                    }
-                    loop {
-                        let connection = match socket::accept(&listener) {
-                            Ok(connection) => connection,
-                            Err(Errno::INTR | Errno::CONNABORTED | Errno::PROTO) => continue,
-                            Err(_) => break,
-                        };
-                        let admitted = socket::peer_credentials(&connection).is_ok_and(|peer| {
-                            link::admits(
-                                options.permissions,
-                                options.trusted_peer_uid,
-                                &connection,
-                                peer,
-                            )
-                        });
-                        let welcome = Welcome {
-                            admission: if admitted {
-                                Admission::Busy
-                            } else {
-                                Admission::PermissionDenied
-                            },
-                            ring_capacity: 0,
-                            max_message: 0,
-                            server_pid: process::current_pid(),
-                        };
-                        // Never blocks: a connector that does not read loses only its answer.
-                        let _ = socket::send_message(&connection, &welcome.encode(), &[]);
-                    }
-                }
-            })
-            .map_err(|_| Errno::AGAIN)?;
-        Ok(BusyResponder {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for BusyResponder {
-    fn drop(&mut self) {
-        let _ = notify::ring(&*self.stop);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
-//! One connection between two processes, whatever the pattern: the handshake messages and region
-//! layout ([`protocol`]), the sealed region (made by the accepting side, validated by the
-//! connecting side), the wake pipes a peer can neither block nor steal, spin → yield → park
-//! ([`wake`]), hang-up detection and goodbyes.
+//! One connection between two processes, whatever the pattern: finding each other on a name and
+//! admitting by credentials ([`rendezvous`], [`admits`], [`trusts`], [`handshake`]), the
+//! handshake messages and region layout ([`protocol`]), the sealed region and wake pipes (offered
+//! by the accepting side with [`offer`], validated by the connecting side with [`adopt`]), the
+//! wake-ups a peer can neither block nor steal and spin → yield → park ([`wake`], [`wait`],
+//! [`park_until`]), hang-up detection and goodbyes ([`goodbye`]), and reassembling a message from
+//! its fragments under validation ([`fragment`]).
 //!
 //! Request/response (`rpc`) and the duplex channel (`duplex`) both build on this; a pattern module
 //! never touches a wake pipe, a socket or a raw region offset itself. May use `memory` (rings) and
@@ -9,6 +12,7 @@
 
 pub(crate) mod fragment;
 pub(crate) mod protocol;
+pub(crate) mod rendezvous;
 pub(crate) mod wake;
 
 use std::os::fd::OwnedFd;
@@ -22,7 +26,7 @@ use crate::memory::ring::RingError;
 use crate::memory::segment::Permissions;
 use crate::platform::mapping::Mapping;
 use crate::platform::{memfd, notify, process, shm, socket};
-use protocol::{Goodbye, RegionLayout};
+use protocol::{Goodbye, Hello, RegionLayout, Welcome};
 pub(crate) use wake::{Backoff, PARK_RECHECK, Patience, Side, park_begin, park_end};
 
 /// Whether the accepting side admits the connector `peer` under `permissions` (root and our
@@ -70,6 +74,88 @@ fn create_region(capacity: usize) -> Result<NewRegion, Errno> {
     let map = Arc::new(Mapping::map_shared(&fd, layout.len())?);
     layout.write_keys(&map).map_err(|_| Errno::INVAL)?;
     Ok(NewRegion { fd, map, layout })
+}
+
+/// What a connect error means to the connecting side.
+pub(crate) fn connect_error(name: &str, e: Errno) -> Error {
+    match e {
+        Errno::CONNREFUSED | Errno::NOENT => Error::NotRunning {
+            name: name.to_owned(),
+        },
+        Errno::ACCESS | Errno::PERM => Error::PermissionDenied {
+            name: name.to_owned(),
+            owner_uid: None,
+        },
+        Errno::AGAIN | Errno::TIMEDOUT => Error::Timeout,
+        Errno::PIPE | Errno::CONNRESET => Error::Disconnected {
+            name: name.to_owned(),
+        },
+        e => Error::os("connecting to a memlink peer", e),
+    }
+}
+
+/// The accepting side's answer to our hello.
+pub(crate) struct Answer {
+    /// The connection; it refuses descriptors again from now on.
+    pub(crate) socket: OwnedFd,
+    /// Who answered (as the kernel says).
+    pub(crate) peer: socket::PeerCredentials,
+    pub(crate) welcome: Welcome,
+    /// The descriptors the welcome carried (see [`adopt`]).
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// The connecting side's handshake up to the welcome: connects to the abstract socket
+/// `socket_name` (waiting at most `patience` for a full backlog or the answer), refuses an
+/// accepting side run by a user we do not trust ([`trusts`]) before sending anything, sends
+/// `hello`, and returns the answer. Descriptors are accepted only with the welcome.
+///
+/// Errors: as [`connect_error`]; `Disconnected` also when the other side closed without an
+/// answer (it dropped the handshake: usually transient); `Incompatible` for an answer that is not
+/// a welcome.
+pub(crate) fn handshake(
+    name: &str,
+    socket_name: &str,
+    patience: Duration,
+    trusted_uid: Option<u32>,
+    hello: &Hello,
+) -> Result<Answer> {
+    let fail = |e| connect_error(name, e);
+    // The socket refuses descriptors until we know who is on the other end.
+    let connection = socket::connect(socket_name, patience).map_err(fail)?;
+    let peer = socket::peer_credentials(&connection).map_err(fail)?;
+    if !trusts(peer.uid, trusted_uid) {
+        // Someone else's process holds the name: do not hand it anything.
+        return Err(Error::PermissionDenied {
+            name: name.to_owned(),
+            owner_uid: None,
+        });
+    }
+    // A trusted peer: accept the descriptors its welcome carries, then no more.
+    socket::set_accept_descriptors(&connection, true).map_err(fail)?;
+    // A side that refuses us may answer (and close) before reading our hello, so a failed send
+    // is only fatal if no answer is waiting either.
+    let sent = socket::send_message(&connection, &hello.encode(), &[]);
+    let mut buf = [0u8; Welcome::LEN + 8];
+    let (len, fds) = match socket::receive_message(&connection, &mut buf, true) {
+        Ok(received) => received,
+        Err(e) => return Err(fail(sent.err().unwrap_or(e))),
+    };
+    socket::set_accept_descriptors(&connection, false).map_err(fail)?;
+    if len == 0 {
+        // Closed without an answer: the handshake was dropped (shutting down, shedding half-open
+        // connections, or the accepting side vanished).
+        return Err(Error::Disconnected {
+            name: name.to_owned(),
+        });
+    }
+    let welcome = Welcome::decode(&buf[..len]).map_err(|r| Error::incompatible(name, r))?;
+    Ok(Answer {
+        socket: connection,
+        peer,
+        welcome,
+        fds,
+    })
 }
 
 /// Which end of a wake pipe the accepting side keeps; the other end goes to the peer.

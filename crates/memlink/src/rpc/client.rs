@@ -12,11 +12,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
-use rustix::io::Errno;
-
 use super::protocol::{
-    Admission, ERR_HANDLER_PANICKED, ERR_REPLY_TOO_LARGE, ERROR_REPLY, Hello, Purpose, Welcome,
-    socket_name,
+    Admission, ERR_HANDLER_PANICKED, ERR_REPLY_TOO_LARGE, ERROR_REPLY, Hello, Purpose, socket_name,
 };
 use crate::error::{Error, Result};
 use crate::link::fragment::Reassembly;
@@ -27,7 +24,6 @@ use crate::memory::ring::{Consumer, FIRST, LAST, Producer, RingError, USER_FLAGS
 use crate::platform::mapping::Mapping;
 #[cfg(feature = "fault-injection")]
 use crate::platform::notify;
-use crate::platform::{process, socket};
 
 const DEFAULT_CONNECTIONS: usize = 8;
 /// Most reply bytes reserved before they arrive.
@@ -467,23 +463,6 @@ struct Connection {
     waits: u32,
 }
 
-fn connect_error(name: &str, e: Errno) -> Error {
-    match e {
-        Errno::CONNREFUSED | Errno::NOENT => Error::NotRunning {
-            name: name.to_owned(),
-        },
-        Errno::ACCESS | Errno::PERM => Error::PermissionDenied {
-            name: name.to_owned(),
-            owner_uid: None,
-        },
-        Errno::AGAIN | Errno::TIMEDOUT => Error::Timeout,
-        Errno::PIPE | Errno::CONNRESET => Error::Disconnected {
-            name: name.to_owned(),
-        },
-        e => Error::os("connecting to a memlink server", e),
-    }
-}
-
 impl Connection {
     /// [`Connection::open`], retried until `until` while the server drops our handshake without an
     /// answer (it is shedding half-open connections under a flood, or restarting).
@@ -508,47 +487,26 @@ impl Connection {
     /// Connects and shakes hands, waiting for the server no later than `until` (and no longer
     /// than [`HANDSHAKE_TIMEOUT`]).
     fn open(name: &str, options: &ClientOptions, epoch: u64, until: Instant) -> Result<Connection> {
-        let fail = |e| connect_error(name, e);
         let patience = until
             .saturating_duration_since(Instant::now())
             .clamp(Duration::from_millis(1), HANDSHAKE_TIMEOUT);
-        // The socket refuses descriptors until we know who is on the other end.
-        let socket = socket::connect(&socket_name(name), patience).map_err(fail)?;
-        let server = socket::peer_credentials(&socket).map_err(fail)?;
-        let me = process::effective_uid();
-        if server.uid != me && server.uid != 0 && Some(server.uid) != options.trusted_server_uid {
-            // Someone else's process holds the name: do not hand it our requests.
-            return Err(Error::PermissionDenied {
-                name: name.to_owned(),
-                owner_uid: None,
-            });
-        }
-        // A trusted server: accept the descriptors its welcome carries, then no more.
-        socket::set_accept_descriptors(&socket, true).map_err(fail)?;
-        // A server that refuses us may answer (and close) before reading our hello, so a failed
-        // send is only fatal if no answer is waiting either.
-        let sent = socket::send_message(
-            &socket,
-            &Hello {
-                purpose: Purpose::Connect,
-                max_message: 0,
-            }
-            .encode(),
-            &[],
-        );
-        let mut buf = [0u8; Welcome::LEN + 8];
-        let (len, fds) = match socket::receive_message(&socket, &mut buf, true) {
-            Ok(received) => received,
-            Err(e) => return Err(fail(sent.err().unwrap_or(e))),
+        let hello = Hello {
+            purpose: Purpose::Connect,
+            max_message: 0,
         };
-        if len == 0 {
-            // Closed without an answer: the server dropped this handshake (it was shutting down,
-            // or shed half-open connections under a flood). Transient: see `open_retrying`.
-            return Err(Error::Disconnected {
-                name: name.to_owned(),
-            });
-        }
-        let welcome = Welcome::decode(&buf[..len]).map_err(|r| Error::incompatible(name, r))?;
+        let link::Answer {
+            socket,
+            welcome,
+            fds,
+            ..
+        } = link::handshake(
+            name,
+            &socket_name(name),
+            patience,
+            options.trusted_server_uid,
+            &hello,
+        )?;
+
         match welcome.admission {
             Admission::Accepted => {}
             Admission::PermissionDenied => {
@@ -574,7 +532,6 @@ impl Connection {
                 });
             }
         }
-        socket::set_accept_descriptors(&socket, false).map_err(fail)?;
         // The server keeps the read end of the pipe that wakes it and the write end of ours.
         let (map, layout, [wake_out, wake_in]) = link::adopt(
             name,
