@@ -56,15 +56,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
-use crate::link::fragment::Reassembly;
+use crate::link::fragment::{Reassembly, fragment_at, fragment_lens};
 use crate::link::protocol::{Admission, Goodbye, Hello, Purpose, Welcome};
 use crate::link::rendezvous::{self, Caller, Gate, Responder};
 use crate::link::wake::{self, CLIENT, CLIENT_ROOM, SERVER, SERVER_ROOM, Side};
 use crate::link::{self, Keep, Offered, Parked};
 use crate::memory::name::validate_name;
-use crate::memory::ring::{
-    Consumer, FIRST, LAST, MAX_CAPACITY, MIN_CAPACITY, Producer, RingError, USER_FLAGS,
-};
+use crate::memory::ring::{Consumer, MAX_CAPACITY, MIN_CAPACITY, Producer, RingError, USER_FLAGS};
 use crate::memory::segment::Permissions;
 use crate::platform::mapping::Mapping;
 #[cfg(feature = "fault-injection")]
@@ -605,6 +603,8 @@ impl Duplex {
             Ok(true) => {}
             Ok(false) => {
                 if link::hung_up(&self.socket, &tx.wake_in) {
+                    tx.failed = Some(Failed::Disconnected);
+                    self.peer_gone.store(true, Ordering::Relaxed);
                     let error = Error::Disconnected {
                         name: self.name.clone(),
                     };
@@ -710,10 +710,9 @@ impl Duplex {
             tx.ring.set_early_wrap(false);
         }
         let result = loop {
-            let end = (sent + fragment).min(message.len());
-            let flags =
-                if sent == 0 { FIRST } else { 0 } | if end == message.len() { LAST } else { 0 };
-            match tx.ring.try_push(flags, id, total, &message[sent..end]) {
+            let (flags, piece) = fragment_at(sent, message.len(), fragment);
+            let end = piece.end;
+            match tx.ring.try_push(flags, id, total, &message[piece]) {
                 Ok(true) => {
                     if let Err(e) = wake::nudge(&self.map, tx.peer, &tx.wake_peer) {
                         break Err(e);
@@ -936,23 +935,5 @@ impl Duplex {
             .map_err(|e| Error::corrupted(&self.name, e.0))?;
         let _ = notify::wake(&tx.wake_peer);
         Ok(())
-    }
-}
-
-/// Payload lengths of the fragments of a `len`-byte message.
-fn fragment_lens(len: usize, fragment: usize) -> impl Iterator<Item = usize> {
-    let count = len.div_ceil(fragment).max(1);
-    (0..count).map(move |i| (len - i * fragment).min(fragment))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fragments_cover_the_message() {
-        assert_eq!(fragment_lens(0, 16).collect::<Vec<_>>(), [0]);
-        assert_eq!(fragment_lens(16, 16).collect::<Vec<_>>(), [16]);
-        assert_eq!(fragment_lens(33, 16).collect::<Vec<_>>(), [16, 16, 1]);
     }
 }

@@ -1,9 +1,32 @@
-//! Putting a message back together from the fragments a peer wrote into a ring, validating every
-//! id, flag and length on the way (the peer may write anything there). Used by every pattern's
-//! receiving side: the rpc server (requests), the rpc client (replies) and the duplex channel.
-//! Pattern-specific flags (rpc's error replies) are the caller's to check.
+//! Cutting a message into fragments for a ring, and putting it back together from the fragments
+//! a peer wrote, validating every id, flag and length on the way (the peer may write anything
+//! there). Used by every pattern's sending and receiving sides: the rpc server (requests in,
+//! replies out), the rpc client and the duplex channel. Pattern-specific flags (rpc's error
+//! replies) are the caller's to add and check.
+
+use std::ops::Range;
 
 use crate::memory::ring::{FIRST, LAST, RecordHeader};
+
+/// The fragment of a `len`-byte message that starts at byte `at`, for records of at most
+/// `fragment` bytes: its flags ([`FIRST`], [`LAST`]) and its bytes. An empty message is one
+/// empty fragment, both first and last.
+pub(crate) fn fragment_at(at: usize, len: usize, fragment: usize) -> (u32, Range<usize>) {
+    let end = at.saturating_add(fragment).min(len);
+    let flags = if at == 0 { FIRST } else { 0 } | if end == len { LAST } else { 0 };
+    (flags, at..end)
+}
+
+/// Payload lengths of all the fragments of a `len`-byte message.
+pub(crate) fn fragment_lens(len: usize, fragment: usize) -> impl Iterator<Item = usize> {
+    let mut at = Some(0);
+    std::iter::from_fn(move || {
+        let start = at?;
+        let (flags, range) = fragment_at(start, len, fragment);
+        at = (flags & LAST == 0).then_some(range.end);
+        Some(range.len())
+    })
+}
 
 /// The message being reassembled, if one has started.
 #[derive(Debug, Default)]
@@ -95,6 +118,17 @@ mod tests {
             call_id,
             total,
         }
+    }
+
+    #[test]
+    fn fragments_cover_the_message() {
+        assert_eq!(fragment_lens(0, 16).collect::<Vec<_>>(), [0]);
+        assert_eq!(fragment_lens(16, 16).collect::<Vec<_>>(), [16]);
+        assert_eq!(fragment_lens(33, 16).collect::<Vec<_>>(), [16, 16, 1]);
+        assert_eq!(fragment_at(0, 33, 16), (FIRST, 0..16));
+        assert_eq!(fragment_at(16, 33, 16), (0, 16..32));
+        assert_eq!(fragment_at(32, 33, 16), (LAST, 32..33));
+        assert_eq!(fragment_at(0, 0, 16), (FIRST | LAST, 0..0));
     }
 
     #[test]

@@ -16,11 +16,11 @@ use super::protocol::{
     Admission, ERR_HANDLER_PANICKED, ERR_REPLY_TOO_LARGE, ERROR_REPLY, Hello, Purpose, socket_name,
 };
 use crate::error::{Error, Result};
-use crate::link::fragment::Reassembly;
+use crate::link::fragment::{Reassembly, fragment_at};
 use crate::link::wake::{self, Backoff, CLIENT, Patience, SERVER};
 use crate::link::{self, Keep, Parked};
 use crate::memory::name::validate_name;
-use crate::memory::ring::{Consumer, FIRST, LAST, Producer, RingError, USER_FLAGS};
+use crate::memory::ring::{Consumer, Producer, RingError, USER_FLAGS};
 use crate::platform::mapping::Mapping;
 #[cfg(feature = "fault-injection")]
 use crate::platform::notify;
@@ -600,13 +600,12 @@ impl Connection {
         let total = request.len() as u64;
         let mut sent = 0;
         loop {
-            let end = (sent + fragment).min(request.len());
-            let flags =
-                if sent == 0 { FIRST } else { 0 } | if end == request.len() { LAST } else { 0 };
+            let (flags, piece) = fragment_at(sent, request.len(), fragment);
+            let end = piece.end;
             let ring = |e: RingError| Error::corrupted(&self.name, e.0);
             if self
                 .requests
-                .try_push(flags, call, total, &request[sent..end])
+                .try_push(flags, call, total, &request[piece])
                 .map_err(ring)?
             {
                 wake::nudge(&self.map, SERVER, &self.wake_out)

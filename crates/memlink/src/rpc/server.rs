@@ -25,13 +25,11 @@ use super::protocol::{
     RegionLayout, Stats, Welcome, socket_name,
 };
 use crate::error::{Error, Result};
-use crate::link::fragment::Reassembly;
+use crate::link::fragment::{Reassembly, fragment_at};
 use crate::link::wake::{self, Backoff, CLIENT, PARK_RECHECK, Patience, SERVER};
 use crate::link::{self, Keep, Offered};
 use crate::memory::name::validate_name;
-use crate::memory::ring::{
-    Consumer, FIRST, LAST, MAX_CAPACITY, MIN_CAPACITY, Producer, RingError, USER_FLAGS,
-};
+use crate::memory::ring::{Consumer, MAX_CAPACITY, MIN_CAPACITY, Producer, RingError, USER_FLAGS};
 use crate::memory::segment::Permissions;
 use crate::platform::mapping::Mapping;
 use crate::platform::notify::{self, Poller, Ready};
@@ -941,19 +939,13 @@ impl Connection {
             if budget.spent() {
                 return Ok(progressed);
             }
-            let end = (self.reply_sent + fragment).min(total);
-            let mut flags = self.reply_flags;
-            if self.reply_sent == 0 {
-                flags |= FIRST;
-            }
-            if end == total {
-                flags |= LAST;
-            }
+            let (flags, piece) = fragment_at(self.reply_sent, total, fragment);
+            let end = piece.end;
             if !self.responses.try_push(
-                flags,
+                flags | self.reply_flags,
                 self.call,
                 total as u64,
-                &self.reply[self.reply_sent..end],
+                &self.reply[piece],
             )? {
                 return Ok(progressed);
             }
