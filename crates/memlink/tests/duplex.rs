@@ -175,7 +175,7 @@ fn send_forever(args: &[String]) {
     send_stream(&chan, args[1].parse().unwrap(), 0, u64::MAX / 2);
 }
 
-/// Opens `name` (within a second) and reports the outcome. Paired, it then receives one message
+/// Opens `name` and reports the outcome (a third opener's `Busy` comes at once). Paired, it then receives one message
 /// (args: name, "read") or reads nothing until the parent says so (args: name, "idle").
 /// An optional third argument is the ring capacity (the pair's is the first opener's, so both
 /// sides of a test that depends on it ask for the same).
@@ -184,7 +184,7 @@ fn open_and_report(args: &[String]) {
     if let Some(capacity) = args.get(2) {
         options = options.ring_capacity(capacity.parse().unwrap());
     }
-    match options.open_timeout(&args[0], Duration::from_secs(1)) {
+    match options.open_timeout(&args[0], WATCHDOG) {
         Ok(chan) => {
             report("paired");
             if args.get(1).is_some_and(|mode| mode == "idle") {
@@ -203,11 +203,11 @@ fn open_and_report(args: &[String]) {
     }
 }
 
-/// As user nobody: says so, then opens `name` (within 5 s) and reports the outcome.
+/// As user nobody: says so, then opens `name` and reports the outcome.
 fn nobody_open(args: &[String]) {
     drop_privileges_to_nobody();
     report("opening");
-    match Duplex::open_timeout(&args[0], Duration::from_secs(5)) {
+    match Duplex::open_timeout(&args[0], WATCHDOG) {
         Ok(chan) => {
             report("paired");
             let _ = chan.recv_timeout(WATCHDOG);
@@ -449,7 +449,8 @@ fn a_third_opener_is_busy_and_the_name_pairs_again_later() {
         third.expect_line("Busy");
         third.wait_success();
         // The in-process way too, with a message that says what to do.
-        let busy = Duplex::open_timeout(&name, Duration::from_millis(500)).unwrap_err();
+        // (A generous timeout: `Busy` comes at once, but a loaded machine can be slow to run us.)
+        let busy = Duplex::open_timeout(&name, WATCHDOG).unwrap_err();
         assert!(
             matches!(busy, Error::Busy { .. }),
             "round {round}: {busy:?}"
