@@ -22,6 +22,7 @@ fn child_main() {
         ("open_and_report", open_and_report),
         ("corrupter", corrupter),
         ("nobody_open", nobody_open),
+        ("index_corrupter", index_corrupter),
     ]);
 }
 
@@ -201,6 +202,15 @@ fn open_and_report(args: &[String]) {
         }
         Err(e) => report(&variant(&e)),
     }
+}
+
+/// Opens, writes an impossible consumer index for the ring its peer sends on, reports, and waits
+/// to be killed.
+fn index_corrupter(args: &[String]) {
+    let chan = Duplex::open_timeout(&args[0], WATCHDOG).unwrap();
+    chan.__corrupt_incoming_index().unwrap();
+    report("corrupted");
+    park_until_killed();
 }
 
 /// As user nobody: says so, then opens `name` and reports the outcome.
@@ -763,4 +773,25 @@ fn a_corrupting_peer_gets_corrupted_not_a_panic_or_hang() {
         told.starts_with("Corrupted ") && told.contains("dropped this connection"),
         "{told}"
     );
+}
+
+/// A peer that writes an impossible consumer index into the ring we send on: our next send that
+/// looks at it says `Corrupted`, never writes outside the ring, panics or hangs.
+#[test]
+fn a_peer_lying_about_what_it_read_gets_corrupted() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("duplex-index");
+    let mut child = ChildProcess::spawn("index_corrupter", &[&name]);
+    let chan = Duplex::open_timeout(&name, WATCHDOG).unwrap();
+    child.expect_line("corrupted");
+    let error = with_watchdog("send to an index corrupter", move || {
+        // A whole-message send checks the consumer's index before it writes.
+        let error = chan.send(&[1; 1000]).unwrap_err();
+        match chan.try_send(vec![2; 10]) {
+            Err(TrySendError::Failed(back, _)) => assert_eq!(back, [2; 10]),
+            other => panic!("{other:?}"),
+        }
+        error
+    });
+    assert!(matches!(error, Error::Corrupted { .. }), "{error:?}");
 }

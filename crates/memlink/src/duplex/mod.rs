@@ -613,6 +613,8 @@ impl Duplex {
                 return Err(TrySendError::Full(message));
             }
             Err(e) => {
+                self.drop_corrupt_peer(&e.0);
+                tx.failed = Some(Failed::Corrupted(e.0.clone()));
                 let error = Error::corrupted(&self.name, e.0);
                 return Err(TrySendError::Failed(message, error));
             }
@@ -685,6 +687,7 @@ impl Duplex {
             }
             Err(e) => {
                 if let Error::Corrupted { reason, .. } = &e {
+                    self.drop_corrupt_peer(reason);
                     tx.failed = Some(Failed::Corrupted(reason.clone()));
                 }
                 Err(e)
@@ -745,6 +748,7 @@ impl Duplex {
                 Ok(())
             }
             Err(e) => {
+                self.drop_corrupt_peer(&e.0);
                 tx.failed = Some(Failed::Corrupted(e.0.clone()));
                 Err(Error::corrupted(&self.name, e.0))
             }
@@ -921,6 +925,18 @@ impl Duplex {
                 return Ok(true);
             }
         }
+    }
+
+    /// Fault injection for tests: publishes an impossible consumer index for the ring the peer
+    /// sends on, as a buggy or hostile peer could. Exists only with the `fault-injection`
+    /// feature; not part of the API.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __corrupt_incoming_index(&self) -> Result<()> {
+        self.rx()
+            .ring
+            .publish_impossible_head()
+            .map_err(|e| Error::corrupted(&self.name, e.0))
     }
 
     /// Fault injection for tests: publishes an impossible record in the ring we send on, as a

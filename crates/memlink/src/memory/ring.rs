@@ -466,6 +466,14 @@ impl Consumer {
         self.advance(record_size(header.len as usize))
     }
 
+    /// Fault injection: publishes a consumer index no producer can accept (past everything
+    /// written), leaving our private position untouched.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn publish_impossible_head(&self) -> Result<(), RingError> {
+        index(&self.map, self.layout.control + HEAD_AT)?.store(u64::MAX / 2, Ordering::Release);
+        Ok(())
+    }
+
     fn advance(&mut self, size: usize) -> Result<(), RingError> {
         self.head += size as u64;
         // SYNC POINT: Release, pairs with the Acquire `head` load in `Producer::consumer_position`:
