@@ -72,7 +72,7 @@ use crate::platform::process;
 /// Prefix of every duplex channel's abstract socket name.
 const SOCKET_PREFIX: &str = "memlink.duplex.";
 /// Longest a handshake step may take once the other side is there.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most bytes reserved for an incoming message before they arrive.
 const MAX_UPFRONT_RESERVE: usize = 16 << 20;
 
@@ -251,7 +251,7 @@ impl Duplex {
 
     /// Like [`Duplex::open`], giving up after `timeout` without a peer. The name is free again
     /// when this returns. A handshake already under way when the time runs out is finished
-    /// first (it is bounded by two seconds, against a peer that stalls it).
+    /// first (it is bounded by five seconds, against a peer that stalls it).
     ///
     /// # Errors
     /// [`Error::Timeout`]; otherwise as [`Duplex::open`].
