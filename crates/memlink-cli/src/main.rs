@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use memlink::inventory::{self, ObjectInfo, ObjectState};
-use memlink::{Client, Permissions, Server};
+use memlink::{Client, Duplex, Permissions, Server};
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +63,17 @@ enum Command {
         /// Give up after this many milliseconds.
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
+    },
+    /// Talk to another `memlink chat NAME` (either may start first): lines typed here go to
+    /// the peer, the peer's lines are printed. Ctrl-D ends your side; chat exits once both
+    /// sides have ended (or the peer is gone).
+    Chat {
+        /// Channel name.
+        name: String,
+        /// Give up if no peer comes within this many milliseconds (default: wait as long as it
+        /// takes).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
     },
     /// List memlink servers and objects on this machine.
     Ls,
@@ -150,6 +161,7 @@ fn main() -> ExitCode {
             text,
             timeout_ms,
         } => call(&name, &text, timeout_ms).map_err(Into::into),
+        Command::Chat { name, timeout_ms } => chat(&name, timeout_ms).map_err(Into::into),
         Command::Ls => list().map_err(Into::into),
         Command::Rm { name, force } => inventory::remove(&name, force)
             .map(|()| println!("removed {name}"))
@@ -232,6 +244,59 @@ fn serve(name: &str, workers: usize, everyone: bool) -> memlink::Result<()> {
     });
     server.serve(|request: &[u8], reply: &mut Vec<u8>| reply.extend_from_slice(request))?;
     eprintln!("\nstopped");
+    Ok(())
+}
+
+/// `memlink chat`: each line is one message (newline included); an empty message says "my
+/// input has ended".
+fn chat(name: &str, timeout_ms: Option<u64>) -> memlink::Result<()> {
+    use std::io::{BufRead, Write};
+    eprintln!("memlink chat '{name}': waiting for the peer...");
+    let chan = std::sync::Arc::new(match timeout_ms {
+        Some(ms) => Duplex::open_timeout(name, Duration::from_millis(ms))?,
+        None => Duplex::open(name)?,
+    });
+    eprintln!(
+        "connected to pid {}; type lines, Ctrl-D to end",
+        chan.peer_pid()
+    );
+    let printer = {
+        let chan = chan.clone();
+        std::thread::spawn(move || {
+            let mut out = std::io::stdout();
+            let mut message = Vec::new();
+            loop {
+                match chan.recv_into(&mut message) {
+                    Ok(()) if message.is_empty() => return, // the peer's input has ended
+                    Ok(()) => {
+                        let _ = out.write_all(&message);
+                        let _ = out.flush();
+                    }
+                    Err(e) => {
+                        // Gone before it said it had ended: killed, or broken.
+                        eprintln!("memlink chat: {e}");
+                        std::process::exit(1);
+                    }
+                }
+            }
+        })
+    };
+    let mut stdin = std::io::stdin().lock();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match stdin.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if !line.ends_with(b"\n") {
+            line.push(b'\n');
+        }
+        chan.send(&line)?;
+    }
+    chan.send(&[])?;
+    // Stay until the peer has ended too, printing what it still sends.
+    let _ = printer.join();
     Ok(())
 }
 

@@ -217,3 +217,56 @@ fn bench_rpc_json_reports_every_transport_size_and_target() {
     }
     assert_eq!(report["targets"].as_array().unwrap().len(), 9);
 }
+
+/// Two `memlink chat` processes paired through a name, talking through pipes: each prints the
+/// other's lines, and both exit once both inputs have ended.
+#[test]
+fn chat_pairs_two_processes_and_each_prints_the_others_lines() {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    let name = unique("chat");
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_memlink"))
+            .args(["chat", &name, "--timeout-ms", "20000"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run memlink chat")
+    };
+    let mut a = spawn();
+    let mut b = spawn();
+    a.stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello from a\nsecond line from a\n")
+        .unwrap();
+    b.stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello from b\n")
+        .unwrap();
+    // Both inputs are closed now (the handles were dropped): both chats end once paired.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for child in [&mut a, &mut b] {
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "{status:?}");
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("memlink chat did not exit");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    let out = |child: &mut std::process::Child| {
+        let mut s = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut s).unwrap();
+        s
+    };
+    assert_eq!(out(&mut a), "hello from b\n");
+    assert_eq!(out(&mut b), "hello from a\nsecond line from a\n");
+}

@@ -145,10 +145,12 @@ pub enum Error {
         pid: u32,
     },
 
-    /// The server went away (crashed, was killed, or shut down) while the call was in progress.
+    /// The peer went away (crashed, was killed, shut down or closed its end): a server during a
+    /// call, or the other end of a duplex channel.
     #[error(
-        "the memlink server '{name}' went away during the call; the call may or may not have been \
-         executed. The client reconnects on its next call once a server is running again"
+        "the other end of memlink '{name}' went away; a call in progress may or may not have been \
+         executed. A Client reconnects on its next call once a server is running again; drop a \
+         Duplex and open the name again to pair with a new peer"
     )]
     Disconnected {
         /// The service name.
@@ -175,6 +177,16 @@ pub enum Error {
         name: String,
         /// Its connection limit.
         max: u32,
+    },
+
+    /// A duplex name whose pair is complete: two peers are connected under it already.
+    #[error(
+        "the duplex channel '{name}' already has two peers connected; pick another name, or wait \
+         until one of them closes it (the name is free again once both have)"
+    )]
+    Busy {
+        /// The channel name.
+        name: String,
     },
 
     /// The server's handler panicked while handling this request. The connection stays usable.

@@ -6,8 +6,11 @@
 //!   process liveness. The only module allowed `unsafe`.
 //! - [`memory`]: named [`Segment`]s with a validated header, and the cross-process [`Event`],
 //!   [`Semaphore`] and robust [`Mutex`] that live in them; [`inventory`] lists and removes objects.
+//! - `link` (private): one connection between two processes, whatever the pattern — handshake,
+//!   sealed region, wake-ups, parking, hang-up detection.
 //! - [`rpc`]: request/response between processes — a [`Server`] with worker threads answering many
 //!   [`Client`]s, each over its own pair of shared-memory rings.
+//! - [`duplex`]: two symmetric peers, either may start first; each sends and receives at any time.
 //!
 //! Shared memory is written by other processes and treated as untrusted input: nothing here forms
 //! a slice over it, and every value read from it is validated before use.
@@ -18,11 +21,14 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod duplex;
 pub mod error;
+mod link;
 pub mod memory;
 mod platform;
 pub mod rpc;
 
+pub use duplex::{Duplex, DuplexOptions, TrySendError};
 pub use error::{Error, Result};
 pub use memory::header::ObjectKind;
 pub use memory::inventory;

@@ -183,6 +183,8 @@ pub(crate) struct Producer {
     layout: RingLayout,
     tail: u64,
     head_seen: u64,
+    /// Whether a record may go back to the front early (see the module doc).
+    early_wrap: bool,
 }
 
 impl Producer {
@@ -194,6 +196,7 @@ impl Producer {
             layout,
             tail: 0,
             head_seen: 0,
+            early_wrap: true,
         })
     }
 
@@ -244,6 +247,34 @@ impl Producer {
             || free(self.consumer_position()?, self.tail) >= needed)
     }
 
+    /// Allows or forbids going back to the front early. A producer about to write a message of
+    /// several records it checked with [`Producer::has_room_for_all`] forbids it meanwhile, so
+    /// that the check holds.
+    pub(crate) fn set_early_wrap(&mut self, allowed: bool) {
+        self.early_wrap = allowed;
+    }
+
+    /// Whether records with payloads of `lens` bytes, pushed one after another without early
+    /// wraps, all fit now (reads the consumer's position once).
+    pub(crate) fn has_room_for_all(
+        &mut self,
+        lens: impl Iterator<Item = usize>,
+    ) -> Result<bool, RingError> {
+        let head = self.consumer_position()?;
+        let capacity = self.layout.capacity as u64;
+        let mut tail = self.tail;
+        for len in lens {
+            let size = record_size(len) as u64;
+            let to_end = capacity - tail % capacity;
+            let needed = if to_end < size { to_end + size } else { size };
+            if capacity - (tail - head) < needed {
+                return Ok(false);
+            }
+            tail += needed;
+        }
+        Ok(true)
+    }
+
     /// Appends one record, unless there is not room for it right now (`Ok(false)`: retry after the
     /// consumer has advanced). `payload` must not exceed [`RingLayout::max_fragment`].
     pub(crate) fn try_push(
@@ -269,7 +300,8 @@ impl Producer {
         // equals ours): start over at the front instead of touching fresh pages.
         // (Only if the record fits before where we are: padding plus record must fit in an
         // empty ring.)
-        let wrap_early = position >= HOT_WINDOW
+        let wrap_early = self.early_wrap
+            && position >= HOT_WINDOW
             && size <= position
             && (self.head_seen == self.tail || self.consumer_position()? == self.tail);
         if to_end < size || wrap_early {
@@ -432,6 +464,14 @@ impl Consumer {
     #[cfg(test)]
     pub(crate) fn skip(&mut self, header: &RecordHeader) -> Result<(), RingError> {
         self.advance(record_size(header.len as usize))
+    }
+
+    /// Fault injection: publishes a consumer index no producer can accept (past everything
+    /// written), leaving our private position untouched.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn publish_impossible_head(&self) -> Result<(), RingError> {
+        index(&self.map, self.layout.control + HEAD_AT)?.store(u64::MAX / 2, Ordering::Release);
+        Ok(())
     }
 
     fn advance(&mut self, size: usize) -> Result<(), RingError> {
@@ -602,6 +642,30 @@ mod tests {
     }
 
     proptest! {
+        /// `has_room_for_all` is exact for a producer that does not wrap early: whatever was
+        /// pushed and taken before, records it approves all go in, and when it refuses, one of
+        /// them does not (checked by pushing them anyway).
+        #[test]
+        fn room_for_all_is_exact(
+            before in proptest::collection::vec((0usize..=1024, any::<bool>()), 0..40),
+            lens in proptest::collection::vec(0usize..=1024, 1..8),
+        ) {
+            let (mut producer, mut consumer, _map) = ring(MIN_CAPACITY);
+            for (len, take) in before {
+                if producer.try_push(FIRST | LAST, 1, len as u64, &pattern(1, len)).unwrap() && take {
+                    while let Some(header) = consumer.peek().unwrap() {
+                        consumer.skip(&header).unwrap();
+                    }
+                }
+            }
+            let approved = producer.has_room_for_all(lens.iter().copied()).unwrap();
+            producer.set_early_wrap(false);
+            let all_went_in = lens
+                .iter()
+                .all(|&len| producer.try_push(FIRST | LAST, 2, len as u64, &pattern(2, len)).unwrap());
+            prop_assert_eq!(approved, all_went_in);
+        }
+
         #[test]
         fn any_interleaving_round_trips(ops in proptest::collection::vec((0usize..3000, any::<bool>()), 1..200)) {
             let (mut p, mut c, _map) = ring(MIN_CAPACITY * 2);

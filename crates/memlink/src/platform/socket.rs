@@ -18,7 +18,7 @@ use rustix::net::{
 };
 
 /// Most descriptors one message carries.
-pub(crate) const MAX_FDS: usize = 4;
+pub(crate) const MAX_FDS: usize = 6;
 
 /// Who is on the other end of a connected socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

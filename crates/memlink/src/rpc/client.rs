@@ -1,35 +1,35 @@
 //! The calling side: [`Client`] and its per-thread connections.
 //!
-//! A `Client` owns a small pool of *channels*, each a separate connection to the server with its
-//! own shared region, rings and doorbells. A call borrows a free channel (an uncontended
-//! `try_lock`, no syscall), so threads calling through one client at once never share a ring and
-//! each gets its own reply. A channel that failed (server gone, timeout, corruption) is dropped; the
-//! next call opens a fresh one, which is how a `Client` transparently reconnects to a restarted
-//! server.
+//! A `Client` owns a small pool of *connections* to the server, each with its own shared region,
+//! rings and wake pipes. A call borrows a free connection (an uncontended `try_lock`, no
+//! syscall), so threads calling through one client at once never share a ring and each gets its
+//! own reply. A connection that failed (server gone, timeout, corruption) is dropped; the next
+//! call opens a fresh one, which is how a `Client` transparently reconnects to a restarted server.
+//! The connection machinery itself (region validation, parking, hang-ups) is `link`'s.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
-use rustix::io::Errno;
-
-use super::link::{self, Backoff, CLIENT, PARK_RECHECK, Patience, SERVER};
 use super::protocol::{
-    Admission, ERR_HANDLER_PANICKED, ERR_REPLY_TOO_LARGE, ERROR_REPLY, Goodbye, Hello, Purpose,
-    RegionLayout, Welcome, socket_name,
+    Admission, ERR_HANDLER_PANICKED, ERR_REPLY_TOO_LARGE, ERROR_REPLY, Hello, Purpose, socket_name,
 };
 use crate::error::{Error, Result};
+use crate::link::fragment::{Reassembly, fragment_at};
+use crate::link::wake::{self, Backoff, CLIENT, Patience, SERVER};
+use crate::link::{self, Keep, Parked};
 use crate::memory::name::validate_name;
-use crate::memory::ring::{Consumer, FIRST, LAST, Producer, RingError, USER_FLAGS};
+use crate::memory::ring::{Consumer, Producer, RingError, USER_FLAGS};
 use crate::platform::mapping::Mapping;
-use crate::platform::{memfd, notify, process, shm, socket};
+#[cfg(feature = "fault-injection")]
+use crate::platform::notify;
 
-const DEFAULT_CHANNELS: usize = 8;
+const DEFAULT_CONNECTIONS: usize = 8;
 /// Most reply bytes reserved before they arrive.
 const MAX_UPFRONT_RESERVE: usize = 16 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Looks at the ring before a wait decides how to wait (see `Channel::wait`).
+/// Looks at the ring before a wait decides how to wait (see `Connection::wait`).
 const FIRST_LOOKS: u32 = 32;
 /// Longest a waiting call spins (when the server runs on another CPU).
 const MAX_SPIN: Duration = Duration::from_micros(50);
@@ -48,7 +48,7 @@ const PROBE_EVERY: u32 = 16;
 /// How to connect. `ClientOptions::new()` gives the defaults.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
-    channels: usize,
+    connections: usize,
     trusted_server_uid: Option<u32>,
     max_reply_size: Option<usize>,
 }
@@ -56,7 +56,7 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
-            channels: DEFAULT_CHANNELS,
+            connections: DEFAULT_CONNECTIONS,
             trusted_server_uid: None,
             max_reply_size: None,
         }
@@ -72,7 +72,7 @@ impl ClientOptions {
     /// How many calls may be in flight at once through one client (one connection each; further
     /// callers wait for a free one). At least 1.
     pub fn max_concurrent_calls(mut self, n: usize) -> Self {
-        self.channels = n.max(1);
+        self.connections = n.max(1);
         self
     }
 
@@ -125,33 +125,33 @@ impl ClientOptions {
 pub struct Client {
     name: String,
     options: ClientOptions,
-    channels: Box<[Mutex<Option<Channel>>]>,
-    /// Bumped by the first call that finds the server gone, so that idle channels to the dead
+    connections: Box<[Mutex<Option<Connection>>]>,
+    /// Bumped by the first call that finds the server gone, so that idle connections to the dead
     /// server are dropped before use instead of each failing once.
     epoch: AtomicU64,
     max_message: AtomicU64,
-    /// Callers sleeping until a channel frees up (more concurrent calls than channels).
+    /// Callers sleeping until a connection frees up (more concurrent calls than connections).
     waiting: AtomicUsize,
     wait_lock: Mutex<()>,
-    channel_freed: Condvar,
+    connection_freed: Condvar,
 }
 
-/// A channel slot held by one call. Fields drop in declaration order: the slot is released first,
-/// then `wake` wakes a caller waiting for a channel, if there is one.
-struct ChannelGuard<'a> {
-    slot: MutexGuard<'a, Option<Channel>>,
+/// A connection slot held by one call. Fields drop in declaration order: the slot is released first,
+/// then `wake` wakes a caller waiting for a connection, if there is one.
+struct ConnectionGuard<'a> {
+    slot: MutexGuard<'a, Option<Connection>>,
     _wake: WakeWaiter<'a>,
 }
 
-impl std::ops::Deref for ChannelGuard<'_> {
-    type Target = Option<Channel>;
-    fn deref(&self) -> &Option<Channel> {
+impl std::ops::Deref for ConnectionGuard<'_> {
+    type Target = Option<Connection>;
+    fn deref(&self) -> &Option<Connection> {
         &self.slot
     }
 }
 
-impl std::ops::DerefMut for ChannelGuard<'_> {
-    fn deref_mut(&mut self) -> &mut Option<Channel> {
+impl std::ops::DerefMut for ConnectionGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Option<Connection> {
         &mut self.slot
     }
 }
@@ -168,7 +168,7 @@ impl Drop for WakeWaiter<'_> {
                 .wait_lock
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            client.channel_freed.notify_all();
+            client.connection_freed.notify_all();
         }
     }
 }
@@ -200,20 +200,20 @@ impl Client {
 
     fn new(name: &str, options: ClientOptions, wait_until: Option<Instant>) -> Result<Client> {
         validate_name(name)?;
-        let channels = (0..options.channels).map(|_| Mutex::new(None)).collect();
+        let connections = (0..options.connections).map(|_| Mutex::new(None)).collect();
         let client = Client {
             name: name.to_owned(),
             options,
-            channels,
+            connections,
             epoch: AtomicU64::new(0),
             max_message: AtomicU64::new(0),
             waiting: AtomicUsize::new(0),
             wait_lock: Mutex::new(()),
-            channel_freed: Condvar::new(),
+            connection_freed: Condvar::new(),
         };
         let first = loop {
             let transient_until = wait_until.unwrap_or_else(|| Instant::now() + HANDSHAKE_TIMEOUT);
-            match Channel::open_retrying(&client.name, &client.options, 0, transient_until) {
+            match Connection::open_retrying(&client.name, &client.options, 0, transient_until) {
                 Err(Error::NotRunning { .. }) if wait_until.is_some_and(|t| Instant::now() < t) => {
                     std::thread::sleep(Duration::from_millis(2));
                 }
@@ -226,7 +226,7 @@ impl Client {
         client
             .max_message
             .store(first.max_message as u64, Ordering::Relaxed);
-        *lock_slot(&client.channels[0]) = Some(first);
+        *lock_slot(&client.connections[0]) = Some(first);
         Ok(client)
     }
 
@@ -297,25 +297,25 @@ impl Client {
                 max,
             });
         }
-        let mut slot = self.free_channel(deadline)?;
+        let mut slot = self.free_connection(deadline)?;
         let mut retried = false;
         loop {
             let epoch = self.epoch.load(Ordering::Acquire);
             if slot.as_ref().is_some_and(|c| c.epoch != epoch) {
                 *slot = None;
             }
-            let channel = match slot.as_mut() {
-                Some(channel) => channel,
-                None => match Channel::open_retrying(
+            let connection = match slot.as_mut() {
+                Some(connection) => connection,
+                None => match Connection::open_retrying(
                     &self.name,
                     &self.options,
                     epoch,
                     deadline.unwrap_or_else(|| Instant::now() + HANDSHAKE_TIMEOUT),
                 ) {
-                    Ok(channel) => {
+                    Ok(connection) => {
                         self.max_message
-                            .store(channel.max_message as u64, Ordering::Relaxed);
-                        slot.insert(channel)
+                            .store(connection.max_message as u64, Ordering::Relaxed);
+                        slot.insert(connection)
                     }
                     // A retry of a provably unsent call found no server: report the original loss.
                     Err(Error::NotRunning { .. }) if retried => {
@@ -326,11 +326,11 @@ impl Client {
                     Err(e) => return Err(e),
                 },
             };
-            match channel.call(request, reply, deadline) {
+            match connection.call(request, reply, deadline) {
                 Ok(()) => return Ok(()),
                 Err(Failure::Kept(e)) => return Err(e),
                 Err(Failure::Broken { error, unsent }) => {
-                    let dead_epoch = channel.epoch;
+                    let dead_epoch = connection.epoch;
                     *slot = None;
                     if let Error::Disconnected { .. } = error {
                         let _ = self.epoch.compare_exchange(
@@ -352,15 +352,15 @@ impl Client {
         }
     }
 
-    /// A channel slot no other thread is using: the first free one (one uncontended `try_lock`),
+    /// A connection slot no other thread is using: the first free one (one uncontended `try_lock`),
     /// else sleep until a call releases one.
-    fn free_channel(&self, deadline: Option<Instant>) -> Result<ChannelGuard<'_>> {
-        let guard = |slot| ChannelGuard {
+    fn free_connection(&self, deadline: Option<Instant>) -> Result<ConnectionGuard<'_>> {
+        let guard = |slot| ConnectionGuard {
             slot,
             _wake: WakeWaiter(self),
         };
         loop {
-            if let Some(slot) = self.try_take_channel() {
+            if let Some(slot) = self.try_take_connection() {
                 return Ok(guard(slot));
             }
             let lock = self
@@ -369,14 +369,14 @@ impl Client {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             // SYNC POINT: SeqCst, pairs with the load in `WakeWaiter::drop`.
             self.waiting.fetch_add(1, Ordering::SeqCst);
-            let taken = self.try_take_channel();
+            let taken = self.try_take_connection();
             if taken.is_none() {
                 // Bounded, so that a wake-up lost to a panic elsewhere costs a moment, not forever.
                 let nap = deadline.map_or(Duration::from_millis(100), |t| {
                     t.saturating_duration_since(Instant::now())
                         .min(Duration::from_millis(100))
                 });
-                drop(self.channel_freed.wait_timeout(lock, nap));
+                drop(self.connection_freed.wait_timeout(lock, nap));
             } else {
                 drop(lock);
             }
@@ -390,8 +390,8 @@ impl Client {
         }
     }
 
-    fn try_take_channel(&self) -> Option<MutexGuard<'_, Option<Channel>>> {
-        for slot in self.channels.iter() {
+    fn try_take_connection(&self) -> Option<MutexGuard<'_, Option<Connection>>> {
+        for slot in self.connections.iter() {
             match slot.try_lock() {
                 Ok(guard) => return Some(guard),
                 Err(TryLockError::Poisoned(poisoned)) => {
@@ -412,36 +412,36 @@ impl Client {
     #[doc(hidden)]
     #[cfg(feature = "fault-injection")]
     pub fn __corrupt_next_request(&self) -> Result<()> {
-        let mut slot = self.free_channel(None)?;
+        let mut slot = self.free_connection(None)?;
         if slot.is_none() {
-            *slot = Some(Channel::open(
+            *slot = Some(Connection::open(
                 &self.name,
                 &self.options,
                 self.epoch.load(Ordering::Acquire),
                 Instant::now() + HANDSHAKE_TIMEOUT,
             )?);
         }
-        let channel = slot.as_mut().ok_or(Error::Timeout)?;
-        channel.corrupt_requests()
+        let connection = slot.as_mut().ok_or(Error::Timeout)?;
+        connection.corrupt_requests()
     }
 }
 
-fn lock_slot(slot: &Mutex<Option<Channel>>) -> MutexGuard<'_, Option<Channel>> {
+fn lock_slot(slot: &Mutex<Option<Connection>>) -> MutexGuard<'_, Option<Connection>> {
     slot.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// How a call failed, and whether its channel survives.
+/// How a call failed, and whether its connection survives.
 enum Failure {
-    /// The channel is still in step with the server.
+    /// The connection is still in step with the server.
     Kept(Error),
-    /// The channel must be dropped. `unsent`: the server provably never read any of the request.
+    /// The connection must be dropped. `unsent`: the server provably never read any of the request.
     Broken { error: Error, unsent: bool },
 }
 
 /// One connection: a region with a request ring we produce and a response ring we consume.
 #[derive(Debug)]
-struct Channel {
+struct Connection {
     name: String,
     socket: OwnedFd,
     map: Arc<Mapping>,
@@ -463,35 +463,18 @@ struct Channel {
     waits: u32,
 }
 
-fn connect_error(name: &str, e: Errno) -> Error {
-    match e {
-        Errno::CONNREFUSED | Errno::NOENT => Error::NotRunning {
-            name: name.to_owned(),
-        },
-        Errno::ACCESS | Errno::PERM => Error::PermissionDenied {
-            name: name.to_owned(),
-            owner_uid: None,
-        },
-        Errno::AGAIN | Errno::TIMEDOUT => Error::Timeout,
-        Errno::PIPE | Errno::CONNRESET => Error::Disconnected {
-            name: name.to_owned(),
-        },
-        e => Error::os("connecting to a memlink server", e),
-    }
-}
-
-impl Channel {
-    /// [`Channel::open`], retried until `until` while the server drops our handshake without an
+impl Connection {
+    /// [`Connection::open`], retried until `until` while the server drops our handshake without an
     /// answer (it is shedding half-open connections under a flood, or restarting).
     fn open_retrying(
         name: &str,
         options: &ClientOptions,
         epoch: u64,
         until: Instant,
-    ) -> Result<Channel> {
+    ) -> Result<Connection> {
         let mut pause = Duration::from_micros(200);
         loop {
-            match Channel::open(name, options, epoch, until) {
+            match Connection::open(name, options, epoch, until) {
                 Err(Error::Disconnected { .. }) if Instant::now() + pause < until => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(20));
@@ -503,47 +486,27 @@ impl Channel {
 
     /// Connects and shakes hands, waiting for the server no later than `until` (and no longer
     /// than [`HANDSHAKE_TIMEOUT`]).
-    fn open(name: &str, options: &ClientOptions, epoch: u64, until: Instant) -> Result<Channel> {
-        let fail = |e| connect_error(name, e);
+    fn open(name: &str, options: &ClientOptions, epoch: u64, until: Instant) -> Result<Connection> {
         let patience = until
             .saturating_duration_since(Instant::now())
             .clamp(Duration::from_millis(1), HANDSHAKE_TIMEOUT);
-        // The socket refuses descriptors until we know who is on the other end.
-        let socket = socket::connect(&socket_name(name), patience).map_err(fail)?;
-        let server = socket::peer_credentials(&socket).map_err(fail)?;
-        let me = process::effective_uid();
-        if server.uid != me && server.uid != 0 && Some(server.uid) != options.trusted_server_uid {
-            // Someone else's process holds the name: do not hand it our requests.
-            return Err(Error::PermissionDenied {
-                name: name.to_owned(),
-                owner_uid: None,
-            });
-        }
-        // A trusted server: accept the descriptors its welcome carries, then no more.
-        socket::set_accept_descriptors(&socket, true).map_err(fail)?;
-        // A server that refuses us may answer (and close) before reading our hello, so a failed
-        // send is only fatal if no answer is waiting either.
-        let sent = socket::send_message(
-            &socket,
-            &Hello {
-                purpose: Purpose::Connect,
-            }
-            .encode(),
-            &[],
-        );
-        let mut buf = [0u8; Welcome::LEN + 8];
-        let (len, fds) = match socket::receive_message(&socket, &mut buf, true) {
-            Ok(received) => received,
-            Err(e) => return Err(fail(sent.err().unwrap_or(e))),
+        let hello = Hello {
+            purpose: Purpose::Connect,
+            max_message: 0,
         };
-        if len == 0 {
-            // Closed without an answer: the server dropped this handshake (it was shutting down,
-            // or shed half-open connections under a flood). Transient: see `open_retrying`.
-            return Err(Error::Disconnected {
-                name: name.to_owned(),
-            });
-        }
-        let welcome = Welcome::decode(&buf[..len]).map_err(|r| Error::incompatible(name, r))?;
+        let link::Answer {
+            socket,
+            welcome,
+            fds,
+            ..
+        } = link::handshake(
+            name,
+            &socket_name(name),
+            patience,
+            options.trusted_server_uid,
+            &hello,
+        )?;
+
         match welcome.admission {
             Admission::Accepted => {}
             Admission::PermissionDenied => {
@@ -563,55 +526,24 @@ impl Channel {
                     name: name.to_owned(),
                 });
             }
+            Admission::Busy => {
+                return Err(Error::Busy {
+                    name: name.to_owned(),
+                });
+            }
         }
-        socket::set_accept_descriptors(&socket, false).map_err(fail)?;
-        let [region_fd, wake_out, wake_in]: [OwnedFd; 3] = fds.try_into().map_err(|_| {
-            Error::corrupted(name, "the server's welcome carried the wrong descriptors")
-        })?;
-        // The wake pipes must be pipes, ends the right way round; we reopen each to get an open
-        // file description of our own, so that not even the server can make our end blocking.
-        let wake_ends = notify::private_wake_end(&wake_out, true)
-            .and_then(|out| Ok((out, notify::private_wake_end(&wake_in, false)?)));
-        let (wake_out, wake_in) = wake_ends.map_err(|e| {
-            Error::corrupted(
-                name,
-                format!("the server's wake descriptors are not the ends of two pipes ({e})"),
-            )
-        })?;
-        let capacity = welcome.ring_capacity as usize;
-        let expected_len = RegionLayout {
-            capacity,
-            request_key: 0,
-            response_key: 0,
-        }
-        .len();
-        // The region must be sealed (we cannot be SIGBUSed by a shrink) and exactly as large as
-        // the layout we derive ourselves; nothing about it is taken on trust.
-        if !memfd::is_sealed_against_shrinking(&region_fd) {
-            return Err(Error::corrupted(
-                name,
-                "the server's shared region is not sealed against shrinking",
-            ));
-        }
-        let size = shm::fstat(&region_fd)
-            .map_err(|e| Error::os("inspecting the shared region", e))?
-            .size;
-        if size != expected_len as u64 {
-            return Err(Error::corrupted(
-                name,
-                format!("shared region of {size} bytes, expected {expected_len}"),
-            ));
-        }
-        let map = Arc::new(
-            Mapping::map_shared(&region_fd, expected_len)
-                .map_err(|e| Error::os("mapping the shared region", e))?,
-        );
+        // The server keeps the read end of the pipe that wakes it and the write end of ours.
+        let (map, layout, [wake_out, wake_in]) = link::adopt(
+            name,
+            welcome.ring_capacity as usize,
+            fds,
+            [Keep::Read, Keep::Write],
+        )?;
         let ring = |e: RingError| Error::corrupted(name, e.0);
-        let layout = RegionLayout::read(capacity, &map).map_err(ring)?;
         let requests = Producer::new(map.clone(), layout.requests()).map_err(ring)?;
         let responses = Consumer::new(map.clone(), layout.responses()).map_err(ring)?;
         let max_message = usize::try_from(welcome.max_message).unwrap_or(usize::MAX);
-        Ok(Channel {
+        Ok(Connection {
             name: name.to_owned(),
             socket,
             map,
@@ -668,16 +600,15 @@ impl Channel {
         let total = request.len() as u64;
         let mut sent = 0;
         loop {
-            let end = (sent + fragment).min(request.len());
-            let flags =
-                if sent == 0 { FIRST } else { 0 } | if end == request.len() { LAST } else { 0 };
+            let (flags, piece) = fragment_at(sent, request.len(), fragment);
+            let end = piece.end;
             let ring = |e: RingError| Error::corrupted(&self.name, e.0);
             if self
                 .requests
-                .try_push(flags, call, total, &request[sent..end])
+                .try_push(flags, call, total, &request[piece])
                 .map_err(ring)?
             {
-                link::nudge(&self.map, SERVER, &self.wake_out)
+                wake::nudge(&self.map, SERVER, &self.wake_out)
                     .map_err(|e| Error::corrupted(&self.name, e.0))?;
                 sent = end;
                 if sent == request.len() {
@@ -685,78 +616,57 @@ impl Channel {
                 }
             } else {
                 let len = end - sent;
-                self.wait(deadline, |c| c.requests.has_room_for(len))?;
+                self.wait(deadline, |requests, _| requests.has_room_for(len))?;
             }
         }
     }
 
     fn receive(&mut self, call: u64, reply: &mut Vec<u8>, deadline: Option<Instant>) -> Result<()> {
         reply.clear();
-        let mut total = None;
+        let mut reassembly = Reassembly::default();
         loop {
             let ring = |name: &str, e: RingError| Error::corrupted(name, e.0);
             let Some(header) = self.responses.peek().map_err(|e| ring(&self.name, e))? else {
-                self.wait(deadline, |c| c.responses.has_data())?;
+                self.wait(deadline, |_, responses| responses.has_data())?;
                 continue;
             };
             let bad = |why: &str| {
-                Err(Error::corrupted(
-                    &self.name,
-                    format!("server broke the protocol: {why}"),
-                ))
+                Error::corrupted(&self.name, format!("server broke the protocol: {why}"))
             };
-            if header.call_id != call {
-                return bad("reply to another call");
-            }
-            let expected = match total {
-                None if header.flags & FIRST == 0 => {
-                    return bad("reply does not start with a first fragment");
+            let started = reassembly
+                .accept(&header, |id| id == call, self.max_message as u64)
+                .map_err(|why| bad(&why))?;
+            if let Some(total) = started {
+                if total > self.max_reply as u64 {
+                    // Ours to refuse, not a broken server: leave the rest unread and let this
+                    // connection go.
+                    self.abandoned = true;
+                    return Err(Error::MessageTooLarge {
+                        size: usize::try_from(total).unwrap_or(usize::MAX),
+                        max: self.max_reply,
+                    });
                 }
-                None => {
-                    if header.total > self.max_message as u64 {
-                        return bad("reply larger than the agreed maximum");
-                    }
-                    if header.total > self.max_reply as u64 {
-                        // Ours to refuse, not a broken server: leave the rest unread and let
-                        // this connection go.
-                        self.abandoned = true;
-                        return Err(Error::MessageTooLarge {
-                            size: usize::try_from(header.total).unwrap_or(usize::MAX),
-                            max: self.max_reply,
-                        });
-                    }
-                    // The announced length is the server's word: reserve at most a bounded amount up
-                    // front and let the buffer grow as fragments actually arrive.
-                    reply.reserve((header.total as usize).min(MAX_UPFRONT_RESERVE));
-                    *total.insert(header.total)
-                }
-                Some(_) if header.flags & FIRST != 0 => {
-                    return bad("a new reply started mid-reply");
-                }
-                Some(t) if header.total != t => {
-                    return bad("fragments disagree on the reply length");
-                }
-                Some(t) => t,
-            };
-            if reply.len() as u64 + u64::from(header.len) > expected {
-                return bad("reply fragments exceed the announced length");
+                // The announced length is the server's word: reserve at most a bounded amount up
+                // front and let the buffer grow as fragments actually arrive.
+                reply.reserve((total as usize).min(MAX_UPFRONT_RESERVE));
             }
             self.responses
                 .take(&header, reply)
                 .map_err(|e| ring(&self.name, e))?;
-            if header.flags & LAST == 0 {
+            if reassembly
+                .taken(&header)
+                .map_err(|why| bad(&why))?
+                .is_none()
+            {
                 // The server may be waiting for the room we just freed. After the last fragment
                 // it is not: the whole reply is in the ring.
-                link::nudge(&self.map, SERVER, &self.wake_out).map_err(|e| ring(&self.name, e))?;
+                wake::nudge(&self.map, SERVER, &self.wake_out).map_err(|e| ring(&self.name, e))?;
             } else {
-                if reply.len() as u64 != expected {
-                    return bad("reply shorter than announced");
-                }
                 if header.flags & USER_FLAGS == ERROR_REPLY {
                     return Err(self.remote_error(reply));
                 }
                 if header.flags & USER_FLAGS != 0 {
-                    return bad("unknown reply flags");
+                    return Err(bad("unknown reply flags"));
                 }
                 return Ok(());
             }
@@ -791,20 +701,20 @@ impl Channel {
     fn wait(
         &mut self,
         deadline: Option<Instant>,
-        mut ready: impl FnMut(&mut Self) -> Result<bool, RingError>,
+        mut ready: impl FnMut(&mut Producer, &mut Consumer) -> Result<bool, RingError>,
     ) -> Result<()> {
         let corrupted = |c: &Self, e: RingError| Error::corrupted(&c.name, e.0);
         // While the server is awake the answer comes within a few hundred nanoseconds: look for
         // it before paying for the clock and CPU reads that deciding how to wait takes. Not when
         // the server is crowded: then every waiter yields at once, so the CPU goes to whoever
         // can use it.
-        let first_looks = if link::server_is_crowded(&self.map) {
+        let first_looks = if wake::server_is_crowded(&self.map) {
             0
         } else {
             FIRST_LOOKS
         };
         for _ in 0..first_looks {
-            if ready(self).map_err(|e| corrupted(self, e))? {
+            if ready(&mut self.requests, &mut self.responses).map_err(|e| corrupted(self, e))? {
                 self.record_wait(Duration::ZERO);
                 return Ok(());
             }
@@ -812,7 +722,7 @@ impl Channel {
         }
         let mut backoff = Backoff::new(self.patience());
         loop {
-            if ready(self).map_err(|e| corrupted(self, e))? {
+            if ready(&mut self.requests, &mut self.responses).map_err(|e| corrupted(self, e))? {
                 self.record_wait(backoff.elapsed());
                 return Ok(());
             }
@@ -823,36 +733,24 @@ impl Channel {
                 return Err(Error::Timeout);
             }
         }
-        loop {
-            link::park_begin(&self.map, CLIENT).map_err(|e| corrupted(self, e))?;
-            if ready(self).map_err(|e| corrupted(self, e))? {
-                link::park_end(&self.map, CLIENT).map_err(|e| corrupted(self, e))?;
+        let Connection {
+            name,
+            map,
+            wake_in,
+            socket,
+            requests,
+            responses,
+            ..
+        } = self;
+        match link::park_until(name, map, CLIENT, wake_in, socket, deadline, || {
+            ready(requests, responses)
+        })? {
+            Parked::Ready => {
                 self.record_wait(backoff.elapsed());
-                return Ok(());
+                Ok(())
             }
-            let left = match deadline {
-                None => None,
-                Some(t) => match t.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => {
-                        link::park_end(&self.map, CLIENT).map_err(|e| corrupted(self, e))?;
-                        return Err(Error::Timeout);
-                    }
-                },
-            };
-            // Bounded (see `PARK_RECHECK`): a lost wake-up costs a moment, not the call.
-            let nap = left.map_or(PARK_RECHECK, |left| left.min(PARK_RECHECK));
-            let woken = notify::wait_wake_or_hangup(&self.wake_in, &self.socket, Some(nap))
-                .map_err(|e| Error::os("waiting for the server", e))?;
-            link::park_end(&self.map, CLIENT).map_err(|e| corrupted(self, e))?;
-            let writer_gone = woken.wake && notify::drain_wakes(&self.wake_in);
-            if woken.socket || writer_gone {
-                // The server may have answered just before it went away.
-                if ready(self).map_err(|e| corrupted(self, e))? {
-                    return Ok(());
-                }
-                return Err(self.goodbye());
-            }
+            Parked::TimedOut => Err(Error::Timeout),
+            Parked::HungUp => Err(link::goodbye(&self.name, &self.socket)),
         }
     }
 
@@ -871,7 +769,7 @@ impl Channel {
         // Crowding first: under load every waiter must wait alike. A waiter that parked at once
         // because its own recent waits were long would keep waiting long (a wake-up on a busy
         // machine is slow) while the others kept being served: a starvation trap.
-        if link::server_is_crowded(&self.map) {
+        if wake::server_is_crowded(&self.map) {
             return Patience {
                 spin: Duration::ZERO,
                 yield_for: CROWDED_PATIENCE,
@@ -884,7 +782,7 @@ impl Channel {
                 yield_for: Duration::ZERO,
             };
         }
-        let spin = if link::shares_cpu_with_peer(&self.map, CLIENT, SERVER) {
+        let spin = if wake::shares_cpu_with_peer(&self.map, CLIENT, SERVER) {
             Duration::ZERO
         } else {
             MAX_SPIN
@@ -897,26 +795,6 @@ impl Channel {
 
     fn record_wait(&mut self, waited: Duration) {
         self.recent_wait = (self.recent_wait * 7 + waited) / 8;
-    }
-
-    /// Why the server closed the connection: it says so in a goodbye message if it dropped us
-    /// deliberately; silence means it died. (The socket refuses descriptors since the handshake;
-    /// only messages the trusted server queued behind its welcome could still carry one.)
-    fn goodbye(&self) -> Error {
-        let mut buf = [0u8; Goodbye::MAX_LEN];
-        let said = match socket::receive_message(&self.socket, &mut buf, false) {
-            Ok((len, _)) if len > 0 => Some(&buf[..len]),
-            _ => None,
-        };
-        match said.map(Goodbye::decode) {
-            Some(Ok(Goodbye::Corrupted(why))) => Error::corrupted(
-                &self.name,
-                format!("the server dropped this connection: {why}"),
-            ),
-            _ => Error::Disconnected {
-                name: self.name.clone(),
-            },
-        }
     }
 
     /// Fault injection: publishes an impossible request record, as a buggy or hostile client

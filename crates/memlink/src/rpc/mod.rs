@@ -1,8 +1,10 @@
 //! Request/response: many client processes call one server process; each call gets its own answer.
 //!
-//! Owns the handshake and region layout ([`protocol`](self)), the parking and wake-up protocol
-//! shared by both ends (`link`), the [`Client`] and the [`Server`]. Built on the memory layer's
-//! rings and the platform layer's sockets, memfds and doorbells; no `unsafe` of its own.
+//! Owns the roles and semantics of a call: the [`Client`], the [`Server`], rpc's own wire details
+//! (`protocol`: service socket name, error reports, statistics). The connection underneath
+//! (handshake, sealed region, wake-ups, parking) is `link`'s, shared with the duplex channel.
+//! Built on `link`, the memory layer's rings and the platform layer's sockets; no `unsafe` of
+//! its own.
 //!
 //! How a call travels: a client connects to the server's abstract Unix socket; the server checks
 //! its credentials and passes back a sealed memfd holding two SPSC rings (requests, responses) and
@@ -14,7 +16,6 @@
 //! Sleepers poll their wake pipe together with the socket, so a peer's death wakes them at once.
 
 mod client;
-mod link;
 mod protocol;
 mod server;
 
@@ -49,6 +50,7 @@ pub fn server_stats(name: &str) -> Result<Stats> {
         &connection,
         &Hello {
             purpose: Purpose::Stats,
+            max_message: 0,
         }
         .encode(),
         &[],

@@ -11,7 +11,7 @@
 //! whose shared state breaks the protocol is told why and dropped; neither disturbs the others.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
@@ -20,20 +20,20 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
-use super::link::{self, Backoff, CLIENT, PARK_RECHECK, Patience, SERVER};
 use super::protocol::{
     Admission, ERR_HANDLER_PANICKED, ERR_REPLY_TOO_LARGE, ERROR_REPLY, Goodbye, Hello, Purpose,
     RegionLayout, Stats, Welcome, socket_name,
 };
 use crate::error::{Error, Result};
+use crate::link::fragment::{Reassembly, fragment_at};
+use crate::link::wake::{self, Backoff, CLIENT, PARK_RECHECK, Patience, SERVER};
+use crate::link::{self, Keep, Offered};
 use crate::memory::name::validate_name;
-use crate::memory::ring::{
-    Consumer, FIRST, LAST, MAX_CAPACITY, MIN_CAPACITY, Producer, RingError, USER_FLAGS,
-};
+use crate::memory::ring::{Consumer, MAX_CAPACITY, MIN_CAPACITY, Producer, RingError, USER_FLAGS};
 use crate::memory::segment::Permissions;
 use crate::platform::mapping::Mapping;
 use crate::platform::notify::{self, Poller, Ready};
-use crate::platform::{memfd, process, socket};
+use crate::platform::{process, socket};
 
 /// How long a connector may take to say hello before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -516,18 +516,7 @@ impl Server {
     }
 
     fn allowed(&self, connection: &OwnedFd, peer: socket::PeerCredentials) -> bool {
-        let uid = process::effective_uid();
-        match self.options.permissions {
-            Permissions::Everyone => true,
-            Permissions::Group => {
-                let group = rustix::process::getegid().as_raw();
-                peer.uid == uid
-                    || peer.uid == 0
-                    || peer.gid == group
-                    || socket::peer_groups(connection).is_ok_and(|groups| groups.contains(&group))
-            }
-            Permissions::OwnerOnly => peer.uid == uid || peer.uid == 0,
-        }
+        link::admits(self.options.permissions, None, connection, peer)
     }
 
     fn refusal(&self, admission: Admission) -> Welcome {
@@ -576,6 +565,9 @@ impl Server {
         if hello.purpose == Purpose::Stats {
             return socket::send_message(&connection, &self.stats().encode(), &[]);
         }
+        if hello.purpose != Purpose::Connect {
+            return Err(Errno::PROTO);
+        }
         if self.shared.shutting_down.load(Ordering::SeqCst) {
             return refuse(Admission::ShuttingDown);
         }
@@ -593,24 +585,17 @@ impl Server {
             shared: self.shared.clone(),
             uid: peer.uid,
         };
-        let layout = RegionLayout::fresh(self.options.ring_capacity);
-        let region = memfd::create_sealed("memlink-connection", layout.len() as u64)?;
-        // Nothing is faulted in now but the keys' page: ring pages are allocated as messages
-        // first reach them, so an idle connection costs a page, not its whole rings.
-        let map = Arc::new(Mapping::map_shared(&region, layout.len())?);
-        layout.write_keys(&map).map_err(|_| Errno::INVAL)?;
-        // One wake pipe per direction; each side keeps the end it uses (see `link`).
-        let (wake_in, client_wakes_us) = notify::wake_pipe()?;
-        let (client_wake_in, wake_out) = notify::wake_pipe()?;
+        // One wake pipe per direction; each side keeps the end it uses (see `link::wake`).
         let welcome = self.refusal(Admission::Accepted);
-        socket::send_message(
+        let Offered {
+            map,
+            layout,
+            ends: [wake_in, wake_out],
+        } = link::offer(
             &connection,
             &welcome.encode(),
-            &[
-                region.as_fd(),
-                client_wakes_us.as_fd(),
-                client_wake_in.as_fd(),
-            ],
+            self.options.ring_capacity,
+            [Keep::Read, Keep::Write],
         )?;
         let conn = Connection::new(
             Endpoints {
@@ -807,7 +792,8 @@ struct Connection {
     responses: Producer,
     phase: Phase,
     call: u64,
-    request_total: u64,
+    /// Where the request in progress is (its id, length, fragments so far).
+    reassembly: Reassembly,
     request: Vec<u8>,
     reply: Vec<u8>,
     reply_flags: u32,
@@ -838,7 +824,7 @@ impl Connection {
             map,
             phase: Phase::Idle,
             call: 0,
-            request_total: 0,
+            reassembly: Reassembly::default(),
             request: Vec::new(),
             reply: Vec::new(),
             reply_flags: 0,
@@ -852,7 +838,7 @@ impl Connection {
     }
 
     fn nudge_client(&self) -> Result<(), RingError> {
-        link::nudge(&self.map, CLIENT, &self.wake_out)
+        wake::nudge(&self.map, CLIENT, &self.wake_out)
     }
 
     /// Whether `pump` could make progress now.
@@ -882,58 +868,33 @@ impl Connection {
             let Some(header) = self.requests.peek()? else {
                 break;
             };
-            let bad = |why: String| Err(RingError(format!("client broke the protocol: {why}")));
-            match self.phase {
-                Phase::Idle => {
-                    if header.flags & FIRST == 0 {
-                        return bad("a request does not start with a first fragment".into());
-                    }
-                    if header.call_id <= self.call {
-                        return bad(format!("call id {} does not increase", header.call_id));
-                    }
-                    if header.total > self.max_message as u64 {
-                        return bad(format!(
-                            "request of {} bytes exceeds the {}-byte maximum",
-                            header.total, self.max_message
-                        ));
-                    }
-                    self.call = header.call_id;
-                    self.request_total = header.total;
-                    self.request.clear();
-                    self.phase = Phase::Receiving;
-                }
-                Phase::Receiving => {
-                    if header.flags & FIRST != 0
-                        || header.call_id != self.call
-                        || header.total != self.request_total
-                    {
-                        return bad("fragments of one request disagree".into());
-                    }
-                }
-                Phase::Replying => break,
+            let bad = |why: String| RingError(format!("client broke the protocol: {why}"));
+            if self.phase == Phase::Replying {
+                break;
             }
             if header.flags & USER_FLAGS != 0 {
-                return bad(format!("request flags {:#x}", header.flags));
+                return Err(bad(format!("request flags {:#x}", header.flags)));
             }
-            if self.request.len() as u64 + u64::from(header.len) > self.request_total {
-                return bad("request fragments exceed the announced length".into());
-            }
-            if header.len == 0 && header.flags & LAST == 0 {
-                // It would move the request no closer to its end: a client could keep a worker
-                // busy forever with these.
-                return bad("an empty fragment that is not the last".into());
+            // Call ids increase; an empty fragment that is not the last is refused (a client
+            // could otherwise keep a worker busy forever with fragments that move nothing).
+            let last_call = self.call;
+            let started = self
+                .reassembly
+                .accept(&header, |id| id > last_call, self.max_message as u64)
+                .map_err(bad)?;
+            if started.is_some() {
+                self.call = header.call_id;
+                self.request.clear();
+                self.phase = Phase::Receiving;
             }
             self.requests.take(&header, &mut self.request)?;
             budget.charge(header.len as usize);
             progressed = true;
-            if header.flags & LAST == 0 {
+            if self.reassembly.taken(&header).map_err(bad)?.is_none() {
                 // The client may be waiting for the room we just freed to send the next fragment.
                 // After the last one it is not: it waits for the reply, which wakes it anyway.
                 self.nudge_client()?;
             } else {
-                if self.request.len() as u64 != self.request_total {
-                    return bad("request shorter than announced".into());
-                }
                 self.respond(handler);
                 calls.fetch_add(1, Ordering::Relaxed);
                 self.push_reply(&mut budget)?;
@@ -977,19 +938,13 @@ impl Connection {
             if budget.spent() {
                 return Ok(progressed);
             }
-            let end = (self.reply_sent + fragment).min(total);
-            let mut flags = self.reply_flags;
-            if self.reply_sent == 0 {
-                flags |= FIRST;
-            }
-            if end == total {
-                flags |= LAST;
-            }
+            let (flags, piece) = fragment_at(self.reply_sent, total, fragment);
+            let end = piece.end;
             if !self.responses.try_push(
-                flags,
+                flags | self.reply_flags,
                 self.call,
                 total as u64,
-                &self.reply[self.reply_sent..end],
+                &self.reply[piece],
             )? {
                 return Ok(progressed);
             }
@@ -1195,7 +1150,7 @@ impl<'a> Worker<'a> {
             let Some(conn) = self.connections[slot].as_ref() else {
                 continue;
             };
-            if let Err(e) = link::set_crowded(&conn.map, self.crowded) {
+            if let Err(e) = wake::set_crowded(&conn.map, self.crowded) {
                 self.corrupted(slot, e);
             }
         }
@@ -1208,7 +1163,7 @@ impl<'a> Worker<'a> {
             .connections
             .iter()
             .flatten()
-            .any(|c| link::shares_cpu_with_peer(&c.map, SERVER, CLIENT));
+            .any(|c| wake::shares_cpu_with_peer(&c.map, SERVER, CLIENT));
         if shared_cpu {
             Patience {
                 spin: Duration::ZERO,
@@ -1307,7 +1262,7 @@ impl<'a> Worker<'a> {
             let Some(conn) = self.connections[slot].as_mut() else {
                 continue;
             };
-            match link::park_begin(&conn.map, SERVER).and_then(|()| conn.has_work()) {
+            match wake::park_begin(&conn.map, SERVER).and_then(|()| conn.has_work()) {
                 Ok(w) => work |= w,
                 Err(e) => self.corrupted(slot, e),
             }
@@ -1322,7 +1277,7 @@ impl<'a> Worker<'a> {
             self.wait_events(Some(timeout))?;
         }
         for conn in self.connections.iter().flatten() {
-            let _ = link::park_end(&conn.map, SERVER);
+            let _ = wake::park_end(&conn.map, SERVER);
         }
         Ok(())
     }

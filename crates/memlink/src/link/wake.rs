@@ -1,4 +1,4 @@
-//! What both ends of a connection share: the region's parked flags and CPU words, the doorbell
+//! What both ends of a connection share: the region's parked flags and CPU words, the wake-up
 //! protocol, and the spin → yield → park backoff.
 //!
 //! # Sleeping without losing a wake-up
@@ -39,6 +39,7 @@
 use std::sync::atomic::{AtomicU32, Ordering, fence};
 use std::time::{Duration, Instant};
 
+use super::protocol::RegionLayout;
 use crate::memory::ring::RingError;
 use crate::platform::notify::{self, Wake};
 use crate::platform::{cpu, mapping::Mapping};
@@ -58,13 +59,25 @@ pub(crate) struct Side {
     cpu: usize,
 }
 
+/// The connecting side, waiting for records.
 pub(crate) const CLIENT: Side = Side {
-    parked: super::protocol::RegionLayout::CLIENT_PARKED,
-    cpu: super::protocol::RegionLayout::CLIENT_CPU,
+    parked: RegionLayout::CLIENT_PARKED,
+    cpu: RegionLayout::CLIENT_CPU,
 };
+/// The accepting side, waiting for records.
 pub(crate) const SERVER: Side = Side {
-    parked: super::protocol::RegionLayout::SERVER_PARKED,
-    cpu: super::protocol::RegionLayout::SERVER_CPU,
+    parked: RegionLayout::SERVER_PARKED,
+    cpu: RegionLayout::SERVER_CPU,
+};
+/// The connecting side, waiting for room in the ring it produces (duplex only).
+pub(crate) const CLIENT_ROOM: Side = Side {
+    parked: RegionLayout::CLIENT_ROOM_PARKED,
+    cpu: RegionLayout::CLIENT_CPU,
+};
+/// The accepting side, waiting for room in the ring it produces (duplex only).
+pub(crate) const SERVER_ROOM: Side = Side {
+    parked: RegionLayout::SERVER_ROOM_PARKED,
+    cpu: RegionLayout::SERVER_CPU,
 };
 
 fn word(map: &Mapping, at: usize) -> Result<&AtomicU32, RingError> {
@@ -124,7 +137,7 @@ pub(crate) fn shares_cpu_with_peer(map: &Mapping, me: Side, peer: Side) -> bool 
 /// Server side: tells this connection's client whether the server has more active clients than
 /// the machine has CPUs to spare (written only when it changes, so the line stays shared).
 pub(crate) fn set_crowded(map: &Mapping, crowded: bool) -> Result<(), RingError> {
-    let word = word(map, super::protocol::RegionLayout::SERVER_CROWDED)?;
+    let word = word(map, RegionLayout::SERVER_CROWDED)?;
     if (word.load(Ordering::Relaxed) != 0) != crowded {
         word.store(u32::from(crowded), Ordering::Relaxed);
     }
@@ -134,8 +147,7 @@ pub(crate) fn set_crowded(map: &Mapping, crowded: bool) -> Result<(), RingError>
 /// Client side: whether the server says it is crowded. Any nonzero value counts (untrusted, but
 /// it only changes how we wait, never what we read).
 pub(crate) fn server_is_crowded(map: &Mapping) -> bool {
-    word(map, super::protocol::RegionLayout::SERVER_CROWDED)
-        .is_ok_and(|w| w.load(Ordering::Relaxed) != 0)
+    word(map, RegionLayout::SERVER_CROWDED).is_ok_and(|w| w.load(Ordering::Relaxed) != 0)
 }
 
 /// How long to spin, then yield, before parking.

@@ -1,0 +1,955 @@
+//! The duplex channel: two processes open the same name; whichever comes first waits for the
+//! other; then either side sends and receives at any time. Messages are queued in order, never
+//! overwritten, never lost or duplicated.
+//!
+//! Owns the rendezvous on a name, the pairing rules (a third opener is [`Error::Busy`]) and the
+//! message semantics (ids, fragments, reassembly, timeouts). The connection underneath (sealed
+//! region, wake pipes, parking, hang-up detection) is `link`'s, the same as request/response's.
+//! May use `link` (for everything about sockets, descriptors and wake-ups: this module touches
+//! none itself), `memory` (rings) and `platform` (the process id); no `unsafe`.
+//!
+//! # Rendezvous
+//!
+//! An opener tries to bind the abstract `SOCK_SEQPACKET` socket `memlink.duplex.<name>`. Binding
+//! is atomic, so of two openers exactly one succeeds: it is the *accepting* side, the other the
+//! *connecting* side, whatever the order or timing: two simultaneous openers can never both wait
+//! or both connect, and an opener never connects to itself (it holds the listener, not a
+//! connection). The accepting side waits for the first connector whose credentials it admits
+//! (`SO_PEERCRED`, checked before anything is read), builds the connection's sealed region and
+//! wake pipes exactly like an rpc server's admission (`link::offer`), and passes them in
+//! its welcome; the pair is formed when the connector acknowledges them (a connector that gave
+//! up before reading the welcome leaves the accepting side waiting, not paired with nobody). It
+//! keeps the listener bound while the pair lives and answers any further opener
+//! with a `Busy` welcome from a small thread (`link::rendezvous::Responder`), so a third opener learns at once that the pair is
+//! complete. If bind fails with `EADDRINUSE` the opener connects instead, checks the accepting
+//! side's user before sending anything, and validates the region it receives like an rpc client
+//! (`link::offer` and `link::adopt`, shared with rpc); descriptors are refused on the socket except
+//! for the welcome. If the accepting side vanished between our bind and our connect (it timed
+//! out, or was killed), the connect is refused or hung up without a welcome, and we start over
+//! from the bind. The kernel frees an abstract name the moment its socket closes, so nothing is
+//! left behind, whoever is killed.
+//!
+//! Why a socket and not a file in `/dev/shm`: the socket's hang-up is how a peer's death wakes
+//! the survivor (no polling), bind gives the atomic election for free, and the credentials come
+//! from the kernel, not from shared memory.
+//!
+//! # Two rings, four wake pipes
+//!
+//! The region holds a ring per direction. A side may wait for data (in `recv`) and for room (in
+//! `send`) at the same time, on two threads. Each of those waits has its own parked flag in the
+//! region and its own wake pipe: the peer's send wakes only our receiving thread, the peer's
+//! receive only our sending thread, so no wake-up can be consumed by the wrong thread and leave
+//! the other asleep. Both sleepers also watch the socket, so a peer's death wakes both at once.
+//! The send half and the receive half are locked independently, so `Duplex` is `Send + Sync`.
+//!
+//! # After the peer is gone
+//!
+//! Messages the peer published before it died are still received, in order; only then does
+//! `recv` return [`Error::Disconnected`]. A `Duplex` whose peer is gone stays unusable: drop it,
+//! and open the name again to pair with a new peer. While the accepting side of a broken pair
+//! lives it still holds the name (new openers get `Busy`), so the survivor should drop its
+//! `Duplex` promptly.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::link::fragment::{Reassembly, fragment_at, fragment_lens};
+use crate::link::protocol::{Admission, Goodbye, Hello, Purpose, Welcome};
+use crate::link::rendezvous::{self, Caller, Gate, Responder};
+use crate::link::wake::{self, CLIENT, CLIENT_ROOM, SERVER, SERVER_ROOM, Side};
+use crate::link::{self, Keep, Offered, Parked};
+use crate::memory::name::validate_name;
+use crate::memory::ring::{Consumer, MAX_CAPACITY, MIN_CAPACITY, Producer, RingError, USER_FLAGS};
+use crate::memory::segment::Permissions;
+use crate::platform::mapping::Mapping;
+#[cfg(feature = "fault-injection")]
+use crate::platform::notify;
+use crate::platform::process;
+
+/// Prefix of every duplex channel's abstract socket name.
+const SOCKET_PREFIX: &str = "memlink.duplex.";
+/// Longest a handshake step may take once the other side is there.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes reserved for an incoming message before they arrive.
+const MAX_UPFRONT_RESERVE: usize = 16 << 20;
+
+/// The accepting side's ends of a pair's wake pipes, in the order the welcome carries the others:
+/// its receiver's and its sender's (read), the connector's receiver's and sender's (write).
+const DUPLEX_PIPES: [Keep; 4] = [Keep::Read, Keep::Read, Keep::Write, Keep::Write];
+
+fn socket_name(name: &str) -> String {
+    format!("{SOCKET_PREFIX}{name}")
+}
+
+/// How to open a duplex channel. `DuplexOptions::new()` gives the defaults.
+///
+/// The ring capacity of a pair is the accepting side's (the one that opened first); the maximum
+/// message size is the smaller of the two sides' and applies in both directions.
+#[derive(Debug, Clone)]
+pub struct DuplexOptions {
+    ring_capacity: usize,
+    max_message_size: usize,
+    permissions: Permissions,
+    trusted_peer_uid: Option<u32>,
+}
+
+impl Default for DuplexOptions {
+    fn default() -> Self {
+        DuplexOptions {
+            ring_capacity: 256 << 10,
+            max_message_size: 64 << 20,
+            permissions: Permissions::OwnerOnly,
+            trusted_peer_uid: None,
+        }
+    }
+}
+
+impl DuplexOptions {
+    /// Defaults: 256 KiB per direction, messages up to 64 MiB, peers of our own user (or root).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes of ring per direction (rounded up to a power of two, 4 KiB to 1 GiB).
+    pub fn ring_capacity(mut self, bytes: usize) -> Self {
+        self.ring_capacity = bytes.clamp(MIN_CAPACITY, MAX_CAPACITY).next_power_of_two();
+        self
+    }
+
+    /// Largest message either side may send (the smaller of the two sides' settings applies).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Which users may pair with us when we open first (by default only our own user and root).
+    pub fn permissions(mut self, permissions: Permissions) -> Self {
+        self.permissions = permissions;
+        self
+    }
+
+    /// Also pair with a peer run by user `uid`, whichever side opens first (by default only our
+    /// own user and root are trusted, so another user cannot take the name and pose as the peer).
+    pub fn trust_peer_uid(mut self, uid: u32) -> Self {
+        self.trusted_peer_uid = Some(uid);
+        self
+    }
+
+    /// Opens channel `name`, waiting for the peer as long as it takes.
+    ///
+    /// # Errors
+    /// As [`Duplex::open`].
+    pub fn open(&self, name: &str) -> Result<Duplex> {
+        Duplex::rendezvous(name, self, None)
+    }
+
+    /// Opens channel `name`, waiting up to `timeout` for the peer.
+    ///
+    /// # Errors
+    /// As [`Duplex::open_timeout`].
+    pub fn open_timeout(&self, name: &str, timeout: Duration) -> Result<Duplex> {
+        Duplex::rendezvous(name, self, Some(Instant::now() + timeout))
+    }
+}
+
+/// Why [`Duplex::try_send`] did not send; the message comes back with it.
+#[derive(Debug, thiserror::Error)]
+pub enum TrySendError {
+    /// The peer has not made room for the whole message yet; try again later. (A message that
+    /// needs more than the ring's capacity never fits at once: send it with [`Duplex::send`].)
+    #[error("the duplex ring is full; retry once the peer has received")]
+    Full(Vec<u8>),
+    /// The channel cannot send any more: the peer is gone, or something else failed (the error
+    /// says what).
+    #[error("{1}")]
+    Failed(Vec<u8>, Error),
+}
+
+impl TrySendError {
+    /// The message that was not sent.
+    pub fn into_message(self) -> Vec<u8> {
+        match self {
+            TrySendError::Full(m) | TrySendError::Failed(m, _) => m,
+        }
+    }
+}
+
+/// One end of a duplex channel. `Send + Sync`: one thread may send while another receives.
+///
+/// # Examples
+/// ```no_run
+/// # fn main() -> memlink::Result<()> {
+/// // In each of two processes (either may start first):
+/// let chan = memlink::Duplex::open("chat")?;
+/// chan.send(b"hello")?;
+/// let reply = chan.recv()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Duplex {
+    name: String,
+    max_message: usize,
+    peer_pid: u32,
+    socket: OwnedFd,
+    map: Arc<Mapping>,
+    /// Set by whichever half first learns that the peer is gone, so the other half's next call
+    /// fails at once instead of writing into a ring nobody reads (one relaxed load per call).
+    peer_gone: AtomicBool,
+    tx: Mutex<Outgoing>,
+    rx: Mutex<Incoming>,
+    /// Accepting side only: answers later openers with `Busy` while the pair lives (its thread
+    /// is stopped and joined on drop, which frees the name).
+    _busy: Option<Responder>,
+}
+
+/// Why a half can no longer be used.
+#[derive(Debug, Clone)]
+enum Failed {
+    Disconnected,
+    Corrupted(String),
+}
+
+#[derive(Debug)]
+struct Outgoing {
+    ring: Producer,
+    next_id: u64,
+    /// Our parked flag while waiting for room, and the peer's while it waits for data.
+    me: Side,
+    peer: Side,
+    /// Read end of the pipe the peer wakes our sender through; write end of its receiver's.
+    wake_in: OwnedFd,
+    wake_peer: OwnedFd,
+    failed: Option<Failed>,
+}
+
+#[derive(Debug)]
+struct Incoming {
+    ring: Consumer,
+    next_id: u64,
+    me: Side,
+    peer: Side,
+    wake_in: OwnedFd,
+    wake_peer: OwnedFd,
+    /// A message received in part when a timed receive gave up, and where its reassembly is.
+    partial: Vec<u8>,
+    reassembly: Reassembly,
+    failed: Option<Failed>,
+}
+
+impl Duplex {
+    /// Opens channel `name` with default options, waiting for the peer as long as it takes.
+    ///
+    /// # Errors
+    /// [`Error::Busy`] if two peers are already paired under the name; [`Error::PermissionDenied`]
+    /// if the side that opened first is another user's (or refuses ours); [`Error::InvalidName`].
+    pub fn open(name: &str) -> Result<Duplex> {
+        DuplexOptions::new().open(name)
+    }
+
+    /// Like [`Duplex::open`], giving up after `timeout` without a peer. The name is free again
+    /// when this returns. A handshake already under way when the time runs out is finished
+    /// first (it is bounded by five seconds, against a peer that stalls it).
+    ///
+    /// # Errors
+    /// [`Error::Timeout`]; otherwise as [`Duplex::open`].
+    pub fn open_timeout(name: &str, timeout: Duration) -> Result<Duplex> {
+        DuplexOptions::new().open_timeout(name, timeout)
+    }
+
+    /// Options for opening with non-default settings.
+    pub fn options() -> DuplexOptions {
+        DuplexOptions::new()
+    }
+
+    /// The channel name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Largest message either side may send, in bytes.
+    pub fn max_message_size(&self) -> usize {
+        self.max_message
+    }
+
+    /// The peer's process id (as the kernel reported it when the pair formed).
+    pub fn peer_pid(&self) -> u32 {
+        self.peer_pid
+    }
+
+    fn rendezvous(
+        name: &str,
+        options: &DuplexOptions,
+        deadline: Option<Instant>,
+    ) -> Result<Duplex> {
+        validate_name(name)?;
+        let mut pause = Duration::from_micros(100);
+        loop {
+            if deadline.is_some_and(|t| Instant::now() >= t) {
+                return Err(Error::Timeout);
+            }
+            if let Some(listener) = rendezvous::bind(&socket_name(name))? {
+                return Self::accept_peer(name, options, listener, deadline);
+            }
+            match Self::connect_peer(name, options, deadline) {
+                // The accepting side vanished between our bind and our connect, or dropped us
+                // unanswered: start over (we may be the one to wait now).
+                Err(Error::NotRunning { .. } | Error::Disconnected { .. }) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+                // The accepting side did not answer in time (stuck on another connector's
+                // handshake): without a deadline of our own, try again.
+                Err(Error::Timeout) if deadline.is_none() => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The accepting side: waits for an admissible connector and hands it the connection.
+    fn accept_peer(
+        name: &str,
+        options: &DuplexOptions,
+        listener: OwnedFd,
+        deadline: Option<Instant>,
+    ) -> Result<Duplex> {
+        let answer = |admission| {
+            Welcome {
+                admission,
+                ring_capacity: options.ring_capacity as u32,
+                max_message: 0,
+                server_pid: process::current_pid(),
+            }
+            .encode()
+        };
+        let gate = Gate {
+            permissions: options.permissions,
+            trusted_uid: options.trusted_peer_uid,
+            refusal: answer(Admission::PermissionDenied),
+        };
+        loop {
+            let Some(caller) =
+                rendezvous::next_caller(&listener, deadline, &gate, HANDSHAKE_TIMEOUT)?
+            else {
+                return Err(Error::Timeout);
+            };
+            if let Some(duplex) = Self::admit(name, options, caller)? {
+                let busy = Responder::start(listener, gate, answer(Admission::Busy))
+                    .map_err(|e| Error::os("starting the duplex busy responder", e))?;
+                return Ok(Duplex {
+                    _busy: Some(busy),
+                    ..duplex
+                });
+            }
+        }
+    }
+
+    /// Completes the pair with `caller`, or drops it (`Ok(None)`: keep waiting).
+    fn admit(name: &str, options: &DuplexOptions, caller: Caller) -> Result<Option<Duplex>> {
+        let Caller {
+            socket: connection,
+            peer,
+            hello:
+                Hello {
+                    purpose: Purpose::Duplex,
+                    max_message: theirs,
+                },
+        } = caller
+        else {
+            return Ok(None);
+        };
+        let max_message = options.max_message_size.min(theirs as usize);
+        // Four wake pipes: we keep the read ends of our receiver's and our sender's, and the
+        // write ends of the peer's receiver's and sender's.
+        let welcome = Welcome {
+            admission: Admission::Accepted,
+            ring_capacity: options.ring_capacity as u32,
+            max_message: max_message as u64,
+            server_pid: process::current_pid(),
+        };
+        let Ok(Offered {
+            map,
+            layout,
+            ends: [data_in, room_in, wake_peer_data, wake_peer_room],
+        }) = link::offer(
+            &connection,
+            &welcome.encode(),
+            options.ring_capacity,
+            DUPLEX_PIPES,
+        )
+        else {
+            return Ok(None);
+        };
+        // The pair is formed only once the connector says it adopted the region: one that gave
+        // up before reading its welcome must not leave us paired with nobody.
+        let paired = rendezvous::read_hello(&connection)
+            .is_some_and(|hello| hello.purpose == Purpose::Paired);
+        if !paired {
+            return Ok(None);
+        }
+        let ring = |e: RingError| Error::corrupted(name, e.0);
+        // We produce the "responses" ring and consume the "requests" ring, as an rpc server.
+        let tx = Producer::new(map.clone(), layout.responses()).map_err(ring)?;
+        let rx = Consumer::new(map.clone(), layout.requests()).map_err(ring)?;
+        Ok(Some(Duplex::assemble(
+            name,
+            max_message,
+            peer.pid,
+            connection,
+            map,
+            (tx, SERVER_ROOM, CLIENT, room_in, wake_peer_data),
+            (rx, SERVER, CLIENT_ROOM, data_in, wake_peer_room),
+        )))
+    }
+
+    /// The connecting side: shakes hands with the side that bound the name.
+    fn connect_peer(
+        name: &str,
+        options: &DuplexOptions,
+        deadline: Option<Instant>,
+    ) -> Result<Duplex> {
+        let patience = deadline.map_or(HANDSHAKE_TIMEOUT, |t| {
+            t.saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), HANDSHAKE_TIMEOUT)
+        });
+        let hello = Hello {
+            purpose: Purpose::Duplex,
+            max_message: u32::try_from(options.max_message_size).unwrap_or(u32::MAX),
+        };
+        let link::Answer {
+            socket: connection,
+            peer,
+            welcome,
+            fds,
+        } = link::handshake(
+            name,
+            &socket_name(name),
+            patience,
+            options.trusted_peer_uid,
+            &hello,
+        )?;
+        match welcome.admission {
+            Admission::Accepted => {}
+            Admission::Busy => {
+                return Err(Error::Busy {
+                    name: name.to_owned(),
+                });
+            }
+            Admission::PermissionDenied => {
+                return Err(Error::PermissionDenied {
+                    name: name.to_owned(),
+                    owner_uid: None,
+                });
+            }
+            Admission::Full { .. } | Admission::ShuttingDown => {
+                return Err(Error::incompatible(
+                    name,
+                    "the peer answered like a request/response server",
+                ));
+            }
+        }
+        let (map, layout, [wake_peer_data, wake_peer_room, data_in, room_in]) =
+            link::adopt(name, welcome.ring_capacity as usize, fds, DUPLEX_PIPES)?;
+        let max_message = usize::try_from(welcome.max_message)
+            .unwrap_or(usize::MAX)
+            .min(options.max_message_size);
+        let ring = |e: RingError| Error::corrupted(name, e.0);
+        let tx = Producer::new(map.clone(), layout.requests()).map_err(ring)?;
+        let rx = Consumer::new(map.clone(), layout.responses()).map_err(ring)?;
+        let paired = Hello {
+            purpose: Purpose::Paired,
+            max_message: 0,
+        };
+        rendezvous::send(&connection, &paired.encode())
+            .map_err(|e| link::connect_error(name, e))?;
+        Ok(Duplex::assemble(
+            name,
+            max_message,
+            peer.pid,
+            connection,
+            map,
+            (tx, CLIENT_ROOM, SERVER, room_in, wake_peer_data),
+            (rx, CLIENT, SERVER_ROOM, data_in, wake_peer_room),
+        ))
+    }
+
+    fn assemble(
+        name: &str,
+        max_message: usize,
+        peer_pid: u32,
+        socket: OwnedFd,
+        map: Arc<Mapping>,
+        (ring, me, peer, wake_in, wake_peer): (Producer, Side, Side, OwnedFd, OwnedFd),
+        rx: (Consumer, Side, Side, OwnedFd, OwnedFd),
+    ) -> Duplex {
+        let tx = Outgoing {
+            ring,
+            next_id: 1,
+            me,
+            peer,
+            wake_in,
+            wake_peer,
+            failed: None,
+        };
+        let (ring, me, peer, wake_in, wake_peer) = rx;
+        let rx = Incoming {
+            ring,
+            next_id: 1,
+            me,
+            peer,
+            wake_in,
+            wake_peer,
+            partial: Vec::new(),
+            reassembly: Reassembly::default(),
+            failed: None,
+        };
+        Duplex {
+            name: name.to_owned(),
+            max_message,
+            peer_pid,
+            socket,
+            map,
+            peer_gone: AtomicBool::new(false),
+            tx: Mutex::new(tx),
+            rx: Mutex::new(rx),
+            _busy: None,
+        }
+    }
+
+    fn tx(&self) -> MutexGuard<'_, Outgoing> {
+        self.tx.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn rx(&self) -> MutexGuard<'_, Incoming> {
+        self.rx.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks a half failed if the other half found the peer gone.
+    fn notice_peer_gone(&self, failed: &mut Option<Failed>) {
+        if failed.is_none() && self.peer_gone.load(Ordering::Relaxed) {
+            *failed = Some(Failed::Disconnected);
+        }
+    }
+
+    fn failure(&self, failed: &Failed) -> Error {
+        match failed {
+            Failed::Disconnected => Error::Disconnected {
+                name: self.name.clone(),
+            },
+            Failed::Corrupted(why) => Error::corrupted(&self.name, why.clone()),
+        }
+    }
+
+    /// Ends the connection after finding the peer's ring corrupted: tells it why, and hangs up.
+    fn drop_corrupt_peer(&self, why: &str) {
+        rendezvous::hang_up(&self.socket, Some(&Goodbye::Corrupted(why.to_owned())));
+    }
+
+    /// Sends `message`, waiting for room as long as it takes.
+    ///
+    /// A send that finds room returns at once without asking whether the peer still lives (no
+    /// syscall while both sides are awake); a peer's death is reported by the first send that has
+    /// to wait for room, and by every call after a receive has seen it.
+    ///
+    /// # Errors
+    /// [`Error::MessageTooLarge`] (nothing sent, channel still usable); [`Error::Disconnected`]
+    /// if the peer is gone; [`Error::Corrupted`] if it broke the protocol.
+    pub fn send(&self, message: &[u8]) -> Result<()> {
+        self.send_until(message, None)
+    }
+
+    /// Like [`Duplex::send`], giving up after `timeout`. A message that fits in the ring is sent
+    /// whole or not at all. One larger than the ring streams through as the peer receives it; if
+    /// the time runs out part-way the channel is closed (the peer would otherwise hold half a
+    /// message) and later calls return [`Error::Disconnected`].
+    ///
+    /// # Errors
+    /// [`Error::Timeout`]; otherwise as [`Duplex::send`].
+    pub fn send_timeout(&self, message: &[u8], timeout: Duration) -> Result<()> {
+        self.send_until(message, Some(Instant::now() + timeout))
+    }
+
+    /// Sends `message` if the ring has room for all of it now; never waits. On
+    /// [`TrySendError::Full`] the message comes back to the caller.
+    ///
+    /// # Errors
+    /// [`TrySendError::Full`] (retry later; a message larger than the ring never fits at once:
+    /// use [`Duplex::send`]); [`TrySendError::Failed`] with [`Error::MessageTooLarge`],
+    /// [`Error::Disconnected`] or [`Error::Corrupted`].
+    pub fn try_send(&self, message: Vec<u8>) -> Result<(), TrySendError> {
+        if message.len() > self.max_message {
+            let error = Error::MessageTooLarge {
+                size: message.len(),
+                max: self.max_message,
+            };
+            return Err(TrySendError::Failed(message, error));
+        }
+        let mut tx = self.tx();
+        self.notice_peer_gone(&mut tx.failed);
+        if let Some(failed) = &tx.failed {
+            let error = self.failure(failed);
+            return Err(TrySendError::Failed(message, error));
+        }
+        let fragment = tx.ring.layout().max_fragment();
+        match tx
+            .ring
+            .has_room_for_all(fragment_lens(message.len(), fragment))
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                if link::hung_up(&self.socket, &tx.wake_in) {
+                    tx.failed = Some(Failed::Disconnected);
+                    self.peer_gone.store(true, Ordering::Relaxed);
+                    let error = Error::Disconnected {
+                        name: self.name.clone(),
+                    };
+                    return Err(TrySendError::Failed(message, error));
+                }
+                return Err(TrySendError::Full(message));
+            }
+            Err(e) => {
+                self.drop_corrupt_peer(&e.0);
+                tx.failed = Some(Failed::Corrupted(e.0.clone()));
+                let error = Error::corrupted(&self.name, e.0);
+                return Err(TrySendError::Failed(message, error));
+            }
+        }
+        match self.push_message(&mut tx, &message, None) {
+            Ok(()) => Ok(()),
+            Err(error) => Err(TrySendError::Failed(message, error)),
+        }
+    }
+
+    fn send_until(&self, message: &[u8], deadline: Option<Instant>) -> Result<()> {
+        if message.len() > self.max_message {
+            return Err(Error::MessageTooLarge {
+                size: message.len(),
+                max: self.max_message,
+            });
+        }
+        let mut tx = self.tx();
+        self.notice_peer_gone(&mut tx.failed);
+        if let Some(failed) = &tx.failed {
+            return Err(self.failure(failed));
+        }
+        let fragment = tx.ring.layout().max_fragment();
+        let capacity = tx.ring.layout().capacity;
+        let footprint: usize = fragment_lens(message.len(), fragment)
+            .map(crate::memory::ring::record_size)
+            .sum();
+        // A message that fits in the ring goes in whole once there is room for all of it, so
+        // a timeout never cuts one short. (One fragment of padding may be needed at the end.)
+        let whole = footprint + crate::memory::ring::record_size(fragment) <= capacity;
+        if whole {
+            self.wait_for_room(&mut tx, deadline, |ring| {
+                ring.has_room_for_all(fragment_lens(message.len(), fragment))
+            })?;
+        }
+        self.push_message(&mut tx, message, deadline)
+    }
+
+    /// Waits on the send half until `ready` holds for our ring.
+    fn wait_for_room(
+        &self,
+        tx: &mut Outgoing,
+        deadline: Option<Instant>,
+        mut ready: impl FnMut(&mut Producer) -> Result<bool, RingError>,
+    ) -> Result<()> {
+        let Outgoing {
+            ring,
+            me,
+            peer,
+            wake_in,
+            ..
+        } = tx;
+        let waited = link::wait(
+            &self.name,
+            &self.map,
+            *me,
+            *peer,
+            wake_in,
+            &self.socket,
+            deadline,
+            || ready(ring),
+        );
+        match waited {
+            Ok(Parked::Ready) => Ok(()),
+            Ok(Parked::TimedOut) => Err(Error::Timeout),
+            Ok(Parked::HungUp) => {
+                tx.failed = Some(Failed::Disconnected);
+                self.peer_gone.store(true, Ordering::Relaxed);
+                Err(link::goodbye(&self.name, &self.socket))
+            }
+            Err(e) => {
+                if let Error::Corrupted { reason, .. } = &e {
+                    self.drop_corrupt_peer(reason);
+                    tx.failed = Some(Failed::Corrupted(reason.clone()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes `message` fragment by fragment, waking the peer's receiver after each, waiting for
+    /// room only where the caller did not already see room for all of it (no early wrap of the
+    /// ring may spoil that check meanwhile).
+    fn push_message(
+        &self,
+        tx: &mut Outgoing,
+        message: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let fragment = tx.ring.layout().max_fragment();
+        let id = tx.next_id;
+        let total = message.len() as u64;
+        let mut sent = 0;
+        let multi = message.len() > fragment;
+        if multi {
+            tx.ring.set_early_wrap(false);
+        }
+        let result = loop {
+            let (flags, piece) = fragment_at(sent, message.len(), fragment);
+            let end = piece.end;
+            match tx.ring.try_push(flags, id, total, &message[piece]) {
+                Ok(true) => {
+                    if let Err(e) = wake::nudge(&self.map, tx.peer, &tx.wake_peer) {
+                        break Err(e);
+                    }
+                    sent = end;
+                    if sent == message.len() {
+                        break Ok(());
+                    }
+                }
+                Ok(false) => {
+                    let len = end - sent;
+                    if let Err(e) = self.wait_for_room(tx, deadline, |ring| ring.has_room_for(len))
+                    {
+                        if sent > 0 && matches!(e, Error::Timeout) {
+                            // Part of the message is in the ring: the stream cannot go on.
+                            tx.failed = Some(Failed::Disconnected);
+                            rendezvous::hang_up(&self.socket, None);
+                        }
+                        tx.ring.set_early_wrap(true);
+                        return Err(e);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        tx.ring.set_early_wrap(true);
+        match result {
+            Ok(()) => {
+                tx.next_id += 1;
+                Ok(())
+            }
+            Err(e) => {
+                self.drop_corrupt_peer(&e.0);
+                tx.failed = Some(Failed::Corrupted(e.0.clone()));
+                Err(Error::corrupted(&self.name, e.0))
+            }
+        }
+    }
+
+    /// Receives the next message, waiting as long as it takes.
+    ///
+    /// # Errors
+    /// [`Error::Disconnected`] once the peer is gone and every message it sent has been
+    /// received; [`Error::Corrupted`] if it broke the protocol (the channel is then closed).
+    pub fn recv(&self) -> Result<Vec<u8>> {
+        let mut message = Vec::new();
+        self.recv_until(&mut message, None, true)?;
+        Ok(message)
+    }
+
+    /// Receives the next message into `message` (cleared first; its allocation is reused).
+    ///
+    /// # Errors
+    /// As [`Duplex::recv`].
+    pub fn recv_into(&self, message: &mut Vec<u8>) -> Result<()> {
+        self.recv_until(message, None, true).map(|_| ())
+    }
+
+    /// Like [`Duplex::recv`], giving up after `timeout`. A message received in part when the
+    /// time runs out is kept, and the next receive continues it.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`]; otherwise as [`Duplex::recv`].
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Vec<u8>> {
+        let mut message = Vec::new();
+        self.recv_until(&mut message, Some(Instant::now() + timeout), true)?;
+        Ok(message)
+    }
+
+    /// Like [`Duplex::recv_into`], giving up after `timeout`.
+    ///
+    /// # Errors
+    /// As [`Duplex::recv_timeout`].
+    pub fn recv_into_timeout(&self, message: &mut Vec<u8>, timeout: Duration) -> Result<()> {
+        self.recv_until(message, Some(Instant::now() + timeout), true)
+            .map(|_| ())
+    }
+
+    /// Receives a message if one has arrived in full; never waits.
+    ///
+    /// # Errors
+    /// [`Error::Disconnected`] if nothing is waiting and the peer is gone; [`Error::Corrupted`].
+    pub fn try_recv(&self) -> Result<Option<Vec<u8>>> {
+        let mut message = Vec::new();
+        if self.recv_until(&mut message, None, false)? {
+            Ok(Some(message))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Receives into `message`; `Ok(false)` if `wait` is off and no whole message is there.
+    fn recv_until(
+        &self,
+        message: &mut Vec<u8>,
+        deadline: Option<Instant>,
+        wait: bool,
+    ) -> Result<bool> {
+        let mut rx = self.rx();
+        if let Some(failed) = &rx.failed {
+            return Err(self.failure(failed));
+        }
+        message.clear();
+        if rx.reassembly.in_progress() {
+            std::mem::swap(message, &mut rx.partial);
+        }
+        let result = self.reassemble(&mut rx, message, deadline, wait);
+        match result {
+            Ok(true) => Ok(true),
+            Ok(false) => {
+                self.keep_partial(&mut rx, message);
+                Ok(false)
+            }
+            Err(Error::Timeout) => {
+                self.keep_partial(&mut rx, message);
+                Err(Error::Timeout)
+            }
+            Err(e) => {
+                rx.failed = Some(match &e {
+                    Error::Corrupted { reason, .. } => {
+                        self.drop_corrupt_peer(reason);
+                        Failed::Corrupted(reason.clone())
+                    }
+                    _ => Failed::Disconnected,
+                });
+                self.peer_gone.store(true, Ordering::Relaxed);
+                message.clear();
+                Err(e)
+            }
+        }
+    }
+
+    fn keep_partial(&self, rx: &mut Incoming, message: &mut Vec<u8>) {
+        if rx.reassembly.in_progress() {
+            std::mem::swap(message, &mut rx.partial);
+        }
+        message.clear();
+    }
+
+    /// Takes fragments into `message` until a whole message is there (`Ok(true)`), validating
+    /// every header the peer wrote.
+    fn reassemble(
+        &self,
+        rx: &mut Incoming,
+        message: &mut Vec<u8>,
+        deadline: Option<Instant>,
+        wait: bool,
+    ) -> Result<bool> {
+        let bad =
+            |why: &str| Error::corrupted(&self.name, format!("the peer broke the protocol: {why}"));
+        let ring_error = |e: RingError| Error::corrupted(&self.name, e.0);
+        loop {
+            let Some(header) = rx.ring.peek().map_err(ring_error)? else {
+                if !wait {
+                    if link::hung_up(&self.socket, &rx.wake_in)
+                        && !rx.ring.has_data().map_err(ring_error)?
+                    {
+                        return Err(link::goodbye(&self.name, &self.socket));
+                    }
+                    return Ok(false);
+                }
+                let Incoming {
+                    ring,
+                    me,
+                    peer,
+                    wake_in,
+                    ..
+                } = &mut *rx;
+                match link::wait(
+                    &self.name,
+                    &self.map,
+                    *me,
+                    *peer,
+                    wake_in,
+                    &self.socket,
+                    deadline,
+                    || ring.has_data(),
+                )? {
+                    Parked::Ready => continue,
+                    Parked::TimedOut => return Err(Error::Timeout),
+                    Parked::HungUp => return Err(link::goodbye(&self.name, &self.socket)),
+                }
+            };
+            if header.flags & USER_FLAGS != 0 {
+                return Err(bad("unknown message flags"));
+            }
+            let next_id = rx.next_id;
+            let started = rx
+                .reassembly
+                .accept(&header, |id| id == next_id, self.max_message as u64)
+                .map_err(|why| bad(&why))?;
+            if let Some(total) = started {
+                // The announced length is the peer's word: reserve a bounded amount up front
+                // and let the buffer grow as fragments actually arrive.
+                message.reserve((total as usize).min(MAX_UPFRONT_RESERVE));
+            }
+            rx.ring.take(&header, message).map_err(ring_error)?;
+            // The peer's sender may be waiting for the room we just freed.
+            wake::nudge(&self.map, rx.peer, &rx.wake_peer).map_err(ring_error)?;
+            if rx
+                .reassembly
+                .taken(&header)
+                .map_err(|why| bad(&why))?
+                .is_some()
+            {
+                rx.next_id += 1;
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Fault injection for tests: publishes an impossible consumer index for the ring the peer
+    /// sends on, as a buggy or hostile peer could. Exists only with the `fault-injection`
+    /// feature; not part of the API.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __corrupt_incoming_index(&self) -> Result<()> {
+        self.rx()
+            .ring
+            .publish_impossible_head()
+            .map_err(|e| Error::corrupted(&self.name, e.0))
+    }
+
+    /// Fault injection for tests: publishes an impossible record in the ring we send on, as a
+    /// buggy or hostile peer could. Exists only with the `fault-injection` feature, which
+    /// memlink's own tests enable; not part of the API.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __corrupt_outgoing(&self) -> Result<()> {
+        let tx = self.tx();
+        tx.ring
+            .publish_impossible_record()
+            .map_err(|e| Error::corrupted(&self.name, e.0))?;
+        let _ = notify::wake(&tx.wake_peer);
+        Ok(())
+    }
+}
