@@ -23,6 +23,7 @@ fn child_main() {
         ("corrupter", corrupter),
         ("nobody_open", nobody_open),
         ("index_corrupter", index_corrupter),
+        ("busy_out_of_descriptors", busy_out_of_descriptors),
     ]);
 }
 
@@ -211,6 +212,48 @@ fn index_corrupter(args: &[String]) {
     chan.__corrupt_incoming_index().unwrap();
     report("corrupted");
     park_until_killed();
+}
+
+/// CPU time this process has used, in clock ticks (user + system), read from its open
+/// `/proc/self/stat`.
+fn cpu_ticks(file: &std::fs::File) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 4096];
+    let len = file.read_at(&mut buf, 0).unwrap();
+    let stat = String::from_utf8_lossy(&buf[..len]);
+    // Fields after the command name (which ends with the last ')'): utime is the 12th, stime 13th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Opens first (the parent connects), then uses up every descriptor it may have, tells the
+/// parent, and once the parent has queued a caller for the busy responder reports how many
+/// clock ticks of CPU it used over the next second. Args: name.
+fn busy_out_of_descriptors(args: &[String]) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let chan = Duplex::open_timeout(&args[0], WATCHDOG).unwrap();
+    report("paired");
+    let stat = std::fs::File::open("/proc/self/stat").unwrap();
+    let highest = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    let mut limit = getrlimit(Resource::Nofile);
+    limit.current = Some(highest + 1);
+    setrlimit(Resource::Nofile, limit).unwrap();
+    // Fill any holes below the limit.
+    let mut held = Vec::new();
+    while let Ok(fd) = std::fs::File::open("/dev/null") {
+        held.push(fd);
+    }
+    report("full");
+    await_parent();
+    let before = cpu_ticks(&stat);
+    std::thread::sleep(Duration::from_secs(1));
+    report(&format!("ticks {}", cpu_ticks(&stat) - before));
+    drop(chan);
 }
 
 /// As user nobody: says so, then opens `name` and reports the outcome.
@@ -470,6 +513,43 @@ fn a_third_opener_is_busy_and_the_name_pairs_again_later() {
         drop(chan);
         peer.wait_success();
     }
+    assert_no_leftovers(&name);
+}
+
+/// The busy responder of a process out of descriptors does not spin on a caller it cannot
+/// accept: it pauses between tries (a busy loop would use the whole second of CPU).
+#[test]
+fn the_busy_responder_does_not_spin_when_out_of_descriptors() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("duplex-emfile");
+    let mut first = ChildProcess::spawn("busy_out_of_descriptors", &[&name]);
+    wait_until_bound(&name);
+    let chan = Duplex::open_timeout(&name, WATCHDOG).unwrap();
+    first.expect_line("paired");
+    first.expect_line("full");
+    // A caller the responder cannot accept: it stays queued, the listener stays readable.
+    let socket = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let address =
+        rustix::net::SocketAddrUnix::new_abstract_name(format!("memlink.duplex.{name}").as_bytes())
+            .unwrap();
+    rustix::net::connect(&socket, &address).unwrap();
+    first.tell("go");
+    let line = first.next_line();
+    let ticks: u64 = line.strip_prefix("ticks ").unwrap().parse().unwrap();
+    // 100 ticks a second: a spinning thread uses ~100; a pausing one next to none.
+    assert!(
+        ticks < 30,
+        "the responder used {ticks} ticks of CPU in a second"
+    );
+    first.wait_success();
+    drop(chan);
+    drop(socket);
     assert_no_leftovers(&name);
 }
 

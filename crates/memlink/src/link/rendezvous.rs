@@ -4,7 +4,7 @@
 //! welcome (a duplex pair's `Busy`). Sockets and descriptors stay in here and in `platform`.
 
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,15 @@ use crate::platform::socket::{self, PeerCredentials};
 /// Binds the abstract socket `socket_name`; `Ok(None)` if a live process holds it.
 pub(crate) fn bind(socket_name: &str) -> Result<Option<OwnedFd>> {
     match socket::listen(socket_name) {
-        Ok((listener, _)) => Ok(Some(listener)),
+        Ok((listener, refuses_descriptors)) => {
+            if !refuses_descriptors {
+                tracing::warn!(
+                    name = socket_name,
+                    "this kernel cannot refuse descriptors passed by callers (SO_PASSRIGHTS, Linux 6.16+): a hostile caller can delay the thread that closes its connection by passing one whose close blocks"
+                );
+            }
+            Ok(Some(listener))
+        }
         Err(Errno::ADDRINUSE) => Ok(None),
         Err(e) => Err(Error::os("binding a memlink socket", e)),
     }
@@ -119,15 +127,26 @@ pub(crate) fn hang_up(connection: &OwnedFd, goodbye: Option<&Goodbye>) {
 }
 
 /// Answers every caller of a listener with a fixed welcome (`answer` to callers the gate
-/// admits, its refusal to the others) from its own thread, until dropped; dropping it stops and
-/// joins the thread, which closes the listener and frees the name.
+/// admits, its refusal to the others) from its own thread, until dropped.
+///
+/// Dropping it shuts the listener down and closes it from the dropping thread (the name is free
+/// at once), then waits a bounded time ([`Responder::JOIN_WAIT`]) for the thread to end: on a
+/// kernel that cannot refuse descriptors a caller may have passed one whose close blocks, and the
+/// thread may be stuck closing it; it is then left to finish on its own.
 #[derive(Debug)]
 pub(crate) struct Responder {
     stop: Arc<OwnedFd>,
+    /// The listener, shared with the thread only while it accepts (never while it closes).
+    listener: Arc<Mutex<Option<OwnedFd>>>,
+    /// Disconnected when the thread ends (in a mutex only to make the responder `Sync`).
+    done: Mutex<mpsc::Receiver<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Responder {
+    /// Longest a drop waits for the responder thread to end before leaving it.
+    const JOIN_WAIT: Duration = Duration::from_millis(100);
+
     pub(crate) fn start(
         listener: OwnedFd,
         gate: Gate,
@@ -139,21 +158,58 @@ impl Responder {
         let mut poller = Poller::new()?;
         poller.add(&listener, LISTENER)?;
         poller.add(&*stop, STOP)?;
+        let listener = Arc::new(Mutex::new(Some(listener)));
+        let shared = Arc::clone(&listener);
+        let (finished, done) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("memlink-responder".into())
             .spawn(move || {
+                let _finished = finished;
                 let mut ready = Vec::new();
                 loop {
-                    if poller.wait(None, &mut ready).is_err()
-                        || ready.iter().any(|r| r.token == STOP)
-                    {
+                    match poller.wait(None, &mut ready) {
+                        Ok(()) => {}
+                        Err(e) => {
+                            // Transient (out of memory, say): the name must stay held while
+                            // the pair lives, so wait a moment and look again.
+                            tracing::debug!(error = %e, "the duplex busy responder could not wait");
+                            std::thread::sleep(Duration::from_millis(10));
+                            continue;
+                        }
+                    }
+                    if ready.iter().any(|r| r.token == STOP) {
                         return;
                     }
                     loop {
-                        let connection = match socket::accept(&listener) {
+                        let accepted = {
+                            let guard = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                            match guard.as_ref() {
+                                Some(listener) => socket::accept(listener),
+                                None => return,
+                            }
+                        };
+                        // The lock is released: closing `connection` below may block (a
+                        // descriptor the caller passed), but never holds up a drop.
+                        let connection = match accepted {
                             Ok(connection) => connection,
                             Err(Errno::INTR | Errno::CONNABORTED | Errno::PROTO) => continue,
-                            Err(_) => break,
+                            Err(Errno::AGAIN) => break,
+                            Err(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM) => {
+                                // The caller stays queued; do not spin on it.
+                                tracing::warn!(
+                                    "out of descriptors or memory; the duplex busy responder pauses"
+                                );
+                                std::thread::sleep(Duration::from_millis(10));
+                                break;
+                            }
+                            Err(Errno::BADF | Errno::INVAL | Errno::NOTSOCK | Errno::OPNOTSUPP) => {
+                                // The listener was shut down: we are being dropped.
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::debug!(error = %e, "a caller could not be accepted");
+                                continue;
+                            }
                         };
                         let admitted = socket::peer_credentials(&connection)
                             .is_ok_and(|peer| gate.admits(&connection, peer));
@@ -166,6 +222,8 @@ impl Responder {
             .map_err(|_| Errno::AGAIN)?;
         Ok(Responder {
             stop,
+            listener,
+            done: Mutex::new(done),
             thread: Some(thread),
         })
     }
@@ -174,8 +232,30 @@ impl Responder {
 impl Drop for Responder {
     fn drop(&mut self) {
         let _ = notify::ring(&*self.stop);
+        // Free the name from this thread, whatever the responder thread is doing: it holds the
+        // lock only around a non-blocking accept.
+        let listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(listener) = listener {
+            let _ = socket::shut_down(&listener);
+            drop(listener);
+        }
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            let done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
+            match done.recv_timeout(Self::JOIN_WAIT) {
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Stuck closing a caller's connection: leave it (it owns nothing we need).
+                    tracing::debug!(
+                        "the duplex busy responder is still closing a connection; leaving it"
+                    );
+                }
+                _ => {
+                    let _ = thread.join();
+                }
+            }
         }
     }
 }
