@@ -178,7 +178,8 @@ fn send_forever(args: &[String]) {
 }
 
 /// Opens `name` and reports the outcome (a third opener's `Busy` comes at once). Paired, it then receives one message
-/// (args: name, "read") or reads nothing until the parent says so (args: name, "idle").
+/// (args: name, "read") or reads nothing until the parent says so (args: name, "idle"; with
+/// "idle-stay" it then waits for the parent once more before closing).
 /// An optional third argument is the ring capacity (the pair's is the first opener's, so both
 /// sides of a test that depends on it ask for the same).
 fn open_and_report(args: &[String]) {
@@ -189,7 +190,8 @@ fn open_and_report(args: &[String]) {
     match options.open_timeout(&args[0], WATCHDOG) {
         Ok(chan) => {
             report("paired");
-            if args.get(1).is_some_and(|mode| mode == "idle") {
+            let mode = args.get(1).map(String::as_str);
+            if matches!(mode, Some("idle" | "idle-stay")) {
                 // Reads nothing until told, then counts what is there.
                 await_parent();
                 let mut count = 0;
@@ -197,6 +199,9 @@ fn open_and_report(args: &[String]) {
                     count += 1;
                 }
                 report(&format!("received {count}"));
+                if mode == Some("idle-stay") {
+                    await_parent();
+                }
             } else {
                 let _ = chan.recv_timeout(WATCHDOG);
             }
@@ -647,6 +652,38 @@ fn timeouts_and_non_blocking_calls() {
     assert_eq!(peer.next_line(), format!("received {sent}"));
     drop(chan);
     peer.wait_success();
+    assert_no_leftovers(&name);
+}
+
+/// A message that needs the whole ring plus end-of-ring padding never fits at once, so
+/// `try_send` says so instead of `Full` forever on an empty ring: with a 4 KiB ring whose tail
+/// is at 3072 (three 960-byte messages sent and received), a 3000-byte message (three
+/// fragments, 3200 bytes of records) would need 1024 bytes of padding first.
+#[test]
+fn try_send_of_a_message_that_can_never_fit_at_once_says_so() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("duplex-never-fits");
+    let mut peer = ChildProcess::spawn("open_and_report", &[&name, "idle-stay", "4096"]);
+    let chan = Duplex::options()
+        .ring_capacity(4096)
+        .open_timeout(&name, WATCHDOG)
+        .unwrap();
+    peer.expect_line("paired");
+    for _ in 0..3 {
+        chan.try_send(vec![1; 960]).unwrap();
+    }
+    peer.tell("read");
+    peer.expect_line("received 3");
+    // The ring is empty now; `Full` would be a lie that no wait ever resolves.
+    match chan.try_send(vec![2; 3000]) {
+        Err(TrySendError::TooLargeForTrySend(back)) => assert_eq!(back, [2; 3000]),
+        other => panic!("{:?}", other.map_err(|e| e.to_string())),
+    }
+    // Nothing was sent and the channel is still usable.
+    chan.try_send(vec![3; 100]).unwrap();
+    peer.tell("done");
+    peer.wait_success();
+    drop(chan);
     assert_no_leftovers(&name);
 }
 

@@ -80,6 +80,15 @@ const MAX_UPFRONT_RESERVE: usize = 16 << 20;
 /// its receiver's and its sender's (read), the connector's receiver's and sender's (write).
 const DUPLEX_PIPES: [Keep; 4] = [Keep::Read, Keep::Read, Keep::Write, Keep::Write];
 
+/// Whether a message of `len` bytes can always be placed in a ring of `capacity` whole, wherever
+/// its tail is: its records plus one fragment's worth of padding at the ring's end (the most a
+/// message may need before it wraps) fit. Larger messages stream through as the peer receives.
+fn fits_whole(len: usize, fragment: usize, capacity: usize) -> bool {
+    use crate::memory::ring::record_size;
+    let footprint: usize = fragment_lens(len, fragment).map(record_size).sum();
+    footprint + record_size(fragment) <= capacity
+}
+
 fn socket_name(name: &str) -> String {
     format!("{SOCKET_PREFIX}{name}")
 }
@@ -162,6 +171,14 @@ pub enum TrySendError {
     /// needs more than the ring's capacity never fits at once: send it with [`Duplex::send`].)
     #[error("the duplex ring is full; retry once the peer has received")]
     Full(Vec<u8>),
+    /// The message can never be placed in the ring at once, however empty it is: its records
+    /// (plus the padding the ring's end may need before it) exceed the ring's capacity. Nothing
+    /// was sent and the channel is still usable; send it with [`Duplex::send`] or
+    /// [`Duplex::send_timeout`], which stream it through as the peer receives.
+    #[error(
+        "the message is too large to be sent without waiting on this ring; send it with send or send_timeout"
+    )]
+    TooLargeForTrySend(Vec<u8>),
     /// The channel cannot send any more: the peer is gone, or something else failed (the error
     /// says what).
     #[error("{1}")]
@@ -172,7 +189,9 @@ impl TrySendError {
     /// The message that was not sent.
     pub fn into_message(self) -> Vec<u8> {
         match self {
-            TrySendError::Full(m) | TrySendError::Failed(m, _) => m,
+            TrySendError::Full(m)
+            | TrySendError::TooLargeForTrySend(m)
+            | TrySendError::Failed(m, _) => m,
         }
     }
 }
@@ -578,8 +597,9 @@ impl Duplex {
     /// [`TrySendError::Full`] the message comes back to the caller.
     ///
     /// # Errors
-    /// [`TrySendError::Full`] (retry later; a message larger than the ring never fits at once:
-    /// use [`Duplex::send`]); [`TrySendError::Failed`] with [`Error::MessageTooLarge`],
+    /// [`TrySendError::Full`] (retry later); [`TrySendError::TooLargeForTrySend`] for a message
+    /// that can never fit at once (its records plus one fragment's worth of end-of-ring padding
+    /// exceed the ring's capacity: use [`Duplex::send`]); [`TrySendError::Failed`] with [`Error::MessageTooLarge`],
     /// [`Error::Disconnected`] or [`Error::Corrupted`].
     pub fn try_send(&self, message: Vec<u8>) -> Result<(), TrySendError> {
         if message.len() > self.max_message {
@@ -596,6 +616,9 @@ impl Duplex {
             return Err(TrySendError::Failed(message, error));
         }
         let fragment = tx.ring.layout().max_fragment();
+        if !fits_whole(message.len(), fragment, tx.ring.layout().capacity) {
+            return Err(TrySendError::TooLargeForTrySend(message));
+        }
         match tx
             .ring
             .has_room_for_all(fragment_lens(message.len(), fragment))
@@ -638,14 +661,9 @@ impl Duplex {
             return Err(self.failure(failed));
         }
         let fragment = tx.ring.layout().max_fragment();
-        let capacity = tx.ring.layout().capacity;
-        let footprint: usize = fragment_lens(message.len(), fragment)
-            .map(crate::memory::ring::record_size)
-            .sum();
         // A message that fits in the ring goes in whole once there is room for all of it, so
-        // a timeout never cuts one short. (One fragment of padding may be needed at the end.)
-        let whole = footprint + crate::memory::ring::record_size(fragment) <= capacity;
-        if whole {
+        // a timeout never cuts one short.
+        if fits_whole(message.len(), fragment, tx.ring.layout().capacity) {
             self.wait_for_room(&mut tx, deadline, |ring| {
                 ring.has_room_for_all(fragment_lens(message.len(), fragment))
             })?;
