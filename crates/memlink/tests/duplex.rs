@@ -687,6 +687,41 @@ fn try_send_of_a_message_that_can_never_fit_at_once_says_so() {
     assert_no_leftovers(&name);
 }
 
+/// Binds the abstract socket of duplex channel `name` and listens, accepting nobody.
+fn squat(name: &str) -> std::os::fd::OwnedFd {
+    let socket = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let address =
+        rustix::net::SocketAddrUnix::new_abstract_name(format!("memlink.duplex.{name}").as_bytes())
+            .unwrap();
+    rustix::net::bind(&socket, &address).unwrap();
+    rustix::net::listen(&socket, 16).unwrap();
+    socket
+}
+
+/// A connecting side whose handshake step times out (the side holding the name never answers,
+/// each attempt waits at most five seconds) keeps trying until its own deadline, never giving
+/// up before it.
+#[test]
+fn the_connecting_side_waits_out_its_whole_deadline() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("duplex-patience");
+    let squatter = squat(&name);
+    let timeout = Duration::from_secs(6);
+    let started = Instant::now();
+    let result = Duplex::open_timeout(&name, timeout);
+    let took = started.elapsed();
+    assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
+    assert!(took >= timeout, "gave up after {took:?} of {timeout:?}");
+    drop(squatter);
+    assert_no_leftovers(&name);
+}
+
 /// A timed send of a message larger than the ring, cut short because the peer does not read,
 /// closes the channel rather than leave half a message: later sends say `Disconnected`.
 #[test]

@@ -319,9 +319,10 @@ impl Duplex {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(10));
                 }
-                // The accepting side did not answer in time (stuck on another connector's
-                // handshake): without a deadline of our own, try again.
-                Err(Error::Timeout) if deadline.is_none() => {
+                // The accepting side did not answer in time (busy with another connector's
+                // handshake; each attempt waits at most `HANDSHAKE_TIMEOUT`): try again while
+                // our own deadline (if any) has not passed.
+                Err(Error::Timeout) if deadline.is_none_or(|t| Instant::now() < t) => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(10));
                 }
