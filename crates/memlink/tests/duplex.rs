@@ -24,6 +24,7 @@ fn child_main() {
         ("nobody_open", nobody_open),
         ("index_corrupter", index_corrupter),
         ("busy_out_of_descriptors", busy_out_of_descriptors),
+        ("flood", flood),
     ]);
 }
 
@@ -259,6 +260,48 @@ fn busy_out_of_descriptors(args: &[String]) {
     std::thread::sleep(Duration::from_secs(1));
     report(&format!("ticks {}", cpu_ticks(&stat) - before));
     drop(chan);
+}
+
+/// Keeps `count` silent connections open to duplex channel `name`, re-opening whatever the other
+/// side closes (or could not be opened: nobody listens yet). Args: name, count.
+fn flood(args: &[String]) {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let address = rustix::net::SocketAddrUnix::new_abstract_name(
+        format!("memlink.duplex.{}", args[0]).as_bytes(),
+    )
+    .unwrap();
+    let count: usize = args[1].parse().unwrap();
+    let mut open = Vec::new();
+    let mut reported = false;
+    loop {
+        while open.len() < count {
+            let socket = rustix::net::socket_with(
+                rustix::net::AddressFamily::UNIX,
+                rustix::net::SocketType::SEQPACKET,
+                rustix::net::SocketFlags::CLOEXEC,
+                None,
+            )
+            .unwrap();
+            if rustix::net::connect(&socket, &address).is_ok() {
+                open.push(socket);
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        if !reported {
+            report("flooding");
+            reported = true;
+        }
+        let zero = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        open.retain(|socket| {
+            let mut fds = [PollFd::new(socket, PollFlags::RDHUP | PollFlags::IN)];
+            poll(&mut fds, Some(&zero)).unwrap_or(0) == 0
+        });
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// As user nobody: says so, then opens `name` and reports the outcome.
@@ -684,6 +727,41 @@ fn try_send_of_a_message_that_can_never_fit_at_once_says_so() {
     peer.tell("done");
     peer.wait_success();
     drop(chan);
+    assert_no_leftovers(&name);
+}
+
+/// A stream of silent callers (our own user's, so the gate admits them) cannot keep the
+/// accepting side past its deadline, nor keep the real peer out: callers wait for their hello
+/// side by side, each with a deadline, and the opener's deadline is checked after every step.
+#[test]
+fn silent_callers_neither_overrun_the_deadline_nor_keep_the_peer_out() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("duplex-silent");
+    // Pairing beside the flood.
+    let opener = {
+        let name = name.clone();
+        std::thread::spawn(move || Duplex::open_timeout(&name, WATCHDOG))
+    };
+    wait_until_bound(&name);
+    let mut flood = ChildProcess::spawn("flood", &[&name, "100"]);
+    flood.expect_line("flooding");
+    let mut peer = ChildProcess::spawn("open_and_report", &[&name, "read"]);
+    peer.expect_line("paired");
+    let chan = opener.join().unwrap().unwrap();
+    chan.send(b"bye").unwrap();
+    peer.wait_success();
+    drop(chan);
+    // No peer at all, only the flood (which connects as soon as we bind): Timeout, on time.
+    let timeout = Duration::from_millis(1500);
+    let started = Instant::now();
+    let lonely = Duplex::open_timeout(&name, timeout);
+    let took = started.elapsed();
+    assert!(matches!(lonely, Err(Error::Timeout)), "{lonely:?}");
+    assert!(
+        took < timeout + Duration::from_secs(1),
+        "open_timeout({timeout:?}) returned after {took:?}"
+    );
+    flood.kill_and_reap();
     assert_no_leftovers(&name);
 }
 

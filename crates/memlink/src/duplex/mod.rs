@@ -269,8 +269,9 @@ impl Duplex {
     }
 
     /// Like [`Duplex::open`], giving up after `timeout` without a peer. The name is free again
-    /// when this returns. A handshake already under way when the time runs out is finished
-    /// first (it is bounded by five seconds, against a peer that stalls it).
+    /// when this returns. Every handshake step is bounded by the time left, so callers that stall
+    /// cannot keep this past its deadline (nor keep the real peer out: they wait for their hello
+    /// side by side).
     ///
     /// # Errors
     /// [`Error::Timeout`]; otherwise as [`Duplex::open`].
@@ -358,7 +359,7 @@ impl Duplex {
             else {
                 return Err(Error::Timeout);
             };
-            if let Some(duplex) = Self::admit(name, options, caller)? {
+            if let Some(duplex) = Self::admit(name, options, caller, deadline)? {
                 let busy = Responder::start(listener, gate, answer(Admission::Busy))
                     .map_err(|e| Error::os("starting the duplex busy responder", e))?;
                 return Ok(Duplex {
@@ -370,7 +371,12 @@ impl Duplex {
     }
 
     /// Completes the pair with `caller`, or drops it (`Ok(None)`: keep waiting).
-    fn admit(name: &str, options: &DuplexOptions, caller: Caller) -> Result<Option<Duplex>> {
+    fn admit(
+        name: &str,
+        options: &DuplexOptions,
+        caller: Caller,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Duplex>> {
         let Caller {
             socket: connection,
             peer,
@@ -383,6 +389,17 @@ impl Duplex {
         else {
             return Ok(None);
         };
+        // The connector's acknowledgement may take `HANDSHAKE_TIMEOUT`, never past our deadline.
+        let step = match deadline {
+            None => HANDSHAKE_TIMEOUT,
+            Some(t) => match t.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => left.min(HANDSHAKE_TIMEOUT),
+                _ => return Ok(None),
+            },
+        };
+        if rendezvous::set_io_timeout(&connection, step).is_err() {
+            return Ok(None);
+        }
         let max_message = options.max_message_size.min(theirs as usize);
         // Four wake pipes: we keep the read ends of our receiver's and our sender's, and the
         // write ends of the peer's receiver's and sender's.

@@ -3,6 +3,7 @@
 //! within a bounded time), and a responder thread that answers every later caller with a fixed
 //! welcome (a duplex pair's `Busy`). Sockets and descriptors stay in here and in `platform`.
 
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
@@ -54,35 +55,105 @@ pub(crate) struct Caller {
     pub(crate) hello: Hello,
 }
 
+/// A caller that passed the gate and has not said hello yet.
+struct Pending {
+    socket: OwnedFd,
+    peer: PeerCredentials,
+    /// When it loses its connection if it still said nothing.
+    until: Instant,
+}
+
+/// Most callers waiting for their hello at once; the oldest is dropped to make room.
+const MAX_PENDING: usize = 128;
+/// Most connections accepted in a row before pending hellos are looked at again.
+const ACCEPT_BATCH: usize = 32;
+
 /// Waits (until `deadline`; `Ok(None)` then) for the next caller on `listener` that the gate
-/// admits and that says a well-formed hello within `hello_timeout`. A caller the gate refuses
-/// gets the refusal before anything is read from it; one that stalls or says garbage only loses
-/// its own connection.
+/// admits and that says a well-formed hello within `hello_timeout` of being accepted. A caller
+/// the gate refuses gets the refusal before anything is read from it. Callers wait for their
+/// hello side by side (up to [`MAX_PENDING`], the oldest dropped first), so one that stalls or
+/// says garbage only loses its own connection and never holds up the others; the deadline is
+/// checked after every step.
 pub(crate) fn next_caller(
     listener: &OwnedFd,
     deadline: Option<Instant>,
     gate: &Gate,
     hello_timeout: Duration,
 ) -> Result<Option<Caller>> {
+    const LISTENER: u64 = 0;
     let poll_error = |e| Error::os("waiting for a memlink peer", e);
     let mut poller = Poller::new().map_err(poll_error)?;
-    poller.add(listener, 0).map_err(poll_error)?;
+    poller.add(listener, LISTENER).map_err(poll_error)?;
+    let mut pending: HashMap<u64, Pending> = HashMap::new();
+    let mut next_token = LISTENER + 1;
     let mut ready = Vec::new();
     loop {
-        let left = match deadline {
-            None => None,
-            Some(t) => match t.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => Some(left),
-                _ => return Ok(None),
-            },
+        let now = Instant::now();
+        if deadline.is_some_and(|t| now >= t) {
+            return Ok(None);
+        }
+        pending.retain(|_, caller| {
+            let keep = caller.until > now;
+            if !keep {
+                let _ = poller.remove(&caller.socket);
+            }
+            keep
+        });
+        let first_expiry = pending.values().map(|caller| caller.until).min();
+        let wake_at = match (deadline, first_expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
-        poller.wait(left, &mut ready).map_err(poll_error)?;
-        loop {
+        let wait = wake_at.map(|t| t.saturating_duration_since(now));
+        poller.wait(wait, &mut ready).map_err(poll_error)?;
+        // Hellos first: a caller already accepted is never pushed out by newer ones.
+        for token in ready.iter().map(|r| r.token).filter(|&t| t != LISTENER) {
+            let Some(caller) = pending.remove(&token) else {
+                continue;
+            };
+            let _ = poller.remove(&caller.socket);
+            match try_hello(&caller.socket) {
+                Some(Ok(hello)) => {
+                    return Ok(Some(Caller {
+                        socket: caller.socket,
+                        peer: caller.peer,
+                        hello,
+                    }));
+                }
+                // Nothing yet after all: keep waiting for it.
+                None => {
+                    if poller.add(&caller.socket, token).is_ok() {
+                        pending.insert(token, caller);
+                    }
+                }
+                Some(Err(())) => {}
+            }
+        }
+        if !ready.iter().any(|r| r.token == LISTENER) {
+            continue;
+        }
+        for _ in 0..ACCEPT_BATCH {
+            if deadline.is_some_and(|t| Instant::now() >= t) {
+                return Ok(None);
+            }
             let connection = match socket::accept(listener) {
                 Ok(connection) => connection,
                 Err(Errno::AGAIN) => break,
                 Err(Errno::INTR | Errno::CONNABORTED | Errno::PROTO) => continue,
-                Err(e) => return Err(Error::os("accepting a memlink peer", e)),
+                Err(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM) => {
+                    tracing::warn!(
+                        "out of descriptors or memory; refusing duplex callers for a moment"
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                    break;
+                }
+                Err(e @ (Errno::BADF | Errno::INVAL | Errno::NOTSOCK | Errno::OPNOTSUPP)) => {
+                    return Err(Error::os("accepting a memlink peer", e));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "a caller could not be accepted");
+                    continue;
+                }
             };
             let Ok(peer) = socket::peer_credentials(&connection) else {
                 continue;
@@ -91,17 +162,51 @@ pub(crate) fn next_caller(
                 let _ = socket::send_message(&connection, &gate.refusal, &[]);
                 continue;
             }
-            if socket::set_io_timeout(&connection, hello_timeout).is_err() {
-                continue;
+            // An honest caller sends its hello right after connecting: often it is here already.
+            match try_hello(&connection) {
+                Some(Ok(hello)) => {
+                    return Ok(Some(Caller {
+                        socket: connection,
+                        peer,
+                        hello,
+                    }));
+                }
+                Some(Err(())) => continue,
+                None => {}
             }
-            if let Some(hello) = read_hello(&connection) {
-                return Ok(Some(Caller {
-                    socket: connection,
-                    peer,
-                    hello,
-                }));
+            if pending.len() >= MAX_PENDING {
+                let oldest = pending
+                    .iter()
+                    .min_by_key(|(_, caller)| caller.until)
+                    .map(|(&token, _)| token);
+                if let Some(evicted) = oldest.and_then(|token| pending.remove(&token)) {
+                    let _ = poller.remove(&evicted.socket);
+                }
+            }
+            let token = next_token;
+            next_token += 1;
+            if poller.add(&connection, token).is_ok() {
+                pending.insert(
+                    token,
+                    Pending {
+                        socket: connection,
+                        peer,
+                        until: Instant::now() + hello_timeout,
+                    },
+                );
             }
         }
+    }
+}
+
+/// Reads a hello without waiting: `None` if nothing is there yet, `Some(Err)` for anything but
+/// a well-formed hello (or a hang-up).
+fn try_hello(connection: &OwnedFd) -> Option<Result<Hello, ()>> {
+    let mut buf = [0u8; Hello::LEN + 8];
+    match socket::receive_message(connection, &mut buf, false) {
+        Err(Errno::AGAIN | Errno::INTR) => None,
+        Ok((len, _)) => Some(Hello::decode(&buf[..len]).map_err(|_| ())),
+        Err(_) => Some(Err(())),
     }
 }
 
@@ -110,6 +215,11 @@ pub(crate) fn read_hello(connection: &OwnedFd) -> Option<Hello> {
     let mut buf = [0u8; Hello::LEN + 8];
     let (len, _) = socket::receive_message(connection, &mut buf, true).ok()?;
     Hello::decode(&buf[..len]).ok()
+}
+
+/// Bounds how long a blocking send or receive on `connection` may take.
+pub(crate) fn set_io_timeout(connection: &OwnedFd, timeout: Duration) -> Result<(), Errno> {
+    socket::set_io_timeout(connection, timeout)
 }
 
 /// Sends one message without descriptors, never blocking.
