@@ -25,6 +25,7 @@ fn child_main() {
         ("index_corrupter", index_corrupter),
         ("busy_out_of_descriptors", busy_out_of_descriptors),
         ("flood", flood),
+        ("stray_writer", stray_writer),
     ]);
 }
 
@@ -211,10 +212,11 @@ fn open_and_report(args: &[String]) {
     }
 }
 
-/// Opens, writes an impossible consumer index for the ring its peer sends on, reports, and waits
-/// to be killed.
+/// Opens, sends a message, writes an impossible consumer index for the ring its peer sends on,
+/// reports, and waits to be killed.
 fn index_corrupter(args: &[String]) {
     let chan = Duplex::open_timeout(&args[0], WATCHDOG).unwrap();
+    chan.send(b"sent before the lie").unwrap();
     chan.__corrupt_incoming_index().unwrap();
     report("corrupted");
     park_until_killed();
@@ -1021,7 +1023,57 @@ fn a_peer_lying_about_what_it_read_gets_corrupted() {
             Err(TrySendError::Failed(back, _)) => assert_eq!(back, [2; 10]),
             other => panic!("{other:?}"),
         }
+        // The connection is over for the receive half too, for the same reason: nothing more
+        // is taken from a peer found corrupt.
+        let received = chan.try_recv();
+        match (&received, &error) {
+            (Err(Error::Corrupted { reason: got, .. }), Error::Corrupted { reason: sent, .. }) => {
+                assert_eq!(got, sent)
+            }
+            _ => panic!("{received:?} after {error:?}"),
+        }
         error
     });
     assert!(matches!(error, Error::Corrupted { .. }), "{error:?}");
+}
+
+/// Sends a stray message on the connection's socket (as a buggy peer could), reports, and says
+/// what the peer then told it. Args: name.
+fn stray_writer(args: &[String]) {
+    let chan = Duplex::open_timeout(&args[0], WATCHDOG).unwrap();
+    chan.__send_stray_socket_message().unwrap();
+    report("sent");
+    match chan.recv_timeout(Duration::from_secs(5)) {
+        Ok(_) => report("received something"),
+        Err(e) => report(&format!("{} {e}", variant(&e))),
+    }
+    park_until_killed();
+}
+
+/// A peer that writes something other than a goodbye on the connection's socket broke the
+/// protocol: we report `Corrupted` (not `Disconnected`: it is alive), on both halves alike, and
+/// hang up with a goodbye that tells it why.
+#[test]
+fn a_stray_socket_message_is_corrupted_and_the_peer_is_told() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("duplex-stray");
+    let mut child = ChildProcess::spawn("stray_writer", &[&name]);
+    let chan = Duplex::open_timeout(&name, WATCHDOG).unwrap();
+    child.expect_line("sent");
+    let (received, sent) = with_watchdog("recv after a stray message", move || {
+        (chan.recv().unwrap_err(), chan.send(b"x").unwrap_err())
+    });
+    match (&received, &sent) {
+        (Error::Corrupted { reason: a, .. }, Error::Corrupted { reason: b, .. }) => {
+            assert_eq!(a, b);
+            assert!(a.contains("unexpected message"), "{a}");
+        }
+        _ => panic!("{received:?} / {sent:?}"),
+    }
+    let told = child.next_line();
+    assert!(
+        told.starts_with("Corrupted ") && told.contains("dropped this connection"),
+        "{told}"
+    );
+    child.kill_and_reap();
 }

@@ -51,8 +51,7 @@
 //! `Duplex` promptly.
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -214,9 +213,12 @@ pub struct Duplex {
     peer_pid: u32,
     socket: OwnedFd,
     map: Arc<Mapping>,
-    /// Set by whichever half first learns that the peer is gone, so the other half's next call
-    /// fails at once instead of writing into a ring nobody reads (one relaxed load per call).
-    peer_gone: AtomicBool,
+    /// Set by whichever half first learns that the connection is over: the peer is gone, or one
+    /// side corrupted it (with the reason). The send half's next call then fails at once instead
+    /// of writing into a ring nobody reads; the receive half stops at once on corruption (and
+    /// takes what a gone peer published first). Both report the same reason. One atomic load per
+    /// call.
+    gone: OnceLock<Failed>,
     tx: Mutex<Outgoing>,
     rx: Mutex<Incoming>,
     /// Accepting side only: answers later openers with `Busy` while the pair lives (its thread
@@ -551,7 +553,7 @@ impl Duplex {
             peer_pid,
             socket,
             map,
-            peer_gone: AtomicBool::new(false),
+            gone: OnceLock::new(),
             tx: Mutex::new(tx),
             rx: Mutex::new(rx),
             _busy: None,
@@ -568,9 +570,24 @@ impl Duplex {
 
     /// Marks a half failed if the other half found the peer gone.
     fn notice_peer_gone(&self, failed: &mut Option<Failed>) {
-        if failed.is_none() && self.peer_gone.load(Ordering::Relaxed) {
-            *failed = Some(Failed::Disconnected);
+        if failed.is_none() {
+            failed.clone_from(&self.gone.get().cloned());
         }
+    }
+
+    /// Marks the receive half failed if the connection was found corrupt (by either half).
+    fn notice_corruption(&self, failed: &mut Option<Failed>) {
+        if failed.is_none() {
+            if let Some(corrupt @ Failed::Corrupted(_)) = self.gone.get() {
+                *failed = Some(corrupt.clone());
+            }
+        }
+    }
+
+    /// Records that the connection is over (the first reason recorded is the one both halves
+    /// report).
+    fn mark_gone(&self, why: Failed) {
+        let _ = self.gone.set(why);
     }
 
     fn failure(&self, failed: &Failed) -> Error {
@@ -583,8 +600,14 @@ impl Duplex {
     }
 
     /// Ends the connection after finding the peer's ring corrupted: tells it why, and hangs up.
-    fn drop_corrupt_peer(&self, why: &str) {
+    /// Returns how the halves fail from now on.
+    fn drop_corrupt_peer(&self, why: &str) -> Failed {
         rendezvous::hang_up(&self.socket, Some(&Goodbye::Corrupted(why.to_owned())));
+        self.mark_gone(Failed::Corrupted(why.to_owned()));
+        self.gone
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Failed::Corrupted(why.to_owned()))
     }
 
     /// Sends `message`, waiting for room as long as it takes.
@@ -645,7 +668,7 @@ impl Duplex {
             Ok(false) => {
                 if link::hung_up(&self.socket, &tx.wake_in) {
                     tx.failed = Some(Failed::Disconnected);
-                    self.peer_gone.store(true, Ordering::Relaxed);
+                    self.mark_gone(Failed::Disconnected);
                     let error = Error::Disconnected {
                         name: self.name.clone(),
                     };
@@ -654,8 +677,7 @@ impl Duplex {
                 return Err(TrySendError::Full(message));
             }
             Err(e) => {
-                self.drop_corrupt_peer(&e.0);
-                tx.failed = Some(Failed::Corrupted(e.0.clone()));
+                tx.failed = Some(self.drop_corrupt_peer(&e.0));
                 let error = Error::corrupted(&self.name, e.0);
                 return Err(TrySendError::Failed(message, error));
             }
@@ -718,13 +740,12 @@ impl Duplex {
             Ok(Parked::TimedOut) => Err(Error::Timeout),
             Ok(Parked::HungUp) => {
                 tx.failed = Some(Failed::Disconnected);
-                self.peer_gone.store(true, Ordering::Relaxed);
+                self.mark_gone(Failed::Disconnected);
                 Err(link::goodbye(&self.name, &self.socket))
             }
             Err(e) => {
                 if let Error::Corrupted { reason, .. } = &e {
-                    self.drop_corrupt_peer(reason);
-                    tx.failed = Some(Failed::Corrupted(reason.clone()));
+                    tx.failed = Some(self.drop_corrupt_peer(reason));
                 }
                 Err(e)
             }
@@ -784,8 +805,7 @@ impl Duplex {
                 Ok(())
             }
             Err(e) => {
-                self.drop_corrupt_peer(&e.0);
-                tx.failed = Some(Failed::Corrupted(e.0.clone()));
+                tx.failed = Some(self.drop_corrupt_peer(&e.0));
                 Err(Error::corrupted(&self.name, e.0))
             }
         }
@@ -851,6 +871,7 @@ impl Duplex {
         wait: bool,
     ) -> Result<bool> {
         let mut rx = self.rx();
+        self.notice_corruption(&mut rx.failed);
         if let Some(failed) = &rx.failed {
             return Err(self.failure(failed));
         }
@@ -871,13 +892,12 @@ impl Duplex {
             }
             Err(e) => {
                 rx.failed = Some(match &e {
-                    Error::Corrupted { reason, .. } => {
-                        self.drop_corrupt_peer(reason);
-                        Failed::Corrupted(reason.clone())
+                    Error::Corrupted { reason, .. } => self.drop_corrupt_peer(reason),
+                    _ => {
+                        self.mark_gone(Failed::Disconnected);
+                        Failed::Disconnected
                     }
-                    _ => Failed::Disconnected,
                 });
-                self.peer_gone.store(true, Ordering::Relaxed);
                 message.clear();
                 Err(e)
             }
@@ -961,6 +981,16 @@ impl Duplex {
                 return Ok(true);
             }
         }
+    }
+
+    /// Fault injection for tests: sends a message that is not a goodbye on the connection's
+    /// socket, as a buggy or hostile peer could. Exists only with the `fault-injection` feature;
+    /// not part of the API.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __send_stray_socket_message(&self) -> Result<()> {
+        rendezvous::send(&self.socket, b"stray")
+            .map_err(|e| Error::os("sending a stray message", e))
     }
 
     /// Fault injection for tests: publishes an impossible consumer index for the ring the peer

@@ -338,13 +338,59 @@ pub(crate) fn park_until(
             .map_err(|e| Error::os("waiting for the peer", e))?;
         park_end(map, me).map_err(corrupted)?;
         let writer_gone = woken.wake && notify::drain_wakes(wake_in);
-        if woken.socket || writer_gone {
+        // Readable but not hung up: after the handshake only a goodbye may travel here.
+        let mut hung_up = woken.hung_up || writer_gone;
+        if woken.socket && !hung_up {
+            match socket_message(name, socket) {
+                SocketMessage::Nothing => continue,
+                SocketMessage::Closed => hung_up = true,
+                // Whatever the peer published before is moot: it broke the connection off (or
+                // broke the protocol, and we do now).
+                SocketMessage::Corrupted(error) => return Err(error),
+            }
+        }
+        if hung_up {
             // The peer may have published just before it went away.
             if ready().map_err(corrupted)? {
                 return Ok(Parked::Ready);
             }
             return Ok(Parked::HungUp);
         }
+    }
+}
+
+/// What a readable connection socket held.
+enum SocketMessage {
+    /// Nothing after all (a spurious wake-up).
+    Nothing,
+    /// The peer closed its end, or said a goodbye that means it is gone (`Disconnected`).
+    Closed,
+    /// A goodbye saying we corrupted the connection, or anything that is not a goodbye (the peer
+    /// broke the protocol): a `Corrupted` error saying which.
+    Corrupted(Error),
+}
+
+/// Reads what the peer wrote on the connection's socket, without waiting.
+fn socket_message(name: &str, socket: &OwnedFd) -> SocketMessage {
+    let broke = || {
+        SocketMessage::Corrupted(Error::corrupted(
+            name,
+            "the peer broke the protocol: it sent an unexpected message on the connection's socket",
+        ))
+    };
+    let mut buf = [0u8; Goodbye::MAX_LEN];
+    match socket::receive_message(socket, &mut buf, false) {
+        Err(Errno::AGAIN | Errno::INTR) => SocketMessage::Nothing,
+        Err(Errno::MSGSIZE) => broke(),
+        Err(_) | Ok((0, _)) => SocketMessage::Closed,
+        Ok((len, _)) => match Goodbye::decode(&buf[..len]) {
+            Ok(Goodbye::Corrupted(why)) => SocketMessage::Corrupted(Error::corrupted(
+                name,
+                format!("the peer dropped this connection: {why}"),
+            )),
+            Ok(_) => SocketMessage::Closed,
+            Err(_) => broke(),
+        },
     }
 }
 
