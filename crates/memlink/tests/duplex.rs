@@ -26,6 +26,7 @@ fn child_main() {
         ("busy_out_of_descriptors", busy_out_of_descriptors),
         ("flood", flood),
         ("stray_writer", stray_writer),
+        ("responder_fails", responder_fails),
     ]);
 }
 
@@ -1035,6 +1036,32 @@ fn a_peer_lying_about_what_it_read_gets_corrupted() {
         error
     });
     assert!(matches!(error, Error::Corrupted { .. }), "{error:?}");
+}
+
+/// Opens first, with its busy responder made to fail after the connector's acknowledgement;
+/// reports the outcome. Args: name.
+fn responder_fails(args: &[String]) {
+    Duplex::__fail_next_busy_responder();
+    match Duplex::open_timeout(&args[0], WATCHDOG) {
+        Ok(_) => report("paired"),
+        Err(e) => report(&variant(&e)),
+    }
+}
+
+/// The connecting side reports a pair only once the accepting side confirms it: when the
+/// accepting side fails after our acknowledgement, we start over (here, alone: `Timeout`)
+/// instead of holding a pair that never formed.
+#[test]
+fn a_pair_the_accepting_side_never_completed_is_not_reported() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("duplex-unconfirmed");
+    let mut first = ChildProcess::spawn("responder_fails", &[&name]);
+    wait_until_bound(&name);
+    let result = Duplex::open_timeout(&name, Duration::from_millis(1500));
+    assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
+    assert_eq!(first.next_line(), "Os");
+    first.wait_success();
+    assert_no_leftovers(&name);
 }
 
 /// Sends a stray message on the connection's socket (as a buggy peer could), reports, and says

@@ -17,11 +17,14 @@
 //! connection). The accepting side waits for the first connector whose credentials it admits
 //! (`SO_PEERCRED`, checked before anything is read), builds the connection's sealed region and
 //! wake pipes exactly like an rpc server's admission (`link::offer`), and passes them in
-//! its welcome; the pair is formed when the connector acknowledges them (a connector that gave
-//! up before reading the welcome leaves the accepting side waiting, not paired with nobody). It
-//! keeps the listener bound while the pair lives and answers any further opener
-//! with a `Busy` welcome from a small thread (`link::rendezvous::Responder`), so a third opener learns at once that the pair is
-//! complete. If bind fails with `EADDRINUSE` the opener connects instead, checks the accepting
+//! its welcome; the accepting side counts the pair formed when the connector acknowledges them (a
+//! connector that gave up before reading the welcome leaves the accepting side waiting, not
+//! paired with nobody), starts its busy responder, and confirms; the connector counts it formed
+//! only on that confirmation (bounded like every handshake step; without it, it starts over from
+//! the bind). Callers waiting to say hello are handled side by side, each with its own deadline,
+//! so silent callers cannot keep the real peer out. The accepting side keeps the listener bound
+//! while the pair lives and answers any further opener with a `Busy` welcome from a small thread
+//! (`link::rendezvous::Responder`), so a third opener learns at once that the pair is complete. If bind fails with `EADDRINUSE` the opener connects instead, checks the accepting
 //! side's user before sending anything, and validates the region it receives like an rpc client
 //! (`link::offer` and `link::adopt`, shared with rpc); descriptors are refused on the socket except
 //! for the welcome. If the accepting side vanished between our bind and our connect (it timed
@@ -72,6 +75,16 @@ use crate::platform::process;
 const SOCKET_PREFIX: &str = "memlink.duplex.";
 /// Longest a handshake step may take once the other side is there.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// What the accepting side sends once the pair is complete on its side (its busy responder
+/// runs): the connector reports the pair formed only after this.
+const CONFIRMATION: Hello = Hello {
+    purpose: Purpose::Paired,
+    max_message: 0,
+};
+/// Test hook: the next accepting side fails as if its busy responder could not start.
+#[cfg(feature = "fault-injection")]
+static FAIL_NEXT_RESPONDER: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 /// Most bytes reserved for an incoming message before they arrive.
 const MAX_UPFRONT_RESERVE: usize = 16 << 20;
 
@@ -362,8 +375,19 @@ impl Duplex {
                 return Err(Error::Timeout);
             };
             if let Some(duplex) = Self::admit(name, options, caller, deadline)? {
+                #[cfg(feature = "fault-injection")]
+                if FAIL_NEXT_RESPONDER.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    return Err(Error::os(
+                        "starting the duplex busy responder",
+                        rustix::io::Errno::NOMEM,
+                    ));
+                }
                 let busy = Responder::start(listener, gate, answer(Admission::Busy))
                     .map_err(|e| Error::os("starting the duplex busy responder", e))?;
+                // Only now is the pair complete on our side: tell the connector, which waits
+                // for this before it reports the pair formed. (If it gave up meanwhile, our
+                // first call finds it gone.)
+                let _ = rendezvous::send(&duplex.socket, &CONFIRMATION.encode());
                 return Ok(Duplex {
                     _busy: Some(busy),
                     ..duplex
@@ -506,6 +530,20 @@ impl Duplex {
         };
         rendezvous::send(&connection, &paired.encode())
             .map_err(|e| link::connect_error(name, e))?;
+        // The pair is formed once the accepting side confirms (its acknowledgement wait may
+        // have run out, or it may have failed or died meanwhile); its socket's receive timeout
+        // bounds the wait. Nothing confirmed: start over from the bind.
+        let confirmed =
+            rendezvous::read_hello(&connection).is_some_and(|hello| hello == CONFIRMATION);
+        if !confirmed {
+            return Err(if deadline.is_some_and(|t| Instant::now() >= t) {
+                Error::Timeout
+            } else {
+                Error::Disconnected {
+                    name: name.to_owned(),
+                }
+            });
+        }
         Ok(Duplex::assemble(
             name,
             max_message,
@@ -981,6 +1019,15 @@ impl Duplex {
                 return Ok(true);
             }
         }
+    }
+
+    /// Fault injection for tests: this process's next accepting side fails after the connector
+    /// acknowledged its welcome, as if its busy responder could not start. Exists only with the
+    /// `fault-injection` feature; not part of the API.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __fail_next_busy_responder() {
+        FAIL_NEXT_RESPONDER.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Fault injection for tests: sends a message that is not a goodbye on the connection's
