@@ -1064,6 +1064,23 @@ fn a_pair_the_accepting_side_never_completed_is_not_reported() {
     assert_no_leftovers(&name);
 }
 
+/// A name too long for an abstract socket address is an invalid name that says the limit, not
+/// an OS error; the longest allowed works.
+#[test]
+fn a_name_too_long_for_a_socket_is_invalid() {
+    let _watchdog = Watchdog::arm();
+    let base = unique_name("duplex-long");
+    let longest = format!("{base}{}", "x".repeat(92 - base.len()));
+    let too_long = format!("{longest}x");
+    match Duplex::open_timeout(&too_long, Duration::from_millis(10)) {
+        Err(Error::InvalidName { reason, .. }) => assert!(reason.contains("92"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    let lonely = Duplex::open_timeout(&longest, Duration::from_millis(10));
+    assert!(matches!(lonely, Err(Error::Timeout)), "{lonely:?}");
+    assert_no_leftovers(&longest);
+}
+
 /// Sends a stray message on the connection's socket (as a buggy peer could), reports, and says
 /// what the peer then told it. Args: name.
 fn stray_writer(args: &[String]) {

@@ -101,6 +101,22 @@ fn fits_whole(len: usize, fragment: usize, capacity: usize) -> bool {
     footprint + record_size(fragment) <= capacity
 }
 
+/// Longest channel name: an abstract socket address holds 107 bytes, prefix included.
+const MAX_NAME_LEN: usize = 92;
+const _: () = assert!(SOCKET_PREFIX.len() + MAX_NAME_LEN == 107);
+
+/// The general naming rule, and a length that fits in an abstract socket address.
+fn validate_channel_name(name: &str) -> Result<()> {
+    validate_name(name)?;
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::InvalidName {
+            name: name.to_owned(),
+            reason: "a duplex channel name must be at most 92 bytes long (it names an abstract socket)",
+        });
+    }
+    Ok(())
+}
+
 fn socket_name(name: &str) -> String {
     format!("{SOCKET_PREFIX}{name}")
 }
@@ -276,9 +292,17 @@ struct Incoming {
 impl Duplex {
     /// Opens channel `name` with default options, waiting for the peer as long as it takes.
     ///
+    /// Whoever holds the name is checked as soon as a connection to it succeeds: another
+    /// (untrusted) user's process gets nothing and we return [`Error::PermissionDenied`]. A
+    /// process that binds the name and never accepts can, once its backlog is full, keep every
+    /// connection from succeeding; we cannot learn who it is then and keep retrying (each
+    /// attempt bounded), so without a timeout this waits until it goes away: use
+    /// [`Duplex::open_timeout`] where the name may be squatted.
+    ///
     /// # Errors
     /// [`Error::Busy`] if two peers are already paired under the name; [`Error::PermissionDenied`]
-    /// if the side that opened first is another user's (or refuses ours); [`Error::InvalidName`].
+    /// if the side that opened first is another user's (or refuses ours); [`Error::InvalidName`]
+    /// (also for a name longer than 92 bytes).
     pub fn open(name: &str) -> Result<Duplex> {
         DuplexOptions::new().open(name)
     }
@@ -319,7 +343,7 @@ impl Duplex {
         options: &DuplexOptions,
         deadline: Option<Instant>,
     ) -> Result<Duplex> {
-        validate_name(name)?;
+        validate_channel_name(name)?;
         let mut pause = Duration::from_micros(100);
         loop {
             if deadline.is_some_and(|t| Instant::now() >= t) {
