@@ -284,6 +284,14 @@ impl Responder {
                             // the pair lives, so wait a moment and look again.
                             tracing::debug!(error = %e, "the duplex busy responder could not wait");
                             std::thread::sleep(Duration::from_millis(10));
+                            // Unless we are being dropped (the listener is gone).
+                            let dropped = shared
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .is_none();
+                            if dropped {
+                                return;
+                            }
                             continue;
                         }
                     }
