@@ -198,6 +198,35 @@ pub enum Error {
         name: String,
     },
 
+    /// A stream's handler returned an error instead of ending the stream. The connection stays
+    /// usable.
+    #[error("the memlink server '{name}' failed to produce the stream: {reason}")]
+    HandlerFailed {
+        /// The service name.
+        name: String,
+        /// What the handler reported.
+        reason: String,
+    },
+
+    /// The server was not given a stream handler (`Server::serve_with`), so it serves plain
+    /// calls only. The connection stays usable.
+    #[error(
+        "the memlink server '{name}' does not serve streams; use `call`, or serve with `Server::serve_with`"
+    )]
+    StreamsNotServed {
+        /// The service name.
+        name: String,
+    },
+
+    /// The client dropped the stream this handler is sending: stop producing it and return.
+    #[error("the client cancelled this stream; return from the stream handler")]
+    Cancelled,
+
+    /// `try_send` found the stream's queue full (the client reads slower than the handler
+    /// produces): retry later, or use the blocking `send`.
+    #[error("the stream's queue is full; the client has not caught up, retry later or use send")]
+    Full,
+
     /// The operating system refused an operation for a reason not covered above.
     #[error("{op} failed: {source}")]
     Os {

@@ -35,4 +35,7 @@ pub use memory::inventory;
 pub use memory::name::{MAX_NAME_LEN, validate_name};
 pub use memory::segment::{Permissions, Segment, SegmentOptions};
 pub use memory::sync::{Event, EventMode, Lock, Mutex, MutexGuard, OwnerDiedGuard, Semaphore};
-pub use rpc::{Client, ClientOptions, Handler, Server, ServerOptions, ShutdownHandle};
+pub use rpc::{
+    Client, ClientOptions, Handler, ReplyStream, Server, ServerOptions, ShutdownHandle,
+    StreamHandler, StreamSink,
+};

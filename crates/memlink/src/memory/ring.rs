@@ -461,7 +461,6 @@ impl Consumer {
     }
 
     /// Releases the record `peek` returned without reading it.
-    #[cfg(test)]
     pub(crate) fn skip(&mut self, header: &RecordHeader) -> Result<(), RingError> {
         self.advance(record_size(header.len as usize))
     }

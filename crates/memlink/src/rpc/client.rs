@@ -13,14 +13,17 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::protocol::{
-    Admission, ERR_HANDLER_PANICKED, ERR_REPLY_TOO_LARGE, ERROR_REPLY, Hello, Purpose, socket_name,
+    Admission, CANCEL, ERR_HANDLER_FAILED, ERR_HANDLER_PANICKED, ERR_NO_STREAMS,
+    ERR_REPLY_TOO_LARGE, ERR_TOO_MANY_STREAMS, ERROR_REPLY, Hello, Purpose, STREAM_END,
+    STREAM_REQUEST, socket_name,
 };
+use super::stream::{Verdict, judge};
 use crate::error::{Error, Result};
 use crate::link::fragment::{Reassembly, fragment_at};
 use crate::link::wake::{self, Backoff, CLIENT, Patience, SERVER};
 use crate::link::{self, Keep, Parked};
 use crate::memory::name::validate_name;
-use crate::memory::ring::{Consumer, Producer, RingError, USER_FLAGS};
+use crate::memory::ring::{Consumer, FIRST, LAST, Producer, RingError, USER_FLAGS};
 use crate::platform::mapping::Mapping;
 #[cfg(feature = "fault-injection")]
 use crate::platform::notify;
@@ -290,6 +293,22 @@ impl Client {
         reply: &mut Vec<u8>,
         deadline: Option<Instant>,
     ) -> Result<()> {
+        let mut slot = self.free_connection(deadline)?;
+        self.on_connection(&mut slot, request, deadline, |connection| {
+            connection.call(request, reply, deadline)
+        })
+    }
+
+    /// Runs `op` (which sends `request`) on the connection in `slot`, opening one if needed,
+    /// dropping it if `op` breaks it, and running `op` once more on a fresh connection if the
+    /// server went away without having read any of the request.
+    fn on_connection(
+        &self,
+        slot: &mut ConnectionGuard<'_>,
+        request: &[u8],
+        deadline: Option<Instant>,
+        mut op: impl FnMut(&mut Connection) -> Result<(), Failure>,
+    ) -> Result<()> {
         let max = self.max_message_size();
         if request.len() > max {
             return Err(Error::MessageTooLarge {
@@ -297,12 +316,11 @@ impl Client {
                 max,
             });
         }
-        let mut slot = self.free_connection(deadline)?;
         let mut retried = false;
         loop {
             let epoch = self.epoch.load(Ordering::Acquire);
             if slot.as_ref().is_some_and(|c| c.epoch != epoch) {
-                *slot = None;
+                **slot = None;
             }
             let connection = match slot.as_mut() {
                 Some(connection) => connection,
@@ -326,19 +344,14 @@ impl Client {
                     Err(e) => return Err(e),
                 },
             };
-            match connection.call(request, reply, deadline) {
+            match op(connection) {
                 Ok(()) => return Ok(()),
                 Err(Failure::Kept(e)) => return Err(e),
                 Err(Failure::Broken { error, unsent }) => {
                     let dead_epoch = connection.epoch;
-                    *slot = None;
+                    **slot = None;
                     if let Error::Disconnected { .. } = error {
-                        let _ = self.epoch.compare_exchange(
-                            dead_epoch,
-                            dead_epoch + 1,
-                            Ordering::AcqRel,
-                            Ordering::Relaxed,
-                        );
+                        self.note_disconnected(dead_epoch);
                         // The server never took a byte of this request, so sending it again on a
                         // fresh connection cannot execute it twice.
                         if unsent && !retried {
@@ -350,6 +363,49 @@ impl Client {
                 }
             }
         }
+    }
+
+    fn note_disconnected(&self, dead_epoch: u64) {
+        let _ = self.epoch.compare_exchange(
+            dead_epoch,
+            dead_epoch + 1,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Sends `request` as a stream request and returns the stream of items the server's stream
+    /// handler answers with. The stream holds one of the client's connections until it ends or
+    /// is dropped; dropping it early cancels the stream on the server (the connection is then
+    /// used for later calls, which never see the cancelled stream's items).
+    ///
+    /// # Errors
+    /// As [`Client::call`]; the stream's items report [`Error::HandlerPanicked`],
+    /// [`Error::HandlerFailed`], [`Error::StreamsNotServed`], [`Error::ServerFull`] (too many
+    /// streams at once) or [`Error::Disconnected`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # fn main() -> memlink::Result<()> {
+    /// let client = memlink::Client::connect("files")?;
+    /// for item in client.call_stream(b"*.rs")? {
+    ///     println!("{} bytes", item?.len());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn call_stream(&self, request: &[u8]) -> Result<ReplyStream<'_>> {
+        let mut slot = self.free_connection(None)?;
+        let mut call = 0;
+        self.on_connection(&mut slot, request, None, |connection| {
+            call = connection.start_stream(request)?;
+            Ok(())
+        })?;
+        Ok(ReplyStream {
+            client: self,
+            slot,
+            call,
+            done: false,
+        })
     }
 
     /// A connection slot no other thread is using: the first free one (one uncontended `try_lock`),
@@ -457,6 +513,8 @@ struct Connection {
     max_reply: usize,
     /// A reply was abandoned part-way (too large for us): the rings are out of step.
     abandoned: bool,
+    /// Streams up to this call id were cancelled: their records still in the ring are skipped.
+    cancelled_through: u64,
     epoch: u64,
     /// Moving average of how long waits took (1/8 weight to the newest).
     recent_wait: Duration,
@@ -557,6 +615,7 @@ impl Connection {
                 .max_reply_size
                 .map_or(max_message, |m| m.min(max_message)),
             abandoned: false,
+            cancelled_through: 0,
             epoch,
             recent_wait: Duration::ZERO,
             waits: 0,
@@ -595,7 +654,106 @@ impl Connection {
         })
     }
 
+    /// Sends `request` as stream request; returns its call id.
+    fn start_stream(&mut self, request: &[u8]) -> Result<u64, Failure> {
+        if request.len() > self.max_message {
+            return Err(Failure::Kept(Error::MessageTooLarge {
+                size: request.len(),
+                max: self.max_message,
+            }));
+        }
+        self.last_call += 1;
+        let call = self.last_call;
+        let start = self.requests.position();
+        self.send_flagged(call, request, STREAM_REQUEST, None)
+            .map_err(|error| {
+                let unsent = self
+                    .requests
+                    .consumer_position()
+                    .is_ok_and(|head| head <= start);
+                Failure::Broken { error, unsent }
+            })?;
+        Ok(call)
+    }
+
+    /// Receives the next message of stream `call` into `item` (cleared first): `Ok(true)` for an
+    /// item, `Ok(false)` for the clean end.
+    fn next_item(&mut self, call: u64, item: &mut Vec<u8>) -> Result<bool> {
+        item.clear();
+        let mut reassembly = Reassembly::default();
+        let mut kind = None;
+        loop {
+            let ring = |name: &str, e: RingError| Error::corrupted(name, e.0);
+            let Some(header) = self.responses.peek().map_err(|e| ring(&self.name, e))? else {
+                self.wait(None, |_, responses| responses.has_data())?;
+                continue;
+            };
+            let bad = |why: &str| {
+                Error::corrupted(&self.name, format!("server broke the protocol: {why}"))
+            };
+            match judge(&header, call, self.cancelled_through, kind, true).map_err(|w| bad(&w))? {
+                Verdict::Stale => {
+                    self.responses
+                        .skip(&header)
+                        .map_err(|e| ring(&self.name, e))?;
+                    continue;
+                }
+                Verdict::Ours(user) => kind = Some(user),
+            }
+            let started = reassembly
+                .accept(&header, |id| id == call, self.max_message as u64)
+                .map_err(|why| bad(&why))?;
+            if let Some(total) = started {
+                if total > self.max_reply as u64 {
+                    self.abandoned = true;
+                    return Err(Error::MessageTooLarge {
+                        size: usize::try_from(total).unwrap_or(usize::MAX),
+                        max: self.max_reply,
+                    });
+                }
+                item.reserve((total as usize).min(MAX_UPFRONT_RESERVE));
+            }
+            self.responses
+                .take(&header, item)
+                .map_err(|e| ring(&self.name, e))?;
+            let complete = reassembly.taken(&header).map_err(|why| bad(&why))?;
+            // The server may be waiting for the room we just freed.
+            wake::nudge(&self.map, SERVER, &self.wake_out).map_err(|e| ring(&self.name, e))?;
+            if complete.is_some() {
+                return match header.flags & USER_FLAGS {
+                    ERROR_REPLY => Err(self.remote_error(item)),
+                    STREAM_END => Ok(false),
+                    _ => Ok(true),
+                };
+            }
+        }
+    }
+
+    /// Tells the server to stop stream `call`; later reads skip what of it is in our ring.
+    fn cancel(&mut self, call: u64) -> Result<()> {
+        let ring = |e: RingError| Error::corrupted(&self.name, e.0);
+        if !self
+            .requests
+            .try_push(FIRST | LAST | CANCEL, call, 0, &[])
+            .map_err(ring)?
+        {
+            return Err(Error::Timeout);
+        }
+        self.cancelled_through = call;
+        wake::nudge(&self.map, SERVER, &self.wake_out).map_err(ring)
+    }
+
     fn send(&mut self, call: u64, request: &[u8], deadline: Option<Instant>) -> Result<()> {
+        self.send_flagged(call, request, 0, deadline)
+    }
+
+    fn send_flagged(
+        &mut self,
+        call: u64,
+        request: &[u8],
+        user_flags: u32,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
         let fragment = self.requests.layout().max_fragment();
         let total = request.len() as u64;
         let mut sent = 0;
@@ -605,7 +763,7 @@ impl Connection {
             let ring = |e: RingError| Error::corrupted(&self.name, e.0);
             if self
                 .requests
-                .try_push(flags, call, total, &request[piece])
+                .try_push(flags | user_flags, call, total, &request[piece])
                 .map_err(ring)?
             {
                 wake::nudge(&self.map, SERVER, &self.wake_out)
@@ -630,6 +788,16 @@ impl Connection {
                 self.wait(deadline, |_, responses| responses.has_data())?;
                 continue;
             };
+            if header.call_id < call
+                && header.call_id <= self.cancelled_through
+                && !reassembly.in_progress()
+            {
+                // What was in flight of a stream we cancelled.
+                self.responses
+                    .skip(&header)
+                    .map_err(|e| ring(&self.name, e))?;
+                continue;
+            }
             let bad = |why: &str| {
                 Error::corrupted(&self.name, format!("server broke the protocol: {why}"))
             };
@@ -687,6 +855,17 @@ impl Connection {
         {
             Some(ERR_HANDLER_PANICKED) => Error::HandlerPanicked {
                 name: self.name.clone(),
+            },
+            Some(ERR_HANDLER_FAILED) => Error::HandlerFailed {
+                name: self.name.clone(),
+                reason: String::from_utf8_lossy(report.get(4..).unwrap_or_default()).into_owned(),
+            },
+            Some(ERR_NO_STREAMS) => Error::StreamsNotServed {
+                name: self.name.clone(),
+            },
+            Some(ERR_TOO_MANY_STREAMS) => Error::ServerFull {
+                name: self.name.clone(),
+                max: word(4).map_or(0, |m| u32::try_from(m).unwrap_or(u32::MAX)),
             },
             Some(ERR_REPLY_TOO_LARGE) => Error::MessageTooLarge {
                 size: word(4).unwrap_or(0) as usize,
@@ -816,5 +995,97 @@ impl Connection {
             }
         }
         Err(Error::Timeout)
+    }
+}
+
+/// The items a server streams in answer to [`Client::call_stream`]: each `Ok(item)` in order, then
+/// `None` after a clean end, or one `Err` (after the items already sent) if the handler failed
+/// ([`Error::HandlerPanicked`], [`Error::HandlerFailed`]) or the server went away
+/// ([`Error::Disconnected`]). Dropping it before the end cancels the stream on the server.
+/// Holds one of the client's connections (so it stays on the thread that made the call).
+pub struct ReplyStream<'a> {
+    client: &'a Client,
+    slot: ConnectionGuard<'a>,
+    call: u64,
+    done: bool,
+}
+
+impl std::fmt::Debug for ReplyStream<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplyStream")
+            .field("call", &self.call)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplyStream<'_> {
+    /// Receives the next item into `item` (cleared first; reusing it allocates nothing per item):
+    /// `Ok(true)` for an item, `Ok(false)` once the stream has ended (and from then on).
+    ///
+    /// # Errors
+    /// As the iterator's items; after an error the stream is over.
+    pub fn next_into(&mut self, item: &mut Vec<u8>) -> Result<bool> {
+        if self.done {
+            return Ok(false);
+        }
+        let Some(connection) = self.slot.as_mut() else {
+            self.done = true;
+            return Err(Error::Disconnected {
+                name: self.client.name.clone(),
+            });
+        };
+        match connection.next_item(self.call, item) {
+            Ok(true) => Ok(true),
+            Ok(false) => {
+                self.done = true;
+                Ok(false)
+            }
+            Err(error) => {
+                self.done = true;
+                let kept = matches!(
+                    error,
+                    Error::HandlerPanicked { .. }
+                        | Error::HandlerFailed { .. }
+                        | Error::StreamsNotServed { .. }
+                        | Error::ServerFull { .. }
+                ) && !connection.abandoned;
+                if !kept {
+                    let epoch = connection.epoch;
+                    *self.slot = None;
+                    if let Error::Disconnected { .. } = error {
+                        self.client.note_disconnected(epoch);
+                    }
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+impl Iterator for ReplyStream<'_> {
+    type Item = Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Result<Vec<u8>>> {
+        let mut item = Vec::new();
+        match self.next_into(&mut item) {
+            Ok(true) => Some(Ok(item)),
+            Ok(false) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+impl Drop for ReplyStream<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Some(connection) = self.slot.as_mut() {
+            if connection.cancel(self.call).is_err() {
+                // Could not tell the server: this connection is out of step; drop it.
+                *self.slot = None;
+            }
+        }
     }
 }

@@ -18,10 +18,12 @@
 mod client;
 mod protocol;
 mod server;
+mod stream;
 
-pub use client::{Client, ClientOptions};
+pub use client::{Client, ClientOptions, ReplyStream};
 pub use protocol::Stats;
 pub use server::{Handler, Server, ServerOptions, ShutdownHandle};
+pub use stream::{StreamHandler, StreamSink};
 
 use std::time::Duration;
 

@@ -15,6 +15,21 @@ pub(crate) const ERROR_REPLY: u32 = 0x100;
 /// Error report codes (first 4 payload bytes of an [`ERROR_REPLY`]).
 pub(crate) const ERR_HANDLER_PANICKED: u32 = 1;
 pub(crate) const ERR_REPLY_TOO_LARGE: u32 = 2;
+/// The stream handler returned an error (its message follows the code).
+pub(crate) const ERR_HANDLER_FAILED: u32 = 3;
+/// The server serves no streams.
+pub(crate) const ERR_NO_STREAMS: u32 = 4;
+/// The server runs as many stream handlers as it allows (the cap follows, 8 bytes).
+pub(crate) const ERR_TOO_MANY_STREAMS: u32 = 5;
+
+/// A request record flag (on every fragment): the request asks for a stream of replies.
+pub(crate) const STREAM_REQUEST: u32 = 0x200;
+/// A request record flag: an empty message cancelling the stream of the same call id.
+pub(crate) const CANCEL: u32 = 0x400;
+/// A response record flag (on every fragment): the message is one item of a stream.
+pub(crate) const STREAM_ITEM: u32 = 0x200;
+/// A response record flag: an empty message ending the stream cleanly.
+pub(crate) const STREAM_END: u32 = 0x400;
 
 pub(crate) fn socket_name(service: &str) -> String {
     format!("{SOCKET_PREFIX}{service}")

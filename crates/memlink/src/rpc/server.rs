@@ -21,15 +21,19 @@ use std::time::{Duration, Instant};
 use rustix::io::Errno;
 
 use super::protocol::{
-    Admission, ERR_HANDLER_PANICKED, ERR_REPLY_TOO_LARGE, ERROR_REPLY, Goodbye, Hello, Purpose,
-    RegionLayout, Stats, Welcome, socket_name,
+    Admission, CANCEL, ERR_HANDLER_FAILED, ERR_HANDLER_PANICKED, ERR_NO_STREAMS,
+    ERR_REPLY_TOO_LARGE, ERR_TOO_MANY_STREAMS, ERROR_REPLY, Goodbye, Hello, Purpose, RegionLayout,
+    STREAM_END, STREAM_ITEM, STREAM_REQUEST, Stats, Welcome, socket_name,
 };
+use super::stream::{End, Next, StreamHandler, StreamSink, StreamState, WorkerBell};
 use crate::error::{Error, Result};
 use crate::link::fragment::{Reassembly, fragment_at};
 use crate::link::wake::{self, Backoff, CLIENT, PARK_RECHECK, Patience, SERVER};
 use crate::link::{self, Keep, Offered};
 use crate::memory::name::validate_name;
-use crate::memory::ring::{Consumer, MAX_CAPACITY, MIN_CAPACITY, Producer, RingError, USER_FLAGS};
+use crate::memory::ring::{
+    Consumer, FIRST, LAST, MAX_CAPACITY, MIN_CAPACITY, Producer, RingError, USER_FLAGS,
+};
 use crate::memory::segment::Permissions;
 use crate::platform::mapping::Mapping;
 use crate::platform::notify::{self, Poller, Ready};
@@ -88,6 +92,8 @@ pub struct ServerOptions {
     permissions: Permissions,
     ring_capacity: usize,
     shutdown_grace: Duration,
+    max_streams: usize,
+    stream_queue: usize,
     /// Fault injection: workers fail once the server has answered this many calls.
     fail_workers_after: Option<u64>,
 }
@@ -103,6 +109,8 @@ impl Default for ServerOptions {
             permissions: Permissions::OwnerOnly,
             ring_capacity: 256 << 10,
             shutdown_grace: Duration::from_secs(5),
+            max_streams: 64,
+            stream_queue: 8,
             fail_workers_after: None,
         }
     }
@@ -169,6 +177,21 @@ impl ServerOptions {
         self
     }
 
+    /// Most streams served at once (each runs its handler on a thread of its own). A stream
+    /// request over it fails with [`Error::ServerFull`]. Default 64.
+    pub fn max_streams(mut self, n: usize) -> Self {
+        self.max_streams = n.max(1);
+        self
+    }
+
+    /// Items a stream handler may have queued ahead of the connection's ring before its `send`
+    /// blocks (at least 1, default 8). A stream holds at most this many items plus its ring of
+    /// server memory, however long it is.
+    pub fn stream_queue(mut self, items: usize) -> Self {
+        self.stream_queue = items.max(1);
+        self
+    }
+
     /// Fault injection for tests: every worker fails (as if its epoll set broke) once the server
     /// has answered `calls` calls. Exists only with the `fault-injection` feature.
     #[doc(hidden)]
@@ -212,6 +235,7 @@ impl ServerOptions {
                 connections: AtomicUsize::new(0),
                 calls: AtomicU64::new(0),
                 corrupt_disconnects: AtomicU64::new(0),
+                streams: AtomicUsize::new(0),
                 per_uid: std::sync::Mutex::new(HashMap::new()),
                 worker_failure: std::sync::Mutex::new(None),
                 started: Instant::now(),
@@ -252,6 +276,8 @@ struct Shared {
     connections: AtomicUsize,
     calls: AtomicU64,
     corrupt_disconnects: AtomicU64,
+    /// Stream handler threads running.
+    streams: AtomicUsize,
     /// Admitted connections per uid (locked per connect and disconnect, never per call).
     per_uid: std::sync::Mutex<HashMap<u32, usize>>,
     /// Why a worker stopped early, for `serve` to return.
@@ -342,6 +368,42 @@ impl Server {
     /// workers finish their calls, rather than run on half-dead. Misbehaving clients never end
     /// `serve`.
     pub fn serve<H: Handler>(self, handler: H) -> Result<()> {
+        self.serve_both(handler, None)
+    }
+
+    /// Serves plain calls with `handler` and stream requests ([`Client::call_stream`]) with
+    /// `streams`, until shut down. Each stream's handler runs on a thread of its own (at most
+    /// [`ServerOptions::max_streams`] at once); see [`StreamHandler`].
+    ///
+    /// [`Client::call_stream`]: crate::Client::call_stream
+    ///
+    /// # Errors
+    /// As [`Server::serve`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # fn main() -> memlink::Result<()> {
+    /// let server = memlink::Server::bind("counter")?;
+    /// server.serve_with(
+    ///     |request: &[u8], reply: &mut Vec<u8>| reply.extend_from_slice(request),
+    ///     |_request: &[u8], sink: &mut memlink::StreamSink| {
+    ///         for i in 0u64..1000 {
+    ///             sink.send(&i.to_le_bytes())?; // blocks while the client is behind
+    ///         }
+    ///         Ok(())
+    ///     },
+    /// )?;
+    /// # Ok(()) }
+    /// ```
+    pub fn serve_with<H: Handler, S: StreamHandler>(self, handler: H, streams: S) -> Result<()> {
+        self.serve_both(handler, Some(Arc::new(streams)))
+    }
+
+    fn serve_both<H: Handler>(
+        self,
+        handler: H,
+        streams: Option<Arc<dyn StreamHandler>>,
+    ) -> Result<()> {
         let workers = self.options.workers;
         let mut handles = Vec::with_capacity(workers);
         let mut bodies = Vec::with_capacity(workers);
@@ -363,7 +425,15 @@ impl Server {
             .into_iter()
             .enumerate()
             .map(|(index, (doorbell, inbox, load))| {
-                Worker::new(&self, index, doorbell, inbox, load, handler)
+                Worker::new(
+                    &self,
+                    index,
+                    doorbell,
+                    inbox,
+                    load,
+                    handler,
+                    streams.clone(),
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         std::thread::scope(|scope| {
@@ -406,6 +476,12 @@ impl Server {
                     .join()
                     .unwrap_or_else(|_| Err(Error::os("a server worker panicked", Errno::IO)));
                 result = result.and(worker_result);
+            }
+            // Every connection is gone, so every stream is cancelled: give the handler threads a
+            // moment to notice, so that none outlives `serve` for long.
+            let ends = Instant::now() + self.options.shutdown_grace.min(Duration::from_secs(1));
+            while self.shared.streams.load(Ordering::Acquire) > 0 && Instant::now() < ends {
+                std::thread::sleep(Duration::from_millis(1));
             }
             result
         })
@@ -770,6 +846,8 @@ enum Phase {
     Idle,
     Receiving,
     Replying,
+    /// Sending a stream's items as its handler produces them.
+    Streaming,
 }
 
 /// The descriptors of the server's end of one connection.
@@ -798,6 +876,14 @@ struct Connection {
     reply: Vec<u8>,
     reply_flags: u32,
     reply_sent: usize,
+    /// The request in progress asks for a stream.
+    stream_request: bool,
+    /// The stream being sent (in the streaming phase).
+    stream: Option<Arc<StreamState>>,
+    /// The stream message in `reply` has been sent whole (or there is none).
+    item_done: bool,
+    /// The stream's end has been sent whole.
+    stream_over: bool,
     max_message: usize,
     client_pid: u32,
     /// Made progress since the worker last counted its active clients.
@@ -829,7 +915,10 @@ impl Connection {
             reply: Vec::new(),
             reply_flags: 0,
             reply_sent: 0,
-
+            stream_request: false,
+            stream: None,
+            item_done: true,
+            stream_over: false,
             max_message,
             client_pid: peer.pid,
             active: false,
@@ -849,18 +938,33 @@ impl Connection {
                     .min(self.responses.layout().max_fragment());
                 self.responses.has_room_for(next)
             }
+            Phase::Streaming if !self.item_done => {
+                let next = (self.reply.len() - self.reply_sent)
+                    .min(self.responses.layout().max_fragment());
+                Ok(self.responses.has_room_for(next)? || self.requests.has_data()?)
+            }
+            Phase::Streaming => {
+                Ok(self.stream.as_ref().is_some_and(|s| s.has_next())
+                    || self.requests.has_data()?)
+            }
             Phase::Idle | Phase::Receiving => self.requests.has_data(),
         }
     }
 
     /// Moves this connection forward as far as it can without waiting, handling at most one
     /// request. Returns whether anything happened.
-    fn pump(&mut self, handler: &dyn Handler, calls: &AtomicU64) -> Result<bool, RingError> {
+    fn pump(&mut self, worker: &WorkerContext<'_>) -> Result<bool, RingError> {
         let mut progressed = false;
         let mut budget = Budget::new();
         if self.phase == Phase::Replying {
             progressed |= self.push_reply(&mut budget)?;
             if self.phase == Phase::Replying {
+                return Ok(progressed);
+            }
+        }
+        if self.phase == Phase::Streaming {
+            progressed |= self.pump_stream(&mut budget)?;
+            if self.phase == Phase::Streaming {
                 return Ok(progressed);
             }
         }
@@ -872,7 +976,14 @@ impl Connection {
             if self.phase == Phase::Replying {
                 break;
             }
-            if header.flags & USER_FLAGS != 0 {
+            let user = header.flags & USER_FLAGS;
+            if user != 0 && user != STREAM_REQUEST {
+                if user == CANCEL && !self.reassembly.in_progress() {
+                    // A cancel that crossed the stream's end: nothing left to stop.
+                    self.take_cancel(&header)?;
+                    progressed = true;
+                    continue;
+                }
                 return Err(bad(format!("request flags {:#x}", header.flags)));
             }
             // Call ids increase; an empty fragment that is not the last is refused (a client
@@ -886,6 +997,11 @@ impl Connection {
                 self.call = header.call_id;
                 self.request.clear();
                 self.phase = Phase::Receiving;
+                self.stream_request = user == STREAM_REQUEST;
+            } else if self.stream_request != (user == STREAM_REQUEST) {
+                return Err(bad(
+                    "fragments of one request disagree on their flags".into()
+                ));
             }
             self.requests.take(&header, &mut self.request)?;
             budget.charge(header.len as usize);
@@ -894,9 +1010,18 @@ impl Connection {
                 // The client may be waiting for the room we just freed to send the next fragment.
                 // After the last one it is not: it waits for the reply, which wakes it anyway.
                 self.nudge_client()?;
+            } else if self.stream_request {
+                worker.calls.fetch_add(1, Ordering::Relaxed);
+                self.start_stream(worker);
+                if self.phase == Phase::Streaming {
+                    self.pump_stream(&mut budget)?;
+                } else {
+                    self.push_reply(&mut budget)?;
+                }
+                break;
             } else {
-                self.respond(handler);
-                calls.fetch_add(1, Ordering::Relaxed);
+                self.respond(worker.handler);
+                worker.calls.fetch_add(1, Ordering::Relaxed);
                 self.push_reply(&mut budget)?;
                 break;
             }
@@ -928,6 +1053,190 @@ impl Connection {
         self.reply_sent = 0;
 
         self.phase = Phase::Replying;
+    }
+
+    /// Takes a cancel record, which must name the current call: the client cancels only the
+    /// stream it is reading, and only after having sent its request.
+    fn take_cancel(&mut self, header: &crate::memory::ring::RecordHeader) -> Result<(), RingError> {
+        if header.flags != FIRST | LAST | CANCEL
+            || header.len != 0
+            || header.total != 0
+            || header.call_id != self.call
+        {
+            return Err(RingError(format!(
+                "client broke the protocol: a cancel record with flags {:#x} for call {} (current call {})",
+                header.flags, header.call_id, self.call
+            )));
+        }
+        self.requests.skip(header)
+    }
+
+    /// Starts the stream the request in `request` asks for: on a handler thread of its own, or
+    /// answers with an error report if there is no stream handler or too many streams run.
+    fn start_stream(&mut self, worker: &WorkerContext<'_>) {
+        self.reply.clear();
+        self.reply_sent = 0;
+        self.reply_flags = ERROR_REPLY;
+        self.phase = Phase::Replying;
+        let Some(streams) = worker.streams else {
+            self.reply.extend_from_slice(&ERR_NO_STREAMS.to_le_bytes());
+            return;
+        };
+        let shared = worker.shared;
+        let cap = worker.max_streams;
+        let too_many = |reply: &mut Vec<u8>| {
+            reply.extend_from_slice(&ERR_TOO_MANY_STREAMS.to_le_bytes());
+            reply.extend_from_slice(&(cap as u64).to_le_bytes());
+        };
+        // Claimed before the thread starts, given back by the thread when the handler is done.
+        if shared
+            .streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_err()
+        {
+            too_many(&mut self.reply);
+            return;
+        }
+        let state = Arc::new(StreamState::new(
+            worker.bell.clone(),
+            worker.stream_queue,
+            self.max_message,
+        ));
+        let request = std::mem::take(&mut self.request);
+        let thread_state = state.clone();
+        let thread_shared = shared.clone();
+        let handler = streams.clone();
+        let spawned = std::thread::Builder::new()
+            .name("memlink-stream".into())
+            .spawn(move || {
+                let mut sink = StreamSink::new(thread_state.clone());
+                let outcome = catch_unwind(AssertUnwindSafe(|| {
+                    handler.handle_stream(&request, &mut sink)
+                }));
+                thread_state.finish(match outcome {
+                    Ok(Ok(())) | Ok(Err(Error::Cancelled)) => End::Done,
+                    Ok(Err(e)) => End::Failed(e.to_string()),
+                    Err(_) => End::Panicked,
+                });
+                drop(sink);
+                thread_shared.streams.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "could not start a stream handler thread");
+            shared.streams.fetch_sub(1, Ordering::AcqRel);
+            too_many(&mut self.reply);
+            return;
+        }
+        self.stream = Some(state);
+        self.item_done = true;
+        self.stream_over = false;
+        self.phase = Phase::Streaming;
+    }
+
+    /// Moves the stream forward: a cancel from the client, then items (and the end) from the
+    /// handler's queue into the response ring, within `budget`.
+    fn pump_stream(&mut self, budget: &mut Budget) -> Result<bool, RingError> {
+        let mut progressed = false;
+        if let Some(header) = self.requests.peek()? {
+            // Nothing but a cancel of this very stream may come while it runs.
+            self.take_cancel(&header)?;
+            if let Some(stream) = self.stream.take() {
+                stream.cancel();
+            }
+            self.end_stream();
+            return Ok(true);
+        }
+        loop {
+            if budget.spent() {
+                return Ok(progressed);
+            }
+            if self.item_done {
+                let Some(stream) = self.stream.as_ref() else {
+                    self.end_stream();
+                    return Ok(progressed);
+                };
+                self.reply_sent = 0;
+                match stream.next(&mut self.reply) {
+                    Next::Item => self.reply_flags = STREAM_ITEM,
+                    Next::End(end) => {
+                        self.reply.clear();
+                        self.reply_flags = match end {
+                            End::Done => STREAM_END,
+                            End::Panicked => {
+                                self.reply
+                                    .extend_from_slice(&ERR_HANDLER_PANICKED.to_le_bytes());
+                                ERROR_REPLY
+                            }
+                            End::Failed(why) => {
+                                self.reply
+                                    .extend_from_slice(&ERR_HANDLER_FAILED.to_le_bytes());
+                                let why = why.as_bytes();
+                                self.reply.extend_from_slice(&why[..why.len().min(1024)]);
+                                ERROR_REPLY
+                            }
+                        };
+                        self.stream_over = true;
+                    }
+                    Next::Nothing => return Ok(progressed),
+                }
+                self.item_done = false;
+            }
+            let (moved, complete) = self.push_out(budget)?;
+            progressed |= moved;
+            if !complete {
+                return Ok(progressed);
+            }
+            self.item_done = true;
+            if self.stream_over {
+                self.stream = None;
+                self.end_stream();
+                return Ok(progressed);
+            }
+        }
+    }
+
+    fn end_stream(&mut self) {
+        self.stream = None;
+        self.item_done = true;
+        self.stream_over = false;
+        self.reply.clear();
+        self.reply_sent = 0;
+        self.phase = Phase::Idle;
+        if self.reply.capacity() > KEEP_BUFFER {
+            self.reply = Vec::new();
+        }
+    }
+
+    /// Pushes what is left of the message in `reply` (flags `reply_flags`) within `budget`.
+    /// Returns whether anything moved and whether the message is now sent whole.
+    fn push_out(&mut self, budget: &mut Budget) -> Result<(bool, bool), RingError> {
+        let fragment = self.responses.layout().max_fragment();
+        let total = self.reply.len();
+        let mut progressed = false;
+        loop {
+            if budget.spent() {
+                return Ok((progressed, false));
+            }
+            let (flags, piece) = fragment_at(self.reply_sent, total, fragment);
+            let end = piece.end;
+            if !self.responses.try_push(
+                flags | self.reply_flags,
+                self.call,
+                total as u64,
+                &self.reply[piece],
+            )? {
+                return Ok((progressed, false));
+            }
+            progressed = true;
+            budget.charge(end - self.reply_sent);
+            self.nudge_client()?;
+            self.reply_sent = end;
+            if end == total {
+                return Ok((progressed, true));
+            }
+        }
     }
 
     fn push_reply(&mut self, budget: &mut Budget) -> Result<bool, RingError> {
@@ -966,6 +1275,16 @@ impl Connection {
     }
 }
 
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // The client went away, broke the protocol, or the server is stopping: the handler's
+        // next send reports Cancelled.
+        if let Some(stream) = self.stream.take() {
+            stream.cancel();
+        }
+    }
+}
+
 /// How much one connection may move in one sweep: at least one fragment, then up to
 /// [`SWEEP_FRAGMENTS`] fragments or [`SWEEP_BYTES`] bytes, whichever comes first.
 struct Budget {
@@ -995,10 +1314,23 @@ const DOORBELL: u64 = 0;
 const SHUTDOWN: u64 = 1;
 const FIRST_CONNECTION: u64 = 2;
 
+/// What a connection needs of its worker to serve a call.
+struct WorkerContext<'a> {
+    handler: &'a dyn Handler,
+    streams: Option<&'a Arc<dyn StreamHandler>>,
+    shared: &'a Arc<Shared>,
+    calls: &'a AtomicU64,
+    bell: &'a WorkerBell,
+    max_streams: usize,
+    stream_queue: usize,
+}
+
 struct Worker<'a> {
     server: &'a Server,
     index: usize,
     handler: &'a dyn Handler,
+    streams: Option<Arc<dyn StreamHandler>>,
+    bell: WorkerBell,
     poller: Poller,
     doorbell: Arc<OwnedFd>,
     inbox: Receiver<Connection>,
@@ -1018,6 +1350,7 @@ impl<'a> Worker<'a> {
         inbox: Receiver<Connection>,
         load: Arc<AtomicUsize>,
         handler: &'a dyn Handler,
+        streams: Option<Arc<dyn StreamHandler>>,
     ) -> Result<Self> {
         let poller = Poller::new().map_err(|e| Error::os("creating an epoll set", e))?;
         poller
@@ -1030,6 +1363,11 @@ impl<'a> Worker<'a> {
             server,
             index,
             handler,
+            streams,
+            bell: WorkerBell {
+                doorbell: doorbell.clone(),
+                parked: Arc::new(AtomicBool::new(false)),
+            },
             poller,
             doorbell,
             inbox,
@@ -1113,17 +1451,31 @@ impl<'a> Worker<'a> {
         } else {
             (self.sweep_start + 1) % count
         };
+        let context = WorkerContext {
+            handler: self.handler,
+            streams: self.streams.as_ref(),
+            shared: &self.server.shared,
+            calls: &self.server.shared.calls,
+            bell: &self.bell,
+            max_streams: self.server.options.max_streams,
+            stream_queue: self.server.options.stream_queue,
+        };
+        // Connections that broke the protocol (rare: no allocation unless one did).
+        let mut broken = Vec::new();
         for slot in (self.sweep_start..count).chain(0..self.sweep_start) {
             let Some(conn) = self.connections[slot].as_mut() else {
                 continue;
             };
-            match conn.pump(self.handler, &self.server.shared.calls) {
+            match conn.pump(&context) {
                 Ok(p) => {
                     conn.active |= p;
                     progressed |= p;
                 }
-                Err(e) => self.corrupted(slot, e),
+                Err(e) => broken.push((slot, e)),
             }
+        }
+        for (slot, e) in broken {
+            self.corrupted(slot, e);
         }
         progressed
     }
@@ -1257,6 +1609,9 @@ impl<'a> Worker<'a> {
     }
 
     fn park(&mut self, grace_ends: Option<Instant>) -> Result<()> {
+        // SYNC POINT: SeqCst, before the last look at the streams' queues; pairs with a stream
+        // handler's SeqCst load after it queued an item (see `stream`).
+        self.bell.parked.store(true, Ordering::SeqCst);
         let mut work = false;
         for slot in 0..self.connections.len() {
             let Some(conn) = self.connections[slot].as_mut() else {
@@ -1279,6 +1634,7 @@ impl<'a> Worker<'a> {
         for conn in self.connections.iter().flatten() {
             let _ = wake::park_end(&conn.map, SERVER);
         }
+        self.bell.parked.store(false, Ordering::Relaxed);
         Ok(())
     }
 

@@ -1,0 +1,419 @@
+//! Streaming replies: one request answered by a stream of items, with backpressure and a clear end.
+//!
+//! # Where a stream handler runs, and why
+//! A server worker drives many connections as non-blocking state machines; a stream handler is
+//! user code that produces items at its own pace and must be able to *block* when the client
+//! reads slowly (backpressure). It therefore cannot run on the worker. Each stream's handler runs
+//! on a thread of its own (spawned when the stream starts, at most
+//! [`ServerOptions::max_streams`](super::ServerOptions::max_streams) at once; over the cap the
+//! client is told [`Error::ServerFull`] and its connection stays usable).
+//!
+//! The handler hands items to the worker through a small bounded queue per stream
+//! ([`StreamState`], at most `stream_queue` items). The worker stays the only producer of the
+//! connection's response ring: when it turns to a streaming connection it pops the next item and
+//! copies it into the ring in fragments, under the same per-sweep budget as a reply. So:
+//! - (a) server memory per stream is bounded: the queue (a few items) plus the ring, however long
+//!   the stream is. When the client stops reading, the ring fills, the worker stops popping, the
+//!   queue fills and the handler's `send` blocks ([`StreamSink::try_send`] returns
+//!   [`Error::Full`]).
+//! - (b) a slow reader blocks only its own handler thread; the worker never waits for it.
+//! - (c) streams of different clients run on different threads and are interleaved by the worker
+//!   sweep by sweep (16 KiB per connection per sweep), so none waits for another to finish.
+//! - (d) plain calls take exactly the old path: a plain request's records carry no user flags, and
+//!   the worker looks at the queue's lock only for connections in the streaming phase.
+//!
+//! The handler wakes a parked worker through the worker's doorbell, only if the worker said it
+//! is parked (a flag set before its last look at the queues, Dekker-style through the queue's
+//! lock). The worker wakes a handler blocked on a full queue through a condition variable, only
+//! if the handler said it is waiting.
+//!
+//! # Wire format
+//! - The request is an ordinary request whose fragments all carry [`STREAM_REQUEST`].
+//! - Each item is one message in the response ring, fragmented like a reply, every fragment
+//!   carrying [`STREAM_ITEM`] and the call id.
+//! - The end is an empty message with [`STREAM_END`]; a failure is an error report
+//!   ([`ERROR_REPLY`]) instead, which also ends the stream.
+//! - A client that drops the stream early writes an empty [`CANCEL`] message with the stream's
+//!   call id into the request ring. The server discards what is queued and in flight (it may stop
+//!   mid-item), the handler's next `send` reports [`Error::Cancelled`], and the connection takes
+//!   the next request. The client skips whatever records of the cancelled call were already in
+//!   its ring: records of a call id at or below the last cancelled one, and below the current
+//!   call's, are skipped unread. Call ids increase, so no item of a cancelled or half-read stream
+//!   can pass for another call's reply.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use super::protocol::{ERROR_REPLY, STREAM_END, STREAM_ITEM};
+use crate::error::{Error, Result};
+use crate::memory::ring::{FIRST, RecordHeader, USER_FLAGS};
+use crate::platform::notify;
+
+#[cfg(doc)]
+use super::protocol::{CANCEL, STREAM_REQUEST};
+
+/// Whatever answers stream requests. Implemented for every
+/// `Fn(&[u8], &mut StreamSink) -> Result<()> + Send + Sync + 'static`.
+///
+/// The handler sends items with [`StreamSink::send`] and returns to end the stream. Returning
+/// `Err(Error::Cancelled)` (what `send` reports once the client dropped the stream) ends it
+/// quietly; any other error is reported to the client as [`Error::HandlerFailed`], and a panic as
+/// [`Error::HandlerPanicked`], after the items already sent.
+pub trait StreamHandler: Send + Sync + 'static {
+    /// Produces the stream answering `request`.
+    ///
+    /// # Errors
+    /// Whatever the handler wants the client to see as [`Error::HandlerFailed`].
+    fn handle_stream(&self, request: &[u8], sink: &mut StreamSink) -> Result<()>;
+}
+
+impl<F> StreamHandler for F
+where
+    F: Fn(&[u8], &mut StreamSink) -> Result<()> + Send + Sync + 'static,
+{
+    fn handle_stream(&self, request: &[u8], sink: &mut StreamSink) -> Result<()> {
+        self(request, sink)
+    }
+}
+
+/// How a stream ended on the handler's side.
+#[derive(Debug)]
+pub(crate) enum End {
+    Done,
+    Panicked,
+    Failed(String),
+}
+
+/// What the worker takes next from a stream.
+pub(crate) enum Next {
+    /// An item (its bytes were swapped into the worker's buffer).
+    Item,
+    End(End),
+    Nothing,
+}
+
+/// How a handler thread wakes the worker driving its connection.
+#[derive(Debug, Clone)]
+pub(crate) struct WorkerBell {
+    pub(crate) doorbell: Arc<OwnedFd>,
+    /// Set by the worker (SeqCst) before its last look at its connections when it parks.
+    pub(crate) parked: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Vec<u8>>,
+    /// Emptied buffers the worker gives back, so a long stream allocates only a few.
+    spare: Vec<Vec<u8>>,
+    end: Option<End>,
+    cancelled: bool,
+    /// The handler is blocked waiting for room.
+    waiting: bool,
+}
+
+/// One stream's queue between its handler thread and the worker.
+#[derive(Debug)]
+pub(crate) struct StreamState {
+    queue: Mutex<Queue>,
+    room: Condvar,
+    bell: WorkerBell,
+    capacity: usize,
+    max_item: usize,
+}
+
+impl StreamState {
+    pub(crate) fn new(bell: WorkerBell, capacity: usize, max_item: usize) -> Self {
+        StreamState {
+            queue: Mutex::new(Queue::default()),
+            room: Condvar::new(),
+            bell,
+            capacity: capacity.max(1),
+            max_item,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn ring_worker(&self) {
+        // SYNC POINT: SeqCst, after the queue's lock was released; pairs with the worker's
+        // SeqCst store before it takes the same lock to look at the queue (see the module doc).
+        if self.bell.parked.load(Ordering::SeqCst) {
+            let _ = notify::ring(&self.bell.doorbell);
+        }
+    }
+
+    /// Worker side: swaps the next item into `item` (whose old buffer is kept for reuse), or
+    /// takes the end once every item is out.
+    pub(crate) fn next(&self, item: &mut Vec<u8>) -> Next {
+        let mut queue = self.lock();
+        if let Some(mut next) = queue.items.pop_front() {
+            std::mem::swap(item, &mut next);
+            next.clear();
+            if queue.spare.len() < self.capacity {
+                queue.spare.push(next);
+            }
+            if queue.waiting {
+                queue.waiting = false;
+                self.room.notify_one();
+            }
+            return Next::Item;
+        }
+        match queue.end.take() {
+            Some(end) => Next::End(end),
+            None => Next::Nothing,
+        }
+    }
+
+    /// Worker side: whether [`StreamState::next`] would return something.
+    pub(crate) fn has_next(&self) -> bool {
+        let queue = self.lock();
+        !queue.items.is_empty() || queue.end.is_some()
+    }
+
+    /// Worker side: the client cancelled, or the connection is going away.
+    pub(crate) fn cancel(&self) {
+        let mut queue = self.lock();
+        queue.cancelled = true;
+        queue.items.clear();
+        queue.spare.clear();
+        queue.waiting = false;
+        self.room.notify_all();
+    }
+
+    /// Handler side: the handler returned (or panicked).
+    pub(crate) fn finish(&self, end: End) {
+        let mut queue = self.lock();
+        if !queue.cancelled {
+            queue.end = Some(end);
+        }
+        drop(queue);
+        self.ring_worker();
+    }
+}
+
+/// Where a stream handler sends its items. Each item arrives at the client as one message, in
+/// order.
+#[derive(Debug)]
+pub struct StreamSink {
+    state: Arc<StreamState>,
+}
+
+impl StreamSink {
+    pub(crate) fn new(state: Arc<StreamState>) -> Self {
+        StreamSink { state }
+    }
+
+    /// Sends one item, waiting while the stream's queue is full (the client reads slower than we
+    /// produce: backpressure).
+    ///
+    /// # Errors
+    /// [`Error::Cancelled`] once the client dropped the stream or went away: return from the
+    /// handler. [`Error::MessageTooLarge`] if the item exceeds the server's maximum message size
+    /// (nothing was sent; the stream goes on).
+    pub fn send(&mut self, item: &[u8]) -> Result<()> {
+        self.push(item, true)
+    }
+
+    /// Sends one item if the stream's queue has room.
+    ///
+    /// # Errors
+    /// [`Error::Full`] if it has none (nothing was sent); otherwise as [`StreamSink::send`].
+    pub fn try_send(&mut self, item: &[u8]) -> Result<()> {
+        self.push(item, false)
+    }
+
+    /// Whether the client has dropped the stream (or gone away).
+    pub fn is_cancelled(&self) -> bool {
+        self.state.lock().cancelled
+    }
+
+    fn push(&mut self, item: &[u8], block: bool) -> Result<()> {
+        let state = &*self.state;
+        if item.len() > state.max_item {
+            return Err(Error::MessageTooLarge {
+                size: item.len(),
+                max: state.max_item,
+            });
+        }
+        let mut queue = state.lock();
+        loop {
+            if queue.cancelled {
+                return Err(Error::Cancelled);
+            }
+            if queue.items.len() < state.capacity {
+                let mut buffer = queue.spare.pop().unwrap_or_default();
+                buffer.extend_from_slice(item);
+                queue.items.push_back(buffer);
+                drop(queue);
+                state.ring_worker();
+                return Ok(());
+            }
+            if !block {
+                return Err(Error::Full);
+            }
+            queue.waiting = true;
+            // Bounded, so that a lost notification costs a moment, not the stream.
+            queue = state
+                .room
+                .wait_timeout(queue, Duration::from_millis(100))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+}
+
+/// What a response record means to a client reading the stream of call `call`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// A record of a cancelled earlier call: skip it unread.
+    Stale,
+    /// A fragment of this stream's next message; its kind is the message's user flags.
+    Ours(u32),
+}
+
+/// Client side: judges a response record's header before anything of it is taken, for a reader
+/// expecting call `call` (`stream`: as a stream, else as a plain reply), where calls up to
+/// `cancelled_through` were cancelled, `in_progress` the user flags of the message being
+/// reassembled, if any. Refuses unknown flags, other call ids, an end that is not empty, stream
+/// records for a plain call and plain replies for a stream.
+pub(crate) fn judge(
+    header: &RecordHeader,
+    call: u64,
+    cancelled_through: u64,
+    in_progress: Option<u32>,
+    stream: bool,
+) -> Result<Verdict, String> {
+    let user = header.flags & USER_FLAGS;
+    if in_progress.is_none() && header.call_id < call && header.call_id <= cancelled_through {
+        return Ok(Verdict::Stale);
+    }
+    if header.call_id != call {
+        return Err(format!(
+            "a record of call {} where call {call} was expected",
+            header.call_id
+        ));
+    }
+    if let Some(kind) = in_progress {
+        if user != kind {
+            return Err("fragments of one message disagree on their flags".into());
+        }
+        return Ok(Verdict::Ours(user));
+    }
+    let known = match user {
+        0 => !stream,
+        ERROR_REPLY => true,
+        STREAM_ITEM => stream,
+        STREAM_END => stream && header.total == 0,
+        _ => false,
+    };
+    if !known {
+        return Err(format!(
+            "response flags {:#x} (total {}) are not valid for a {}",
+            header.flags,
+            header.total,
+            if stream { "stream" } else { "plain call" }
+        ));
+    }
+    if header.flags & FIRST == 0 {
+        return Err("a message does not start with a first fragment".into());
+    }
+    Ok(Verdict::Ours(user))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::ring::LAST;
+    use proptest::prelude::*;
+
+    fn h(flags: u32, call_id: u64, total: u64) -> RecordHeader {
+        RecordHeader {
+            len: total.min(16) as u32,
+            flags,
+            call_id,
+            total,
+        }
+    }
+
+    #[test]
+    fn stream_records_are_judged() {
+        let one = FIRST | LAST;
+        assert_eq!(
+            judge(&h(one | STREAM_ITEM, 5, 3), 5, 0, None, true),
+            Ok(Verdict::Ours(STREAM_ITEM))
+        );
+        assert_eq!(
+            judge(&h(one | STREAM_END, 5, 0), 5, 0, None, true),
+            Ok(Verdict::Ours(STREAM_END))
+        );
+        assert!(
+            judge(&h(one | STREAM_END, 5, 1), 5, 0, None, true).is_err(),
+            "non-empty end"
+        );
+        assert!(
+            judge(&h(one | STREAM_ITEM, 5, 3), 5, 0, None, false).is_err(),
+            "item for a plain call"
+        );
+        assert!(
+            judge(&h(one, 5, 3), 5, 0, None, true).is_err(),
+            "plain reply for a stream"
+        );
+        assert!(
+            judge(&h(one | STREAM_ITEM, 6, 3), 5, 0, None, true).is_err(),
+            "another call's item"
+        );
+        assert!(
+            judge(&h(one | STREAM_ITEM, 4, 3), 5, 3, None, true).is_err(),
+            "an older call that was not cancelled"
+        );
+        assert_eq!(
+            judge(&h(STREAM_ITEM, 4, 3), 5, 4, None, true),
+            Ok(Verdict::Stale)
+        );
+        assert!(
+            judge(&h(one | 0x800, 5, 0), 5, 0, None, true).is_err(),
+            "unknown flag"
+        );
+        assert!(
+            judge(&h(one | STREAM_ITEM | STREAM_END, 5, 0), 5, 0, None, true).is_err(),
+            "item and end at once"
+        );
+        assert!(
+            judge(&h(LAST | ERROR_REPLY, 5, 0), 5, 0, Some(STREAM_ITEM), true).is_err(),
+            "flags change mid-message"
+        );
+        assert!(
+            judge(&h(LAST | STREAM_ITEM, 5, 3), 5, 0, None, true).is_err(),
+            "no first fragment"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn judging_any_header_is_safe_and_strict(
+            flags in any::<u32>(), id in 0u64..8, total in 0u64..64,
+            call in 1u64..8, cancelled in 0u64..8, stream in any::<bool>(),
+            progress in proptest::option::of(prop_oneof![Just(0u32), Just(STREAM_ITEM), Just(ERROR_REPLY)]),
+        ) {
+            let header = h(flags, id, total);
+            match judge(&header, call, cancelled, progress, stream) {
+                Ok(Verdict::Stale) => prop_assert!(id < call && id <= cancelled && progress.is_none()),
+                Ok(Verdict::Ours(kind)) => {
+                    prop_assert_eq!(id, call);
+                    prop_assert_eq!(kind, flags & USER_FLAGS);
+                    if progress.is_none() {
+                        prop_assert!(flags & FIRST != 0);
+                        prop_assert!(kind != STREAM_END || total == 0);
+                        prop_assert!(stream || kind == 0 || kind == ERROR_REPLY);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! Streaming replies across real processes: long streams checked in order, backpressure from a
+//! slow reader, cancellation by dropping the stream, a handler that panics or fails mid-stream, a
+//! server killed mid-stream, streams of several client processes at once, and plain calls and
+//! streams interleaved on one client.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{
+    ChildProcess, WATCHDOG, Watchdog, await_parent, report, unique_name, variant, with_watchdog,
+};
+use memlink::{Client, Error, Server, StreamSink};
+
+#[test]
+fn child_main() {
+    common::run_child(&[("server", server_role), ("reader", reader_role)]);
+}
+
+// --- the test service ----------------------------------------------------------------------------
+
+/// Item `i` of a `count:N:SIZE` stream: its index, then `SIZE - 16` bytes derived from it, then a
+/// checksum of all that.
+fn item(i: u64, size: usize) -> Vec<u8> {
+    let mut item = i.to_le_bytes().to_vec();
+    let mut x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    while item.len() + 8 < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        item.push(x as u8);
+    }
+    let sum = checksum(&item);
+    item.extend_from_slice(&sum.to_le_bytes());
+    item
+}
+
+fn checksum(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// Checks that `got` is item `i` of its stream, by its index and its own checksum.
+fn check_item(i: u64, got: &[u8]) {
+    assert!(got.len() >= 16, "item {i} is {} bytes", got.len());
+    let (body, sum) = got.split_at(got.len() - 8);
+    assert_eq!(
+        u64::from_le_bytes(body[..8].try_into().unwrap()),
+        i,
+        "items out of order"
+    );
+    assert_eq!(
+        sum,
+        checksum(body).to_le_bytes(),
+        "item {i}'s checksum is wrong"
+    );
+}
+
+fn arg<T: std::str::FromStr>(parts: &[&str], at: usize) -> T {
+    parts
+        .get(at)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("bad request {parts:?}"))
+}
+
+/// `count:N:SIZE` sends N items; `flood` try_sends until the queue stays full and then sends
+/// how many fitted; `forever` sends until cancelled (and reports `cancelled`); `panic:K` and
+/// `fail:K` send K items and then panic or return an error.
+fn streams(request: &[u8], sink: &mut StreamSink) -> memlink::Result<()> {
+    let request = std::str::from_utf8(request).unwrap();
+    let parts: Vec<&str> = request.split(':').collect();
+    match parts[0] {
+        "count" => {
+            let (n, size): (u64, usize) = (arg(&parts, 1), arg(&parts, 2));
+            for i in 0..n {
+                sink.send(&item(i, size))?;
+            }
+        }
+        "flood" => {
+            // Until the queue has stayed full for 50 ms: the client is not reading, so that is
+            // once the ring and the queue are full.
+            let mut fitted = 0u64;
+            let mut full_for = 0;
+            while full_for < 50 {
+                match sink.try_send(&[7u8; 1024]) {
+                    Ok(()) => {
+                        fitted += 1;
+                        full_for = 0;
+                    }
+                    Err(Error::Full) => {
+                        full_for += 1;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            sink.send(format!("fitted:{fitted}").as_bytes())?;
+        }
+        "forever" => {
+            let mut i = 0;
+            loop {
+                match sink.send(&item(i, 256)) {
+                    Ok(()) => i += 1,
+                    Err(Error::Cancelled) => {
+                        report(&format!("cancelled after {i}"));
+                        return Err(Error::Cancelled);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        "panic" | "fail" => {
+            for i in 0..arg::<u64>(&parts, 1) {
+                sink.send(&item(i, 64))?;
+            }
+            if parts[0] == "panic" {
+                panic!("the test stream handler was asked to panic");
+            }
+            return Err(Error::Timeout);
+        }
+        other => panic!("unknown stream request {other}"),
+    }
+    Ok(())
+}
+
+fn echo(request: &[u8], reply: &mut Vec<u8>) {
+    reply.extend_from_slice(request);
+}
+
+/// Args: name, workers.
+fn server_role(args: &[String]) {
+    let workers = args.get(1).and_then(|w| w.parse().ok()).unwrap_or(1);
+    let server = Server::options().workers(workers).bind(&args[0]).unwrap();
+    let stop = server.shutdown_handle();
+    std::thread::spawn(move || {
+        await_parent();
+        stop.shutdown();
+    });
+    report("ready");
+    server.serve_with(echo, streams).unwrap();
+    report("stopped");
+}
+
+/// Args: name, items. Reads the first item, says so, waits for the parent's go, reads the rest.
+fn reader_role(args: &[String]) {
+    let client = Client::connect_timeout(&args[0], WATCHDOG).unwrap();
+    let n: u64 = args[1].parse().unwrap();
+    let mut stream = client
+        .call_stream(format!("count:{n}:200").as_bytes())
+        .unwrap();
+    let mut buf = Vec::new();
+    assert!(stream.next_into(&mut buf).unwrap());
+    check_item(0, &buf);
+    report("first");
+    await_parent();
+    let mut i = 1;
+    while stream.next_into(&mut buf).unwrap() {
+        check_item(i, &buf);
+        i += 1;
+    }
+    assert_eq!(i, n);
+    report(&format!("done {i}"));
+}
+
+struct TestServer {
+    name: String,
+    process: ChildProcess,
+}
+
+impl TestServer {
+    fn start(tag: &str, workers: usize) -> Self {
+        let name = unique_name(tag);
+        let mut process = ChildProcess::spawn("server", &[&name, &workers.to_string()]);
+        process.expect_line("ready");
+        TestServer { name, process }
+    }
+
+    fn client(&self) -> Client {
+        Client::connect_timeout(&self.name, WATCHDOG).unwrap()
+    }
+
+    fn stop(mut self) {
+        self.process.tell("stop");
+        self.process.expect_line("stopped");
+        self.process.wait_success();
+        common::assert_no_leftovers(&self.name);
+    }
+}
+
+// --- tests ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_long_stream_arrives_whole_and_in_order() {
+    let _watchdog = Watchdog::arm();
+    let server = TestServer::start("long", 1);
+    let client = server.client();
+    // 100,000 small items through the reusing reader...
+    let mut stream = client.call_stream(b"count:100000:48").unwrap();
+    let mut buf = Vec::new();
+    let mut i = 0;
+    while stream.next_into(&mut buf).unwrap() {
+        check_item(i, &buf);
+        i += 1;
+    }
+    assert_eq!(i, 100_000);
+    assert!(
+        !stream.next_into(&mut buf).unwrap(),
+        "the end stays the end"
+    );
+    drop(stream);
+    // ...items larger than a fragment through the iterator...
+    let items: Vec<Vec<u8>> = client
+        .call_stream(b"count:20:100000")
+        .unwrap()
+        .collect::<memlink::Result<_>>()
+        .unwrap();
+    assert_eq!(items.len(), 20);
+    for (i, got) in items.iter().enumerate() {
+        assert_eq!(got.len(), 100_000);
+        check_item(i as u64, got);
+    }
+    // ...an empty stream, and the connection still serves plain calls.
+    assert_eq!(client.call_stream(b"count:0:16").unwrap().count(), 0);
+    assert_eq!(client.call(b"after").unwrap(), b"after");
+    server.stop();
+}
+
+#[test]
+fn a_slow_reader_holds_the_handler_back() {
+    let _watchdog = Watchdog::arm();
+    let server = TestServer::start("slow", 1);
+    let client = server.client();
+    let mut stream = client.call_stream(b"flood").unwrap();
+    // Not reading: the handler fills the ring and the queue, then `try_send` says Full.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut items = 0u64;
+    let mut fitted = None;
+    for got in &mut stream {
+        let got = got.unwrap();
+        match got.strip_prefix(b"fitted:") {
+            Some(n) => fitted = Some(std::str::from_utf8(n).unwrap().parse::<u64>().unwrap()),
+            None => items += 1,
+        }
+    }
+    let fitted = fitted.expect("the handler reports how many items fitted");
+    assert_eq!(items, fitted, "every item that fitted arrived");
+    // A 256 KiB ring holds about 240 records of 1 KiB, the queue 8 more: a handler that was
+    // not held back would have gone on for ever.
+    println!("{fitted} items of 1 KiB fitted before the handler was held back");
+    assert!(
+        (1..=400).contains(&fitted),
+        "{fitted} items fitted: memory is not bounded by the ring and the queue"
+    );
+    server.stop();
+}
+
+#[test]
+fn dropping_a_stream_cancels_it_and_the_connection_goes_on() {
+    let _watchdog = Watchdog::arm();
+    let mut server = TestServer::start("cancel", 1);
+    // One connection, so the next call is sure to use the cancelled stream's connection.
+    let client = Client::options()
+        .max_concurrent_calls(1)
+        .connect_timeout(&server.name, WATCHDOG)
+        .unwrap();
+    for round in 0..3 {
+        let mut stream = client.call_stream(b"forever").unwrap();
+        for i in 0..(10 + round * 1000) {
+            check_item(i, &stream.next().unwrap().unwrap());
+        }
+        drop(stream);
+        let line = server.process.next_line();
+        assert!(line.starts_with("cancelled after"), "{line}");
+        // Items of the cancelled stream were still in the ring: the next call skips them.
+        let request = format!("after {round}");
+        assert_eq!(client.call(request.as_bytes()).unwrap(), request.as_bytes());
+        let items: Vec<_> = client.call_stream(b"count:5:32").unwrap().collect();
+        assert_eq!(items.len(), 5);
+        for (i, got) in items.into_iter().enumerate() {
+            check_item(i as u64, &got.unwrap());
+        }
+    }
+    server.stop();
+}
+
+#[test]
+fn a_failing_handler_ends_the_stream_with_its_error() {
+    let _watchdog = Watchdog::arm();
+    let server = TestServer::start("panic", 1);
+    let client = Client::options()
+        .max_concurrent_calls(1)
+        .connect_timeout(&server.name, WATCHDOG)
+        .unwrap();
+    for (request, expected) in [("panic:7", "HandlerPanicked"), ("fail:3", "HandlerFailed")] {
+        let mut stream = client.call_stream(request.as_bytes()).unwrap();
+        let n: u64 = request[request.find(':').unwrap() + 1..].parse().unwrap();
+        for i in 0..n {
+            check_item(i, &stream.next().unwrap().unwrap());
+        }
+        let error = stream.next().unwrap().unwrap_err();
+        assert_eq!(variant(&error), expected, "{error}");
+        assert!(stream.next().is_none(), "nothing after the error");
+        drop(stream);
+        assert_eq!(client.call(b"still here").unwrap(), b"still here");
+    }
+    server.stop();
+}
+
+#[test]
+fn streams_need_a_stream_handler() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("nostreams");
+    let server = Server::bind(&name).unwrap();
+    let stop = server.shutdown_handle();
+    let serving = std::thread::spawn(move || server.serve(echo));
+    let client = Client::connect_timeout(&name, WATCHDOG).unwrap();
+    let mut stream = client.call_stream(b"count:3:16").unwrap();
+    let error = stream.next().unwrap().unwrap_err();
+    assert!(matches!(error, Error::StreamsNotServed { .. }), "{error}");
+    drop(stream);
+    assert_eq!(client.call(b"plain").unwrap(), b"plain");
+    stop.shutdown();
+    serving.join().unwrap().unwrap();
+    common::assert_no_leftovers(&name);
+}
+
+#[test]
+fn a_server_killed_mid_stream_is_reported_promptly() {
+    let _watchdog = Watchdog::arm();
+    let mut server = TestServer::start("killed", 1);
+    let client = server.client();
+    let mut stream = client.call_stream(b"forever").unwrap();
+    for i in 0..1000 {
+        check_item(i, &stream.next().unwrap().unwrap());
+    }
+    let killed = Instant::now();
+    server.process.sigkill();
+    let mut after = 0u64;
+    let error = loop {
+        match stream.next() {
+            Some(Ok(got)) => {
+                check_item(1000 + after, &got);
+                after += 1;
+            }
+            Some(Err(e)) => break e,
+            None => panic!("a killed server's stream ended cleanly"),
+        }
+    };
+    let took = killed.elapsed();
+    println!("Disconnected {took:?} after the SIGKILL ({after} items were still in the ring)");
+    assert!(matches!(error, Error::Disconnected { .. }), "{error}");
+    assert!(stream.next().is_none());
+    drop(stream);
+    server.process.kill_and_reap();
+    common::assert_no_leftovers(&server.name);
+}
+
+#[test]
+fn streams_of_several_clients_progress_side_by_side() {
+    let _watchdog = Watchdog::arm();
+    let server = TestServer::start("side", 1);
+    // Each reader takes one item and then waits for us: if one stream had to finish before the
+    // next one started, the later readers would never get their first item.
+    let mut readers: Vec<ChildProcess> = (0..4)
+        .map(|_| ChildProcess::spawn("reader", &[&server.name, "30000"]))
+        .collect();
+    for reader in &mut readers {
+        reader.expect_line("first");
+    }
+    for reader in &mut readers {
+        reader.tell("go");
+    }
+    for reader in &mut readers {
+        reader.expect_line("done 30000");
+        reader.wait_success();
+    }
+    server.stop();
+}
+
+#[test]
+fn plain_calls_and_streams_interleave_on_one_client() {
+    let _watchdog = Watchdog::arm();
+    let server = TestServer::start("mixed", 2);
+    let client = Arc::new(server.client());
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                for round in 0..60u64 {
+                    let request = format!("thread {t} round {round}");
+                    assert_eq!(client.call(request.as_bytes()).unwrap(), request.as_bytes());
+                    let n = 1 + (round * 37 + t) % 300;
+                    let mut stream = client
+                        .call_stream(format!("count:{n}:40").as_bytes())
+                        .unwrap();
+                    // Every third stream is dropped half-read.
+                    let read = if round % 3 == 0 { n / 2 } else { n };
+                    for i in 0..read {
+                        check_item(i, &stream.next().unwrap().unwrap());
+                    }
+                    if read == n {
+                        assert!(stream.next().is_none());
+                    }
+                }
+            })
+        })
+        .collect();
+    with_watchdog("mixed calls and streams", move || {
+        for thread in threads {
+            thread.join().unwrap();
+        }
+    });
+    server.stop();
+}
