@@ -14,6 +14,10 @@
 //! response ring. While both sides are awake nothing but shared memory is touched; a side about to
 //! sleep says so in the region, and only then does the other spend a syscall on its wake pipe.
 //! Sleepers poll their wake pipe together with the socket, so a peer's death wakes them at once.
+//!
+//! A request may also be answered by a *stream* of items ([`Client::call_stream`],
+//! [`Server::serve_with`]); the design (handler threads, bounded queues, cancellation, the wire
+//! flags) is in `stream`.
 
 mod client;
 mod protocol;

@@ -981,6 +981,8 @@ impl Connection {
                 if user == CANCEL && !self.reassembly.in_progress() {
                     // A cancel that crossed the stream's end: nothing left to stop.
                     self.take_cancel(&header)?;
+                    // Charged like a fragment, so a flood of them cannot hold the worker here.
+                    budget.charge(0);
                     progressed = true;
                     continue;
                 }
