@@ -414,3 +414,45 @@ fn plain_calls_and_streams_interleave_on_one_client() {
     });
     server.stop();
 }
+
+#[test]
+fn a_client_breaking_the_stream_protocol_loses_only_its_connection() {
+    let _watchdog = Watchdog::arm();
+    let server = TestServer::start("hostile", 1);
+    let client = Client::options()
+        .max_concurrent_calls(1)
+        .connect_timeout(&server.name, WATCHDOG)
+        .unwrap();
+    const STREAM_REQUEST: u32 = 0x200;
+    const CANCEL: u32 = 0x400;
+    for (flags, call_id, what) in [
+        (CANCEL, 99, "a cancel for a call never made"),
+        (
+            CANCEL | STREAM_REQUEST,
+            1,
+            "a cancel that is also a request",
+        ),
+        (0x800, 1, "an unknown flag"),
+        (0x8000 | CANCEL, 1, "a cancel with an unknown flag"),
+    ] {
+        // A stream first, so that the connection has a current call (its id is 1).
+        assert_eq!(
+            client.call_stream(b"count:2:16").unwrap().count(),
+            2,
+            "{what}"
+        );
+        client
+            .__push_raw_request(flags, call_id)
+            .unwrap_or_else(|e| panic!("the server kept a connection sending {what}: {e}"));
+        // The server still serves, this client on a fresh connection included.
+        assert_eq!(client.call(b"next").unwrap(), b"next", "{what}");
+    }
+    // A cancel that crosses the end of its stream is harmless.
+    let mut stream = client.call_stream(b"count:3:16").unwrap();
+    for i in 0..3 {
+        check_item(i, &stream.next().unwrap().unwrap());
+    }
+    drop(stream); // the end was in the ring but not read: a cancel goes out
+    assert_eq!(client.call(b"after").unwrap(), b"after");
+    server.stop();
+}

@@ -446,6 +446,28 @@ impl Client {
         }
     }
 
+    /// Fault injection for tests: publishes an empty request record with the given flags and call
+    /// id (as a hostile client could: a cancel for a call that never was, unknown flags...) and
+    /// returns once the server has dropped the connection. Exists only with the `fault-injection`
+    /// feature; not part of the API.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __push_raw_request(&self, flags: u32, call_id: u64) -> Result<()> {
+        let mut slot = self.free_connection(None)?;
+        if slot.is_none() {
+            *slot = Some(Connection::open(
+                &self.name,
+                &self.options,
+                self.epoch.load(Ordering::Acquire),
+                Instant::now() + HANDSHAKE_TIMEOUT,
+            )?);
+        }
+        let connection = slot.as_mut().ok_or(Error::Timeout)?;
+        let result = connection.push_raw_request(flags, call_id);
+        *slot = None;
+        result
+    }
+
     fn try_take_connection(&self) -> Option<MutexGuard<'_, Option<Connection>>> {
         for slot in self.connections.iter() {
             match slot.try_lock() {
@@ -982,6 +1004,27 @@ impl Connection {
     fn corrupt_requests(&mut self) -> Result<()> {
         let broken = |e: RingError| Error::corrupted(&self.name, e.0);
         self.requests.publish_impossible_record().map_err(broken)?;
+        self.await_hang_up()
+    }
+
+    /// Fault injection: publishes an empty request record with `flags` (besides first and last)
+    /// and `call_id`, as a hostile client could, then waits (up to a few seconds) until the
+    /// server has dropped the connection.
+    #[cfg(feature = "fault-injection")]
+    fn push_raw_request(&mut self, flags: u32, call_id: u64) -> Result<()> {
+        let broken = |e: RingError| Error::corrupted(&self.name, e.0);
+        if !self
+            .requests
+            .try_push(FIRST | LAST | flags, call_id, 0, &[])
+            .map_err(broken)?
+        {
+            return Err(Error::Timeout);
+        }
+        self.await_hang_up()
+    }
+
+    #[cfg(feature = "fault-injection")]
+    fn await_hang_up(&mut self) -> Result<()> {
         let _ = notify::wake(&self.wake_out);
         let deadline = Instant::now() + Duration::from_secs(5);
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {

@@ -1488,7 +1488,9 @@ impl<'a> Worker<'a> {
         let mut active = 0;
         for conn in self.connections.iter_mut().flatten() {
             // Active: served a call this period, or has one waiting right now.
-            let waiting = conn.phase != Phase::Idle || conn.requests.has_data().unwrap_or(false);
+            // (A stream waiting for its handler or its reader costs the worker nothing.)
+            let waiting = matches!(conn.phase, Phase::Receiving | Phase::Replying)
+                || conn.requests.has_data().unwrap_or(false);
             active += usize::from(std::mem::take(&mut conn.active) || waiting);
         }
         let counts = &self.shared().active_clients;
