@@ -267,8 +267,10 @@ fn dropping_a_stream_cancels_it_and_the_connection_goes_on() {
         .unwrap();
     for round in 0..3 {
         let mut stream = client.call_stream(b"forever").unwrap();
+        let mut buf = Vec::new();
         for i in 0..(10 + round * 1000) {
-            check_item(i, &stream.next().unwrap().unwrap());
+            assert!(stream.next_into_timeout(&mut buf, WATCHDOG).unwrap());
+            check_item(i, &buf);
         }
         drop(stream);
         let line = server.process.next_line();
@@ -319,6 +321,22 @@ fn streams_need_a_stream_handler() {
     let mut stream = client.call_stream(b"count:3:16").unwrap();
     let error = stream.next().unwrap().unwrap_err();
     assert!(matches!(error, Error::StreamsNotServed { .. }), "{error}");
+    drop(stream);
+    // A stream that has nothing to say yet times out and goes on.
+    let mut stream = client.call_stream(b"nothing yet").unwrap();
+    let mut buf = Vec::new();
+    let error = stream.next_into_timeout(&mut buf, Duration::ZERO);
+    assert!(
+        matches!(
+            error,
+            Err(Error::Timeout) | Err(Error::StreamsNotServed { .. })
+        ),
+        "{error:?}"
+    );
+    if error.is_err_and(|e| matches!(e, Error::Timeout)) {
+        let error = stream.next_into_timeout(&mut buf, WATCHDOG).unwrap_err();
+        assert!(matches!(error, Error::StreamsNotServed { .. }), "{error}");
+    }
     drop(stream);
     assert_eq!(client.call(b"plain").unwrap(), b"plain");
     stop.shutdown();

@@ -377,7 +377,9 @@ impl Client {
     /// Sends `request` as a stream request and returns the stream of items the server's stream
     /// handler answers with. The stream holds one of the client's connections until it ends or
     /// is dropped; dropping it early cancels the stream on the server (the connection is then
-    /// used for later calls, which never see the cancelled stream's items).
+    /// used for later calls, which never see the cancelled stream's items). A thread holding a
+    /// stream that makes other calls through the same client uses another connection: with
+    /// [`ClientOptions::max_concurrent_calls`] at 1 it would wait for ever.
     ///
     /// # Errors
     /// As [`Client::call`]; the stream's items report [`Error::HandlerPanicked`],
@@ -699,15 +701,23 @@ impl Connection {
     }
 
     /// Receives the next message of stream `call` into `item` (cleared first): `Ok(true)` for an
-    /// item, `Ok(false)` for the clean end.
-    fn next_item(&mut self, call: u64, item: &mut Vec<u8>) -> Result<bool> {
+    /// item, `Ok(false)` for the clean end. A timeout after part of the message was taken
+    /// leaves the connection out of step: `torn` says so.
+    fn next_item(
+        &mut self,
+        call: u64,
+        item: &mut Vec<u8>,
+        deadline: Option<Instant>,
+        torn: &mut bool,
+    ) -> Result<bool> {
         item.clear();
         let mut reassembly = Reassembly::default();
         let mut kind = None;
         loop {
             let ring = |name: &str, e: RingError| Error::corrupted(name, e.0);
             let Some(header) = self.responses.peek().map_err(|e| ring(&self.name, e))? else {
-                self.wait(None, |_, responses| responses.has_data())?;
+                *torn = reassembly.in_progress();
+                self.wait(deadline, |_, responses| responses.has_data())?;
                 continue;
             };
             let bad = |why: &str| {
@@ -1069,6 +1079,20 @@ impl ReplyStream<'_> {
     /// # Errors
     /// As the iterator's items; after an error the stream is over.
     pub fn next_into(&mut self, item: &mut Vec<u8>) -> Result<bool> {
+        self.next_until(item, None)
+    }
+
+    /// Like [`ReplyStream::next_into`], giving up after `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`]: if no part of the next item had arrived, the stream goes on (call
+    /// again); if part of it had, the stream is over (its connection is dropped). Otherwise as
+    /// [`ReplyStream::next_into`].
+    pub fn next_into_timeout(&mut self, item: &mut Vec<u8>, timeout: Duration) -> Result<bool> {
+        self.next_until(item, Some(Instant::now() + timeout))
+    }
+
+    fn next_until(&mut self, item: &mut Vec<u8>, deadline: Option<Instant>) -> Result<bool> {
         if self.done {
             return Ok(false);
         }
@@ -1078,12 +1102,14 @@ impl ReplyStream<'_> {
                 name: self.client.name.clone(),
             });
         };
-        match connection.next_item(self.call, item) {
+        let mut torn = false;
+        match connection.next_item(self.call, item, deadline, &mut torn) {
             Ok(true) => Ok(true),
             Ok(false) => {
                 self.done = true;
                 Ok(false)
             }
+            Err(Error::Timeout) if !torn => Err(Error::Timeout),
             Err(error) => {
                 self.done = true;
                 let kept = matches!(
