@@ -87,6 +87,10 @@ pub(crate) enum End {
     Failed(String),
 }
 
+/// Emptied item buffers larger than this are freed rather than kept for reuse, so that a stream
+/// that once sent a few huge items does not hold their memory for the rest of its life.
+const MAX_SPARE: usize = 1 << 20;
+
 /// What the worker takes next from a stream.
 pub(crate) enum Next {
     /// An item (its bytes were swapped into the worker's buffer).
@@ -154,7 +158,7 @@ impl StreamState {
         if let Some(mut next) = queue.items.pop_front() {
             std::mem::swap(item, &mut next);
             next.clear();
-            if queue.spare.len() < self.capacity {
+            if queue.spare.len() < self.capacity && next.capacity() <= MAX_SPARE {
                 queue.spare.push(next);
             }
             if queue.waiting {
@@ -390,6 +394,81 @@ mod tests {
         assert!(
             judge(&h(LAST | STREAM_ITEM, 5, 3), 5, 0, None, true).is_err(),
             "no first fragment"
+        );
+    }
+
+    fn state(capacity: usize) -> Arc<StreamState> {
+        let bell = WorkerBell {
+            doorbell: Arc::new(notify::doorbell().expect("an eventfd")),
+            parked: Arc::new(AtomicBool::new(true)),
+        };
+        Arc::new(StreamState::new(bell, capacity, 100))
+    }
+
+    #[test]
+    fn the_queue_is_bounded_ordered_and_cancellable() {
+        let state = state(2);
+        let mut sink = StreamSink::new(state.clone());
+        sink.send(b"one").unwrap();
+        sink.try_send(b"two").unwrap();
+        assert!(matches!(sink.try_send(b"three"), Err(Error::Full)));
+        assert!(matches!(
+            sink.send(&[0; 101]),
+            Err(Error::MessageTooLarge {
+                size: 101,
+                max: 100
+            })
+        ));
+        let mut item = Vec::new();
+        assert!(matches!(state.next(&mut item), Next::Item));
+        assert_eq!(item, b"one");
+        sink.send(b"three").unwrap();
+        assert!(matches!(state.next(&mut item), Next::Item));
+        assert_eq!(item, b"two");
+        assert!(matches!(state.next(&mut item), Next::Item));
+        assert_eq!(item, b"three");
+        assert!(matches!(state.next(&mut item), Next::Nothing));
+        assert!(!state.has_next());
+        state.finish(End::Done);
+        assert!(state.has_next());
+        assert!(matches!(state.next(&mut item), Next::End(End::Done)));
+    }
+
+    #[test]
+    fn a_blocked_send_is_released_by_room_or_by_cancel() {
+        let state = state(1);
+        let mut sink = StreamSink::new(state.clone());
+        sink.send(b"a").unwrap();
+        let blocked = std::thread::spawn(move || {
+            let first = sink.send(b"b");
+            let second = sink.send(b"c");
+            // The queue holds "c" and nobody takes it: this one blocks until the cancel.
+            let third = sink.send(b"d");
+            (first, second, third, sink.is_cancelled())
+        });
+        let mut item = Vec::new();
+        // Wait (bounded) for the first item to leave and the second to take its place.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut taken = Vec::new();
+        while taken.len() < 2 && std::time::Instant::now() < deadline {
+            if let Next::Item = state.next(&mut item) {
+                taken.push(item.clone());
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        assert_eq!(taken, [b"a".to_vec(), b"b".to_vec()]);
+        std::thread::sleep(Duration::from_millis(20));
+        state.cancel();
+        let (first, second, third, cancelled) = blocked.join().unwrap();
+        assert!(first.is_ok() && second.is_ok());
+        assert!(matches!(third, Err(Error::Cancelled)), "{third:?}");
+        assert!(cancelled);
+        assert!(matches!(state.next(&mut item), Next::Nothing));
+        state.finish(End::Done);
+        assert!(
+            matches!(state.next(&mut item), Next::Nothing),
+            "no end after a cancel"
         );
     }
 
