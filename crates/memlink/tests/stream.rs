@@ -66,7 +66,7 @@ fn arg<T: std::str::FromStr>(parts: &[&str], at: usize) -> T {
 }
 
 /// `count:N:SIZE` sends N items; `flood` try_sends until the queue stays full and then sends
-/// how many fitted; `forever` sends until cancelled (and reports `cancelled`); `panic:K` and
+/// how many fitted; `forever[:SIZE]` sends until cancelled (and reports `cancelled`); `panic:K` and
 /// `fail:K` send K items and then panic or return an error.
 fn streams(request: &[u8], sink: &mut StreamSink) -> memlink::Result<()> {
     let request = std::str::from_utf8(request).unwrap();
@@ -99,9 +99,10 @@ fn streams(request: &[u8], sink: &mut StreamSink) -> memlink::Result<()> {
             sink.send(format!("fitted:{fitted}").as_bytes())?;
         }
         "forever" => {
+            let size = parts.get(1).map_or(256, |s| s.parse().unwrap());
             let mut i = 0;
             loop {
-                match sink.send(&item(i, 256)) {
+                match sink.send(&item(i, size)) {
                     Ok(()) => i += 1,
                     Err(Error::Cancelled) => {
                         report(&format!("cancelled after {i}"));
@@ -253,6 +254,49 @@ fn a_slow_reader_holds_the_handler_back() {
         (1..=400).contains(&fitted),
         "{fitted} items fitted: memory is not bounded by the ring and the queue"
     );
+    server.stop();
+}
+
+/// The resident memory of process `pid`, in bytes.
+fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[test]
+fn a_stalled_reader_blocks_the_handler_and_server_memory_stays_put() {
+    let _watchdog = Watchdog::arm();
+    let mut server = TestServer::start("rss", 1);
+    let client = server.client();
+    // 1 MiB items, as fast as the handler can make them, to a client that reads one and stops.
+    let mut stream = client.call_stream(b"forever:1048576").unwrap();
+    check_item(0, &stream.next().unwrap().unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let before = resident_bytes(server.process.pid());
+    std::thread::sleep(Duration::from_millis(700));
+    let after = resident_bytes(server.process.pid());
+    println!(
+        "server resident memory while the reader stalls: {} MiB, then {} MiB",
+        before >> 20,
+        after >> 20
+    );
+    // Unheld, the handler would have made hundreds of MiB by now; held, it waits in `send`.
+    assert!(
+        after < before + (16 << 20),
+        "the server grew from {before} to {after} bytes while its reader stalled"
+    );
+    // The stream still works, in order, once the reader reads again.
+    for i in 1..40 {
+        check_item(i, &stream.next().unwrap().unwrap());
+    }
+    drop(stream);
+    let line = server.process.next_line();
+    assert!(line.starts_with("cancelled after"), "{line}");
     server.stop();
 }
 
