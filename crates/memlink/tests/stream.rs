@@ -130,10 +130,14 @@ fn echo(request: &[u8], reply: &mut Vec<u8>) {
     reply.extend_from_slice(request);
 }
 
-/// Args: name, workers.
+/// Args: name, workers, most streams at once (optional).
 fn server_role(args: &[String]) {
     let workers = args.get(1).and_then(|w| w.parse().ok()).unwrap_or(1);
-    let server = Server::options().workers(workers).bind(&args[0]).unwrap();
+    let mut options = Server::options().workers(workers);
+    if let Some(cap) = args.get(2).and_then(|c| c.parse().ok()) {
+        options = options.max_streams(cap);
+    }
+    let server = options.bind(&args[0]).unwrap();
     let stop = server.shutdown_handle();
     std::thread::spawn(move || {
         await_parent();
@@ -172,8 +176,14 @@ struct TestServer {
 
 impl TestServer {
     fn start(tag: &str, workers: usize) -> Self {
+        Self::start_with(tag, &[&workers.to_string()])
+    }
+
+    fn start_with(tag: &str, args: &[&str]) -> Self {
         let name = unique_name(tag);
-        let mut process = ChildProcess::spawn("server", &[&name, &workers.to_string()]);
+        let mut all = vec![name.as_str()];
+        all.extend_from_slice(args);
+        let mut process = ChildProcess::spawn("server", &all);
         process.expect_line("ready");
         TestServer { name, process }
     }
@@ -516,5 +526,44 @@ fn a_client_breaking_the_stream_protocol_loses_only_its_connection() {
     }
     drop(stream); // the end was in the ring but not read: a cancel goes out
     assert_eq!(client.call(b"after").unwrap(), b"after");
+    server.stop();
+}
+
+#[test]
+fn streams_over_the_cap_are_refused_and_the_connection_goes_on() {
+    let _watchdog = Watchdog::arm();
+    let mut server = TestServer::start_with("cap", &["1", "1"]);
+    let client = server.client();
+    let mut first = client.call_stream(b"forever").unwrap();
+    check_item(0, &first.next().unwrap().unwrap());
+    let mut second = client.call_stream(b"count:3:16").unwrap();
+    let error = second.next().unwrap().unwrap_err();
+    assert!(matches!(error, Error::ServerFull { max: 1, .. }), "{error}");
+    drop(second);
+    assert_eq!(
+        client.call(b"plain calls go on").unwrap(),
+        b"plain calls go on"
+    );
+    drop(first);
+    let line = server.process.next_line();
+    assert!(line.starts_with("cancelled after"), "{line}");
+    // The cancelled handler gives its place back once it has returned.
+    let deadline = Instant::now() + WATCHDOG;
+    loop {
+        match client
+            .call_stream(b"count:3:16")
+            .unwrap()
+            .collect::<memlink::Result<Vec<_>>>()
+        {
+            Ok(items) => {
+                assert_eq!(items.len(), 3);
+                break;
+            }
+            Err(Error::ServerFull { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
     server.stop();
 }
