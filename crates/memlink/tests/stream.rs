@@ -130,12 +130,15 @@ fn echo(request: &[u8], reply: &mut Vec<u8>) {
     reply.extend_from_slice(request);
 }
 
-/// Args: name, workers, most streams at once (optional).
+/// Args: name, workers, most streams at once and per user (both optional).
 fn server_role(args: &[String]) {
     let workers = args.get(1).and_then(|w| w.parse().ok()).unwrap_or(1);
     let mut options = Server::options().workers(workers);
     if let Some(cap) = args.get(2).and_then(|c| c.parse().ok()) {
         options = options.max_streams(cap);
+    }
+    if let Some(cap) = args.get(3).and_then(|c| c.parse().ok()) {
+        options = options.max_streams_per_uid(cap);
     }
     let server = options.bind(&args[0]).unwrap();
     let stop = server.shutdown_handle();
@@ -532,7 +535,13 @@ fn a_client_breaking_the_stream_protocol_loses_only_its_connection() {
 #[test]
 fn streams_over_the_cap_are_refused_and_the_connection_goes_on() {
     let _watchdog = Watchdog::arm();
-    let mut server = TestServer::start_with("cap", &["1", "1"]);
+    // The server's cap, then the per-user cap.
+    streams_over_a_cap(&["1", "1"]);
+    streams_over_a_cap(&["1", "8", "1"]);
+}
+
+fn streams_over_a_cap(server_args: &[&str]) {
+    let mut server = TestServer::start_with("cap", server_args);
     let client = server.client();
     let mut first = client.call_stream(b"forever").unwrap();
     check_item(0, &first.next().unwrap().unwrap());

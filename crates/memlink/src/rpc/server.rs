@@ -93,6 +93,7 @@ pub struct ServerOptions {
     ring_capacity: usize,
     shutdown_grace: Duration,
     max_streams: usize,
+    max_streams_per_uid: usize,
     stream_queue: usize,
     /// Fault injection: workers fail once the server has answered this many calls.
     fail_workers_after: Option<u64>,
@@ -110,6 +111,7 @@ impl Default for ServerOptions {
             ring_capacity: 256 << 10,
             shutdown_grace: Duration::from_secs(5),
             max_streams: 64,
+            max_streams_per_uid: 16,
             stream_queue: 8,
             fail_workers_after: None,
         }
@@ -184,6 +186,13 @@ impl ServerOptions {
         self
     }
 
+    /// Most streams one user (uid) may have served at once, so that one user's streams (read or
+    /// not) cannot take every stream handler slot from the others. Default 16.
+    pub fn max_streams_per_uid(mut self, n: usize) -> Self {
+        self.max_streams_per_uid = n.max(1);
+        self
+    }
+
     /// Items a stream handler may have queued ahead of the connection's ring before its `send`
     /// blocks (at least 1, default 8). A stream holds at most this many items plus its ring of
     /// server memory, however long it is.
@@ -236,6 +245,7 @@ impl ServerOptions {
                 calls: AtomicU64::new(0),
                 corrupt_disconnects: AtomicU64::new(0),
                 streams: AtomicUsize::new(0),
+                streams_per_uid: std::sync::Mutex::new(HashMap::new()),
                 per_uid: std::sync::Mutex::new(HashMap::new()),
                 worker_failure: std::sync::Mutex::new(None),
                 started: Instant::now(),
@@ -278,6 +288,8 @@ struct Shared {
     corrupt_disconnects: AtomicU64,
     /// Stream handler threads running.
     streams: AtomicUsize,
+    /// Of those, per uid (locked when a stream starts and ends, never per call or item).
+    streams_per_uid: std::sync::Mutex<HashMap<u32, usize>>,
     /// Admitted connections per uid (locked per connect and disconnect, never per call).
     per_uid: std::sync::Mutex<HashMap<u32, usize>>,
     /// Why a worker stopped early, for `serve` to return.
@@ -295,6 +307,39 @@ pub struct ShutdownHandle {
 }
 
 impl Shared {
+    /// Takes a stream handler slot for `uid` if both the server and the uid have room; else
+    /// the cap that is full.
+    fn claim_stream(&self, uid: u32, cap: usize, cap_per_uid: usize) -> Result<(), usize> {
+        let mut per_uid = self
+            .streams_per_uid
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.streams.load(Ordering::Acquire) >= cap {
+            return Err(cap);
+        }
+        let mine = per_uid.entry(uid).or_insert(0);
+        if *mine >= cap_per_uid {
+            return Err(cap_per_uid);
+        }
+        *mine += 1;
+        self.streams.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn release_stream(&self, uid: u32) {
+        let mut per_uid = self
+            .streams_per_uid
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = per_uid.get_mut(&uid) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                per_uid.remove(&uid);
+            }
+        }
+        self.streams.fetch_sub(1, Ordering::AcqRel);
+    }
+
     fn release_uid(&self, uid: u32) {
         let mut per_uid = self.per_uid.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(count) = per_uid.get_mut(&uid) {
@@ -1085,20 +1130,14 @@ impl Connection {
             return;
         };
         let shared = worker.shared;
-        let cap = worker.max_streams;
-        let too_many = |reply: &mut Vec<u8>| {
+        let uid = self._slot.uid;
+        let too_many = |reply: &mut Vec<u8>, cap: usize| {
             reply.extend_from_slice(&ERR_TOO_MANY_STREAMS.to_le_bytes());
             reply.extend_from_slice(&(cap as u64).to_le_bytes());
         };
         // Claimed before the thread starts, given back by the thread when the handler is done.
-        if shared
-            .streams
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < cap).then_some(n + 1)
-            })
-            .is_err()
-        {
-            too_many(&mut self.reply);
+        if let Err(cap) = shared.claim_stream(uid, worker.max_streams, worker.max_streams_per_uid) {
+            too_many(&mut self.reply, cap);
             return;
         }
         let state = Arc::new(StreamState::new(
@@ -1123,12 +1162,12 @@ impl Connection {
                     Err(_) => End::Panicked,
                 });
                 drop(sink);
-                thread_shared.streams.fetch_sub(1, Ordering::AcqRel);
+                thread_shared.release_stream(uid);
             });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "could not start a stream handler thread");
-            shared.streams.fetch_sub(1, Ordering::AcqRel);
-            too_many(&mut self.reply);
+            shared.release_stream(uid);
+            too_many(&mut self.reply, worker.max_streams);
             return;
         }
         self.stream = Some(state);
@@ -1324,6 +1363,7 @@ struct WorkerContext<'a> {
     calls: &'a AtomicU64,
     bell: &'a WorkerBell,
     max_streams: usize,
+    max_streams_per_uid: usize,
     stream_queue: usize,
 }
 
@@ -1460,6 +1500,7 @@ impl<'a> Worker<'a> {
             calls: &self.server.shared.calls,
             bell: &self.bell,
             max_streams: self.server.options.max_streams,
+            max_streams_per_uid: self.server.options.max_streams_per_uid,
             stream_queue: self.server.options.stream_queue,
         };
         // Connections that broke the protocol (rare: no allocation unless one did).

@@ -5,8 +5,10 @@
 //! user code that produces items at its own pace and must be able to *block* when the client
 //! reads slowly (backpressure). It therefore cannot run on the worker. Each stream's handler runs
 //! on a thread of its own (spawned when the stream starts, at most
-//! [`ServerOptions::max_streams`](super::ServerOptions::max_streams) at once; over the cap the
-//! client is told [`Error::ServerFull`] and its connection stays usable).
+//! [`ServerOptions::max_streams`](super::ServerOptions::max_streams) at once and
+//! [`max_streams_per_uid`](super::ServerOptions::max_streams_per_uid) per user, so that one
+//! user's unread streams cannot take every slot; over a cap the client is told
+//! [`Error::ServerFull`] and its connection stays usable).
 //!
 //! The handler hands items to the worker through a small bounded queue per stream
 //! ([`StreamState`], at most `stream_queue` items). The worker stays the only producer of the
