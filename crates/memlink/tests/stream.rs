@@ -130,7 +130,9 @@ fn echo(request: &[u8], reply: &mut Vec<u8>) {
     reply.extend_from_slice(request);
 }
 
-/// Args: name, workers, most streams at once and per user (both optional).
+/// Args: name, workers, most streams at once and per user (both optional, `-` for the default),
+/// then options: `lazy` (a parked worker looks again on its own only after an hour, so a lost
+/// wake-up hangs instead of costing 100 ms).
 fn server_role(args: &[String]) {
     let workers = args.get(1).and_then(|w| w.parse().ok()).unwrap_or(1);
     let mut options = Server::options().workers(workers);
@@ -139,6 +141,9 @@ fn server_role(args: &[String]) {
     }
     if let Some(cap) = args.get(3).and_then(|c| c.parse().ok()) {
         options = options.max_streams_per_uid(cap);
+    }
+    if args.iter().skip(4).any(|a| a == "lazy") {
+        options = options.__park_recheck(Duration::from_secs(3600));
     }
     let server = options.bind(&args[0]).unwrap();
     let stop = server.shutdown_handle();
@@ -573,6 +578,35 @@ fn streams_over_a_cap(server_args: &[&str]) {
                 std::thread::sleep(Duration::from_millis(1));
             }
             Err(e) => panic!("{e}"),
+        }
+    }
+    server.stop();
+}
+
+#[test]
+fn skipping_a_cancelled_streams_records_wakes_a_waiting_server() {
+    let _watchdog = Watchdog::arm();
+    // The worker does not look again on its own: if skipping the cancelled stream's records did
+    // not wake it, the call after the cancel would wait for ever (for 100 ms in production).
+    let mut server = TestServer::start_with("stale-wake", &["1", "-", "-", "lazy"]);
+    // Each call reads its reply only once the worker has surely parked waiting for room.
+    let client = Client::options()
+        .max_concurrent_calls(1)
+        .__pause_before_receive(Duration::from_millis(50))
+        .connect_timeout(&server.name, WATCHDOG)
+        .unwrap();
+    let request = b"after the cancel".to_vec();
+    for round in 0..3 {
+        let mut stream = client.call_stream(b"forever:16").unwrap();
+        check_item(0, &stream.next().unwrap().unwrap());
+        // Let the handler fill the ring and its queue behind us (the test holds either way).
+        std::thread::sleep(Duration::from_millis(20));
+        drop(stream);
+        let line = server.process.next_line();
+        assert!(line.starts_with("cancelled after"), "{line}");
+        match client.call_timeout(&request, Duration::from_secs(5)) {
+            Ok(reply) => assert!(reply == request, "round {round}: wrong reply"),
+            Err(e) => panic!("round {round}: the call after a cancel stalled: {e}"),
         }
     }
     server.stop();

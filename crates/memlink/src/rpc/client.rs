@@ -54,6 +54,8 @@ pub struct ClientOptions {
     connections: usize,
     trusted_server_uid: Option<u32>,
     max_reply_size: Option<usize>,
+    /// Fault injection: how long a call waits between sending its request and reading the reply.
+    pause_before_receive: Duration,
 }
 
 impl Default for ClientOptions {
@@ -62,6 +64,7 @@ impl Default for ClientOptions {
             connections: DEFAULT_CONNECTIONS,
             trusted_server_uid: None,
             max_reply_size: None,
+            pause_before_receive: Duration::ZERO,
         }
     }
 }
@@ -92,6 +95,16 @@ impl ClientOptions {
     /// the server, and the next call uses a fresh connection.
     pub fn max_reply_size(mut self, bytes: usize) -> Self {
         self.max_reply_size = Some(bytes);
+        self
+    }
+
+    /// Fault injection for tests: every call sleeps for `pause` between sending its request and
+    /// reading its reply, so that the server is surely waiting (parked) when the reading starts.
+    /// Exists only with the `fault-injection` feature.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __pause_before_receive(mut self, pause: Duration) -> Self {
+        self.pause_before_receive = pause;
         self
     }
 
@@ -543,6 +556,8 @@ struct Connection {
     /// Moving average of how long waits took (1/8 weight to the newest).
     recent_wait: Duration,
     waits: u32,
+    /// See `ClientOptions::__pause_before_receive`.
+    pause_before_receive: Duration,
 }
 
 impl Connection {
@@ -643,6 +658,7 @@ impl Connection {
             epoch,
             recent_wait: Duration::ZERO,
             waits: 0,
+            pause_before_receive: options.pause_before_receive,
         })
     }
 
@@ -661,9 +677,12 @@ impl Connection {
         self.last_call += 1;
         let call = self.last_call;
         let start = self.requests.position();
-        let result = self
-            .send(call, request, deadline)
-            .and_then(|()| self.receive(call, reply, deadline));
+        let result = self.send(call, request, deadline).and_then(|()| {
+            if !self.pause_before_receive.is_zero() {
+                std::thread::sleep(self.pause_before_receive);
+            }
+            self.receive(call, reply, deadline)
+        });
         result.map_err(|error| match error {
             Error::MessageTooLarge { .. } | Error::HandlerPanicked { .. } if !self.abandoned => {
                 Failure::Kept(error)
@@ -727,6 +746,9 @@ impl Connection {
                 Verdict::Stale => {
                     self.responses
                         .skip(&header)
+                        .map_err(|e| ring(&self.name, e))?;
+                    // The server may be waiting for the room we just freed, as after a take.
+                    wake::nudge(&self.map, SERVER, &self.wake_out)
                         .map_err(|e| ring(&self.name, e))?;
                     continue;
                 }
@@ -824,10 +846,12 @@ impl Connection {
                 && header.call_id <= self.cancelled_through
                 && !reassembly.in_progress()
             {
-                // What was in flight of a stream we cancelled.
+                // What was in flight of a stream we cancelled. The server may be waiting for the
+                // room this frees (our reply did not fit behind it): wake it, as after a take.
                 self.responses
                     .skip(&header)
                     .map_err(|e| ring(&self.name, e))?;
+                wake::nudge(&self.map, SERVER, &self.wake_out).map_err(|e| ring(&self.name, e))?;
                 continue;
             }
             let bad = |why: &str| {

@@ -97,6 +97,8 @@ pub struct ServerOptions {
     stream_queue: usize,
     /// Fault injection: workers fail once the server has answered this many calls.
     fail_workers_after: Option<u64>,
+    /// Longest a parked worker sleeps before looking again without a wake-up.
+    park_recheck: Duration,
 }
 
 impl Default for ServerOptions {
@@ -114,6 +116,7 @@ impl Default for ServerOptions {
             max_streams_per_uid: 16,
             stream_queue: 8,
             fail_workers_after: None,
+            park_recheck: PARK_RECHECK,
         }
     }
 }
@@ -207,6 +210,16 @@ impl ServerOptions {
     #[cfg(feature = "fault-injection")]
     pub fn __fail_workers_after(mut self, calls: u64) -> Self {
         self.fail_workers_after = Some(calls);
+        self
+    }
+
+    /// Fault injection for tests: a parked worker looks again on its own only after `recheck`
+    /// (default 100 ms), so that a lost wake-up shows as a hang rather than a short delay.
+    /// Exists only with the `fault-injection` feature.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __park_recheck(mut self, recheck: Duration) -> Self {
+        self.park_recheck = recheck.max(Duration::from_millis(1));
         self
     }
 
@@ -1670,9 +1683,10 @@ impl<'a> Worker<'a> {
         if !work {
             // Bounded: a wake-up that a failed send lost (the kernel out of buffers) costs a
             // moment, not a connection.
-            let timeout = grace_ends.map_or(PARK_RECHECK, |t| {
+            let recheck = self.server.options.park_recheck;
+            let timeout = grace_ends.map_or(recheck, |t| {
                 t.saturating_duration_since(Instant::now())
-                    .clamp(Duration::from_millis(1), PARK_RECHECK)
+                    .clamp(Duration::from_millis(1), recheck)
             });
             self.wait_events(Some(timeout))?;
         }
