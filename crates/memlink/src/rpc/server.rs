@@ -95,6 +95,7 @@ pub struct ServerOptions {
     max_streams: usize,
     max_streams_per_uid: usize,
     stream_queue: usize,
+    stream_queue_bytes: usize,
     /// Fault injection: workers fail once the server has answered this many calls.
     fail_workers_after: Option<u64>,
     /// Longest a parked worker sleeps before looking again without a wake-up.
@@ -115,6 +116,7 @@ impl Default for ServerOptions {
             max_streams: 64,
             max_streams_per_uid: 16,
             stream_queue: 8,
+            stream_queue_bytes: 4 << 20,
             fail_workers_after: None,
             park_recheck: PARK_RECHECK,
         }
@@ -197,10 +199,19 @@ impl ServerOptions {
     }
 
     /// Items a stream handler may have queued ahead of the connection's ring before its `send`
-    /// blocks (at least 1, default 8). A stream holds at most this many items plus its ring of
-    /// server memory, however long it is.
+    /// blocks (at least 1, default 8). See also [`ServerOptions::stream_queue_bytes`].
     pub fn stream_queue(mut self, items: usize) -> Self {
         self.stream_queue = items.max(1);
+        self
+    }
+
+    /// Bytes a stream handler may have queued ahead of the connection's ring before its `send`
+    /// blocks (default 4 MiB). An item is always admitted into an empty queue, so items larger
+    /// than this still go through, one at a time. A stream thus holds at most about this much
+    /// (or one item, if larger), the item the worker is sending and its ring of server memory,
+    /// however long it is.
+    pub fn stream_queue_bytes(mut self, bytes: usize) -> Self {
+        self.stream_queue_bytes = bytes;
         self
     }
 
@@ -1156,6 +1167,7 @@ impl Connection {
         let state = Arc::new(StreamState::new(
             worker.bell.clone(),
             worker.stream_queue,
+            worker.stream_queue_bytes,
             self.max_message,
         ));
         let request = std::mem::take(&mut self.request);
@@ -1378,6 +1390,7 @@ struct WorkerContext<'a> {
     max_streams: usize,
     max_streams_per_uid: usize,
     stream_queue: usize,
+    stream_queue_bytes: usize,
 }
 
 struct Worker<'a> {
@@ -1515,6 +1528,7 @@ impl<'a> Worker<'a> {
             max_streams: self.server.options.max_streams,
             max_streams_per_uid: self.server.options.max_streams_per_uid,
             stream_queue: self.server.options.stream_queue,
+            stream_queue_bytes: self.server.options.stream_queue_bytes,
         };
         // Connections that broke the protocol (rare: no allocation unless one did).
         let mut broken = Vec::new();

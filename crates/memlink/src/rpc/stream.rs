@@ -11,10 +11,14 @@
 //! [`Error::ServerFull`] and its connection stays usable).
 //!
 //! The handler hands items to the worker through a small bounded queue per stream
-//! ([`StreamState`], at most `stream_queue` items). The worker stays the only producer of the
+//! ([`StreamState`], at most `stream_queue` items and `stream_queue_bytes` bytes, though an
+//! empty queue always takes one item, however large). The handler copies an item into a buffer
+//! with the queue's lock released, and buffers are freed with it released, so the worker never
+//! waits on a handler's copy. The worker stays the only producer of the
 //! connection's response ring: when it turns to a streaming connection it pops the next item and
 //! copies it into the ring in fragments, under the same per-sweep budget as a reply. So:
-//! - (a) server memory per stream is bounded: the queue (a few items) plus the ring, however long
+//! - (a) server memory per stream is bounded: the queue (a few MiB, or one larger item), the item
+//!   being sent, a few spare buffers of at most 1 MiB each, plus the ring, however long
 //!   the stream is. When the client stops reading, the ring fills, the worker stops popping, the
 //!   queue fills and the handler's `send` blocks ([`StreamSink::try_send`] returns
 //!   [`Error::Full`]).
@@ -112,6 +116,8 @@ pub(crate) struct WorkerBell {
 #[derive(Debug, Default)]
 struct Queue {
     items: VecDeque<Vec<u8>>,
+    /// Bytes of the items queued.
+    bytes: usize,
     /// Emptied buffers the worker gives back, so a long stream allocates only a few.
     spare: Vec<Vec<u8>>,
     end: Option<End>,
@@ -127,18 +133,34 @@ pub(crate) struct StreamState {
     room: Condvar,
     bell: WorkerBell,
     capacity: usize,
+    /// Most bytes queued, unless the queue holds a single item.
+    max_bytes: usize,
     max_item: usize,
 }
 
 impl StreamState {
-    pub(crate) fn new(bell: WorkerBell, capacity: usize, max_item: usize) -> Self {
+    pub(crate) fn new(
+        bell: WorkerBell,
+        capacity: usize,
+        max_bytes: usize,
+        max_item: usize,
+    ) -> Self {
         StreamState {
             queue: Mutex::new(Queue::default()),
             room: Condvar::new(),
             bell,
             capacity: capacity.max(1),
+            max_bytes,
             max_item,
         }
+    }
+
+    /// Whether an item of `len` bytes fits: always into an empty queue (so an item larger than
+    /// the byte budget still goes through, alone), else within both the item and byte budgets.
+    fn has_room(&self, queue: &Queue, len: usize) -> bool {
+        queue.items.is_empty()
+            || (queue.items.len() < self.capacity
+                && queue.bytes.saturating_add(len) <= self.max_bytes)
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {
@@ -154,25 +176,32 @@ impl StreamState {
     }
 
     /// Worker side: swaps the next item into `item` (whose old buffer is kept for reuse), or
-    /// takes the end once every item is out.
+    /// takes the end once every item is out. A buffer not kept is freed after the lock is
+    /// released, so the handler never waits for a large `free`.
     pub(crate) fn next(&self, item: &mut Vec<u8>) -> Next {
         let mut queue = self.lock();
-        if let Some(mut next) = queue.items.pop_front() {
-            std::mem::swap(item, &mut next);
-            next.clear();
-            if queue.spare.len() < self.capacity && next.capacity() <= MAX_SPARE {
-                queue.spare.push(next);
-            }
-            if queue.waiting {
-                queue.waiting = false;
-                self.room.notify_one();
-            }
-            return Next::Item;
+        let Some(mut next) = queue.items.pop_front() else {
+            return match queue.end.take() {
+                Some(end) => Next::End(end),
+                None => Next::Nothing,
+            };
+        };
+        queue.bytes = queue.bytes.saturating_sub(next.len());
+        std::mem::swap(item, &mut next);
+        next.clear();
+        let mut freed = None;
+        if queue.spare.len() < self.capacity && next.capacity() <= MAX_SPARE.min(self.max_bytes) {
+            queue.spare.push(next);
+        } else {
+            freed = Some(next);
         }
-        match queue.end.take() {
-            Some(end) => Next::End(end),
-            None => Next::Nothing,
+        if queue.waiting {
+            queue.waiting = false;
+            self.room.notify_one();
         }
+        drop(queue);
+        drop(freed);
+        Next::Item
     }
 
     /// Worker side: whether [`StreamState::next`] would return something.
@@ -185,10 +214,14 @@ impl StreamState {
     pub(crate) fn cancel(&self) {
         let mut queue = self.lock();
         queue.cancelled = true;
-        queue.items.clear();
-        queue.spare.clear();
+        let items = std::mem::take(&mut queue.items);
+        let spare = std::mem::take(&mut queue.spare);
+        queue.bytes = 0;
         queue.waiting = false;
         self.room.notify_all();
+        drop(queue);
+        // Freed with the lock released.
+        drop((items, spare));
     }
 
     /// Handler side: the handler returned (or panicked).
@@ -251,9 +284,22 @@ impl StreamSink {
             if queue.cancelled {
                 return Err(Error::Cancelled);
             }
-            if queue.items.len() < state.capacity {
+            if state.has_room(&queue, item.len()) {
+                // Copied with the lock released, so the worker never waits for our copy: this
+                // sink is the queue's only producer, and the worker only takes items out, so the
+                // room found now is still there when we come back (unless the stream is
+                // cancelled meanwhile).
                 let mut buffer = queue.spare.pop().unwrap_or_default();
+                drop(queue);
+                buffer.clear();
                 buffer.extend_from_slice(item);
+                let mut queue = state.lock();
+                if queue.cancelled {
+                    drop(queue);
+                    drop(buffer);
+                    return Err(Error::Cancelled);
+                }
+                queue.bytes += buffer.len();
                 queue.items.push_back(buffer);
                 drop(queue);
                 state.ring_worker();
@@ -404,7 +450,39 @@ mod tests {
             doorbell: Arc::new(notify::doorbell().expect("an eventfd")),
             parked: Arc::new(AtomicBool::new(true)),
         };
-        Arc::new(StreamState::new(bell, capacity, 100))
+        Arc::new(StreamState::new(bell, capacity, usize::MAX, 100))
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_but_takes_one_large_item() {
+        let bell = WorkerBell {
+            doorbell: Arc::new(notify::doorbell().expect("an eventfd")),
+            parked: Arc::new(AtomicBool::new(true)),
+        };
+        let state = Arc::new(StreamState::new(bell, 8, 100, 1000));
+        let mut sink = StreamSink::new(state.clone());
+        sink.try_send(&[1; 60]).unwrap();
+        sink.try_send(&[2; 40]).unwrap();
+        assert!(
+            matches!(sink.try_send(&[3; 1]), Err(Error::Full)),
+            "over the byte budget though under the item count"
+        );
+        let mut item = Vec::new();
+        assert!(matches!(state.next(&mut item), Next::Item));
+        assert_eq!(item, [1; 60]);
+        assert!(matches!(sink.try_send(&[4; 61]), Err(Error::Full)));
+        sink.try_send(&[4; 60]).unwrap();
+        assert!(matches!(state.next(&mut item), Next::Item));
+        assert!(matches!(state.next(&mut item), Next::Item));
+        assert_eq!(item, [4; 60]);
+        // An empty queue takes one item larger than the whole budget, and nothing after it.
+        sink.try_send(&[5; 900]).unwrap();
+        assert!(matches!(sink.try_send(&[6; 1]), Err(Error::Full)));
+        assert!(matches!(state.next(&mut item), Next::Item));
+        assert_eq!(item.len(), 900);
+        sink.try_send(&[6; 1]).unwrap();
+        state.cancel();
+        assert!(matches!(sink.try_send(&[7; 1]), Err(Error::Cancelled)));
     }
 
     #[test]
