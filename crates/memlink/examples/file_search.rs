@@ -9,7 +9,8 @@
 //!
 //! The walk runs on a stream handler thread, so it goes no faster than the client reads (a
 //! client that stops reading holds the walk back instead of filling the server's memory), and
-//! a client interrupted with Ctrl-C (or that drops the stream) stops the walk at its next match.
+//! a client interrupted with Ctrl-C (or that drops the stream) stops the walk at its next match
+//! or its next directory, whichever comes first.
 
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
@@ -50,6 +51,11 @@ fn serve(name: &str, root: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
 fn walk(root: &Path, pattern: &[u8], sink: &mut StreamSink) -> memlink::Result<()> {
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {
+        // A walk that finds nothing never calls `send`: look once per directory whether the
+        // client is still there.
+        if sink.is_cancelled() {
+            return Err(memlink::Error::Cancelled);
+        }
         let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
