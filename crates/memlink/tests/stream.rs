@@ -132,7 +132,8 @@ fn echo(request: &[u8], reply: &mut Vec<u8>) {
 
 /// Args: name, workers, most streams at once and per user (both optional, `-` for the default),
 /// then options: `lazy` (a parked worker looks again on its own only after an hour, so a lost
-/// wake-up hangs instead of costing 100 ms).
+/// wake-up hangs instead of costing 100 ms), `slow-end` (a stream handler thread pauses between
+/// giving its slot back and ending its stream).
 fn server_role(args: &[String]) {
     let workers = args.get(1).and_then(|w| w.parse().ok()).unwrap_or(1);
     let mut options = Server::options().workers(workers);
@@ -144,6 +145,9 @@ fn server_role(args: &[String]) {
     }
     if args.iter().skip(4).any(|a| a == "lazy") {
         options = options.__park_recheck(Duration::from_secs(3600));
+    }
+    if args.iter().skip(4).any(|a| a == "slow-end") {
+        options = options.__stream_end_pause(Duration::from_millis(10));
     }
     let server = options.bind(&args[0]).unwrap();
     let stop = server.shutdown_handle();
@@ -544,6 +548,27 @@ fn streams_over_the_cap_are_refused_and_the_connection_goes_on() {
     // The server's cap, then the per-user cap.
     streams_over_a_cap(&["1", "1"]);
     streams_over_a_cap(&["1", "8", "1"]);
+}
+
+#[test]
+fn a_stream_that_ended_gives_its_place_back_before_its_end_arrives() {
+    let _watchdog = Watchdog::arm();
+    // One stream at a time: each stream starts right after the previous one's end was read,
+    // with no retry, so a slot given back after the end would show as ServerFull (surely so,
+    // with the handler thread pausing between the two).
+    let server = TestServer::start_with("end-slot", &["1", "1", "-", "slow-end"]);
+    let client = server.client();
+    for round in 0..20 {
+        match client
+            .call_stream(b"count:2:16")
+            .unwrap()
+            .collect::<memlink::Result<Vec<_>>>()
+        {
+            Ok(items) => assert_eq!(items.len(), 2),
+            Err(e) => panic!("round {round}: {e}"),
+        }
+    }
+    server.stop();
 }
 
 fn streams_over_a_cap(server_args: &[&str]) {

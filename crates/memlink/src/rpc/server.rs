@@ -100,6 +100,9 @@ pub struct ServerOptions {
     fail_workers_after: Option<u64>,
     /// Longest a parked worker sleeps before looking again without a wake-up.
     park_recheck: Duration,
+    /// Fault injection: how long a stream's handler thread waits between giving its slot back
+    /// and ending the stream.
+    stream_end_pause: Duration,
 }
 
 impl Default for ServerOptions {
@@ -119,6 +122,7 @@ impl Default for ServerOptions {
             stream_queue_bytes: 4 << 20,
             fail_workers_after: None,
             park_recheck: PARK_RECHECK,
+            stream_end_pause: Duration::ZERO,
         }
     }
 }
@@ -231,6 +235,16 @@ impl ServerOptions {
     #[cfg(feature = "fault-injection")]
     pub fn __park_recheck(mut self, recheck: Duration) -> Self {
         self.park_recheck = recheck.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Fault injection for tests: a stream's handler thread waits `pause` between giving its
+    /// stream slot back and ending the stream, to show that the slot is free before the client
+    /// can see the end. Exists only with the `fault-injection` feature.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __stream_end_pause(mut self, pause: Duration) -> Self {
+        self.stream_end_pause = pause;
         self
     }
 
@@ -901,6 +915,29 @@ impl Drop for UidSlot {
     }
 }
 
+/// Held by a stream's handler thread. When dropped (the handler returned or panicked, or the
+/// thread never started) it gives the stream handler slot back and then ends the stream, with
+/// `end` or else as panicked. In that order, so that a client that has seen the end can start
+/// its next stream at once without being refused for want of a slot.
+struct StreamEnding {
+    state: Arc<StreamState>,
+    shared: Arc<Shared>,
+    uid: u32,
+    end: Option<End>,
+    /// See `ServerOptions::__stream_end_pause`.
+    pause: Duration,
+}
+
+impl Drop for StreamEnding {
+    fn drop(&mut self) {
+        self.shared.release_stream(self.uid);
+        if !self.pause.is_zero() {
+            std::thread::sleep(self.pause);
+        }
+        self.state.finish(self.end.take().unwrap_or(End::Panicked));
+    }
+}
+
 /// What the acceptor holds of each worker.
 struct WorkerHandle {
     doorbell: Arc<OwnedFd>,
@@ -1171,27 +1208,33 @@ impl Connection {
             self.max_message,
         ));
         let request = std::mem::take(&mut self.request);
-        let thread_state = state.clone();
-        let thread_shared = shared.clone();
+        // Moved into the thread's closure: the slot is given back and the stream ended however
+        // the thread ends, and also if it never starts (a failed spawn drops the closure).
+        let mut ending = StreamEnding {
+            state: state.clone(),
+            shared: shared.clone(),
+            uid,
+            end: None,
+            pause: worker.stream_end_pause,
+        };
         let handler = streams.clone();
         let spawned = std::thread::Builder::new()
             .name("memlink-stream".into())
             .spawn(move || {
-                let mut sink = StreamSink::new(thread_state.clone());
+                let mut sink = StreamSink::new(ending.state.clone());
                 let outcome = catch_unwind(AssertUnwindSafe(|| {
                     handler.handle_stream(&request, &mut sink)
                 }));
-                thread_state.finish(match outcome {
+                ending.end = Some(match outcome {
                     Ok(Ok(())) | Ok(Err(Error::Cancelled)) => End::Done,
                     Ok(Err(e)) => End::Failed(e.to_string()),
                     Err(_) => End::Panicked,
                 });
                 drop(sink);
-                thread_shared.release_stream(uid);
+                drop(ending);
             });
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "could not start a stream handler thread");
-            shared.release_stream(uid);
             too_many(&mut self.reply, worker.max_streams);
             return;
         }
@@ -1391,6 +1434,7 @@ struct WorkerContext<'a> {
     max_streams_per_uid: usize,
     stream_queue: usize,
     stream_queue_bytes: usize,
+    stream_end_pause: Duration,
 }
 
 struct Worker<'a> {
@@ -1529,6 +1573,7 @@ impl<'a> Worker<'a> {
             max_streams_per_uid: self.server.options.max_streams_per_uid,
             stream_queue: self.server.options.stream_queue,
             stream_queue_bytes: self.server.options.stream_queue_bytes,
+            stream_end_pause: self.server.options.stream_end_pause,
         };
         // Connections that broke the protocol (rare: no allocation unless one did).
         let mut broken = Vec::new();
