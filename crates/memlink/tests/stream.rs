@@ -112,6 +112,16 @@ fn streams(request: &[u8], sink: &mut StreamSink) -> memlink::Result<()> {
                 }
             }
         }
+        "idle" => {
+            // Sends one item, then waits (for up to a minute) without sending, as a handler
+            // waiting for news would, until cancelled.
+            sink.send(b"first")?;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !sink.is_cancelled() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            return Err(Error::Cancelled);
+        }
         "panic" | "fail" => {
             for i in 0..arg::<u64>(&parts, 1) {
                 sink.send(&item(i, 64))?;
@@ -133,7 +143,8 @@ fn echo(request: &[u8], reply: &mut Vec<u8>) {
 /// Args: name, workers, most streams at once and per user (both optional, `-` for the default),
 /// then options: `lazy` (a parked worker looks again on its own only after an hour, so a lost
 /// wake-up hangs instead of costing 100 ms), `slow-end` (a stream handler thread pauses between
-/// giving its slot back and ending its stream).
+/// giving its slot back and ending its stream), `long-grace` (shutdown waits up to an hour for calls
+/// in flight).
 fn server_role(args: &[String]) {
     let workers = args.get(1).and_then(|w| w.parse().ok()).unwrap_or(1);
     let mut options = Server::options().workers(workers);
@@ -145,6 +156,9 @@ fn server_role(args: &[String]) {
     }
     if args.iter().skip(4).any(|a| a == "lazy") {
         options = options.__park_recheck(Duration::from_secs(3600));
+    }
+    if args.iter().skip(4).any(|a| a == "long-grace") {
+        options = options.shutdown_grace(Duration::from_secs(3600));
     }
     if args.iter().skip(4).any(|a| a == "slow-end") {
         options = options.__stream_end_pause(Duration::from_millis(10));
@@ -635,4 +649,24 @@ fn skipping_a_cancelled_streams_records_wakes_a_waiting_server() {
         }
     }
     server.stop();
+}
+
+#[test]
+fn shutdown_cancels_an_idle_stream_at_once() {
+    let _watchdog = Watchdog::arm();
+    // An hour of grace: were the stream waited for, the server would not stop before the
+    // watchdog fires.
+    let mut server = TestServer::start_with("stop-stream", &["1", "-", "-", "long-grace"]);
+    let client = server.client();
+    let mut stream = client.call_stream(b"idle").unwrap();
+    assert_eq!(stream.next().unwrap().unwrap(), b"first");
+    server.process.tell("stop");
+    server.process.expect_line("stopped");
+    server.process.wait_success();
+    let error = stream
+        .next_into_timeout(&mut Vec::new(), WATCHDOG)
+        .unwrap_err();
+    assert!(matches!(error, Error::Disconnected { .. }), "{error}");
+    drop(stream);
+    common::assert_no_leftovers(&server.name);
 }

@@ -182,7 +182,9 @@ impl ServerOptions {
         self
     }
 
-    /// How long shutdown waits for calls in flight before dropping them.
+    /// How long shutdown waits for calls in flight before dropping them. Streams are not waited
+    /// for: they are cancelled at once (their handlers' `send` reports [`Error::Cancelled`]) and
+    /// their readers get [`Error::Disconnected`] after the items already in their ring.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
         self
@@ -1711,9 +1713,12 @@ impl<'a> Worker<'a> {
                         .unwrap_or(now + Duration::from_secs(365 * 24 * 3600))
                 });
                 for slot in 0..self.connections.len() {
+                    // Streams may run for ever, or wait idle for their next item: they are
+                    // cancelled at once (dropping the connection cancels its stream), and their
+                    // clients see the server go away.
                     let idle = self.connections[slot]
                         .as_ref()
-                        .is_some_and(|c| c.phase == Phase::Idle);
+                        .is_some_and(|c| matches!(c.phase, Phase::Idle | Phase::Streaming));
                     if idle || Instant::now() >= ends {
                         self.drop_connection(slot, Some(Goodbye::ShuttingDown));
                     }
