@@ -218,6 +218,20 @@ pub enum Error {
         name: String,
     },
 
+    /// The calling thread holds open streams on every connection of this client, so a call
+    /// through it (which needs a free connection) would wait for ever.
+    #[error(
+        "this thread holds {held} open streams of memlink '{name}', one on each of the client's \
+         connections, so this call would wait for ever; read a stream to its end or drop it \
+         first, make the call from another client, or raise ClientOptions::max_concurrent_calls"
+    )]
+    StreamsHeld {
+        /// The service name.
+        name: String,
+        /// Open streams this thread holds (the client's `max_concurrent_calls`).
+        held: usize,
+    },
+
     /// The client dropped the stream this handler is sending: stop producing it and return.
     #[error("the client cancelled this stream; return from the stream handler")]
     Cancelled,

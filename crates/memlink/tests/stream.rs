@@ -670,3 +670,75 @@ fn shutdown_cancels_an_idle_stream_at_once() {
     drop(stream);
     common::assert_no_leftovers(&server.name);
 }
+
+#[test]
+fn a_thread_whose_streams_hold_every_connection_is_told_instead_of_waiting() {
+    let _watchdog = Watchdog::arm();
+    let mut server = TestServer::start("held", 1);
+    let client = Client::options()
+        .max_concurrent_calls(2)
+        .connect_timeout(&server.name, WATCHDOG)
+        .unwrap();
+    let mut first = client.call_stream(b"forever").unwrap();
+    let mut second = client.call_stream(b"forever").unwrap();
+    check_item(0, &first.next().unwrap().unwrap());
+    check_item(0, &second.next().unwrap().unwrap());
+    let error = client.call(b"a call").unwrap_err();
+    assert!(
+        matches!(error, Error::StreamsHeld { held: 2, .. }),
+        "{error}"
+    );
+    let error = client.call_stream(b"count:1:16").unwrap_err();
+    assert!(
+        matches!(error, Error::StreamsHeld { held: 2, .. }),
+        "{error}"
+    );
+    drop(second);
+    let line = server.process.next_line();
+    assert!(line.starts_with("cancelled after"), "{line}");
+    // One connection is free again: calls go through while the first stream stays open.
+    assert_eq!(client.call(b"a call").unwrap(), b"a call");
+    check_item(1, &first.next().unwrap().unwrap());
+    drop(first);
+    let line = server.process.next_line();
+    assert!(line.starts_with("cancelled after"), "{line}");
+    server.stop();
+}
+
+#[test]
+fn call_stream_timeout_gives_up_when_no_connection_frees() {
+    let _watchdog = Watchdog::arm();
+    let mut server = TestServer::start("stream-timeout", 1);
+    let client = Client::options()
+        .max_concurrent_calls(1)
+        .connect_timeout(&server.name, WATCHDOG)
+        .unwrap();
+    let (opened, wait_opened) = std::sync::mpsc::channel();
+    let (release, wait_release) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|scope| {
+        // Another thread holds the only connection with a stream (so this is no deadlock of
+        // ours: StreamsHeld does not apply, and only the timeout ends the wait).
+        let client = &client;
+        let holder = scope.spawn(move || {
+            let mut stream = client.call_stream(b"forever").unwrap();
+            check_item(0, &stream.next().unwrap().unwrap());
+            opened.send(()).unwrap();
+            let _ = wait_release.recv_timeout(WATCHDOG);
+        });
+        wait_opened.recv_timeout(WATCHDOG).unwrap();
+        let error = client
+            .call_stream_timeout(b"count:1:16", Duration::from_millis(50))
+            .unwrap_err();
+        assert!(matches!(error, Error::Timeout), "{error}");
+        release.send(()).unwrap();
+        holder.join().unwrap();
+    });
+    let line = server.process.next_line();
+    assert!(line.starts_with("cancelled after"), "{line}");
+    let items: Vec<_> = client
+        .call_stream_timeout(b"count:3:16", WATCHDOG)
+        .unwrap()
+        .collect();
+    assert_eq!(items.len(), 3);
+    server.stop();
+}

@@ -139,6 +139,8 @@ impl ClientOptions {
 /// ```
 #[derive(Debug)]
 pub struct Client {
+    /// Unique in this process: which client a thread's held streams belong to.
+    id: u64,
     name: String,
     options: ClientOptions,
     connections: Box<[Mutex<Option<Connection>>]>,
@@ -150,6 +152,43 @@ pub struct Client {
     waiting: AtomicUsize,
     wait_lock: Mutex<()>,
     connection_freed: Condvar,
+}
+
+static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Open streams this thread holds, per client id (a [`ReplyStream`] holds a connection's lock,
+    /// so it never leaves the thread that opened it). Few entries: a thread holds few streams.
+    static HELD_STREAMS: std::cell::RefCell<Vec<(u64, usize)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Open streams of client `id` this thread holds.
+fn held_streams(id: u64) -> usize {
+    HELD_STREAMS.with(|held| {
+        held.borrow()
+            .iter()
+            .find(|(client, _)| *client == id)
+            .map_or(0, |(_, n)| *n)
+    })
+}
+
+/// Counts one more (`up`) or one fewer open stream of client `id` held by this thread.
+fn count_held_stream(id: u64, up: bool) {
+    HELD_STREAMS.with(|held| {
+        let mut held = held.borrow_mut();
+        match held.iter().position(|(client, _)| *client == id) {
+            Some(at) if up => held[at].1 += 1,
+            Some(at) => {
+                held[at].1 = held[at].1.saturating_sub(1);
+                if held[at].1 == 0 {
+                    held.swap_remove(at);
+                }
+            }
+            None if up => held.push((id, 1)),
+            None => {}
+        }
+    });
 }
 
 /// A connection slot held by one call. Fields drop in declaration order: the slot is released first,
@@ -218,6 +257,7 @@ impl Client {
         validate_name(name)?;
         let connections = (0..options.connections).map(|_| Mutex::new(None)).collect();
         let client = Client {
+            id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
             name: name.to_owned(),
             options,
             connections,
@@ -391,8 +431,10 @@ impl Client {
     /// handler answers with. The stream holds one of the client's connections until it ends or
     /// is dropped; dropping it early cancels the stream on the server (the connection is then
     /// used for later calls, which never see the cancelled stream's items). A thread holding a
-    /// stream that makes other calls through the same client uses another connection: with
-    /// [`ClientOptions::max_concurrent_calls`] at 1 it would wait for ever.
+    /// stream that makes other calls through the same client uses another connection; a thread
+    /// whose open streams hold every connection (as many as
+    /// [`ClientOptions::max_concurrent_calls`]) gets [`Error::StreamsHeld`] from its next call
+    /// instead of waiting for ever.
     ///
     /// # Errors
     /// As [`Client::call`]; the stream's items report [`Error::HandlerPanicked`],
@@ -409,12 +451,35 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn call_stream(&self, request: &[u8]) -> Result<ReplyStream<'_>> {
-        let mut slot = self.free_connection(None)?;
+        self.call_stream_until(request, None)
+    }
+
+    /// Like [`Client::call_stream`], giving up if the request could not be sent within
+    /// `timeout` (all connections busy, or the server not taking requests). Each item then has a
+    /// timeout of its own: [`ReplyStream::next_into_timeout`].
+    ///
+    /// # Errors
+    /// [`Error::Timeout`]; otherwise as [`Client::call_stream`].
+    pub fn call_stream_timeout(
+        &self,
+        request: &[u8],
+        timeout: Duration,
+    ) -> Result<ReplyStream<'_>> {
+        self.call_stream_until(request, Some(Instant::now() + timeout))
+    }
+
+    fn call_stream_until(
+        &self,
+        request: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<ReplyStream<'_>> {
+        let mut slot = self.free_connection(deadline)?;
         let mut call = 0;
-        self.on_connection(&mut slot, request, None, |connection| {
-            call = connection.start_stream(request)?;
+        self.on_connection(&mut slot, request, deadline, |connection| {
+            call = connection.start_stream(request, deadline)?;
             Ok(())
         })?;
+        count_held_stream(self.id, true);
         Ok(ReplyStream {
             client: self,
             slot,
@@ -433,6 +498,14 @@ impl Client {
         loop {
             if let Some(slot) = self.try_take_connection() {
                 return Ok(guard(slot));
+            }
+            // Every connection is held by this very thread's streams: nobody would free one.
+            let held = held_streams(self.id);
+            if held >= self.connections.len() {
+                return Err(Error::StreamsHeld {
+                    name: self.name.clone(),
+                    held,
+                });
             }
             let lock = self
                 .wait_lock
@@ -698,7 +771,7 @@ impl Connection {
     }
 
     /// Sends `request` as stream request; returns its call id.
-    fn start_stream(&mut self, request: &[u8]) -> Result<u64, Failure> {
+    fn start_stream(&mut self, request: &[u8], deadline: Option<Instant>) -> Result<u64, Failure> {
         if request.len() > self.max_message {
             return Err(Failure::Kept(Error::MessageTooLarge {
                 size: request.len(),
@@ -708,7 +781,7 @@ impl Connection {
         self.last_call += 1;
         let call = self.last_call;
         let start = self.requests.position();
-        self.send_flagged(call, request, STREAM_REQUEST, None)
+        self.send_flagged(call, request, STREAM_REQUEST, deadline)
             .map_err(|error| {
                 let unsent = self
                     .requests
@@ -1171,6 +1244,7 @@ impl Iterator for ReplyStream<'_> {
 
 impl Drop for ReplyStream<'_> {
     fn drop(&mut self) {
+        count_held_stream(self.client.id, false);
         if self.done {
             return;
         }
