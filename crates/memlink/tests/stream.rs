@@ -742,3 +742,57 @@ fn call_stream_timeout_gives_up_when_no_connection_frees() {
     assert_eq!(items.len(), 3);
     server.stop();
 }
+
+/// Thread ids of the process's stream handler threads.
+fn stream_threads(pid: u32) -> Vec<u64> {
+    let mut tids = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == "memlink-stream" {
+            tids.extend(
+                task.file_name()
+                    .to_str()
+                    .and_then(|t| t.parse::<u64>().ok()),
+            );
+        }
+    }
+    tids
+}
+
+#[test]
+fn streams_started_and_cancelled_in_a_loop_reuse_one_handler_thread() {
+    let _watchdog = Watchdog::arm();
+    // One stream slot: a stream can start only once the previous one's thread gave it back, and
+    // by then that thread waits for the next stream.
+    let mut server = TestServer::start_with("reuse", &["1", "1"]);
+    let client = server.client();
+    let mut seen = std::collections::BTreeSet::new();
+    for round in 0..20 {
+        let deadline = Instant::now() + WATCHDOG;
+        let mut stream = loop {
+            let mut stream = client.call_stream(b"forever").unwrap();
+            match stream.next().unwrap() {
+                Ok(first) => {
+                    check_item(0, &first);
+                    break stream;
+                }
+                // The cancelled handler has not returned yet.
+                Err(Error::ServerFull { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        };
+        // The handler is running (it sends for ever): its thread is there.
+        seen.extend(stream_threads(server.process.pid()));
+        check_item(1, &stream.next().unwrap().unwrap());
+        drop(stream);
+        let line = server.process.next_line();
+        assert!(line.starts_with("cancelled after"), "{line}");
+    }
+    assert_eq!(seen.len(), 1, "stream handler threads seen: {seen:?}");
+    server.stop();
+}

@@ -10,12 +10,12 @@
 //! A connection whose socket hangs up — the client exited or was killed — is freed at once; one
 //! whose shared state breaks the protocol is told why and dropped; neither disturbs the others.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
@@ -286,6 +286,7 @@ impl ServerOptions {
                 corrupt_disconnects: AtomicU64::new(0),
                 streams: AtomicUsize::new(0),
                 streams_per_uid: std::sync::Mutex::new(HashMap::new()),
+                stream_pool: Arc::new(StreamPool::default()),
                 per_uid: std::sync::Mutex::new(HashMap::new()),
                 worker_failure: std::sync::Mutex::new(None),
                 started: Instant::now(),
@@ -330,6 +331,8 @@ struct Shared {
     streams: AtomicUsize,
     /// Of those, per uid (locked when a stream starts and ends, never per call or item).
     streams_per_uid: std::sync::Mutex<HashMap<u32, usize>>,
+    /// The threads that run stream handlers.
+    stream_pool: Arc<StreamPool>,
     /// Admitted connections per uid (locked per connect and disconnect, never per call).
     per_uid: std::sync::Mutex<HashMap<u32, usize>>,
     /// Why a worker stopped early, for `serve` to return.
@@ -562,6 +565,8 @@ impl Server {
                     .unwrap_or_else(|_| Err(Error::os("a server worker panicked", Errno::IO)));
                 result = result.and(worker_result);
             }
+            // Idle stream threads exit now rather than after their idle time.
+            self.shared.stream_pool.close();
             // Every connection is gone, so every stream is cancelled: give the handler threads a
             // moment to notice, so that none outlives `serve` for long.
             let ends = Instant::now() + self.options.shutdown_grace.min(Duration::from_secs(1));
@@ -940,6 +945,97 @@ impl Drop for StreamEnding {
     }
 }
 
+/// A stream to run on a pool thread: runs the handler and returns the stream's ending, for the
+/// thread to drop once it has counted itself idle.
+type StreamJob = Box<dyn FnOnce() -> StreamEnding + Send>;
+
+/// How long a stream thread with nothing to do waits for the next stream before it exits.
+const IDLE_STREAM_THREAD: Duration = Duration::from_secs(10);
+
+/// The threads that run stream handlers. A thread whose stream has ended waits (a while) for the
+/// next one, so that starting a stream usually hands it to a waiting thread instead of spawning
+/// one on the worker: a client that starts and cancels streams in a loop would otherwise make the
+/// worker spawn a thread per stream. At most one thread per stream slot
+/// ([`ServerOptions::max_streams`]): a thread counts itself idle before it gives its slot back,
+/// so whoever claims the slot next finds the thread.
+#[derive(Default)]
+struct StreamPool {
+    state: Mutex<PoolState>,
+    job_ready: Condvar,
+}
+
+#[derive(Default)]
+struct PoolState {
+    jobs: VecDeque<StreamJob>,
+    /// Threads waiting for a job (each queued job is promised to one of them).
+    idle: usize,
+    /// The server has stopped: idle threads exit.
+    closed: bool,
+}
+
+impl std::fmt::Debug for StreamPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamPool").finish_non_exhaustive()
+    }
+}
+
+impl StreamPool {
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Hands `job` to an idle thread, or starts a thread for it. If that fails, the job is
+    /// dropped, which ends its stream (as panicked) and gives its slot back.
+    fn run(self: &Arc<Self>, job: StreamJob) -> std::io::Result<()> {
+        let mut state = self.lock();
+        if state.idle > state.jobs.len() {
+            state.jobs.push_back(job);
+            drop(state);
+            self.job_ready.notify_one();
+            return Ok(());
+        }
+        drop(state);
+        let pool = self.clone();
+        std::thread::Builder::new()
+            .name("memlink-stream".into())
+            .spawn(move || pool.serve(job))
+            .map(drop)
+    }
+
+    /// A pool thread: runs `job`, then the jobs handed to it, until idle for long or closed.
+    fn serve(&self, mut job: StreamJob) {
+        loop {
+            let ending = job();
+            self.lock().idle += 1;
+            drop(ending);
+            let idle_since = Instant::now();
+            let mut state = self.lock();
+            job = loop {
+                if let Some(next) = state.jobs.pop_front() {
+                    state.idle -= 1;
+                    break next;
+                }
+                let waited = idle_since.elapsed();
+                if state.closed || waited >= IDLE_STREAM_THREAD {
+                    state.idle -= 1;
+                    return;
+                }
+                state = self
+                    .job_ready
+                    .wait_timeout(state, IDLE_STREAM_THREAD - waited)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            };
+        }
+    }
+
+    /// Tells idle threads to exit (the server has stopped).
+    fn close(&self) {
+        self.lock().closed = true;
+        self.job_ready.notify_all();
+    }
+}
+
 /// What the acceptor holds of each worker.
 struct WorkerHandle {
     doorbell: Arc<OwnedFd>,
@@ -1220,22 +1316,20 @@ impl Connection {
             pause: worker.stream_end_pause,
         };
         let handler = streams.clone();
-        let spawned = std::thread::Builder::new()
-            .name("memlink-stream".into())
-            .spawn(move || {
-                let mut sink = StreamSink::new(ending.state.clone());
-                let outcome = catch_unwind(AssertUnwindSafe(|| {
-                    handler.handle_stream(&request, &mut sink)
-                }));
-                ending.end = Some(match outcome {
-                    Ok(Ok(())) | Ok(Err(Error::Cancelled)) => End::Done,
-                    Ok(Err(e)) => End::Failed(e.to_string()),
-                    Err(_) => End::Panicked,
-                });
-                drop(sink);
-                drop(ending);
+        let job: StreamJob = Box::new(move || {
+            let mut sink = StreamSink::new(ending.state.clone());
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                handler.handle_stream(&request, &mut sink)
+            }));
+            ending.end = Some(match outcome {
+                Ok(Ok(())) | Ok(Err(Error::Cancelled)) => End::Done,
+                Ok(Err(e)) => End::Failed(e.to_string()),
+                Err(_) => End::Panicked,
             });
-        if let Err(e) = spawned {
+            drop(sink);
+            ending
+        });
+        if let Err(e) = shared.stream_pool.run(job) {
             tracing::warn!(error = %e, "could not start a stream handler thread");
             too_many(&mut self.reply, worker.max_streams);
             return;

@@ -4,7 +4,8 @@
 //! A server worker drives many connections as non-blocking state machines; a stream handler is
 //! user code that produces items at its own pace and must be able to *block* when the client
 //! reads slowly (backpressure). It therefore cannot run on the worker. Each stream's handler runs
-//! on a thread of its own (spawned when the stream starts, at most
+//! on a thread of its own (from a pool of handler threads: a thread whose stream ended waits a
+//! while for the next stream, so a new thread is spawned only when none waits; at most
 //! [`ServerOptions::max_streams`](super::ServerOptions::max_streams) at once and
 //! [`max_streams_per_uid`](super::ServerOptions::max_streams_per_uid) per user, so that one
 //! user's unread streams cannot take every slot; over a cap the client is told
