@@ -98,8 +98,8 @@ impl ClientOptions {
         self
     }
 
-    /// Fault injection for tests: every call sleeps for `pause` between sending its request and
-    /// reading its reply, so that the server is surely waiting (parked) when the reading starts.
+    /// Fault injection for tests: every call (and stream) sleeps for `pause` between sending its
+    /// request and reading its reply, so that the server is surely waiting (parked) when the reading starts.
     /// Exists only with the `fault-injection` feature.
     #[doc(hidden)]
     #[cfg(feature = "fault-injection")]
@@ -789,6 +789,9 @@ impl Connection {
                     .is_ok_and(|head| head <= start);
                 Failure::Broken { error, unsent }
             })?;
+        if !self.pause_before_receive.is_zero() {
+            std::thread::sleep(self.pause_before_receive);
+        }
         Ok(call)
     }
 
