@@ -601,7 +601,9 @@ fn streams_over_a_cap(server_args: &[&str]) {
     drop(first);
     let line = server.process.next_line();
     assert!(line.starts_with("cancelled after"), "{line}");
-    // The cancelled handler gives its place back once it has returned.
+    // The cancelled handler gives its place back once it has returned, which is after its report:
+    // hence the retry. (A stream that ended gives its place back before the client can see the
+    // end, with no retry needed: see `a_stream_that_ended_gives_its_place_back_...`.)
     let deadline = Instant::now() + WATCHDOG;
     loop {
         match client
