@@ -263,6 +263,13 @@ fn pipe_closer(args: &[String]) {
     let mut conn = RawConnection::connect(&args[0]);
     // Version 2 passes [region, write end of the server's pipe, read end of ours].
     conn.pipes.truncate(1);
+    request_while_parked(conn)
+}
+
+/// Says it is parked, sends one request and wakes the server, then keeps saying it is parked
+/// (the server clears the flag each time it wakes us): every reply the server makes is followed
+/// by a wake-up write towards us.
+fn request_while_parked(mut conn: RawConnection) -> ! {
     conn.word(CLIENT_PARKED).store(1, Ordering::SeqCst);
     assert!(conn.push_empty(FIRST | LAST, 1, 0));
     conn.wake_server();
@@ -291,7 +298,7 @@ fn failing_server(args: &[String]) {
 /// Attack 1: makes every descriptor it was given blocking and full, says it is parked, and sends
 /// a request, so that the server's wake-up for the reply is the write that blocks.
 fn doorbell_blocker(args: &[String]) {
-    let mut conn = RawConnection::connect(&args[0]);
+    let conn = RawConnection::connect(&args[0]);
     for fd in &conn.eventfds {
         rustix::fs::fcntl_setfl(fd, rustix::fs::OFlags::empty()).unwrap();
         rustix::io::write(fd, &(u64::MAX - 1).to_ne_bytes()).unwrap();
@@ -302,14 +309,7 @@ fn doorbell_blocker(args: &[String]) {
     if let Some(server_pipe) = conn.pipes.first() {
         while rustix::io::write(server_pipe, &[1; 512]).is_ok() {}
     }
-    conn.word(CLIENT_PARKED).store(1, Ordering::SeqCst);
-    assert!(conn.push_empty(FIRST | LAST, 1, 0));
-    conn.wake_server();
-    report("attacking");
-    loop {
-        conn.word(CLIENT_PARKED).store(1, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_micros(100));
-    }
+    request_while_parked(conn)
 }
 
 /// Attack 2: reads every descriptor it was given in a loop, to swallow wake-ups meant for the

@@ -23,7 +23,7 @@ use crate::link::fragment::{Reassembly, fragment_at};
 use crate::link::wake::{self, Backoff, CLIENT, Patience, SERVER};
 use crate::link::{self, Keep, Parked};
 use crate::memory::name::validate_name;
-use crate::memory::ring::{Consumer, FIRST, LAST, Producer, RingError, USER_FLAGS};
+use crate::memory::ring::{Consumer, FIRST, LAST, Producer, RecordHeader, RingError, USER_FLAGS};
 use crate::platform::mapping::Mapping;
 #[cfg(feature = "fault-injection")]
 use crate::platform::notify;
@@ -830,26 +830,10 @@ impl Connection {
                 }
                 Verdict::Ours(user) => kind = Some(user),
             }
-            let started = reassembly
-                .accept(&header, |id| id == call, self.max_message as u64)
-                .map_err(|why| bad(&why))?;
-            if let Some(total) = started {
-                if total > self.max_reply as u64 {
-                    self.abandoned = true;
-                    return Err(Error::MessageTooLarge {
-                        size: usize::try_from(total).unwrap_or(usize::MAX),
-                        max: self.max_reply,
-                    });
-                }
-                item.reserve((total as usize).min(MAX_UPFRONT_RESERVE));
-            }
-            self.responses
-                .take(&header, item)
-                .map_err(|e| ring(&self.name, e))?;
-            let complete = reassembly.taken(&header).map_err(|why| bad(&why))?;
+            let complete = self.take_fragment(&header, &mut reassembly, call, item)?;
             // The server may be waiting for the room we just freed.
             wake::nudge(&self.map, SERVER, &self.wake_out).map_err(|e| ring(&self.name, e))?;
-            if complete.is_some() {
+            if complete {
                 return match header.flags & USER_FLAGS {
                     ERROR_REPLY => Err(self.remote_error(item)),
                     STREAM_END => Ok(false),
@@ -930,34 +914,7 @@ impl Connection {
                 wake::nudge(&self.map, SERVER, &self.wake_out).map_err(|e| ring(&self.name, e))?;
                 continue;
             }
-            let bad = |why: &str| {
-                Error::corrupted(&self.name, format!("server broke the protocol: {why}"))
-            };
-            let started = reassembly
-                .accept(&header, |id| id == call, self.max_message as u64)
-                .map_err(|why| bad(&why))?;
-            if let Some(total) = started {
-                if total > self.max_reply as u64 {
-                    // Ours to refuse, not a broken server: leave the rest unread and let this
-                    // connection go.
-                    self.abandoned = true;
-                    return Err(Error::MessageTooLarge {
-                        size: usize::try_from(total).unwrap_or(usize::MAX),
-                        max: self.max_reply,
-                    });
-                }
-                // The announced length is the server's word: reserve at most a bounded amount up
-                // front and let the buffer grow as fragments actually arrive.
-                reply.reserve((total as usize).min(MAX_UPFRONT_RESERVE));
-            }
-            self.responses
-                .take(&header, reply)
-                .map_err(|e| ring(&self.name, e))?;
-            if reassembly
-                .taken(&header)
-                .map_err(|why| bad(&why))?
-                .is_none()
-            {
+            if !self.take_fragment(&header, &mut reassembly, call, reply)? {
                 // The server may be waiting for the room we just freed. After the last fragment
                 // it is not: the whole reply is in the ring.
                 wake::nudge(&self.map, SERVER, &self.wake_out).map_err(|e| ring(&self.name, e))?;
@@ -966,11 +923,49 @@ impl Connection {
                     return Err(self.remote_error(reply));
                 }
                 if header.flags & USER_FLAGS != 0 {
-                    return Err(bad("unknown reply flags"));
+                    return Err(Error::corrupted(
+                        &self.name,
+                        "server broke the protocol: unknown reply flags",
+                    ));
                 }
                 return Ok(());
             }
         }
+    }
+
+    /// Takes one validated fragment of call `call`'s reply (or stream item) into `out`; `true`
+    /// once the message is complete. A message larger than we accept ends the connection with
+    /// `MessageTooLarge` before more than a fragment of it is read.
+    fn take_fragment(
+        &mut self,
+        header: &RecordHeader,
+        reassembly: &mut Reassembly,
+        call: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<bool> {
+        let bad =
+            |why: &str| Error::corrupted(&self.name, format!("server broke the protocol: {why}"));
+        let started = reassembly
+            .accept(header, |id| id == call, self.max_message as u64)
+            .map_err(|why| bad(&why))?;
+        if let Some(total) = started {
+            if total > self.max_reply as u64 {
+                // Ours to refuse, not a broken server: leave the rest unread and let this
+                // connection go.
+                self.abandoned = true;
+                return Err(Error::MessageTooLarge {
+                    size: usize::try_from(total).unwrap_or(usize::MAX),
+                    max: self.max_reply,
+                });
+            }
+            // The announced length is the server's word: reserve at most a bounded amount up
+            // front and let the buffer grow as fragments actually arrive.
+            out.reserve((total as usize).min(MAX_UPFRONT_RESERVE));
+        }
+        self.responses
+            .take(header, out)
+            .map_err(|e| Error::corrupted(&self.name, e.0))?;
+        Ok(reassembly.taken(header).map_err(|why| bad(&why))?.is_some())
     }
 
     fn remote_error(&self, report: &[u8]) -> Error {
