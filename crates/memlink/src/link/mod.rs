@@ -1,5 +1,6 @@
 //! One connection between two processes, whatever the pattern: finding each other on a name and
-//! admitting by credentials ([`rendezvous`], [`admits`], [`trusts`], [`handshake`]), the
+//! admitting by credentials ([`rendezvous`], [`admits`], [`trusts`], [`handshake`]; fairly per
+//! user when one side serves many, [`admission`]), the
 //! handshake messages and region layout ([`protocol`]), the sealed region and wake pipes (offered
 //! by the accepting side with [`offer`], validated by the connecting side with [`adopt`]), the
 //! wake-ups a peer can neither block nor steal and spin → yield → park ([`wake`], [`wait`],
@@ -10,6 +11,7 @@
 //! never touches a wake pipe, a socket or a raw region offset itself. May use `memory` (rings) and
 //! `platform` (sockets, memfds, pipes, mappings); no `unsafe` of its own.
 
+pub(crate) mod admission;
 pub(crate) mod fragment;
 pub(crate) mod protocol;
 pub(crate) mod rendezvous;

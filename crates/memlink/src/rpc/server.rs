@@ -27,6 +27,7 @@ use super::protocol::{
 };
 use super::stream::{End, Next, StreamHandler, StreamSink, StreamState, WorkerBell};
 use crate::error::{Error, Result};
+use crate::link::admission::{self, Handshake, Handshakes, MAX_PENDING_HANDSHAKES};
 use crate::link::fragment::{Reassembly, fragment_at};
 use crate::link::wake::{self, Backoff, CLIENT, PARK_RECHECK, Patience, SERVER};
 use crate::link::{self, Keep, Offered};
@@ -41,11 +42,6 @@ use crate::platform::{process, socket};
 
 /// How long a connector may take to say hello before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Handshakes in progress at once, over all users. When full, the user with the most pending
-/// handshakes loses its oldest one.
-const MAX_PENDING_HANDSHAKES: usize = 1024;
-/// Connections accepted per wake-up of the acceptor before it looks at pending hellos again.
-const ACCEPT_BATCH: usize = 64;
 /// Most fragments and bytes a worker takes from (or gives to) one connection per sweep, so that
 /// one connection's large message cannot hold the others up for its whole length.
 const SWEEP_FRAGMENTS: usize = 16;
@@ -605,7 +601,7 @@ impl Server {
         poller
             .add(&self.shared.shutdown_bell, STOP)
             .map_err(poll_error)?;
-        let mut pending = Handshakes::default();
+        let mut pending = Handshakes::new(HANDSHAKE_TIMEOUT);
         let mut ready = Vec::new();
         loop {
             let timeout = pending
@@ -638,47 +634,15 @@ impl Server {
     }
 
     fn accept_batch(&self, poller: &Poller, pending: &mut Handshakes) -> Result<()> {
-        for _ in 0..ACCEPT_BATCH {
-            let connection = match socket::accept(&self.listener) {
-                Ok(connection) => connection,
-                Err(Errno::INTR | Errno::CONNABORTED | Errno::PROTO) => continue,
-                Err(Errno::AGAIN) => return Ok(()),
-                Err(Errno::MFILE | Errno::NFILE | Errno::NOBUFS | Errno::NOMEM) => {
-                    tracing::warn!(server = %self.name, "out of descriptors or memory; refusing connections for a moment");
-                    std::thread::sleep(Duration::from_millis(10));
-                    return Ok(());
-                }
-                Err(e @ (Errno::BADF | Errno::INVAL | Errno::NOTSOCK | Errno::OPNOTSUPP)) => {
-                    return Err(Error::os("accepting a connection", e));
-                }
-                Err(e) => {
-                    // Anything else concerns that one connection (e.g. a security module's veto).
-                    tracing::debug!(server = %self.name, error = %e, "a connection could not be accepted");
-                    continue;
-                }
-            };
-            let Ok(peer) = socket::peer_credentials(&connection) else {
-                continue;
-            };
-            if !self.allowed(&connection, peer) {
-                // Answered at once, without reading anything from it.
-                let _ = socket::send_message(
-                    &connection,
-                    &self.refusal(Admission::PermissionDenied).encode(),
-                    &[],
-                );
-                continue;
-            }
-            let token = pending.insert(connection, peer, self.options.max_pending_per_uid, |evicted| {
-                let _ = poller.remove(&evicted.socket);
-                tracing::debug!(server = %self.name, uid = evicted.peer.uid, "dropped a half-open connection to make room");
-            });
-            let (token, socket) = token;
-            if poller.add(socket, token).is_err() {
-                pending.take(token);
-            }
-        }
-        Ok(())
+        admission::accept_batch(
+            &self.listener,
+            poller,
+            pending,
+            self.options.max_pending_per_uid,
+            |connection, peer| self.allowed(connection, peer),
+            &self.refusal(Admission::PermissionDenied).encode(),
+            &self.name,
+        )
     }
 
     fn allowed(&self, connection: &OwnedFd, peer: socket::PeerCredentials) -> bool {
@@ -788,125 +752,6 @@ impl Server {
             return Err(Errno::IO);
         }
         notify::ring(&*worker.doorbell)
-    }
-}
-
-/// A connection that has not said hello yet.
-struct Handshake {
-    socket: OwnedFd,
-    peer: socket::PeerCredentials,
-    deadline: Instant,
-    /// Order of arrival, to find a user's oldest.
-    seq: u64,
-}
-
-/// The handshakes in progress, indexed by epoll token, with a count per uid. A token is a slot
-/// index and the slot's generation, so an event that was already queued for a handshake since
-/// evicted can never be mistaken for the newer one in its slot.
-#[derive(Default)]
-struct Handshakes {
-    slots: Vec<Option<Handshake>>,
-    generations: Vec<u32>,
-    per_uid: HashMap<u32, usize>,
-    count: usize,
-    next_seq: u64,
-}
-
-impl Handshakes {
-    const FIRST_TOKEN: u64 = 2;
-
-    fn next_deadline(&self) -> Option<Instant> {
-        self.slots.iter().flatten().map(|h| h.deadline).min()
-    }
-
-    fn token(&self, index: usize) -> u64 {
-        (u64::from(self.generations[index]) << 32) | (index as u64 + Self::FIRST_TOKEN)
-    }
-
-    fn take(&mut self, token: u64) -> Option<Handshake> {
-        let index = usize::try_from((token & 0xffff_ffff).checked_sub(Self::FIRST_TOKEN)?).ok()?;
-        if self.generations.get(index).copied() != u32::try_from(token >> 32).ok() {
-            return None;
-        }
-        let handshake = self.slots.get_mut(index)?.take()?;
-        self.count -= 1;
-        if let Some(n) = self.per_uid.get_mut(&handshake.peer.uid) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_uid.remove(&handshake.peer.uid);
-            }
-        }
-        Some(handshake)
-    }
-
-    /// The token of `uid`'s oldest handshake.
-    fn oldest_of(&self, uid: u32) -> Option<u64> {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, h)| h.as_ref().filter(|h| h.peer.uid == uid).map(|h| (h.seq, i)))
-            .min()
-            .map(|(_, i)| self.token(i))
-    }
-
-    /// Adds a handshake, first evicting (through `evict`) the user's oldest one if the user is at
-    /// `per_uid_cap`, or the oldest one of the user with the most if the table is full. Returns the
-    /// new entry's token and socket.
-    fn insert(
-        &mut self,
-        socket: OwnedFd,
-        peer: socket::PeerCredentials,
-        per_uid_cap: usize,
-        mut evict: impl FnMut(Handshake),
-    ) -> (u64, &OwnedFd) {
-        let victim_uid = if self.per_uid.get(&peer.uid).copied().unwrap_or(0) >= per_uid_cap {
-            Some(peer.uid)
-        } else if self.count >= MAX_PENDING_HANDSHAKES {
-            self.per_uid
-                .iter()
-                .max_by_key(|(_, n)| **n)
-                .map(|(uid, _)| *uid)
-        } else {
-            None
-        };
-        if let Some(victim) = victim_uid
-            .and_then(|uid| self.oldest_of(uid))
-            .and_then(|t| self.take(t))
-        {
-            evict(victim);
-        }
-        let index = match self.slots.iter().position(Option::is_none) {
-            Some(free) => free,
-            None => {
-                self.slots.push(None);
-                self.generations.push(0);
-                self.slots.len() - 1
-            }
-        };
-        self.generations[index] = self.generations[index].wrapping_add(1);
-        let token = self.token(index);
-        self.next_seq += 1;
-        *self.per_uid.entry(peer.uid).or_insert(0) += 1;
-        self.count += 1;
-        let handshake = self.slots[index].insert(Handshake {
-            socket,
-            peer,
-            deadline: Instant::now() + HANDSHAKE_TIMEOUT,
-            seq: self.next_seq,
-        });
-        (token, &handshake.socket)
-    }
-
-    /// Removes and returns every handshake whose deadline has passed.
-    fn expire(&mut self, now: Instant) -> Vec<Handshake> {
-        let expired: Vec<u64> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.as_ref().is_some_and(|h| h.deadline <= now))
-            .map(|(i, _)| self.token(i))
-            .collect();
-        expired.into_iter().filter_map(|t| self.take(t)).collect()
     }
 }
 
