@@ -152,7 +152,7 @@ fn serve_answers_call_shows_in_ls_and_stops_on(tag: &str, signal: rustix::proces
     let after = call(&name, "anyone?");
     assert!(!after.status.success());
     assert!(
-        String::from_utf8_lossy(&after.stderr).contains("no memlink server is running"),
+        String::from_utf8_lossy(&after.stderr).contains("nothing is serving memlink"),
         "{after:?}"
     );
 }

@@ -124,19 +124,21 @@ pub enum Error {
         pid: u32,
     },
 
-    /// No server is running under this name.
+    /// No server (or, for a topic, no publisher) is running under this name.
     #[error(
-        "no memlink server is running under '{name}'; start one (e.g. `memlink serve --name {name}`) \
-         or use `Client::connect_timeout` to wait for it"
+        "nothing is serving memlink '{name}': no server or publisher runs under it; start one \
+         (e.g. `memlink serve --name {name}`), or wait for it (`Client::connect_timeout`, \
+         `Subscriber::subscribe`)"
     )]
     NotRunning {
         /// The service name.
         name: String,
     },
 
-    /// Another live server already serves this name.
+    /// Another live server (or, for a topic, publisher) already serves this name.
     #[error(
-        "a memlink server (pid {pid}) is already running under '{name}'; stop it or pick another name"
+        "a memlink server or publisher (pid {pid}) is already running under '{name}'; stop it or \
+         pick another name"
     )]
     AlreadyRunning {
         /// The service name.
@@ -240,6 +242,39 @@ pub enum Error {
     /// produces): retry later, or use the blocking `send`.
     #[error("the stream's queue is full; the client has not caught up, retry later or use send")]
     Full,
+
+    /// A subscriber fell behind: `missed` samples were overwritten before it read them. Nothing
+    /// else is lost: the next receive returns the oldest sample the publisher still keeps.
+    #[error(
+        "this subscriber of topic '{name}' fell behind and missed {missed} samples; it goes on from \
+         the oldest one still kept (receive faster, or raise the publisher's capacity)"
+    )]
+    Lagged {
+        /// The topic.
+        name: String,
+        /// How many samples were overwritten unread (exactly).
+        missed: u64,
+    },
+
+    /// A subscriber already holds as many samples as the topic allows, so it may not take
+    /// another (this bound is what keeps the publisher from ever running out of slots).
+    #[error(
+        "this subscriber of topic '{name}' already holds {limit} samples, the most the topic allows; \
+         drop one before receiving another, or raise the publisher's max_held_per_subscriber"
+    )]
+    TooManyHeld {
+        /// The topic.
+        name: String,
+        /// Samples one subscriber may hold at once.
+        limit: u32,
+    },
+
+    /// The options asked for something memlink cannot build; `reason` says what to change.
+    #[error("unusable options: {reason}")]
+    InvalidOptions {
+        /// What is wrong, and what to change.
+        reason: String,
+    },
 
     /// The operating system refused an operation for a reason not covered above.
     #[error("{op} failed: {source}")]

@@ -11,9 +11,12 @@
 //! - [`rpc`]: request/response between processes — a [`Server`] with worker threads answering many
 //!   [`Client`]s, each over its own pair of shared-memory rings.
 //! - [`duplex`]: two symmetric peers, either may start first; each sends and receives at any time.
+//! - [`pubsub`]: one [`Publisher`] per topic, many [`Subscriber`]s, zero-copy samples.
 //!
-//! Shared memory is written by other processes and treated as untrusted input: nothing here forms
-//! a slice over it, and every value read from it is validated before use.
+//! Shared memory is written by other processes and treated as untrusted input: every value read
+//! from it is validated before use, and nothing here forms a slice over it, with one explicit
+//! exception: a subscriber reads a sample in place, under the conditions `pubsub::sample`
+//! states (the only module besides `platform` allowed `unsafe`).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(
@@ -26,6 +29,7 @@ pub mod error;
 mod link;
 pub mod memory;
 mod platform;
+pub mod pubsub;
 pub mod rpc;
 
 pub use duplex::{Duplex, DuplexOptions, TrySendError};
@@ -35,6 +39,9 @@ pub use memory::inventory;
 pub use memory::name::{MAX_NAME_LEN, validate_name};
 pub use memory::segment::{Permissions, Segment, SegmentOptions};
 pub use memory::sync::{Event, EventMode, Lock, Mutex, MutexGuard, OwnerDiedGuard, Semaphore};
+pub use pubsub::{
+    Loan, MessageHandler, Publisher, PublisherOptions, Sample, Subscriber, SubscriberOptions,
+};
 pub use rpc::{
     Client, ClientOptions, Handler, ReplyStream, Server, ServerOptions, ShutdownHandle,
     StreamHandler, StreamSink,

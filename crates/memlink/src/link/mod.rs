@@ -188,6 +188,33 @@ pub(crate) fn offer<const N: usize>(
 ) -> Result<Offered<N>, Errno> {
     use std::os::fd::AsFd;
     let region = create_region(capacity)?;
+    let ends = offer_regions(connection, welcome, &[region.fd.as_fd()], pipes)?;
+    Ok(Offered {
+        map: region.map,
+        layout: region.layout,
+        ends,
+    })
+}
+
+/// Like [`offer`], for a pattern with regions of its own: sends `welcome` carrying `regions` (in
+/// order) and then the peer's end of one new wake pipe per entry of `pipes`; returns our ends.
+pub(crate) fn offer_regions<const N: usize>(
+    connection: &OwnedFd,
+    welcome: &[u8],
+    regions: &[std::os::fd::BorrowedFd<'_>],
+    pipes: [Keep; N],
+) -> Result<[OwnedFd; N], Errno> {
+    let (ours, theirs) = wake_pipes(pipes)?;
+    send_welcome(connection, welcome, regions, &theirs)?;
+    Ok(ours)
+}
+
+/// One new wake pipe per entry of `pipes`: our ends (as `pipes` says) and the peer's, each in
+/// order. For an accepting side that must record the connection before its welcome leaves
+/// ([`send_welcome`]).
+pub(crate) fn wake_pipes<const N: usize>(
+    pipes: [Keep; N],
+) -> Result<([OwnedFd; N], [OwnedFd; N]), Errno> {
     let mut ours = Vec::with_capacity(N);
     let mut theirs = Vec::with_capacity(N);
     for keep in pipes {
@@ -199,14 +226,24 @@ pub(crate) fn offer<const N: usize>(
         ours.push(kept);
         theirs.push(given);
     }
-    let mut fds = vec![region.fd.as_fd()];
+    Ok((
+        ours.try_into().map_err(|_| Errno::INVAL)?,
+        theirs.try_into().map_err(|_| Errno::INVAL)?,
+    ))
+}
+
+/// Sends `welcome` carrying `regions` and then the peer's wake pipe ends `theirs` (from
+/// [`wake_pipes`]), never blocking.
+pub(crate) fn send_welcome(
+    connection: &OwnedFd,
+    welcome: &[u8],
+    regions: &[std::os::fd::BorrowedFd<'_>],
+    theirs: &[OwnedFd],
+) -> Result<(), Errno> {
+    use std::os::fd::AsFd;
+    let mut fds = regions.to_vec();
     fds.extend(theirs.iter().map(AsFd::as_fd));
-    socket::send_message(connection, welcome, &fds)?;
-    Ok(Offered {
-        map: region.map,
-        layout: region.layout,
-        ends: ours.try_into().map_err(|_| Errno::INVAL)?,
-    })
+    socket::send_message(connection, welcome, &fds)
 }
 
 /// The connecting side's half: checks that `fds` (from an accepted welcome) are a region and the
@@ -218,31 +255,41 @@ pub(crate) fn adopt<const N: usize>(
     fds: Vec<OwnedFd>,
     pipes: [Keep; N],
 ) -> Result<(Arc<Mapping>, RegionLayout, [OwnedFd; N])> {
-    if fds.len() != N + 1 {
+    let ([region_fd], ends) = adopt_regions::<1, N>(name, fds, pipes)?;
+    let (map, layout) = adopt_region(name, capacity, &region_fd)?;
+    Ok((map, layout, ends))
+}
+
+/// Like [`adopt`], for a pattern with `R` regions of its own (which the caller validates): splits
+/// `fds` into the regions and our private ends of `pipes`.
+pub(crate) fn adopt_regions<const R: usize, const N: usize>(
+    name: &str,
+    fds: Vec<OwnedFd>,
+    pipes: [Keep; N],
+) -> Result<([OwnedFd; R], [OwnedFd; N])> {
+    if fds.len() != R + N {
         return Err(Error::corrupted(
             name,
             format!(
                 "the peer's welcome carried {} descriptors, expected {}",
                 fds.len(),
-                N + 1
+                R + N
             ),
         ));
     }
     let mut fds = fds.into_iter();
-    let region_fd = fds
-        .next()
-        .ok_or_else(|| Error::corrupted(name, "the peer's welcome carried no region"))?;
+    let regions: Vec<OwnedFd> = fds.by_ref().take(R).collect();
     // The wake pipes must be pipes, ends the right way round; we reopen each to get an open
     // file description of our own, so that not even the peer can make our end blocking.
     let mut ends = Vec::with_capacity(N);
     for (received, keep) in fds.zip(pipes) {
         ends.push(private_wake_end(name, &received, keep == Keep::Read)?);
     }
-    let (map, layout) = adopt_region(name, capacity, &region_fd)?;
-    let ends = ends
-        .try_into()
-        .map_err(|_| Error::corrupted(name, "the peer's welcome carried too few descriptors"))?;
-    Ok((map, layout, ends))
+    let too_few = || Error::corrupted(name, "the peer's welcome carried too few descriptors");
+    Ok((
+        regions.try_into().map_err(|_| too_few())?,
+        ends.try_into().map_err(|_| too_few())?,
+    ))
 }
 
 /// Validates and maps the region the accepting side handed us: it must be sealed against

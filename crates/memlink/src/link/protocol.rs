@@ -6,13 +6,16 @@
 //! for a duplex pair, whose users see no roles:
 //!
 //! - client → server [`Hello`]: `magic u32 | version u32 | purpose u32 | max_message u32`
-//!   (`max_message`: the largest message a duplex connector accepts; 0 and ignored otherwise).
+//!   (`max_message`: the largest message a duplex connector accepts, a subscriber's flags; 0 and
+//!   ignored otherwise).
 //! - server → client [`Welcome`]: `magic | version | status u32 | ring_capacity u32 |
 //!   max_message u64 | server_pid u32 | extra u32`, plus, when accepted, the connection's sealed
 //!   memfd and wake pipe ends: for request/response three (memfd, the write end of the pipe that
 //!   wakes the server, the read end of the pipe that wakes the client), for a duplex pair five
 //!   (memfd, the write ends of the accepter's "data" and "room" pipes, the read ends of the
-//!   connector's). A server may answer a refusal before reading the hello.
+//!   connector's), for a subscriber four (the topic's broadcast memfd, sealed read-only, the
+//!   subscriber's own region, the read end of the pipe that wakes the subscriber, the write end
+//!   of the one that wakes the publisher). A server may answer a refusal before reading the hello.
 //! - server → client a pattern's own answer instead (rpc's statistics), when the hello asked.
 //! - server → client [`Goodbye`] just before a side drops a connection it found corrupted or is
 //!   shutting down: `magic | version | reason u32 | text`.
@@ -66,12 +69,14 @@ pub(crate) enum Purpose {
     Duplex,
     /// A duplex connector saying it has adopted the region: the pair is complete.
     Paired,
+    /// A subscriber asking to join a topic.
+    Subscribe,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Hello {
     pub(crate) purpose: Purpose,
-    /// Largest message a duplex connector accepts (0 for other purposes).
+    /// Largest message a duplex connector accepts; a subscriber's flags; 0 for other purposes.
     pub(crate) max_message: u32,
 }
 
@@ -87,6 +92,7 @@ impl Hello {
             Purpose::Stats => 2,
             Purpose::Duplex => 3,
             Purpose::Paired => 4,
+            Purpose::Subscribe => 5,
         };
         b[8..12].copy_from_slice(&purpose.to_le_bytes());
         b[12..16].copy_from_slice(&self.max_message.to_le_bytes());
@@ -107,10 +113,11 @@ impl Hello {
             Some(2) => Purpose::Stats,
             Some(3) => Purpose::Duplex,
             Some(4) => Purpose::Paired,
+            Some(5) => Purpose::Subscribe,
             other => return Err(format!("unknown hello purpose {other:?}")),
         };
         let max_message = match purpose {
-            Purpose::Duplex => word(b, 12).unwrap_or(0),
+            Purpose::Duplex | Purpose::Subscribe => word(b, 12).unwrap_or(0),
             _ => 0,
         };
         Ok(Hello {

@@ -59,6 +59,13 @@ pub(crate) struct Side {
     cpu: usize,
 }
 
+impl Side {
+    /// A side whose parked flag and CPU word are at these offsets of the region it parks on.
+    pub(crate) const fn at(parked: usize, cpu: usize) -> Side {
+        Side { parked, cpu }
+    }
+}
+
 /// The connecting side, waiting for records.
 pub(crate) const CLIENT: Side = Side {
     parked: RegionLayout::CLIENT_PARKED,

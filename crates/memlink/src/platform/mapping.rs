@@ -255,6 +255,159 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    /// The `len` bytes at `offset` as a slice, or `None` if the range is not inside the mapping.
+    ///
+    /// # Safety
+    ///
+    /// While the slice lives, nothing writes the range: no thread of this process and no other
+    /// process (a publisher's loaned slot, read back by the publisher that fills it).
+    pub(crate) unsafe fn view(&self, offset: usize, len: usize) -> Option<&[u8]> {
+        self.check(offset, len)?;
+        let ptr = self.base.as_ptr().wrapping_add(offset);
+        // The range is inside the live mapping (checked above).
+        // SAFETY: in bounds, and nothing writes it while the slice lives (caller's contract).
+        Some(unsafe { std::slice::from_raw_parts(ptr, len) })
+    }
+
+    /// The `len` bytes at `offset` as a mutable slice, or `None` if the range is not inside the
+    /// mapping.
+    ///
+    /// # Safety
+    ///
+    /// While the slice lives, nothing else reads or writes the range: no other reference or
+    /// copy in this process, and no other process writes it (a publisher's loaned slot: only the
+    /// publisher maps the region writable, and it hands a slot out once at a time).
+    // The exclusivity `&mut self` would give comes from the caller's contract instead: the
+    // mapping is shared (`Arc`) by the publisher and its acceptor thread.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn view_mut(&self, offset: usize, len: usize) -> Option<&mut [u8]> {
+        self.check(offset, len)?;
+        let ptr = self.base.as_ptr().wrapping_add(offset);
+        // The range is inside the live mapping (checked above).
+        // SAFETY: in bounds, and nothing else accesses it while the slice lives (caller's contract).
+        Some(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+    }
+}
+
+/// A `MAP_SHARED`, read-only mapping of a whole file, unmapped on drop: a region another process
+/// writes and we only read (a publisher's samples). Offers loads and copies, and, to callers that
+/// can vouch that nobody writes a range meanwhile, a slice over it ([`ReadOnlyMapping::view`]).
+#[derive(Debug)]
+pub(crate) struct ReadOnlyMapping {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: valid until drop and owned by no thread; this process never writes it (it cannot: the
+// pages are mapped without write permission), so shared access from any thread is sound.
+unsafe impl Send for ReadOnlyMapping {}
+// SAFETY: see `Send`.
+unsafe impl Sync for ReadOnlyMapping {}
+
+impl ReadOnlyMapping {
+    /// `mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0)`. The caller must have checked with
+    /// `fstat` that the file is at least `len` bytes long and sealed against shrinking.
+    pub(crate) fn map(fd: impl AsFd, len: usize) -> Result<Self, Errno> {
+        if len == 0 {
+            return Err(Errno::INVAL);
+        }
+        // SAFETY: a fresh mapping (null hint, no MAP_FIXED) replaces no existing memory.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ,
+                MapFlags::SHARED,
+                fd,
+                0,
+            )?
+        };
+        let base = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::INVAL)?;
+        Ok(ReadOnlyMapping { base, len })
+    }
+
+    fn check(&self, offset: usize, len: usize) -> Option<usize> {
+        let end = offset.checked_add(len)?;
+        (end <= self.len).then_some(end)
+    }
+
+    /// The `u64` at `offset`, loaded atomically with `order` (an atomic load of a lock-free
+    /// size is allowed on read-only memory); `None` if out of bounds or misaligned.
+    pub(crate) fn load_u64(&self, offset: usize, order: Ordering) -> Option<u64> {
+        self.check(offset, 8)?;
+        let ptr = self.base.as_ptr().wrapping_add(offset);
+        if !(ptr as usize).is_multiple_of(align_of::<AtomicU64>()) {
+            return None;
+        }
+        // The writer accesses shared words only atomically; we only load.
+        // SAFETY: `ptr` is in bounds and aligned for `AtomicU64` (both checked above).
+        Some(unsafe { AtomicU64::from_ptr(ptr.cast::<u64>()) }.load(order))
+    }
+
+    /// The `u32` at `offset`, as [`ReadOnlyMapping::load_u64`].
+    pub(crate) fn load_u32(&self, offset: usize, order: Ordering) -> Option<u32> {
+        self.check(offset, 4)?;
+        let ptr = self.base.as_ptr().wrapping_add(offset);
+        if !(ptr as usize).is_multiple_of(align_of::<AtomicU32>()) {
+            return None;
+        }
+        // As for `load_u64`.
+        // SAFETY: `ptr` is in bounds and aligned for `AtomicU32` (both checked above).
+        Some(unsafe { AtomicU32::from_ptr(ptr.cast::<u32>()) }.load(order))
+    }
+
+    /// Appends the `len` bytes at `offset` to `out`; `false` (appending nothing) if the range is
+    /// not inside the mapping. The writer is another process (nothing in this process writes a
+    /// read-only mapping), so a concurrent write can only give torn bytes, which callers must
+    /// not trust.
+    #[must_use]
+    pub(crate) fn append_to_vec(&self, offset: usize, len: usize, out: &mut Vec<u8>) -> bool {
+        if self.check(offset, len).is_none() {
+            return false;
+        }
+        out.reserve(len);
+        let old_len = out.len();
+        let source = self.base.as_ptr().wrapping_add(offset);
+        let destination = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+        // The source is inside the live mapping (checked); `destination` is our own allocation
+        // with room for `len`, disjoint from it.
+        // SAFETY: both ranges valid and disjoint; nothing in this process writes the source.
+        unsafe { std::ptr::copy_nonoverlapping(source, destination, len) };
+        // SAFETY: the copy above initialised exactly the `len` bytes following `old_len`.
+        unsafe { out.set_len(old_len + len) };
+        true
+    }
+
+    /// The `len` bytes at `offset` as a slice, or `None` if the range is not inside the mapping.
+    ///
+    /// # Safety
+    ///
+    /// No process writes the range while the slice lives. (This process cannot; the caller
+    /// vouches for the others: for a publisher's sample, the region is sealed so that only the
+    /// publisher can write it, the publisher is run by our own user or root, who could write
+    /// our memory directly anyway, and its protocol never writes a slot a subscriber holds.)
+    pub(crate) unsafe fn view(&self, offset: usize, len: usize) -> Option<&[u8]> {
+        self.check(offset, len)?;
+        let ptr = self.base.as_ptr().wrapping_add(offset);
+        // The range is inside the live, readable mapping (checked above).
+        // SAFETY: in bounds, and nothing writes it while the slice lives (caller's contract).
+        Some(unsafe { std::slice::from_raw_parts(ptr, len) })
+    }
+}
+
+impl Drop for ReadOnlyMapping {
+    fn drop(&mut self) {
+        // Every borrow of the region is tied to `&self`, so none outlives this.
+        // SAFETY: `base`/`len` describe exactly the region `mmap` returned in `map`.
+        let result = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
+        debug_assert!(
+            result.is_ok(),
+            "munmap of our own mapping failed: {result:?}"
+        );
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // No borrow of the region outlives `self`: all borrows are tied to `&self`.
