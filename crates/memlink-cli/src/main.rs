@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use memlink::inventory::{self, ObjectInfo, ObjectState};
-use memlink::{Client, Duplex, Permissions, Server};
+use memlink::{Client, Duplex, Permissions, Publisher, Server, Subscriber};
 
 #[derive(Parser)]
 #[command(
@@ -75,7 +75,32 @@ enum Command {
         #[arg(long)]
         timeout_ms: Option<u64>,
     },
-    /// List memlink servers and objects on this machine.
+    /// Publish each line of stdin as one sample of TOPIC (subscribers may come and go).
+    Pub {
+        /// Topic name.
+        #[arg(long)]
+        topic: String,
+        /// Samples the topic keeps for subscribers that fall behind.
+        #[arg(long, default_value_t = 64)]
+        capacity: usize,
+        /// Samples a subscriber that joins late is given from before it joined.
+        #[arg(long, default_value_t = 0)]
+        history: usize,
+        /// Admit subscribers of every user (default: only this user and root).
+        #[arg(long)]
+        everyone: bool,
+    },
+    /// Print each sample of TOPIC as a line (waits for the publisher, and for the next one
+    /// after it goes); lag is reported on stderr.
+    Sub {
+        /// Topic name.
+        #[arg(long)]
+        topic: String,
+        /// Exit after this many samples (default: run until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// List memlink servers, topics and objects on this machine.
     Ls,
     /// Remove an object by name. Refuses one whose creator is alive unless --force.
     Rm {
@@ -162,6 +187,13 @@ fn main() -> ExitCode {
             timeout_ms,
         } => call(&name, &text, timeout_ms).map_err(Into::into),
         Command::Chat { name, timeout_ms } => chat(&name, timeout_ms).map_err(Into::into),
+        Command::Pub {
+            topic,
+            capacity,
+            history,
+            everyone,
+        } => publish(&topic, capacity, history, everyone).map_err(Into::into),
+        Command::Sub { topic, count } => subscribe(&topic, count).map_err(Into::into),
         Command::Ls => list().map_err(Into::into),
         Command::Rm { name, force } => inventory::remove(&name, force)
             .map(|()| println!("removed {name}"))
@@ -300,6 +332,75 @@ fn chat(name: &str, timeout_ms: Option<u64>) -> memlink::Result<()> {
     Ok(())
 }
 
+/// `memlink pub`: each line of stdin (newline removed) is one sample.
+fn publish(topic: &str, capacity: usize, history: usize, everyone: bool) -> memlink::Result<()> {
+    use std::io::BufRead;
+    let permissions = if everyone {
+        Permissions::Everyone
+    } else {
+        Permissions::OwnerOnly
+    };
+    let mut publisher = Publisher::options()
+        .capacity(capacity)
+        .history(history)
+        .permissions(permissions)
+        .create(topic)?;
+    eprintln!(
+        "publishing '{topic}' (pid {}); each line is a sample, Ctrl-D ends",
+        std::process::id()
+    );
+    let mut stdin = std::io::stdin().lock();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match stdin.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if line.ends_with(b"\n") {
+            line.pop();
+        }
+        publisher.publish(&line)?;
+    }
+    Ok(())
+}
+
+/// `memlink sub`: prints every sample as a line; lag and publisher changes go to stderr.
+fn subscribe(topic: &str, count: Option<u64>) -> memlink::Result<()> {
+    use std::io::Write;
+    eprintln!("memlink sub '{topic}': waiting for the publisher...");
+    let mut subscriber = Subscriber::subscribe(topic)?;
+    eprintln!(
+        "subscribed to pid {}",
+        subscriber.publisher_pid().unwrap_or(0)
+    );
+    let mut out = std::io::stdout().lock();
+    let mut received = 0;
+    while count.is_none_or(|n| received < n) {
+        match subscriber.recv() {
+            Ok(sample) => {
+                received += 1;
+                let written = out
+                    .write_all(&sample)
+                    .and_then(|()| out.write_all(b"\n"))
+                    .and_then(|()| out.flush());
+                if written.is_err() {
+                    // Our reader went away (a closed pipe): nothing more to do.
+                    return Ok(());
+                }
+            }
+            Err(memlink::Error::Lagged { missed, .. }) => {
+                eprintln!("memlink sub: fell behind, missed {missed} samples");
+            }
+            Err(memlink::Error::Disconnected { .. }) => {
+                eprintln!("memlink sub: the publisher is gone; waiting for the next one");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn call(name: &str, text: &str, timeout_ms: u64) -> memlink::Result<()> {
     let client = Client::connect(name)?;
     let reply = client.call_timeout(text.as_bytes(), Duration::from_millis(timeout_ms))?;
@@ -355,6 +456,36 @@ fn list() -> memlink::Result<()> {
             ["SERVER", "PID", "CLIENTS", "CALLS", "WORKERS", "UPTIME"],
             &rows,
         );
+    }
+    println!();
+    let topics = memlink::pubsub::list_topics();
+    if topics.is_empty() {
+        println!("no memlink topics");
+    } else {
+        let rows: Vec<[String; 5]> = topics
+            .iter()
+            .map(|t| match &t.stats {
+                Ok(st) => [
+                    t.name.clone(),
+                    st.publisher_pid.to_string(),
+                    st.published.to_string(),
+                    st.subscribers
+                        .iter()
+                        .map(|s| format!("{}(lag {}, held {})", s.pid, s.lag, s.held))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    if st.reliable { "reliable" } else { "lossy" }.to_owned(),
+                ],
+                Err(e) => [
+                    t.name.clone(),
+                    "-".into(),
+                    "-".into(),
+                    format!("({e})"),
+                    "-".into(),
+                ],
+            })
+            .collect();
+        print_table(["TOPIC", "PID", "PUBLISHED", "SUBSCRIBERS", "MODE"], &rows);
     }
     println!();
     let objects = inventory::list()?;

@@ -270,3 +270,50 @@ fn chat_pairs_two_processes_and_each_prints_the_others_lines() {
     assert_eq!(out(&mut a), "hello from b\n");
     assert_eq!(out(&mut b), "hello from a\nsecond line from a\n");
 }
+
+#[test]
+fn pub_and_sub_carry_lines_and_ls_shows_the_topic() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let topic = unique("topic");
+    // The subscriber first: it waits for the publisher.
+    let mut sub = Command::new(env!("CARGO_BIN_EXE_memlink"))
+        .args(["sub", "--topic", &topic, "--count", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run memlink sub");
+    let mut publisher = Command::new(env!("CARGO_BIN_EXE_memlink"))
+        .args(["pub", "--topic", &topic, "--history", "3"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run memlink pub");
+    let mut input = publisher.stdin.take().unwrap();
+    input.write_all(b"one\ntwo\nthree\n").unwrap();
+    input.flush().unwrap();
+    // Whenever the subscriber attached, it gets all three: live, or from the history.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let output = sub.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let lines: Vec<String> = (0..3)
+        .map(|_| {
+            rx.recv_timeout(std::time::Duration::from_secs(20))
+                .expect("a line from sub")
+        })
+        .collect();
+    assert_eq!(lines, ["one", "two", "three"]);
+    let listing = stdout(&memlink(&["ls"]));
+    let row = line_for(&listing, &topic).unwrap_or_else(|| panic!("{topic} missing:\n{listing}"));
+    assert!(
+        row.contains(&publisher.id().to_string()) && row.contains("lossy"),
+        "{row}"
+    );
+    assert!(sub.wait().unwrap().success());
+    drop(input);
+    assert!(publisher.wait().unwrap().success());
+}

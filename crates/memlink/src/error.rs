@@ -148,11 +148,12 @@ pub enum Error {
     },
 
     /// The peer went away (crashed, was killed, shut down or closed its end): a server during a
-    /// call, or the other end of a duplex channel.
+    /// call, the other end of a duplex channel, or a topic's publisher.
     #[error(
         "the other end of memlink '{name}' went away; a call in progress may or may not have been \
          executed. A Client reconnects on its next call once a server is running again; drop a \
-         Duplex and open the name again to pair with a new peer"
+         Duplex and open the name again to pair with a new peer; a Subscriber waits for the next \
+         publisher on its next receive"
     )]
     Disconnected {
         /// The service name.
