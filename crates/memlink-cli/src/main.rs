@@ -1,6 +1,7 @@
 //! The `memlink` command: serve and call, demo and benchmark, inspect and clean up.
 
 mod bench;
+mod bench_pubsub;
 mod demo;
 mod peer;
 
@@ -132,6 +133,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         workers: usize,
     },
+    /// Publish/subscribe latency (loaned and copied, 64 B to 4 MiB, awake and asleep) and
+    /// fan-out to 1, 4 and 16 subscribers, against a Unix socket and a shared-memory floor.
+    Pubsub {
+        /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Fewer samples (about a tenth): for a quick look, not for quoting.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -148,6 +159,13 @@ enum PeerRole {
         size: usize,
         calls: u64,
         seconds: f64,
+    },
+    #[command(name = "pubsub-sub")]
+    PubsubSub {
+        way: String,
+        address: String,
+        size: usize,
+        samples: u64,
     },
 }
 
@@ -176,6 +194,11 @@ fn main() -> ExitCode {
             workers: workers.max(1),
         })
         .map_err(Into::into),
+        Command::Bench {
+            which: BenchCommand::Pubsub { json, quick },
+        } => {
+            bench_pubsub::run(&bench_pubsub::PubsubBenchOptions { json, quick }).map_err(Into::into)
+        }
         Command::Serve {
             name,
             workers,
@@ -229,6 +252,12 @@ fn run_peer(role: PeerRole) -> std::io::Result<()> {
             calls,
             seconds,
         } => peer::client(parse(&transport)?, &address, size, calls, seconds),
+        PeerRole::PubsubSub {
+            way,
+            address,
+            size,
+            samples,
+        } => bench_pubsub::subscriber(&way, &address, size, samples),
     }
 }
 

@@ -317,3 +317,37 @@ fn pub_and_sub_carry_lines_and_ls_shows_the_topic() {
     drop(input);
     assert!(publisher.wait().unwrap().success());
 }
+
+#[test]
+fn bench_pubsub_json_reports_every_way_size_fan_out_and_target() {
+    let out = memlink(&["bench", "pubsub", "--quick", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    let latency = report["latency"].as_array().unwrap();
+    for way in ["memlink-loan", "memlink-copy", "uds"] {
+        for size in [64, 4 << 10, 64 << 10, 1 << 20, 4 << 20] {
+            let row = latency
+                .iter()
+                .find(|r| r["way"] == way && r["size"] == size && r["state"] == "awake")
+                .unwrap_or_else(|| panic!("no {way} {size}"));
+            assert!(row["p50_ns"].as_u64().unwrap() > 0);
+            assert!(row["max_ns"].as_u64() >= row["p99_ns"].as_u64());
+        }
+    }
+    assert!(latency.iter().any(|r| r["way"] == "shm-spin"));
+    assert_eq!(latency.iter().filter(|r| r["state"] == "asleep").count(), 2);
+    let fan_out = report["fan_out"].as_array().unwrap();
+    for way in ["memlink-loan", "uds"] {
+        for subscribers in [1, 4, 16] {
+            let row = fan_out
+                .iter()
+                .find(|r| r["way"] == way && r["subscribers"] == subscribers)
+                .unwrap_or_else(|| panic!("no {way} to {subscribers}"));
+            // Every subscriber got every sample.
+            assert_eq!(row["received"], 20_000 * subscribers, "{row}");
+            assert_eq!(row["missed"], 0);
+        }
+    }
+    assert_eq!(report["targets"].as_array().unwrap().len(), 3);
+}

@@ -1,0 +1,608 @@
+//! `memlink bench pubsub`: publisher → subscriber latency and fan-out rate of memlink topics,
+//! against a Unix socket carrying the same bytes to each subscriber and a one-way shared-memory
+//! spin floor, all measured in one run on this machine.
+//!
+//! This process is the publisher; every subscriber is a child process (`memlink __peer
+//! pubsub-sub`). Latency is one-way: the publisher writes `CLOCK_MONOTONIC` into the first 8
+//! bytes of each sample just before it publishes (after filling a loan, before copying a
+//! `publish`), and the subscriber reads the clock as the sample arrives (the clock is the same
+//! for every process of the machine). A zero-copy subscriber does not read the rest of the
+//! sample; a Unix socket subscriber has received all of it.
+
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use memlink::{Error, Publisher, Segment, Subscriber};
+use serde_json::{Value, json};
+
+use crate::bench::{Latency, human_size, new_histogram, us};
+use crate::peer::{self, PeerProcess};
+
+const SIZES: [usize; 5] = [64, 4 << 10, 64 << 10, 1 << 20, 4 << 20];
+const FAN_OUT: [usize; 3] = [1, 4, 16];
+/// Between two samples of an "awake" run: short enough that the subscriber is still spinning.
+const AWAKE_GAP: Duration = Duration::from_micros(20);
+/// Between two samples of an "asleep" run: long enough that the subscriber has parked.
+const ASLEEP_GAP: Duration = Duration::from_millis(2);
+/// Samples at the start of each run that are not recorded (page faults, first wake-ups).
+const WARM_UP: u64 = 100;
+/// The floor's segment layout: the sequence word, then the sample.
+const FLOOR_SEQ: usize = 0;
+const FLOOR_DATA: usize = 64;
+
+/// Command-line options of `memlink bench pubsub`.
+#[derive(Debug, Clone)]
+pub(crate) struct PubsubBenchOptions {
+    pub(crate) json: bool,
+    pub(crate) quick: bool,
+}
+
+fn other(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn now_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+fn unique(tag: &str) -> String {
+    format!("bench-{tag}-{}-{:x}", std::process::id(), now_ns())
+}
+
+/// How samples travel in one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Way {
+    /// memlink, the publisher fills a loan in place.
+    Loaned,
+    /// memlink, `publish` copies the sample in.
+    Copied,
+    /// A Unix stream socket per subscriber: one write of header + sample each.
+    Uds,
+    /// One shared sequence word and the sample in a segment; the subscriber busy-waits.
+    Floor,
+}
+
+impl Way {
+    fn key(self) -> &'static str {
+        match self {
+            Way::Loaned => "memlink-loan",
+            Way::Copied => "memlink-copy",
+            Way::Uds => "uds",
+            Way::Floor => "shm-spin",
+        }
+    }
+
+    fn parse(key: &str) -> Option<Self> {
+        [Way::Loaned, Way::Copied, Way::Uds, Way::Floor]
+            .into_iter()
+            .find(|w| w.key() == key)
+    }
+}
+
+/// What one run's subscribers measured, together.
+struct Outcome {
+    latency: Latency,
+    /// Samples received, over all subscribers.
+    received: u64,
+    /// Samples reported missed (memlink lossy topics only).
+    missed: u64,
+    /// From the first publish to the last subscriber's last sample.
+    window: Duration,
+    /// The largest latency recorded.
+    max: u64,
+}
+
+/// A run: `subscribers` child processes receive `samples` samples of `size` bytes sent `way`,
+/// one every `gap` (as fast as possible if zero).
+struct Run {
+    way: Way,
+    size: usize,
+    samples: u64,
+    subscribers: usize,
+    gap: Duration,
+}
+
+impl Run {
+    fn go(&self, cpus: &[usize]) -> io::Result<Outcome> {
+        let name = unique("pubsub");
+        // The publisher on the first CPU; a single subscriber pinned to the second, several
+        // left to the scheduler.
+        let sub_cpu = if self.subscribers == 1 {
+            cpus.get(1).copied()
+        } else {
+            None
+        };
+        let spawn = |address: &str| {
+            PeerProcess::spawn_on(
+                sub_cpu,
+                &[
+                    "pubsub-sub",
+                    self.way.key(),
+                    address,
+                    &self.size.to_string(),
+                    &self.samples.to_string(),
+                ],
+            )
+        };
+        let mut peers = Vec::new();
+        let started;
+        match self.way {
+            Way::Loaned | Way::Copied => {
+                // Throughput runs (no gap) are reliable, so every subscriber gets every sample;
+                // latency runs are lossy, so that a subscriber never slows the publisher.
+                let mut options = Publisher::options()
+                    .capacity(256)
+                    .max_sample_size(self.size)
+                    .max_subscribers(self.subscribers);
+                if self.gap.is_zero() {
+                    options = options.reliable(Duration::from_secs(10));
+                }
+                let mut publisher = options.create(&name).map_err(other)?;
+                for _ in 0..self.subscribers {
+                    peers.push(spawn(&name)?);
+                }
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while publisher.subscriber_count() < self.subscribers {
+                    if Instant::now() > deadline {
+                        return Err(other("subscribers did not arrive"));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let mut copy = vec![0x5au8; self.size];
+                started = Instant::now();
+                let mut next = Instant::now();
+                for seq in 0..self.samples {
+                    pace(&mut next, self.gap);
+                    if self.way == Way::Loaned {
+                        let mut loan = publisher.loan(self.size).map_err(other)?;
+                        loan[8..16].copy_from_slice(&seq.to_le_bytes());
+                        loan[..8].copy_from_slice(&now_ns().to_le_bytes());
+                        loan.send().map_err(other)?;
+                    } else {
+                        copy[8..16].copy_from_slice(&seq.to_le_bytes());
+                        copy[..8].copy_from_slice(&now_ns().to_le_bytes());
+                        publisher.publish(&copy).map_err(other)?;
+                    }
+                }
+                // Dropping the publisher ends every subscriber after its last sample.
+                drop(publisher);
+            }
+            Way::Uds => {
+                let listener = UnixListener::bind_addr(&peer::uds_address(&name)?)?;
+                for _ in 0..self.subscribers {
+                    peers.push(spawn(&name)?);
+                }
+                let mut streams = Vec::new();
+                for _ in 0..self.subscribers {
+                    streams.push(listener.accept()?.0);
+                }
+                let mut frame = vec![0x5au8; 4 + self.size];
+                frame[..4].copy_from_slice(&(self.size as u32).to_le_bytes());
+                started = Instant::now();
+                let mut next = Instant::now();
+                for seq in 0..self.samples {
+                    pace(&mut next, self.gap);
+                    frame[12..20].copy_from_slice(&seq.to_le_bytes());
+                    frame[4..12].copy_from_slice(&now_ns().to_le_bytes());
+                    // One write of header and sample per subscriber.
+                    for stream in &mut streams {
+                        stream.write_all(&frame)?;
+                    }
+                }
+                drop(streams);
+            }
+            Way::Floor => {
+                let segment = Segment::create(&name, FLOOR_DATA + self.size).map_err(other)?;
+                peers.push(spawn(&name)?);
+                let seq_word = segment.atomic_u32(FLOOR_SEQ).map_err(other)?;
+                let mut sample = vec![0x5au8; self.size];
+                started = Instant::now();
+                let mut next = Instant::now();
+                for seq in 0..self.samples {
+                    pace(&mut next, self.gap);
+                    sample[8..16].copy_from_slice(&seq.to_le_bytes());
+                    sample[..8].copy_from_slice(&now_ns().to_le_bytes());
+                    segment.write(FLOOR_DATA, &sample).map_err(other)?;
+                    seq_word.store(seq as u32 + 1, Ordering::Release);
+                }
+                // u32::MAX says "done". The segment is removed when dropped.
+                std::thread::sleep(Duration::from_millis(1));
+                seq_word.store(u32::MAX, Ordering::Release);
+                return collect(peers, started);
+            }
+        }
+        collect(peers, started)
+    }
+}
+
+/// Waits until `next`, then moves it on by `gap` (spinning for short gaps, sleeping for long).
+fn pace(next: &mut Instant, gap: Duration) {
+    if gap.is_zero() {
+        return;
+    }
+    if gap >= Duration::from_millis(1) {
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    } else {
+        while Instant::now() < *next {
+            std::hint::spin_loop();
+        }
+    }
+    *next = Instant::now() + gap;
+}
+
+/// Reads each subscriber's report (`hist NS COUNT` lines, then `done RECEIVED MISSED LAST_NS`)
+/// and merges them.
+fn collect(peers: Vec<PeerProcess>, started: Instant) -> io::Result<Outcome> {
+    let started_ns = now_ns() - started.elapsed().as_nanos() as u64;
+    let mut histogram = new_histogram()?;
+    let (mut received, mut missed, mut last) = (0u64, 0u64, started_ns);
+    for mut peer in peers {
+        let mut done = false;
+        for line in peer.lines()? {
+            let line = line?;
+            let words: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            match (line.split_whitespace().next(), words.as_slice()) {
+                (Some("hist"), [value, count]) => {
+                    histogram.record_n(*value, *count).map_err(other)?;
+                }
+                (Some("done"), [r, m, at]) => {
+                    received += r;
+                    missed += m;
+                    last = last.max(*at);
+                    done = true;
+                    break;
+                }
+                _ => return Err(other(format!("unexpected subscriber output {line:?}"))),
+            }
+        }
+        if !done {
+            return Err(other("a subscriber ended without reporting"));
+        }
+    }
+    Ok(Outcome {
+        latency: Latency::of(&histogram),
+        max: histogram.max(),
+        received,
+        missed,
+        window: Duration::from_nanos(last.saturating_sub(started_ns)),
+    })
+}
+
+/// `memlink __peer pubsub-sub WAY ADDRESS SIZE SAMPLES`: receives until the publisher is gone
+/// (or SAMPLES arrived), recording one-way latencies after the warm-up; reports as `collect`
+/// reads.
+pub(crate) fn subscriber(way: &str, address: &str, size: usize, samples: u64) -> io::Result<()> {
+    let way = Way::parse(way).ok_or_else(|| other(format!("unknown way {way}")))?;
+    let mut histogram = new_histogram()?;
+    let (mut received, mut missed, mut last) = (0u64, 0u64, 0u64);
+    let record = |stamp: u64, histogram: &mut Histogram<u64>, received: &mut u64| {
+        let now = now_ns();
+        if *received >= WARM_UP {
+            let _ = histogram.record(now.saturating_sub(stamp).max(1));
+        }
+        *received += 1;
+        now
+    };
+    let stamp_of = |bytes: &[u8]| {
+        bytes
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    match way {
+        Way::Loaned | Way::Copied => {
+            let mut subscriber = Subscriber::options()
+                .subscribe_timeout(address, Duration::from_secs(10))
+                .map_err(other)?;
+            ready()?;
+            loop {
+                match subscriber.recv_timeout(Duration::from_secs(30)) {
+                    Ok(sample) => last = record(stamp_of(&sample), &mut histogram, &mut received),
+                    Err(Error::Lagged { missed: n, .. }) => missed += n,
+                    Err(Error::Disconnected { .. }) => break,
+                    Err(e) => return Err(other(e)),
+                }
+            }
+        }
+        Way::Uds => {
+            let stream = UnixStream::connect_addr(&peer::uds_address(address)?)?;
+            ready()?;
+            let mut reader = BufReader::with_capacity(256 << 10, stream);
+            let mut sample = vec![0u8; size];
+            loop {
+                let mut header = [0u8; 4];
+                match reader.read_exact(&mut header) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+                    Err(e) => return Err(e),
+                }
+                let len = u32::from_le_bytes(header) as usize;
+                sample.resize(len, 0);
+                reader.read_exact(&mut sample)?;
+                last = record(stamp_of(&sample), &mut histogram, &mut received);
+            }
+        }
+        Way::Floor => {
+            let segment = Segment::open(address).map_err(other)?;
+            let seq_word = segment.atomic_u32(FLOOR_SEQ).map_err(other)?;
+            let mut sample = vec![0u8; size];
+            ready()?;
+            let mut seen = 0;
+            while received < samples {
+                let now = seq_word.load(Ordering::Acquire);
+                if now == seen {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                if now == u32::MAX {
+                    break;
+                }
+                segment.read(FLOOR_DATA, &mut sample).map_err(other)?;
+                last = record(stamp_of(&sample), &mut histogram, &mut received);
+                missed += u64::from(now - seen - 1);
+                seen = now;
+            }
+        }
+    }
+    let mut out = io::stdout().lock();
+    for value in histogram.iter_recorded() {
+        writeln!(
+            out,
+            "hist {} {}",
+            value.value_iterated_to(),
+            value.count_at_value()
+        )?;
+    }
+    writeln!(out, "done {received} {missed} {last}")?;
+    out.flush()
+}
+
+fn ready() -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "ready")?;
+    out.flush()
+}
+
+fn samples_for(size: usize, quick: bool) -> u64 {
+    let n = match size {
+        s if s <= 4 << 10 => 20_000,
+        s if s <= 64 << 10 => 5_000,
+        _ => 1_000,
+    };
+    if quick {
+        (n / 10).max(WARM_UP + 100)
+    } else {
+        n
+    }
+}
+
+fn note(json: bool, message: &str) {
+    if json {
+        eprintln!("{message}");
+    } else {
+        println!("{message}");
+    }
+}
+
+/// p99.9 where at least 10,000 samples back it, else the maximum (said so).
+fn tail(outcome: &Outcome) -> (String, &'static str) {
+    if outcome.latency.samples >= 10_000 {
+        (us(outcome.latency.p999), "p99.9")
+    } else {
+        (us(outcome.max), "max")
+    }
+}
+
+/// Runs the whole benchmark and prints it (as a table, or one JSON object).
+pub(crate) fn run(options: &PubsubBenchOptions) -> io::Result<()> {
+    let cpus: Vec<usize> = {
+        let set = rustix::thread::sched_getaffinity(None).map_err(io::Error::from)?;
+        (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|&c| set.is_set(c))
+            .collect()
+    };
+    if let Some(&first) = cpus.first() {
+        peer::pin_to(&[first])?;
+    }
+    let json = options.json;
+    note(
+        json,
+        &format!(
+            "memlink bench pubsub: {} CPUs; this process publishes (pinned to one CPU), each \
+             subscriber is a child process; one-way latency in µs",
+            cpus.len()
+        ),
+    );
+    let mut latency_rows = Vec::new();
+    let print_header = |title: &str| {
+        if !json {
+            println!(
+                "\n{title:<40} {:>9} {:>9} {:>9}  samples",
+                "p50", "p99", "tail"
+            );
+        }
+    };
+    print_header("latency, 1 subscriber");
+    let mut measure = |label: String, run: Run, state: &str| -> io::Result<Latency> {
+        let outcome = run.go(&cpus)?;
+        let latency = outcome.latency;
+        let (tail_value, tail_kind) = tail(&outcome);
+        if !json {
+            println!(
+                "  {label:<38} {:>9} {:>9} {:>9}  {} ({tail_kind}{})",
+                us(latency.p50),
+                us(latency.p99),
+                tail_value,
+                latency.samples,
+                if outcome.missed > 0 {
+                    format!(", {} missed", outcome.missed)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        latency_rows.push(json!({
+            "way": run.way.key(),
+            "size": run.size,
+            "state": state,
+            "subscribers": run.subscribers,
+            "p50_ns": latency.p50,
+            "p99_ns": latency.p99,
+            "p999_ns": if latency.samples >= 10_000 { Value::from(latency.p999) } else { Value::Null },
+            "max_ns": outcome.max,
+            "samples": latency.samples,
+            "missed": outcome.missed,
+        }));
+        Ok(latency)
+    };
+    let floor = measure(
+        "shm spin floor, 64 B (awake)".into(),
+        Run {
+            way: Way::Floor,
+            size: 64,
+            samples: samples_for(64, options.quick),
+            subscribers: 1,
+            gap: AWAKE_GAP,
+        },
+        "awake",
+    )?;
+    let mut loaned_awake = Vec::new();
+    for way in [Way::Loaned, Way::Copied, Way::Uds] {
+        for size in SIZES {
+            let latency = measure(
+                format!("{} {} (awake)", way.key(), human_size(size)),
+                Run {
+                    way,
+                    size,
+                    samples: samples_for(size, options.quick),
+                    subscribers: 1,
+                    gap: AWAKE_GAP.max(Duration::from_nanos(size as u64 / 2)),
+                },
+                "awake",
+            )?;
+            if way == Way::Loaned {
+                loaned_awake.push((size, latency));
+            }
+        }
+    }
+    for way in [Way::Loaned, Way::Uds] {
+        measure(
+            format!("{} 64 B (asleep: 2 ms apart)", way.key()),
+            Run {
+                way,
+                size: 64,
+                samples: if options.quick { 200 } else { 1_000 } + WARM_UP,
+                subscribers: 1,
+                gap: ASLEEP_GAP,
+            },
+            "asleep",
+        )?;
+    }
+
+    if !json {
+        println!(
+            "\n{:<40} {:>14} {:>9} {:>9}",
+            "fan-out, 64 B (every subscriber gets all)", "delivered/s", "p50", "p99"
+        );
+    }
+    let mut fan_rows = Vec::new();
+    let mut rates = Vec::new();
+    for way in [Way::Loaned, Way::Uds] {
+        for subscribers in FAN_OUT {
+            let samples = if options.quick { 20_000 } else { 200_000 };
+            let outcome = Run {
+                way,
+                size: 64,
+                samples,
+                subscribers,
+                gap: Duration::ZERO,
+            }
+            .go(&cpus)?;
+            let rate = outcome.received as f64 / outcome.window.as_secs_f64().max(1e-9);
+            if way == Way::Loaned {
+                rates.push((subscribers, rate));
+            }
+            if !json {
+                println!(
+                    "  {:<38} {:>14.0} {:>9} {:>9}",
+                    format!("{} to {subscribers}", way.key()),
+                    rate,
+                    us(outcome.latency.p50),
+                    us(outcome.latency.p99)
+                );
+            }
+            fan_rows.push(json!({
+                "way": way.key(),
+                "subscribers": subscribers,
+                "delivered_per_s": rate,
+                "received": outcome.received,
+                "missed": outcome.missed,
+                "p50_ns": outcome.latency.p50,
+                "p99_ns": outcome.latency.p99,
+            }));
+        }
+    }
+
+    let small = loaned_awake.first().map(|(_, l)| l.p50).unwrap_or(1).max(1);
+    let large = loaned_awake.last().map(|(_, l)| l.p50).unwrap_or(0);
+    let one = rates.first().map(|(_, r)| *r).unwrap_or(1.0).max(1.0);
+    let sixteen = rates.last().map(|(_, r)| *r).unwrap_or(0.0);
+    let targets = [
+        (
+            "loaned 4 MiB awake p50 / loaned 64 B awake p50",
+            large as f64 / small as f64,
+            2.0,
+            false,
+        ),
+        (
+            "loaned 64 B awake p50 / shm spin floor p50",
+            small as f64 / floor.p50.max(1) as f64,
+            1.5,
+            false,
+        ),
+        (
+            "delivered/s to 16 subscribers / to 1",
+            sixteen / one,
+            0.5,
+            true,
+        ),
+    ];
+    if !json {
+        println!("\ntargets (measured ratio vs goal):");
+    }
+    let mut target_rows = Vec::new();
+    for (what, measured, goal, at_least) in targets {
+        let met = if at_least {
+            measured >= goal
+        } else {
+            measured <= goal
+        };
+        if !json {
+            println!(
+                "  {what:<50} {measured:>6.2} {} {goal:<4}  {}",
+                if at_least { ">=" } else { "<=" },
+                if met { "met" } else { "MISSED" }
+            );
+        }
+        target_rows.push(json!({"target": what, "measured": measured, "goal": goal, "met": met}));
+    }
+    if json {
+        let out = json!({
+            "bench": "pubsub",
+            "cpus": cpus.len(),
+            "latency": latency_rows,
+            "fan_out": fan_rows,
+            "targets": target_rows,
+        });
+        println!("{out}");
+    }
+    Ok(())
+}
