@@ -362,6 +362,22 @@ pub(crate) fn park_until(
     wake_in: &OwnedFd,
     socket: &OwnedFd,
     deadline: Option<Instant>,
+    ready: impl FnMut() -> Result<bool, RingError>,
+) -> Result<Parked> {
+    park_until_or_bell(name, map, me, wake_in, socket, None, deadline, ready)
+}
+
+/// As [`park_until`], also waking when our own doorbell `bell` rings (it is left ringing);
+/// `ready` then says whether to stop waiting (a thread being stopped makes it say yes).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn park_until_or_bell(
+    name: &str,
+    map: &Mapping,
+    me: Side,
+    wake_in: &OwnedFd,
+    socket: &OwnedFd,
+    bell: Option<&OwnedFd>,
+    deadline: Option<Instant>,
     mut ready: impl FnMut() -> Result<bool, RingError>,
 ) -> Result<Parked> {
     let corrupted = |e: RingError| Error::corrupted(name, e.0);
@@ -383,7 +399,7 @@ pub(crate) fn park_until(
         };
         // Bounded (see `PARK_RECHECK`): a lost wake-up costs a moment, not the wait.
         let nap = left.map_or(PARK_RECHECK, |left| left.min(PARK_RECHECK));
-        let woken = notify::wait_wake_or_hangup(wake_in, socket, Some(nap))
+        let woken = notify::wait_wake_hangup_or_bell(wake_in, socket, bell, Some(nap))
             .map_err(|e| Error::os("waiting for the peer", e))?;
         park_end(map, me).map_err(corrupted)?;
         let writer_gone = woken.wake && notify::drain_wakes(wake_in);

@@ -112,20 +112,31 @@ pub(crate) fn park_end(map: &Mapping, me: Side) -> Result<(), RingError> {
 pub(crate) fn nudge(map: &Mapping, peer: Side, wake_write: impl AsFd) -> Result<(), RingError> {
     // SYNC POINT: pairs with the fence in `park_begin`.
     fence(Ordering::SeqCst);
+    nudge_fenced(map, peer, wake_write).map(|_| ())
+}
+
+/// As [`nudge`], after a SeqCst fence the caller issued itself (once, to wake many peers).
+/// Returns whether the wake-up found the peer's pipe full (a peer that does not read it).
+pub(crate) fn nudge_fenced(
+    map: &Mapping,
+    peer: Side,
+    wake_write: impl AsFd,
+) -> Result<bool, RingError> {
     let parked = word(map, peer.parked)?;
     // Read first: while the peer is awake the line stays shared and this costs no transfer.
     let asleep = parked.load(Ordering::Relaxed) != 0 && parked.swap(0, Ordering::Relaxed) != 0;
+    if !asleep {
+        return Ok(false);
+    }
+    let full = notify::wake(&wake_write) == Wake::Full;
     // A pipe full of one-byte wake-ups means the peer does not read them; enlarging it as well
     // would pin kernel memory charged to whoever created the pipe.
-    if asleep
-        && notify::wake(&wake_write) == Wake::Full
-        && notify::pipe_size(&wake_write).is_ok_and(|size| size > MAX_WAKE_PIPE)
-    {
+    if full && notify::pipe_size(&wake_write).is_ok_and(|size| size > MAX_WAKE_PIPE) {
         return Err(RingError(format!(
             "the peer enlarged its wake pipe beyond {MAX_WAKE_PIPE} bytes and does not read it"
         )));
     }
-    Ok(())
+    Ok(full)
 }
 
 /// Records the CPU `me` runs on and reports whether `peer` was last seen on the same one.

@@ -40,8 +40,12 @@
 //!
 //! | offset | what                                                               |
 //! |--------|--------------------------------------------------------------------|
-//! | 0      | `parked u32`, `cpu u32` (see `link::wake`), `cursor u64`           |
-//! | 64     | `max_held` hold records: `u32`, slot index + 1 (0 = empty)         |
+//! | 0      | `parked u32`, `cpu u32` (see `link::wake`)                         |
+//! | 64     | `cursor u64`: the next sample the subscriber will take             |
+//! | 128    | `max_held` hold records: `u32`, slot index + 1 (0 = empty)         |
+//!
+//! The cursor, written on every sample taken, has a line of its own, so the publisher's look at
+//! the parked flag on every sample it publishes does not pull the line across every time.
 //!
 //! The publisher treats all of it as untrusted input: a hold record naming no slot, or a cursor
 //! beyond what was published, gets the subscriber dropped as corrupted; a subscriber can pin at
@@ -85,8 +89,8 @@ const MAX_REGION: u64 = 1 << 40;
 pub(crate) const SUBSCRIBER_REGION_LEN: usize = PAGE;
 pub(crate) const SUBSCRIBER_PARKED: usize = 0;
 pub(crate) const SUBSCRIBER_CPU: usize = 4;
-const CURSOR: usize = 8;
-const HOLDS: usize = 64;
+const CURSOR: usize = 64;
+const HOLDS: usize = 128;
 const _: () = assert!(HOLDS + 4 * MAX_HELD as usize <= SUBSCRIBER_REGION_LEN);
 
 /// A topic's fixed shape, written once into the header by the publisher. Subscribers read it
@@ -385,7 +389,9 @@ pub(crate) fn hold(control: &Mapping, record: u32, slot: u32) -> Result<(), Layo
     control
         .atomic_u32(HOLDS + 4 * record as usize)
         .ok_or(LayoutError)?
-        .store(slot + 1, Ordering::Relaxed);
+        // Release: the record may have been given back (with release) and taken again since the
+        // publisher last looked; this store continues that release sequence.
+        .store(slot + 1, Ordering::Release);
     Ok(())
 }
 
@@ -411,6 +417,18 @@ pub(crate) fn cursor(control: &Mapping) -> Result<u64, LayoutError> {
         .atomic_u64(CURSOR)
         .ok_or(LayoutError)?
         .load(Ordering::Acquire))
+}
+
+/// Publisher: how many of a subscriber's hold records name a slot (for statistics: untrusted,
+/// unchecked beyond the record count).
+pub(crate) fn held_count(control: &Mapping, max_held: u32) -> u32 {
+    (0..max_held)
+        .filter(|record| {
+            control
+                .atomic_u32(HOLDS + 4 * *record as usize)
+                .is_some_and(|w| w.load(Ordering::Relaxed) != 0)
+        })
+        .count() as u32
 }
 
 /// Publisher: the set of slots some subscriber holds, rebuilt by [`Holds::scan`].

@@ -167,6 +167,8 @@ pub(crate) struct Woken {
     pub(crate) socket: bool,
     /// The connection's socket has hung up: the peer closed it or died.
     pub(crate) hung_up: bool,
+    /// The caller's own doorbell rang (see [`wait_wake_hangup_or_bell`]).
+    pub(crate) bell: bool,
 }
 
 /// Sleeps until a wake-up arrives on `wake_read`, `socket` hangs up or has a message, or `timeout`
@@ -176,12 +178,29 @@ pub(crate) fn wait_wake_or_hangup(
     socket: impl AsFd,
     timeout: Option<Duration>,
 ) -> Result<Woken, Errno> {
+    wait_wake_hangup_or_bell(wake_read, socket, None::<OwnedFd>, timeout)
+}
+
+/// As [`wait_wake_or_hangup`], also waking when the doorbell `bell` (if any) rings; a rung bell
+/// shows as `wake` (it is left ringing: the caller's own state says why it rang).
+pub(crate) fn wait_wake_hangup_or_bell(
+    wake_read: impl AsFd,
+    socket: impl AsFd,
+    bell: Option<impl AsFd>,
+    timeout: Option<Duration>,
+) -> Result<Woken, Errno> {
+    // Without a bell the third entry is a placeholder that is not polled.
     let mut fds = [
         PollFd::new(&wake_read, PollFlags::IN),
         PollFd::new(&socket, PollFlags::IN | PollFlags::RDHUP),
+        match &bell {
+            Some(bell) => PollFd::new(bell, PollFlags::IN),
+            None => PollFd::new(&wake_read, PollFlags::empty()),
+        },
     ];
+    let polled = if bell.is_some() { 3 } else { 2 };
     let ts = timeout.map(timespec);
-    match rustix::event::poll(&mut fds, ts.as_ref()) {
+    match rustix::event::poll(&mut fds[..polled], ts.as_ref()) {
         Ok(_) | Err(Errno::INTR) => {}
         Err(e) => return Err(e),
     }
@@ -190,6 +209,7 @@ pub(crate) fn wait_wake_or_hangup(
         wake: !fds[0].revents().is_empty(),
         socket: !fds[1].revents().is_empty(),
         hung_up: fds[1].revents().intersects(hangup),
+        bell: polled == 3 && !fds[2].revents().is_empty(),
     })
 }
 

@@ -27,7 +27,8 @@
 //! says [`Error::TooManyHeld`]); the publisher has that many slots spare per subscriber, so no
 //! subscriber, however slow or hostile, can make it run out. A *reliable* topic instead makes the
 //! publisher wait (up to a timeout) for every subscriber that did not opt out, before it
-//! overwrites a sample that subscriber has not read.
+//! overwrites a sample that subscriber has not read; one that has not moved on by then lags from
+//! then on, like a lossy one.
 //!
 //! # Who is trusted with what
 //!
@@ -211,7 +212,12 @@ pub fn topic_stats(topic: &str) -> Result<TopicStats> {
             owner_uid: None,
         });
     }
-    TopicStats::decode(&buf[..len]).map_err(|r| Error::incompatible(topic, r))
+    let mut stats = TopicStats::decode(&buf[..len]).map_err(|r| Error::incompatible(topic, r))?;
+    // Who holds the name, as the kernel says, not as the holder says.
+    stats.publisher_pid = socket::peer_credentials(&connection)
+        .map_err(|e| Error::os("reading a publisher's credentials", e))?
+        .pid;
+    Ok(stats)
 }
 
 /// A topic found on this machine.

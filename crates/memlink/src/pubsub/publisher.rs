@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -38,6 +38,8 @@ pub(super) const SUBSCRIBER: Side = Side::at(SUBSCRIBER_PARKED, SUBSCRIBER_CPU);
 const SCAN_BATCH: u32 = 16;
 /// Most subscribers a topic admits.
 const MAX_SUBSCRIBERS: usize = 1024;
+/// Samples after a wake-up found a subscriber's pipe full during which it is sent no more.
+const FULL_PIPE_RESPITE: u64 = 1024;
 /// Handshakes one user may have in progress at once.
 const MAX_PENDING_PER_UID: usize = 64;
 /// Acceptor tokens: the listener, the stop bell, handshakes from `Handshakes::FIRST_TOKEN` up,
@@ -135,10 +137,10 @@ impl PublisherOptions {
     }
 
     /// Makes the topic reliable: before overwriting a sample a subscriber has not read yet, the
-    /// publisher waits for it, up to `timeout` per publish (then [`Error::Timeout`]). Subscribers
-    /// may opt out ([`SubscriberOptions::lossy`](super::SubscriberOptions::lossy)); those lag
-    /// instead. A subscriber that stops reading holds the publisher up for `timeout` each time,
-    /// so admit only subscribers you trust to keep up.
+    /// publisher waits for it, up to `timeout`. A subscriber that has not moved on by then is
+    /// demoted: from then on it lags (and is told so) like a lossy one, and the publisher goes
+    /// on, so a subscriber that stops reading costs the topic one timeout, once. Subscribers may
+    /// opt out from the start ([`SubscriberOptions::lossy`](super::SubscriberOptions::lossy)).
     pub fn reliable(mut self, timeout: Duration) -> Self {
         self.reliable = Some(timeout);
         self
@@ -279,10 +281,14 @@ struct Member {
     /// Where the subscriber wakes us (a reliable topic's publisher waiting for it).
     wake_in: OwnedFd,
     peer: PeerCredentials,
-    /// The publisher waits for it before overwriting what it has not read.
-    reliable: bool,
+    /// The publisher waits for it before overwriting what it has not read (until it once fails
+    /// to move on within the topic's timeout: then it lags like a lossy one).
+    reliable: AtomicBool,
     /// Dropped by the publishing thread (corrupted); the acceptor forgets it at the hang-up.
     dropped: AtomicBool,
+    /// Publishing thread only: until when (in samples published) not to write wake-ups to it,
+    /// because its wake pipe was full (it does not read it; a full pipe wakes it anyway).
+    skip_wakes_until: AtomicU64,
 }
 
 impl Member {
@@ -387,9 +393,11 @@ impl Publisher {
 
     /// Publishes a copy of `sample`; returns its sequence number.
     ///
+    /// In a reliable topic this may wait for a subscriber to move on (see
+    /// [`PublisherOptions::reliable`]).
+    ///
     /// # Errors
-    /// [`Error::MessageTooLarge`]; in a reliable topic [`Error::Timeout`] if a subscriber did
-    /// not move on in time (the sample is then not published).
+    /// [`Error::MessageTooLarge`].
     pub fn publish(&mut self, sample: &[u8]) -> Result<u64> {
         let slot = self.take_slot(sample.len())?;
         let offset = self.geometry.slot_offset(slot);
@@ -487,10 +495,8 @@ impl Publisher {
         let entries = u64::from(self.geometry.entries);
         if let Some(timeout) = self.reliable
             && seq >= entries
-            && let Err(e) = self.wait_for_readers(seq - entries, Instant::now() + timeout)
         {
-            self.free.push(slot);
-            return Err(e);
+            self.wait_for_readers(seq - entries, Instant::now() + timeout);
         }
         let corrupted = |_| {
             Error::corrupted(
@@ -512,27 +518,39 @@ impl Publisher {
             broadcast::set_publisher_cpu(&self.data, here);
         }
         self.refresh_members();
+        // SYNC POINT: pairs with the fence in each subscriber's `park_begin` (one fence for all).
+        fence(Ordering::SeqCst);
         for member in &self.members {
-            if member.dropped.load(Ordering::Relaxed) {
+            if member.dropped.load(Ordering::Relaxed)
+                || member.skip_wakes_until.load(Ordering::Relaxed) > seq
+            {
                 continue;
             }
-            if let Err(e) = wake::nudge(&member.control, SUBSCRIBER, &member.wake_out) {
-                member.drop_corrupted(&self.shared.name, e.0);
+            match wake::nudge_fenced(&member.control, SUBSCRIBER, &member.wake_out) {
+                Ok(false) => {}
+                Ok(true) => member
+                    .skip_wakes_until
+                    .store(seq + FULL_PIPE_RESPITE, Ordering::Relaxed),
+                Err(e) => member.drop_corrupted(&self.shared.name, e.0),
             }
         }
         Ok(seq)
     }
 
     /// Reliable topics: waits until every subscriber that did not opt out has moved past sample
-    /// `oldest` (the one about to be overwritten).
-    fn wait_for_readers(&mut self, oldest: u64, deadline: Instant) -> Result<()> {
+    /// `oldest` (the one about to be overwritten). One that has not by `deadline` is demoted: it
+    /// lags from then on like a lossy subscriber, and the topic goes on (a subscriber that stops
+    /// reading costs the topic one timeout, not every publish from then on).
+    fn wait_for_readers(&mut self, oldest: u64, deadline: Instant) {
         let mut backoff = Backoff::new(WAIT_PATIENCE);
         loop {
             self.refresh_members();
             let published = self.next_seq;
             let mut laggard = None;
             for member in &self.members {
-                if !member.reliable || member.dropped.load(Ordering::Relaxed) {
+                if !member.reliable.load(Ordering::Relaxed)
+                    || member.dropped.load(Ordering::Relaxed)
+                {
                     continue;
                 }
                 match broadcast::cursor(&member.control) {
@@ -553,7 +571,11 @@ impl Publisher {
                 }
             }
             let Some(laggard) = laggard else {
-                return Ok(());
+                return;
+            };
+            let demote = |laggard: &Member| {
+                laggard.reliable.store(false, Ordering::Relaxed);
+                tracing::warn!(topic = %self.shared.name, pid = laggard.peer.pid, "a reliable subscriber did not keep up within the timeout; it lags from now on");
             };
             let moved_on = || {
                 laggard.dropped.load(Ordering::Relaxed)
@@ -561,7 +583,7 @@ impl Publisher {
             };
             if backoff.pause() {
                 if Instant::now() >= deadline {
-                    return Err(Error::Timeout);
+                    demote(&laggard);
                 }
                 continue;
             }
@@ -576,9 +598,10 @@ impl Publisher {
             );
             match parked {
                 Ok(Parked::Ready) => {}
-                Ok(Parked::TimedOut) => return Err(Error::Timeout),
-                // Gone, or it broke the protocol: either way it no longer holds us up.
-                Ok(Parked::HungUp) | Err(_) => laggard.dropped.store(true, Ordering::Relaxed),
+                Ok(Parked::TimedOut) => demote(&laggard),
+                // Gone: the acceptor forgets it at the hang-up; it holds us up no more.
+                Ok(Parked::HungUp) => laggard.dropped.store(true, Ordering::Relaxed),
+                Err(e) => laggard.drop_corrupted(&self.shared.name, e.to_string()),
             }
         }
     }
@@ -758,19 +781,26 @@ impl Acceptor {
             wake_out,
             wake_in,
             peer,
-            reliable: topic.geometry.reliable() && hello.max_message & LOSSY == 0,
+            reliable: AtomicBool::new(topic.geometry.reliable() && hello.max_message & LOSSY == 0),
             dropped: AtomicBool::new(false),
+            skip_wakes_until: AtomicU64::new(0),
         });
-        // The subscriber starts with the history the topic keeps (its cursor is ours to set
-        // until the welcome leaves).
+        // Watched before the welcome leaves, so that a subscriber told it is in is never one we
+        // could not watch.
+        let token = MEMBER | id;
+        self.poller.add_hangup(&member.socket, token)?;
+        // Listed before its cursor is set and before the welcome leaves (see
+        // `Publisher::refresh_members`): a reliable publisher that sees its cursor still at 0
+        // waits the moment it takes us to set it.
+        topic.members().push(Arc::clone(&member));
+        topic.changed();
+        // It starts with the history the topic keeps (its cursor is ours to set until the
+        // welcome leaves).
         let head = broadcast::head_written(&topic.data);
         broadcast::set_cursor(
             &member.control,
             head.saturating_sub(u64::from(topic.geometry.history)),
         );
-        // Listed before the welcome leaves (see `Publisher::refresh_members`).
-        topic.members().push(Arc::clone(&member));
-        topic.changed();
         let welcome = refusal(&topic, Admission::Accepted);
         let sent = link::send_welcome(
             &member.socket,
@@ -778,9 +808,8 @@ impl Acceptor {
             &[topic.data_fd.as_fd(), control_fd.as_fd()],
             &theirs,
         );
-        let token = MEMBER | id;
-        let watched = sent.and_then(|()| self.poller.add_hangup(&member.socket, token));
-        if let Err(e) = watched {
+        if let Err(e) = sent {
+            let _ = self.poller.remove(&member.socket);
             topic.members().retain(|m| m.id != id);
             topic.changed();
             member.dropped.store(true, Ordering::Relaxed);
@@ -802,25 +831,18 @@ fn refusal(topic: &Topic, admission: Admission) -> Welcome {
 
 fn stats(topic: &Topic) -> TopicStats {
     let published = broadcast::head_written(&topic.data);
-    let members = topic.members();
+    // Read outside the lock: the publishing thread may need it.
+    let members = topic.members().clone();
     let subscribers = members
         .iter()
         .map(|m| {
             let cursor = broadcast::cursor(&m.control).unwrap_or(0).min(published);
-            let mut holds = Holds::new(topic.geometry.slots);
-            holds.start_scan();
-            let held = match holds.add(&m.control, topic.geometry.max_held) {
-                Ok(()) => (0..topic.geometry.slots)
-                    .filter(|&s| holds.is_held(s))
-                    .count() as u32,
-                Err(_) => 0,
-            };
             SubscriberStats {
                 pid: m.peer.pid,
                 uid: m.peer.uid,
                 lag: published - cursor,
-                held,
-                reliable: m.reliable,
+                held: broadcast::held_count(&m.control, topic.geometry.max_held),
+                reliable: m.reliable.load(Ordering::Relaxed),
             }
         })
         .collect();

@@ -175,11 +175,12 @@ impl<'p> Loan<'p> {
         self.len = self.len.min(len);
     }
 
-    /// Publishes the sample; returns its sequence number.
+    /// Publishes the sample; returns its sequence number. In a reliable topic this may wait for
+    /// a subscriber to move on (see
+    /// [`PublisherOptions::reliable`](super::PublisherOptions::reliable)).
     ///
     /// # Errors
-    /// In a reliable topic, [`Error::Timeout`](crate::Error::Timeout) if a subscriber did not
-    /// move on in time; the sample is then not published, and its slot is given back.
+    /// [`Error::Corrupted`](crate::Error::Corrupted) only if the topic's own region is broken.
     pub fn send(mut self) -> Result<u64> {
         self.sent = true;
         self.publisher.commit(self.slot, self.len)

@@ -17,7 +17,7 @@ use crate::link::{self, Keep, Parked};
 use crate::memory::broadcast::{self, Entry, Geometry, SUBSCRIBER_REGION_LEN};
 use crate::memory::ring::RingError;
 use crate::platform::mapping::{Mapping, ReadOnlyMapping};
-use crate::platform::{cpu, memfd, notify, process, shm, socket};
+use crate::platform::{cpu, memfd, notify, process, shm};
 
 const WAIT_YIELD: Duration = Duration::from_micros(100);
 const WAIT_SPIN: Duration = Duration::from_micros(50);
@@ -407,8 +407,9 @@ impl Subscriber {
 
     /// Runs `handler` on a background thread for every sample (and every error: lag, a
     /// publisher going away, too many held) until the returned handle is dropped, which stops it
-    /// promptly (a sleeping thread is woken, not polled). After a publisher goes away the thread
-    /// waits for the next one.
+    /// promptly (a sleeping thread is woken, not polled; samples the handler kept stay valid).
+    /// After a publisher goes away the thread waits for the next one; after any other error it
+    /// pauses 10 ms before receiving again.
     ///
     /// # Errors
     /// [`Error::Os`] if the thread cannot be started.
@@ -416,18 +417,29 @@ impl Subscriber {
     where
         F: FnMut(Result<Sample>) + Send + 'static,
     {
-        let interrupt = Arc::new(Interrupt::default());
-        interrupt.attached(self.attachment.as_ref());
+        let interrupt = Arc::new(Interrupt::new()?);
         self.interrupt = Some(Arc::clone(&interrupt));
         let thread = std::thread::Builder::new()
             .name("memlink-subscriber".into())
             .spawn(move || {
                 loop {
                     let received = self.recv();
-                    if self.interrupt.as_deref().is_some_and(Interrupt::stopped) {
+                    let Some(interrupt) = self.interrupt.clone() else {
+                        return;
+                    };
+                    if interrupt.stopped() {
                         return;
                     }
+                    // After a failure the next receive may fail the same way at once (a handler
+                    // that keeps every sample is told TooManyHeld each time): pause before it.
+                    let pause = matches!(
+                        received,
+                        Err(ref e) if !matches!(e, Error::Lagged { .. } | Error::Disconnected { .. })
+                    );
                     handler(received);
+                    if pause {
+                        interrupt.nap(Duration::from_millis(10));
+                    }
                 }
             })
             .map_err(|e| Error::Os {
@@ -443,9 +455,6 @@ impl Subscriber {
     fn attached(&mut self, attachment: Arc<Attachment>, cursor: u64) -> Arc<Attachment> {
         self.cursor = cursor;
         self.attachment = Some(Arc::clone(&attachment));
-        if let Some(interrupt) = &self.interrupt {
-            interrupt.attached(Some(&attachment));
-        }
         attachment
     }
 
@@ -469,14 +478,14 @@ impl Subscriber {
             if let Some(sample) = self.take(&attachment)? {
                 return Ok(sample);
             }
+            if self.interrupt.as_deref().is_some_and(Interrupt::stopped) {
+                return Err(Error::Cancelled);
+            }
             match self.wait(&attachment, deadline)? {
                 Parked::Ready => {}
                 Parked::TimedOut => return Err(Error::Timeout),
                 Parked::HungUp => {
                     self.attachment = None;
-                    if let Some(interrupt) = &self.interrupt {
-                        interrupt.attached(None);
-                    }
                     return Err(link::goodbye(&self.topic, &attachment.socket));
                 }
             }
@@ -518,12 +527,13 @@ impl Subscriber {
                 return Ok(Parked::TimedOut);
             }
         }
-        link::park_until(
+        link::park_until_or_bell(
             &self.topic,
             &attachment.control,
             SUBSCRIBER,
             &attachment.wake_in,
             &attachment.socket,
+            self.interrupt.as_deref().map(|i| &i.bell),
             deadline,
             || self.something_there(attachment),
         )
@@ -532,6 +542,16 @@ impl Subscriber {
     /// Takes the next sample if it is there: `Ok(None)` if not yet, `Lagged` if it was
     /// overwritten (the cursor then moves to the oldest sample still kept).
     fn take(&mut self, attachment: &Arc<Attachment>) -> Result<Option<Sample>> {
+        let taken = self.take_from(attachment);
+        if let Err(Error::Corrupted { .. }) = taken {
+            // The publisher broke the protocol: let go of it; the next receive attaches again
+            // (to it, or to the next publisher under the name).
+            self.attachment = None;
+        }
+        taken
+    }
+
+    fn take_from(&mut self, attachment: &Arc<Attachment>) -> Result<Option<Sample>> {
         let geometry = &attachment.geometry;
         loop {
             let entry = broadcast::read_entry(&attachment.data, geometry, self.cursor)
@@ -628,46 +648,43 @@ impl Subscriber {
     }
 }
 
-/// How a [`MessageHandler`] stops its thread: a flag, the attachment whose socket to shut down
-/// (which wakes a parked thread at once), and a condition variable for a thread waiting for a
-/// publisher.
-#[derive(Default)]
+/// How a [`MessageHandler`] stops its thread: a flag, a doorbell that a parked thread also
+/// sleeps on, and a condition variable for a thread waiting for a publisher. (Not the connection's
+/// socket: shutting that down would tell the publisher we are gone while samples the handler
+/// passed on may still be held, and it would reuse their slots.)
 struct Interrupt {
     stop: AtomicBool,
-    current: Mutex<Option<Arc<Attachment>>>,
+    bell: OwnedFd,
+    lock: Mutex<()>,
     napping: Condvar,
 }
 
 impl Interrupt {
+    fn new() -> Result<Self> {
+        Ok(Interrupt {
+            stop: AtomicBool::new(false),
+            bell: notify::doorbell().map_err(|e| Error::os("creating an eventfd", e))?,
+            lock: Mutex::new(()),
+            napping: Condvar::new(),
+        })
+    }
+
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Acquire)
     }
 
-    fn attached(&self, attachment: Option<&Arc<Attachment>>) {
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
-        *current = attachment.cloned();
-        if self.stopped()
-            && let Some(attachment) = current.as_ref()
-        {
-            let _ = socket::shut_down(&attachment.socket);
-        }
-    }
-
     fn nap(&self, duration: Duration) {
-        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         if !self.stopped() {
-            let _ = self.napping.wait_timeout(current, duration);
+            let _ = self.napping.wait_timeout(guard, duration);
         }
     }
 
     fn stop(&self) {
-        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         self.stop.store(true, Ordering::Release);
-        if let Some(attachment) = current.as_ref() {
-            // Wakes the thread if it sleeps on this connection (it is ours to close: the
-            // subscriber is being dropped with the thread).
-            let _ = socket::shut_down(&attachment.socket);
-        }
+        // Left ringing: a parked thread wakes, sees the flag, and returns.
+        let _ = notify::ring(&self.bell);
         self.napping.notify_all();
     }
 }
