@@ -9,7 +9,8 @@
 //! - `link` (private): one connection between two processes, whatever the pattern — handshake,
 //!   sealed region, wake-ups, parking, hang-up detection.
 //! - [`rpc`]: request/response between processes — a [`Server`] with worker threads answering many
-//!   [`Client`]s, each over its own pair of shared-memory rings.
+//!   [`Client`]s, each over its own pair of shared-memory rings; a client can start its server
+//!   when none runs ([`ClientOptions::start_server`], [`ServerCommand`]).
 //! - [`duplex`]: two symmetric peers, either may start first; each sends and receives at any time.
 //!
 //! Shared memory is written by other processes and treated as untrusted input: nothing here forms
@@ -36,6 +37,6 @@ pub use memory::name::{MAX_NAME_LEN, validate_name};
 pub use memory::segment::{Permissions, Segment, SegmentOptions};
 pub use memory::sync::{Event, EventMode, Lock, Mutex, MutexGuard, OwnerDiedGuard, Semaphore};
 pub use rpc::{
-    Client, ClientOptions, Handler, ReplyStream, Server, ServerOptions, ShutdownHandle,
-    StreamHandler, StreamSink,
+    Client, ClientOptions, Handler, ReplyStream, Server, ServerCommand, ServerOptions,
+    ShutdownHandle, StreamHandler, StreamSink,
 };

@@ -225,15 +225,17 @@ impl ServerOptions {
 
     /// Makes [`Server::serve`] return `Ok(())` on its own once no client has been connected for
     /// `idle` (counting from the start of `serve`, and again from whenever the last client
-    /// leaves), as after a shutdown. For servers started on demand: the next client that finds
-    /// no server starts a fresh one, so servers nobody uses do not pile up. Off by default.
+    /// leaves), as after a shutdown. For servers started on demand
+    /// ([`ClientOptions::start_server`]): the next client that finds no server starts a fresh
+    /// one, so servers nobody uses do not pile up. Off by default.
     ///
     /// A [`Client`] counts as connected for as long as it exists (it keeps its connection
     /// between calls), so a server only goes once its clients are dropped or their processes
     /// exit. Statistics queries (`memlink ls`) do not keep it running. The name is freed the
     /// moment the server decides to go; a client connecting at that very moment gets
-    /// [`Error::NotRunning`].
+    /// [`Error::NotRunning`] (or, with `start_server`, starts the successor).
     ///
+    /// [`ClientOptions::start_server`]: crate::ClientOptions::start_server
     /// [`Client`]: crate::Client
     pub fn exit_when_idle(mut self, idle: Duration) -> Self {
         self.exit_when_idle = Some(idle);
