@@ -27,6 +27,7 @@ fn child_main() {
         ("server", server_role),
         ("client", client_role),
         ("squatter", squatter_role),
+        ("mute_server", mute_server_role),
     ]);
 }
 
@@ -245,6 +246,34 @@ fn client_role(args: &[String]) {
     for handle in handles {
         report(&handle.join().unwrap());
     }
+}
+
+/// `mute_server NAME DIR`: notes its pid in `DIR/spawns`, binds NAME's service socket as a
+/// server would, and never answers anyone.
+fn mute_server_role(args: &[String]) {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let _ = rustix::process::set_parent_process_death_signal(None);
+    std::fs::write(
+        Path::new(&args[1]).join("spawns"),
+        format!("{}\n", std::process::id()),
+    )
+    .unwrap();
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let address = format!("memlink.rpc.{}", args[0]);
+    rustix::net::bind(
+        &socket,
+        &SocketAddrUnix::new_abstract_name(address.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    rustix::net::listen(&socket, 16).unwrap();
+    eprintln!("bound, and not answering");
+    common::park_until_killed();
 }
 
 /// `squatter LOCK`: as user nobody, holds the abstract socket LOCK (as another user's process
@@ -477,6 +506,43 @@ fn a_server_that_never_serves_is_killed_with_its_group_at_the_timeout() {
     }
     assert!(!shell_left, "the server started on demand is still there");
     assert!(!start_lock_held(&name));
+}
+
+#[test]
+fn a_server_that_binds_but_never_answers_is_killed_at_the_timeout() {
+    let _watchdog = Watchdog::arm();
+    adopt_orphans();
+    let name = unique_name("mute");
+    let dir = TempDir::new("mute");
+    let (exe, args, env) = common::role_invocation("mute_server", &[&name, dir.path()]);
+    let command = env
+        .into_iter()
+        .fold(ServerCommand::new(exe).args(args), |command, (k, v)| {
+            command.env(k, v)
+        });
+    let timeout = Duration::from_millis(1500);
+    let outcome = ClientOptions::new()
+        .start_server(command)
+        .start_timeout(timeout)
+        .connect(&name);
+    let started = spawns(dir.path());
+    let left = started.iter().any(|&pid| exists(pid, true));
+    for &pid in &started {
+        kill_and_reap(pid);
+    }
+    match outcome {
+        Err(Error::ServerStartTimedOut {
+            stderr_tail: Some(tail),
+            waited,
+            ..
+        }) => {
+            assert_eq!(tail, "bound, and not answering");
+            assert!(waited >= timeout, "{waited:?}");
+        }
+        other => panic!("expected ServerStartTimedOut, got {other:?}"),
+    }
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert!(!left, "the mute server was left running");
 }
 
 #[test]

@@ -30,9 +30,10 @@
 //!    answers. A server that exits with a failure first is reported at once with its exit
 //!    status and the tail of its standard error ([`Error::ServerFailedToStart`]); one that exits
 //!    successfully (it may have forked into the background) is waited for until the deadline.
-//!    One that does not serve the name in time is killed, with its whole process group
-//!    ([`Error::ServerStartTimedOut`]): left running it could bind later, alongside a second
-//!    server started by the next client, which is exactly what the lock is there to prevent.
+//!    One that does not serve the name in time (not bound, or bound but not answering) is
+//!    killed, with its whole process group ([`Error::ServerStartTimedOut`]): left running it
+//!    could bind later, alongside a second server started by the next client, which is exactly
+//!    what the lock is there to prevent.
 //! 6. **No zombie.** Once it serves, the server is no longer the launcher's business, but it is
 //!    still its child: a thread (`memlink-reaper`) waits for its exit, so a long-lived client
 //!    does not collect a zombie when the server stops. If the client exits first, the server is
@@ -340,7 +341,8 @@ pub(crate) fn connect_or_start<C>(
         std::thread::sleep(pause.min(until - now));
         pause = (pause * 2).min(MAX_WAIT_PAUSE);
         match open() {
-            Err(Error::NotRunning { .. }) => {}
+            // Bound but not answering yet (it may still be setting up): not up, either.
+            Err(Error::NotRunning { .. } | Error::Timeout) => {}
             other => return other,
         }
     }
@@ -382,7 +384,8 @@ fn launch<C>(
     let mut pause = Duration::from_millis(1);
     loop {
         match open() {
-            Err(Error::NotRunning { .. }) => {}
+            // Not bound yet, or bound but not answering yet: until the deadline, it may still.
+            Err(Error::NotRunning { .. } | Error::Timeout) => {}
             // Serving (or refusing us, which is not a start failure): `started` goes to the
             // reaper as it drops.
             other => return other,
