@@ -279,7 +279,7 @@ pub enum Error {
     /// serving the name (it was then killed), or another client was starting one that did not
     /// come up either.
     #[error(
-        "no memlink server came up under '{name}' within {waited:?}; {}{}",
+        "no memlink server came up under '{name}' within {waited:.1?}; {}{}",
         if .stderr_tail.is_some() {
             "the server this client started was killed. Check that its command serves exactly \
              this name, or allow it more time with ClientOptions::start_timeout"

@@ -237,6 +237,19 @@ impl ServerOptions {
     ///
     /// [`ClientOptions::start_server`]: crate::ClientOptions::start_server
     /// [`Client`]: crate::Client
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # fn main() -> memlink::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// let server = memlink::Server::options()
+    ///     .exit_when_idle(Duration::from_secs(30))
+    ///     .bind("files.1000")?;
+    /// // Returns once no client has been connected for 30 s (or on shutdown).
+    /// server.serve(|request: &[u8], reply: &mut Vec<u8>| reply.extend_from_slice(request))?;
+    /// # Ok(()) }
+    /// ```
     pub fn exit_when_idle(mut self, idle: Duration) -> Self {
         self.exit_when_idle = Some(idle);
         self
