@@ -212,14 +212,13 @@ impl Capture {
 /// A server process this client started. Dropped while it still runs (it serves), it is handed
 /// to a reaper thread, so that its exit leaves no zombie in a long-lived client.
 struct Started {
+    /// `None` once reaped.
     child: Option<Child>,
+    /// Its pid, which is also its process group's id (it leads a session of its own).
+    pid: u32,
 }
 
 impl Started {
-    fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
-    }
-
     /// Its exit status, if it has exited (then it is reaped).
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
         let child = self.child.as_mut()?;
@@ -233,10 +232,8 @@ impl Started {
     }
 
     /// Kills it and everything in its process group, and reaps it.
-    fn kill(&mut self, leader: u32) {
-        if leader != 0 {
-            let _ = spawn::kill_group(leader);
-        }
+    fn kill(&mut self) {
+        let _ = spawn::kill_group(self.pid);
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -374,13 +371,18 @@ fn launch<C>(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(stderr));
-    let mut started = Started {
-        child: Some(spawn::spawn_in_new_session(&mut std_command).map_err(spawn_failed)?),
-    };
+    let child = spawn::spawn_in_new_session(&mut std_command).map_err(spawn_failed)?;
     // Dropping `std_command` closes our copy of the server's stderr descriptor.
     drop(std_command);
-    let leader = started.pid();
-    tracing::debug!(server = name, pid = leader, "started a server on demand");
+    let mut started = Started {
+        pid: child.id(),
+        child: Some(child),
+    };
+    tracing::debug!(
+        server = name,
+        pid = started.pid,
+        "started a server on demand"
+    );
     let mut pause = Duration::from_millis(1);
     loop {
         match open() {
@@ -392,6 +394,11 @@ fn launch<C>(
         }
         // A server that exits with success may have forked into the background: wait on.
         if let Some(status) = started.exited().filter(|status| !status.success()) {
+            // It may have failed because a server started by other means took the name
+            // meanwhile: if so, that one serves.
+            if let Ok(connection) = open() {
+                return Ok(connection);
+            }
             return Err(Error::ServerFailedToStart {
                 name: name.to_owned(),
                 program: command.program_name(),
@@ -401,7 +408,7 @@ fn launch<C>(
         }
         let now = Instant::now();
         if now >= until {
-            started.kill(leader);
+            started.kill();
             return Err(Error::ServerStartTimedOut {
                 name: name.to_owned(),
                 waited: now - began,
