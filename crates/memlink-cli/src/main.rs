@@ -3,6 +3,7 @@
 mod bench;
 mod bench_pubsub;
 mod demo;
+mod find;
 mod peer;
 
 use std::process::ExitCode;
@@ -101,6 +102,23 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Find files under PATH whose name contains PATTERN, via a server started on demand.
+    ///
+    /// Prints each match (size, modification time in UTC, path) as the search finds it. The
+    /// search runs in this user's file search server, which `find` starts if none runs; it
+    /// serves later `find`s too, and exits once unused for a minute.
+    Find {
+        /// Directory to search.
+        path: std::path::PathBuf,
+        /// Text the file names must contain.
+        pattern: String,
+        /// Service name of the search server (default: memlink-find.UID).
+        #[arg(long)]
+        server: Option<String>,
+        /// How long a server started by this find waits for clients before exiting.
+        #[arg(long, default_value_t = 60, hide = true)]
+        server_idle_secs: u64,
+    },
     /// List memlink servers, topics and objects on this machine.
     Ls,
     /// Remove an object by name. Refuses one whose creator is alive unless --force.
@@ -110,6 +128,15 @@ enum Command {
         /// Remove even if its creator is alive (processes that have it open keep their mapping).
         #[arg(long)]
         force: bool,
+    },
+    /// Internal: the file search server `find` starts.
+    #[command(name = find::SERVER_SUBCOMMAND, hide = true)]
+    FindServer {
+        /// Service name.
+        name: String,
+        /// Exit once no client has been connected for this many seconds.
+        #[arg(long, default_value_t = 60)]
+        idle_secs: u64,
     },
     /// Internal: the child processes of `bench` and `demo`.
     #[command(name = "__peer", hide = true)]
@@ -217,6 +244,20 @@ fn main() -> ExitCode {
             everyone,
         } => publish(&topic, capacity, history, everyone).map_err(Into::into),
         Command::Sub { topic, count } => subscribe(&topic, count).map_err(Into::into),
+        Command::Find {
+            path,
+            pattern,
+            server,
+            server_idle_secs,
+        } => find::run(
+            &path,
+            &pattern,
+            &server.unwrap_or_else(find::default_server_name),
+            Duration::from_secs(server_idle_secs),
+        ),
+        Command::FindServer { name, idle_secs } => {
+            find_server(&name, Duration::from_secs(idle_secs)).map_err(Into::into)
+        }
         Command::Ls => list().map_err(Into::into),
         Command::Rm { name, force } => inventory::remove(&name, force)
             .map(|()| println!("removed {name}"))
@@ -306,6 +347,16 @@ fn serve(name: &str, workers: usize, everyone: bool) -> memlink::Result<()> {
     server.serve(|request: &[u8], reply: &mut Vec<u8>| reply.extend_from_slice(request))?;
     eprintln!("\nstopped");
     Ok(())
+}
+
+/// `memlink __find-server`: its standard error is captured by the `find` that started it (and
+/// shown if it fails to start), so warnings go there.
+fn find_server(name: &str, idle: Duration) -> memlink::Result<()> {
+    tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_writer(std::io::stderr)
+        .init();
+    find::serve(name, idle)
 }
 
 /// `memlink chat`: each line is one message (newline included); an empty message says "my

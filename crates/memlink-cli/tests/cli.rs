@@ -351,3 +351,200 @@ fn bench_pubsub_json_reports_every_way_size_fan_out_and_target() {
     }
     assert_eq!(report["targets"].as_array().unwrap().len(), 3);
 }
+
+// --- memlink find: a file search server started on demand -----------------------------------------
+
+/// Makes this test process the subreaper of its descendants, once: a server that a
+/// `memlink find` starts outlives it and comes to us when it exits, to be killed and reaped.
+fn adopt_orphans() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+            .expect("PR_SET_CHILD_SUBREAPER");
+    });
+}
+
+/// Kills every `memlink __find-server NAME` and reaps it when dropped, so that a test leaves
+/// no process behind, whether it passes or fails.
+struct KillFindServers(String);
+
+impl Drop for KillFindServers {
+    fn drop(&mut self) {
+        use rustix::process::{Pid, Signal, WaitOptions, kill_process, waitpid};
+        for raw in find_servers(&self.0) {
+            let Some(pid) = Pid::from_raw(raw as i32) else {
+                continue;
+            };
+            let _ = kill_process(pid, Signal::KILL);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while std::time::Instant::now() < deadline {
+                match waitpid(Some(pid), WaitOptions::NOHANG) {
+                    Ok(Some(_)) => break,
+                    // Not our child (any more): gone, or someone else reaps it.
+                    Err(_) if !std::path::Path::new(&format!("/proc/{raw}")).exists() => break,
+                    _ => std::thread::sleep(std::time::Duration::from_millis(5)),
+                }
+            }
+        }
+    }
+}
+
+/// A directory tree for one test, removed when dropped.
+struct TempTree(std::path::PathBuf);
+
+impl TempTree {
+    fn new(tag: &str, files: &[(&str, &str)]) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let root = std::env::temp_dir().join(format!("{}-{nanos:x}", unique(tag)));
+        std::fs::create_dir(&root).unwrap();
+        let root = TempTree(std::fs::canonicalize(&root).unwrap());
+        for (path, contents) in files {
+            let path = root.0.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, contents).unwrap();
+        }
+        root
+    }
+
+    fn path(&self, relative: &str) -> String {
+        self.0.join(relative).display().to_string()
+    }
+}
+
+impl Drop for TempTree {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn memlink_in(dir: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_memlink"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("run memlink")
+}
+
+/// `memlink find`'s matches: path -> (size, modification time), checking each line's shape.
+fn matches(out: &Output) -> std::collections::BTreeMap<String, (u64, String)> {
+    stdout(out)
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(fields.len(), 4, "{line:?}");
+            let when = format!("{} {}", fields[1], fields[2]);
+            let shape: String = when
+                .chars()
+                .map(|c| if c.is_ascii_digit() { '9' } else { c })
+                .collect();
+            assert_eq!(shape, "9999-99-99 99:99:99", "{line:?}");
+            (fields[3].to_owned(), (fields[0].parse().unwrap(), when))
+        })
+        .collect()
+}
+
+/// Running `memlink __find-server NAME` processes.
+fn find_servers(name: &str) -> Vec<u32> {
+    let wanted = format!("__find-server\0{name}\0");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains(&wanted))
+        })
+        .collect()
+}
+
+#[test]
+fn find_starts_its_server_on_demand_and_the_next_find_reuses_it() {
+    adopt_orphans();
+    let tree = TempTree::new(
+        "find",
+        &[
+            ("a/notes.txt", "hello"),
+            ("a/b/more-notes.md", "twelve bytes"),
+            ("a/b/c/d/deep-notes", ""),
+            ("c/other.txt", "not a match"),
+            (
+                "notes-dir/inside.txt",
+                "a matching directory is searched, not listed",
+            ),
+        ],
+    );
+    std::os::unix::fs::symlink("/nonexistent", tree.0.join("notes-link")).unwrap();
+    let server = unique("find");
+    let _cleanup = KillFindServers(server.clone());
+    let root = tree.path("");
+    let find = |dir: &str, path: &str| {
+        memlink_in(
+            dir,
+            &[
+                "find",
+                path,
+                "notes",
+                "--server",
+                &server,
+                "--server-idle-secs",
+                "20",
+            ],
+        )
+    };
+    let first = find("/", &root);
+    let started = find_servers(&server);
+    assert!(first.status.success(), "{first:?}");
+    assert_eq!(started.len(), 1, "{started:?}");
+    let found = matches(&first);
+    let paths: Vec<&str> = found.keys().map(String::as_str).collect();
+    let expected = [
+        tree.path("a/b/c/d/deep-notes"),
+        tree.path("a/b/more-notes.md"),
+        tree.path("a/notes.txt"),
+        tree.path("notes-link"),
+    ];
+    assert_eq!(paths, expected, "{first:?}");
+    assert_eq!(found[&tree.path("a/notes.txt")].0, 5);
+    assert_eq!(found[&tree.path("a/b/more-notes.md")].0, 12);
+    assert!(String::from_utf8_lossy(&first.stderr).contains("4 matches"));
+    // The server outlived the find that started it.
+    let pid = memlink::rpc::server_stats(&server).unwrap().pid;
+    assert_eq!(started, [pid]);
+
+    // A second find, from another directory with a relative path: the same server answers.
+    let second = find(&tree.path("a"), "b");
+    assert!(second.status.success(), "{second:?}");
+    let paths: Vec<String> = matches(&second).into_keys().collect();
+    assert_eq!(
+        paths,
+        [
+            tree.path("a/b/c/d/deep-notes"),
+            tree.path("a/b/more-notes.md")
+        ]
+    );
+    assert_eq!(find_servers(&server), [pid]);
+    assert_eq!(memlink::rpc::server_stats(&server).unwrap().pid, pid);
+}
+
+#[test]
+fn find_reports_a_missing_directory_and_starts_no_server() {
+    let server = unique("find-missing");
+    let out = memlink(&[
+        "find",
+        "/nonexistent/memlink-test",
+        "x",
+        "--server",
+        &server,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/memlink-test: No such file"),
+        "{out:?}"
+    );
+    assert!(find_servers(&server).is_empty());
+    assert!(matches!(
+        memlink::rpc::server_stats(&server),
+        Err(memlink::Error::NotRunning { .. })
+    ));
+}

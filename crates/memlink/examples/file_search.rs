@@ -3,45 +3,89 @@
 //! one as it arrives.
 //!
 //! ```sh
-//! cargo run --example file_search -- serve NAME ROOT      # in one terminal: serves ROOT (Ctrl-D stops)
-//! cargo run --example file_search -- search NAME PATTERN  # in another: prints the matches
+//! cargo run --example file_search -- find DIR PATTERN       # the whole job: starts a server if needed
+//! cargo run --example file_search -- serve NAME ROOT        # or by hand: serves ROOT (Ctrl-D stops)
+//! cargo run --example file_search -- search NAME PATTERN    # and prints the matches under ROOT
 //! ```
+//!
+//! `find` connects to this user's search server (`file-search.UID`: service names are shared
+//! by every user of the machine) and, if none runs, starts one by running this very program
+//! again as `serve NAME / --on-demand` ([`ClientOptions::start_server`]). However many `find`s
+//! start at once, one server results; it outlives the `find` that started it, serves the next
+//! ones, and exits once nobody has used it for 30 seconds
+//! ([`ServerOptions::exit_when_idle`](memlink::ServerOptions::exit_when_idle)). It runs in `/`,
+//! so `find` sends the directory as an absolute path.
 //!
 //! The walk runs on a stream handler thread, so it goes no faster than the client reads (a
 //! client that stops reading holds the walk back instead of filling the server's memory), and
 //! a client interrupted with Ctrl-C (or that drops the stream) stops the walk at its next match
 //! or its next directory, whichever comes first.
 
+use std::ffi::OsStr;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
-use memlink::{Client, Server, StreamSink};
+use memlink::{Client, ClientOptions, Server, ServerCommand, StreamSink};
+
+/// How long a server started on demand waits for clients before it exits.
+const ON_DEMAND_IDLE: Duration = Duration::from_secs(30);
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["serve", name, root] => serve(name, PathBuf::from(root)),
+        ["find", dir, pattern] => find(dir, pattern),
+        ["serve", name, root] => serve(name, PathBuf::from(root), false),
+        ["serve", name, root, "--on-demand"] => serve(name, PathBuf::from(root), true),
         ["search", name, pattern] => search(name, pattern),
-        _ => Err("usage: file_search serve NAME ROOT | file_search search NAME PATTERN".into()),
+        _ => Err(
+            "usage: file_search find DIR PATTERN | file_search serve NAME ROOT | \
+                  file_search search NAME PATTERN"
+                .into(),
+        ),
     }
 }
 
-fn serve(name: &str, root: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
-    let server = Server::bind(name)?;
-    let stop = server.shutdown_handle();
-    ctrlc_like_stop(stop);
-    eprintln!(
-        "serving files under {} as '{name}'; Ctrl-D stops",
-        root.display()
-    );
+/// Serves searches: a request is `DIR`, a NUL byte and the pattern (searched under DIR, an
+/// absolute path), or just a pattern (searched under `root`). In a terminal, Ctrl-D stops it;
+/// started on demand (no terminal, stdin is empty) it stops once idle instead.
+fn serve(name: &str, root: PathBuf, on_demand: bool) -> Result<(), Box<dyn std::error::Error>> {
+    let mut options = Server::options();
+    if on_demand {
+        options = options.exit_when_idle(ON_DEMAND_IDLE);
+    }
+    let server = options.bind(name)?;
+    if on_demand {
+        eprintln!("serving file searches as '{name}' until idle for {ON_DEMAND_IDLE:?}");
+    } else {
+        ctrlc_like_stop(server.shutdown_handle());
+        eprintln!(
+            "serving files under {} as '{name}'; Ctrl-D stops",
+            root.display()
+        );
+    }
     let served = root.clone();
     server.serve_with(
         // Plain calls: the root being served.
         move |_request: &[u8], reply: &mut Vec<u8>| {
             reply.extend_from_slice(served.as_os_str().as_bytes());
         },
-        move |pattern: &[u8], sink: &mut StreamSink| walk(&root, pattern, sink),
+        move |request: &[u8], sink: &mut StreamSink| {
+            let (dir, pattern) = match request.iter().position(|&b| b == 0) {
+                Some(nul) => (
+                    Path::new(OsStr::from_bytes(&request[..nul])),
+                    &request[nul + 1..],
+                ),
+                None => (root.as_path(), request),
+            };
+            if !dir.is_absolute() {
+                return Err(memlink::Error::Os {
+                    op: "searching a relative directory",
+                    source: std::io::ErrorKind::InvalidInput.into(),
+                });
+            }
+            walk(dir, pattern, sink)
+        },
     )?;
     Ok(())
 }
@@ -93,11 +137,31 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// `find DIR PATTERN`: connects to this user's search server, starting it if none runs, and
+/// prints the matches under DIR.
+fn find(dir: &str, pattern: &str) -> Result<(), Box<dyn std::error::Error>> {
+    // The server runs in `/`, and may have been started by a client in another directory.
+    let dir = std::fs::canonicalize(dir).map_err(|e| format!("{dir}: {e}"))?;
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self")?);
+    let name = format!("file-search.{uid}");
+    let server = ServerCommand::current_exe()?.args(["serve", &name, "/", "--on-demand"]);
+    let client = ClientOptions::new().start_server(server).connect(&name)?;
+    let mut request = dir.into_os_string().into_vec();
+    request.push(0);
+    request.extend_from_slice(pattern.as_bytes());
+    print_matches(&client, &request)
+}
+
+/// `search NAME PATTERN`: the matches under the root of the server NAME (started by hand).
 fn search(name: &str, pattern: &str) -> Result<(), Box<dyn std::error::Error>> {
-    let client = Client::connect(name)?;
+    print_matches(&Client::connect(name)?, pattern.as_bytes())
+}
+
+/// Prints each match of `request` as it streams in: size, modification time, path.
+fn print_matches(client: &Client, request: &[u8]) -> Result<(), Box<dyn std::error::Error>> {
     let mut matches = 0u64;
     let mut item = Vec::new();
-    let mut stream = client.call_stream(pattern.as_bytes())?;
+    let mut stream = client.call_stream(request)?;
     while stream.next_into(&mut item)? {
         let (Some(size), Some(modified), Some(path)) = (
             item.get(..8)

@@ -127,8 +127,9 @@ pub enum Error {
     /// No server (or, for a topic, no publisher) is running under this name.
     #[error(
         "nothing is serving memlink '{name}': no server or publisher runs under it; start one \
-         (e.g. `memlink serve --name {name}`), or wait for it (`Client::connect_timeout`, \
-         `Subscriber::subscribe`)"
+         (e.g. `memlink serve --name {name}`), wait for it (`Client::connect_timeout`, \
+         `Subscriber::subscribe`), or have the client start it on demand \
+         (`ClientOptions::start_server`)"
     )]
     NotRunning {
         /// The service name.
@@ -277,6 +278,78 @@ pub enum Error {
         reason: String,
     },
 
+    /// The command given to `ClientOptions::start_server` could not be run at all (no such
+    /// program, not executable, out of processes).
+    #[error(
+        "could not run {program:?} to start the memlink server '{name}': {source}; check the \
+         server command's program path and permissions"
+    )]
+    ServerSpawnFailed {
+        /// The service name.
+        name: String,
+        /// The program that was to be run.
+        program: String,
+        /// Why it could not be run.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The server started on demand exited with a failure before it served the name.
+    #[error(
+        "the memlink server '{name}' failed to start: {program:?} exited ({status}) before \
+         serving the name; fix what it reports, or run it by hand to see why{}",
+        tail_block(.stderr_tail)
+    )]
+    ServerFailedToStart {
+        /// The service name.
+        name: String,
+        /// The program that was run.
+        program: String,
+        /// How it exited.
+        status: std::process::ExitStatus,
+        /// The end of what it wrote to its standard error (its last lines, at most 4 KiB).
+        stderr_tail: String,
+    },
+
+    /// No server came up under the name in time: the one this client started ran without
+    /// serving the name (it was then killed), or another client was starting one that did not
+    /// come up either.
+    #[error(
+        "no memlink server came up under '{name}' within {waited:.1?}; {}{}",
+        if .stderr_tail.is_some() {
+            "the server this client started was killed. Check that its command serves exactly \
+             this name, or allow it more time with ClientOptions::start_timeout"
+        } else {
+            "another client was starting it. Retry, or check the server command"
+        },
+        tail_block(.stderr_tail.as_deref().unwrap_or_default())
+    )]
+    ServerStartTimedOut {
+        /// The service name.
+        name: String,
+        /// How long this client waited.
+        waited: std::time::Duration,
+        /// If this client started the server: the end of what it wrote to its standard error.
+        stderr_tail: Option<String>,
+    },
+
+    /// A process of a user we do not trust holds the lock that serialises starting this
+    /// service on demand, so no server can be started for it (nor should one be used).
+    #[error(
+        "a process of uid {uid} (pid {pid}), a user this client does not trust, holds the start \
+         lock of memlink '{name}', so no server can be started on demand under that name; pick \
+         another name (e.g. one that includes your uid), stop that process, or trust that user \
+         with ClientOptions::trust_server_uid"
+    )]
+    StartLockHeld {
+        /// The service name.
+        name: String,
+        /// The holder's user id.
+        uid: u32,
+        /// The holder's process id (0 if it is in a pid namespace we cannot see).
+        pid: u32,
+    },
+
     /// The operating system refused an operation for a reason not covered above.
     #[error("{op} failed: {source}")]
     Os {
@@ -286,6 +359,16 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// The tail of a server's standard error, to end a message with.
+fn tail_block(tail: &str) -> String {
+    let tail = tail.trim_end();
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!(". Its standard error ended with:\n{tail}")
+    }
 }
 
 fn permission_hint(name: &str, owner_uid: Option<u32>) -> String {

@@ -9,7 +9,8 @@
 //! - `link` (private): one connection between two processes, whatever the pattern — handshake,
 //!   sealed region, wake-ups, parking, hang-up detection.
 //! - [`rpc`]: request/response between processes — a [`Server`] with worker threads answering many
-//!   [`Client`]s, each over its own pair of shared-memory rings.
+//!   [`Client`]s, each over its own pair of shared-memory rings; a client can start its server
+//!   when none runs ([`ClientOptions::start_server`], [`ServerCommand`]).
 //! - [`duplex`]: two symmetric peers, either may start first; each sends and receives at any time.
 //! - [`pubsub`]: one [`Publisher`] per topic, many [`Subscriber`]s, zero-copy samples.
 //!
@@ -43,6 +44,6 @@ pub use pubsub::{
     Loan, MessageHandler, Publisher, PublisherOptions, Sample, Subscriber, SubscriberOptions,
 };
 pub use rpc::{
-    Client, ClientOptions, Handler, ReplyStream, Server, ServerOptions, ShutdownHandle,
-    StreamHandler, StreamSink,
+    Client, ClientOptions, Handler, ReplyStream, Server, ServerCommand, ServerOptions,
+    ShutdownHandle, StreamHandler, StreamSink,
 };

@@ -118,6 +118,10 @@ impl Handshakes {
         }
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.slots.iter().flatten().map(|h| h.deadline).min()
     }

@@ -1,7 +1,8 @@
-//! Finding each other on a name: binding it (atomic: of two binders exactly one succeeds), the
-//! accepting side's callers (credentials checked before anything is read from them, then a hello
-//! within a bounded time), and a responder thread that answers every later caller with a fixed
-//! welcome (a duplex pair's `Busy`). Sockets and descriptors stay in here and in `platform`.
+//! Finding each other on a name: binding it (atomic: of two binders exactly one succeeds), a
+//! per-name lock built the same way ([`NameLock`]), the accepting side's callers (credentials
+//! checked before anything is read from them, then a hello within a bounded time), and a
+//! responder thread that answers every later caller with a fixed welcome (a duplex pair's
+//! `Busy`). Sockets and descriptors stay in here and in `platform`.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -32,6 +33,50 @@ pub(crate) fn bind(socket_name: &str) -> Result<Option<OwnedFd>> {
         Err(Errno::ADDRINUSE) => Ok(None),
         Err(e) => Err(Error::os("binding a memlink socket", e)),
     }
+}
+
+/// A per-name lock held by at most one thread of one process at a time, and released the moment
+/// its holder drops it or dies, however it dies: a listening abstract socket bound under the
+/// lock's name (the kernel lets exactly one of two binders have a name, and frees it with the
+/// last descriptor). Nothing is ever left on disk, so there is no stale lock to clean up. The
+/// socket listens only so that a waiter can ask the kernel who holds it ([`try_lock`]); nobody
+/// accepts, and its descriptor is close-on-exec, so a program the holder starts does not inherit
+/// the lock.
+#[derive(Debug)]
+pub(crate) struct NameLock {
+    _listener: OwnedFd,
+}
+
+/// What [`try_lock`] found.
+#[derive(Debug)]
+pub(crate) enum LockAttempt {
+    /// The lock is ours until dropped.
+    Taken(NameLock),
+    /// Another thread or process holds it; who, if asked and the kernel said.
+    Held(Option<PeerCredentials>),
+}
+
+/// Tries once to take the lock `socket_name`. If it is held and `ask_holder`, connects to it to
+/// learn the holder's credentials (as recorded when it took the lock): the connection waits in
+/// the holder's backlog, unanswered, until the lock is released, so ask sparingly.
+pub(crate) fn try_lock(socket_name: &str, ask_holder: bool) -> Result<LockAttempt> {
+    match socket::listen(socket_name) {
+        Ok((listener, _)) => {
+            return Ok(LockAttempt::Taken(NameLock {
+                _listener: listener,
+            }));
+        }
+        Err(Errno::ADDRINUSE) => {}
+        Err(e) => return Err(Error::os("taking a memlink start lock", e)),
+    }
+    if !ask_holder {
+        return Ok(LockAttempt::Held(None));
+    }
+    // Refused: released since; full backlog (`EAGAIN`): held, by someone who will not say.
+    let holder = socket::connect(socket_name, Duration::from_millis(50))
+        .and_then(|connection| socket::peer_credentials(&connection))
+        .ok();
+    Ok(LockAttempt::Held(holder))
 }
 
 /// Who may call, and what the others are told (an encoded refusal welcome).

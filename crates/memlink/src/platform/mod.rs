@@ -5,8 +5,10 @@
 //! ([`futex`]), OFD byte locks at any offset, the file behind a mapping and fork detection
 //! ([`file_lock`]), eventfd/poll/epoll wake-ups ([`notify`]), abstract Unix sockets with descriptor
 //! passing and peer credentials ([`socket`]), CPU identity ([`cpu`]), process identity and
-//! liveness ([`process`]), and unpredictable numbers ([`random`]). It may use only `rustix`, `libc` and `std`; nothing above it issues
-//! syscalls or dereferences raw pointers (the crate root denies `unsafe` outside this module).
+//! liveness ([`process`]), starting a program detached from us with its error output captured
+//! ([`spawn`]), and unpredictable numbers ([`random`]). It may use only `rustix`, `libc` and
+//! `std`; nothing above it issues syscalls or dereferences raw pointers (the crate root denies
+//! `unsafe` outside this module).
 //!
 //! Functions here return raw [`rustix::io::Errno`] values; the layers above know what was being
 //! attempted and turn them into actionable [`crate::Error`]s.
@@ -22,3 +24,4 @@ pub(crate) mod process;
 pub(crate) mod random;
 pub(crate) mod shm;
 pub(crate) mod socket;
+pub(crate) mod spawn;

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
+use super::launch::{self, LaunchHooks, ServerCommand};
 use super::protocol::{
     Admission, CANCEL, ERR_HANDLER_FAILED, ERR_HANDLER_PANICKED, ERR_NO_STREAMS,
     ERR_REPLY_TOO_LARGE, ERR_TOO_MANY_STREAMS, ERROR_REPLY, Hello, Purpose, STREAM_END,
@@ -32,6 +33,8 @@ const DEFAULT_CONNECTIONS: usize = 8;
 /// Most reply bytes reserved before they arrive.
 const MAX_UPFRONT_RESERVE: usize = 16 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connect waits for a server it starts on demand, by default.
+const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Looks at the ring before a wait decides how to wait (see `Connection::wait`).
 const FIRST_LOOKS: u32 = 32;
 /// Longest a waiting call spins (when the server runs on another CPU).
@@ -54,6 +57,10 @@ pub struct ClientOptions {
     connections: usize,
     trusted_server_uid: Option<u32>,
     max_reply_size: Option<usize>,
+    /// What to run if no server runs under the name.
+    start_server: Option<Arc<ServerCommand>>,
+    start_timeout: Duration,
+    launch_hooks: LaunchHooks,
     /// Fault injection: how long a call waits between sending its request and reading the reply.
     pause_before_receive: Duration,
 }
@@ -64,6 +71,9 @@ impl Default for ClientOptions {
             connections: DEFAULT_CONNECTIONS,
             trusted_server_uid: None,
             max_reply_size: None,
+            start_server: None,
+            start_timeout: DEFAULT_START_TIMEOUT,
+            launch_hooks: LaunchHooks::default(),
             pause_before_receive: Duration::ZERO,
         }
     }
@@ -95,6 +105,84 @@ impl ClientOptions {
     /// the server, and the next call uses a fresh connection.
     pub fn max_reply_size(mut self, bytes: usize) -> Self {
         self.max_reply_size = Some(bytes);
+        self
+    }
+
+    /// Starts the server with `command` whenever no server runs under the name: when
+    /// connecting, and when a call reconnects after the server went away. However many clients
+    /// (threads or processes) find no server at the same instant, exactly one of them runs
+    /// `command`; the others wait for the server it starts. The client then connects as usual
+    /// once the server serves the name.
+    ///
+    /// How long this may take is bounded by [`ClientOptions::start_timeout`] (10 s by
+    /// default), or by the timeout of the connect or call that starts it
+    /// ([`ClientOptions::connect_timeout`], [`Client::call_timeout`]). A server that has not
+    /// served the name by then is killed (with its process group), so that it cannot come up
+    /// later beside the one the next client starts.
+    ///
+    /// The server outlives the client: it runs in a session of its own, in `/`, with no
+    /// standard input or output, its standard error captured (see [`ServerCommand`] for why and
+    /// where), and it should stop by itself when unused
+    /// ([`ServerOptions::exit_when_idle`](crate::ServerOptions::exit_when_idle)). A client that
+    /// started it reaps it when it exits, from a thread of its own.
+    ///
+    /// Starting is serialised by a lock named after the service (see `rpc::launch`); a process
+    /// of another user holding it (a user not trusted as a server, see
+    /// [`ClientOptions::trust_server_uid`]) makes the connect fail with
+    /// [`Error::StartLockHeld`] rather than wait. Service names are shared by every user of the
+    /// machine, so a name for a per-user server started on demand should include the uid.
+    ///
+    /// # Errors
+    /// Besides those of [`Client::connect`]: [`Error::ServerSpawnFailed`] (the command could
+    /// not be run), [`Error::ServerFailedToStart`] (it exited with a failure before serving:
+    /// its exit status and the end of its standard error), [`Error::ServerStartTimedOut`],
+    /// [`Error::StartLockHeld`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # fn main() -> memlink::Result<()> {
+    /// use memlink::{ClientOptions, ServerCommand};
+    ///
+    /// let uid = std::fs::metadata("/proc/self")
+    ///     .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+    ///     .unwrap_or(0);
+    /// let name = format!("indexer.{uid}");
+    /// let client = ClientOptions::new()
+    ///     .start_server(ServerCommand::new("/usr/libexec/indexer").args(["--serve", &name]))
+    ///     .connect(&name)?;
+    /// let reply = client.call(b"status")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn start_server(mut self, command: ServerCommand) -> Self {
+        self.start_server = Some(Arc::new(command));
+        self
+    }
+
+    /// How long a connect (or a reconnect in a call without a timeout of its own) waits for a
+    /// server started on demand to serve the name, whether this client or another one started
+    /// it. Default 10 s. See [`ClientOptions::start_server`].
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
+    /// Fault injection for tests: a client that takes the start lock to start a server on
+    /// demand sleeps for `pause` before anything else (so that a test can kill it holding the
+    /// lock). Exists only with the `fault-injection` feature.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __pause_holding_start_lock(mut self, pause: Duration) -> Self {
+        self.launch_hooks.pause_holding_lock = pause;
+        self
+    }
+
+    /// Fault injection for tests: a client that found no server runs `hook` once before it
+    /// first tries to take the start lock (so that a test can have another client start the
+    /// server in between). Exists only with the `fault-injection` feature.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __before_start_lock(mut self, hook: impl Fn() + Send + Sync + 'static) -> Self {
+        self.launch_hooks.before_lock = Some(Arc::new(hook));
         self
     }
 
@@ -234,7 +322,8 @@ impl Client {
     /// # Errors
     /// [`Error::NotRunning`] at once if no server has the name; [`Error::PermissionDenied`] if the
     /// server refuses our user or is run by an untrusted user; [`Error::ServerFull`];
-    /// [`Error::InvalidName`].
+    /// [`Error::InvalidName`]. With [`ClientOptions::start_server`], also the errors of
+    /// starting a server listed there.
     pub fn connect(name: &str) -> Result<Client> {
         ClientOptions::new().connect(name)
     }
@@ -268,8 +357,7 @@ impl Client {
             connection_freed: Condvar::new(),
         };
         let first = loop {
-            let transient_until = wait_until.unwrap_or_else(|| Instant::now() + HANDSHAKE_TIMEOUT);
-            match Connection::open_retrying(&client.name, &client.options, 0, transient_until) {
+            match open_connection(&client.name, &client.options, 0, wait_until) {
                 Err(Error::NotRunning { .. }) if wait_until.is_some_and(|t| Instant::now() < t) => {
                     std::thread::sleep(Duration::from_millis(2));
                 }
@@ -377,12 +465,7 @@ impl Client {
             }
             let connection = match slot.as_mut() {
                 Some(connection) => connection,
-                None => match Connection::open_retrying(
-                    &self.name,
-                    &self.options,
-                    epoch,
-                    deadline.unwrap_or_else(|| Instant::now() + HANDSHAKE_TIMEOUT),
-                ) {
+                None => match open_connection(&self.name, &self.options, epoch, deadline) {
                     Ok(connection) => {
                         self.max_message
                             .store(connection.max_message as u64, Ordering::Relaxed);
@@ -589,6 +672,33 @@ impl Client {
         }
         let connection = slot.as_mut().ok_or(Error::Timeout)?;
         connection.corrupt_requests()
+    }
+}
+
+/// Opens a connection, retrying transient failures until `deadline` (or for
+/// [`HANDSHAKE_TIMEOUT`] without one); with [`ClientOptions::start_server`], starts the server
+/// first if none runs, waiting for it until `deadline` (or for the start timeout).
+fn open_connection(
+    name: &str,
+    options: &ClientOptions,
+    epoch: u64,
+    deadline: Option<Instant>,
+) -> Result<Connection> {
+    let transient_until = deadline.unwrap_or_else(|| Instant::now() + HANDSHAKE_TIMEOUT);
+    let first = Connection::open_retrying(name, options, epoch, transient_until);
+    match (&options.start_server, first) {
+        (Some(command), Err(Error::NotRunning { .. })) => {
+            let until = deadline.unwrap_or_else(|| Instant::now() + options.start_timeout);
+            launch::connect_or_start(
+                name,
+                command,
+                options.trusted_server_uid,
+                until,
+                &options.launch_hooks,
+                || Connection::open_retrying(name, options, epoch, until),
+            )
+        }
+        (_, first) => first,
     }
 }
 

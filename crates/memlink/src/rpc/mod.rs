@@ -18,13 +18,19 @@
 //! A request may also be answered by a *stream* of items ([`Client::call_stream`],
 //! [`Server::serve_with`]); the design (handler threads, bounded queues, cancellation, the wire
 //! flags) is in `stream`.
+//!
+//! A client may start its server when none runs ([`ClientOptions::start_server`]); how exactly
+//! one server comes of many clients trying at once, and how it is detached from the client that
+//! started it, is in `launch`.
 
 mod client;
+mod launch;
 mod protocol;
 mod server;
 mod stream;
 
 pub use client::{Client, ClientOptions, ReplyStream};
+pub use launch::ServerCommand;
 pub use protocol::Stats;
 pub use server::{Handler, Server, ServerOptions, ShutdownHandle};
 pub use stream::{StreamHandler, StreamSink};

@@ -92,6 +92,7 @@ pub struct ServerOptions {
     max_streams_per_uid: usize,
     stream_queue: usize,
     stream_queue_bytes: usize,
+    exit_when_idle: Option<Duration>,
     /// Fault injection: workers fail once the server has answered this many calls.
     fail_workers_after: Option<u64>,
     /// Longest a parked worker sleeps before looking again without a wake-up.
@@ -116,6 +117,7 @@ impl Default for ServerOptions {
             max_streams_per_uid: 16,
             stream_queue: 8,
             stream_queue_bytes: 4 << 20,
+            exit_when_idle: None,
             fail_workers_after: None,
             park_recheck: PARK_RECHECK,
             stream_end_pause: Duration::ZERO,
@@ -217,6 +219,38 @@ impl ServerOptions {
         self
     }
 
+    /// Makes [`Server::serve`] return `Ok(())` on its own once no client has been connected for
+    /// `idle` (counting from the start of `serve`, and again from whenever the last client
+    /// leaves), as after a shutdown. For servers started on demand
+    /// ([`ClientOptions::start_server`]): the next client that finds no server starts a fresh
+    /// one, so servers nobody uses do not pile up. Off by default.
+    ///
+    /// A [`Client`] counts as connected for as long as it exists (it keeps its connection
+    /// between calls), so a server only goes once its clients are dropped or their processes
+    /// exit. Statistics queries (`memlink ls`) do not keep it running. The name is freed the
+    /// moment the server decides to go; a client connecting at that very moment gets
+    /// [`Error::NotRunning`] (or, with `start_server`, starts the successor).
+    ///
+    /// [`ClientOptions::start_server`]: crate::ClientOptions::start_server
+    /// [`Client`]: crate::Client
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # fn main() -> memlink::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// let server = memlink::Server::options()
+    ///     .exit_when_idle(Duration::from_secs(30))
+    ///     .bind("files.1000")?;
+    /// // Returns once no client has been connected for 30 s (or on shutdown).
+    /// server.serve(|request: &[u8], reply: &mut Vec<u8>| reply.extend_from_slice(request))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn exit_when_idle(mut self, idle: Duration) -> Self {
+        self.exit_when_idle = Some(idle);
+        self
+    }
+
     /// Fault injection for tests: every worker fails (as if its epoll set broke) once the server
     /// has answered `calls` calls. Exists only with the `fault-injection` feature.
     #[doc(hidden)]
@@ -273,7 +307,7 @@ impl ServerOptions {
         Ok(Server {
             name: name.to_owned(),
             options: self.clone(),
-            listener,
+            listener: Some(listener),
             shared: Arc::new(Shared {
                 shutting_down: AtomicBool::new(false),
                 shutdown_bell,
@@ -399,7 +433,8 @@ impl ShutdownHandle {
     }
 }
 
-/// A bound memlink server: owns its name until dropped.
+/// A bound memlink server: owns its name until dropped, or until [`Server::serve`] stops accepting
+/// (shut down, or idle: see [`ServerOptions::exit_when_idle`]).
 ///
 /// # Examples
 /// ```no_run
@@ -413,7 +448,8 @@ impl ShutdownHandle {
 pub struct Server {
     name: String,
     options: ServerOptions,
-    listener: OwnedFd,
+    /// Taken by `serve`, which closes it the moment it stops accepting.
+    listener: Option<OwnedFd>,
     shared: Arc<Shared>,
 }
 
@@ -444,7 +480,8 @@ impl Server {
         }
     }
 
-    /// Serves requests with `handler` until shut down.
+    /// Serves requests with `handler` until shut down (or idle, with
+    /// [`ServerOptions::exit_when_idle`]).
     ///
     /// # Errors
     /// [`Error::Os`] if the server's own descriptors fail, or a worker thread stopped (failed or
@@ -484,10 +521,14 @@ impl Server {
     }
 
     fn serve_both<H: Handler>(
-        self,
+        mut self,
         handler: H,
         streams: Option<Arc<dyn StreamHandler>>,
     ) -> Result<()> {
+        let listener = self
+            .listener
+            .take()
+            .ok_or_else(|| Error::os("serving a server twice", Errno::INVAL))?;
         let workers = self.options.workers;
         let mut handles = Vec::with_capacity(workers);
         let mut bodies = Vec::with_capacity(workers);
@@ -548,10 +589,14 @@ impl Server {
                     })
                 })
                 .collect();
-            let accepted = self.accept_loop(&handles);
+            let accepted = self.accept_loop(&listener, &handles);
             // Stop accepting now, not when `self` drops after the grace period: a connector must
-            // be refused (`NotRunning`), not left waiting for a handshake nobody will answer.
-            let _ = socket::shut_down(&self.listener);
+            // be refused (`NotRunning`), not left waiting for a handshake nobody will answer. And
+            // free the name now: a successor (a restart, or a server started on demand by the
+            // next client) can bind it while this one finishes its calls in flight, instead of
+            // failing with `AlreadyRunning` against a server that no longer accepts anyone.
+            let _ = socket::shut_down(&listener);
+            drop(listener);
             // Whatever ended the acceptor, the workers must stop too.
             self.shutdown_handle().shutdown();
             let mut result = accepted;
@@ -592,28 +637,47 @@ impl Server {
     /// Handshakes in progress wait in an epoll set with a deadline each, at most
     /// `max_pending_per_uid` per user: a connector that never speaks holds up nobody but itself,
     /// and a flood of them only pushes out the flooder's own older ones.
-    fn accept_loop(&self, workers: &[WorkerHandle]) -> Result<()> {
+    fn accept_loop(&self, listener: &OwnedFd, workers: &[WorkerHandle]) -> Result<()> {
         const LISTENER: u64 = 0;
         const STOP: u64 = 1;
         let poll_error = |e| Error::os("waiting for connections", e);
         let mut poller = Poller::new().map_err(|e| Error::os("creating an epoll set", e))?;
-        poller.add(&self.listener, LISTENER).map_err(poll_error)?;
+        poller.add(listener, LISTENER).map_err(poll_error)?;
         poller
             .add(&self.shared.shutdown_bell, STOP)
             .map_err(poll_error)?;
         let mut pending = Handshakes::new(HANDSHAKE_TIMEOUT);
         let mut ready = Vec::new();
+        // Idle exit: a departing client wakes only its worker, so the acceptor looks at the
+        // connection count every quarter of the idle time (nothing happens in between).
+        let idle = self.options.exit_when_idle;
+        let mut idle_since = Instant::now();
+        let mut last_look = false;
         loop {
-            let timeout = pending
+            let mut timeout = pending
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(Instant::now()));
+            if let Some(idle) = idle {
+                let recheck = if last_look {
+                    Duration::ZERO
+                } else {
+                    (idle / 4).clamp(Duration::from_millis(1), Duration::from_secs(1))
+                };
+                timeout = Some(timeout.map_or(recheck, |t| t.min(recheck)));
+            }
             poller.wait(timeout, &mut ready).map_err(poll_error)?;
             if self.shared.shutting_down.load(Ordering::SeqCst) {
                 return Ok(());
             }
+            if last_look && ready.is_empty() {
+                // Idle for long enough, and nobody knocked at the last look.
+                tracing::debug!(server = %self.name, "idle; no longer serving");
+                return Ok(());
+            }
+            last_look = false;
             for event in &ready {
                 match event.token {
-                    LISTENER => self.accept_batch(&poller, &mut pending)?,
+                    LISTENER => self.accept_batch(listener, &poller, &mut pending)?,
                     STOP => return Ok(()),
                     token => {
                         if let Some(handshake) = pending.take(token) {
@@ -630,12 +694,26 @@ impl Server {
             for expired in pending.expire(Instant::now()) {
                 let _ = poller.remove(&expired.socket);
             }
+            if let Some(idle) = idle {
+                // Handshakes in progress (a client, or a statistics query) only postpone the
+                // exit; only connected clients start the idle time again.
+                if self.shared.connections.load(Ordering::Relaxed) > 0 {
+                    idle_since = Instant::now();
+                } else if pending.is_empty() && idle_since.elapsed() >= idle {
+                    last_look = true;
+                }
+            }
         }
     }
 
-    fn accept_batch(&self, poller: &Poller, pending: &mut Handshakes) -> Result<()> {
+    fn accept_batch(
+        &self,
+        listener: &OwnedFd,
+        poller: &Poller,
+        pending: &mut Handshakes,
+    ) -> Result<()> {
         admission::accept_batch(
-            &self.listener,
+            listener,
             poller,
             pending,
             self.options.max_pending_per_uid,

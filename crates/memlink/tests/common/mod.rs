@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
@@ -82,6 +83,21 @@ pub fn run_child(roles: &[(&str, Role)]) {
             std::process::exit(101);
         }
     }
+}
+
+/// What runs `role` with `args` in a new process: the program, its arguments and the variables
+/// to add to its environment, for children started by other means than [`ChildProcess`] (a
+/// server that a client starts on demand, say).
+pub fn role_invocation(role: &str, args: &[&str]) -> (PathBuf, Vec<String>, Vec<(String, String)>) {
+    let exe = std::env::current_exe().expect("test binary path");
+    let argv = ["--exact", "child_main", "--nocapture", "--test-threads=1"]
+        .map(String::from)
+        .to_vec();
+    let env = vec![
+        (ROLE_VAR.to_owned(), role.to_owned()),
+        (ARGS_VAR.to_owned(), args.join(&SEP.to_string())),
+    ];
+    (exe, argv, env)
 }
 
 /// Tells the parent something (one line).
