@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_pubsub;
+mod chaos;
 mod demo;
 mod find;
 mod peer;
@@ -119,6 +120,9 @@ enum Command {
         #[arg(long, default_value_t = 60, hide = true)]
         server_idle_secs: u64,
     },
+    /// Attack a live system (servers, clients, duplex peers, publishers and subscribers
+    /// SIGKILLed and restarted) and report what survived; fails if a promise broke.
+    Chaos(chaos::ChaosArgs),
     /// List memlink servers, topics and objects on this machine.
     Ls,
     /// Remove an object by name. Refuses one whose creator is alive unless --force.
@@ -137,6 +141,12 @@ enum Command {
         /// Exit once no client has been connected for this many seconds.
         #[arg(long, default_value_t = 60)]
         idle_secs: u64,
+    },
+    /// Internal: the child processes of `chaos`.
+    #[command(name = "__chaos", hide = true)]
+    ChaosPeer {
+        #[command(subcommand)]
+        role: chaos::Role,
     },
     /// Internal: the child processes of `bench` and `demo`.
     #[command(name = "__peer", hide = true)]
@@ -258,6 +268,8 @@ fn main() -> ExitCode {
         Command::FindServer { name, idle_secs } => {
             find_server(&name, Duration::from_secs(idle_secs)).map_err(Into::into)
         }
+        Command::Chaos(args) => chaos::run(&args),
+        Command::ChaosPeer { role } => chaos::run_role(role).map_err(Into::into),
         Command::Ls => list().map_err(Into::into),
         Command::Rm { name, force } => inventory::remove(&name, force)
             .map(|()| println!("removed {name}"))

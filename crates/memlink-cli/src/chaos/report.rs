@@ -1,0 +1,1069 @@
+//! After the run: reads every ledger, checks each pattern's promises (see the module docs of
+//! `chaos` for what acknowledged, lost and wrong mean), and prints the summary table or JSON.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use comfy_table::{Table, presets};
+use serde_json::{Value, json};
+
+use super::ledger::{self, Board, Counter, Record, read_ledger};
+use super::{CODE_DISCONNECTED, CODE_TIMEOUT, ERROR_NAMES, WAKE_BOUND, WAKE_GOAL, kind};
+
+/// A child's life as the driver saw it.
+#[derive(Debug, Clone)]
+pub(crate) struct Life {
+    pub(crate) pid: u32,
+    pub(crate) killed: bool,
+    /// When the driver killed it (`CLOCK_MONOTONIC` ns), for servers and publishers.
+    pub(crate) killed_at: Option<u64>,
+}
+
+impl Life {
+    pub(crate) fn new(pid: u32) -> Self {
+        Life {
+            pid,
+            killed: false,
+            killed_at: None,
+        }
+    }
+}
+
+/// How a duplex pair ended after one side was killed.
+#[derive(Debug, Clone)]
+pub(crate) struct PairEnd {
+    pub(crate) victim: u32,
+    pub(crate) survivor: u32,
+    pub(crate) hung: bool,
+    pub(crate) clean_exit: bool,
+    pub(crate) stderr: String,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Unexpected {
+    pub(crate) role: &'static str,
+    pub(crate) pid: u32,
+    pub(crate) status: String,
+    pub(crate) stderr: String,
+}
+
+/// Descriptors and resident memory of a process that lives through the run.
+#[derive(Debug, Clone)]
+pub(crate) struct Usage {
+    pub(crate) role: &'static str,
+    pub(crate) pid: u32,
+    pub(crate) fds_start: Option<usize>,
+    pub(crate) fds_end: Option<usize>,
+    pub(crate) rss_kib_start: Option<u64>,
+    pub(crate) rss_kib_end: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Kills {
+    pub(crate) server: u64,
+    pub(crate) client: u64,
+    pub(crate) duplex: u64,
+    pub(crate) publisher: u64,
+    pub(crate) subscriber: u64,
+}
+
+/// What the driver knows at the end of the run.
+#[derive(Debug, Default)]
+pub(crate) struct Facts {
+    pub(crate) seed: u64,
+    pub(crate) seconds: u64,
+    pub(crate) client_processes: usize,
+    pub(crate) interrupted: bool,
+    pub(crate) servers: Vec<Life>,
+    pub(crate) clients: Vec<Life>,
+    pub(crate) publishers: Vec<Life>,
+    pub(crate) subscribers: Vec<Life>,
+    pub(crate) duplex_peers: Vec<u32>,
+    pub(crate) pairs: Vec<PairEnd>,
+    pub(crate) pairing_failures: u64,
+    pub(crate) kills: Kills,
+    pub(crate) unexpected: Vec<Unexpected>,
+    pub(crate) stuck: Vec<String>,
+    pub(crate) usage: Vec<Usage>,
+}
+
+impl Facts {
+    /// Notes that the driver killed `pid` (at `at`, if it noted the instant).
+    pub(crate) fn killed(&mut self, pid: u32, at: Option<u64>) {
+        for life in self
+            .servers
+            .iter_mut()
+            .chain(&mut self.clients)
+            .chain(&mut self.publishers)
+            .chain(&mut self.subscribers)
+        {
+            if life.pid == pid {
+                life.killed = true;
+                life.killed_at = at;
+            }
+        }
+    }
+}
+
+/// Percentiles of a set of durations.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Dist {
+    samples: Vec<u64>,
+}
+
+impl Dist {
+    fn push(&mut self, ns: u64) {
+        self.samples.push(ns);
+    }
+
+    fn finish(&mut self) {
+        self.samples.sort_unstable();
+    }
+
+    fn at(&self, q: f64) -> Option<Duration> {
+        let n = self.samples.len();
+        (n > 0).then(|| {
+            let i = ((n as f64 * q).ceil() as usize).clamp(1, n) - 1;
+            Duration::from_nanos(self.samples[i])
+        })
+    }
+
+    fn max(&self) -> Option<Duration> {
+        self.samples.last().map(|&ns| Duration::from_nanos(ns))
+    }
+
+    fn json(&self) -> Value {
+        let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
+        json!({
+            "samples": self.samples.len(),
+            "p50_ms": ms(self.at(0.5)),
+            "p99_ms": ms(self.at(0.99)),
+            "max_ms": ms(self.max()),
+        })
+    }
+
+    fn text(&self) -> String {
+        match (self.at(0.5), self.at(0.99), self.max()) {
+            (Some(p50), Some(p99), Some(max)) => format!(
+                "{} samples: p50 {}, p99 {}, worst {}",
+                self.samples.len(),
+                ms(p50),
+                ms(p99),
+                ms(max)
+            ),
+            _ => "no samples".to_owned(),
+        }
+    }
+}
+
+fn ms(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1e3;
+    if ms < 10.0 {
+        format!("{ms:.2} ms")
+    } else {
+        format!("{ms:.0} ms")
+    }
+}
+
+fn error_name(code: u32) -> &'static str {
+    ERROR_NAMES.get(code as usize).copied().unwrap_or("other")
+}
+
+#[derive(Debug, Default)]
+struct Rpc {
+    calls: u64,
+    replies: u64,
+    wrong: u64,
+    lost: u64,
+    executed_twice: u64,
+    errors: BTreeMap<&'static str, u64>,
+    connect_errors: BTreeMap<&'static str, u64>,
+    hung: u64,
+    executed_unanswered: u64,
+    ended_by_client_death: u64,
+    bad_requests: u64,
+    wake: Dist,
+    service_back: Dist,
+    restarts_without_reply: u64,
+}
+
+#[derive(Debug, Default)]
+struct Streams {
+    started: u64,
+    completed: u64,
+    cancelled: u64,
+    items: u64,
+    broken: BTreeMap<&'static str, u64>,
+    wrong: u64,
+    lost: u64,
+}
+
+#[derive(Debug, Default)]
+struct DuplexResult {
+    pairs_killed: u64,
+    messages: u64,
+    acknowledged: u64,
+    lost: u64,
+    wrong: u64,
+    without_disconnect: u64,
+    hung: u64,
+    pairing_failures: u64,
+    errors: BTreeMap<&'static str, u64>,
+    wake: Dist,
+}
+
+#[derive(Debug, Default)]
+struct PubsubResult {
+    publishers: u64,
+    published: u64,
+    received: u64,
+    lag_reports: u64,
+    missed: u64,
+    wrong: u64,
+    lost: u64,
+    disconnects: u64,
+    held_at_end: Option<u64>,
+    publish_errors: u64,
+    errors: BTreeMap<&'static str, u64>,
+    wake: Dist,
+}
+
+/// The run's result.
+#[derive(Debug)]
+pub(crate) struct Report {
+    seed: u64,
+    seconds: u64,
+    clients: usize,
+    interrupted: bool,
+    kills: Kills,
+    rpc: Rpc,
+    streams: Streams,
+    duplex: DuplexResult,
+    pubsub: PubsubResult,
+    usage: Vec<Usage>,
+    unexpected: Vec<Unexpected>,
+    stuck: Vec<String>,
+    failed_survivors: Vec<String>,
+    shm_left: Vec<String>,
+    sockets_left: Vec<String>,
+    children_left: Vec<u32>,
+}
+
+/// Executions a server recorded for one client: (call id, record kind, server pid), sorted.
+type Executions = HashMap<u64, Vec<(u64, u32, u32)>>;
+
+fn has(executions: &Executions, client: u64, call: u64, kind: u32, server: Option<u32>) -> bool {
+    executions.get(&client).is_some_and(|v| {
+        let from = v.partition_point(|&(c, k, _)| (c, k) < (call, kind));
+        v[from..]
+            .iter()
+            .take_while(|&&(c, k, _)| (c, k) == (call, kind))
+            .any(|&(_, _, s)| server.is_none_or(|want| want == s))
+    })
+}
+
+/// Reads every ledger and checks every promise.
+pub(crate) fn analyse(dir: &Path, facts: &Facts, board: &Board) -> io::Result<Report> {
+    let mut report = Report {
+        seed: facts.seed,
+        seconds: facts.seconds,
+        clients: facts.client_processes,
+        interrupted: facts.interrupted,
+        kills: facts.kills.clone(),
+        rpc: Rpc::default(),
+        streams: Streams::default(),
+        duplex: DuplexResult::default(),
+        pubsub: PubsubResult::default(),
+        usage: facts.usage.clone(),
+        unexpected: facts.unexpected.clone(),
+        stuck: facts.stuck.clone(),
+        failed_survivors: Vec::new(),
+        shm_left: Vec::new(),
+        sockets_left: Vec::new(),
+        children_left: Vec::new(),
+    };
+    rpc(dir, facts, board, &mut report)?;
+    duplex(dir, facts, board, &mut report)?;
+    pubsub(dir, facts, board, &mut report)?;
+    Ok(report)
+}
+
+fn rpc(dir: &Path, facts: &Facts, board: &Board, report: &mut Report) -> io::Result<()> {
+    let r = &mut report.rpc;
+    let s = &mut report.streams;
+    let mut executions = Executions::new();
+    for server in &facts.servers {
+        for record in read_ledger(dir, server.pid)? {
+            match record.kind {
+                kind::EXECUTED | kind::STREAM_STARTED | kind::STREAM_DONE => executions
+                    .entry(record.a)
+                    .or_default()
+                    .push((record.b, record.kind, server.pid)),
+                kind::BAD_REQUEST => r.bad_requests += 1,
+                _ => {}
+            }
+        }
+    }
+    for calls in executions.values_mut() {
+        calls.sort_unstable();
+        r.executed_twice += calls
+            .windows(2)
+            .filter(|w| {
+                (w[0].0, w[0].1) == (w[1].0, w[1].1)
+                    && matches!(w[0].1, kind::EXECUTED | kind::STREAM_STARTED)
+            })
+            .count() as u64;
+    }
+    let streams_started = board.get(Counter::Streams);
+    r.calls = board.get(Counter::Calls).saturating_sub(streams_started);
+    s.started = streams_started;
+    let mut first_reply: HashMap<u32, u64> = HashMap::new();
+    let mut with_outcome = 0;
+    for client in &facts.clients {
+        let me = u64::from(client.pid);
+        let mut last_outcome = 0;
+        for record in read_ledger(dir, client.pid)? {
+            let Record { kind, aux, a, b, c } = record;
+            match kind {
+                kind::REPLY_OK => {
+                    r.replies += 1;
+                    if !has(&executions, me, a, kind::EXECUTED, Some(b as u32)) {
+                        r.lost += 1;
+                        eprintln!(
+                            "memlink chaos: LOST: call {me}/{a} was answered by server {b}, which has no record of executing it"
+                        );
+                    }
+                }
+                kind::STREAM_OK => {
+                    s.completed += 1;
+                    s.items += c;
+                    if !has(&executions, me, a, kind::STREAM_DONE, Some(b as u32)) {
+                        s.lost += 1;
+                        eprintln!(
+                            "memlink chaos: LOST: stream {me}/{a} ended cleanly but server {b} has no record of finishing it"
+                        );
+                    }
+                }
+                kind::STREAM_SHORT => {
+                    s.lost += 1;
+                    s.items += b;
+                }
+                kind::STREAM_CANCELLED => {
+                    s.cancelled += 1;
+                    s.items += b;
+                }
+                kind::CALL_FAILED => {
+                    let name = error_name(aux);
+                    let stream = b == u64::from(kind::PATTERN_STREAM);
+                    if stream {
+                        *s.broken.entry(name).or_default() += 1;
+                        s.items += c;
+                    } else {
+                        *r.errors.entry(name).or_default() += 1;
+                    }
+                    let executed = if stream {
+                        has(&executions, me, a, kind::STREAM_STARTED, None)
+                    } else {
+                        has(&executions, me, a, kind::EXECUTED, None)
+                    };
+                    if aux == CODE_TIMEOUT {
+                        r.hung += 1;
+                        if executed {
+                            // Executed, the client alive, and neither a reply nor an error.
+                            r.lost += 1;
+                        }
+                    } else if aux == CODE_DISCONNECTED && executed {
+                        r.executed_unanswered += 1;
+                    }
+                }
+                kind::WRONG if aux == kind::PATTERN_STREAM => s.wrong += 1,
+                kind::WRONG => r.wrong += 1,
+                kind::WAKE => r.wake.push(a),
+                kind::FIRST_REPLY => {
+                    let first = first_reply.entry(a as u32).or_insert(b);
+                    *first = (*first).min(b);
+                }
+                kind::CONNECT_FAILED => *r.connect_errors.entry(error_name(aux)).or_default() += 1,
+                _ => {}
+            }
+            if matches!(
+                kind,
+                kind::REPLY_OK
+                    | kind::STREAM_OK
+                    | kind::STREAM_SHORT
+                    | kind::STREAM_CANCELLED
+                    | kind::CALL_FAILED
+                    | kind::WRONG
+            ) {
+                with_outcome += 1;
+                last_outcome = last_outcome.max(a);
+            }
+        }
+        // Calls the server executed after the client's last recorded outcome: its death
+        // interrupted them, or, for a client that lived to the end, they were lost.
+        if let Some(calls) = executions.get(&me) {
+            let mut after: Vec<u64> = calls
+                .iter()
+                .filter(|&&(call, kind, _)| {
+                    call > last_outcome && matches!(kind, kind::EXECUTED | kind::STREAM_STARTED)
+                })
+                .map(|&(call, _, _)| call)
+                .collect();
+            after.dedup();
+            if client.killed {
+                r.ended_by_client_death += after.len() as u64;
+            } else if !after.is_empty() {
+                r.lost += after.len() as u64;
+                eprintln!(
+                    "memlink chaos: LOST: client {me} lived on but has no outcome for executed calls {after:?}"
+                );
+            }
+        }
+    }
+    let _ = with_outcome;
+    r.wake.finish();
+    for pair in facts.servers.windows(2) {
+        match (pair[0].killed_at, first_reply.get(&pair[1].pid)) {
+            (Some(killed), Some(&first)) => r.service_back.push(first.saturating_sub(killed)),
+            (Some(_), None) => r.restarts_without_reply += 1,
+            _ => {}
+        }
+    }
+    r.service_back.finish();
+    Ok(())
+}
+
+fn duplex(dir: &Path, facts: &Facts, board: &Board, report: &mut Report) -> io::Result<()> {
+    let d = &mut report.duplex;
+    d.messages = board.get(Counter::DuplexMessages);
+    d.pairing_failures = facts.pairing_failures;
+    for pid in &facts.duplex_peers {
+        for record in read_ledger(dir, *pid)? {
+            match record.kind {
+                kind::WRONG => d.wrong += 1,
+                kind::DUPLEX_ERROR => *d.errors.entry(error_name(record.aux)).or_default() += 1,
+                _ => {}
+            }
+        }
+    }
+    for end in &facts.pairs {
+        d.pairs_killed += 1;
+        let sent = read_ledger(dir, end.victim)?
+            .iter()
+            .filter(|r| r.kind == kind::SENT)
+            .map(|r| r.a)
+            .max()
+            .unwrap_or(0);
+        d.acknowledged += sent;
+        let disconnected = read_ledger(dir, end.survivor)?
+            .into_iter()
+            .find(|r| r.kind == kind::DISCONNECTED);
+        if end.hung {
+            d.hung += 1;
+        }
+        match disconnected {
+            Some(record) => {
+                let received = record.a;
+                if received < sent {
+                    d.lost += sent - received;
+                    eprintln!(
+                        "memlink chaos: LOST: duplex survivor {} got Disconnected after {received} messages; victim {} had {sent} acknowledged",
+                        end.survivor, end.victim
+                    );
+                }
+                if received > sent + 1 || record.b != u64::from(end.victim) {
+                    d.wrong += 1;
+                    eprintln!(
+                        "memlink chaos: WRONG: duplex survivor {} received {received} messages from {}; victim {} acknowledged {sent}",
+                        end.survivor, record.b, end.victim
+                    );
+                }
+                if record.c != u64::MAX {
+                    d.wake.push(record.c);
+                }
+            }
+            None if !end.hung => {
+                d.without_disconnect += 1;
+                report.failed_survivors.push(format!(
+                    "duplex survivor {} (victim {}) ended without Disconnected{}: {}",
+                    end.survivor,
+                    end.victim,
+                    if end.clean_exit { "" } else { " and failed" },
+                    end.stderr
+                ));
+            }
+            None => {}
+        }
+    }
+    d.wake.finish();
+    Ok(())
+}
+
+fn pubsub(dir: &Path, facts: &Facts, board: &Board, report: &mut Report) -> io::Result<()> {
+    let p = &mut report.pubsub;
+    p.received = board.get(Counter::Samples);
+    p.publishers = facts.publishers.len() as u64;
+    let mut published: HashMap<u32, u64> = HashMap::new();
+    for publisher in &facts.publishers {
+        let mut count = 0;
+        for record in read_ledger(dir, publisher.pid)? {
+            match record.kind {
+                kind::PUBLISHED => count = count.max(record.a),
+                kind::HELD_AT_END => p.held_at_end = Some(record.a),
+                kind::PUBLISH_FAILED => p.publish_errors += 1,
+                kind::WRONG => p.wrong += 1,
+                _ => {}
+            }
+        }
+        published.insert(publisher.pid, count);
+        p.published += count;
+    }
+    let killed: HashSet<u32> = facts
+        .publishers
+        .iter()
+        .filter(|l| l.killed)
+        .map(|l| l.pid)
+        .collect();
+    for subscriber in &facts.subscribers {
+        for record in read_ledger(dir, subscriber.pid)? {
+            match record.kind {
+                kind::SUB_DISCONNECTED => {
+                    p.disconnects += 1;
+                    let publisher = record.a as u32;
+                    if record.c != u64::MAX {
+                        p.wake.push(record.c);
+                    }
+                    if !killed.contains(&publisher) {
+                        continue;
+                    }
+                    let acknowledged = published.get(&publisher).copied().unwrap_or(0);
+                    let short = if record.b != u64::MAX {
+                        if record.b > acknowledged + 1 {
+                            p.wrong += 1;
+                            eprintln!(
+                                "memlink chaos: WRONG: subscriber {} was due sample {} of publisher {publisher}, which acknowledged {acknowledged}",
+                                subscriber.pid, record.b
+                            );
+                        }
+                        acknowledged.saturating_sub(record.b)
+                    } else if record.aux == 0 {
+                        acknowledged
+                    } else {
+                        0
+                    };
+                    if short > 0 {
+                        p.lost += short;
+                        eprintln!(
+                            "memlink chaos: LOST: subscriber {} got Disconnected from publisher {publisher} {short} samples short of the {acknowledged} it acknowledged",
+                            subscriber.pid
+                        );
+                    }
+                }
+                kind::LAGGED => {
+                    p.lag_reports += 1;
+                    p.missed += record.a;
+                }
+                kind::WRONG => p.wrong += 1,
+                kind::SUBSCRIBE_FAILED => *p.errors.entry(error_name(record.aux)).or_default() += 1,
+                _ => {}
+            }
+        }
+    }
+    p.wake.finish();
+    Ok(())
+}
+
+/// The last lines a child wrote to its standard error (at most 600 bytes).
+pub(crate) fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(4).collect();
+    let mut tail: String = lines.into_iter().rev().collect::<Vec<_>>().join(" / ");
+    if tail.len() > 600 {
+        let mut cut = tail.len() - 600;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail = format!("...{}", &tail[cut..]);
+    }
+    tail
+}
+
+fn counts(map: &BTreeMap<&'static str, u64>) -> String {
+    if map.is_empty() {
+        return "none".to_owned();
+    }
+    map.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Descriptors a survivor may gain over the run before it counts as a leak (a client between
+/// connections holds a few fewer than one connected, and a thread or two may come and go).
+const FD_SLACK: usize = 32;
+
+impl Report {
+    /// Looks for what the run may have left behind, once everything is reaped.
+    pub(crate) fn cleanup(&mut self, me: u32, tag: &str) {
+        self.children_left = ledger::children_of(me);
+        self.shm_left = ledger::shm_leftovers(tag);
+        self.sockets_left = ledger::socket_leftovers(tag);
+    }
+
+    fn worst_wake(&self) -> Option<Duration> {
+        [&self.rpc.wake, &self.duplex.wake, &self.pubsub.wake]
+            .iter()
+            .filter_map(|d| d.max())
+            .max()
+    }
+
+    fn leaked_fds(&self) -> Vec<String> {
+        self.usage
+            .iter()
+            .filter_map(|u| match (u.fds_start, u.fds_end) {
+                (Some(a), Some(b)) if b > a + FD_SLACK => {
+                    Some(format!("{} {}: {a} -> {b} descriptors", u.role, u.pid))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Every broken promise, in words.
+    pub(crate) fn failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut check = |bad: bool, what: String| {
+            if bad {
+                out.push(what);
+            }
+        };
+        check(self.interrupted, "the run was interrupted".into());
+        let wrong = self.rpc.wrong + self.streams.wrong + self.duplex.wrong + self.pubsub.wrong;
+        check(
+            wrong > 0,
+            format!("{wrong} wrong replies, items, messages or samples"),
+        );
+        let lost = self.rpc.lost + self.streams.lost + self.duplex.lost + self.pubsub.lost;
+        check(
+            lost > 0,
+            format!("{lost} acknowledged calls, items, messages or samples lost"),
+        );
+        check(
+            self.rpc.executed_twice > 0,
+            format!("{} calls executed twice", self.rpc.executed_twice),
+        );
+        check(
+            self.rpc.hung > 0,
+            format!("{} calls stuck until their 5 s timeout", self.rpc.hung),
+        );
+        if let Some(worst) = self.worst_wake() {
+            check(
+                worst > WAKE_BOUND,
+                format!(
+                    "a blocked peer was woken {} after a death (bound {})",
+                    ms(worst),
+                    ms(WAKE_BOUND)
+                ),
+            );
+        }
+        check(
+            self.duplex.without_disconnect + self.duplex.hung + self.duplex.pairing_failures > 0,
+            format!(
+                "duplex: {} survivors without Disconnected, {} hung, {} pairs that never formed",
+                self.duplex.without_disconnect, self.duplex.hung, self.duplex.pairing_failures
+            ),
+        );
+        check(
+            self.pubsub.held_at_end != Some(0),
+            format!(
+                "the last publisher still had {:?} slots held after every subscriber left",
+                self.pubsub.held_at_end
+            ),
+        );
+        check(
+            !self.unexpected.is_empty(),
+            format!("{} processes exited by themselves", self.unexpected.len()),
+        );
+        check(
+            !self.stuck.is_empty(),
+            format!("stuck: {}", self.stuck.join(", ")),
+        );
+        let leaked = self.leaked_fds();
+        check(
+            !leaked.is_empty(),
+            format!("descriptors leaked: {}", leaked.join(", ")),
+        );
+        check(
+            !self.shm_left.is_empty(),
+            format!("left in /dev/shm: {}", self.shm_left.join(" ")),
+        );
+        check(
+            !self.sockets_left.is_empty(),
+            format!("sockets left bound: {}", self.sockets_left.join(" ")),
+        );
+        check(
+            !self.children_left.is_empty(),
+            format!("child processes left: {:?}", self.children_left),
+        );
+        out
+    }
+
+    pub(crate) fn interrupted(&self) -> bool {
+        self.interrupted
+    }
+
+    pub(crate) fn passed(&self) -> bool {
+        self.failures().is_empty()
+    }
+
+    pub(crate) fn to_json(&self) -> Value {
+        let map = |m: &BTreeMap<&'static str, u64>| json!(m);
+        json!({
+            "seed": self.seed,
+            "seconds": self.seconds,
+            "clients": self.clients,
+            "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+            "interrupted": self.interrupted,
+            "kills": {
+                "server": self.kills.server,
+                "client": self.kills.client,
+                "duplex_peer": self.kills.duplex,
+                "publisher": self.kills.publisher,
+                "subscriber": self.kills.subscriber,
+            },
+            "rpc": {
+                "calls": self.rpc.calls,
+                "replies_correct": self.rpc.replies,
+                "wrong": self.rpc.wrong,
+                "lost": self.rpc.lost,
+                "executed_twice": self.rpc.executed_twice,
+                "errors": map(&self.rpc.errors),
+                "connect_errors": map(&self.rpc.connect_errors),
+                "hung": self.rpc.hung,
+                "executed_then_server_died": self.rpc.executed_unanswered,
+                "ended_by_client_death": self.rpc.ended_by_client_death,
+                "bad_requests": self.rpc.bad_requests,
+                "server_restarts": self.kills.server,
+                "wake_after_server_death": self.rpc.wake.json(),
+                "service_back_after_restart": self.rpc.service_back.json(),
+                "restarts_without_reply": self.rpc.restarts_without_reply,
+            },
+            "streams": {
+                "started": self.streams.started,
+                "completed": self.streams.completed,
+                "cancelled": self.streams.cancelled,
+                "items_checked": self.streams.items,
+                "errors": map(&self.streams.broken),
+                "wrong": self.streams.wrong,
+                "lost": self.streams.lost,
+            },
+            "duplex": {
+                "pairs_killed": self.duplex.pairs_killed,
+                "messages_checked": self.duplex.messages,
+                "acknowledged_by_victims": self.duplex.acknowledged,
+                "wrong": self.duplex.wrong,
+                "lost": self.duplex.lost,
+                "survivors_without_disconnect": self.duplex.without_disconnect,
+                "hung": self.duplex.hung,
+                "pairing_failures": self.duplex.pairing_failures,
+                "errors": map(&self.duplex.errors),
+                "wake_after_peer_death": self.duplex.wake.json(),
+            },
+            "pubsub": {
+                "publishers": self.pubsub.publishers,
+                "publisher_restarts": self.kills.publisher,
+                "published": self.pubsub.published,
+                "received": self.pubsub.received,
+                "lag_reports": self.pubsub.lag_reports,
+                "missed": self.pubsub.missed,
+                "wrong": self.pubsub.wrong,
+                "lost": self.pubsub.lost,
+                "disconnects": self.pubsub.disconnects,
+                "held_slots_at_end": self.pubsub.held_at_end,
+                "publish_errors": self.pubsub.publish_errors,
+                "errors": map(&self.pubsub.errors),
+                "wake_after_publisher_death": self.pubsub.wake.json(),
+            },
+            "wake_goal_ms": WAKE_GOAL.as_secs_f64() * 1e3,
+            "wake_bound_ms": WAKE_BOUND.as_secs_f64() * 1e3,
+            "survivors": self.usage.iter().map(|u| json!({
+                "role": u.role,
+                "pid": u.pid,
+                "fds_start": u.fds_start,
+                "fds_end": u.fds_end,
+                "rss_kib_start": u.rss_kib_start,
+                "rss_kib_end": u.rss_kib_end,
+            })).collect::<Vec<_>>(),
+            "unexpected_exits": self.unexpected.iter().map(|u| json!({
+                "role": u.role, "pid": u.pid, "status": u.status, "stderr": u.stderr,
+            })).collect::<Vec<_>>(),
+            "stuck": self.stuck,
+            "leftovers": {
+                "shm": self.shm_left,
+                "sockets": self.sockets_left,
+                "children": self.children_left,
+            },
+            "failures": self.failures(),
+            "passed": self.passed(),
+        })
+    }
+
+    pub(crate) fn print(&self) {
+        let verdict = |ok: bool| if ok { "ok" } else { "FAILED" };
+        let mut table = Table::new();
+        table.load_preset(presets::ASCII_MARKDOWN);
+        table.set_header(["pattern", "measure", "result", "promise"]);
+        let mut row = |pattern: &str, measure: &str, result: String, promise: String| {
+            table.add_row([pattern.to_owned(), measure.to_owned(), result, promise]);
+        };
+        let r = &self.rpc;
+        row(
+            "request/response",
+            "calls made",
+            r.calls.to_string(),
+            String::new(),
+        );
+        row("", "replies correct", r.replies.to_string(), String::new());
+        row(
+            "",
+            "wrong replies",
+            r.wrong.to_string(),
+            format!("0: {}", verdict(r.wrong == 0)),
+        );
+        row(
+            "",
+            "acknowledged, then lost",
+            r.lost.to_string(),
+            format!("0: {}", verdict(r.lost == 0)),
+        );
+        row(
+            "",
+            "executed twice",
+            r.executed_twice.to_string(),
+            format!("0: {}", verdict(r.executed_twice == 0)),
+        );
+        row("", "errors", counts(&r.errors), String::new());
+        row(
+            "",
+            "stuck (timed out after 5 s)",
+            r.hung.to_string(),
+            format!("0: {}", verdict(r.hung == 0)),
+        );
+        row(
+            "",
+            "executed, reply lost to the server's death",
+            r.executed_unanswered.to_string(),
+            "reported as Disconnected".into(),
+        );
+        row(
+            "",
+            "interrupted by the client's own death",
+            r.ended_by_client_death.to_string(),
+            String::new(),
+        );
+        row(
+            "",
+            "server / client processes killed",
+            format!("{} / {}", self.kills.server, self.kills.client),
+            String::new(),
+        );
+        row(
+            "",
+            "server death to blocked caller's error",
+            r.wake.text(),
+            wake_promise(&r.wake),
+        );
+        row(
+            "",
+            "server death to first reply from the next",
+            r.service_back.text(),
+            String::new(),
+        );
+        let s = &self.streams;
+        row(
+            "streams",
+            "started / completed / cancelled",
+            format!("{} / {} / {}", s.started, s.completed, s.cancelled),
+            String::new(),
+        );
+        row("", "items checked", s.items.to_string(), String::new());
+        row("", "ended by errors", counts(&s.broken), String::new());
+        row(
+            "",
+            "wrong items",
+            s.wrong.to_string(),
+            format!("0: {}", verdict(s.wrong == 0)),
+        );
+        row(
+            "",
+            "lost (clean end short, or unrecorded)",
+            s.lost.to_string(),
+            format!("0: {}", verdict(s.lost == 0)),
+        );
+        let d = &self.duplex;
+        row(
+            "duplex",
+            "pairs with a side killed",
+            d.pairs_killed.to_string(),
+            String::new(),
+        );
+        row(
+            "",
+            "messages checked (victims acknowledged)",
+            format!("{} ({})", d.messages, d.acknowledged),
+            String::new(),
+        );
+        row(
+            "",
+            "wrong messages",
+            d.wrong.to_string(),
+            format!("0: {}", verdict(d.wrong == 0)),
+        );
+        row(
+            "",
+            "acknowledged, then lost",
+            d.lost.to_string(),
+            format!("0: {}", verdict(d.lost == 0)),
+        );
+        row(
+            "",
+            "survivors without Disconnected / hung",
+            format!("{} / {}", d.without_disconnect, d.hung),
+            format!("0: {}", verdict(d.without_disconnect + d.hung == 0)),
+        );
+        row(
+            "",
+            "peer death to survivor's Disconnected",
+            d.wake.text(),
+            wake_promise(&d.wake),
+        );
+        let p = &self.pubsub;
+        row(
+            "publish/subscribe",
+            "publishers / subscribers killed",
+            format!("{} / {}", self.kills.publisher, self.kills.subscriber),
+            String::new(),
+        );
+        row(
+            "",
+            "samples published / checked",
+            format!("{} / {}", p.published, p.received),
+            String::new(),
+        );
+        row(
+            "",
+            "Lagged reports (samples missed)",
+            format!("{} ({})", p.lag_reports, p.missed),
+            "exact counts".into(),
+        );
+        row(
+            "",
+            "wrong samples",
+            p.wrong.to_string(),
+            format!("0: {}", verdict(p.wrong == 0)),
+        );
+        row(
+            "",
+            "acknowledged, then lost",
+            p.lost.to_string(),
+            format!("0: {}", verdict(p.lost == 0)),
+        );
+        row(
+            "",
+            "slots still held at the end",
+            p.held_at_end.map_or("unknown".into(), |h| h.to_string()),
+            format!("0: {}", verdict(p.held_at_end == Some(0))),
+        );
+        row(
+            "",
+            "publisher death to subscriber's Disconnected",
+            p.wake.text(),
+            wake_promise(&p.wake),
+        );
+        for u in &self.usage {
+            let show = |a: Option<u64>, b: Option<u64>| match (a, b) {
+                (Some(a), Some(b)) => format!("{a} -> {b}"),
+                _ => "-".to_owned(),
+            };
+            row(
+                "survivors",
+                &format!("{} {}", u.role, u.pid),
+                format!(
+                    "descriptors {}, RSS KiB {}",
+                    show(u.fds_start.map(|n| n as u64), u.fds_end.map(|n| n as u64)),
+                    show(u.rss_kib_start, u.rss_kib_end)
+                ),
+                String::new(),
+            );
+        }
+        row(
+            "cleanup",
+            "left in /dev/shm / sockets bound / children",
+            format!(
+                "{} / {} / {}",
+                self.shm_left.len(),
+                self.sockets_left.len(),
+                self.children_left.len()
+            ),
+            format!(
+                "0: {}",
+                verdict(
+                    self.shm_left.is_empty()
+                        && self.sockets_left.is_empty()
+                        && self.children_left.is_empty()
+                )
+            ),
+        );
+        row(
+            "",
+            "processes that exited by themselves / stuck",
+            format!("{} / {}", self.unexpected.len(), self.stuck.len()),
+            format!(
+                "0: {}",
+                verdict(self.unexpected.is_empty() && self.stuck.is_empty())
+            ),
+        );
+        println!("{table}");
+        for u in self.unexpected.iter().take(5) {
+            println!(
+                "  exited by itself: {} {} ({}): {}",
+                u.role, u.pid, u.status, u.stderr
+            );
+        }
+        for s in self.failed_survivors.iter().take(5) {
+            println!("  {s}");
+        }
+        println!(
+            "machine: {} CPUs. Wake-up goal {}, failure bound {}.",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            ms(WAKE_GOAL),
+            ms(WAKE_BOUND)
+        );
+        let failures = self.failures();
+        if failures.is_empty() {
+            println!("PASSED: every promise held (seed {}).", self.seed);
+        } else {
+            println!("FAILED (seed {}):", self.seed);
+            for f in failures {
+                println!("  - {f}");
+            }
+        }
+    }
+}
+
+fn wake_promise(dist: &Dist) -> String {
+    match dist.max() {
+        None => String::new(),
+        Some(worst) if worst <= WAKE_GOAL => format!("goal {}: met", ms(WAKE_GOAL)),
+        Some(worst) if worst <= WAKE_BOUND => {
+            format!(
+                "goal {}: missed (bound {}: ok)",
+                ms(WAKE_GOAL),
+                ms(WAKE_BOUND)
+            )
+        }
+        Some(_) => format!("bound {}: FAILED", ms(WAKE_BOUND)),
+    }
+}

@@ -1,0 +1,333 @@
+//! Request/response under attack: the server process (killed every ~2 s and restarted) and the
+//! client processes (one killed every ~50 ms and replaced), both plain calls and streams.
+//!
+//! The server's handlers write each call they execute to the server's ledger *before* the reply
+//! leaves (`EXECUTED`, and `STREAM_DONE` before a stream's clean end), so a reply can be proven
+//! to have come from a recorded execution. A client checks every reply and item (this call's id,
+//! this request's bytes transformed; items in order) and writes every outcome to its ledger.
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use memlink::{Client, Error, Server, StreamSink};
+
+use super::ledger::{Board, Counter, Ledger, Record, Stop, Victim, now_ns};
+use super::wire::{self, MAX_PAYLOAD, Request, Rng};
+use super::{Common, code, enter, kind, other};
+
+/// How long a client waits for one call or stream item. The server is killed every ~2 s, so a
+/// call blocked this long is stuck (counted as hung).
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The share of calls that ask for a stream, in percent.
+const STREAM_PERCENT: u64 = 10;
+/// The share of streams that the client drops part-way (cancelling them), in percent.
+const CANCEL_PERCENT: u64 = 30;
+
+/// `memlink __chaos rpc-server`: serves until killed (or SIGTERM at the end of the run).
+pub(crate) fn server(common: &Common, name: &str) -> io::Result<()> {
+    let (_board, ledger) = enter(common)?;
+    let pid = std::process::id();
+    let started = Instant::now();
+    let server = loop {
+        let bound = Server::options()
+            .workers(2)
+            .max_clients(4096)
+            .max_clients_per_uid(4096)
+            .max_streams(256)
+            .max_streams_per_uid(256)
+            .shutdown_grace(Duration::from_secs(1))
+            .bind(name);
+        match bound {
+            Ok(server) => break server,
+            // The previous incarnation is reaped before this one starts, so its name is free;
+            // this only covers a slow kernel.
+            Err(Error::AlreadyRunning { .. }) if started.elapsed() < Duration::from_secs(2) => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(e) => return Err(other(e)),
+        }
+    };
+    let stop = server.shutdown_handle();
+    ctrlc::set_handler(move || stop.shutdown()).map_err(other)?;
+    ledger.write(Record::new(kind::SERVER_UP, 0, now_ns(), 0, 0))?;
+    let ledger = Arc::new(ledger);
+    let record = {
+        let ledger = Arc::clone(&ledger);
+        move |record: Record| {
+            if let Err(e) = ledger.write(record) {
+                // Without its record a reply could not be checked: stop loudly instead.
+                eprintln!("chaos server: cannot write the ledger: {e}");
+                std::process::exit(3);
+            }
+        }
+    };
+    let plain = {
+        let record = record.clone();
+        move |request: &[u8], reply: &mut Vec<u8>| match wire::parse_request(request) {
+            Ok(parsed) if parsed.items == 0 => {
+                record(Record::new(
+                    kind::EXECUTED,
+                    0,
+                    parsed.client,
+                    parsed.call,
+                    0,
+                ));
+                wire::encode_reply(&parsed, pid, reply);
+            }
+            Ok(_) => wire::encode_refusal("a stream request arrived as a plain call", reply),
+            Err(why) => {
+                record(Record::new(kind::BAD_REQUEST, 0, 0, 0, 0));
+                eprintln!("chaos server: bad request: {why}");
+                wire::encode_refusal(why, reply);
+            }
+        }
+    };
+    let streams = move |request: &[u8], sink: &mut StreamSink| -> memlink::Result<()> {
+        let parsed = wire::parse_request(request).map_err(|why| {
+            record(Record::new(kind::BAD_REQUEST, 1, 0, 0, 0));
+            eprintln!("chaos server: bad stream request: {why}");
+            Error::Os {
+                op: "chaos: checking a stream request",
+                source: io::Error::other(why),
+            }
+        })?;
+        record(Record::new(
+            kind::STREAM_STARTED,
+            0,
+            parsed.client,
+            parsed.call,
+            0,
+        ));
+        let mut item = Vec::new();
+        for index in 0..parsed.items {
+            wire::encode_item(&parsed, index, pid, &mut item);
+            sink.send(&item)?;
+        }
+        record(Record::new(
+            kind::STREAM_DONE,
+            0,
+            parsed.client,
+            parsed.call,
+            parsed.items,
+        ));
+        Ok(())
+    };
+    server.serve_with(plain, streams).map_err(other)
+}
+
+/// A client process's state.
+struct Caller<'a> {
+    board: &'a Board,
+    ledger: &'a Ledger,
+    me: u64,
+    rng: Rng,
+    /// Servers this client has had a reply from (it writes down the first reply from each).
+    servers_seen: Vec<u32>,
+    sent: Vec<u8>,
+    reply: Vec<u8>,
+}
+
+/// `memlink __chaos rpc-client`: calls until told to stop (or killed).
+pub(crate) fn client(common: &Common, name: &str) -> io::Result<()> {
+    let (board, ledger) = enter(common)?;
+    let client = loop {
+        if board.stopped(Stop::Clients) {
+            return Ok(());
+        }
+        match Client::connect_timeout(name, Duration::from_secs(1)) {
+            Ok(client) => break client,
+            Err(e) => {
+                ledger.write(Record::new(kind::CONNECT_FAILED, code(&e), 0, 0, 0))?;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    };
+    let mut caller = Caller {
+        board: &board,
+        ledger: &ledger,
+        me: u64::from(std::process::id()),
+        rng: Rng::new(common.seed),
+        servers_seen: Vec::new(),
+        sent: Vec::new(),
+        reply: Vec::new(),
+    };
+    let mut call = 0;
+    while !board.stopped(Stop::Clients) {
+        call += 1;
+        if caller.rng.percent(STREAM_PERCENT) {
+            caller.stream(&client, call)?;
+        } else {
+            caller.plain(&client, call)?;
+        }
+    }
+    Ok(())
+}
+
+impl Caller<'_> {
+    fn plain(&mut self, client: &Client, call: u64) -> io::Result<()> {
+        let request = Request {
+            client: self.me,
+            call,
+            payload_seed: self.rng.next_u64(),
+            items: 0,
+            stream_seed: 0,
+        };
+        let len = wire::skewed_size(&mut self.rng, MAX_PAYLOAD);
+        request.encode(len, &mut self.sent);
+        self.board.add(Counter::Calls, 1);
+        let t0 = now_ns();
+        let result = client.call_into_timeout(&self.sent, &mut self.reply, CALL_TIMEOUT);
+        let t1 = now_ns();
+        match result {
+            Ok(()) => match wire::check_reply(&self.reply, &request, &self.sent) {
+                Ok(server) => {
+                    self.ledger.write(Record::new(
+                        kind::REPLY_OK,
+                        0,
+                        call,
+                        u64::from(server),
+                        0,
+                    ))?;
+                    self.board.add(Counter::Replies, 1);
+                    self.first_reply(server, t1)?;
+                }
+                Err(why) => self.wrong(kind::PATTERN_RPC, call, &why)?,
+            },
+            Err(e) => self.failed(&e, call, false, 0, t0, t1)?,
+        }
+        Ok(())
+    }
+
+    fn stream(&mut self, client: &Client, call: u64) -> io::Result<()> {
+        let items = self.rng.range(1, 64);
+        let cancel_at = self
+            .rng
+            .percent(CANCEL_PERCENT)
+            .then(|| self.rng.below(items));
+        let request = Request {
+            client: self.me,
+            call,
+            payload_seed: self.rng.next_u64(),
+            items,
+            stream_seed: self.rng.next_u64(),
+        };
+        let len = wire::skewed_size(&mut self.rng, 4096);
+        request.encode(len, &mut self.sent);
+        self.board.add(Counter::Calls, 1);
+        self.board.add(Counter::Streams, 1);
+        let t0 = now_ns();
+        let mut stream = match client.call_stream_timeout(&self.sent, CALL_TIMEOUT) {
+            Ok(stream) => stream,
+            Err(e) => return self.failed(&e, call, true, 0, t0, now_ns()),
+        };
+        let mut got = 0;
+        let mut server = None;
+        loop {
+            if cancel_at == Some(got) {
+                drop(stream); // cancels it on the server
+                return self
+                    .ledger
+                    .write(Record::new(kind::STREAM_CANCELLED, 0, call, got, items));
+            }
+            let t0 = now_ns();
+            let next = stream.next_into_timeout(&mut self.reply, CALL_TIMEOUT);
+            let t1 = now_ns();
+            match next {
+                Ok(true) => match wire::check_item(&self.reply, &request, got) {
+                    Ok(pid) if server.is_none_or(|s| s == pid) => {
+                        server = Some(pid);
+                        got += 1;
+                    }
+                    Ok(pid) => {
+                        let why = format!(
+                            "item {got} from server {pid}, the ones before from {server:?}"
+                        );
+                        return self.wrong(kind::PATTERN_STREAM, call, &why);
+                    }
+                    Err(why) => return self.wrong(kind::PATTERN_STREAM, call, &why),
+                },
+                Ok(false) => {
+                    let server = server.unwrap_or(0);
+                    if got == items {
+                        self.ledger.write(Record::new(
+                            kind::STREAM_OK,
+                            0,
+                            call,
+                            u64::from(server),
+                            got,
+                        ))?;
+                        self.board.add(Counter::Replies, 1);
+                        return self.first_reply(server, t1);
+                    }
+                    eprintln!(
+                        "chaos client: stream {call} ended cleanly after {got} of {items} items"
+                    );
+                    return self
+                        .ledger
+                        .write(Record::new(kind::STREAM_SHORT, 0, call, got, items));
+                }
+                Err(e) => return self.failed(&e, call, true, got, t0, t1),
+            }
+        }
+    }
+
+    fn first_reply(&mut self, server: u32, at: u64) -> io::Result<()> {
+        if !self.servers_seen.contains(&server) {
+            self.servers_seen.push(server);
+            self.ledger
+                .write(Record::new(kind::FIRST_REPLY, 0, u64::from(server), at, 0))?;
+        }
+        Ok(())
+    }
+
+    fn wrong(&mut self, pattern: u32, call: u64, why: &str) -> io::Result<()> {
+        eprintln!("chaos client {}: WRONG call {call}: {why}", self.me);
+        self.board.add(Counter::Wrong, 1);
+        self.ledger
+            .write(Record::new(kind::WRONG, pattern, call, 0, 0))
+    }
+
+    /// A call (or a stream, after `items` good items) that ended with `error`, between `t0`
+    /// and `t1`.
+    fn failed(
+        &mut self,
+        error: &Error,
+        call: u64,
+        stream: bool,
+        items: u64,
+        t0: u64,
+        t1: u64,
+    ) -> io::Result<()> {
+        if let Error::HandlerFailed { reason, .. } = error {
+            // Our stream handler fails only for a request that arrived broken.
+            let why = format!("server: {reason}");
+            return self.wrong(kind::PATTERN_STREAM, call, &why);
+        }
+        self.board.add(Counter::Errors, 1);
+        let pattern = if stream {
+            kind::PATTERN_STREAM
+        } else {
+            kind::PATTERN_RPC
+        };
+        self.ledger.write(Record::new(
+            kind::CALL_FAILED,
+            code(error),
+            call,
+            pattern.into(),
+            items,
+        ))?;
+        match error {
+            Error::Disconnected { .. } => {
+                // Blocked when the server was killed: how long the wake-up took.
+                if let Some(killed) = self.board.kill_between(Victim::Server, t0, t1) {
+                    self.ledger
+                        .write(Record::new(kind::WAKE, pattern, t1 - killed, 0, 0))?;
+                }
+            }
+            Error::NotRunning { .. } => std::thread::sleep(Duration::from_millis(1)),
+            _ => {}
+        }
+        Ok(())
+    }
+}
