@@ -253,6 +253,8 @@ pub(crate) mod kind {
     pub(crate) const FIRST_REPLY: u32 = 18;
     /// Client: connecting failed (aux error code).
     pub(crate) const CONNECT_FAILED: u32 = 19;
+    /// Client: a call has been running longer than the call timeout (a call id).
+    pub(crate) const HUNG: u32 = 20;
 
     /// Duplex: paired (a peer pid).
     pub(crate) const PAIRED: u32 = 30;

@@ -21,20 +21,28 @@ use super::{Common, code, enter, kind, other};
 const MAX_SAMPLE: usize = 64 << 10;
 /// Samples the topic keeps, and gives a new subscriber from before it joined.
 const CAPACITY: usize = 64;
+/// How long a reliable publisher waits for a subscriber before it lets it lag.
+const RELIABLE_WAIT: Duration = Duration::from_millis(20);
 
 /// `memlink __chaos publisher`.
 pub(crate) fn publisher(common: &Common, topic: &str) -> io::Result<()> {
     let (board, ledger) = enter(common)?;
     let pid = std::process::id();
     let started = Instant::now();
+    let mut rng = Rng::new(common.seed);
+    let mut options = Publisher::options()
+        .capacity(CAPACITY)
+        .history(CAPACITY)
+        .max_sample_size(MAX_SAMPLE)
+        .max_subscribers(64)
+        .max_subscribers_per_uid(64);
+    // Every other publisher (by the seed) is reliable: it waits a little for slow subscribers
+    // (and for killed ones, until their death is noticed) before it overwrites their samples.
+    if rng.percent(50) {
+        options = options.reliable(RELIABLE_WAIT);
+    }
     let mut publisher = loop {
-        let created = Publisher::options()
-            .capacity(CAPACITY)
-            .history(CAPACITY)
-            .max_sample_size(MAX_SAMPLE)
-            .max_subscribers(64)
-            .max_subscribers_per_uid(64)
-            .create(topic);
+        let created = options.create(topic);
         match created {
             Ok(publisher) => break publisher,
             Err(Error::AlreadyRunning { .. }) if started.elapsed() < Duration::from_secs(2) => {
@@ -43,7 +51,6 @@ pub(crate) fn publisher(common: &Common, topic: &str) -> io::Result<()> {
             Err(e) => return Err(other(e)),
         }
     };
-    let mut rng = Rng::new(common.seed);
     let mut copy = Vec::new();
     let mut seq = 0;
     let mut burst = 0;

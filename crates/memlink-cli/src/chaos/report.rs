@@ -10,6 +10,7 @@ use comfy_table::{Table, presets};
 use serde_json::{Value, json};
 
 use super::ledger::{self, Board, Counter, Record, read_ledger};
+use super::rpc::THREAD_SHIFT;
 use super::{CODE_DISCONNECTED, CODE_TIMEOUT, ERROR_NAMES, WAKE_BOUND, WAKE_GOAL, kind};
 
 /// A child's life as the driver saw it.
@@ -320,10 +321,10 @@ fn rpc(dir: &Path, facts: &Facts, board: &Board, report: &mut Report) -> io::Res
     r.calls = board.get(Counter::Calls).saturating_sub(streams_started);
     s.started = streams_started;
     let mut first_reply: HashMap<u32, u64> = HashMap::new();
-    let mut with_outcome = 0;
     for client in &facts.clients {
         let me = u64::from(client.pid);
-        let mut last_outcome = 0;
+        // Per calling thread (calls of one thread are made one after another).
+        let mut last_outcome: HashMap<u64, u64> = HashMap::new();
         for record in read_ledger(dir, client.pid)? {
             let Record { kind, aux, a, b, c } = record;
             match kind {
@@ -386,6 +387,7 @@ fn rpc(dir: &Path, facts: &Facts, board: &Board, report: &mut Report) -> io::Res
                     *first = (*first).min(b);
                 }
                 kind::CONNECT_FAILED => *r.connect_errors.entry(error_name(aux)).or_default() += 1,
+                kind::HUNG => r.hung += 1,
                 _ => {}
             }
             if matches!(
@@ -397,8 +399,8 @@ fn rpc(dir: &Path, facts: &Facts, board: &Board, report: &mut Report) -> io::Res
                     | kind::CALL_FAILED
                     | kind::WRONG
             ) {
-                with_outcome += 1;
-                last_outcome = last_outcome.max(a);
+                let last = last_outcome.entry(a >> THREAD_SHIFT).or_default();
+                *last = (*last).max(a);
             }
         }
         // Calls the server executed after the client's last recorded outcome: its death
@@ -407,7 +409,11 @@ fn rpc(dir: &Path, facts: &Facts, board: &Board, report: &mut Report) -> io::Res
             let mut after: Vec<u64> = calls
                 .iter()
                 .filter(|&&(call, kind, _)| {
-                    call > last_outcome && matches!(kind, kind::EXECUTED | kind::STREAM_STARTED)
+                    let last = last_outcome
+                        .get(&(call >> THREAD_SHIFT))
+                        .copied()
+                        .unwrap_or(0);
+                    call > last && matches!(kind, kind::EXECUTED | kind::STREAM_STARTED)
                 })
                 .map(|&(call, _, _)| call)
                 .collect();
@@ -422,7 +428,6 @@ fn rpc(dir: &Path, facts: &Facts, board: &Board, report: &mut Report) -> io::Res
             }
         }
     }
-    let _ = with_outcome;
     r.wake.finish();
     for pair in facts.servers.windows(2) {
         match (pair[0].killed_at, first_reply.get(&pair[1].pid)) {
@@ -982,13 +987,13 @@ impl Report {
             p.wake.text(),
             wake_promise(&p.wake),
         );
-        for u in &self.usage {
+        for (i, u) in self.usage.iter().enumerate() {
             let show = |a: Option<u64>, b: Option<u64>| match (a, b) {
                 (Some(a), Some(b)) => format!("{a} -> {b}"),
                 _ => "-".to_owned(),
             };
             row(
-                "survivors",
+                if i == 0 { "survivors" } else { "" },
                 &format!("{} {}", u.role, u.pid),
                 format!(
                     "descriptors {}, RSS KiB {}",

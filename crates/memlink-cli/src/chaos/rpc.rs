@@ -1,5 +1,6 @@
-//! Request/response under attack: the server process (killed every ~2 s and restarted) and the
-//! client processes (one killed every ~50 ms and replaced), both plain calls and streams.
+//! Request/response under attack: the server process (1 to 3 workers, killed every ~2 s and
+//! restarted) and the client processes (one killed every ~50 ms and replaced; one or two calling
+//! threads sharing a `Client`, one with timeouts, one without), plain calls and streams.
 //!
 //! The server's handlers write each call they execute to the server's ledger *before* the reply
 //! leaves (`EXECUTED`, and `STREAM_DONE` before a stream's clean end), so a reply can be proven
@@ -8,6 +9,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use memlink::{Client, Error, Server, StreamSink};
@@ -29,9 +31,10 @@ pub(crate) fn server(common: &Common, name: &str) -> io::Result<()> {
     let (_board, ledger) = enter(common)?;
     let pid = std::process::id();
     let started = Instant::now();
+    let workers = 1 + Rng::new(common.seed).below(3) as usize;
     let server = loop {
         let bound = Server::options()
-            .workers(2)
+            .workers(workers)
             .max_clients(4096)
             .max_clients_per_uid(4096)
             .max_streams(256)
@@ -116,19 +119,50 @@ pub(crate) fn server(common: &Common, name: &str) -> io::Result<()> {
     server.serve_with(plain, streams).map_err(other)
 }
 
-/// A client process's state.
-struct Caller<'a> {
-    board: &'a Board,
-    ledger: &'a Ledger,
+/// One calling thread of a client process.
+struct Caller {
+    board: Arc<Board>,
+    ledger: Arc<Ledger>,
     me: u64,
+    /// Call ids of this thread are `thread << THREAD_SHIFT | n`.
+    thread: u64,
+    /// Whether this thread gives its calls a timeout (or waits as long as it takes).
+    timed: bool,
     rng: Rng,
-    /// Servers this client has had a reply from (it writes down the first reply from each).
+    /// Servers this thread has had a reply from (it writes down the first reply from each).
     servers_seen: Vec<u32>,
     sent: Vec<u8>,
     reply: Vec<u8>,
+    watch: Arc<Watch>,
 }
 
-/// `memlink __chaos rpc-client`: calls until told to stop (or killed).
+/// Where a calling thread's call ids start: `thread << THREAD_SHIFT`.
+pub(crate) const THREAD_SHIFT: u32 = 40;
+
+/// What the watchdog sees of a calling thread: the call in progress and since when.
+struct Watch {
+    call: AtomicU64,
+    since: AtomicU64,
+    /// How long a call may run before it counts as hung: [`CALL_TIMEOUT`] for calls without a
+    /// timeout, twice that for calls with one (which should have ended with `Timeout` by then,
+    /// and are counted as hung for that).
+    limit: Duration,
+}
+
+impl Watch {
+    fn begin(&self, call: u64) {
+        self.call.store(call, Ordering::Relaxed);
+        self.since.store(now_ns(), Ordering::Relaxed);
+    }
+
+    fn end(&self) {
+        self.since.store(0, Ordering::Relaxed);
+    }
+}
+
+/// `memlink __chaos rpc-client`: calls until told to stop (or killed), from one or two
+/// threads sharing one `Client`; one thread gives its calls a timeout, the other waits as long
+/// as it takes, with a watchdog writing down any call that takes longer than [`CALL_TIMEOUT`].
 pub(crate) fn client(common: &Common, name: &str) -> io::Result<()> {
     let (board, ledger) = enter(common)?;
     let client = loop {
@@ -143,28 +177,95 @@ pub(crate) fn client(common: &Common, name: &str) -> io::Result<()> {
             }
         }
     };
-    let mut caller = Caller {
-        board: &board,
-        ledger: &ledger,
-        me: u64::from(std::process::id()),
-        rng: Rng::new(common.seed),
-        servers_seen: Vec::new(),
-        sent: Vec::new(),
-        reply: Vec::new(),
-    };
-    let mut call = 0;
-    while !board.stopped(Stop::Clients) {
-        call += 1;
-        if caller.rng.percent(STREAM_PERCENT) {
-            caller.stream(&client, call)?;
-        } else {
-            caller.plain(&client, call)?;
-        }
+    let (board, ledger, client) = (Arc::new(board), Arc::new(ledger), Arc::new(client));
+    let mut rng = Rng::new(common.seed);
+    let threads = 1 + rng.below(2);
+    let mut callers: Vec<Caller> = (0..threads)
+        .map(|thread| Caller {
+            board: board.clone(),
+            ledger: ledger.clone(),
+            me: u64::from(std::process::id()),
+            thread,
+            timed: thread == 0,
+            rng: Rng::new(wire::derive(common.seed, thread + 1)),
+            servers_seen: Vec::new(),
+            sent: Vec::new(),
+            reply: Vec::new(),
+            watch: Arc::new(Watch {
+                call: AtomicU64::new(0),
+                since: AtomicU64::new(0),
+                limit: if thread == 0 {
+                    2 * CALL_TIMEOUT
+                } else {
+                    CALL_TIMEOUT
+                },
+            }),
+        })
+        .collect();
+    let watches: Vec<Arc<Watch>> = callers.iter().map(|c| c.watch.clone()).collect();
+    {
+        let ledger = ledger.clone();
+        std::thread::spawn(move || watchdog(&ledger, &watches));
     }
-    Ok(())
+    let first = callers.remove(0);
+    let others: Vec<_> = callers
+        .into_iter()
+        .map(|caller| {
+            let client = client.clone();
+            std::thread::spawn(move || caller.run(&client))
+        })
+        .collect();
+    let mut result = first.run(&client);
+    for other_thread in others {
+        let joined = other_thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("a calling thread panicked")));
+        result = result.and(joined);
+    }
+    result
 }
 
-impl Caller<'_> {
+/// Writes down (once per call) every call that has been running longer than its limit, for
+/// as long as the process lives (a call stuck at the end is caught too).
+fn watchdog(ledger: &Ledger, watches: &[Arc<Watch>]) {
+    let mut reported = vec![0u64; watches.len()];
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        for (watch, reported) in watches.iter().zip(&mut reported) {
+            let since = watch.since.load(Ordering::Relaxed);
+            let call = watch.call.load(Ordering::Relaxed);
+            if since != 0
+                && call != *reported
+                && now_ns().saturating_sub(since) > watch.limit.as_nanos() as u64
+            {
+                *reported = call;
+                eprintln!(
+                    "chaos client: call {call} has been running for over {:?}",
+                    watch.limit
+                );
+                let _ = ledger.write(Record::new(kind::HUNG, 0, call, 0, 0));
+            }
+        }
+    }
+}
+
+impl Caller {
+    fn run(mut self, client: &Client) -> io::Result<()> {
+        let mut n = 0;
+        while !self.board.stopped(Stop::Clients) {
+            n += 1;
+            let call = (self.thread << THREAD_SHIFT) | n;
+            self.watch.begin(call);
+            if self.rng.percent(STREAM_PERCENT) {
+                self.stream(client, call)?;
+            } else {
+                self.plain(client, call)?;
+            }
+            self.watch.end();
+        }
+        Ok(())
+    }
+
     fn plain(&mut self, client: &Client, call: u64) -> io::Result<()> {
         let request = Request {
             client: self.me,
@@ -177,7 +278,11 @@ impl Caller<'_> {
         request.encode(len, &mut self.sent);
         self.board.add(Counter::Calls, 1);
         let t0 = now_ns();
-        let result = client.call_into_timeout(&self.sent, &mut self.reply, CALL_TIMEOUT);
+        let result = if self.timed {
+            client.call_into_timeout(&self.sent, &mut self.reply, CALL_TIMEOUT)
+        } else {
+            client.call_into(&self.sent, &mut self.reply)
+        };
         let t1 = now_ns();
         match result {
             Ok(()) => match wire::check_reply(&self.reply, &request, &self.sent) {
@@ -217,7 +322,12 @@ impl Caller<'_> {
         self.board.add(Counter::Calls, 1);
         self.board.add(Counter::Streams, 1);
         let t0 = now_ns();
-        let mut stream = match client.call_stream_timeout(&self.sent, CALL_TIMEOUT) {
+        let opened = if self.timed {
+            client.call_stream_timeout(&self.sent, CALL_TIMEOUT)
+        } else {
+            client.call_stream(&self.sent)
+        };
+        let mut stream = match opened {
             Ok(stream) => stream,
             Err(e) => return self.failed(&e, call, true, 0, t0, now_ns()),
         };
@@ -231,7 +341,11 @@ impl Caller<'_> {
                     .write(Record::new(kind::STREAM_CANCELLED, 0, call, got, items));
             }
             let t0 = now_ns();
-            let next = stream.next_into_timeout(&mut self.reply, CALL_TIMEOUT);
+            let next = if self.timed {
+                stream.next_into_timeout(&mut self.reply, CALL_TIMEOUT)
+            } else {
+                stream.next_into(&mut self.reply)
+            };
             let t1 = now_ns();
             match next {
                 Ok(true) => match wire::check_item(&self.reply, &request, got) {
