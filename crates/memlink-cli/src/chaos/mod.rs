@@ -636,6 +636,7 @@ impl Driver {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        self.note_idle_server("first, before any client");
         for _ in 0..self.args.clients.max(1) {
             let client = self.spawn_client()?;
             self.clients.push(client);
@@ -965,6 +966,7 @@ impl Driver {
             stopping.extend(pair.sides);
         }
         self.await_exit(stopping, rpc::CALL_TIMEOUT + Duration::from_secs(5));
+        self.note_idle_server("last, after its clients left");
         self.board.stop(Stop::Publisher);
         if let Some(publisher) = self.publisher.take() {
             self.await_exit(vec![publisher], Duration::from_secs(8));
@@ -972,6 +974,31 @@ impl Driver {
         if let Some(server) = self.server.take() {
             server.terminate();
             self.await_exit(vec![server], Duration::from_secs(5));
+        }
+    }
+
+    /// Notes the server's descriptors once it has no connection (waiting up to 3 s for that):
+    /// compared between the first server and the last one, they show whether killed clients'
+    /// connections leak.
+    fn note_idle_server(&mut self, when: &'static str) {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while let Ok(stats) = memlink::rpc::server_stats(&self.server_name) {
+            if stats.connections == 0 {
+                // Let the statistics connection go too.
+                std::thread::sleep(Duration::from_millis(50));
+                let fds = ledger::descriptors(stats.pid);
+                self.facts.idle_servers.push(report::IdleServer {
+                    when,
+                    pid: stats.pid,
+                    workers: stats.workers,
+                    fds,
+                });
+                return;
+            }
+            if Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

@@ -61,6 +61,15 @@ pub(crate) struct Usage {
     pub(crate) rss_kib_end: Option<u64>,
 }
 
+/// An rpc server's descriptors while it had no connection.
+#[derive(Debug, Clone)]
+pub(crate) struct IdleServer {
+    pub(crate) when: &'static str,
+    pub(crate) pid: u32,
+    pub(crate) workers: u32,
+    pub(crate) fds: Option<usize>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Kills {
     pub(crate) server: u64,
@@ -88,6 +97,7 @@ pub(crate) struct Facts {
     pub(crate) unexpected: Vec<Unexpected>,
     pub(crate) stuck: Vec<String>,
     pub(crate) usage: Vec<Usage>,
+    pub(crate) idle_servers: Vec<IdleServer>,
 }
 
 impl Facts {
@@ -244,6 +254,7 @@ pub(crate) struct Report {
     duplex: DuplexResult,
     pubsub: PubsubResult,
     usage: Vec<Usage>,
+    idle_servers: Vec<IdleServer>,
     unexpected: Vec<Unexpected>,
     stuck: Vec<String>,
     failed_survivors: Vec<String>,
@@ -278,6 +289,7 @@ pub(crate) fn analyse(dir: &Path, facts: &Facts, board: &Board) -> io::Result<Re
         duplex: DuplexResult::default(),
         pubsub: PubsubResult::default(),
         usage: facts.usage.clone(),
+        idle_servers: facts.idle_servers.clone(),
         unexpected: facts.unexpected.clone(),
         stuck: facts.stuck.clone(),
         failed_survivors: Vec::new(),
@@ -625,7 +637,8 @@ impl Report {
     }
 
     fn leaked_fds(&self) -> Vec<String> {
-        self.usage
+        let mut leaks: Vec<String> = self
+            .usage
             .iter()
             .filter_map(|u| match (u.fds_start, u.fds_end) {
                 (Some(a), Some(b)) if b > a + FD_SLACK => {
@@ -633,7 +646,17 @@ impl Report {
                 }
                 _ => None,
             })
-            .collect()
+            .collect();
+        if let [first, .., last] = &self.idle_servers[..] {
+            if let (Some(a), Some(b)) = (first.fds, last.fds) {
+                if b > a + FD_SLACK {
+                    leaks.push(format!(
+                        "idle rpc server: {a} descriptors in the first, {b} in the last"
+                    ));
+                }
+            }
+        }
+        leaks
     }
 
     /// Every broken promise, in words.
@@ -800,6 +823,9 @@ impl Report {
                 "fds_end": u.fds_end,
                 "rss_kib_start": u.rss_kib_start,
                 "rss_kib_end": u.rss_kib_end,
+            })).collect::<Vec<_>>(),
+            "idle_servers": self.idle_servers.iter().map(|s| json!({
+                "when": s.when, "pid": s.pid, "workers": s.workers, "fds": s.fds,
             })).collect::<Vec<_>>(),
             "unexpected_exits": self.unexpected.iter().map(|u| json!({
                 "role": u.role, "pid": u.pid, "status": u.status, "stderr": u.stderr,
@@ -999,6 +1025,18 @@ impl Report {
                     "descriptors {}, RSS KiB {}",
                     show(u.fds_start.map(|n| n as u64), u.fds_end.map(|n| n as u64)),
                     show(u.rss_kib_start, u.rss_kib_end)
+                ),
+                String::new(),
+            );
+        }
+        for s in &self.idle_servers {
+            row(
+                "",
+                &format!("rpc server {} with no connection ({})", s.pid, s.when),
+                format!(
+                    "descriptors {} ({} workers)",
+                    s.fds.map_or("-".to_owned(), |n| n.to_string()),
+                    s.workers
                 ),
                 String::new(),
             );
