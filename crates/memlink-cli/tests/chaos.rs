@@ -100,11 +100,13 @@ fn an_interrupted_chaos_run_stops_and_reaps_everything_and_says_so() {
         .spawn()
         .expect("run memlink chaos");
     let tag = format!("chaos-{}-", child.id());
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(
-        !processes_mentioning(&tag).is_empty(),
-        "no chaos children running"
-    );
+    // Interrupt it once its children run (and the attack has had a moment).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while processes_mentioning(&tag).len() < 3 {
+        assert!(Instant::now() < deadline, "no chaos children running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(800));
     let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
     let started = Instant::now();

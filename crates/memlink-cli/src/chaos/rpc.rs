@@ -1,6 +1,7 @@
 //! Request/response under attack: the server process (1 to 3 workers, killed every ~2 s and
 //! restarted) and the client processes (one killed every ~50 ms and replaced; one or two calling
-//! threads sharing a `Client`, one with timeouts, one without), plain calls and streams.
+//! threads sharing a `Client` of one or eight connections, one thread with timeouts, one
+//! without), plain calls and streams.
 //!
 //! The server's handlers write each call they execute to the server's ledger *before* the reply
 //! leaves (`EXECUTED`, and `STREAM_DONE` before a stream's clean end), so a reply can be proven
@@ -165,11 +166,17 @@ impl Watch {
 /// as it takes, with a watchdog writing down any call that takes longer than [`CALL_TIMEOUT`].
 pub(crate) fn client(common: &Common, name: &str) -> io::Result<()> {
     let (board, ledger) = enter(common)?;
+    let mut rng = Rng::new(common.seed);
+    let threads = 1 + rng.below(2);
+    // Half the clients have one connection for their threads to share: then a thread waits
+    // for the other's call (or stream) to end before it can call.
+    let connections = if rng.percent(50) { 1 } else { 8 };
+    let options = Client::options().max_concurrent_calls(connections);
     let client = loop {
         if board.stopped(Stop::Clients) {
             return Ok(());
         }
-        match Client::connect_timeout(name, Duration::from_secs(1)) {
+        match options.connect_timeout(name, Duration::from_secs(1)) {
             Ok(client) => break client,
             Err(e) => {
                 ledger.write(Record::new(kind::CONNECT_FAILED, code(&e), 0, 0, 0))?;
@@ -178,8 +185,6 @@ pub(crate) fn client(common: &Common, name: &str) -> io::Result<()> {
         }
     };
     let (board, ledger, client) = (Arc::new(board), Arc::new(ledger), Arc::new(client));
-    let mut rng = Rng::new(common.seed);
-    let threads = 1 + rng.below(2);
     let mut callers: Vec<Caller> = (0..threads)
         .map(|thread| Caller {
             board: board.clone(),
