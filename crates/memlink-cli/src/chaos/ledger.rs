@@ -92,6 +92,16 @@ impl Ledger {
     }
 }
 
+/// Appends `record` to process `pid`'s ledger (for tests that stage a run's ledgers).
+#[cfg(test)]
+pub(crate) fn append(dir: &Path, pid: u32, record: Record) -> io::Result<()> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(ledger_path(dir, pid))?
+        .write_all(&record.to_bytes())
+}
+
 /// Every whole record of process `pid`'s ledger (none if it never wrote one).
 pub(crate) fn read_ledger(dir: &Path, pid: u32) -> io::Result<Vec<Record>> {
     let mut bytes = Vec::new();

@@ -500,7 +500,8 @@ pub(crate) fn run(args: &ChaosArgs) -> Result<(), Box<dyn std::error::Error>> {
     driver.wind_down();
     attacked?;
     driver.facts.interrupted = interrupted.load(Ordering::SeqCst);
-    let mut report = report::analyse(&driver.dir, &driver.facts, &driver.board)?;
+    let totals = report::Totals::of(&driver.board);
+    let mut report = report::analyse(&driver.dir, &driver.facts, &totals)?;
     let Driver { board, .. } = driver;
     drop(board);
     // Everything is reaped and the board is gone: now nothing of the run may remain.

@@ -277,7 +277,27 @@ fn has(executions: &Executions, client: u64, call: u64, kind: u32, server: Optio
 }
 
 /// Reads every ledger and checks every promise.
-pub(crate) fn analyse(dir: &Path, facts: &Facts, board: &Board) -> io::Result<Report> {
+/// The board's live counters at the end of the run.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Totals {
+    pub(crate) calls: u64,
+    pub(crate) streams: u64,
+    pub(crate) duplex_messages: u64,
+    pub(crate) samples: u64,
+}
+
+impl Totals {
+    pub(crate) fn of(board: &Board) -> Self {
+        Totals {
+            calls: board.get(Counter::Calls),
+            streams: board.get(Counter::Streams),
+            duplex_messages: board.get(Counter::DuplexMessages),
+            samples: board.get(Counter::Samples),
+        }
+    }
+}
+
+pub(crate) fn analyse(dir: &Path, facts: &Facts, totals: &Totals) -> io::Result<Report> {
     let mut report = Report {
         seed: facts.seed,
         seconds: facts.seconds,
@@ -297,13 +317,13 @@ pub(crate) fn analyse(dir: &Path, facts: &Facts, board: &Board) -> io::Result<Re
         sockets_left: Vec::new(),
         children_left: Vec::new(),
     };
-    rpc(dir, facts, board, &mut report)?;
-    duplex(dir, facts, board, &mut report)?;
-    pubsub(dir, facts, board, &mut report)?;
+    rpc(dir, facts, totals, &mut report)?;
+    duplex(dir, facts, totals, &mut report)?;
+    pubsub(dir, facts, totals, &mut report)?;
     Ok(report)
 }
 
-fn rpc(dir: &Path, facts: &Facts, board: &Board, report: &mut Report) -> io::Result<()> {
+fn rpc(dir: &Path, facts: &Facts, totals: &Totals, report: &mut Report) -> io::Result<()> {
     let r = &mut report.rpc;
     let s = &mut report.streams;
     let mut executions = Executions::new();
@@ -329,8 +349,8 @@ fn rpc(dir: &Path, facts: &Facts, board: &Board, report: &mut Report) -> io::Res
             })
             .count() as u64;
     }
-    let streams_started = board.get(Counter::Streams);
-    r.calls = board.get(Counter::Calls).saturating_sub(streams_started);
+    let streams_started = totals.streams;
+    r.calls = totals.calls.saturating_sub(streams_started);
     s.started = streams_started;
     let mut first_reply: HashMap<u32, u64> = HashMap::new();
     for client in &facts.clients {
@@ -452,9 +472,9 @@ fn rpc(dir: &Path, facts: &Facts, board: &Board, report: &mut Report) -> io::Res
     Ok(())
 }
 
-fn duplex(dir: &Path, facts: &Facts, board: &Board, report: &mut Report) -> io::Result<()> {
+fn duplex(dir: &Path, facts: &Facts, totals: &Totals, report: &mut Report) -> io::Result<()> {
     let d = &mut report.duplex;
-    d.messages = board.get(Counter::DuplexMessages);
+    d.messages = totals.duplex_messages;
     d.pairing_failures = facts.pairing_failures;
     for pid in &facts.duplex_peers {
         for record in read_ledger(dir, *pid)? {
@@ -518,9 +538,9 @@ fn duplex(dir: &Path, facts: &Facts, board: &Board, report: &mut Report) -> io::
     Ok(())
 }
 
-fn pubsub(dir: &Path, facts: &Facts, board: &Board, report: &mut Report) -> io::Result<()> {
+fn pubsub(dir: &Path, facts: &Facts, totals: &Totals, report: &mut Report) -> io::Result<()> {
     let p = &mut report.pubsub;
-    p.received = board.get(Counter::Samples);
+    p.received = totals.samples;
     p.publishers = facts.publishers.len() as u64;
     let mut published: HashMap<u32, u64> = HashMap::new();
     for publisher in &facts.publishers {
@@ -1108,5 +1128,177 @@ fn wake_promise(dist: &Dist) -> String {
             )
         }
         Some(_) => format!("bound {}: FAILED", ms(WAKE_BOUND)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The checks themselves, on staged ledgers: each kind of broken promise is caught.
+    use super::*;
+    use crate::chaos::ledger::append;
+
+    /// A directory for one test's ledgers, removed when dropped.
+    struct Staged(std::path::PathBuf);
+
+    impl Staged {
+        fn new(tag: &str) -> Self {
+            let dir = std::env::temp_dir()
+                .join(format!("memlink-chaos-test-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Staged(dir)
+        }
+
+        fn put(&self, pid: u32, records: &[Record]) {
+            for &record in records {
+                append(&self.0, pid, record).unwrap();
+            }
+        }
+    }
+
+    impl Drop for Staged {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn rec(kind: u32, aux: u32, a: u64, b: u64, c: u64) -> Record {
+        Record::new(kind, aux, a, b, c)
+    }
+
+    fn life(pid: u32, killed_at: Option<u64>) -> Life {
+        Life {
+            pid,
+            killed: killed_at.is_some(),
+            killed_at,
+        }
+    }
+
+    #[test]
+    fn rpc_checks_catch_unrecorded_replies_double_execution_silence_and_timeouts() {
+        let staged = Staged::new("rpc");
+        let (client, killed_client) = (10u64, 11u64);
+        staged.put(
+            100,
+            &[
+                rec(kind::EXECUTED, 0, client, 1, 0),
+                rec(kind::EXECUTED, 0, client, 3, 0),
+                rec(kind::STREAM_STARTED, 0, client, 5, 0),
+                rec(kind::STREAM_DONE, 0, client, 5, 3),
+                rec(kind::EXECUTED, 0, killed_client, 9, 0),
+            ],
+        );
+        staged.put(
+            200,
+            &[
+                // Call 3 again, on the next server: executed twice.
+                rec(kind::EXECUTED, 0, client, 3, 0),
+                // Executed, but its client, alive to the end, never heard of it: lost.
+                rec(kind::EXECUTED, 0, client, 6, 0),
+            ],
+        );
+        staged.put(
+            10,
+            &[
+                rec(kind::REPLY_OK, 0, 1, 100, 0),
+                // Answered by server 200, which has no record of call 2: lost.
+                rec(kind::REPLY_OK, 0, 2, 200, 0),
+                rec(kind::REPLY_OK, 0, 3, 100, 0),
+                rec(
+                    kind::CALL_FAILED,
+                    CODE_TIMEOUT,
+                    4,
+                    kind::PATTERN_RPC.into(),
+                    0,
+                ),
+                rec(kind::STREAM_OK, 0, 5, 100, 3),
+                rec(
+                    kind::WRONG,
+                    kind::PATTERN_RPC,
+                    (1 << THREAD_SHIFT) | 1,
+                    0,
+                    0,
+                ),
+                rec(kind::FIRST_REPLY, 0, 200, 1_500, 0),
+            ],
+        );
+        let facts = Facts {
+            servers: vec![life(100, Some(1_000)), life(200, None)],
+            clients: vec![life(10, None), life(11, Some(2_000))],
+            publishers: vec![life(400, None)],
+            ..Facts::default()
+        };
+        staged.put(400, &[rec(kind::HELD_AT_END, 0, 0, 0, 0)]);
+        let report = analyse(&staged.0, &facts, &Totals::default()).unwrap();
+        let r = &report.rpc;
+        assert_eq!(r.replies, 3);
+        assert_eq!(r.lost, 2);
+        assert_eq!(r.executed_twice, 1);
+        assert_eq!(r.hung, 1);
+        assert_eq!(r.wrong, 1);
+        assert_eq!(r.ended_by_client_death, 1);
+        assert_eq!(report.streams.completed, 1);
+        assert_eq!(report.streams.lost, 0);
+        assert_eq!(r.service_back.max(), Some(Duration::from_nanos(500)));
+        let failures = report.failures().join("; ");
+        for needle in ["wrong", "lost", "executed twice", "stuck"] {
+            assert!(failures.contains(needle), "{needle}: {failures}");
+        }
+    }
+
+    #[test]
+    fn duplex_and_pubsub_checks_catch_short_drains_phantoms_and_missing_disconnects() {
+        let staged = Staged::new("patterns");
+        staged.put(
+            300,
+            &(1..=5)
+                .map(|n| rec(kind::SENT, 0, n, 0, 0))
+                .collect::<Vec<_>>(),
+        );
+        staged.put(301, &[rec(kind::DISCONNECTED, 0, 3, 300, 1_000_000)]);
+        staged.put(302, &[rec(kind::SENT, 0, 4, 0, 0)]);
+        staged.put(303, &[rec(kind::DISCONNECTED, 0, 6, 302, u64::MAX)]);
+        staged.put(304, &[rec(kind::SENT, 0, 2, 0, 0)]);
+        staged.put(400, &[rec(kind::PUBLISHED, 0, 10, 0, 0)]);
+        staged.put(
+            401,
+            &[
+                rec(kind::PUBLISHED, 0, 3, 0, 0),
+                rec(kind::HELD_AT_END, 0, 2, 0, 0),
+            ],
+        );
+        staged.put(500, &[rec(kind::SUB_DISCONNECTED, 1, 400, 8, 5_000_000)]);
+        staged.put(
+            501,
+            &[rec(kind::SUB_DISCONNECTED, 0, 400, u64::MAX, u64::MAX)],
+        );
+        staged.put(502, &[rec(kind::SUB_DISCONNECTED, 1, 400, 10, u64::MAX)]);
+        staged.put(503, &[rec(kind::LAGGED, 0, 5, 0, 0)]);
+        let end = |victim, survivor| PairEnd {
+            victim,
+            survivor,
+            hung: false,
+            clean_exit: true,
+            stderr: String::new(),
+        };
+        let facts = Facts {
+            duplex_peers: (300..306).collect(),
+            pairs: vec![end(300, 301), end(302, 303), end(304, 305)],
+            publishers: vec![life(400, Some(1)), life(401, None)],
+            subscribers: (500..504).map(|pid| life(pid, None)).collect(),
+            ..Facts::default()
+        };
+        let report = analyse(&staged.0, &facts, &Totals::default()).unwrap();
+        let d = &report.duplex;
+        assert_eq!((d.lost, d.wrong, d.without_disconnect), (2, 1, 1));
+        assert_eq!(d.wake.max(), Some(Duration::from_millis(1)));
+        let p = &report.pubsub;
+        assert_eq!(p.lost, 2 + 10);
+        assert_eq!((p.lag_reports, p.missed, p.disconnects), (1, 5, 3));
+        assert_eq!(p.held_at_end, Some(2));
+        assert_eq!(p.published, 13);
+        let failures = report.failures().join("; ");
+        for needle in ["lost", "wrong", "without Disconnected", "slots held"] {
+            assert!(failures.contains(needle), "{needle}: {failures}");
+        }
     }
 }
