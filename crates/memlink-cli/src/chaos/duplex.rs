@@ -41,7 +41,7 @@ pub(crate) fn peer(
     };
     let peer = chan.peer_pid();
     ledger.write(Record::new(kind::PAIRED, 0, u64::from(peer), 0, 0))?;
-    board.add_at(Counter::Paired as usize + pair, 1);
+    board.set_paired(pair, side, std::process::id(), peer);
     let chan = Arc::new(chan);
     let ledger = Arc::new(ledger);
     let board = Arc::new(board);

@@ -139,8 +139,6 @@ pub(crate) enum Counter {
     Streams = 4,
     DuplexMessages = 5,
     Samples = 6,
-    /// Per duplex pair slot from here: sides that have paired (see `duplex`).
-    Paired = 16,
 }
 
 /// What was killed (the kill log's kind).
@@ -155,7 +153,10 @@ pub(crate) enum Victim {
 
 const STOPS: usize = 0;
 const COUNTERS: usize = 4096;
-pub(crate) const MAX_PAIRS: usize = 32;
+/// Per duplex pair slot and side: `pid << 32 | peer pid` once paired.
+const PAIRS: usize = 6144;
+pub(crate) const MAX_PAIRS: usize = 64;
+const _: () = assert!(COUNTERS + 16 * 64 <= PAIRS && PAIRS + MAX_PAIRS * 2 * 8 <= KILLS);
 const KILLS: usize = 8192;
 const KILL_SLOTS: usize = 4096;
 const BOARD_LEN: usize = KILLS + KILL_SLOTS * 16;
@@ -200,22 +201,32 @@ impl Board {
     }
 
     pub(crate) fn add(&self, counter: Counter, n: u64) {
-        self.add_at(counter as usize, n);
-    }
-
-    pub(crate) fn add_at(&self, index: usize, n: u64) {
-        if let Some(w) = self.word(COUNTERS + index * 64) {
+        if let Some(w) = self.word(COUNTERS + counter as usize * 64) {
             w.fetch_add(n, Ordering::Relaxed);
         }
     }
 
     pub(crate) fn get(&self, counter: Counter) -> u64 {
-        self.get_at(counter as usize)
+        self.word(COUNTERS + counter as usize * 64)
+            .map_or(0, |w| w.load(Ordering::Relaxed))
     }
 
-    pub(crate) fn get_at(&self, index: usize) -> u64 {
-        self.word(COUNTERS + index * 64)
-            .map_or(0, |w| w.load(Ordering::Relaxed))
+    /// Side `side` of pair slot `pair` (process `me`) has paired with `peer`.
+    pub(crate) fn set_paired(&self, pair: usize, side: u64, me: u32, peer: u32) {
+        if let Some(w) = self.word(PAIRS + (pair * 2 + side as usize % 2) * 8) {
+            w.store((u64::from(me) << 32) | u64::from(peer), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether processes `a` (side 0) and `b` (side 1) of pair slot `pair` have paired with
+    /// each other.
+    pub(crate) fn paired(&self, pair: usize, a: u32, b: u32) -> bool {
+        let word = |side: usize| {
+            self.word(PAIRS + (pair * 2 + side) * 8)
+                .map_or(0, |w| w.load(Ordering::Relaxed))
+        };
+        word(0) == (u64::from(a) << 32 | u64::from(b))
+            && word(1) == (u64::from(b) << 32 | u64::from(a))
     }
 
     /// Writes down that `pid` (a `victim`) is about to be killed now; returns the instant.
@@ -256,11 +267,11 @@ impl Board {
             .map(|(_, _, when)| when)
     }
 
-    /// The first kill of a `victim` after `from` and no later than `to`.
-    pub(crate) fn kill_between(&self, victim: Victim, from: u64, to: u64) -> Option<u64> {
+    /// The first kill of a `victim` after `from` and no later than `to`: when, and whom.
+    pub(crate) fn kill_between(&self, victim: Victim, from: u64, to: u64) -> Option<(u64, u32)> {
         self.kills()
             .filter(|&(v, _, when)| v == victim && when > from && when <= to)
-            .map(|(_, _, when)| when)
+            .map(|(_, pid, when)| (when, pid))
             .min()
     }
 }
@@ -281,6 +292,39 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Each thread of `pid`: its name, state, kernel wait channel and kernel stack (root only).
+pub(crate) fn thread_states(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return "gone".to_owned();
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .map(|t| {
+            let path = t.path();
+            let read = |f: &str| std::fs::read_to_string(path.join(f)).unwrap_or_default();
+            let stat = read("stat");
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .unwrap_or("?")
+                .to_owned();
+            let stack: Vec<String> = read("stack")
+                .lines()
+                .take(6)
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_owned())
+                .collect();
+            format!(
+                "[{} {} {state} wchan={} stack={}]",
+                t.file_name().to_string_lossy(),
+                read("comm").trim(),
+                read("wchan").trim(),
+                stack.join("<")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Processes whose parent is `parent` (zombies included).

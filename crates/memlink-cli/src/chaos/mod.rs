@@ -88,6 +88,8 @@ const PAIR_LIFE: Duration = Duration::from_millis(300);
 const SURVIVOR_LIMIT: Duration = Duration::from_secs(5);
 /// How long a pair may take to form.
 const PAIRING_LIMIT: Duration = Duration::from_secs(10);
+/// The share of duplex pairs that lose a side while they form, in percent.
+const EARLY_KILL_PERCENT: u64 = 30;
 /// Client processes that are never killed.
 const LONG_LIVED_CLIENTS: usize = 2;
 
@@ -247,7 +249,8 @@ pub(crate) mod kind {
     pub(crate) const STREAM_SHORT: u32 = 14;
     /// Client: a stream dropped on purpose (a call id, b items read, c items wanted).
     pub(crate) const STREAM_CANCELLED: u32 = 15;
-    /// Client: woken by a server's death while blocked (aux pattern, a nanoseconds).
+    /// Client: woken by a server's death while blocked (aux pattern, a nanoseconds since the
+    /// kill, b the server's pid).
     pub(crate) const WAKE: u32 = 17;
     /// Client: the first reply from a server (a server pid, b instant).
     pub(crate) const FIRST_REPLY: u32 = 18;
@@ -337,6 +340,11 @@ pub(crate) const CODE_DISCONNECTED: u32 = 1;
 
 // --- the driver ----------------------------------------------------------------------------------
 
+/// How long the wind-down waits for killed children to die.
+const DEATH_LIMIT: Duration = Duration::from_secs(30);
+/// A killed child not dead after this is looked at (what its threads are doing).
+const SLOW_DEATH: Duration = Duration::from_millis(200);
+
 /// A child process, killed and reaped when dropped.
 struct Proc {
     child: Child,
@@ -344,16 +352,26 @@ struct Proc {
     pid: u32,
     err: PathBuf,
     status: Option<ExitStatus>,
+    /// When the chaos killed it (`CLOCK_MONOTONIC` ns, as on the board).
+    killed_ns: Option<u64>,
 }
 
 impl Proc {
-    /// SIGKILLs and reaps it (at once: a killed process exits promptly).
+    /// SIGKILLs and reaps it, waiting as long as that takes (for the end of the run).
     fn kill(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
             let _ = self.child.kill();
             self.status = self.child.wait().ok();
         }
         self.status
+    }
+
+    /// SIGKILLs it without waiting (the chaos): `poll` reaps it later.
+    fn sigkill(&mut self, at: u64) {
+        if self.status.is_none() && self.killed_ns.is_none() {
+            let _ = self.child.kill();
+            self.killed_ns = Some(at);
+        }
     }
 
     /// Its exit status, if it has exited (it is then reaped).
@@ -384,10 +402,86 @@ impl Drop for Proc {
     }
 }
 
+/// Killed children not yet dead: a thread per child waits for its death and notes the instant
+/// (within a millisecond), so that the driver's loop never waits for a slow death and the
+/// moment each victim was gone is known precisely.
+struct Dying {
+    count: usize,
+    tx: std::sync::mpsc::Sender<Death>,
+    rx: std::sync::mpsc::Receiver<Death>,
+}
+
+struct Death {
+    pid: u32,
+    killed: u64,
+    dead: u64,
+    /// What its threads were doing if it was not dead after [`SLOW_DEATH`].
+    slow: Option<String>,
+}
+
+impl Dying {
+    fn new() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        Dying { count: 0, tx, rx }
+    }
+
+    /// Waits (on a thread of its own) for `proc`, already sent `SIGKILL`, to die.
+    fn watch(&mut self, mut proc: Proc) {
+        let tx = self.tx.clone();
+        self.count += 1;
+        let spawned = std::thread::Builder::new()
+            .name("chaos-reaper".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let killed = proc.killed_ns.unwrap_or_else(ledger::now_ns);
+                let mut slow = None;
+                while proc.poll().is_none() {
+                    if started.elapsed() > SLOW_DEATH {
+                        slow = Some(format!(
+                            "{} {} not dead {SLOW_DEATH:?} after SIGKILL; its threads: {}",
+                            proc.role,
+                            proc.pid,
+                            ledger::thread_states(proc.pid)
+                        ));
+                        proc.kill(); // waits
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let _ = tx.send(Death {
+                    pid: proc.pid,
+                    killed,
+                    dead: ledger::now_ns(),
+                    slow,
+                });
+            });
+        if spawned.is_err() {
+            // No thread to spare: the process is reaped when its `Proc` drops, here.
+            self.count -= 1;
+        }
+    }
+
+    /// Notes the deaths reported since the last look.
+    fn collect(&mut self, facts: &mut report::Facts) {
+        while let Ok(death) = self.rx.try_recv() {
+            self.count -= 1;
+            facts.deaths.insert(death.pid, (death.killed, death.dead));
+            if let Some(slow) = death.slow {
+                if facts.slow_deaths.len() < 8 {
+                    facts.slow_deaths.push(slow);
+                }
+            }
+        }
+    }
+}
+
 enum PairState {
+    /// Waiting for the two sides to pair; `early_kill`: when to kill one of them first, and
+    /// `early_victim`: the side killed so (whose peer, if it had paired with it, exits).
     Starting {
         since: Instant,
-        paired_before: u64,
+        early_kill: Option<Instant>,
+        early_victim: Option<u32>,
     },
     Running {
         kill_at: Instant,
@@ -397,12 +491,15 @@ enum PairState {
         victim: u32,
         since: Instant,
     },
+    /// Over, during the wind-down (no new pair forms).
+    Done,
 }
 
 /// A duplex pair slot: its current two sides.
 struct Pair {
     slot: usize,
     name: String,
+    pair_seed: u64,
     sides: Vec<Proc>,
     state: PairState,
 }
@@ -426,6 +523,8 @@ struct Driver {
     publisher: Option<Proc>,
     subscribers: Vec<Proc>,
     facts: report::Facts,
+    /// Children killed and not yet dead.
+    dying: Dying,
     /// Once winding down, no new pair forms.
     winding_down: bool,
 }
@@ -444,6 +543,19 @@ impl Drop for RunDir {
     }
 }
 
+/// Where a run keeps its ledgers: in memory (tmpfs: `$XDG_RUNTIME_DIR`, else `/dev/shm`), not
+/// on a disk. A process killed while a disk write of its is throttled behind other I/O dies only
+/// once that write is done, seconds later on a busy machine: its peers would then seem slow to
+/// notice its death, and the driver would wait to reap it.
+fn run_root() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("/dev/shm")])
+        .find(|dir| dir.is_dir())
+        .unwrap_or_else(std::env::temp_dir)
+}
+
 /// `memlink chaos`.
 pub(crate) fn run(args: &ChaosArgs) -> Result<(), Box<dyn std::error::Error>> {
     let me = std::process::id();
@@ -454,7 +566,7 @@ pub(crate) fn run(args: &ChaosArgs) -> Result<(), Box<dyn std::error::Error>> {
     });
     let tag = format!("chaos-{me}-");
     let mut dir = RunDir {
-        path: std::env::temp_dir().join(format!("memlink-{tag}{seed:x}")),
+        path: run_root().join(format!("memlink-{tag}{seed:x}")),
         keep: false,
     };
     std::fs::create_dir_all(&dir.path)?;
@@ -491,6 +603,7 @@ pub(crate) fn run(args: &ChaosArgs) -> Result<(), Box<dyn std::error::Error>> {
         publisher: None,
         subscribers: Vec::new(),
         facts: report::Facts::default(),
+        dying: Dying::new(),
         winding_down: false,
     };
     driver.facts.seed = seed;
@@ -546,7 +659,9 @@ impl Driver {
             // Its own process group: a Ctrl-C at the terminal reaches the driver only, which
             // then stops everything in order.
             .process_group(0);
+        let started = Instant::now();
         let child = command.spawn()?;
+        self.facts.slowest_spawn = self.facts.slowest_spawn.max(started.elapsed());
         let pid = child.id();
         Ok(Proc {
             child,
@@ -554,6 +669,7 @@ impl Driver {
             pid,
             err,
             status: None,
+            killed_ns: None,
         })
     }
 
@@ -592,32 +708,49 @@ impl Driver {
         Ok(subscriber)
     }
 
+    fn spawn_side(
+        &mut self,
+        slot: usize,
+        name: &str,
+        side: u64,
+        pair_seed: u64,
+    ) -> io::Result<Proc> {
+        let args = [
+            "--name".to_owned(),
+            name.to_owned(),
+            "--pair".to_owned(),
+            slot.to_string(),
+            "--side".to_owned(),
+            side.to_string(),
+            "--pair-seed".to_owned(),
+            pair_seed.to_string(),
+        ];
+        let peer = self.spawn("duplex-peer", &args)?;
+        self.facts.duplex_peers.push(peer.pid);
+        Ok(peer)
+    }
+
     fn spawn_pair(&mut self, slot: usize, name: String) -> io::Result<Pair> {
         let pair_seed = self.rng.next_u64();
-        let paired_before = self.board.get_at(Counter::Paired as usize + slot);
-        let mut sides = Vec::new();
-        for side in 0..2u64 {
-            let args = [
-                "--name".to_owned(),
-                name.clone(),
-                "--pair".to_owned(),
-                slot.to_string(),
-                "--side".to_owned(),
-                side.to_string(),
-                "--pair-seed".to_owned(),
-                pair_seed.to_string(),
-            ];
-            let peer = self.spawn("duplex-peer", &args)?;
-            self.facts.duplex_peers.push(peer.pid);
-            sides.push(peer);
-        }
+        let sides = vec![
+            self.spawn_side(slot, &name, 0, pair_seed)?,
+            self.spawn_side(slot, &name, 1, pair_seed)?,
+        ];
+        // Some pairs lose a side while they form: before it opens the name, mid-handshake, or
+        // just after pairing, depending on how fast it started.
+        let early_kill = self
+            .rng
+            .percent(EARLY_KILL_PERCENT)
+            .then(|| Instant::now() + Duration::from_millis(self.rng.below(40)));
         Ok(Pair {
             slot,
             name,
+            pair_seed,
             sides,
             state: PairState::Starting {
                 since: Instant::now(),
-                paired_before,
+                early_kill,
+                early_victim: None,
             },
         })
     }
@@ -676,8 +809,11 @@ impl Driver {
         let warm_up = start + Duration::from_secs(1).min(Duration::from_secs(seconds) / 3);
         let mut sampled = false;
         let mut next_draw = start;
+        let mut last_turn = start;
         loop {
             let now = Instant::now();
+            self.facts.longest_turn = self.facts.longest_turn.max(now - last_turn);
+            last_turn = now;
             if interrupted.load(Ordering::SeqCst) || now >= end {
                 break;
             }
@@ -763,30 +899,25 @@ impl Driver {
             return Ok(());
         }
         let slot = self.long_lived + self.rng.below(killable as u64) as usize;
-        let pid = self.clients[slot].pid;
-        self.board.note_kill(Victim::Client, pid);
-        self.clients[slot].kill();
-        self.facts.killed(pid, None);
+        let replacement = self.spawn_client()?;
+        let victim = std::mem::replace(&mut self.clients[slot], replacement);
+        self.execute(Victim::Client, victim);
         self.facts.kills.client += 1;
-        self.clients[slot] = self.spawn_client()?;
         Ok(())
     }
 
     fn kill_server(&mut self) -> io::Result<()> {
-        if let Some(mut server) = self.server.take() {
-            let at = self.board.note_kill(Victim::Server, server.pid);
-            server.kill();
-            self.facts.killed(server.pid, Some(at));
+        if let Some(server) = self.server.take() {
+            self.execute(Victim::Server, server);
             self.facts.kills.server += 1;
         }
+        // It binds the name as soon as the kernel has freed it (once the victim is dead).
         self.spawn_server()
     }
 
     fn kill_publisher(&mut self) -> io::Result<()> {
-        if let Some(mut publisher) = self.publisher.take() {
-            let at = self.board.note_kill(Victim::Publisher, publisher.pid);
-            publisher.kill();
-            self.facts.killed(publisher.pid, Some(at));
+        if let Some(publisher) = self.publisher.take() {
+            self.execute(Victim::Publisher, publisher);
             self.facts.kills.publisher += 1;
         }
         self.spawn_publisher()
@@ -799,13 +930,32 @@ impl Driver {
             return Ok(());
         }
         let slot = 1 + self.rng.below(killable as u64) as usize;
-        let pid = self.subscribers[slot].pid;
-        self.board.note_kill(Victim::Subscriber, pid);
-        self.subscribers[slot].kill();
-        self.facts.killed(pid, None);
+        let replacement = self.spawn_subscriber(slot)?;
+        let victim = std::mem::replace(&mut self.subscribers[slot], replacement);
+        self.execute(Victim::Subscriber, victim);
         self.facts.kills.subscriber += 1;
-        self.subscribers[slot] = self.spawn_subscriber(slot)?;
         Ok(())
+    }
+
+    /// Kills `proc` (a `victim`): notes the instant on the board, sends `SIGKILL`, and leaves
+    /// it to die; returns the instant.
+    fn execute(&mut self, victim: Victim, mut proc: Proc) -> u64 {
+        let at = self.board.note_kill(victim, proc.pid);
+        proc.sigkill(at);
+        self.facts.killed(proc.pid, Some(at));
+        self.dying.watch(proc);
+        at
+    }
+
+    /// Kills `proc` outside the chaos (a stuck or leftover process) without waiting for it.
+    fn bury(&mut self, mut proc: Proc) {
+        proc.sigkill(ledger::now_ns());
+        self.dying.watch(proc);
+    }
+
+    /// Notes the deaths of killed children that have died since the last look.
+    fn reap_dying(&mut self) {
+        self.dying.collect(&mut self.facts);
     }
 
     /// Notes a child that exited by itself (none should) and replaces it.
@@ -820,6 +970,7 @@ impl Driver {
 
     /// Replaces children that exited by themselves, and moves the duplex pairs along.
     fn watch(&mut self) -> io::Result<()> {
+        self.reap_dying();
         if let Some(status) = self.server.as_mut().and_then(Proc::poll) {
             if let Some(server) = self.server.take() {
                 self.unexpected(&server, status);
@@ -859,32 +1010,88 @@ impl Driver {
         match pair.state {
             PairState::Starting {
                 since,
-                paired_before,
+                early_kill,
+                early_victim,
             } => {
-                let paired = self.board.get_at(Counter::Paired as usize + pair.slot);
-                if paired >= paired_before + 2 {
+                if early_kill.is_some_and(|at| now >= at) {
+                    let side = self.rng.below(2);
+                    let (slot, name, seed) = (pair.slot, pair.name.clone(), pair.pair_seed);
+                    let replacement = self.spawn_side(slot, &name, side, seed)?;
+                    let pair = &mut self.pairs[index];
+                    let victim = std::mem::replace(&mut pair.sides[side as usize], replacement);
+                    let pid = victim.pid;
+                    pair.state = PairState::Starting {
+                        since,
+                        early_kill: None,
+                        early_victim: Some(pid),
+                    };
+                    self.execute(Victim::DuplexPeer, victim);
+                    self.facts.kills.duplex_early += 1;
+                    return Ok(());
+                }
+                for side in 0..2 {
+                    let Some(status) = self.pairs[index].sides[side].poll() else {
+                        continue;
+                    };
+                    match early_victim {
+                        // It had paired with the side killed early, and saw it die: it must
+                        // have drained what the victim sent, like any survivor.
+                        Some(victim) if status.success() => {
+                            let gone = &self.pairs[index].sides[side];
+                            self.facts.pairs.push(report::PairEnd {
+                                victim,
+                                survivor: gone.pid,
+                                hung: false,
+                                clean_exit: true,
+                                stderr: gone.stderr_tail(),
+                            });
+                            let (slot, name, seed) = {
+                                let pair = &self.pairs[index];
+                                (pair.slot, pair.name.clone(), pair.pair_seed)
+                            };
+                            let replacement = self.spawn_side(slot, &name, side as u64, seed)?;
+                            self.pairs[index].sides[side] = replacement;
+                        }
+                        _ => {
+                            let gone = &self.pairs[index].sides[side];
+                            self.facts.unexpected.push(report::Unexpected {
+                                role: gone.role,
+                                pid: gone.pid,
+                                status: status.to_string(),
+                                stderr: gone.stderr_tail(),
+                            });
+                            finished = true;
+                        }
+                    }
+                }
+                let pair = &mut self.pairs[index];
+                let (a, b) = (pair.sides[0].pid, pair.sides[1].pid);
+                if !finished && early_kill.is_none() && self.board.paired(pair.slot, a, b) {
                     pair.state = PairState::Running {
                         kill_at: now + self.rng.jitter(PAIR_LIFE, 50),
                     };
-                } else if now.duration_since(since) > PAIRING_LIMIT {
+                } else if !finished && now.duration_since(since) > PAIRING_LIMIT {
                     self.facts.pairing_failures += 1;
+                    self.facts.stuck.push(format!(
+                        "duplex pair {a} and {b} did not form within {PAIRING_LIMIT:?}: {} / {}",
+                        pair.sides[0].stderr_tail(),
+                        pair.sides[1].stderr_tail()
+                    ));
                     finished = true;
                 }
             }
             PairState::Running { kill_at } if now >= kill_at => {
-                let victim = self.rng.below(2) as usize;
-                let pid = pair.sides[victim].pid;
-                let at = self.board.note_kill(Victim::DuplexPeer, pid);
-                pair.sides[victim].kill();
-                self.facts.killed(pid, Some(at));
-                self.facts.kills.duplex += 1;
+                let side = self.rng.below(2) as usize;
+                let victim = pair.sides.remove(side);
                 pair.state = PairState::Draining {
-                    survivor: 1 - victim,
-                    victim: pid,
+                    survivor: 0,
+                    victim: victim.pid,
                     since: now,
                 };
+                self.execute(Victim::DuplexPeer, victim);
+                self.facts.kills.duplex += 1;
             }
-            PairState::Running { .. } => {}
+            PairState::Running { .. } | PairState::Done => {}
             PairState::Draining {
                 survivor,
                 victim,
@@ -893,9 +1100,6 @@ impl Driver {
                 let exited = pair.sides[survivor].poll();
                 let hung = exited.is_none() && now.duration_since(since) > SURVIVOR_LIMIT;
                 if exited.is_some() || hung {
-                    if hung {
-                        pair.sides[survivor].kill();
-                    }
                     self.facts.pairs.push(report::PairEnd {
                         victim,
                         survivor: pair.sides[survivor].pid,
@@ -907,12 +1111,8 @@ impl Driver {
                 }
             }
         }
-        // A side that exits by itself while the pair forms or runs is a failure.
-        if matches!(
-            self.pairs[index].state,
-            PairState::Starting { .. } | PairState::Running { .. }
-        ) && !finished
-        {
+        // A side that exits by itself while the pair runs is a failure.
+        if matches!(self.pairs[index].state, PairState::Running { .. }) && !finished {
             for side in 0..2 {
                 if let Some(status) = self.pairs[index].sides[side].poll() {
                     let pair = &self.pairs[index];
@@ -926,14 +1126,18 @@ impl Driver {
                 }
             }
         }
-        if finished && !self.winding_down {
-            let (slot, name) = (self.pairs[index].slot, self.pairs[index].name.clone());
-            // Both old sides are reaped (dropped) before the new pair opens the same name.
-            let new = self.spawn_pair(slot, name)?;
-            self.pairs[index] = new;
-        } else if finished {
-            for side in &mut self.pairs[index].sides {
-                side.kill();
+        if finished {
+            // Whatever is left of the old pair goes (a new pair may have to wait for the name
+            // until it is dead).
+            for side in std::mem::take(&mut self.pairs[index].sides) {
+                self.bury(side);
+            }
+            if self.winding_down {
+                self.pairs[index].state = PairState::Done;
+            } else {
+                let (slot, name) = (self.pairs[index].slot, self.pairs[index].name.clone());
+                let new = self.spawn_pair(slot, name)?;
+                self.pairs[index] = new;
             }
         }
         Ok(())
@@ -951,6 +1155,7 @@ impl Driver {
                 .iter()
                 .any(|p| matches!(p.state, PairState::Draining { .. }))
         {
+            self.reap_dying();
             for index in 0..self.pairs.len() {
                 if matches!(self.pairs[index].state, PairState::Draining { .. }) {
                     let _ = self.step_pair(index);
@@ -975,6 +1180,18 @@ impl Driver {
         if let Some(server) = self.server.take() {
             server.terminate();
             self.await_exit(vec![server], Duration::from_secs(5));
+        }
+        // The killed ones that are not dead yet.
+        let deadline = Instant::now() + DEATH_LIMIT;
+        while self.dying.count > 0 && Instant::now() < deadline {
+            self.reap_dying();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if self.dying.count > 0 {
+            self.facts.stuck.push(format!(
+                "{} killed processes not dead {DEATH_LIMIT:?} after SIGKILL",
+                self.dying.count
+            ));
         }
     }
 
@@ -1004,7 +1221,9 @@ impl Driver {
     }
 
     /// Waits for `procs` to exit by themselves; those that do not in `limit` are stuck.
-    fn await_exit(&mut self, mut procs: Vec<Proc>, limit: Duration) {
+    fn await_exit(&mut self, procs: Vec<Proc>, limit: Duration) {
+        // Those the driver killed are reaped already.
+        let mut procs: Vec<Proc> = procs.into_iter().filter(|p| p.status.is_none()).collect();
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline && procs.iter_mut().any(|p| p.poll().is_none()) {
             std::thread::sleep(Duration::from_millis(5));

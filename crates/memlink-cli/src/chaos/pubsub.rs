@@ -45,7 +45,8 @@ pub(crate) fn publisher(common: &Common, topic: &str) -> io::Result<()> {
         let created = options.create(topic);
         match created {
             Ok(publisher) => break publisher,
-            Err(Error::AlreadyRunning { .. }) if started.elapsed() < Duration::from_secs(2) => {
+            // The previous publisher, just killed, holds the name until it is dead.
+            Err(Error::AlreadyRunning { .. }) if started.elapsed() < super::rpc::NAME_WAIT => {
                 std::thread::sleep(Duration::from_millis(2));
             }
             Err(e) => return Err(other(e)),

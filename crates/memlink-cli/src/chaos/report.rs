@@ -75,6 +75,8 @@ pub(crate) struct Kills {
     pub(crate) server: u64,
     pub(crate) client: u64,
     pub(crate) duplex: u64,
+    /// Duplex sides killed while their pair formed.
+    pub(crate) duplex_early: u64,
     pub(crate) publisher: u64,
     pub(crate) subscriber: u64,
 }
@@ -98,6 +100,14 @@ pub(crate) struct Facts {
     pub(crate) stuck: Vec<String>,
     pub(crate) usage: Vec<Usage>,
     pub(crate) idle_servers: Vec<IdleServer>,
+    /// The driver's own delays: its longest turn of the attack loop (it sleeps 2 ms a turn),
+    /// the slowest spawn.
+    pub(crate) longest_turn: Duration,
+    pub(crate) slowest_spawn: Duration,
+    /// Each killed child: when it was killed and when it was found dead (`CLOCK_MONOTONIC` ns).
+    pub(crate) deaths: HashMap<u32, (u64, u64)>,
+    /// Killed children that took long to die, and what their threads were doing.
+    pub(crate) slow_deaths: Vec<String>,
 }
 
 impl Facts {
@@ -169,6 +179,65 @@ impl Dist {
     }
 }
 
+/// Wake-ups of peers blocked when a process was killed: measured from the `SIGKILL` (what a
+/// user sees), and from the moment the victim was found dead (the part memlink controls: a
+/// killed process keeps its sockets until the kernel has torn down its memory, which on a
+/// crowded machine can take seconds).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Wake {
+    from_kill: Dist,
+    after_death: Dist,
+}
+
+impl Wake {
+    /// A peer of `victim` got its error `ns` after the kill.
+    fn push(&mut self, ns: u64, victim: u32, deaths: &HashMap<u32, (u64, u64)>) {
+        self.from_kill.push(ns);
+        let dying = deaths
+            .get(&victim)
+            .map_or(0, |(killed, dead)| dead.saturating_sub(*killed));
+        self.after_death.push(ns.saturating_sub(dying));
+    }
+
+    fn finish(&mut self) {
+        self.from_kill.finish();
+        self.after_death.finish();
+    }
+
+    fn json(&self) -> Value {
+        let mut from_kill = self.from_kill.json();
+        from_kill["after_victim_dead_max_ms"] =
+            json!(self.after_death.max().map(|d| d.as_secs_f64() * 1e3));
+        from_kill
+    }
+
+    fn text(&self) -> String {
+        match self.after_death.max() {
+            Some(worst) => format!(
+                "{}; once the victim was dead: worst {}",
+                self.from_kill.text(),
+                ms(worst)
+            ),
+            None => self.from_kill.text(),
+        }
+    }
+
+    fn promise(&self) -> String {
+        match (self.from_kill.max(), self.after_death.max()) {
+            (Some(worst), Some(dead)) => {
+                let goal = if worst <= WAKE_GOAL { "met" } else { "missed" };
+                let bound = if dead <= WAKE_BOUND { "ok" } else { "FAILED" };
+                format!(
+                    "goal {}: {goal}; bound {} once dead: {bound}",
+                    ms(WAKE_GOAL),
+                    ms(WAKE_BOUND)
+                )
+            }
+            _ => String::new(),
+        }
+    }
+}
+
 fn ms(d: Duration) -> String {
     let ms = d.as_secs_f64() * 1e3;
     if ms < 10.0 {
@@ -195,7 +264,7 @@ struct Rpc {
     executed_unanswered: u64,
     ended_by_client_death: u64,
     bad_requests: u64,
-    wake: Dist,
+    wake: Wake,
     service_back: Dist,
     restarts_without_reply: u64,
 }
@@ -222,7 +291,7 @@ struct DuplexResult {
     hung: u64,
     pairing_failures: u64,
     errors: BTreeMap<&'static str, u64>,
-    wake: Dist,
+    wake: Wake,
 }
 
 #[derive(Debug, Default)]
@@ -238,7 +307,7 @@ struct PubsubResult {
     held_at_end: Option<u64>,
     publish_errors: u64,
     errors: BTreeMap<&'static str, u64>,
-    wake: Dist,
+    wake: Wake,
 }
 
 /// The run's result.
@@ -255,6 +324,11 @@ pub(crate) struct Report {
     pubsub: PubsubResult,
     usage: Vec<Usage>,
     idle_servers: Vec<IdleServer>,
+    longest_turn: Duration,
+    slowest_spawn: Duration,
+    /// How long killed children took to die (SIGKILL to reaped).
+    deaths: Dist,
+    slow_deaths: Vec<String>,
     unexpected: Vec<Unexpected>,
     stuck: Vec<String>,
     failed_survivors: Vec<String>,
@@ -310,6 +384,17 @@ pub(crate) fn analyse(dir: &Path, facts: &Facts, totals: &Totals) -> io::Result<
         pubsub: PubsubResult::default(),
         usage: facts.usage.clone(),
         idle_servers: facts.idle_servers.clone(),
+        longest_turn: facts.longest_turn,
+        deaths: {
+            let mut deaths = Dist::default();
+            for (killed, dead) in facts.deaths.values() {
+                deaths.push(dead.saturating_sub(*killed));
+            }
+            deaths.finish();
+            deaths
+        },
+        slowest_spawn: facts.slowest_spawn,
+        slow_deaths: facts.slow_deaths.clone(),
         unexpected: facts.unexpected.clone(),
         stuck: facts.stuck.clone(),
         failed_survivors: Vec::new(),
@@ -413,7 +498,7 @@ fn rpc(dir: &Path, facts: &Facts, totals: &Totals, report: &mut Report) -> io::R
                 }
                 kind::WRONG if aux == kind::PATTERN_STREAM => s.wrong += 1,
                 kind::WRONG => r.wrong += 1,
-                kind::WAKE => r.wake.push(a),
+                kind::WAKE => r.wake.push(a, b as u32, &facts.deaths),
                 kind::FIRST_REPLY => {
                     let first = first_reply.entry(a as u32).or_insert(b);
                     *first = (*first).min(b);
@@ -518,7 +603,7 @@ fn duplex(dir: &Path, facts: &Facts, totals: &Totals, report: &mut Report) -> io
                     );
                 }
                 if record.c != u64::MAX {
-                    d.wake.push(record.c);
+                    d.wake.push(record.c, end.victim, &facts.deaths);
                 }
             }
             None if !end.hung => {
@@ -570,7 +655,7 @@ fn pubsub(dir: &Path, facts: &Facts, totals: &Totals, report: &mut Report) -> io
                     p.disconnects += 1;
                     let publisher = record.a as u32;
                     if record.c != u64::MAX {
-                        p.wake.push(record.c);
+                        p.wake.push(record.c, publisher, &facts.deaths);
                     }
                     if !killed.contains(&publisher) {
                         continue;
@@ -649,10 +734,11 @@ impl Report {
         self.sockets_left = ledger::socket_leftovers(tag);
     }
 
+    /// The latest a peer was woken after its victim was dead.
     fn worst_wake(&self) -> Option<Duration> {
         [&self.rpc.wake, &self.duplex.wake, &self.pubsub.wake]
             .iter()
-            .filter_map(|d| d.max())
+            .filter_map(|w| w.after_death.max())
             .max()
     }
 
@@ -710,7 +796,7 @@ impl Report {
             check(
                 worst > WAKE_BOUND,
                 format!(
-                    "a blocked peer was woken {} after a death (bound {})",
+                    "a blocked peer was woken {} after its victim was dead (bound {})",
                     ms(worst),
                     ms(WAKE_BOUND)
                 ),
@@ -778,6 +864,7 @@ impl Report {
                 "server": self.kills.server,
                 "client": self.kills.client,
                 "duplex_peer": self.kills.duplex,
+                "duplex_peer_while_pairing": self.kills.duplex_early,
                 "publisher": self.kills.publisher,
                 "subscriber": self.kills.subscriber,
             },
@@ -847,6 +934,12 @@ impl Report {
             "idle_servers": self.idle_servers.iter().map(|s| json!({
                 "when": s.when, "pid": s.pid, "workers": s.workers, "fds": s.fds,
             })).collect::<Vec<_>>(),
+            "driver": {
+                "longest_turn_ms": self.longest_turn.as_secs_f64() * 1e3,
+                "victim_death": self.deaths.json(),
+                "slowest_spawn_ms": self.slowest_spawn.as_secs_f64() * 1e3,
+                "slow_deaths": self.slow_deaths,
+            },
             "unexpected_exits": self.unexpected.iter().map(|u| json!({
                 "role": u.role, "pid": u.pid, "status": u.status, "stderr": u.stderr,
             })).collect::<Vec<_>>(),
@@ -924,7 +1017,7 @@ impl Report {
             "",
             "server death to blocked caller's error",
             r.wake.text(),
-            wake_promise(&r.wake),
+            r.wake.promise(),
         );
         row(
             "",
@@ -956,7 +1049,13 @@ impl Report {
         let d = &self.duplex;
         row(
             "duplex",
-            "pairs with a side killed",
+            "sides killed once paired / while pairing",
+            format!("{} / {}", self.kills.duplex, self.kills.duplex_early),
+            String::new(),
+        );
+        row(
+            "",
+            "survivors checked",
             d.pairs_killed.to_string(),
             String::new(),
         );
@@ -988,7 +1087,7 @@ impl Report {
             "",
             "peer death to survivor's Disconnected",
             d.wake.text(),
-            wake_promise(&d.wake),
+            d.wake.promise(),
         );
         let p = &self.pubsub;
         row(
@@ -1031,7 +1130,7 @@ impl Report {
             "",
             "publisher death to subscriber's Disconnected",
             p.wake.text(),
-            wake_promise(&p.wake),
+            p.wake.promise(),
         );
         for (i, u) in self.usage.iter().enumerate() {
             let show = |a: Option<u64>, b: Option<u64>| match (a, b) {
@@ -1061,6 +1160,18 @@ impl Report {
                 String::new(),
             );
         }
+        row(
+            "",
+            "driver: longest loop turn / slowest spawn",
+            format!("{} / {}", ms(self.longest_turn), ms(self.slowest_spawn)),
+            String::new(),
+        );
+        row(
+            "",
+            "killed processes: SIGKILL to dead",
+            self.deaths.text(),
+            String::new(),
+        );
         row(
             "cleanup",
             "left in /dev/shm / sockets bound / children",
@@ -1098,6 +1209,9 @@ impl Report {
         for s in self.failed_survivors.iter().take(5) {
             println!("  {s}");
         }
+        for s in &self.slow_deaths {
+            println!("  slow death: {s}");
+        }
         println!(
             "machine: {} CPUs. Wake-up goal {}, failure bound {}.",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -1113,21 +1227,6 @@ impl Report {
                 println!("  - {f}");
             }
         }
-    }
-}
-
-fn wake_promise(dist: &Dist) -> String {
-    match dist.max() {
-        None => String::new(),
-        Some(worst) if worst <= WAKE_GOAL => format!("goal {}: met", ms(WAKE_GOAL)),
-        Some(worst) if worst <= WAKE_BOUND => {
-            format!(
-                "goal {}: missed (bound {}: ok)",
-                ms(WAKE_GOAL),
-                ms(WAKE_BOUND)
-            )
-        }
-        Some(_) => format!("bound {}: FAILED", ms(WAKE_BOUND)),
     }
 }
 
@@ -1246,6 +1345,17 @@ mod tests {
     }
 
     #[test]
+    fn a_wake_up_counts_against_memlink_only_from_the_victims_death() {
+        let deaths = HashMap::from([(7, (1_000_000_000, 3_000_000_000))]);
+        let mut wake = Wake::default();
+        wake.push(2_005_000_000, 7, &deaths); // victim took 2 s to die; woken 5 ms after
+        wake.push(3_000_000, 8, &deaths); // death unknown: all of it counts
+        wake.finish();
+        assert_eq!(wake.from_kill.max(), Some(Duration::from_millis(2005)));
+        assert_eq!(wake.after_death.max(), Some(Duration::from_millis(5)));
+    }
+
+    #[test]
     fn duplex_and_pubsub_checks_catch_short_drains_phantoms_and_missing_disconnects() {
         let staged = Staged::new("patterns");
         staged.put(
@@ -1290,7 +1400,7 @@ mod tests {
         let report = analyse(&staged.0, &facts, &Totals::default()).unwrap();
         let d = &report.duplex;
         assert_eq!((d.lost, d.wrong, d.without_disconnect), (2, 1, 1));
-        assert_eq!(d.wake.max(), Some(Duration::from_millis(1)));
+        assert_eq!(d.wake.from_kill.max(), Some(Duration::from_millis(1)));
         let p = &report.pubsub;
         assert_eq!(p.lost, 2 + 10);
         assert_eq!((p.lag_reports, p.missed, p.disconnects), (1, 5, 3));

@@ -22,6 +22,8 @@ use super::{Common, code, enter, kind, other};
 /// How long a client waits for one call or stream item. The server is killed every ~2 s, so a
 /// call blocked this long is stuck (counted as hung).
 pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a server (or publisher) waits for its killed predecessor to free the name.
+pub(crate) const NAME_WAIT: Duration = Duration::from_secs(30);
 /// The share of calls that ask for a stream, in percent.
 const STREAM_PERCENT: u64 = 10;
 /// The share of streams that the client drops part-way (cancelling them), in percent.
@@ -44,9 +46,9 @@ pub(crate) fn server(common: &Common, name: &str) -> io::Result<()> {
             .bind(name);
         match bound {
             Ok(server) => break server,
-            // The previous incarnation is reaped before this one starts, so its name is free;
-            // this only covers a slow kernel.
-            Err(Error::AlreadyRunning { .. }) if started.elapsed() < Duration::from_secs(2) => {
+            // The previous incarnation was killed just before this one started: its name is
+            // free once the kernel has finished it off (on a crowded machine, up to seconds).
+            Err(Error::AlreadyRunning { .. }) if started.elapsed() < NAME_WAIT => {
                 std::thread::sleep(Duration::from_millis(2));
             }
             Err(e) => return Err(other(e)),
@@ -439,9 +441,14 @@ impl Caller {
         match error {
             Error::Disconnected { .. } => {
                 // Blocked when the server was killed: how long the wake-up took.
-                if let Some(killed) = self.board.kill_between(Victim::Server, t0, t1) {
-                    self.ledger
-                        .write(Record::new(kind::WAKE, pattern, t1 - killed, 0, 0))?;
+                if let Some((killed, server)) = self.board.kill_between(Victim::Server, t0, t1) {
+                    self.ledger.write(Record::new(
+                        kind::WAKE,
+                        pattern,
+                        t1 - killed,
+                        u64::from(server),
+                        0,
+                    ))?;
                 }
             }
             Error::NotRunning { .. } => std::thread::sleep(Duration::from_millis(1)),
