@@ -26,11 +26,14 @@ pub(crate) fn peer(
     pair_seed: u64,
 ) -> io::Result<()> {
     let (board, ledger) = enter(common)?;
+    let mut rng = Rng::new(common.seed);
+    // The side that opens first sets the pair's rings: 4 to 256 KiB.
+    let options = Duplex::options().ring_capacity(4096 << (2 * rng.below(4)));
     let chan = loop {
         if board.stopped(Stop::Duplex) {
             return Ok(());
         }
-        match Duplex::open_timeout(name, Duration::from_millis(200)) {
+        match options.open_timeout(name, Duration::from_millis(200)) {
             Ok(chan) => break chan,
             Err(Error::Timeout) => {}
             Err(e) => {
@@ -47,7 +50,6 @@ pub(crate) fn peer(
     let board = Arc::new(board);
     {
         let (chan, ledger, board) = (chan.clone(), ledger.clone(), board.clone());
-        let mut rng = Rng::new(common.seed);
         std::thread::spawn(move || {
             let mut message = Vec::new();
             let mut seq = 0;

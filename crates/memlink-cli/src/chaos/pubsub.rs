@@ -30,9 +30,11 @@ pub(crate) fn publisher(common: &Common, topic: &str) -> io::Result<()> {
     let pid = std::process::id();
     let started = Instant::now();
     let mut rng = Rng::new(common.seed);
+    // 4, 16 or 64 samples kept (and given to a subscriber that joins).
+    let capacity = CAPACITY >> (2 * rng.below(3));
     let mut options = Publisher::options()
-        .capacity(CAPACITY)
-        .history(CAPACITY)
+        .capacity(capacity)
+        .history(capacity)
         .max_sample_size(MAX_SAMPLE)
         .max_subscribers(64)
         .max_subscribers_per_uid(64);

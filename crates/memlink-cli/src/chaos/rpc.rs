@@ -1,5 +1,5 @@
-//! Request/response under attack: the server process (1 to 3 workers, killed every ~2 s and
-//! restarted) and the client processes (one killed every ~50 ms and replaced; one or two calling
+//! Request/response under attack: the server process (1 to 3 workers, rings of 4 to 256 KiB,
+//! killed every ~2 s and restarted) and the client processes (one killed every ~50 ms and replaced; one or two calling
 //! threads sharing a `Client` of one or eight connections, one thread with timeouts, one
 //! without), plain calls and streams.
 //!
@@ -34,10 +34,15 @@ pub(crate) fn server(common: &Common, name: &str) -> io::Result<()> {
     let (_board, ledger) = enter(common)?;
     let pid = std::process::id();
     let started = Instant::now();
-    let workers = 1 + Rng::new(common.seed).below(3) as usize;
+    let mut rng = Rng::new(common.seed);
+    let workers = 1 + rng.below(3) as usize;
+    // Rings from the smallest (a 1 MiB message wraps a 4 KiB ring hundreds of times) to the
+    // default.
+    let ring = 4096 << (2 * rng.below(4));
     let server = loop {
         let bound = Server::options()
             .workers(workers)
+            .ring_capacity(ring)
             .max_clients(4096)
             .max_clients_per_uid(4096)
             .max_streams(256)
