@@ -48,6 +48,10 @@ fn a_short_chaos_run_attacks_every_pattern_and_every_promise_holds() {
     assert!(count(&rpc["calls"]) > 0, "{failure}");
     assert!(count(&rpc["replies_correct"]) > 0, "{failure}");
     assert!(count(&rpc["server_restarts"]) >= 1, "{failure}");
+    assert!(
+        count(&rpc["on_demand"]["servers_started"]) >= 1,
+        "{failure}"
+    );
     assert!(count(&report["kills"]["client"]) >= 1, "{failure}");
     for pattern in ["rpc", "streams", "duplex", "pubsub"] {
         assert_eq!(count(&report[pattern]["wrong"]), 0, "{pattern}: {failure}");

@@ -102,6 +102,19 @@ pub(crate) fn append(dir: &Path, pid: u32, record: Record) -> io::Result<()> {
         .write_all(&record.to_bytes())
 }
 
+/// The processes that wrote a ledger in `dir`.
+pub(crate) fn ledger_pids(dir: &Path) -> Vec<u32> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| {
+                let name = e.ok()?.file_name();
+                name.to_str()?.strip_suffix(".ledger")?.parse().ok()
+            })
+            .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Every whole record of process `pid`'s ledger (none if it never wrote one).
 pub(crate) fn read_ledger(dir: &Path, pid: u32) -> io::Result<Vec<Record>> {
     let mut bytes = Vec::new();
@@ -149,6 +162,8 @@ pub(crate) enum Victim {
     DuplexPeer = 3,
     Publisher = 4,
     Subscriber = 5,
+    /// A server a client started on demand.
+    OnDemandServer = 6,
 }
 
 const STOPS: usize = 0;
@@ -243,7 +258,7 @@ impl Board {
         now
     }
 
-    fn kills(&self) -> impl Iterator<Item = (Victim, u32, u64)> + '_ {
+    pub(crate) fn kills(&self) -> impl Iterator<Item = (Victim, u32, u64)> + '_ {
         (0..KILL_SLOTS).filter_map(move |slot| {
             let at = KILLS + slot * 16;
             let who = self.word(at)?.load(Ordering::Acquire);
@@ -254,10 +269,18 @@ impl Board {
                 3 => Victim::DuplexPeer,
                 4 => Victim::Publisher,
                 5 => Victim::Subscriber,
+                6 => Victim::OnDemandServer,
                 _ => return None,
             };
             Some((victim, who as u32, when))
         })
+    }
+
+    /// How many kills of a `victim` happened after `from` and no later than `to`.
+    pub(crate) fn kills_between(&self, victim: Victim, from: u64, to: u64) -> u64 {
+        self.kills()
+            .filter(|&(v, _, when)| v == victim && when > from && when <= to)
+            .count() as u64
     }
 
     /// When `pid` was killed, if the driver killed it.
@@ -267,12 +290,14 @@ impl Board {
             .map(|(_, _, when)| when)
     }
 
-    /// The first kill of a `victim` after `from` and no later than `to`: when, and whom.
+    /// The last kill of a `victim` after `from` and no later than `to`: when, and whom. (A call
+    /// whose server died before reading its request is sent again to the next server, so a
+    /// call can outlive two servers; its error then answers the last one's death.)
     pub(crate) fn kill_between(&self, victim: Victim, from: u64, to: u64) -> Option<(u64, u32)> {
         self.kills()
             .filter(|&(v, _, when)| v == victim && when > from && when <= to)
             .map(|(_, pid, when)| (when, pid))
-            .min()
+            .max()
     }
 }
 
@@ -325,6 +350,22 @@ pub(crate) fn thread_states(pid: u32) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Whether process `pid` has finished dying: every thread a zombie, or gone. (The leader
+/// turns zombie as soon as it exits, while the other threads may still be tearing down the
+/// memory and holding the descriptors.)
+pub(crate) fn is_dead(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.filter_map(Result::ok).all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).map_or(true, |stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| matches!(state, "Z" | "X"))
+        })
+    })
 }
 
 /// Processes whose parent is `parent` (zombies included).

@@ -87,6 +87,8 @@ use wire::{Rng, derive};
 pub(crate) const WAKE_GOAL: Duration = Duration::from_millis(100);
 /// Past this the run fails: a wake-up this late means a waiter was not woken by the death.
 pub(crate) const WAKE_BOUND: Duration = Duration::from_secs(1);
+/// Mean life of a server started on demand (or of one of its clients: either is killed).
+const ON_DEMAND_LIFE: Duration = Duration::from_millis(500);
 /// Mean life of a publisher.
 const PUBLISHER_LIFE: Duration = Duration::from_millis(1500);
 /// Mean interval between subscriber kills.
@@ -129,6 +131,12 @@ pub(crate) struct ChaosArgs {
     /// Subscriber processes.
     #[arg(long, default_value_t = 4)]
     subscribers: usize,
+    /// Client processes of a second service whose server they start on demand.
+    #[arg(long, default_value_t = 2)]
+    on_demand_clients: usize,
+    /// Keep the run's ledgers and standard errors even if every promise held.
+    #[arg(long)]
+    keep: bool,
 }
 
 /// What every chaos child is told.
@@ -146,7 +154,7 @@ pub(crate) struct Common {
     /// This process's own seed.
     #[arg(long)]
     seed: u64,
-    /// The driver's pid: a child whose parent is gone exits.
+    /// The driver's pid: a child whose parent is gone exits (0: a server started on demand).
     #[arg(long)]
     parent: u32,
 }
@@ -159,12 +167,18 @@ pub(crate) enum Role {
         common: Common,
         #[arg(long)]
         name: String,
+        /// Exit once no client has been connected for this long (a server started on demand).
+        #[arg(long)]
+        idle_exit_ms: Option<u64>,
     },
     RpcClient {
         #[command(flatten)]
         common: Common,
         #[arg(long)]
         name: String,
+        /// Start the server on demand whenever none runs.
+        #[arg(long)]
+        on_demand: bool,
     },
     DuplexPeer {
         #[command(flatten)]
@@ -197,8 +211,16 @@ pub(crate) enum Role {
 /// Runs a chaos child's role.
 pub(crate) fn run_role(role: Role) -> io::Result<()> {
     match role {
-        Role::RpcServer { common, name } => rpc::server(&common, &name),
-        Role::RpcClient { common, name } => rpc::client(&common, &name),
+        Role::RpcServer {
+            common,
+            name,
+            idle_exit_ms,
+        } => rpc::server(&common, &name, idle_exit_ms.map(Duration::from_millis)),
+        Role::RpcClient {
+            common,
+            name,
+            on_demand,
+        } => rpc::client(&common, &name, on_demand),
         Role::DuplexPeer {
             common,
             name,
@@ -222,10 +244,14 @@ pub(crate) fn other(e: impl std::fmt::Display) -> io::Error {
 /// A child's start: dies with the driver, opens the board and its ledger.
 fn enter(common: &Common) -> io::Result<(Board, Ledger)> {
     use rustix::process::{Signal, getppid, set_parent_process_death_signal};
-    set_parent_process_death_signal(Some(Signal::KILL))?;
-    // The driver may have died before the line above: then nobody would kill us.
-    if getppid().map(|p| p.as_raw_pid()) != i32::try_from(common.parent).ok() {
-        return Err(other("the chaos driver is gone"));
+    // A server started on demand (parent 0) outlives its launcher, as such servers do, and
+    // exits once idle.
+    if common.parent != 0 {
+        set_parent_process_death_signal(Some(Signal::KILL))?;
+        // The driver may have died before the line above: then nobody would kill us.
+        if getppid().map(|p| p.as_raw_pid()) != i32::try_from(common.parent).ok() {
+            return Err(other("the chaos driver is gone"));
+        }
     }
     let board = Board::open(&common.board).map_err(other)?;
     let ledger = Ledger::create(&common.dir)?;
@@ -259,7 +285,8 @@ pub(crate) mod kind {
     /// Client: a stream dropped on purpose (a call id, b items read, c items wanted).
     pub(crate) const STREAM_CANCELLED: u32 = 15;
     /// Client: woken by a server's death while blocked (aux pattern, a nanoseconds since the
-    /// kill, b the server's pid).
+    /// kill, b the server's pid, c the servers killed during the call << 56 | the instant it
+    /// ended).
     pub(crate) const WAKE: u32 = 17;
     /// Client: the first reply from a server (a server pid, b instant).
     pub(crate) const FIRST_REPLY: u32 = 18;
@@ -298,10 +325,12 @@ pub(crate) mod kind {
     pub(crate) const PATTERN_STREAM: u32 = 2;
     pub(crate) const PATTERN_DUPLEX: u32 = 3;
     pub(crate) const PATTERN_PUBSUB: u32 = 4;
+    /// Calls to a server started on demand.
+    pub(crate) const PATTERN_ON_DEMAND: u32 = 5;
 }
 
 /// Names of the error codes [`code`] gives.
-pub(crate) const ERROR_NAMES: [&str; 17] = [
+pub(crate) const ERROR_NAMES: [&str; 21] = [
     "other",
     "Disconnected",
     "NotRunning",
@@ -319,6 +348,10 @@ pub(crate) const ERROR_NAMES: [&str; 17] = [
     "AlreadyRunning",
     "Cancelled",
     "InvalidName",
+    "ServerSpawnFailed",
+    "ServerFailedToStart",
+    "ServerStartTimedOut",
+    "StartLockHeld",
 ];
 
 /// The error's kind as a small number (an index into [`ERROR_NAMES`]).
@@ -340,6 +373,10 @@ pub(crate) fn code(e: &Error) -> u32 {
         Error::AlreadyRunning { .. } => 14,
         Error::Cancelled => 15,
         Error::InvalidName { .. } => 16,
+        Error::ServerSpawnFailed { .. } => 17,
+        Error::ServerFailedToStart { .. } => 18,
+        Error::ServerStartTimedOut { .. } => 19,
+        Error::StartLockHeld { .. } => 20,
         _ => 0,
     }
 }
@@ -470,6 +507,37 @@ impl Dying {
         }
     }
 
+    /// Waits (on a thread of its own) for `pid`, not a child of ours, killed at `killed`, to be
+    /// dead: a zombie (its sockets closed, waiting for its parent) or gone.
+    fn watch_pid(&mut self, pid: u32, killed: u64) {
+        let tx = self.tx.clone();
+        self.count += 1;
+        let spawned = std::thread::Builder::new()
+            .name("chaos-reaper".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let mut slow = None;
+                while !ledger::is_dead(pid) && started.elapsed() < DEATH_LIMIT {
+                    if slow.is_none() && started.elapsed() > SLOW_DEATH {
+                        slow = Some(format!(
+                            "server started on demand {pid} not dead {SLOW_DEATH:?} after SIGKILL; its threads: {}",
+                            ledger::thread_states(pid)
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let _ = tx.send(Death {
+                    pid,
+                    killed,
+                    dead: ledger::now_ns(),
+                    slow,
+                });
+            });
+        if spawned.is_err() {
+            self.count -= 1;
+        }
+    }
+
     /// Notes the deaths reported since the last look.
     fn collect(&mut self, facts: &mut report::Facts) {
         while let Ok(death) = self.rx.try_recv() {
@@ -524,9 +592,15 @@ struct Driver {
     spawned: u64,
     me: u32,
     server_name: String,
+    /// The service whose server clients start on demand.
+    on_demand_name: String,
     topic: String,
     server: Option<Proc>,
     clients: Vec<Proc>,
+    on_demand_clients: Vec<Proc>,
+    /// Every process the driver spawned (others that come to it are orphans to reap).
+    ours: std::collections::HashSet<u32>,
+    next_orphan_look: Instant,
     long_lived: usize,
     pairs: Vec<Pair>,
     publisher: Option<Proc>,
@@ -579,6 +653,8 @@ pub(crate) fn run(args: &ChaosArgs) -> Result<(), Box<dyn std::error::Error>> {
         keep: false,
     };
     std::fs::create_dir_all(&dir.path)?;
+    // Servers that clients start on demand outlive a killed launcher: they come to us.
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))?;
     let interrupted = Arc::new(AtomicBool::new(false));
     {
         let interrupted = interrupted.clone();
@@ -604,9 +680,13 @@ pub(crate) fn run(args: &ChaosArgs) -> Result<(), Box<dyn std::error::Error>> {
         spawned: 0,
         me,
         server_name: format!("{tag}rpc"),
+        on_demand_name: format!("{tag}od"),
         topic: format!("{tag}topic"),
         server: None,
         clients: Vec::new(),
+        on_demand_clients: Vec::new(),
+        ours: std::collections::HashSet::new(),
+        next_orphan_look: Instant::now(),
         long_lived: LONG_LIVED_CLIENTS.min(args.clients.max(1)),
         pairs: Vec::new(),
         publisher: None,
@@ -622,13 +702,26 @@ pub(crate) fn run(args: &ChaosArgs) -> Result<(), Box<dyn std::error::Error>> {
     driver.wind_down();
     attacked?;
     driver.facts.interrupted = interrupted.load(Ordering::SeqCst);
+    if args.keep {
+        // For a post-mortem: every kill (what, pid, when) and when the victim was dead.
+        let mut kills: Vec<String> = driver
+            .board
+            .kills()
+            .map(|(victim, pid, at)| {
+                let dead = driver.facts.deaths.get(&pid).map_or(0, |d| d.1);
+                format!("{victim:?}\t{pid}\t{at}\t{dead}")
+            })
+            .collect();
+        kills.sort_by_key(|line| line.split('\t').nth(2).map(str::to_owned));
+        std::fs::write(driver.dir.join("kills.tsv"), kills.join("\n"))?;
+    }
     let totals = report::Totals::of(&driver.board);
     let mut report = report::analyse(&driver.dir, &driver.facts, &totals)?;
     let Driver { board, .. } = driver;
     drop(board);
     // Everything is reaped and the board is gone: now nothing of the run may remain.
     report.cleanup(me, &tag);
-    dir.keep = !report.passed() && !report.interrupted();
+    dir.keep = args.keep || (!report.passed() && !report.interrupted());
     if args.json {
         println!("{}", report.to_json());
     } else {
@@ -672,6 +765,7 @@ impl Driver {
         let child = command.spawn()?;
         self.facts.slowest_spawn = self.facts.slowest_spawn.max(started.elapsed());
         let pid = child.id();
+        self.ours.insert(pid);
         Ok(Proc {
             child,
             role,
@@ -692,6 +786,17 @@ impl Driver {
 
     fn spawn_client(&mut self) -> io::Result<Proc> {
         let args = ["--name".to_owned(), self.server_name.clone()];
+        let client = self.spawn("rpc-client", &args)?;
+        self.facts.clients.push(report::Life::new(client.pid));
+        Ok(client)
+    }
+
+    fn spawn_on_demand_client(&mut self) -> io::Result<Proc> {
+        let args = [
+            "--name".to_owned(),
+            self.on_demand_name.clone(),
+            "--on-demand".to_owned(),
+        ];
         let client = self.spawn("rpc-client", &args)?;
         self.facts.clients.push(report::Life::new(client.pid));
         Ok(client)
@@ -784,6 +889,10 @@ impl Driver {
             let client = self.spawn_client()?;
             self.clients.push(client);
         }
+        for _ in 0..self.args.on_demand_clients {
+            let client = self.spawn_on_demand_client()?;
+            self.on_demand_clients.push(client);
+        }
         self.spawn_publisher()?;
         for slot in 0..self.args.subscribers {
             let subscriber = self.spawn_subscriber(slot)?;
@@ -815,6 +924,7 @@ impl Driver {
         let mut next_server_kill = start + self.rng.jitter(server_every, 25);
         let mut next_publisher_kill = start + self.rng.jitter(PUBLISHER_LIFE, 25);
         let mut next_subscriber_kill = start + self.rng.jitter(SUBSCRIBER_KILL, 50);
+        let mut next_on_demand_kill = start + self.rng.jitter(ON_DEMAND_LIFE, 25);
         let warm_up = start + Duration::from_secs(1).min(Duration::from_secs(seconds) / 3);
         let mut sampled = false;
         let mut next_draw = start;
@@ -845,6 +955,10 @@ impl Driver {
             if now >= next_subscriber_kill {
                 next_subscriber_kill = now + self.rng.jitter(SUBSCRIBER_KILL, 50);
                 self.kill_subscriber()?;
+            }
+            if now >= next_on_demand_kill {
+                next_on_demand_kill = now + self.rng.jitter(ON_DEMAND_LIFE, 25);
+                self.kill_on_demand()?;
             }
             self.watch()?;
             if now >= next_draw {
@@ -962,6 +1076,62 @@ impl Driver {
         self.dying.watch(proc);
     }
 
+    /// Kills a client of the on-demand service (maybe the one that started its server, which
+    /// then comes to the driver when it exits) and starts another.
+    fn kill_on_demand_client(&mut self) -> io::Result<()> {
+        if self.on_demand_clients.is_empty() {
+            return Ok(());
+        }
+        let slot = self.rng.below(self.on_demand_clients.len() as u64) as usize;
+        let replacement = self.spawn_on_demand_client()?;
+        let victim = std::mem::replace(&mut self.on_demand_clients[slot], replacement);
+        self.execute(Victim::Client, victim);
+        self.facts.kills.client += 1;
+        Ok(())
+    }
+
+    /// Kills the server its clients started on demand (not the driver's child: it learns the
+    /// pid from the server itself); the next call of a client starts another.
+    fn kill_on_demand(&mut self) -> io::Result<()> {
+        if self.rng.percent(50) {
+            return self.kill_on_demand_client();
+        }
+        let Ok(stats) = memlink::rpc::server_stats(&self.on_demand_name) else {
+            return Ok(());
+        };
+        if let Some(pid) = rustix::process::Pid::from_raw(stats.pid as i32) {
+            let at = self.board.note_kill(Victim::OnDemandServer, stats.pid);
+            if rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok() {
+                self.facts.kills.on_demand_server += 1;
+                self.dying.watch_pid(stats.pid, at);
+            }
+        }
+        Ok(())
+    }
+
+    /// Processes that came to the driver as orphans (servers started on demand whose launcher
+    /// died): its children that it did not spawn.
+    fn orphans(&self) -> Vec<u32> {
+        ledger::children_of(self.me)
+            .into_iter()
+            .filter(|pid| !self.ours.contains(pid))
+            .collect()
+    }
+
+    /// Reaps the orphans that have exited.
+    fn reap_orphans(&mut self) {
+        for raw in self.orphans() {
+            let Some(pid) = rustix::process::Pid::from_raw(raw as i32) else {
+                continue;
+            };
+            if let Ok(Some(_)) =
+                rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG)
+            {
+                self.facts.orphans_reaped += 1;
+            }
+        }
+    }
+
     /// Notes the deaths of killed children that have died since the last look.
     fn reap_dying(&mut self) {
         self.dying.collect(&mut self.facts);
@@ -980,6 +1150,10 @@ impl Driver {
     /// Replaces children that exited by themselves, and moves the duplex pairs along.
     fn watch(&mut self) -> io::Result<()> {
         self.reap_dying();
+        if Instant::now() >= self.next_orphan_look {
+            self.next_orphan_look = Instant::now() + Duration::from_millis(50);
+            self.reap_orphans();
+        }
         if let Some(status) = self.server.as_mut().and_then(Proc::poll) {
             if let Some(server) = self.server.take() {
                 self.unexpected(&server, status);
@@ -990,6 +1164,13 @@ impl Driver {
             if let Some(status) = self.clients[slot].poll() {
                 let replacement = self.spawn_client()?;
                 let gone = std::mem::replace(&mut self.clients[slot], replacement);
+                self.unexpected(&gone, status);
+            }
+        }
+        for slot in 0..self.on_demand_clients.len() {
+            if let Some(status) = self.on_demand_clients[slot].poll() {
+                let replacement = self.spawn_on_demand_client()?;
+                let gone = std::mem::replace(&mut self.on_demand_clients[slot], replacement);
                 self.unexpected(&gone, status);
             }
         }
@@ -1176,6 +1357,7 @@ impl Driver {
         self.board.stop(Stop::Duplex);
         self.board.stop(Stop::Subscribers);
         let mut stopping: Vec<Proc> = std::mem::take(&mut self.clients);
+        stopping.extend(std::mem::take(&mut self.on_demand_clients));
         stopping.extend(std::mem::take(&mut self.subscribers));
         for pair in std::mem::take(&mut self.pairs) {
             stopping.extend(pair.sides);
@@ -1189,6 +1371,24 @@ impl Driver {
         if let Some(server) = self.server.take() {
             server.terminate();
             self.await_exit(vec![server], Duration::from_secs(5));
+        }
+        // The server started on demand exits a second after its last client left; if its
+        // launcher is gone it comes to the driver (the subreaper) to be reaped.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.reap_orphans();
+            let serving = memlink::rpc::server_stats(&self.on_demand_name).ok();
+            if serving.is_none() && self.orphans().is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                self.facts.stuck.push(format!(
+                    "the server started on demand ({:?}) did not exit when idle",
+                    serving.map(|s| s.pid)
+                ));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
         // The killed ones that are not dead yet.
         let deadline = Instant::now() + DEATH_LIMIT;

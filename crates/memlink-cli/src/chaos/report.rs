@@ -79,6 +79,7 @@ pub(crate) struct Kills {
     pub(crate) duplex_early: u64,
     pub(crate) publisher: u64,
     pub(crate) subscriber: u64,
+    pub(crate) on_demand_server: u64,
 }
 
 /// What the driver knows at the end of the run.
@@ -108,6 +109,8 @@ pub(crate) struct Facts {
     pub(crate) deaths: HashMap<u32, (u64, u64)>,
     /// Killed children that took long to die, and what their threads were doing.
     pub(crate) slow_deaths: Vec<String>,
+    /// Servers started on demand that came to the driver when their launcher died.
+    pub(crate) orphans_reaped: u64,
 }
 
 impl Facts {
@@ -264,6 +267,9 @@ struct Rpc {
     executed_unanswered: u64,
     ended_by_client_death: u64,
     bad_requests: u64,
+    on_demand_servers: u64,
+    orphans_reaped: u64,
+    on_demand_wake: Wake,
     wake: Wake,
     service_back: Dist,
     restarts_without_reply: u64,
@@ -402,6 +408,7 @@ pub(crate) fn analyse(dir: &Path, facts: &Facts, totals: &Totals) -> io::Result<
         sockets_left: Vec::new(),
         children_left: Vec::new(),
     };
+    report.rpc.orphans_reaped = facts.orphans_reaped;
     rpc(dir, facts, totals, &mut report)?;
     duplex(dir, facts, totals, &mut report)?;
     pubsub(dir, facts, totals, &mut report)?;
@@ -412,13 +419,35 @@ fn rpc(dir: &Path, facts: &Facts, totals: &Totals, report: &mut Report) -> io::R
     let r = &mut report.rpc;
     let s = &mut report.streams;
     let mut executions = Executions::new();
-    for server in &facts.servers {
-        for record in read_ledger(dir, server.pid)? {
+    // The driver's servers, and those its clients started on demand (which it did not spawn:
+    // they are the other ledgers that say a server came up).
+    let known: HashSet<u32> = facts
+        .servers
+        .iter()
+        .chain(&facts.clients)
+        .chain(&facts.publishers)
+        .chain(&facts.subscribers)
+        .map(|l| l.pid)
+        .chain(facts.duplex_peers.iter().copied())
+        .collect();
+    let mut servers: Vec<u32> = facts.servers.iter().map(|l| l.pid).collect();
+    for pid in ledger::ledger_pids(dir) {
+        if !known.contains(&pid)
+            && read_ledger(dir, pid)?
+                .first()
+                .is_some_and(|r| r.kind == kind::SERVER_UP)
+        {
+            servers.push(pid);
+            r.on_demand_servers += 1;
+        }
+    }
+    for &server in &servers {
+        for record in read_ledger(dir, server)? {
             match record.kind {
                 kind::EXECUTED | kind::STREAM_STARTED | kind::STREAM_DONE => executions
                     .entry(record.a)
                     .or_default()
-                    .push((record.b, record.kind, server.pid)),
+                    .push((record.b, record.kind, server)),
                 kind::BAD_REQUEST => r.bad_requests += 1,
                 _ => {}
             }
@@ -498,6 +527,9 @@ fn rpc(dir: &Path, facts: &Facts, totals: &Totals, report: &mut Report) -> io::R
                 }
                 kind::WRONG if aux == kind::PATTERN_STREAM => s.wrong += 1,
                 kind::WRONG => r.wrong += 1,
+                kind::WAKE if aux == kind::PATTERN_ON_DEMAND => {
+                    r.on_demand_wake.push(a, b as u32, &facts.deaths);
+                }
                 kind::WAKE => r.wake.push(a, b as u32, &facts.deaths),
                 kind::FIRST_REPLY => {
                     let first = first_reply.entry(a as u32).or_insert(b);
@@ -546,6 +578,7 @@ fn rpc(dir: &Path, facts: &Facts, totals: &Totals, report: &mut Report) -> io::R
         }
     }
     r.wake.finish();
+    r.on_demand_wake.finish();
     for pair in facts.servers.windows(2) {
         match (pair[0].killed_at, first_reply.get(&pair[1].pid)) {
             (Some(killed), Some(&first)) => r.service_back.push(first.saturating_sub(killed)),
@@ -736,10 +769,15 @@ impl Report {
 
     /// The latest a peer was woken after its victim was dead.
     fn worst_wake(&self) -> Option<Duration> {
-        [&self.rpc.wake, &self.duplex.wake, &self.pubsub.wake]
-            .iter()
-            .filter_map(|w| w.after_death.max())
-            .max()
+        [
+            &self.rpc.wake,
+            &self.rpc.on_demand_wake,
+            &self.duplex.wake,
+            &self.pubsub.wake,
+        ]
+        .iter()
+        .filter_map(|w| w.after_death.max())
+        .max()
     }
 
     fn leaked_fds(&self) -> Vec<String> {
@@ -867,6 +905,7 @@ impl Report {
                 "duplex_peer_while_pairing": self.kills.duplex_early,
                 "publisher": self.kills.publisher,
                 "subscriber": self.kills.subscriber,
+                "on_demand_server": self.kills.on_demand_server,
             },
             "rpc": {
                 "calls": self.rpc.calls,
@@ -884,6 +923,12 @@ impl Report {
                 "wake_after_server_death": self.rpc.wake.json(),
                 "service_back_after_restart": self.rpc.service_back.json(),
                 "restarts_without_reply": self.rpc.restarts_without_reply,
+                "on_demand": {
+                    "servers_started": self.rpc.on_demand_servers,
+                    "servers_killed": self.kills.on_demand_server,
+                    "orphans_reaped": self.rpc.orphans_reaped,
+                    "wake_after_server_death": self.rpc.on_demand_wake.json(),
+                },
             },
             "streams": {
                 "started": self.streams.started,
@@ -1024,6 +1069,21 @@ impl Report {
             "server death to first reply from the next",
             r.service_back.text(),
             String::new(),
+        );
+        row(
+            "",
+            "servers started on demand by clients / killed / orphans reaped",
+            format!(
+                "{} / {} / {}",
+                r.on_demand_servers, self.kills.on_demand_server, r.orphans_reaped
+            ),
+            String::new(),
+        );
+        row(
+            "",
+            "on-demand server death to blocked caller's error",
+            r.on_demand_wake.text(),
+            r.on_demand_wake.promise(),
         );
         let s = &self.streams;
         row(

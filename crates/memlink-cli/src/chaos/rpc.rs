@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use memlink::{Client, Error, Server, StreamSink};
+use memlink::{Client, Error, Server, ServerCommand, StreamSink};
 
 use super::ledger::{Board, Counter, Ledger, Record, Stop, Victim, now_ns};
 use super::wire::{self, MAX_PAYLOAD, Request, Rng};
@@ -30,7 +30,7 @@ const STREAM_PERCENT: u64 = 10;
 const CANCEL_PERCENT: u64 = 30;
 
 /// `memlink __chaos rpc-server`: serves until killed (or SIGTERM at the end of the run).
-pub(crate) fn server(common: &Common, name: &str) -> io::Result<()> {
+pub(crate) fn server(common: &Common, name: &str, idle_exit: Option<Duration>) -> io::Result<()> {
     let (_board, ledger) = enter(common)?;
     let pid = std::process::id();
     let started = Instant::now();
@@ -39,8 +39,13 @@ pub(crate) fn server(common: &Common, name: &str) -> io::Result<()> {
     // Rings from the smallest (a 1 MiB message wraps a 4 KiB ring hundreds of times) to the
     // default.
     let ring = 4096 << (2 * rng.below(4));
+    let mut options = Server::options();
+    if let Some(idle) = idle_exit {
+        options = options.exit_when_idle(idle);
+    }
     let server = loop {
-        let bound = Server::options()
+        let bound = options
+            .clone()
             .workers(workers)
             .ring_capacity(ring)
             .max_clients(4096)
@@ -136,6 +141,8 @@ struct Caller {
     thread: u64,
     /// Whether this thread gives its calls a timeout (or waits as long as it takes).
     timed: bool,
+    /// What kind of server it calls (whose kills it looks for when woken by a death).
+    victim: Victim,
     rng: Rng,
     /// Servers this thread has had a reply from (it writes down the first reply from each).
     servers_seen: Vec<u32>,
@@ -171,19 +178,43 @@ impl Watch {
 /// `memlink __chaos rpc-client`: calls until told to stop (or killed), from one or two
 /// threads sharing one `Client`; one thread gives its calls a timeout, the other waits as long
 /// as it takes, with a watchdog writing down any call that takes longer than [`CALL_TIMEOUT`].
-pub(crate) fn client(common: &Common, name: &str) -> io::Result<()> {
+pub(crate) fn client(common: &Common, name: &str, on_demand: bool) -> io::Result<()> {
     let (board, ledger) = enter(common)?;
     let mut rng = Rng::new(common.seed);
     let threads = 1 + rng.below(2);
     // Half the clients have one connection for their threads to share: then a thread waits
     // for the other's call (or stream) to end before it can call.
     let connections = if rng.percent(50) { 1 } else { 8 };
-    let options = Client::options().max_concurrent_calls(connections);
+    let mut options = Client::options().max_concurrent_calls(connections);
+    if on_demand {
+        // This very program as the server, exiting after a second without clients.
+        let command = ServerCommand::current_exe()
+            .map_err(other)?
+            .arg("__chaos")
+            .arg("rpc-server")
+            .arg("--dir")
+            .arg(&common.dir)
+            .args(["--board", &common.board])
+            .args(["--run-seed", &common.run_seed.to_string()])
+            .args(["--seed", &rng.next_u64().to_string()])
+            .args(["--parent", "0", "--name", name, "--idle-exit-ms", "1000"]);
+        options = options.start_server(command);
+    }
+    let victim = if on_demand {
+        Victim::OnDemandServer
+    } else {
+        Victim::Server
+    };
     let client = loop {
         if board.stopped(Stop::Clients) {
             return Ok(());
         }
-        match options.connect_timeout(name, Duration::from_secs(1)) {
+        let connected = if on_demand {
+            options.connect(name)
+        } else {
+            options.connect_timeout(name, Duration::from_secs(1))
+        };
+        match connected {
             Ok(client) => break client,
             Err(e) => {
                 ledger.write(Record::new(kind::CONNECT_FAILED, code(&e), 0, 0, 0))?;
@@ -200,6 +231,7 @@ pub(crate) fn client(common: &Common, name: &str) -> io::Result<()> {
             thread,
             timed: thread == 0,
             rng: Rng::new(wire::derive(common.seed, thread + 1)),
+            victim,
             servers_seen: Vec::new(),
             sent: Vec::new(),
             reply: Vec::new(),
@@ -446,13 +478,21 @@ impl Caller {
         match error {
             Error::Disconnected { .. } => {
                 // Blocked when the server was killed: how long the wake-up took.
-                if let Some((killed, server)) = self.board.kill_between(Victim::Server, t0, t1) {
+                if let Some((killed, server)) = self.board.kill_between(self.victim, t0, t1) {
+                    let pattern = if self.victim == Victim::OnDemandServer {
+                        kind::PATTERN_ON_DEMAND
+                    } else {
+                        pattern
+                    };
+                    let kills = self.board.kills_between(self.victim, t0, t1);
                     self.ledger.write(Record::new(
                         kind::WAKE,
                         pattern,
                         t1 - killed,
                         u64::from(server),
-                        0,
+                        // How many servers died during the call (more than one: it was sent
+                        // again to the next server, which died too), and when it ended.
+                        (kills << 56) | t1.min((1 << 56) - 1),
                     ))?;
                 }
             }
