@@ -10,6 +10,10 @@
 //!   them dropped part-way. Every ~50 ms (±50%) one of them is `SIGKILL`ed and replaced, except
 //!   the first two, which live through the whole run (the survivors whose descriptors and
 //!   memory are compared);
+//! - a second rpc service whose clients (`--on-demand-clients`, 2) start its server themselves
+//!   when none runs (`ClientOptions::start_server`; the server exits after a second without
+//!   clients); every ~500 ms the driver kills that server or one of its clients, so a launcher
+//!   may die and leave its server to the driver (the subreaper), which reaps it;
 //! - duplex **pairs** exchanging numbered messages of up to 512 KiB both ways; ~300 ms after a
 //!   pair forms, one side (chosen at random) is `SIGKILL`ed, and the survivor must drain and get
 //!   `Disconnected`; 30% of pairs also lose a side within 40 ms of starting, before, during or
@@ -56,8 +60,10 @@
 //! publisher published). A killed process keeps its sockets until the kernel has torn down its
 //! memory, which on a crowded machine can take seconds (we saw a victim wait 13 s in
 //! `exit_mmap` for a mapping lock), so a thread of the driver notes when each victim is dead
-//! (within a millisecond), and each wake-up is also reported from that moment: the part memlink
-//! controls. The goal is 100 ms from the `SIGKILL`; the run fails if a peer was woken more than
+//! (every thread of it gone, within a millisecond), and each wake-up is also reported from that
+//! moment: the part memlink controls. A call whose server died before reading its request is
+//! sent again to the next server; if that one dies too, the call is measured from the last
+//! kill. The goal is 100 ms from the `SIGKILL`; the run fails if a peer was woken more than
 //! [`WAKE_BOUND`] (1 s) after its victim was dead, a generous bound for a small shared machine
 //! where a woken process may wait for a CPU.
 
