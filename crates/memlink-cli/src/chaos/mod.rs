@@ -974,6 +974,9 @@ impl Driver {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+        if !interrupted.load(Ordering::SeqCst) {
+            self.kill_each_once()?;
+        }
         let end_usage = self.survivors();
         for (row, end) in self.facts.usage.iter_mut().zip(end_usage) {
             if row.pid == end.pid {
@@ -1082,6 +1085,30 @@ impl Driver {
         self.dying.watch(proc);
     }
 
+    /// However short the run (or slow the machine), every kind of process is killed at least
+    /// once: what was not killed yet is killed now, at the end.
+    fn kill_each_once(&mut self) -> io::Result<()> {
+        if self.facts.kills.server == 0 {
+            self.kill_server()?;
+        }
+        if self.facts.kills.publisher == 0 {
+            self.kill_publisher()?;
+        }
+        if self.facts.kills.on_demand_server == 0 && !self.on_demand_clients.is_empty() {
+            self.kill_on_demand_server();
+        }
+        if self.facts.kills.duplex == 0 {
+            let now = Instant::now();
+            for index in 0..self.pairs.len() {
+                if let PairState::Running { kill_at } = &mut self.pairs[index].state {
+                    *kill_at = now;
+                    self.step_pair(index)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Kills a client of the on-demand service (maybe the one that started its server, which
     /// then comes to the driver when it exits) and starts another.
     fn kill_on_demand_client(&mut self) -> io::Result<()> {
@@ -1102,8 +1129,14 @@ impl Driver {
         if self.rng.percent(50) {
             return self.kill_on_demand_client();
         }
+        self.kill_on_demand_server();
+        Ok(())
+    }
+
+    /// Kills the server started on demand, if one runs.
+    fn kill_on_demand_server(&mut self) {
         let Ok(stats) = memlink::rpc::server_stats(&self.on_demand_name) else {
-            return Ok(());
+            return;
         };
         if let Some(pid) = rustix::process::Pid::from_raw(stats.pid as i32) {
             let at = self.board.note_kill(Victim::OnDemandServer, stats.pid);
@@ -1112,7 +1145,6 @@ impl Driver {
                 self.dying.watch_pid(stats.pid, at);
             }
         }
-        Ok(())
     }
 
     /// Processes that came to the driver as orphans (servers started on demand whose launcher
