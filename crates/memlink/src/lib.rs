@@ -34,7 +34,7 @@ pub mod pubsub;
 pub mod rpc;
 
 pub use duplex::{Duplex, DuplexOptions, TrySendError};
-pub use error::{Error, Result};
+pub use error::{Error, Result, StartLimit};
 pub use memory::header::ObjectKind;
 pub use memory::inventory;
 pub use memory::name::{MAX_NAME_LEN, validate_name};
