@@ -158,8 +158,11 @@ pub mod ring_op {
     pub const ROOM_FOR_ALL: u8 = 6;
     /// `allowed u8`: the producer allows or forbids early wraps.
     pub const EARLY_WRAP: u8 = 7;
+    /// `n u16, n bytes`: the peer fills the data area with bytes from its start (repeated to
+    /// its end, so that every record slot holds some of them).
+    pub const FILL: u8 = 8;
     /// How many operations there are.
-    pub const COUNT: u8 = 8;
+    pub const COUNT: u8 = 9;
 }
 
 fn payload(seed: u8, len: usize) -> Vec<u8> {
@@ -306,9 +309,18 @@ pub fn ring(data: &[u8]) {
                     assert!(needed <= capacity, "{needed} bytes approved in {capacity}");
                 }
             }
-            _ => {
+            ring_op::EARLY_WRAP => {
                 let Some(allowed) = input.u8() else { break };
                 producer.set_early_wrap(allowed & 1 != 0);
+            }
+            _ => {
+                let Some(n) = input.u16() else { break };
+                let pattern = input.take_some(usize::from(n));
+                if !pattern.is_empty() {
+                    let tiled: Vec<u8> = pattern.iter().copied().cycle().take(capacity).collect();
+                    fill(&map, CONTROL_LEN, &tiled);
+                    tampered = true;
+                }
             }
         }
     }
@@ -576,14 +588,13 @@ pub fn holds(data: &[u8]) {
 
 // --- fragment reassembly -----------------------------------------------------------------------
 
-/// The receiving side of a message in fragments: `max u32` (the agreed maximum), then record
+/// The receiving side of a message in fragments: `max u64` (the agreed maximum), then record
 /// headers of 24 bytes each, decoded as the ring does, fed to `Reassembly` with message ids
 /// expected in sequence from 1. After a refusal the connection would be dropped; here reassembly
 /// starts over. Checks every completed message against a plain model.
 pub fn reassembly(data: &[u8]) {
     let mut input = Input(data);
-    let Some(max) = input.u32() else { return };
-    let max = u64::from(max);
+    let Some(max) = input.u64() else { return };
     let mut reassembly = Reassembly::default();
     let mut next_id = 1u64;
     // The model: (id, announced length, bytes taken) of the message in progress.
@@ -916,6 +927,19 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         .u32(1)
         .u8(TAKE);
     add("ring", "padding", padding.0);
+    // The data area full of one record header repeated, with a stamp for position 0.
+    let mut line = stamp(0, RING_KEY).to_le_bytes().to_vec();
+    line.extend_from_slice(&header.encode());
+    line.resize(64, 0xa5);
+    let filled = Bytes::default()
+        .u8(0)
+        .u8(FILL)
+        .u16(64)
+        .bytes(&line)
+        .u8(HAS_DATA)
+        .u8(TAKE)
+        .u8(TAKE);
+    add("ring", "filled", filled.0);
 
     let capacity = 4096u32;
     let keys = Bytes::default()
@@ -1114,7 +1138,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         .encode()
     };
     let message = Bytes::default()
-        .u32(100)
+        .u64(100)
         .bytes(&fragment(0, FIRST | LAST, 1, 0))
         .bytes(&fragment(40, FIRST, 2, 90))
         .bytes(&fragment(40, 0, 2, 90))
@@ -1122,7 +1146,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         .bytes(&fragment(5, FIRST | LAST | 0x100, 3, 5));
     add("reassembly", "messages", message.0);
     let refused = Bytes::default()
-        .u32(10)
+        .u64(10)
         .bytes(&fragment(1, LAST, 1, 1))
         .bytes(&fragment(11, FIRST | LAST, 1, 11))
         .bytes(&fragment(0, FIRST, 1, 4))
