@@ -14,15 +14,15 @@
 //!
 //! | target          | drives                                                                 |
 //! |-----------------|------------------------------------------------------------------------|
-//! | `record_header` | `memory::ring::RecordHeader::decode`                                    |
+//! | `record_header` | `memory::ring::RecordHeader::decode`                                   |
 //! | `ring`          | a real `Producer` and `Consumer` over a memfd ring that a hostile peer |
-//! |                 | scribbles on between operations (records, stamps, indices)             |
+//! |                 | fills or scribbles on between operations (records, stamps, indices)    |
 //! | `region`        | `link::protocol::RegionLayout::read`, the rings and wake words built   |
 //! |                 | on it (`link::wake`)                                                   |
-//! | `handshake`     | `Hello`, `Welcome`, `Goodbye` decode (`link::protocol`)               |
+//! | `handshake`     | `Hello`, `Welcome`, `Goodbye` decode (`link::protocol`)                |
 //! | `rpc_stats`     | `rpc::protocol::Stats::decode`                                         |
 //! | `topic_stats`   | `pubsub::TopicStats::decode`                                           |
-//! | `object_header` | `memory::header::ObjectHeader::decode`, `memory::segment::read_header`  |
+//! | `object_header` | `memory::header::ObjectHeader::decode`, `memory::segment::read_header` |
 //! | `broadcast`     | `memory::broadcast::{read_header, head, read_entry, still_describes}`  |
 //! | `holds`         | `memory::broadcast::{Holds::add, held_count, cursor}`                  |
 //! | `reassembly`    | `link::fragment::Reassembly` over decoded record headers               |

@@ -577,7 +577,9 @@ fn scan_holds(topic: &Topic, slot: u32, bug: Bug) -> bool {
 /// (`Subscriber::take_from`, `Sample`'s drop) reads entry 0; if it is ready it holds the slot,
 /// checks the entry still describes sample 0, reads the slot and releases it, or lets go and
 /// reads the entry again. A slot it confirmed must still hold sample 0's bytes when it reads it
-/// (and loom reports any write to it that is not ordered after the read as a data race).
+/// (and loom reports any write to it that is not ordered after the read as a data race). Left
+/// out: the `head` word (`broadcast::set_head`, read by a subscriber only to count what it
+/// missed), wake-ups and the free list's bookkeeping, which touch no shared slot or entry.
 fn holds_model(name: &str, bug: Bug) {
     check(name, move || {
         let topic = Arc::new(Topic {
