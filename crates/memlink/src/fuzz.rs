@@ -696,6 +696,12 @@ pub fn sync_state(data: &[u8]) {
     let Some(segment) = sync_segment() else {
         return;
     };
+    // One input at a time: the corpus replay runs targets on several test threads, and two
+    // inputs writing the same segment would break each other's checks.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let offset = usize::from(offset) % (segment.len() + 8);
     if segment.write(0, &[0; 4096]).is_err() {
         return;
