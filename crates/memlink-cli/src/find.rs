@@ -3,9 +3,9 @@
 //!
 //! Each user has one search server (`memlink-find.UID`: service names are shared by every user
 //! of the machine, so the uid keeps users apart). A `find` that finds none running starts it by
-//! running this very binary again as `memlink __find-server NAME` (the library makes sure that
-//! of many `find`s starting at once only one starts a server, and detaches it); the server
-//! serves every later `find` and exits once unused for a minute. It runs in `/`, so `find`
+//! running this very binary again as `memlink __find-server --idle-secs N -- NAME` (the library
+//! makes sure that of many `find`s starting at once only one starts a server, and detaches it);
+//! the server serves every later `find` and exits once unused for a minute. It runs in `/`, so `find`
 //! sends the directory as an absolute path.
 //!
 //! Wire format: a request is the absolute directory, a NUL byte, and the pattern; each streamed
@@ -40,11 +40,13 @@ pub(crate) fn run(
     if !dir.is_dir() {
         return Err(format!("{}: not a directory", path.display()).into());
     }
+    // `--` before the name: a name may start with `-`, which would otherwise read as an option.
     let command = ServerCommand::current_exe()?.args([
         OsStr::new(SERVER_SUBCOMMAND),
-        OsStr::new(server),
         OsStr::new("--idle-secs"),
         OsStr::new(&server_idle.as_secs().to_string()),
+        OsStr::new("--"),
+        OsStr::new(server),
     ]);
     let client = ClientOptions::new().start_server(command).connect(server)?;
     let mut request = dir.into_os_string().into_vec();
@@ -64,9 +66,13 @@ pub(crate) fn run(
             path.display()
         )
         .and_then(|()| out.flush());
-        if line.is_err() {
-            // stdout closed (`memlink find ... | head`): dropping the stream stops the search.
-            return Ok(());
+        match line {
+            Ok(()) => {}
+            // stdout closed (`memlink find ... | head`): not an error. Dropping the stream
+            // stops the search.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            // Anything else (a full disk, an I/O error) leaves the output truncated: say so.
+            Err(e) => return Err(format!("writing the matches to standard output: {e}").into()),
         }
         matches += 1;
     }

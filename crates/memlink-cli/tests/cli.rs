@@ -445,9 +445,9 @@ fn matches(out: &Output) -> std::collections::BTreeMap<String, (u64, String)> {
         .collect()
 }
 
-/// Running `memlink __find-server NAME` processes.
+/// Running `memlink __find-server ... -- NAME` processes.
 fn find_servers(name: &str) -> Vec<u32> {
-    let wanted = format!("__find-server\0{name}\0");
+    let wanted = format!("\0--\0{name}\0");
     std::fs::read_dir("/proc")
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
@@ -528,23 +528,90 @@ fn find_starts_its_server_on_demand_and_the_next_find_reuses_it() {
 }
 
 #[test]
-fn find_reports_a_missing_directory_and_starts_no_server() {
+fn find_refuses_a_missing_directory_or_a_file_before_it_starts_a_server() {
+    adopt_orphans();
     let server = unique("find-missing");
-    let out = memlink(&[
-        "find",
-        "/nonexistent/memlink-test",
-        "x",
-        "--server",
-        &server,
-    ]);
-    assert!(!out.status.success());
+    // Should a regression start the server before looking at the path, it is found, and killed.
+    let _cleanup = KillFindServers(server.clone());
+    let tree = TempTree::new("find-missing", &[("file.txt", "not a directory")]);
+    for (path, complaint) in [
+        ("/nonexistent/memlink-test".to_owned(), "No such file"),
+        (tree.path("file.txt"), "not a directory"),
+    ] {
+        let out = memlink(&["find", &path, "x", "--server", &server]);
+        assert!(!out.status.success(), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("{path}: {complaint}")), "{out:?}");
+        assert!(
+            find_servers(&server).is_empty(),
+            "{path}: a server was started"
+        );
+        assert!(matches!(
+            memlink::rpc::server_stats(&server),
+            Err(memlink::Error::NotRunning { .. })
+        ));
+    }
+}
+
+#[test]
+fn find_reports_a_failed_write_but_not_a_closed_pipe() {
+    adopt_orphans();
+    let server = unique("find-write");
+    let _cleanup = KillFindServers(server.clone());
+    let tree = TempTree::new("find-write", &[("a/match-1", ""), ("b/match-2", "")]);
+    let find = |stdout: std::process::Stdio| {
+        Command::new(env!("CARGO_BIN_EXE_memlink"))
+            .args([
+                "find",
+                &tree.path(""),
+                "match",
+                "--server",
+                &server,
+                "--server-idle-secs",
+                "20",
+            ])
+            .stdout(stdout)
+            .output()
+            .expect("run memlink")
+    };
+    // A full disk truncates the output: that is an error.
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = find(full.into());
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/memlink-test: No such file"),
+        stderr.contains("writing the matches") && stderr.contains("No space left"),
         "{out:?}"
     );
-    assert!(find_servers(&server).is_empty());
-    assert!(matches!(
-        memlink::rpc::server_stats(&server),
-        Err(memlink::Error::NotRunning { .. })
-    ));
+    // A reader that went away (`memlink find ... | head -0`) is not.
+    let (reader, writer) = rustix::pipe::pipe().unwrap();
+    drop(reader);
+    let out = find(std::process::Stdio::from(writer));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(find_servers(&server).len(), 1);
+}
+
+#[test]
+fn find_serves_a_server_name_that_starts_with_a_dash() {
+    adopt_orphans();
+    let server = format!("-{}", unique("find-dash"));
+    let _cleanup = KillFindServers(server.clone());
+    let tree = TempTree::new("find-dash", &[("dashed.txt", "x")]);
+    let out = memlink(&[
+        "find",
+        &tree.path(""),
+        "dashed",
+        &format!("--server={server}"),
+        "--server-idle-secs",
+        "20",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        matches(&out).into_keys().collect::<Vec<_>>(),
+        [tree.path("dashed.txt")]
+    );
+    assert_eq!(find_servers(&server).len(), 1);
 }

@@ -311,43 +311,80 @@ pub enum Error {
         stderr_tail: String,
     },
 
-    /// No server came up under the name in time: the one this client started ran without
-    /// serving the name (it was then killed), or another client was starting one that did not
-    /// come up either.
+    /// The server started on demand exited before it served the name, and its exit status
+    /// could not be read: it was reaped by someone else, because this process ignores
+    /// `SIGCHLD` (the kernel then discards every child's exit status at once) or another of
+    /// its threads reaps every child (`waitpid(-1)`). It was waited for in case it had forked
+    /// into the background, and did not serve the name in time either. Nothing was killed: a
+    /// process that is no longer our child cannot be told from whoever has its pid now.
     #[error(
-        "no memlink server came up under '{name}' within {waited:.1?}; {}{}",
-        if .stderr_tail.is_some() {
-            "the server this client started was killed. Check that its command serves exactly \
-             this name, or allow it more time with ClientOptions::start_timeout"
-        } else {
-            "another client was starting it. Retry, or check the server command"
+        "the memlink server '{name}' did not come up: {program:?} exited before serving the \
+         name, within {limit}, and its exit status is unknown because this process ignores \
+         SIGCHLD or another of its threads reaps every child; restore SIGCHLD's default \
+         disposition to see how it failed, or run it by hand{}",
+        tail_block(.stderr_tail)
+    )]
+    ServerExitUnobserved {
+        /// The service name.
+        name: String,
+        /// The program that was run.
+        program: String,
+        /// How long the client waited for it to serve the name.
+        limit: StartLimit,
+        /// The end of what it wrote to its standard error (control characters removed).
+        stderr_tail: String,
+    },
+
+    /// No server came up under the name in time: the one this client started ran without
+    /// serving the name (it was then killed, with its process group), or another process was
+    /// starting one that did not come up either.
+    #[error(
+        "no memlink server came up under '{name}' within {limit}; {}{}",
+        match (.stderr_tail.is_some(), .starter_pid) {
+            (true, _) => "the server this client started was killed, with its process group. \
+                 Check that its command serves exactly this name, or allow it more time"
+                .to_owned(),
+            (false, Some(pid)) => format!(
+                "process {pid}, which holds the name's start lock, was starting it and has not \
+                 brought it up. Retry, or check the server command; if that process is stuck, \
+                 stop it"
+            ),
+            (false, None) => "another process was starting it. Retry, or check the server \
+                 command"
+                .to_owned(),
         },
         tail_block(.stderr_tail.as_deref().unwrap_or_default())
     )]
     ServerStartTimedOut {
         /// The service name.
         name: String,
-        /// How long this client waited.
-        waited: std::time::Duration,
-        /// If this client started the server: the end of what it wrote to its standard error.
+        /// The limit that ran out (how long the server was given, and this client waited).
+        limit: StartLimit,
+        /// If this client started the server: the end of what it wrote to its standard error
+        /// (control characters removed).
         stderr_tail: Option<String>,
+        /// If another process was starting it: that process (the start lock's holder), if it
+        /// could be found (another user's processes are visible to root only).
+        starter_pid: Option<u32>,
     },
 
     /// A process of a user we do not trust holds the lock that serialises starting this
     /// service on demand, so no server can be started for it (nor should one be used).
     #[error(
-        "a process of uid {uid} (pid {pid}), a user this client does not trust, holds the start \
-         lock of memlink '{name}', so no server can be started on demand under that name; pick \
-         another name (e.g. one that includes your uid), stop that process, or trust that user \
-         with ClientOptions::trust_server_uid"
+        "a process of uid {uid} ({}), a user this client does not trust, holds the start lock \
+         of memlink '{name}' (the abstract socket @memlink.up.{name}), so no server can be \
+         started on demand under that name; pick another name (e.g. one that includes your \
+         uid), stop that process, or trust that user with ClientOptions::trust_server_uid",
+        .pid.map_or_else(|| "pid unknown".to_owned(), |pid| format!("pid {pid}"))
     )]
     StartLockHeld {
         /// The service name.
         name: String,
-        /// The holder's user id.
+        /// The holder's user id (the user that created the lock's socket).
         uid: u32,
-        /// The holder's process id (0 if it is in a pid namespace we cannot see).
-        pid: u32,
+        /// A process holding it, if one could be found (another user's processes are visible
+        /// to root only).
+        pid: Option<u32>,
     },
 
     /// The operating system refused an operation for a reason not covered above.
@@ -359,6 +396,35 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// Which limit ended a wait for a server started on demand (see
+/// `ClientOptions::start_server`), and how long it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StartLimit {
+    /// The start timeout (`ClientOptions::start_timeout`).
+    StartTimeout(std::time::Duration),
+    /// The timeout of the connect or call that started the server (`connect_timeout`,
+    /// `call_timeout`, ...), which was longer than the start timeout.
+    CallerTimeout(std::time::Duration),
+}
+
+impl std::fmt::Display for StartLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartLimit::StartTimeout(limit) => {
+                write!(
+                    f,
+                    "the start timeout of {limit:.1?} (ClientOptions::start_timeout)"
+                )
+            }
+            StartLimit::CallerTimeout(limit) => write!(
+                f,
+                "the {limit:.1?} timeout of this connect or call (longer than the start timeout)"
+            ),
+        }
+    }
 }
 
 /// The tail of a server's standard error, to end a message with.
@@ -379,12 +445,17 @@ fn permission_hint(name: &str, owner_uid: Option<u32>) -> String {
                 .to_owned()
         }
         Some(uid) => format!(
-            "it is owned by uid {uid}, and memlink uses only objects owned by its own user or by a \
-             user it is told to trust, with a mode no wider than the permissions asked for. If \
-             uid {uid} should not own '{name}', another user is squatting the name: remove it \
-             with `memlink rm {name}` (as root or uid {uid}). If it is shared on purpose, open it \
-             with `SegmentOptions::trust_owner_uid({uid})` and the permissions it was created \
-             with (e.g. `Permissions::Everyone`)"
+            "it is owned, or run, by uid {uid}. A segment or sync object: memlink opens only \
+             objects owned by its own user or by a user it is told to trust, with a mode no wider \
+             than the permissions asked for; if uid {uid} should not own '{name}', another user \
+             is squatting the name: remove it with `memlink rm {name}` (as root or uid {uid}); if \
+             it is shared on purpose, open it with `SegmentOptions::trust_owner_uid({uid})` and \
+             the permissions it was created with (e.g. `Permissions::Everyone`). A server, \
+             publisher or duplex peer: memlink talks only to its own user, root, or a user it is \
+             told to trust; if uid {uid} serves '{name}' on purpose, trust it \
+             (`ClientOptions::trust_server_uid({uid})`, `SubscriberOptions::trust_publisher_uid`, \
+             `DuplexOptions::trust_peer_uid`), otherwise another user holds the name (only they \
+             or root can free it): pick another name"
         ),
     }
 }

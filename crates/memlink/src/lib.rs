@@ -25,6 +25,10 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+#[path = "fuzz.rs"]
+pub mod __fuzz;
 pub mod duplex;
 pub mod error;
 mod link;
@@ -34,7 +38,7 @@ pub mod pubsub;
 pub mod rpc;
 
 pub use duplex::{Duplex, DuplexOptions, TrySendError};
-pub use error::{Error, Result};
+pub use error::{Error, Result, StartLimit};
 pub use memory::header::ObjectKind;
 pub use memory::inventory;
 pub use memory::name::{MAX_NAME_LEN, validate_name};

@@ -19,7 +19,7 @@ use common::{
     ChildProcess, WATCHDOG, Watchdog, await_parent, report, unique_name, variant, with_watchdog,
 };
 use memlink::rpc::server_stats;
-use memlink::{Client, ClientOptions, Error, Server, ServerCommand};
+use memlink::{Client, ClientOptions, Error, Server, ServerCommand, StartLimit};
 
 #[test]
 fn child_main() {
@@ -28,6 +28,8 @@ fn child_main() {
         ("client", client_role),
         ("squatter", squatter_role),
         ("mute_server", mute_server_role),
+        ("leaky_client", leaky_client_role),
+        ("sigchld_client", sigchld_client_role),
     ]);
 }
 
@@ -65,7 +67,12 @@ impl Drop for TempDir {
 
 /// The test server (the `server` role) as a command a client can start.
 fn server_command(name: &str, dir: &str) -> ServerCommand {
-    let (exe, args, env) = common::role_invocation("server", &[name, dir]);
+    server_command_in_mode(name, dir, "now")
+}
+
+/// The test server binding when `mode` says (see [`server_role`]).
+fn server_command_in_mode(name: &str, dir: &str, mode: &str) -> ServerCommand {
+    let (exe, args, env) = common::role_invocation("server", &[name, dir, mode]);
     env.into_iter()
         .fold(ServerCommand::new(exe).args(args), |command, (k, v)| {
             command.env(k, v)
@@ -171,14 +178,45 @@ fn start_lock_held(name: &str) -> bool {
         .any(|line| line.split_whitespace().nth(7) == Some(lock.as_str()))
 }
 
+/// Connects a `SOCK_SEQPACKET` socket to the abstract name `name`.
+fn connect_to(name: &str) -> Result<rustix::fd::OwnedFd, rustix::io::Errno> {
+    use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+    let socket = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::connect(
+        &socket,
+        &SocketAddrUnix::new_abstract_name(name.as_bytes())?,
+    )?;
+    Ok(socket)
+}
+
 /// Connects to `name`, starting the test server if needed, and calls it once: `ok PID:hi` (the
 /// serving process's pid), or `error VARIANT`.
 fn connect_and_call(name: &str, dir: &str, pause_holding_lock_ms: u64) -> String {
+    connect_and_call_with(name, dir, pause_holding_lock_ms, 0, "now")
+}
+
+/// [`connect_and_call`], pausing `pause_after_spawn_ms` after starting the server (if this
+/// client starts it), a server that binds as `mode` says ([`server_role`]).
+fn connect_and_call_with(
+    name: &str,
+    dir: &str,
+    pause_holding_lock_ms: u64,
+    pause_after_spawn_ms: u64,
+    mode: &str,
+) -> String {
     let mut options = ClientOptions::new()
-        .start_server(server_command(name, dir))
+        .start_server(server_command_in_mode(name, dir, mode))
         .start_timeout(Duration::from_secs(15));
     if pause_holding_lock_ms > 0 {
         options = options.__pause_holding_start_lock(Duration::from_millis(pause_holding_lock_ms));
+    }
+    if pause_after_spawn_ms > 0 {
+        options = options.__pause_after_server_spawn(Duration::from_millis(pause_after_spawn_ms));
     }
     match options.connect(name).and_then(|client| client.call(b"hi")) {
         Ok(reply) => format!("ok {}", String::from_utf8_lossy(&reply)),
@@ -186,11 +224,43 @@ fn connect_and_call(name: &str, dir: &str, pause_holding_lock_ms: u64) -> String
     }
 }
 
+/// Lets the gated test servers of `dir` bind (see [`server_role`]).
+fn open_gate(dir: &str) {
+    std::fs::write(Path::new(dir).join("gate"), "").unwrap();
+}
+
+/// The descriptors `pid` has open: number and what it is.
+fn open_descriptors(pid: u32) -> Vec<(u32, String)> {
+    let mut fds: Vec<(u32, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let number = entry.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            Some((number, target.display().to_string()))
+        })
+        .collect();
+    fds.sort();
+    fds
+}
+
+/// The value of `var` in the environment of process `pid`.
+fn environment_of(pid: u32, var: &str) -> Option<String> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{var}=");
+    environ
+        .split(|&b| b == 0)
+        .find_map(|v| v.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
 // --- roles ---------------------------------------------------------------------------------------
 
-/// The server a client starts: notes its pid in `DIR/spawns` (every start is counted, also one
-/// that then fails to bind), then serves NAME, answering `PID:` and the request. Exits after 20
-/// idle seconds, should a test fail to kill it.
+/// The server a client starts: `server NAME DIR MODE`. Notes its pid in `DIR/spawns` (every
+/// start is counted, also one that then fails to bind), binds NAME as MODE says (`now`;
+/// `delay:MS`, after MS milliseconds; `gate`, once the file `DIR/gate` exists), then serves
+/// NAME, answering `PID:` and the request. Exits after 20 idle seconds, should a test fail to
+/// kill it.
 fn server_role(args: &[String]) {
     // It must outlive the client that started it: no death signal from the harness.
     let _ = rustix::process::set_parent_process_death_signal(None);
@@ -204,6 +274,20 @@ fn server_role(args: &[String]) {
             .open(Path::new(dir).join("spawns"))
             .unwrap();
         writeln!(spawns, "{pid}").unwrap();
+    }
+    match args.get(2).map(String::as_str) {
+        None | Some("now") => {}
+        Some("gate") => {
+            let gate = Path::new(dir).join("gate");
+            let deadline = Instant::now() + WATCHDOG;
+            while !gate.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Some(mode) => {
+            let ms = mode.strip_prefix("delay:").unwrap().parse().unwrap();
+            std::thread::sleep(Duration::from_millis(ms));
+        }
     }
     let server = match Server::options()
         .exit_when_idle(Duration::from_secs(20))
@@ -223,29 +307,75 @@ fn server_role(args: &[String]) {
         .unwrap();
 }
 
-/// `client NAME DIR THREADS PAUSE_MS`: says `ready`, waits for the parent's word, then THREADS
-/// threads at once each connect (starting the server if needed, pausing PAUSE_MS holding the
-/// start lock if they take it) and call; one report per thread.
+/// `client NAME DIR THREADS PAUSE_MS [AFTER_SPAWN_MS MODE]`: says `ready`, waits for the
+/// parent's word, then THREADS threads at once each connect (starting the server, binding as
+/// MODE says, if needed; pausing PAUSE_MS holding the start lock if they take it, and
+/// AFTER_SPAWN_MS after starting the server) and call; one report per thread.
 fn client_role(args: &[String]) {
     let _watchdog = Watchdog::arm();
     let (name, dir) = (args[0].clone(), args[1].clone());
     let threads: usize = args[2].parse().unwrap();
     let pause: u64 = args[3].parse().unwrap();
+    let after_spawn: u64 = args.get(4).map_or(0, |ms| ms.parse().unwrap());
+    let mode = args.get(5).cloned().unwrap_or_else(|| "now".to_owned());
     report("ready");
     await_parent();
     let start = Arc::new(Barrier::new(threads));
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let (name, dir, start) = (name.clone(), dir.clone(), start.clone());
+            let (name, dir, start, mode) = (name.clone(), dir.clone(), start.clone(), mode.clone());
             std::thread::spawn(move || {
                 start.wait();
-                connect_and_call(&name, &dir, pause)
+                connect_and_call_with(&name, &dir, pause, after_spawn, &mode)
             })
         })
         .collect();
     for handle in handles {
         report(&handle.join().unwrap());
     }
+}
+
+/// `leaky_client NAME DIR`: holds a descriptor without close-on-exec (as a shell's `9>file`
+/// gives one), reports its number, then connects (starting a gated server) and calls once.
+fn leaky_client_role(args: &[String]) {
+    let _watchdog = Watchdog::arm();
+    let leaked = std::fs::File::open("/dev/null").unwrap();
+    rustix::io::fcntl_setfd(&leaked, rustix::io::FdFlags::empty()).unwrap();
+    report(&std::os::fd::AsRawFd::as_raw_fd(&leaked).to_string());
+    report(&connect_and_call_with(&args[0], &args[1], 0, 0, "gate"));
+    drop(leaked);
+}
+
+/// `sigchld_client NAME`, run with `SIGCHLD` ignored: starts a server that fails, and reports
+/// what the connect says (`VARIANT TAIL`), or `SIGCHLD is not ignored`.
+fn sigchld_client_role(args: &[String]) {
+    let _watchdog = Watchdog::arm();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let ignored = status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc_sigchld() - 1)) != 0);
+    if !ignored {
+        report("SIGCHLD is not ignored");
+        return;
+    }
+    let outcome = ClientOptions::new()
+        .start_server(sh("echo 'cannot start' >&2; exit 3"))
+        .start_timeout(Duration::from_millis(1000))
+        .connect(&args[0]);
+    match outcome {
+        Err(Error::ServerExitUnobserved { stderr_tail, .. }) => {
+            report(&format!("ServerExitUnobserved {stderr_tail}"))
+        }
+        Err(e) => report(&format!("{} {e}", variant(&e))),
+        Ok(_) => report("connected"),
+    }
+}
+
+/// `SIGCHLD`'s number (17 on every Linux architecture memlink supports).
+fn libc_sigchld() -> u32 {
+    rustix::process::Signal::CHILD.as_raw() as u32
 }
 
 /// `mute_server NAME DIR`: notes its pid in `DIR/spawns`, binds NAME's service socket as a
@@ -276,8 +406,8 @@ fn mute_server_role(args: &[String]) {
     common::park_until_killed();
 }
 
-/// `squatter LOCK`: as user nobody, holds the abstract socket LOCK (as another user's process
-/// could), until killed.
+/// `squatter LOCK HOW`: as user nobody, holds the abstract socket LOCK (as another user's
+/// process could), listening on it (HOW `listen`) or only bound to it (`bind`), until killed.
 fn squatter_role(args: &[String]) {
     use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
     common::drop_privileges_to_nobody();
@@ -293,7 +423,9 @@ fn squatter_role(args: &[String]) {
         &SocketAddrUnix::new_abstract_name(args[0].as_bytes()).unwrap(),
     )
     .unwrap();
-    rustix::net::listen(&socket, 16).unwrap();
+    if args[1] == "listen" {
+        rustix::net::listen(&socket, 16).unwrap();
+    }
     report("held");
     common::park_until_killed();
 }
@@ -496,16 +628,69 @@ fn a_server_that_never_serves_is_killed_with_its_group_at_the_timeout() {
     match outcome {
         Err(Error::ServerStartTimedOut {
             stderr_tail: Some(tail),
-            waited: reported,
+            limit,
             ..
         }) => {
             assert_eq!(tail, "warming up for ever");
-            assert!(reported >= timeout && waited >= timeout, "{reported:?}");
+            assert_eq!(limit, StartLimit::StartTimeout(timeout));
+            assert!(waited >= timeout, "{waited:?}");
         }
         other => panic!("expected ServerStartTimedOut, got {other:?}"),
     }
     assert!(!shell_left, "the server started on demand is still there");
     assert!(!start_lock_held(&name));
+}
+
+#[test]
+fn a_server_that_exits_successfully_is_kept_unreaped_until_its_group_is_killed() {
+    let _watchdog = Watchdog::arm();
+    adopt_orphans();
+    let name = unique_name("forked");
+    let dir = TempDir::new("forked");
+    let pids = Path::new(dir.path()).join("pids");
+    // As a server that forks into the background would: exit 0, leaving a child in its group
+    // (which, here, never serves).
+    let script = format!(
+        "echo $$ > {p}; sleep 60 & echo $! >> {p}; exit 0",
+        p = pids.display()
+    );
+    let connecting = {
+        let name = name.clone();
+        std::thread::spawn(move || {
+            ClientOptions::new()
+                .start_server(sh(&script))
+                .start_timeout(Duration::from_millis(1500))
+                .connect(&name)
+        })
+    };
+    wait_until("the script to start its child", || {
+        std::fs::read_to_string(&pids).is_ok_and(|p| p.lines().count() == 2)
+    });
+    let started: Vec<u32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let (shell, sleeper) = (started[0], started[1]);
+    // The shell has exited; while the client waits on, it stays a zombie: its pid (its group's
+    // id) cannot be reused before the group is killed.
+    wait_until("the shell to exit", || {
+        std::fs::read_to_string(format!("/proc/{shell}/stat"))
+            .map_or(true, |stat| stat.contains(") Z "))
+    });
+    let kept = exists(shell, true);
+    let outcome = with_watchdog("the connect", move || connecting.join().unwrap());
+    // The group was killed (the sleeper came to us, the subreaper), the shell reaped.
+    reap(sleeper);
+    assert!(
+        kept,
+        "the exited server was reaped while its group could still be killed"
+    );
+    assert!(!exists(shell, true), "the exited server was never reaped");
+    assert!(
+        matches!(outcome, Err(Error::ServerStartTimedOut { .. })),
+        "{outcome:?}"
+    );
 }
 
 #[test]
@@ -521,10 +706,12 @@ fn a_server_that_binds_but_never_answers_is_killed_at_the_timeout() {
             command.env(k, v)
         });
     let timeout = Duration::from_millis(1500);
+    let began = Instant::now();
     let outcome = ClientOptions::new()
         .start_server(command)
         .start_timeout(timeout)
         .connect(&name);
+    let waited = began.elapsed();
     let started = spawns(dir.path());
     let left = started.iter().any(|&pid| exists(pid, true));
     for &pid in &started {
@@ -533,10 +720,11 @@ fn a_server_that_binds_but_never_answers_is_killed_at_the_timeout() {
     match outcome {
         Err(Error::ServerStartTimedOut {
             stderr_tail: Some(tail),
-            waited,
+            limit,
             ..
         }) => {
             assert_eq!(tail, "bound, and not answering");
+            assert_eq!(limit, StartLimit::StartTimeout(timeout));
             assert!(waited >= timeout, "{waited:?}");
         }
         other => panic!("expected ServerStartTimedOut, got {other:?}"),
@@ -556,6 +744,11 @@ fn a_launcher_killed_holding_the_start_lock_blocks_nobody() {
     a.expect_line("ready");
     a.tell("go");
     wait_until("A to take the start lock", || start_lock_held(&name));
+    // Nobody can connect to the lock (so nobody can hand its holder a descriptor to close).
+    assert_eq!(
+        connect_to(&format!("memlink.up.{name}")).err(),
+        Some(rustix::io::Errno::CONNREFUSED)
+    );
     // B finds no server and the lock held: it waits, and starts nothing.
     let mut b = ChildProcess::spawn("client", &[&name, dir.path(), "1", "0"]);
     b.expect_line("ready");
@@ -578,42 +771,181 @@ fn a_launcher_killed_holding_the_start_lock_blocks_nobody() {
 }
 
 #[test]
+fn a_launcher_killed_after_starting_the_server_leaves_it_the_lock() {
+    let _watchdog = Watchdog::arm();
+    adopt_orphans();
+    let name = unique_name("handed-lock");
+    let dir = TempDir::new("handed-lock");
+    // A starts a server that binds only once the gate opens, and is killed right after.
+    let mut a = ChildProcess::spawn("client", &[&name, dir.path(), "1", "0", "60000", "gate"]);
+    a.expect_line("ready");
+    a.tell("go");
+    wait_until("A to start the server", || spawns(dir.path()).len() == 1);
+    a.kill_and_reap();
+    // The server, not yet serving, holds the start lock A handed it.
+    assert!(start_lock_held(&name), "A's death freed the start lock");
+    // B finds no server: it waits for the one starting, and starts none of its own.
+    let mut b = ChildProcess::spawn("client", &[&name, dir.path(), "1", "0", "0", "gate"]);
+    b.expect_line("ready");
+    b.tell("go");
+    std::thread::sleep(Duration::from_millis(300));
+    open_gate(dir.path());
+    let reply = b.next_line();
+    b.wait_success();
+    let started = settled_spawns(&name, dir.path());
+    // Bound, the server let go of the lock (and B, a waiter, never had it).
+    let lock_left = start_lock_held(&name);
+    for &pid in &started {
+        kill_and_reap(pid);
+    }
+    assert_eq!(started.len(), 1, "servers started: {started:?}; B: {reply}");
+    assert_eq!(reply, format!("ok {}:hi", started[0]));
+    assert!(!lock_left, "the server kept the start lock after binding");
+}
+
+#[test]
+fn the_started_server_inherits_no_descriptor_but_the_start_lock() {
+    let _watchdog = Watchdog::arm();
+    adopt_orphans();
+    let name = unique_name("no-leak");
+    let dir = TempDir::new("no-leak");
+    let mut client = ChildProcess::spawn("leaky_client", &[&name, dir.path()]);
+    let leaked: u32 = client.next_line().parse().unwrap();
+    wait_until("the server to start", || spawns(dir.path()).len() == 1);
+    let pid = spawns(dir.path())[0];
+    // Before it binds: its standard streams, and the start lock under the number it was told.
+    let before = open_descriptors(pid);
+    let lock_fd: Option<u32> =
+        environment_of(pid, "MEMLINK_START_LOCK_FD").and_then(|fd| fd.parse().ok());
+    open_gate(dir.path());
+    let reply = client.next_line();
+    client.wait_success();
+    kill_and_reap(pid);
+    assert_eq!(reply, format!("ok {pid}:hi"));
+    let numbers: Vec<u32> = before.iter().map(|(fd, _)| *fd).collect();
+    assert!(
+        !numbers.contains(&leaked) || Some(leaked) == lock_fd,
+        "the client's descriptor {leaked} leaked into the server: {before:?}"
+    );
+    let lock_fd = lock_fd.expect("no MEMLINK_START_LOCK_FD in the server's environment");
+    assert_eq!(numbers, [0, 1, 2, lock_fd], "{before:?}");
+    assert!(before[3].1.starts_with("socket:["), "{before:?}");
+}
+
+#[test]
+fn a_call_whose_timeout_is_shorter_than_the_start_leaves_the_server_starting() {
+    let _watchdog = Watchdog::arm();
+    adopt_orphans();
+    let name = unique_name("short-call");
+    let dir = TempDir::new("short-call");
+    // A client connected to a server that then stops...
+    let first = Server::bind(&name).unwrap();
+    let stop = first.shutdown_handle();
+    let serving = std::thread::spawn(move || {
+        first.serve(|request: &[u8], reply: &mut Vec<u8>| reply.extend_from_slice(request))
+    });
+    let client = ClientOptions::new()
+        .start_server(server_command_in_mode(&name, dir.path(), "delay:300"))
+        .start_timeout(WATCHDOG)
+        .connect(&name)
+        .unwrap();
+    assert_eq!(client.call(b"first").unwrap(), b"first");
+    stop.shutdown();
+    with_watchdog("serve to return", move || serving.join().unwrap()).unwrap();
+    // ...calls with a timeout shorter than the server takes to come up: the call times out,
+    // and the server it started comes up all the same.
+    let outcome = client.call_timeout(b"hi", Duration::from_millis(50));
+    assert!(matches!(outcome, Err(Error::Timeout)), "{outcome:?}");
+    wait_until("the server started on demand to serve", || {
+        server_stats(&name).is_ok()
+    });
+    let reply = client.call_timeout(b"hi", WATCHDOG);
+    // A connect with no time at all starts it too (a thread of ours watches it come up).
+    let other = unique_name("no-time");
+    let outcome = ClientOptions::new()
+        .start_server(server_command_in_mode(&other, dir.path(), "delay:300"))
+        .start_timeout(WATCHDOG)
+        .connect_timeout(&other, Duration::ZERO);
+    let other_timed_out = matches!(outcome, Err(Error::Timeout));
+    wait_until("the other server to serve", || server_stats(&other).is_ok());
+    let other_reply = ClientOptions::new()
+        .connect(&other)
+        .and_then(|c| c.call(b"there"));
+    let started = settled_spawns(&name, dir.path());
+    for &pid in &started {
+        kill_and_reap(pid);
+    }
+    assert_eq!(started.len(), 2, "servers started: {started:?}");
+    let pid = server_pid_of(&started, &reply);
+    assert_eq!(reply.unwrap(), format!("{pid}:hi").into_bytes());
+    assert!(other_timed_out, "{outcome:?}");
+    let other_pid = started.iter().find(|&&p| p != pid).unwrap();
+    assert_eq!(
+        other_reply.unwrap(),
+        format!("{other_pid}:there").into_bytes()
+    );
+}
+
+/// Which of `started` answered `reply` (`PID:...`).
+fn server_pid_of(started: &[u32], reply: &Result<Vec<u8>, Error>) -> u32 {
+    let text = String::from_utf8_lossy(reply.as_ref().expect("the call failed")).into_owned();
+    let pid = text.split(':').next().unwrap().parse().unwrap();
+    assert!(started.contains(&pid), "{text} from none of {started:?}");
+    pid
+}
+
+#[test]
+fn a_client_that_ignores_sigchld_says_the_exit_status_was_lost() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("sigchld");
+    let mut client =
+        ChildProcess::spawn_wrapped(&["env", "--ignore-signal=CHLD"], "sigchld_client", &[&name]);
+    let line = client
+        .try_next_line()
+        .expect("`env --ignore-signal=CHLD` (GNU coreutils 8.31+) could not run the client");
+    client.wait_success();
+    assert_eq!(line, "ServerExitUnobserved cannot start");
+}
+
+#[test]
 fn a_start_lock_held_by_another_user_fails_the_connect_at_once() {
     if !common::is_root() {
         eprintln!("skipped: needs root to run a process as another user");
         return;
     }
     let _watchdog = Watchdog::arm();
-    let name = unique_name("squatted");
-    let mut squatter = ChildProcess::spawn("squatter", &[&format!("memlink.up.{name}")]);
-    squatter.expect_line("held");
-    let outcome = ClientOptions::new()
-        .start_server(sh("exit 0"))
-        .start_timeout(Duration::from_secs(10))
-        .connect(&name);
-    match outcome {
-        Err(Error::StartLockHeld { uid, pid, .. }) => {
-            assert_eq!((uid, pid), (65534, squatter.pid()));
+    // Listening on the lock (the holder could be asked), or only bound to it (nobody can
+    // connect to ask; the kernel's socket table still says who).
+    for how in ["listen", "bind"] {
+        let name = unique_name("squatted");
+        let mut squatter = ChildProcess::spawn("squatter", &[&format!("memlink.up.{name}"), how]);
+        squatter.expect_line("held");
+        let outcome = ClientOptions::new()
+            .start_server(sh("exit 0"))
+            .start_timeout(Duration::from_secs(10))
+            .connect(&name);
+        match outcome {
+            Err(Error::StartLockHeld { uid, pid, .. }) => {
+                assert_eq!((uid, pid), (65534, Some(squatter.pid())), "{how}");
+            }
+            other => panic!("{how}: expected StartLockHeld, got {other:?}"),
         }
-        other => panic!("expected StartLockHeld, got {other:?}"),
-    }
-    // Unless the client trusts that user.
-    let outcome = ClientOptions::new()
-        .start_server(sh("exit 0"))
-        .trust_server_uid(65534)
-        .start_timeout(Duration::from_millis(300))
-        .connect(&name);
-    assert!(
-        matches!(
-            outcome,
+        // Unless the client trusts that user.
+        let outcome = ClientOptions::new()
+            .start_server(sh("exit 0"))
+            .trust_server_uid(65534)
+            .start_timeout(Duration::from_millis(300))
+            .connect(&name);
+        match outcome {
             Err(Error::ServerStartTimedOut {
                 stderr_tail: None,
+                starter_pid,
                 ..
-            })
-        ),
-        "{outcome:?}"
-    );
-    squatter.kill_and_reap();
+            }) => assert_eq!(starter_pid, Some(squatter.pid()), "{how}"),
+            other => panic!("{how}: expected ServerStartTimedOut, got {other:?}"),
+        }
+        squatter.kill_and_reap();
+    }
 }
 
 #[test]
@@ -672,6 +1004,72 @@ fn a_server_file_receives_the_servers_stderr_when_asked() {
         std::fs::read_to_string(&log).unwrap(),
         "an earlier run's complaint\nthis run failed\n"
     );
+}
+
+#[test]
+fn a_stderr_file_must_be_a_private_regular_file_of_ours_and_the_tail_is_made_printable() {
+    use std::os::unix::fs::PermissionsExt;
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("stderr-checks");
+    let dir = TempDir::new("stderr-checks");
+    let at = |file: &str| Path::new(dir.path()).join(file);
+    let failing = |log: &Path| sh("echo 'ran' >&2; exit 5").stderr_file(log);
+    let refusal = |log: &Path| match ClientOptions::new()
+        .start_server(failing(log))
+        .connect(&name)
+    {
+        Err(Error::InvalidOptions { reason }) => reason,
+        other => panic!("{}: expected InvalidOptions, got {other:?}", log.display()),
+    };
+    std::fs::write(at("real.log"), "").unwrap();
+    std::os::unix::fs::symlink(at("real.log"), at("link.log")).unwrap();
+    assert!(refusal(&at("link.log")).contains("symbolic link"));
+    let fifo = at("fifo.log");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(refusal(&fifo).contains("FIFO"));
+    std::fs::set_permissions(at("real.log"), std::fs::Permissions::from_mode(0o622)).unwrap();
+    assert!(refusal(&at("real.log")).contains("other users write"));
+    std::fs::set_permissions(at("real.log"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    if common::is_root() {
+        std::fs::write(at("theirs.log"), "").unwrap();
+        std::os::unix::fs::chown(at("theirs.log"), Some(65534), Some(65534)).unwrap();
+        assert!(refusal(&at("theirs.log")).contains("uid 65534"));
+    } else {
+        eprintln!("part skipped: needs root to give a file to another user");
+    }
+    // Nothing was started for a refused file; our own private file is used.
+    assert_eq!(std::fs::read_to_string(at("real.log")).unwrap(), "");
+    match ClientOptions::new()
+        .start_server(failing(&at("real.log")))
+        .connect(&name)
+    {
+        Err(Error::ServerFailedToStart { stderr_tail, .. }) => assert_eq!(stderr_tail, "ran"),
+        other => panic!("expected ServerFailedToStart, got {other:?}"),
+    }
+    // What a server wrote reaches an error message without its control characters.
+    let garbling = sh(r"printf 'bad\033[2Jnews\r\a\n\tindented\n' >&2; exit 6");
+    match ClientOptions::new().start_server(garbling).connect(&name) {
+        Err(e @ Error::ServerFailedToStart { .. }) => {
+            let message = e.to_string();
+            let Error::ServerFailedToStart { stderr_tail, .. } = e else {
+                unreachable!()
+            };
+            assert_eq!(stderr_tail, "bad[2Jnews\n\tindented");
+            assert!(
+                !message
+                    .chars()
+                    .any(|c| c.is_control() && c != '\n' && c != '\t'),
+                "{message:?}"
+            );
+        }
+        other => panic!("expected ServerFailedToStart, got {other:?}"),
+    }
 }
 
 // --- the server side -----------------------------------------------------------------------------

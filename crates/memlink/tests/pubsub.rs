@@ -922,3 +922,25 @@ fn a_sample_kept_from_a_handler_stays_intact_after_the_handler_is_dropped() {
     child.expect_line("unchanged");
     child.wait_success();
 }
+
+#[test]
+fn a_subscriber_can_refuse_a_topic_of_samples_larger_than_it_accepts() {
+    let topic = unique_name("cap");
+    let _publisher = Publisher::options()
+        .max_sample_size(64 << 10)
+        .create(&topic)
+        .unwrap();
+    let refused = Subscriber::options()
+        .max_sample_size(1 << 10)
+        .try_subscribe(&topic);
+    assert!(
+        matches!(refused, Err(Error::MessageTooLarge { size, max }) if size == 64 << 10 && max == 1 << 10),
+        "{refused:?}"
+    );
+    assert!(
+        Subscriber::options()
+            .max_sample_size(64 << 10)
+            .try_subscribe(&topic)
+            .is_ok()
+    );
+}

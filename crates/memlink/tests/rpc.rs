@@ -709,14 +709,27 @@ fn other_users_are_refused_unless_admitted_and_clients_refuse_foreign_servers() 
     guest.wait_success();
     stop_server(server);
 
-    // A server run by another user under a name we use is not trusted with our requests.
+    // A server run by another user under a name we use is not trusted with our requests; the
+    // error says whose it is.
     let squatted = unique_name("squat");
     let mut squatter = ChildProcess::spawn("server_as_nobody", &[&squatted, "1", "everyone"]);
     squatter.expect_line("ready");
-    assert!(matches!(
-        Client::connect(&squatted),
-        Err(Error::PermissionDenied { .. })
-    ));
+    match Client::connect(&squatted) {
+        Err(e @ Error::PermissionDenied { .. }) => {
+            assert!(e.to_string().contains("trust_server_uid(65534)"), "{e}");
+            assert!(
+                matches!(
+                    e,
+                    Error::PermissionDenied {
+                        owner_uid: Some(65534),
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+        }
+        other => panic!("expected PermissionDenied, got {other:?}"),
+    }
     let trusting = Client::options()
         .trust_server_uid(65534)
         .connect(&squatted)

@@ -127,10 +127,10 @@ pub(crate) fn handshake(
     let connection = socket::connect(socket_name, patience).map_err(fail)?;
     let peer = socket::peer_credentials(&connection).map_err(fail)?;
     if !trusts(peer.uid, trusted_uid) {
-        // Someone else's process holds the name: do not hand it anything.
+        // Someone else's process holds the name: do not hand it anything, and say whose.
         return Err(Error::PermissionDenied {
             name: name.to_owned(),
-            owner_uid: None,
+            owner_uid: Some(peer.uid),
         });
     }
     // A trusted peer: accept the descriptors its welcome carries, then no more.

@@ -16,6 +16,7 @@ use super::protocol::{Goodbye, Hello, Welcome};
 use crate::error::{Error, Result};
 use crate::memory::segment::Permissions;
 use crate::platform::notify::{self, Poller};
+use crate::platform::sock_diag;
 use crate::platform::socket::{self, PeerCredentials};
 
 /// Binds the abstract socket `socket_name`; `Ok(None)` if a live process holds it.
@@ -36,15 +37,51 @@ pub(crate) fn bind(socket_name: &str) -> Result<Option<OwnedFd>> {
 }
 
 /// A per-name lock held by at most one thread of one process at a time, and released the moment
-/// its holder drops it or dies, however it dies: a listening abstract socket bound under the
+/// its holder drops it or dies, however it dies: a `SOCK_SEQPACKET` socket bound under the
 /// lock's name (the kernel lets exactly one of two binders have a name, and frees it with the
-/// last descriptor). Nothing is ever left on disk, so there is no stale lock to clean up. The
-/// socket listens only so that a waiter can ask the kernel who holds it ([`try_lock`]); nobody
-/// accepts, and its descriptor is close-on-exec, so a program the holder starts does not inherit
-/// the lock.
+/// last descriptor). Nothing is ever left on disk, so there is no stale lock to clean up.
+///
+/// The socket never listens: nobody can connect to it (`ECONNREFUSED`), so nobody can send the
+/// holder anything through it (on a kernel without `SO_PASSRIGHTS`, a connection could carry a
+/// descriptor whose close blocks whoever closes it), and closing it never blocks. Who holds a
+/// lock is asked of the kernel instead ([`try_lock`], sock_diag). Its descriptor is
+/// close-on-exec; [`NameLock::share`] makes a copy to hand on deliberately.
 #[derive(Debug)]
 pub(crate) struct NameLock {
-    _listener: OwnedFd,
+    socket: OwnedFd,
+}
+
+impl NameLock {
+    /// A copy of the lock's descriptor (close-on-exec, numbered 3 or more) and the socket's
+    /// inode, to hand to a program the holder starts: the lock is held until every copy is
+    /// closed.
+    pub(crate) fn share(&self) -> Result<(OwnedFd, u64), Errno> {
+        let copy = rustix::io::fcntl_dupfd_cloexec(&self.socket, 3)?;
+        Ok((copy, socket::inode(&self.socket)?))
+    }
+
+    /// The lock `socket_name` a launcher handed to this process as descriptor `fd` (see
+    /// [`NameLock::share`]), if `fd` is that very socket (inode `inode`, bound to that name).
+    /// At most once per process for a number (see `socket::take_inherited`).
+    pub(crate) fn inherited(fd: i32, inode: u64, socket_name: &str) -> Option<NameLock> {
+        socket::take_inherited(fd, inode, socket_name).map(|socket| NameLock { socket })
+    }
+}
+
+/// Who holds a lock, as the kernel says (without our connecting to it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Holder {
+    /// The user that created the lock's socket, if the kernel says (Linux 5.3+).
+    pub(crate) uid: Option<u32>,
+    inode: u32,
+}
+
+impl Holder {
+    /// A process that holds it, if one can be seen (another user's descriptors are visible to
+    /// root only). Reads every process's descriptor table: for error messages, not loops.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        sock_diag::process_holding_socket(self.inode)
+    }
 }
 
 /// What [`try_lock`] found.
@@ -53,30 +90,39 @@ pub(crate) enum LockAttempt {
     /// The lock is ours until dropped.
     Taken(NameLock),
     /// Another thread or process holds it; who, if asked and the kernel said.
-    Held(Option<PeerCredentials>),
+    Held(Option<Holder>),
 }
 
-/// Tries once to take the lock `socket_name`. If it is held and `ask_holder`, connects to it to
-/// learn the holder's credentials (as recorded when it took the lock): the connection waits in
-/// the holder's backlog, unanswered, until the lock is released, so ask sparingly.
+/// Tries once to take the lock `socket_name`. If it is held and `ask_holder`, asks the kernel
+/// who holds it ([`holder`]).
 pub(crate) fn try_lock(socket_name: &str, ask_holder: bool) -> Result<LockAttempt> {
-    match socket::listen(socket_name) {
-        Ok((listener, _)) => {
-            return Ok(LockAttempt::Taken(NameLock {
-                _listener: listener,
-            }));
-        }
+    match socket::bind_unconnectable(socket_name) {
+        Ok(socket) => return Ok(LockAttempt::Taken(NameLock { socket })),
         Err(Errno::ADDRINUSE) => {}
         Err(e) => return Err(Error::os("taking a memlink start lock", e)),
     }
-    if !ask_holder {
-        return Ok(LockAttempt::Held(None));
+    Ok(LockAttempt::Held(if ask_holder {
+        holder(socket_name)
+    } else {
+        None
+    }))
+}
+
+/// Who holds the lock `socket_name` (whoever has a `SOCK_SEQPACKET` socket bound or listening
+/// under the name), as the kernel's socket table says (sock_diag): nothing is sent to the
+/// holder, which cannot tell it was asked. `None` if it is free, or if the kernel would not say
+/// (no netlink in a sandbox); the holder's uid is `None` on kernels before 5.3.
+pub(crate) fn holder(socket_name: &str) -> Option<Holder> {
+    match sock_diag::bound_abstract_seqpacket(socket_name) {
+        Ok(found) => found.map(|bound| Holder {
+            uid: bound.uid,
+            inode: bound.inode,
+        }),
+        Err(e) => {
+            tracing::debug!(error = %e, "could not ask the kernel who holds a memlink start lock");
+            None
+        }
     }
-    // Refused: released since; full backlog (`EAGAIN`): held, by someone who will not say.
-    let holder = socket::connect(socket_name, Duration::from_millis(50))
-        .and_then(|connection| socket::peer_credentials(&connection))
-        .ok();
-    Ok(LockAttempt::Held(holder))
 }
 
 /// Who may call, and what the others are told (an encoded refusal welcome).

@@ -89,8 +89,8 @@ const MAX_REGION: u64 = 1 << 40;
 pub(crate) const SUBSCRIBER_REGION_LEN: usize = PAGE;
 pub(crate) const SUBSCRIBER_PARKED: usize = 0;
 pub(crate) const SUBSCRIBER_CPU: usize = 4;
-const CURSOR: usize = 64;
-const HOLDS: usize = 128;
+pub(crate) const CURSOR: usize = 64;
+pub(crate) const HOLDS: usize = 128;
 const _: () = assert!(HOLDS + 4 * MAX_HELD as usize <= SUBSCRIBER_REGION_LEN);
 
 /// A topic's fixed shape, written once into the header by the publisher. Subscribers read it

@@ -81,7 +81,7 @@ const FIELDS_AT: usize = 8;
 /// The stamp that publishes the record starting at stream position `position` in a ring with
 /// `key`. Keys have their top bit set (see [`RingLayout::key`]) and positions stay far below
 /// 2^63, so a stamp is never 0: a fresh (zeroed) ring holds no record.
-fn stamp(position: u64, key: u64) -> u64 {
+pub(crate) fn stamp(position: u64, key: u64) -> u64 {
     position.wrapping_add(1) ^ key
 }
 
@@ -100,9 +100,9 @@ pub(crate) struct RecordHeader {
 }
 
 impl RecordHeader {
-    const ENCODED_LEN: usize = 24;
+    pub(crate) const ENCODED_LEN: usize = 24;
 
-    fn encode(&self) -> [u8; Self::ENCODED_LEN] {
+    pub(crate) fn encode(&self) -> [u8; Self::ENCODED_LEN] {
         let mut b = [0u8; Self::ENCODED_LEN];
         b[0..4].copy_from_slice(&self.len.to_le_bytes());
         b[4..8].copy_from_slice(&self.flags.to_le_bytes());
@@ -111,7 +111,7 @@ impl RecordHeader {
         b
     }
 
-    fn decode(b: &[u8; Self::ENCODED_LEN]) -> Self {
+    pub(crate) fn decode(b: &[u8; Self::ENCODED_LEN]) -> Self {
         let word = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
         let long = |at: usize| u64::from(word(at)) | (u64::from(word(at + 4)) << 32);
         RecordHeader {

@@ -4,7 +4,8 @@
 //! memory mappings and the raw byte and atomic access to them ([`mapping`]), futex wait/wake
 //! ([`futex`]), OFD byte locks at any offset, the file behind a mapping and fork detection
 //! ([`file_lock`]), eventfd/poll/epoll wake-ups ([`notify`]), abstract Unix sockets with descriptor
-//! passing and peer credentials ([`socket`]), CPU identity ([`cpu`]), process identity and
+//! passing and peer credentials ([`socket`]), who holds an abstract socket name, asked of the
+//! kernel without connecting to it ([`sock_diag`]), CPU identity ([`cpu`]), process identity and
 //! liveness ([`process`]), starting a program detached from us with its error output captured
 //! ([`spawn`]), and unpredictable numbers ([`random`]). It may use only `rustix`, `libc` and
 //! `std`; nothing above it issues syscalls or dereferences raw pointers (the crate root denies
@@ -23,5 +24,6 @@ pub(crate) mod notify;
 pub(crate) mod process;
 pub(crate) mod random;
 pub(crate) mod shm;
+pub(crate) mod sock_diag;
 pub(crate) mod socket;
 pub(crate) mod spawn;

@@ -8,7 +8,7 @@
 
 use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use rustix::io::Errno;
@@ -90,6 +90,57 @@ pub(crate) fn listen(name: &str) -> Result<(OwnedFd, bool), Errno> {
     rustix::net::bind(&socket, &address(name)?)?;
     rustix::net::listen(&socket, 128)?;
     Ok((socket, refuses))
+}
+
+/// Binds a `SOCK_SEQPACKET` socket to abstract name `name` without listening: the name is
+/// ours (`EADDRINUSE` for anyone else who binds it) but nobody can connect to it
+/// (`ECONNREFUSED`), so nobody can send us anything through it, descriptors included. Closing
+/// it never blocks. Close-on-exec.
+pub(crate) fn bind_unconnectable(name: &str) -> Result<OwnedFd, Errno> {
+    let socket = seqpacket()?;
+    rustix::net::bind(&socket, &address(name)?)?;
+    Ok(socket)
+}
+
+/// The inode number of the socket `socket` (what `/proc/PID/fd/N` shows as `socket:[INODE]`),
+/// which identifies it as long as it is open.
+pub(crate) fn inode(socket: impl AsFd) -> Result<u64, Errno> {
+    Ok(rustix::fs::fstat(socket)?.st_ino)
+}
+
+/// Takes ownership of descriptor number `raw`, inherited from the process that started us, if
+/// it is the socket `inode` bound to the abstract name `name` (anything else under that number
+/// is left alone, and `None` returned).
+///
+/// The caller must call this at most once per process for a given number, and only for a
+/// number that was handed over for memlink to take (the start lock a launcher passes on, see
+/// `rpc::launch`): nothing else in the process may own it.
+pub(crate) fn take_inherited(raw: i32, inode: u64, name: &str) -> Option<OwnedFd> {
+    if raw <= 2 {
+        return None;
+    }
+    // `F_GETFD` only reads the descriptor table: a number that is not open gives `EBADF`.
+    // SAFETY: no pointer is passed; any integer is a valid argument.
+    if unsafe { libc::fcntl(raw, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // The number is open (checked above) and, by this function's contract, owned by nobody
+    // else in the process, so nobody closes it while we look.
+    // SAFETY: `raw` is an open descriptor that stays open for the borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(raw) };
+    let stat = rustix::fs::fstat(fd).ok()?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK || stat.st_ino != inode {
+        return None;
+    }
+    let bound = rustix::net::getsockname(fd).ok()?;
+    let bound = SocketAddrUnix::try_from(bound).ok()?;
+    if bound.abstract_name() != Some(name.as_bytes()) {
+        return None;
+    }
+    // It is the very socket the launcher handed over (same inode, same name), which nothing
+    // else in this process owns (the contract above): ours to close.
+    // SAFETY: `raw` is open and exclusively ours from here on.
+    Some(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// Connects to abstract name `name`, waiting at most `timeout` for a listener whose backlog is
@@ -294,6 +345,32 @@ mod tests {
             Err(Errno::PERM)
         );
         assert_eq!(send_message(&client, b"x", &[]), Ok(()));
+    }
+
+    #[test]
+    fn an_unconnectable_name_is_held_refuses_connections_and_can_be_handed_over() {
+        use std::os::fd::IntoRawFd;
+        let name = format!("memlink.unit.unconnectable.{}", std::process::id());
+        let held = bind_unconnectable(&name).unwrap();
+        assert_eq!(bind_unconnectable(&name).err(), Some(Errno::ADDRINUSE));
+        assert_eq!(listen(&name).err(), Some(Errno::ADDRINUSE));
+        assert_eq!(
+            connect(&name, Duration::from_secs(5)).err(),
+            Some(Errno::CONNREFUSED)
+        );
+        let ino = inode(&held).unwrap();
+        let raw = rustix::io::fcntl_dupfd_cloexec(&held, 3)
+            .unwrap()
+            .into_raw_fd();
+        // Only the very socket, under the very name, is taken.
+        assert!(take_inherited(raw, ino + 1, &name).is_none());
+        assert!(take_inherited(raw, ino, "memlink.unit.other").is_none());
+        assert!(take_inherited(0, ino, &name).is_none());
+        let taken = take_inherited(raw, ino, &name).unwrap();
+        drop(held);
+        assert_eq!(bind_unconnectable(&name).err(), Some(Errno::ADDRINUSE));
+        drop(taken);
+        assert!(bind_unconnectable(&name).is_ok());
     }
 
     #[test]

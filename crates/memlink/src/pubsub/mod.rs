@@ -128,7 +128,7 @@ const STATS_PER_SUBSCRIBER: usize = 24;
 const MAX_STATS_SUBSCRIBERS: usize = 64;
 
 impl TopicStats {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(STATS_HEADER + STATS_PER_SUBSCRIBER * 8);
         b.extend_from_slice(&protocol::MAGIC.to_le_bytes());
         b.extend_from_slice(&protocol::PROTOCOL_VERSION.to_le_bytes());
@@ -149,7 +149,7 @@ impl TopicStats {
         b
     }
 
-    fn decode(b: &[u8]) -> Result<Self, String> {
+    pub(crate) fn decode(b: &[u8]) -> Result<Self, String> {
         protocol::check_preamble(b)?;
         let word = |at| protocol::word(b, at).ok_or("topic statistics cut short");
         let long = |at| protocol::long(b, at).ok_or("topic statistics cut short");

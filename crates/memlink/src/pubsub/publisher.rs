@@ -38,6 +38,8 @@ pub(super) const SUBSCRIBER: Side = Side::at(SUBSCRIBER_PARKED, SUBSCRIBER_CPU);
 const SCAN_BATCH: u32 = 16;
 /// Most subscribers a topic admits.
 const MAX_SUBSCRIBERS: usize = 1024;
+/// Longest a publisher's drop waits for its acceptor thread.
+const ACCEPTOR_JOIN_WAIT: Duration = Duration::from_millis(100);
 /// Samples after a wake-up found a subscriber's pipe full during which it is sent no more.
 const FULL_PIPE_RESPITE: u64 = 1024;
 /// Handshakes one user may have in progress at once.
@@ -203,6 +205,7 @@ impl PublisherOptions {
             members: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
         });
+        let (finished, acceptor_done) = std::sync::mpsc::channel::<()>();
         let acceptor = {
             let shared = Arc::clone(&shared);
             let poller = Poller::new().map_err(os("creating an epoll set"))?;
@@ -214,7 +217,10 @@ impl PublisherOptions {
                 .map_err(os("watching the topic's socket"))?;
             std::thread::Builder::new()
                 .name("memlink-publisher".into())
-                .spawn(move || Acceptor::new(shared, poller).run())
+                .spawn(move || {
+                    let _finished = finished;
+                    Acceptor::new(shared, poller).run();
+                })
                 .map_err(|e| Error::Os {
                     op: "starting the publisher's acceptor thread",
                     source: e,
@@ -224,6 +230,7 @@ impl PublisherOptions {
         Ok(Publisher {
             shared,
             acceptor: Some(acceptor),
+            acceptor_done,
             geometry,
             data,
             next_seq: 0,
@@ -321,6 +328,8 @@ impl Member {
 pub struct Publisher {
     shared: Arc<Topic>,
     acceptor: Option<JoinHandle<()>>,
+    /// Disconnected when the acceptor thread ends.
+    acceptor_done: std::sync::mpsc::Receiver<()>,
     geometry: Geometry,
     pub(super) data: Arc<Mapping>,
     next_seq: u64,
@@ -627,11 +636,22 @@ impl Publisher {
 impl Drop for Publisher {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
+        // The name is free at once, whatever the acceptor is doing.
+        let _ = socket::shut_down(&self.shared.listener);
         let _ = notify::ring(&self.shared.stop_bell);
         if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
+            // Bounded: on a kernel that cannot refuse passed descriptors (before Linux 6.16) the
+            // acceptor may be stuck closing one a caller passed; it is then left to finish.
+            match self.acceptor_done.recv_timeout(ACCEPTOR_JOIN_WAIT) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    tracing::debug!(topic = %self.shared.name, "the acceptor thread is still closing a connection; leaving it");
+                }
+                _ => {
+                    let _ = acceptor.join();
+                }
+            }
         }
-        // The acceptor has closed the listener: the name is free. Tell every subscriber.
+        // Tell every subscriber.
         for member in self.shared.members().drain(..) {
             rendezvous::hang_up(&member.socket, Some(&Goodbye::ShuttingDown));
         }

@@ -29,6 +29,7 @@ const MAX_ATTACH_NAP: Duration = Duration::from_millis(20);
 pub struct SubscriberOptions {
     trusted_publisher_uid: Option<u32>,
     lossy: bool,
+    max_sample_size: Option<usize>,
 }
 
 impl SubscriberOptions {
@@ -42,6 +43,14 @@ impl SubscriberOptions {
     /// received instead of being read in place (see [`Sample::is_zero_copy`]).
     pub fn trust_publisher_uid(mut self, uid: u32) -> Self {
         self.trusted_publisher_uid = Some(uid);
+        self
+    }
+
+    /// Refuse a topic whose samples may be larger than `bytes` ([`Error::MessageTooLarge`] from
+    /// subscribing): a bound on what one receive may copy and allocate (samples of a publisher of
+    /// another user are copied out) or read. By default any size the publisher allows.
+    pub fn max_sample_size(mut self, bytes: usize) -> Self {
+        self.max_sample_size = Some(bytes);
         self
     }
 
@@ -197,6 +206,14 @@ fn attach(topic: &str, options: &SubscriberOptions) -> Result<(Arc<Attachment>, 
     )
     .map_err(|e| Error::os("mapping a topic's region", e))?;
     let (geometry, _) = broadcast::read_header(&data, data_len).map_err(corrupted)?;
+    if let Some(max) = options.max_sample_size
+        && geometry.max_sample as usize > max
+    {
+        return Err(Error::MessageTooLarge {
+            size: geometry.max_sample as usize,
+            max,
+        });
+    }
     // Our own region: sealed against shrinking, exactly one page.
     if !memfd::is_sealed_against_shrinking(&control_fd)
         || shm::fstat(&control_fd).map(|s| s.size).ok() != Some(SUBSCRIBER_REGION_LEN as u64)

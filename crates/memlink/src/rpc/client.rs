@@ -114,11 +114,16 @@ impl ClientOptions {
     /// `command`; the others wait for the server it starts. The client then connects as usual
     /// once the server serves the name.
     ///
-    /// How long this may take is bounded by [`ClientOptions::start_timeout`] (10 s by
-    /// default), or by the timeout of the connect or call that starts it
-    /// ([`ClientOptions::connect_timeout`], [`Client::call_timeout`]). A server that has not
-    /// served the name by then is killed (with its process group), so that it cannot come up
-    /// later beside the one the next client starts.
+    /// The server is given [`ClientOptions::start_timeout`] (10 s by default) to serve the
+    /// name, or the timeout of the connect or call that starts it
+    /// ([`ClientOptions::connect_timeout`], [`Client::call_timeout`]) if that is longer. A
+    /// server that has not served the name by then is killed (with its process group), so
+    /// that it cannot come up later beside the one the next client starts. A connect or call
+    /// whose own timeout is shorter returns [`Error::Timeout`] when it runs out, while a
+    /// thread of this process (`memlink-launcher`) goes on watching the server it started,
+    /// holding the start lock, until it serves or its start timeout passes: a later call
+    /// finds it serving. A connect or call that waits for a server another client is
+    /// starting likewise returns [`Error::Timeout`] at its own deadline.
     ///
     /// The server outlives the client: it runs in a session of its own, in `/`, with no
     /// standard input or output, its standard error captured (see [`ServerCommand`] for why and
@@ -126,17 +131,22 @@ impl ClientOptions {
     /// ([`ServerOptions::exit_when_idle`](crate::ServerOptions::exit_when_idle)). A client that
     /// started it reaps it when it exits, from a thread of its own.
     ///
-    /// Starting is serialised by a lock named after the service (see `rpc::launch`); a process
-    /// of another user holding it (a user not trusted as a server, see
-    /// [`ClientOptions::trust_server_uid`]) makes the connect fail with
-    /// [`Error::StartLockHeld`] rather than wait. Service names are shared by every user of the
+    /// Starting is serialised by a lock named after the service, the abstract socket
+    /// `@memlink.up.NAME`, which the server started inherits and closes once it has bound the
+    /// name ([`Server::bind`](crate::Server::bind); see `rpc::launch`, and the variables
+    /// `MEMLINK_START_LOCK_FD` and `MEMLINK_START_LOCK_INODE` it finds in its environment). A
+    /// process of another user holding it (a user not trusted as a server, see
+    /// [`ClientOptions::trust_server_uid`]; the kernel says who, Linux 5.3+) makes the connect
+    /// fail with [`Error::StartLockHeld`] at once rather than wait. Service names are shared by every user of the
     /// machine, so a name for a per-user server started on demand should include the uid.
     ///
     /// # Errors
     /// Besides those of [`Client::connect`]: [`Error::ServerSpawnFailed`] (the command could
     /// not be run), [`Error::ServerFailedToStart`] (it exited with a failure before serving:
-    /// its exit status and the end of its standard error), [`Error::ServerStartTimedOut`],
-    /// [`Error::StartLockHeld`].
+    /// its exit status and the end of its standard error), [`Error::ServerExitUnobserved`]
+    /// (it exited, but this process ignores `SIGCHLD`), [`Error::ServerStartTimedOut`],
+    /// [`Error::StartLockHeld`], [`Error::Timeout`] (the caller's own timeout ran out first),
+    /// [`Error::InvalidOptions`] (a refused [`ServerCommand::stderr_file`]).
     ///
     /// # Examples
     /// ```no_run
@@ -158,9 +168,10 @@ impl ClientOptions {
         self
     }
 
-    /// How long a connect (or a reconnect in a call without a timeout of its own) waits for a
-    /// server started on demand to serve the name, whether this client or another one started
-    /// it. Default 10 s. See [`ClientOptions::start_server`].
+    /// How long a server started on demand is given to serve the name (at least: a connect
+    /// or call with a longer timeout of its own gives it that), and how long a connect (or a
+    /// reconnect in a call without a timeout of its own) waits for it, whether this client or
+    /// another one started it. Default 10 s. See [`ClientOptions::start_server`].
     pub fn start_timeout(mut self, timeout: Duration) -> Self {
         self.start_timeout = timeout;
         self
@@ -173,6 +184,16 @@ impl ClientOptions {
     #[cfg(feature = "fault-injection")]
     pub fn __pause_holding_start_lock(mut self, pause: Duration) -> Self {
         self.launch_hooks.pause_holding_lock = pause;
+        self
+    }
+
+    /// Fault injection for tests: a client that starts a server on demand sleeps for `pause`
+    /// right after starting it (so that a test can kill it before the server serves). Exists
+    /// only with the `fault-injection` feature.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __pause_after_server_spawn(mut self, pause: Duration) -> Self {
+        self.launch_hooks.pause_after_spawn = pause;
         self
     }
 
@@ -677,7 +698,8 @@ impl Client {
 
 /// Opens a connection, retrying transient failures until `deadline` (or for
 /// [`HANDSHAKE_TIMEOUT`] without one); with [`ClientOptions::start_server`], starts the server
-/// first if none runs, waiting for it until `deadline` (or for the start timeout).
+/// first if none runs, waiting for it until `deadline` (or for the start timeout; a server
+/// started for a caller whose deadline comes first goes on starting in the background).
 fn open_connection(
     name: &str,
     options: &ClientOptions,
@@ -688,14 +710,19 @@ fn open_connection(
     let first = Connection::open_retrying(name, options, epoch, transient_until);
     match (&options.start_server, first) {
         (Some(command), Err(Error::NotRunning { .. })) => {
-            let until = deadline.unwrap_or_else(|| Instant::now() + options.start_timeout);
+            let times = launch::StartTimes {
+                deadline,
+                start_timeout: options.start_timeout,
+            };
+            // `open` may outlive this call (see `launch::connect_or_start`): it owns its copies.
+            let (owned_name, owned_options) = (name.to_owned(), options.clone());
             launch::connect_or_start(
                 name,
                 command,
                 options.trusted_server_uid,
-                until,
+                times,
                 &options.launch_hooks,
-                || Connection::open_retrying(name, options, epoch, until),
+                move |until| Connection::open_retrying(&owned_name, &owned_options, epoch, until),
             )
         }
         (_, first) => first,

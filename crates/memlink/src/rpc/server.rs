@@ -286,14 +286,17 @@ impl ServerOptions {
     /// As [`Server::bind`].
     pub fn bind(&self, name: &str) -> Result<Server> {
         validate_name(name)?;
-        let (listener, refuses_descriptors) =
-            socket::listen(&socket_name(name)).map_err(|e| match e {
-                Errno::ADDRINUSE => Error::AlreadyRunning {
-                    name: name.to_owned(),
-                    pid: super::server_stats(name).map_or(0, |s| s.pid),
-                },
-                e => Error::os("binding the server socket", e),
-            })?;
+        let bound = socket::listen(&socket_name(name));
+        // Started on demand, we hold our launcher's start lock until now: waiters look for
+        // the name, which is bound (or taken by another server) from here on.
+        super::launch::release_inherited_lock(name);
+        let (listener, refuses_descriptors) = bound.map_err(|e| match e {
+            Errno::ADDRINUSE => Error::AlreadyRunning {
+                name: name.to_owned(),
+                pid: super::server_stats(name).map_or(0, |s| s.pid),
+            },
+            e => Error::os("binding the server socket", e),
+        })?;
         if !refuses_descriptors {
             tracing::warn!(
                 server = name,
@@ -455,6 +458,15 @@ pub struct Server {
 
 impl Server {
     /// Claims service `name` with default options.
+    ///
+    /// A server started on demand by a client
+    /// ([`ClientOptions::start_server`](crate::ClientOptions::start_server)) inherits the
+    /// name's start lock from it (the descriptor named by `MEMLINK_START_LOCK_FD` and
+    /// `MEMLINK_START_LOCK_INODE` in its environment), so that no second server is started
+    /// while it comes up, even if the client that started it dies meanwhile. Binding (this
+    /// method, or [`ServerOptions::bind`]) closes that descriptor right after claiming the name,
+    /// whether or not the claim succeeded, once per process. A server should therefore bind
+    /// before it starts other programs, which would otherwise inherit the lock.
     ///
     /// # Errors
     /// [`Error::AlreadyRunning`] if a live server has the name (a dead server's name is free the
