@@ -35,9 +35,11 @@
 //! cores. The key makes stale payload bytes at the consumer's position (an older message's)
 //! practically never pass for the stamp it expects.
 //!
-//! Records of up to 64 KiB: a larger message is published every 64 KiB, so the consumer copies
-//! out while the producer copies in (memlink does the same with 16 KiB fragments; 64 KiB was the
-//! fastest floor for 64 KiB and 1 MiB messages here, ahead of 16 and 32 KiB).
+//! Records of up to 32 KiB: a larger message is published every 32 KiB, so the consumer copies
+//! out while the producer copies in (memlink does the same with 16 KiB fragments). Of 8 to 64
+//! KiB, 32 KiB made the best floor here: 64 KiB moved 64 KiB and 1 MiB messages a few percent
+//! faster back to back but delivered a single one later (larger records overlap the two copies
+//! less), 16 KiB and less cost more in both.
 //!
 //! A side that must wait spins for [`SPIN`], then yields for [`YIELD`] (both as memlink's waits
 //! do), then sleeps [`NAP`] at a time; it gives up with an error after [`STALL`] without progress
@@ -65,7 +67,7 @@ const LEN_AT: usize = 8;
 /// Header slots and payloads are aligned to this.
 const SLOT: usize = 64;
 /// Largest record: a large message is published in pieces of this size.
-pub(crate) const CHUNK: usize = 64 << 10;
+pub(crate) const CHUNK: usize = 32 << 10;
 /// Largest message the consumer accepts (a length read from the peer is checked against it).
 const MAX_MESSAGE: u64 = 1 << 30;
 
