@@ -37,6 +37,7 @@ pub(crate) struct Latency {
     pub(crate) p99: u64,
     pub(crate) p999: u64,
     pub(crate) mean: f64,
+    pub(crate) max: u64,
     pub(crate) samples: u64,
 }
 
@@ -47,6 +48,7 @@ impl Latency {
             p99: h.value_at_quantile(0.99),
             p999: h.value_at_quantile(0.999),
             mean: h.mean(),
+            max: h.max(),
             samples: h.len(),
         }
     }
@@ -139,11 +141,11 @@ fn memcpy_bandwidth() -> f64 {
     200.0 * (1 << 20) as f64 / best
 }
 
-fn unique(tag: &str) -> String {
+pub(crate) fn unique(tag: &str) -> String {
     format!("bench-{tag}-{}", std::process::id())
 }
 
-fn note(json: bool, message: &str) {
+pub(crate) fn note(json: bool, message: &str) {
     if json {
         eprintln!("{message}");
     } else {
@@ -152,7 +154,7 @@ fn note(json: bool, message: &str) {
 }
 
 /// The CPUs this process may run on, in order.
-fn allowed_cpus() -> io::Result<Vec<usize>> {
+pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
     let set = rustix::thread::sched_getaffinity(None).map_err(io::Error::from)?;
     Ok((0..rustix::thread::CpuSet::MAX_CPU)
         .filter(|&cpu| set.is_set(cpu))
@@ -446,11 +448,11 @@ pub(crate) fn us(ns: u64) -> String {
     format!("{:.2}", ns as f64 / 1000.0)
 }
 
-struct Target {
-    what: &'static str,
-    measured: f64,
-    goal: f64,
-    higher_is_better: bool,
+pub(crate) struct Target {
+    pub(crate) what: &'static str,
+    pub(crate) measured: f64,
+    pub(crate) goal: f64,
+    pub(crate) higher_is_better: bool,
 }
 
 impl Target {
@@ -463,7 +465,7 @@ impl Target {
         }
     }
 
-    fn at_least(what: &'static str, measured: f64, goal: f64) -> Self {
+    pub(crate) fn at_least(what: &'static str, measured: f64, goal: f64) -> Self {
         Target {
             what,
             measured,
@@ -472,7 +474,7 @@ impl Target {
         }
     }
 
-    fn met(&self) -> bool {
+    pub(crate) fn met(&self) -> bool {
         if self.higher_is_better {
             self.measured >= self.goal
         } else {

@@ -1,10 +1,16 @@
 //! The `memlink` command: serve and call, demo and benchmark, inspect and clean up.
+//!
+//! No `unsafe` here except in `floor` (the benchmarks' raw shared-memory floor), which opts in.
+#![deny(unsafe_code)]
 
 mod bench;
+mod bench_oneway;
 mod bench_pubsub;
 mod chaos;
 mod demo;
 mod find;
+mod floor;
+mod oneway;
 mod peer;
 
 use std::process::ExitCode;
@@ -180,6 +186,38 @@ enum BenchCommand {
         #[arg(long)]
         quick: bool,
     },
+    /// One-way message rate and latency of a duplex channel against a Unix socket and a bare
+    /// shared-memory ring (64 B to 1 MiB).
+    Duplex {
+        /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Fewer messages (about a tenth): for a quick look, not for quoting.
+        #[arg(long)]
+        quick: bool,
+        /// Messages per rate run and latency samples per size, instead of the defaults (a smoke
+        /// test; below 10,000 samples the latency tail is reported as the maximum).
+        #[arg(long)]
+        count: Option<u64>,
+
+        /// Only these message sizes, in bytes (comma-separated); targets whose sizes are left out
+        /// are not evaluated.
+        #[arg(long, value_delimiter = ',', hide = true)]
+        sizes: Vec<usize>,
+    },
+    /// Item rate of a streaming reply (1,000,000 items of 64 B, 20,000 of 64 KiB) against a Unix
+    /// socket and a bare shared-memory ring.
+    Stream {
+        /// Print one JSON object instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// Fewer items (about a tenth): for a quick look, not for quoting.
+        #[arg(long)]
+        quick: bool,
+        /// Items per run instead of the defaults (a smoke test).
+        #[arg(long)]
+        count: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -203,6 +241,16 @@ enum PeerRole {
         address: String,
         size: usize,
         samples: u64,
+    },
+    Oneway {
+        role: String,
+        transport: String,
+        address: String,
+        size: usize,
+        count: u64,
+    },
+    StreamServe {
+        name: String,
     },
 }
 
@@ -236,6 +284,20 @@ fn main() -> ExitCode {
         } => {
             bench_pubsub::run(&bench_pubsub::PubsubBenchOptions { json, quick }).map_err(Into::into)
         }
+        Command::Bench {
+            which:
+                BenchCommand::Duplex {
+                    json,
+                    quick,
+                    count,
+                    sizes,
+                },
+        } => bench_oneway::run_duplex(&bench_oneway::OnewayOptions { json, quick, count }, &sizes)
+            .map_err(Into::into),
+        Command::Bench {
+            which: BenchCommand::Stream { json, quick, count },
+        } => bench_oneway::run_stream(&bench_oneway::OnewayOptions { json, quick, count })
+            .map_err(Into::into),
         Command::Serve {
             name,
             workers,
@@ -311,6 +373,14 @@ fn run_peer(role: PeerRole) -> std::io::Result<()> {
             size,
             samples,
         } => bench_pubsub::subscriber(&way, &address, size, samples),
+        PeerRole::Oneway {
+            role,
+            transport,
+            address,
+            size,
+            count,
+        } => oneway::child(&role, &transport, &address, size, count),
+        PeerRole::StreamServe { name } => oneway::stream_server(&name),
     }
 }
 

@@ -242,14 +242,14 @@ impl RoundTrip for Client {
 
 // --- the peer process ----------------------------------------------------------------------------
 
-fn ready(detail: &str) -> io::Result<()> {
+pub(crate) fn ready(detail: &str) -> io::Result<()> {
     let mut out = io::stdout().lock();
     writeln!(out, "ready {detail}")?;
     out.flush()
 }
 
 /// Ends the process when the parent closes our stdin (or dies).
-fn exit_when_parent_leaves() {
+pub(crate) fn exit_when_parent_leaves() {
     std::thread::spawn(|| {
         let _ = io::stdin().read_to_end(&mut Vec::new());
         std::process::exit(0);

@@ -218,6 +218,74 @@ fn bench_rpc_json_reports_every_transport_size_and_target() {
     assert_eq!(report["targets"].as_array().unwrap().len(), 9);
 }
 
+/// `memlink bench duplex --quick --json` with a handful of messages per size: one JSON object with
+/// a rate and a latency row for every transport and size, and the three targets. (Correctness of
+/// the command, not speed: nothing here looks at the numbers beyond their being there.)
+#[test]
+fn bench_duplex_json_reports_every_transport_size_and_target() {
+    let out = memlink(&["bench", "duplex", "--quick", "--json", "--count", "50"]);
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    let (rate, latency) = (
+        report["rate"].as_array().unwrap(),
+        report["latency"].as_array().unwrap(),
+    );
+    for transport in ["ring floor", "memlink duplex", "unix socket"] {
+        for size in [64, 1024, 65536, 1 << 20] {
+            let row = rate
+                .iter()
+                .find(|r| r["transport"] == transport && r["size"] == size)
+                .unwrap_or_else(|| panic!("no {transport} {size} rate row"));
+            assert_eq!(row["messages"], 50);
+            assert!(row["messages_per_second"].as_f64().unwrap() > 0.0);
+            assert!(row["bytes_per_second"].as_f64().unwrap() > 0.0);
+            let row = latency
+                .iter()
+                .find(|r| r["transport"] == transport && r["size"] == size)
+                .unwrap_or_else(|| panic!("no {transport} {size} latency row"));
+            assert_eq!(row["samples"], 50);
+            // Too few samples for a p99.9: the maximum stands in.
+            assert!(row["p999_ns"].is_null(), "{row}");
+            assert!(row["max_ns"].as_u64() >= row["p50_ns"].as_u64());
+        }
+    }
+    assert_eq!(rate.len(), 12);
+    assert_eq!(latency.len(), 12);
+    let targets = report["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 3);
+    assert!(targets.iter().all(|t| t["met"].is_boolean()));
+}
+
+/// `memlink bench stream --quick --json` with a handful of items: a row per transport and item
+/// size, and the ratios.
+#[test]
+fn bench_stream_json_reports_every_transport_and_ratio() {
+    let out = memlink(&["bench", "stream", "--quick", "--json", "--count", "100"]);
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+    let rows = report["rows"].as_array().unwrap();
+    for (transport, size) in [
+        ("ring floor", 64),
+        ("memlink call_stream", 64),
+        ("unix socket", 64),
+        ("unix socket (batched)", 64),
+        ("ring floor", 65536),
+        ("memlink call_stream", 65536),
+        ("unix socket", 65536),
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["transport"] == transport && r["item_size"] == size)
+            .unwrap_or_else(|| panic!("no {transport} {size} row"));
+        assert_eq!(row["items"], 100);
+        assert!(row["items_per_second"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(rows.len(), 7);
+    assert_eq!(report["ratios"].as_array().unwrap().len(), 5);
+}
+
 /// Two `memlink chat` processes paired through a name, talking through pipes: each prints the
 /// other's lines, and both exit once both inputs have ended.
 #[test]

@@ -18,7 +18,7 @@ pub(crate) fn fragment_at(at: usize, len: usize, fragment: usize) -> (u32, Range
 }
 
 /// Payload lengths of all the fragments of a `len`-byte message.
-pub(crate) fn fragment_lens(len: usize, fragment: usize) -> impl Iterator<Item = usize> {
+pub(crate) fn fragment_lens(len: usize, fragment: usize) -> impl Iterator<Item = usize> + Clone {
     let mut at = Some(0);
     std::iter::from_fn(move || {
         let start = at?;

@@ -25,7 +25,8 @@
 //!
 //! Memory grows with need: the producer goes back to the start of the data area early (with a
 //! padding record, as at the end) whenever it has passed the first [`HOT_WINDOW`] bytes and finds
-//! the ring empty. A stream of small messages therefore cycles through the same few pages, and an
+//! the ring empty as it is about to enter another page (it looks at most once per page). A stream
+//! of small messages therefore cycles through the same few pages, and an
 //! unpopulated mapping (memfd pages are allocated on first touch) only ever holds the pages that
 //! messages needed. Large or backed-up messages still use the whole ring.
 //!
@@ -52,6 +53,9 @@ pub(crate) const MAX_FRAGMENT: usize = 16 << 10;
 
 /// Bytes at the start of the data area that small messages cycle through (see the module doc).
 pub(crate) const HOT_WINDOW: usize = 16 << 10;
+
+/// The page size early wraps are decided at (see [`Producer::try_push`]).
+const PAGE: usize = 4096;
 
 /// Smallest and largest data-area sizes a ring accepts.
 pub(crate) const MIN_CAPACITY: usize = 4096;
@@ -255,12 +259,23 @@ impl Producer {
     }
 
     /// Whether records with payloads of `lens` bytes, pushed one after another without early
-    /// wraps, all fit now (reads the consumer's position once).
+    /// wraps, all fit now. Like [`Producer::has_room_for`], reads the consumer's position only
+    /// when the last one seen leaves too little room (the consumer only ever frees space, so room
+    /// found with an older position is still there): a producer that keeps ahead of a fast
+    /// consumer does not pull the consumer's line over for every message.
     pub(crate) fn has_room_for_all(
         &mut self,
-        lens: impl Iterator<Item = usize>,
+        lens: impl Iterator<Item = usize> + Clone,
     ) -> Result<bool, RingError> {
+        if self.all_fit(self.head_seen, lens.clone()) {
+            return Ok(true);
+        }
         let head = self.consumer_position()?;
+        Ok(self.all_fit(head, lens))
+    }
+
+    /// Whether records with payloads of `lens` bytes fit one after another, the consumer at `head`.
+    fn all_fit(&self, head: u64, lens: impl Iterator<Item = usize>) -> bool {
         let capacity = self.layout.capacity as u64;
         let mut tail = self.tail;
         for len in lens {
@@ -268,11 +283,11 @@ impl Producer {
             let to_end = capacity - tail % capacity;
             let needed = if to_end < size { to_end + size } else { size };
             if capacity - (tail - head) < needed {
-                return Ok(false);
+                return false;
             }
             tail += needed;
         }
-        Ok(true)
+        true
     }
 
     /// Appends one record, unless there is not room for it right now (`Ok(false)`: retry after the
@@ -296,14 +311,18 @@ impl Producer {
         }
         let mut at = position;
         let mut tail = self.tail;
-        // Past the hot window with nothing unread (the consumer's position, read only out here,
-        // equals ours): start over at the front instead of touching fresh pages.
-        // (Only if the record fits before where we are: padding plus record must fit in an
-        // empty ring.)
+        // Past the hot window with nothing unread (the consumer's position equals ours): start
+        // over at the front instead of touching fresh pages. (Only if the record fits before
+        // where we are: padding plus record must fit in an empty ring.) The consumer's position
+        // is read for this only where the record would reach into a page the records before it
+        // did not touch, so at most once per page: a producer that stays ahead of its consumer
+        // past the window would otherwise pull the consumer's line over for every record.
+        let enters_page = position.is_multiple_of(PAGE) || position % PAGE + size > PAGE;
         let wrap_early = self.early_wrap
             && position >= HOT_WINDOW
             && size <= position
-            && (self.head_seen == self.tail || self.consumer_position()? == self.tail);
+            && (self.head_seen == self.tail
+                || (enters_page && self.consumer_position()? == self.tail));
         if to_end < size || wrap_early {
             self.write_record_header(
                 at,
@@ -589,6 +608,23 @@ mod tests {
             assert!(c.peek().unwrap().is_none());
         }
         assert!(p.is_drained().unwrap());
+    }
+
+    /// The producer reads the consumer's index only when the last one it saw leaves too little
+    /// room: an impossible index goes unread while there is room, and is refused once read.
+    #[test]
+    fn room_checks_read_the_consumer_index_only_when_short_of_room() {
+        let (mut p, _c, map) = ring(MIN_CAPACITY);
+        map.atomic_u64(HEAD_AT)
+            .unwrap()
+            .store(u64::MAX / 2, Ordering::Relaxed);
+        for i in 0..3 {
+            assert!(p.has_room_for_all(std::iter::once(1000)).unwrap());
+            assert!(p.try_push(FIRST | LAST, i, 1000, &[1; 1000]).unwrap());
+        }
+        // 3 records of 1,088 bytes: too little room left by the last index seen (0).
+        assert!(p.has_room_for_all(std::iter::once(1000)).is_err());
+        assert!(p.has_room_for(1000).is_err());
     }
 
     #[test]

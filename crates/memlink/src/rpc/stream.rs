@@ -11,10 +11,11 @@
 //! user's unread streams cannot take every slot; over a cap the client is told
 //! [`Error::ServerFull`] and its connection stays usable).
 //!
-//! The handler hands items to the worker through a small bounded queue per stream
+//! The handler hands items to the worker through a bounded queue per stream
 //! ([`StreamState`], at most `stream_queue` items and `stream_queue_bytes` bytes, though an
 //! empty queue always takes one item, however large). The handler copies an item into a buffer
-//! with the queue's lock released, and buffers are freed with it released, so the worker never
+//! with the queue's lock released (unless it is small: see [`COPY_UNDER_LOCK`]), and buffers are
+//! freed with it released, so the worker never
 //! waits on a handler's copy. The worker stays the only producer of the
 //! connection's response ring: when it turns to a streaming connection it pops the next item and
 //! copies it into the ring in fragments, under the same per-sweep budget as a reply. So:
@@ -32,7 +33,8 @@
 //! The handler wakes a parked worker through the worker's doorbell, only if the worker said it
 //! is parked (a flag set before its last look at the queues, Dekker-style through the queue's
 //! lock). The worker wakes a handler blocked on a full queue through a condition variable, only
-//! if the handler said it is waiting.
+//! if the handler said it is waiting, and only once the queue is down to half (so the handler
+//! refills it in a batch rather than item by item).
 //!
 //! # Wire format
 //! - The request is an ordinary request whose fragments all carry [`STREAM_REQUEST`].
@@ -97,6 +99,10 @@ pub(crate) enum End {
 /// Emptied item buffers larger than this are freed rather than kept for reuse, so that a stream
 /// that once sent a few huge items does not hold their memory for the rest of its life.
 const MAX_SPARE: usize = 1 << 20;
+
+/// Items at most this long are copied into the queue with its lock held (when a spare buffer
+/// has room for them): a copy this short takes less time than locking again.
+const COPY_UNDER_LOCK: usize = 1024;
 
 /// What the worker takes next from a stream.
 pub(crate) enum Next {
@@ -164,6 +170,13 @@ impl StreamState {
                 && queue.bytes.saturating_add(len) <= self.max_bytes)
     }
 
+    /// Whether the queue is down to its low-water mark: at most half full by both measures, or
+    /// empty (which always has room).
+    fn low(&self, queue: &Queue) -> bool {
+        queue.items.is_empty()
+            || (queue.items.len() <= self.capacity / 2 && queue.bytes <= self.max_bytes / 2)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -196,11 +209,20 @@ impl StreamState {
         } else {
             freed = Some(next);
         }
-        if queue.waiting {
+        // A handler waiting for room is woken once the queue is down to half (or empty), not at
+        // the first item taken: it then queues a batch before it waits again, instead of one
+        // item per wake-up (a futex wake and a thread switch per item, when the queue is full).
+        let wake = queue.waiting && self.low(&queue);
+        if wake {
             queue.waiting = false;
-            self.room.notify_one();
         }
         drop(queue);
+        // Notified with the lock released: a handler woken while we still held it would find it
+        // taken, and on a shared CPU go back to sleep on it at once (two more thread switches).
+        // Nothing is lost: it set `waiting` under the lock and was then already waiting.
+        if wake {
+            self.room.notify_one();
+        }
         drop(freed);
         Next::Item
     }
@@ -286,11 +308,22 @@ impl StreamSink {
                 return Err(Error::Cancelled);
             }
             if state.has_room(&queue, item.len()) {
+                let mut buffer = queue.spare.pop().unwrap_or_default();
+                if item.len() <= COPY_UNDER_LOCK && buffer.capacity() >= item.len() {
+                    // Small, and no allocation needed: copied with the lock held, which is
+                    // quicker than taking the lock a second time.
+                    buffer.clear();
+                    buffer.extend_from_slice(item);
+                    queue.bytes += buffer.len();
+                    queue.items.push_back(buffer);
+                    drop(queue);
+                    state.ring_worker();
+                    return Ok(());
+                }
                 // Copied with the lock released, so the worker never waits for our copy: this
                 // sink is the queue's only producer, and the worker only takes items out, so the
                 // room found now is still there when we come back (unless the stream is
                 // cancelled meanwhile).
-                let mut buffer = queue.spare.pop().unwrap_or_default();
                 drop(queue);
                 buffer.clear();
                 buffer.extend_from_slice(item);
