@@ -85,8 +85,8 @@ fn stamp(position: u64, key: u64) -> u64 {
     position.wrapping_add(1) ^ key
 }
 
-/// The header of one record, as stored in its first line after the stamp (little-endian, 24
-/// bytes).
+/// The header of one record, as stored in its first line after the stamp (little-endian, 32
+/// bytes: `len u32 | flags u32 | call_id u64 | total u64 | meta u64`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RecordHeader {
     /// Payload bytes in this record.
@@ -97,10 +97,13 @@ pub(crate) struct RecordHeader {
     pub(crate) call_id: u64,
     /// Length of the whole message this fragment belongs to.
     pub(crate) total: u64,
+    /// A word the protocol above gives its own meaning (rpc: a request's deadline); 0 where it
+    /// has none. Untrusted like every other field: the protocol that reads it validates it.
+    pub(crate) meta: u64,
 }
 
 impl RecordHeader {
-    const ENCODED_LEN: usize = 24;
+    const ENCODED_LEN: usize = 32;
 
     fn encode(&self) -> [u8; Self::ENCODED_LEN] {
         let mut b = [0u8; Self::ENCODED_LEN];
@@ -108,6 +111,7 @@ impl RecordHeader {
         b[4..8].copy_from_slice(&self.flags.to_le_bytes());
         b[8..16].copy_from_slice(&self.call_id.to_le_bytes());
         b[16..24].copy_from_slice(&self.total.to_le_bytes());
+        b[24..32].copy_from_slice(&self.meta.to_le_bytes());
         b
     }
 
@@ -119,6 +123,7 @@ impl RecordHeader {
             flags: word(4),
             call_id: long(8),
             total: long(16),
+            meta: long(24),
         }
     }
 }
@@ -284,6 +289,18 @@ impl Producer {
         total: u64,
         payload: &[u8],
     ) -> Result<bool, RingError> {
+        self.try_push_with_meta(flags, call_id, total, 0, payload)
+    }
+
+    /// [`Producer::try_push`] with the header's `meta` word (see [`RecordHeader::meta`]).
+    pub(crate) fn try_push_with_meta(
+        &mut self,
+        flags: u32,
+        call_id: u64,
+        total: u64,
+        meta: u64,
+        payload: &[u8],
+    ) -> Result<bool, RingError> {
         let capacity = self.layout.capacity;
         if payload.len() > self.layout.max_fragment() || flags & !(FIRST | LAST | USER_FLAGS) != 0 {
             return corrupted("record too large or with reserved flags (memlink bug)");
@@ -313,6 +330,7 @@ impl Producer {
                     flags: PADDING,
                     call_id: 0,
                     total: 0,
+                    meta: 0,
                 },
             )?;
             tail += to_end as u64;
@@ -323,6 +341,7 @@ impl Producer {
             flags,
             call_id,
             total,
+            meta,
         };
         if !self
             .map
@@ -345,6 +364,7 @@ impl Producer {
             flags: FIRST | LAST,
             call_id: u64::MAX,
             total: 0,
+            meta: 0,
         };
         self.write_record_header(at, self.tail, header)
     }
@@ -561,7 +581,8 @@ mod tests {
                     len: 0,
                     flags: FIRST | LAST,
                     call_id: 2,
-                    total: 0
+                    total: 0,
+                    meta: 0,
                 }
                 .encode()
             )
@@ -571,6 +592,20 @@ mod tests {
         // The real record, when it comes, is read as usual.
         assert!(p.try_push(FIRST | LAST, 2, 2, b"ok").unwrap());
         assert_eq!(c.peek().unwrap().map(|h| h.call_id), Some(2));
+    }
+
+    #[test]
+    fn the_meta_word_travels_with_every_record() {
+        let (mut p, mut c, _map) = ring(MIN_CAPACITY);
+        assert!(
+            p.try_push_with_meta(FIRST | LAST, 1, 3, u64::MAX - 7, b"abc")
+                .unwrap()
+        );
+        assert!(p.try_push(FIRST | LAST, 2, 0, b"").unwrap());
+        let h = c.peek().unwrap().unwrap();
+        assert_eq!((h.call_id, h.meta), (1, u64::MAX - 7));
+        c.skip(&h).unwrap();
+        assert_eq!(c.peek().unwrap().map(|h| (h.call_id, h.meta)), Some((2, 0)));
     }
 
     #[test]

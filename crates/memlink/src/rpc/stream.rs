@@ -390,6 +390,7 @@ mod tests {
             flags,
             call_id,
             total,
+            meta: 0,
         }
     }
 
