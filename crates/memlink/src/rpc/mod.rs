@@ -24,12 +24,14 @@
 //! started it, is in `launch`.
 
 mod client;
+mod handler;
 mod launch;
 mod protocol;
 mod server;
 mod stream;
 
 pub use client::{Client, ClientOptions, ReplyStream};
+pub use handler::{CallContext, CallHandler, HandlerError};
 pub use launch::ServerCommand;
 pub use protocol::Stats;
 pub use server::{Handler, Server, ServerOptions, ShutdownHandle};
@@ -68,7 +70,7 @@ pub fn server_stats(name: &str) -> Result<Stats> {
         &[],
     )
     .map_err(fail)?;
-    let mut buf = [0u8; 64];
+    let mut buf = [0u8; 128];
     let (len, _) = socket::receive_message(&connection, &mut buf, true).map_err(fail)?;
     if len == protocol::Welcome::LEN {
         // A refusal instead of statistics.

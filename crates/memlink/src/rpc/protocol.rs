@@ -22,6 +22,36 @@ pub(crate) const ERR_NO_STREAMS: u32 = 4;
 /// The server runs as many stream handlers as it allows (the cap follows, 8 bytes).
 pub(crate) const ERR_TOO_MANY_STREAMS: u32 = 5;
 
+/// A call's handler refused it (its reason follows the code, UTF-8).
+pub(crate) const ERR_REFUSED: u32 = 6;
+/// The request's deadline had passed when the server took it: the handler did not run.
+pub(crate) const ERR_DEADLINE_EXPIRED: u32 = 7;
+/// A typed handler could not decode the request (the decoder's message follows, UTF-8): the
+/// handler did not run.
+pub(crate) const ERR_UNDECODABLE: u32 = 8;
+/// A call's handler returned an error: `code | message_len u32 | message (UTF-8) | data`.
+pub(crate) const ERR_CALL_FAILED: u32 = 9;
+/// Longest handler message or reason sent (longer ones are cut at a character boundary).
+pub(crate) const MAX_ERROR_TEXT: usize = 4096;
+
+/// The request records' `meta` word (see `RecordHeader::meta`): the call's deadline as absolute
+/// `CLOCK_MONOTONIC` nanoseconds, the same on every fragment of a request; 0 for none (and for
+/// stream requests, cancels and replies). A value above `i64::MAX` (no clock reads that) is a
+/// broken protocol.
+pub(crate) const MAX_DEADLINE_NS: u64 = i64::MAX as u64;
+
+/// `text` cut to at most [`MAX_ERROR_TEXT`] bytes, at a character boundary.
+pub(crate) fn error_text(text: &str) -> &str {
+    if text.len() <= MAX_ERROR_TEXT {
+        return text;
+    }
+    let mut end = MAX_ERROR_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// A request record flag (on every fragment): the request asks for a stream of replies.
 pub(crate) const STREAM_REQUEST: u32 = 0x200;
 /// A request record flag: an empty message cancelling the stream of the same call id.
@@ -54,10 +84,13 @@ pub struct Stats {
     pub uptime_ms: u64,
     /// Largest request or reply the server accepts, in bytes.
     pub max_message: u64,
+    /// Requests skipped without running the handler because their deadline had passed when a
+    /// worker took them (their callers had given up).
+    pub expired_calls: u64,
 }
 
 impl Stats {
-    pub(crate) const LEN: usize = 56;
+    pub(crate) const LEN: usize = 64;
 
     pub(crate) fn encode(&self) -> [u8; Self::LEN] {
         let mut b = [0u8; Self::LEN];
@@ -71,6 +104,7 @@ impl Stats {
         b[32..40].copy_from_slice(&self.corrupt_disconnects.to_le_bytes());
         b[40..48].copy_from_slice(&self.uptime_ms.to_le_bytes());
         b[48..56].copy_from_slice(&self.max_message.to_le_bytes());
+        b[56..64].copy_from_slice(&self.expired_calls.to_le_bytes());
         b
     }
 
@@ -94,6 +128,7 @@ impl Stats {
             corrupt_disconnects: l(32),
             uptime_ms: l(40),
             max_message: l(48),
+            expired_calls: l(56),
         })
     }
 }
@@ -114,6 +149,7 @@ mod tests {
             corrupt_disconnects: 6,
             uptime_ms: 7,
             max_message: 8,
+            expired_calls: 9,
         };
         assert_eq!(Stats::decode(&s.encode()), Ok(s));
     }

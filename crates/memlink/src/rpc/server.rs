@@ -20,10 +20,12 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
+use super::handler::{CallContext, CallHandler, HandlerError, Plain};
 use super::protocol::{
-    Admission, CANCEL, ERR_HANDLER_FAILED, ERR_HANDLER_PANICKED, ERR_NO_STREAMS,
-    ERR_REPLY_TOO_LARGE, ERR_TOO_MANY_STREAMS, ERROR_REPLY, Goodbye, Hello, Purpose, RegionLayout,
-    STREAM_END, STREAM_ITEM, STREAM_REQUEST, Stats, Welcome, socket_name,
+    Admission, CANCEL, ERR_CALL_FAILED, ERR_DEADLINE_EXPIRED, ERR_HANDLER_FAILED,
+    ERR_HANDLER_PANICKED, ERR_NO_STREAMS, ERR_REFUSED, ERR_REPLY_TOO_LARGE, ERR_TOO_MANY_STREAMS,
+    ERROR_REPLY, Goodbye, Hello, MAX_DEADLINE_NS, Purpose, RegionLayout, STREAM_END, STREAM_ITEM,
+    STREAM_REQUEST, Stats, Welcome, error_text, socket_name,
 };
 use super::stream::{End, Next, StreamHandler, StreamSink, StreamState, WorkerBell};
 use crate::error::{Error, Result};
@@ -38,7 +40,7 @@ use crate::memory::ring::{
 use crate::memory::segment::Permissions;
 use crate::platform::mapping::Mapping;
 use crate::platform::notify::{self, Poller, Ready};
-use crate::platform::{process, socket};
+use crate::platform::{clock, process, socket};
 
 /// How long a connector may take to say hello before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -66,6 +68,8 @@ const KEEP_BUFFER: usize = 8 << 20;
 ///
 /// `reply` arrives empty; whatever the handler leaves in it is sent back. A handler that panics
 /// fails only that call (the client gets [`Error::HandlerPanicked`]); the server keeps serving.
+/// A handler that needs to know who calls, to fail with an error of its own or to refuse a
+/// call is a [`CallHandler`], served by [`Server::serve_calls`].
 pub trait Handler: Send + Sync {
     /// Answers one request.
     fn handle(&self, request: &[u8], reply: &mut Vec<u8>);
@@ -316,7 +320,9 @@ impl ServerOptions {
                 shutdown_bell,
                 connections: AtomicUsize::new(0),
                 calls: AtomicU64::new(0),
+                expired: AtomicU64::new(0),
                 corrupt_disconnects: AtomicU64::new(0),
+                next_connection: AtomicU64::new(1),
                 streams: AtomicUsize::new(0),
                 streams_per_uid: std::sync::Mutex::new(HashMap::new()),
                 stream_pool: Arc::new(StreamPool::default()),
@@ -359,7 +365,11 @@ struct Shared {
     shutdown_bell: OwnedFd,
     connections: AtomicUsize,
     calls: AtomicU64,
+    /// Requests skipped because their deadline had passed when a worker took them.
+    expired: AtomicU64,
     corrupt_disconnects: AtomicU64,
+    /// The next connection's id.
+    next_connection: AtomicU64,
     /// Stream handler threads running.
     streams: AtomicUsize,
     /// Of those, per uid (locked when a stream starts and ends, never per call or item).
@@ -501,7 +511,52 @@ impl Server {
     /// workers finish their calls, rather than run on half-dead. Misbehaving clients never end
     /// `serve`.
     pub fn serve<H: Handler>(self, handler: H) -> Result<()> {
-        self.serve_both(handler, None)
+        self.serve_both(&Plain(handler), None)
+    }
+
+    /// Serves requests with a [`CallHandler`] until shut down: a handler that is told who calls
+    /// and until when ([`CallContext`]), and may fail ([`HandlerError::new`], which the client
+    /// gets as [`Error::HandlerFailed`] with the message and bytes) or refuse the call
+    /// ([`HandlerError::refused`]: [`Error::CallRefused`]). Either way the connection stays
+    /// usable. A call whose deadline has passed when the server takes it is not handed to the
+    /// handler.
+    ///
+    /// # Errors
+    /// As [`Server::serve`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # fn main() -> memlink::Result<()> {
+    /// use memlink::rpc::{CallContext, HandlerError};
+    ///
+    /// let server = memlink::Server::bind("kv")?;
+    /// server.serve_calls(|call: &CallContext, key: &[u8], reply: &mut Vec<u8>| {
+    ///     if call.caller_uid() != 1000 {
+    ///         return Err(HandlerError::refused("this store belongs to uid 1000"));
+    ///     }
+    ///     match key {
+    ///         b"answer" => reply.extend_from_slice(b"42"),
+    ///         _ => return Err(HandlerError::new("no such key").with_data(*b"ENOKEY")),
+    ///     }
+    ///     Ok(())
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn serve_calls<C: CallHandler>(self, handler: C) -> Result<()> {
+        self.serve_both(&handler, None)
+    }
+
+    /// [`Server::serve_calls`] and [`Server::serve_with`] together: calls with a
+    /// [`CallHandler`], stream requests with `streams`.
+    ///
+    /// # Errors
+    /// As [`Server::serve`].
+    pub fn serve_calls_with<C: CallHandler, S: StreamHandler>(
+        self,
+        handler: C,
+        streams: S,
+    ) -> Result<()> {
+        self.serve_both(&handler, Some(Arc::new(streams)))
     }
 
     /// Serves plain calls with `handler` and stream requests ([`Client::call_stream`]) with
@@ -529,12 +584,12 @@ impl Server {
     /// # Ok(()) }
     /// ```
     pub fn serve_with<H: Handler, S: StreamHandler>(self, handler: H, streams: S) -> Result<()> {
-        self.serve_both(handler, Some(Arc::new(streams)))
+        self.serve_both(&Plain(handler), Some(Arc::new(streams)))
     }
 
-    fn serve_both<H: Handler>(
+    fn serve_both(
         mut self,
-        handler: H,
+        handler: &dyn CallHandler,
         streams: Option<Arc<dyn StreamHandler>>,
     ) -> Result<()> {
         let listener = self
@@ -557,7 +612,6 @@ impl Server {
             });
             bodies.push((doorbell, inbox_rx, load));
         }
-        let handler: &dyn Handler = &handler;
         let workers = bodies
             .into_iter()
             .enumerate()
@@ -641,6 +695,7 @@ impl Server {
             corrupt_disconnects: shared.corrupt_disconnects.load(Ordering::Relaxed),
             uptime_ms: shared.started.elapsed().as_millis() as u64,
             max_message: self.options.max_message_size as u64,
+            expired_calls: shared.expired.load(Ordering::Relaxed),
         }
     }
 
@@ -828,6 +883,7 @@ impl Server {
             self.options.max_message_size,
             peer,
             slot,
+            self.shared.next_connection.fetch_add(1, Ordering::Relaxed),
         )
         .map_err(|_| Errno::INVAL)?;
         self.shared.connections.fetch_add(1, Ordering::Relaxed);
@@ -1025,6 +1081,10 @@ struct Connection {
     stream_over: bool,
     max_message: usize,
     client_pid: u32,
+    /// This connection's id within the server's run (see `CallContext::connection_id`).
+    id: u64,
+    /// The deadline of the request in progress (`CLOCK_MONOTONIC` ns; 0: none).
+    deadline: u64,
     /// Made progress since the worker last counted its active clients.
     active: bool,
     /// Declared last: gives the uid's connection slot back once everything else is released.
@@ -1039,6 +1099,7 @@ impl Connection {
         max_message: usize,
         peer: socket::PeerCredentials,
         slot: UidSlot,
+        id: u64,
     ) -> Result<Self, RingError> {
         Ok(Connection {
             requests: Consumer::new(map.clone(), layout.requests())?,
@@ -1060,6 +1121,8 @@ impl Connection {
             stream_over: false,
             max_message,
             client_pid: peer.pid,
+            id,
+            deadline: 0,
             active: false,
             _slot: slot,
         })
@@ -1135,13 +1198,22 @@ impl Connection {
                 .accept(&header, |id| id > last_call, self.max_message as u64)
                 .map_err(bad)?;
             if started.is_some() {
+                // A deadline is a time some clock can read; a stream request carries none.
+                if header.meta > MAX_DEADLINE_NS || (user == STREAM_REQUEST && header.meta != 0) {
+                    return Err(bad(format!("a request deadline of {}", header.meta)));
+                }
                 self.call = header.call_id;
+                self.deadline = header.meta;
                 self.request.clear();
                 self.phase = Phase::Receiving;
                 self.stream_request = user == STREAM_REQUEST;
             } else if self.stream_request != (user == STREAM_REQUEST) {
                 return Err(bad(
                     "fragments of one request disagree on their flags".into()
+                ));
+            } else if header.meta != self.deadline {
+                return Err(bad(
+                    "fragments of one request disagree on their deadline".into()
                 ));
             }
             self.requests.take(&header, &mut self.request)?;
@@ -1161,8 +1233,13 @@ impl Connection {
                 }
                 break;
             } else {
-                self.respond(worker.handler);
-                worker.calls.fetch_add(1, Ordering::Relaxed);
+                if self.expired() {
+                    self.refuse_expired();
+                    worker.shared.expired.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.respond(worker.handler);
+                    worker.calls.fetch_add(1, Ordering::Relaxed);
+                }
                 self.push_reply(&mut budget)?;
                 break;
             }
@@ -1170,18 +1247,61 @@ impl Connection {
         Ok(progressed)
     }
 
-    fn respond(&mut self, handler: &dyn Handler) {
+    /// Whether the complete request's deadline has passed. Reads the clock only for a request
+    /// that carries one.
+    fn expired(&self) -> bool {
+        if self.deadline == 0 {
+            return false;
+        }
+        // SYNC POINT: SeqCst fence between our store of the ring's head (in `take`, which
+        // released the request) and the clock read; pairs with the client's fence between its
+        // clock read (its deadline passed) and its load of our head (see `Connection::failure`
+        // in `client`). Either the client saw the request taken, or we read the clock after it
+        // gave up and skip the request: never "not executed" for a request we then run.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        clock::monotonic_ns() >= self.deadline
+    }
+
+    /// Answers a request whose caller already gave up with a report saying it was skipped.
+    fn refuse_expired(&mut self) {
+        tracing::debug!(
+            client_pid = self.client_pid,
+            connection = self.id,
+            call = self.call,
+            "skipped a request whose deadline had passed"
+        );
         self.reply.clear();
+        self.reply
+            .extend_from_slice(&ERR_DEADLINE_EXPIRED.to_le_bytes());
+        self.reply_flags = ERROR_REPLY;
+        self.reply_sent = 0;
+        self.phase = Phase::Replying;
+    }
+
+    fn respond(&mut self, handler: &dyn CallHandler) {
+        self.reply.clear();
+        // Built from what the connection holds: no allocation, no system call.
+        let context = CallContext {
+            pid: self.client_pid,
+            uid: self._slot.uid,
+            connection: self.id,
+            deadline_ns: self.deadline,
+        };
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            handler.handle(&self.request, &mut self.reply)
+            handler.handle_call(&context, &self.request, &mut self.reply)
         }));
         self.reply_flags = 0;
-        if outcome.is_err() {
-            self.reply.clear();
-            self.reply
-                .extend_from_slice(&ERR_HANDLER_PANICKED.to_le_bytes());
-            self.reply_flags = ERROR_REPLY;
-        } else if self.reply.len() > self.max_message {
+        match outcome {
+            Err(_) => {
+                self.reply.clear();
+                self.reply
+                    .extend_from_slice(&ERR_HANDLER_PANICKED.to_le_bytes());
+                self.reply_flags = ERROR_REPLY;
+            }
+            Ok(Err(error)) => self.report_failure(&error),
+            Ok(Ok(())) => {}
+        }
+        if self.reply.len() > self.max_message {
             let size = self.reply.len() as u64;
             self.reply.clear();
             self.reply
@@ -1196,12 +1316,31 @@ impl Connection {
         self.phase = Phase::Replying;
     }
 
+    /// Puts the error report for a handler's error in `reply`: a refusal (`code | reason`) or
+    /// a failure (`code | message_len u32 | message | data`).
+    fn report_failure(&mut self, error: &HandlerError) {
+        self.reply.clear();
+        self.reply_flags = ERROR_REPLY;
+        let text = error_text(error.message()).as_bytes();
+        if error.is_refusal() {
+            self.reply.extend_from_slice(&ERR_REFUSED.to_le_bytes());
+            self.reply.extend_from_slice(text);
+        } else {
+            self.reply.extend_from_slice(&ERR_CALL_FAILED.to_le_bytes());
+            self.reply
+                .extend_from_slice(&(text.len() as u32).to_le_bytes());
+            self.reply.extend_from_slice(text);
+            self.reply.extend_from_slice(error.data());
+        }
+    }
+
     /// Takes a cancel record, which must name the current call: the client cancels only the
     /// stream it is reading, and only after having sent its request.
     fn take_cancel(&mut self, header: &crate::memory::ring::RecordHeader) -> Result<(), RingError> {
         if header.flags != FIRST | LAST | CANCEL
             || header.len != 0
             || header.total != 0
+            || header.meta != 0
             || header.call_id != self.call
         {
             return Err(RingError(format!(
@@ -1241,6 +1380,12 @@ impl Connection {
             self.max_message,
         ));
         let request = std::mem::take(&mut self.request);
+        let context = CallContext {
+            pid: self.client_pid,
+            uid,
+            connection: self.id,
+            deadline_ns: 0,
+        };
         // Moved into the thread's closure: the slot is given back and the stream ended however
         // the thread ends, and also if it never starts (a failed spawn drops the closure).
         let mut ending = StreamEnding {
@@ -1252,7 +1397,7 @@ impl Connection {
         };
         let handler = streams.clone();
         let job: StreamJob = Box::new(move || {
-            let mut sink = StreamSink::new(ending.state.clone());
+            let mut sink = StreamSink::new(ending.state.clone()).with_context(context);
             let outcome = catch_unwind(AssertUnwindSafe(|| {
                 handler.handle_stream(&request, &mut sink)
             }));
@@ -1456,7 +1601,7 @@ const FIRST_CONNECTION: u64 = 2;
 
 /// What a connection needs of its worker to serve a call.
 struct WorkerContext<'a> {
-    handler: &'a dyn Handler,
+    handler: &'a dyn CallHandler,
     streams: Option<&'a Arc<dyn StreamHandler>>,
     shared: &'a Arc<Shared>,
     calls: &'a AtomicU64,
@@ -1471,7 +1616,7 @@ struct WorkerContext<'a> {
 struct Worker<'a> {
     server: &'a Server,
     index: usize,
-    handler: &'a dyn Handler,
+    handler: &'a dyn CallHandler,
     streams: Option<Arc<dyn StreamHandler>>,
     bell: WorkerBell,
     poller: Poller,
@@ -1492,7 +1637,7 @@ impl<'a> Worker<'a> {
         doorbell: Arc<OwnedFd>,
         inbox: Receiver<Connection>,
         load: Arc<AtomicUsize>,
-        handler: &'a dyn Handler,
+        handler: &'a dyn CallHandler,
         streams: Option<Arc<dyn StreamHandler>>,
     ) -> Result<Self> {
         let poller = Poller::new().map_err(|e| Error::os("creating an epoll set", e))?;

@@ -1,0 +1,383 @@
+//! What a service built on request/response needs, across real processes (issue 11): whether a
+//! failed call ran, handlers that fail or refuse, who is calling, deadlines and calls that do
+//! not wait, typed messages, and the server's statistics and lifecycle traces.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::{ChildProcess, WATCHDOG, await_parent, report, unique_name, variant};
+use memlink::rpc::{CallContext, HandlerError, server_stats};
+use memlink::{Client, ClientOptions, Error, NotExecuted, Server};
+
+#[test]
+fn child_main() {
+    common::run_child(&[
+        ("api_server", api_server),
+        ("caller", caller),
+        ("call_and_report", call_and_report),
+    ]);
+}
+
+// --- the test service ----------------------------------------------------------------------------
+
+/// Calls of `record` the handler ran.
+static RECORDED: AtomicU64 = AtomicU64::new(0);
+
+/// `whoami` (caller pid, uid, connection id, and whether a deadline came), `fail`, `sleep:MS`,
+/// `record` / `count` (how many `record`s ran), `panic`, anything else echoed. Calls from
+/// `refused_pid` are refused.
+fn api_handler(
+    refused_pid: u32,
+) -> impl Fn(&CallContext, &[u8], &mut Vec<u8>) -> Result<(), HandlerError> + Send + Sync {
+    move |call: &CallContext, request: &[u8], reply: &mut Vec<u8>| {
+        if call.caller_pid() == refused_pid {
+            return Err(HandlerError::refused(format!(
+                "pid {} may not call",
+                call.caller_pid()
+            )));
+        }
+        if let Some(ms) = request.strip_prefix(b"sleep:") {
+            let ms: u64 = std::str::from_utf8(ms).unwrap().parse().unwrap();
+            std::thread::sleep(Duration::from_millis(ms));
+            reply.extend_from_slice(b"slept");
+            return Ok(());
+        }
+        match request {
+            b"whoami" => {
+                let left = call
+                    .time_left()
+                    .map_or("none".to_owned(), |left| left.as_millis().to_string());
+                let text = format!(
+                    "{} {} {} {} {}",
+                    call.caller_pid(),
+                    call.caller_uid(),
+                    call.connection_id(),
+                    left,
+                    call.deadline().is_some()
+                );
+                reply.extend_from_slice(text.as_bytes());
+            }
+            b"fail" => {
+                return Err(HandlerError::new("no such account").with_data(*b"E404"));
+            }
+            b"record" => {
+                RECORDED.fetch_add(1, Ordering::SeqCst);
+                reply.extend_from_slice(b"recorded");
+            }
+            b"count" => reply.extend_from_slice(&RECORDED.load(Ordering::SeqCst).to_le_bytes()),
+            b"panic" => panic!("the test handler was asked to panic"),
+            other => reply.extend_from_slice(other),
+        }
+        Ok(())
+    }
+}
+
+// --- child roles -------------------------------------------------------------------------------
+
+/// Serves until its stdin closes. Args: name, workers, pid to refuse (0: none).
+fn api_server(args: &[String]) {
+    let workers = args[1].parse().unwrap();
+    let refused_pid = args[2].parse().unwrap();
+    let server = Server::options().workers(workers).bind(&args[0]).unwrap();
+    let stop = server.shutdown_handle();
+    std::thread::spawn(move || {
+        await_parent();
+        stop.shutdown();
+    });
+    report("ready");
+    server.serve_calls(api_handler(refused_pid)).unwrap();
+    report("stopped");
+}
+
+/// Makes one call and reports its outcome. Args: name, request.
+fn caller(args: &[String]) {
+    let client = Client::connect(&args[0]).unwrap();
+    match client.call(args[1].as_bytes()) {
+        Ok(reply) => report(&format!("ok {}", String::from_utf8_lossy(&reply))),
+        Err(e) => report(&format!("error {}", variant(&e))),
+    }
+}
+
+/// Connects, says so, and on the parent's word makes one call and reports its outcome (and
+/// whether it says it did not run). Args: name, request.
+fn call_and_report(args: &[String]) {
+    let client = Client::connect(&args[0]).unwrap();
+    report("connected");
+    await_parent();
+    match client.call(args[1].as_bytes()) {
+        Ok(reply) => report(&format!("ok {}", String::from_utf8_lossy(&reply))),
+        Err(Error::NotExecuted { reason, .. }) => report(&format!("not executed {reason:?}")),
+        Err(e) => report(&format!("error {}", variant(&e))),
+    }
+}
+
+// --- helpers -----------------------------------------------------------------------------------
+
+fn start(name: &str, workers: usize, refused_pid: u32) -> ChildProcess {
+    let mut server = ChildProcess::spawn(
+        "api_server",
+        &[name, &workers.to_string(), &refused_pid.to_string()],
+    );
+    server.expect_line("ready");
+    server
+}
+
+fn stop(mut server: ChildProcess) {
+    server.tell("stop");
+    server.expect_line("stopped");
+    server.wait_success();
+}
+
+fn count(client: &Client) -> u64 {
+    u64::from_le_bytes(client.call(b"count").unwrap().try_into().unwrap())
+}
+
+fn whoami(client: &Client) -> Vec<String> {
+    let reply = client.call(b"whoami").unwrap();
+    String::from_utf8(reply)
+        .unwrap()
+        .split(' ')
+        .map(str::to_owned)
+        .collect()
+}
+
+fn our_uid() -> String {
+    rustix::process::geteuid().as_raw().to_string()
+}
+
+// --- tests -------------------------------------------------------------------------------------
+
+#[test]
+fn a_handler_error_or_refusal_reaches_the_client_as_such_and_keeps_the_connection() {
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("handler-errors");
+    // This process's calls are refused; a child's are not.
+    let server = start(&name, 1, std::process::id());
+    let mut other = ChildProcess::spawn("caller", &[&name, "fail"]);
+    // The child's call fails with the handler's own error, not a transport error.
+    assert_eq!(other.next_line(), "error HandlerFailed");
+    other.wait_success();
+    let mut other = ChildProcess::spawn("caller", &[&name, "hello"]);
+    other.expect_line("ok hello");
+    other.wait_success();
+
+    let client = Client::connect(&name).unwrap();
+    match client.call(b"hello") {
+        Err(Error::CallRefused { reason, .. }) => {
+            assert_eq!(&*reason, format!("pid {} may not call", std::process::id()))
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The refusal did not cost the connection: the same one answers again (a refusal again).
+    assert!(matches!(
+        client.call(b"again"),
+        Err(Error::CallRefused { .. })
+    ));
+    stop(server);
+
+    let name = unique_name("handler-fails");
+    let server = start(&name, 1, 0);
+    let client = Client::connect(&name).unwrap();
+    let connection = whoami(&client)[2].clone();
+    match client.call(b"fail") {
+        Err(Error::HandlerFailed { reason, data, .. }) => {
+            assert_eq!(reason, "no such account");
+            assert_eq!(&*data, b"E404");
+        }
+        other => panic!("expected the handler's error, got {other:?}"),
+    }
+    assert!(matches!(
+        client.call(b"panic"),
+        Err(Error::HandlerPanicked { .. })
+    ));
+    // Same connection after both: errors of the handler are not transport failures.
+    assert_eq!(whoami(&client)[2], connection);
+    stop(server);
+}
+
+#[test]
+fn the_handler_knows_who_calls_on_which_connection_and_until_when() {
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("context");
+    let server = start(&name, 2, 0);
+    let client = Client::connect(&name).unwrap();
+    let me = whoami(&client);
+    assert_eq!(me[0], std::process::id().to_string(), "caller pid");
+    assert_eq!(me[1], our_uid(), "caller uid");
+    assert_eq!((me[3].as_str(), me[4].as_str()), ("none", "false"));
+    // Another client has another connection.
+    let other = Client::connect(&name).unwrap();
+    assert_ne!(whoami(&other)[2], me[2], "connection ids");
+    // A timeout travels with the call.
+    let reply = client.call_timeout(b"whoami", WATCHDOG).unwrap();
+    let fields: Vec<String> = String::from_utf8(reply)
+        .unwrap()
+        .split(' ')
+        .map(str::to_owned)
+        .collect();
+    let left: u64 = fields[3].parse().unwrap();
+    assert!(
+        left > 0 && left <= WATCHDOG.as_millis() as u64,
+        "time left {left} ms"
+    );
+    assert_eq!(fields[4], "true");
+    // ...as does a client's default timeout.
+    let timed = ClientOptions::new()
+        .call_timeout(Duration::from_secs(30))
+        .connect(&name)
+        .unwrap();
+    let left: u64 = whoami(&timed)[3].parse().unwrap();
+    assert!(left > 0 && left <= 30_000, "time left {left} ms");
+    stop(server);
+}
+
+#[test]
+fn a_call_that_times_out_before_the_server_takes_it_did_not_run_and_never_will() {
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("deadline");
+    let server = start(&name, 1, 0);
+    let client = Arc::new(Client::connect(&name).unwrap());
+    // The only worker is busy for a while...
+    let busy = {
+        let client = client.clone();
+        std::thread::spawn(move || client.call(b"sleep:400"))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    // ...so a call that gives up meanwhile was never taken: not executed, and it never runs
+    // (the worker skips it or finds its connection gone).
+    let late = Client::connect(&name).unwrap();
+    match late.call_timeout(b"record", Duration::from_millis(50)) {
+        Err(Error::NotExecuted {
+            reason: NotExecuted::TimedOut,
+            ..
+        }) => {}
+        other => panic!("expected NotExecuted(TimedOut), got {other:?}"),
+    }
+    assert_eq!(busy.join().unwrap().unwrap(), b"slept");
+    assert_eq!(count(&late), 0, "the abandoned call ran");
+
+    // A call whose handler is already running when the timeout ends may have run: Timeout.
+    match late.call_timeout(b"sleep:300", Duration::from_millis(50)) {
+        Err(Error::Timeout) => {}
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    // The client goes on (on a fresh connection).
+    assert_eq!(late.call(b"hi").unwrap(), b"hi");
+    stop(server);
+}
+
+#[test]
+fn the_server_skips_a_request_whose_deadline_passed_before_it_took_it_and_says_so() {
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("expired");
+    let server = start(&name, 1, 0);
+    let client = Arc::new(Client::connect(&name).unwrap());
+    let busy = {
+        let client = client.clone();
+        std::thread::spawn(move || client.call(b"sleep:300"))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    // This client waits as long as it takes, but tells the server it gives up after 1 ms: the
+    // worker, busy for longer, skips the request and answers that it did.
+    let impatient = ClientOptions::new()
+        .__sent_deadline(Duration::from_millis(1))
+        .connect(&name)
+        .unwrap();
+    match impatient.call(b"record") {
+        Err(Error::NotExecuted {
+            reason: NotExecuted::TimedOut,
+            ..
+        }) => {}
+        other => panic!("expected the server to skip the call, got {other:?}"),
+    }
+    busy.join().unwrap().unwrap();
+    assert_eq!(count(&client), 0, "an expired request ran");
+    let stats = server_stats(&name).unwrap();
+    assert_eq!(stats.expired_calls, 1);
+    // The connection stays usable.
+    let patient = ClientOptions::new()
+        .__sent_deadline(Duration::from_secs(60))
+        .connect(&name)
+        .unwrap();
+    assert_eq!(patient.call(b"record").unwrap(), b"recorded");
+    assert_eq!(count(&client), 1);
+    stop(server);
+}
+
+#[test]
+fn a_server_killed_before_taking_a_request_is_retried_once_and_reported_not_executed() {
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("killed-before");
+    let mut server = start(&name, 1, 0);
+    // One client keeps the only worker in its handler; another's request waits unread.
+    let mut running = ChildProcess::spawn("call_and_report", &[&name, "sleep:30000"]);
+    let mut waiting = ChildProcess::spawn("call_and_report", &[&name, "record"]);
+    running.expect_line("connected");
+    waiting.expect_line("connected");
+    running.tell("go");
+    std::thread::sleep(Duration::from_millis(100));
+    waiting.tell("go");
+    std::thread::sleep(Duration::from_millis(100));
+    server.kill_and_reap();
+    assert_eq!(waiting.next_line(), "not executed ServerGone");
+    assert_eq!(running.next_line(), "error Disconnected");
+    running.wait_success();
+    waiting.wait_success();
+
+    // The resend goes to a server that is back: the call runs once.
+    let server = start(&name, 1, 0);
+    let mut waiting = ChildProcess::spawn("call_and_report", &[&name, "record"]);
+    waiting.expect_line("connected");
+    let mut blocker = ChildProcess::spawn("call_and_report", &[&name, "sleep:30000"]);
+    blocker.expect_line("connected");
+    blocker.tell("go");
+    std::thread::sleep(Duration::from_millis(100));
+    drop(server); // SIGKILLed and reaped
+    let server = start(&name, 1, 0);
+    waiting.tell("go");
+    assert_eq!(waiting.next_line(), "ok recorded");
+    let client = Client::connect(&name).unwrap();
+    assert_eq!(count(&client), 1);
+    waiting.wait_success();
+    blocker.kill_and_reap();
+    stop(server);
+}
+
+#[test]
+fn try_call_never_waits_for_a_connection_or_ring_space() {
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("try-call");
+    let server = start(&name, 1, 0);
+    let client = Arc::new(
+        ClientOptions::new()
+            .max_concurrent_calls(1)
+            .connect(&name)
+            .unwrap(),
+    );
+    assert_eq!(client.try_call(b"now").unwrap(), b"now");
+    let busy = {
+        let client = client.clone();
+        std::thread::spawn(move || client.call(b"sleep:300"))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    // The only connection is busy: Full at once, nothing sent.
+    let started = std::time::Instant::now();
+    assert!(matches!(client.try_call(b"record"), Err(Error::Full)));
+    assert!(
+        started.elapsed() < Duration::from_millis(250),
+        "try_call waited"
+    );
+    busy.join().unwrap().unwrap();
+    assert_eq!(count(&client), 0, "a refused try_call ran");
+    // A request that could never be sure to fit the ring whole (256 KiB by default) is refused.
+    match client.try_call(&vec![1u8; 200 << 10]) {
+        Err(Error::MessageTooLarge { max, .. }) => assert_eq!(max, 128 << 10),
+        other => panic!("expected MessageTooLarge, got {other:?}"),
+    }
+    let large = vec![7u8; 100 << 10];
+    assert_eq!(client.try_call(&large).unwrap(), large);
+    stop(server);
+}
