@@ -264,6 +264,20 @@ pub enum Error {
         reason: Box<str>,
     },
 
+    /// A typed request ([`Client::call_typed`](crate::Client::call_typed)) could not be encoded
+    /// (postcard cannot represent some values, e.g. a sequence of unknown length). Nothing was
+    /// sent: the call did not run.
+    #[error(
+        "the request of a typed call to memlink '{name}' cannot be encoded: {reason}; give the \
+         type a representation postcard supports (known-length sequences, no untagged enums)"
+    )]
+    Unencodable {
+        /// The service name.
+        name: String,
+        /// What the encoder said.
+        reason: Box<str>,
+    },
+
     /// The server's handler panicked while handling this request. The connection stays usable.
     #[error(
         "the memlink server '{name}' failed to handle this request (its handler panicked); see the server's log"

@@ -18,6 +18,7 @@ fn child_main() {
         ("api_server", api_server),
         ("caller", caller),
         ("call_and_report", call_and_report),
+        ("typed_server", typed_server),
     ]);
 }
 
@@ -112,6 +113,44 @@ fn call_and_report(args: &[String]) {
         Err(Error::NotExecuted { reason, .. }) => report(&format!("not executed {reason:?}")),
         Err(e) => report(&format!("error {}", variant(&e))),
     }
+}
+
+/// Typed messages: adds an `Add`, fails on overflow. Args: name.
+fn typed_server(args: &[String]) {
+    let server = Server::bind(&args[0]).unwrap();
+    let stop = server.shutdown_handle();
+    std::thread::spawn(move || {
+        await_parent();
+        stop.shutdown();
+    });
+    report("ready");
+    server
+        .serve_calls(memlink::rpc::typed(|call: &CallContext, add: Add| {
+            let sum = add
+                .a
+                .checked_add(add.b)
+                .ok_or_else(|| HandlerError::new("overflow").with_data(*b"OVF"))?;
+            Ok(Sum {
+                sum,
+                caller: call.caller_pid(),
+                note: format!("{} + {}", add.a, add.b),
+            })
+        }))
+        .unwrap();
+    report("stopped");
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Add {
+    a: i64,
+    b: i64,
+}
+
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Sum {
+    sum: i64,
+    caller: u32,
+    note: String,
 }
 
 // --- helpers -----------------------------------------------------------------------------------
@@ -380,4 +419,64 @@ fn try_call_never_waits_for_a_connection_or_ring_space() {
     let large = vec![7u8; 100 << 10];
     assert_eq!(client.try_call(&large).unwrap(), large);
     stop(server);
+}
+
+#[test]
+fn typed_calls_round_trip_and_a_payload_that_does_not_decode_is_named_as_such() {
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("typed");
+    let mut server = ChildProcess::spawn("typed_server", &[&name]);
+    server.expect_line("ready");
+    let client = Client::connect(&name).unwrap();
+    let sum: Sum = client.call_typed(&Add { a: 2, b: 40 }).unwrap();
+    assert_eq!(
+        sum,
+        Sum {
+            sum: 42,
+            caller: std::process::id(),
+            note: "2 + 40".into()
+        }
+    );
+    let again: Sum = client
+        .call_typed_timeout(&Add { a: -5, b: 5 }, WATCHDOG)
+        .unwrap();
+    assert_eq!(again.sum, 0);
+    // The handler's own error.
+    match client.call_typed::<_, Sum>(&Add { a: i64::MAX, b: 1 }) {
+        Err(Error::HandlerFailed { reason, data, .. }) => {
+            assert_eq!((reason.as_str(), &*data), ("overflow", &b"OVF"[..]))
+        }
+        other => panic!("expected the handler's error, got {other:?}"),
+    }
+    // A request of another type: the server says it does not decode (its handler did not run).
+    match client.call_typed::<_, Sum>(&"not an Add") {
+        Err(Error::Undecodable {
+            what: memlink::Payload::Request,
+            ..
+        }) => {}
+        other => panic!("expected an undecodable request, got {other:?}"),
+    }
+    // An encoded Add (zigzag varints 2 and 40) with a byte too many is refused, not half-read.
+    assert!(client.call(&[4, 80]).is_ok());
+    assert!(matches!(
+        client.call(&[4, 80, 0]),
+        Err(Error::Undecodable {
+            what: memlink::Payload::Request,
+            ..
+        })
+    ));
+    // A reply of another type: this side says so.
+    match client.call_typed::<_, (u8, u8)>(&Add { a: 1, b: 1 }) {
+        Err(Error::Undecodable {
+            what: memlink::Payload::Reply,
+            ..
+        }) => {}
+        other => panic!("expected an undecodable reply, got {other:?}"),
+    }
+    // The connection survived all of it.
+    let sum: Sum = client.call_typed(&Add { a: 1, b: 2 }).unwrap();
+    assert_eq!(sum.sum, 3);
+    server.tell("stop");
+    server.expect_line("stopped");
+    server.wait_success();
 }

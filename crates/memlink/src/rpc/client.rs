@@ -549,6 +549,63 @@ impl Client {
         })
     }
 
+    /// Calls with a typed request and reply (feature `serde`), encoded with postcard: the server
+    /// side is a [`typed`](crate::rpc::typed) handler. Waits up to the default timeout
+    /// ([`ClientOptions::call_timeout`]), if set.
+    ///
+    /// # Errors
+    /// [`Error::Unencodable`] (nothing sent), [`Error::Undecodable`] (the server could not
+    /// decode the request, so its handler did not run; or the reply does not decode as a
+    /// `Resp`, after the handler ran); otherwise as [`Client::call`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # fn main() -> memlink::Result<()> {
+    /// let client = memlink::Client::connect("adder")?;
+    /// let sum: i64 = client.call_typed(&(2i64, 40i64))?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "serde")]
+    pub fn call_typed<Req, Resp>(&self, request: &Req) -> Result<Resp>
+    where
+        Req: serde::Serialize + ?Sized,
+        Resp: serde::de::DeserializeOwned,
+    {
+        self.call_typed_until(request, self.default_deadline())
+    }
+
+    /// [`Client::call_typed`], giving up after `timeout`.
+    ///
+    /// # Errors
+    /// As [`Client::call_typed`] and [`Client::call_timeout`].
+    #[cfg(feature = "serde")]
+    pub fn call_typed_timeout<Req, Resp>(&self, request: &Req, timeout: Duration) -> Result<Resp>
+    where
+        Req: serde::Serialize + ?Sized,
+        Resp: serde::de::DeserializeOwned,
+    {
+        self.call_typed_until(request, Instant::now().checked_add(timeout))
+    }
+
+    #[cfg(feature = "serde")]
+    fn call_typed_until<Req, Resp>(&self, request: &Req, deadline: Option<Instant>) -> Result<Resp>
+    where
+        Req: serde::Serialize + ?Sized,
+        Resp: serde::de::DeserializeOwned,
+    {
+        let request = postcard::to_allocvec(request).map_err(|e| Error::Unencodable {
+            name: self.name.clone(),
+            reason: e.to_string().into(),
+        })?;
+        let mut reply = Vec::new();
+        self.call_until(&request, &mut reply, deadline, Mode::Wait)?;
+        super::handler::decode(&reply).map_err(|reason| Error::Undecodable {
+            name: self.name.clone(),
+            what: Payload::Reply,
+            reason: reason.into(),
+        })
+    }
+
     /// When a call started now that names no timeout gives up.
     fn default_deadline(&self) -> Option<Instant> {
         // No clock read unless a timeout is set.

@@ -108,9 +108,19 @@ impl CallContext {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandlerError {
-    refused: bool,
+    kind: Kind,
     message: String,
     data: Vec<u8>,
+}
+
+/// What a [`HandlerError`] tells the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Failed,
+    Refused,
+    /// A typed handler's request did not decode (the handler did not run).
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    Undecodable,
 }
 
 impl HandlerError {
@@ -118,7 +128,7 @@ impl HandlerError {
     /// with `message`.
     pub fn new(message: impl Into<String>) -> Self {
         HandlerError {
-            refused: false,
+            kind: Kind::Failed,
             message: message.into(),
             data: Vec::new(),
         }
@@ -129,10 +139,24 @@ impl HandlerError {
     /// refusal is not sent.
     pub fn refused(reason: impl Into<String>) -> Self {
         HandlerError {
-            refused: true,
+            kind: Kind::Refused,
             message: reason.into(),
             data: Vec::new(),
         }
+    }
+
+    /// The request did not decode as the typed handler's request type.
+    #[cfg(feature = "serde")]
+    pub(crate) fn undecodable(reason: impl Into<String>) -> Self {
+        HandlerError {
+            kind: Kind::Undecodable,
+            message: reason.into(),
+            data: Vec::new(),
+        }
+    }
+
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
     }
 
     /// Attaches bytes for the client (an error code, an encoded error value), delivered in
@@ -154,16 +178,16 @@ impl HandlerError {
 
     /// Whether this is a refusal ([`HandlerError::refused`]).
     pub fn is_refusal(&self) -> bool {
-        self.refused
+        self.kind == Kind::Refused
     }
 }
 
 impl std::fmt::Display for HandlerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.refused {
-            write!(f, "refused: {}", self.message)
-        } else {
-            f.write_str(&self.message)
+        match self.kind {
+            Kind::Refused => write!(f, "refused: {}", self.message),
+            Kind::Undecodable => write!(f, "the request does not decode: {}", self.message),
+            Kind::Failed => f.write_str(&self.message),
         }
     }
 }
@@ -240,5 +264,98 @@ impl<H: super::Handler> CallHandler for Plain<H> {
     ) -> Result<(), HandlerError> {
         self.0.handle(request, reply);
         Ok(())
+    }
+}
+
+/// A handler of typed calls, made by [`typed`].
+#[cfg(feature = "serde")]
+pub struct Typed<Req, Resp, F> {
+    handler: F,
+    // fn(Req) -> Resp: Send and Sync whatever Req and Resp are; only F is stored.
+    _types: std::marker::PhantomData<fn(Req) -> Resp>,
+}
+
+#[cfg(feature = "serde")]
+impl<Req, Resp, F> std::fmt::Debug for Typed<Req, Resp, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Typed").finish_non_exhaustive()
+    }
+}
+
+/// Makes a [`CallHandler`] of a handler of typed messages (feature `serde`): each request is
+/// decoded as a `Req`, the handler's `Resp` encoded as the reply, with
+/// [postcard](https://docs.rs/postcard) (its stable 1.x wire format: compact, varint
+/// integers, no schema). Pair it with [`Client::call_typed`](crate::Client::call_typed) on
+/// the other side. A request that does not decode as a `Req` (a client using other types) is
+/// answered with [`Error::Undecodable`](crate::Error::Undecodable) without running the handler;
+/// the handler's own errors reach the client as with any [`CallHandler`]. Bytes stay the
+/// primary API: this is a thin layer over [`Server::serve_calls`](crate::Server::serve_calls).
+///
+/// # Examples
+/// ```no_run
+/// # fn main() -> memlink::Result<()> {
+/// use memlink::rpc::{CallContext, HandlerError, typed};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Add { a: i64, b: i64 }
+///
+/// // The server
+/// memlink::Server::bind("adder")?.serve_calls(typed(|_call: &CallContext, add: Add| {
+///     add.a.checked_add(add.b).ok_or_else(|| HandlerError::new("overflow"))
+/// }))?;
+///
+/// // A client
+/// let client = memlink::Client::connect("adder")?;
+/// let sum: i64 = client.call_typed(&Add { a: 2, b: 40 })?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "serde")]
+pub fn typed<Req, Resp, F>(handler: F) -> Typed<Req, Resp, F>
+where
+    Req: serde::de::DeserializeOwned,
+    Resp: serde::Serialize,
+    F: Fn(&CallContext, Req) -> Result<Resp, HandlerError> + Send + Sync,
+{
+    Typed {
+        handler,
+        _types: std::marker::PhantomData,
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<Req, Resp, F> CallHandler for Typed<Req, Resp, F>
+where
+    Req: serde::de::DeserializeOwned,
+    Resp: serde::Serialize,
+    F: Fn(&CallContext, Req) -> Result<Resp, HandlerError> + Send + Sync,
+{
+    fn handle_call(
+        &self,
+        call: &CallContext,
+        request: &[u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<(), HandlerError> {
+        let request: Req = decode(request).map_err(HandlerError::undecodable)?;
+        let response = (self.handler)(call, request)?;
+        // Encoded into the worker's reply buffer, reusing its capacity.
+        *reply = postcard::to_extend(&response, std::mem::take(reply)).map_err(|e| {
+            HandlerError::new(format!("the typed handler's reply cannot be encoded: {e}"))
+        })?;
+        Ok(())
+    }
+}
+
+/// Decodes a whole message as a `T` with postcard: bytes left over are an error too (they
+/// mean the two sides disagree on the type).
+#[cfg(feature = "serde")]
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(format!(
+            "{} bytes left over after the value (the other side sent another type)",
+            rest.len()
+        )),
+        Err(e) => Err(e.to_string()),
     }
 }

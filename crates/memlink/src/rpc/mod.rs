@@ -32,6 +32,8 @@ mod stream;
 
 pub use client::{Client, ClientOptions, ReplyStream};
 pub use handler::{CallContext, CallHandler, HandlerError};
+#[cfg(feature = "serde")]
+pub use handler::{Typed, typed};
 pub use launch::ServerCommand;
 pub use protocol::Stats;
 pub use server::{Handler, Server, ServerOptions, ShutdownHandle};

@@ -20,12 +20,12 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
-use super::handler::{CallContext, CallHandler, HandlerError, Plain};
+use super::handler::{CallContext, CallHandler, HandlerError, Kind, Plain};
 use super::protocol::{
     Admission, CANCEL, ERR_CALL_FAILED, ERR_DEADLINE_EXPIRED, ERR_HANDLER_FAILED,
     ERR_HANDLER_PANICKED, ERR_NO_STREAMS, ERR_REFUSED, ERR_REPLY_TOO_LARGE, ERR_TOO_MANY_STREAMS,
-    ERROR_REPLY, Goodbye, Hello, MAX_DEADLINE_NS, Purpose, RegionLayout, STREAM_END, STREAM_ITEM,
-    STREAM_REQUEST, Stats, Welcome, error_text, socket_name,
+    ERR_UNDECODABLE, ERROR_REPLY, Goodbye, Hello, MAX_DEADLINE_NS, Purpose, RegionLayout,
+    STREAM_END, STREAM_ITEM, STREAM_REQUEST, Stats, Welcome, error_text, socket_name,
 };
 use super::stream::{End, Next, StreamHandler, StreamSink, StreamState, WorkerBell};
 use crate::error::{Error, Result};
@@ -1322,15 +1322,23 @@ impl Connection {
         self.reply.clear();
         self.reply_flags = ERROR_REPLY;
         let text = error_text(error.message()).as_bytes();
-        if error.is_refusal() {
-            self.reply.extend_from_slice(&ERR_REFUSED.to_le_bytes());
-            self.reply.extend_from_slice(text);
-        } else {
-            self.reply.extend_from_slice(&ERR_CALL_FAILED.to_le_bytes());
-            self.reply
-                .extend_from_slice(&(text.len() as u32).to_le_bytes());
-            self.reply.extend_from_slice(text);
-            self.reply.extend_from_slice(error.data());
+        match error.kind() {
+            Kind::Refused | Kind::Undecodable => {
+                let code = if error.kind() == Kind::Refused {
+                    ERR_REFUSED
+                } else {
+                    ERR_UNDECODABLE
+                };
+                self.reply.extend_from_slice(&code.to_le_bytes());
+                self.reply.extend_from_slice(text);
+            }
+            Kind::Failed => {
+                self.reply.extend_from_slice(&ERR_CALL_FAILED.to_le_bytes());
+                self.reply
+                    .extend_from_slice(&(text.len() as u32).to_le_bytes());
+                self.reply.extend_from_slice(text);
+                self.reply.extend_from_slice(error.data());
+            }
         }
     }
 
