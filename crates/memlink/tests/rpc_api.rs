@@ -19,6 +19,7 @@ fn child_main() {
         ("caller", caller),
         ("call_and_report", call_and_report),
         ("typed_server", typed_server),
+        ("traced_server", traced_server),
     ]);
 }
 
@@ -113,6 +114,21 @@ fn call_and_report(args: &[String]) {
         Err(Error::NotExecuted { reason, .. }) => report(&format!("not executed {reason:?}")),
         Err(e) => report(&format!("error {}", variant(&e))),
     }
+}
+
+/// `api_server` logging its connections' lifecycle to a file. Args: name, file, level.
+fn traced_server(args: &[String]) {
+    let file = std::fs::File::create(&args[1]).unwrap();
+    let level = match args[2].as_str() {
+        "trace" => tracing::Level::TRACE,
+        _ => tracing::Level::DEBUG,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file))
+        .init();
+    api_server(&[args[0].clone(), "1".into(), "0".into()]);
 }
 
 /// Typed messages: adds an `Add`, fails on overflow. Args: name.
@@ -479,4 +495,101 @@ fn typed_calls_round_trip_and_a_payload_that_does_not_decode_is_named_as_such() 
     server.tell("stop");
     server.expect_line("stopped");
     server.wait_success();
+}
+
+#[test]
+fn statistics_count_calls_per_connection_and_time_the_handler() {
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("stats");
+    let server = start(&name, 1, 0);
+    let first = Client::connect(&name).unwrap();
+    // The worker's first call is always timed.
+    assert_eq!(first.call(b"sleep:20").unwrap(), b"slept");
+    for _ in 0..4 {
+        first.call(b"x").unwrap();
+    }
+    let second = Client::connect(&name).unwrap();
+    for _ in 0..3 {
+        second.call(b"y").unwrap();
+    }
+    assert!(matches!(
+        second.call(b"fail"),
+        Err(Error::HandlerFailed { .. })
+    ));
+    let stats = server_stats(&name).unwrap();
+    let listed: Vec<(u32, u32, u64)> = stats
+        .connection_list
+        .iter()
+        .map(|c| (c.pid, c.uid, c.calls))
+        .collect();
+    let (pid, uid) = (std::process::id(), rustix::process::geteuid().as_raw());
+    assert_eq!(listed, [(pid, uid, 5), (pid, uid, 4)], "{stats:?}");
+    assert!(stats.connection_list[0].id < stats.connection_list[1].id);
+    assert_eq!((stats.calls, stats.failed_calls), (9, 1));
+    let latency = stats.handler_latency;
+    assert!(latency.samples >= 1 && latency.samples <= 9, "{latency:?}");
+    // The sampled 20 ms call is the slowest; percentiles never read below the truth.
+    assert!(latency.max >= Duration::from_millis(20), "{latency:?}");
+    assert!(latency.p50 <= latency.p90 && latency.p90 <= latency.p99 && latency.p99 <= latency.max);
+    drop(second);
+    common::with_watchdog("the dropped connection to leave the list", {
+        let name = name.clone();
+        move || {
+            while server_stats(&name).unwrap().connection_list.len() != 1 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
+    stop(server);
+}
+
+fn traced_run(level: &str) -> String {
+    let name = unique_name("traced");
+    let log = std::env::temp_dir().join(format!("{name}.log"));
+    let mut server = ChildProcess::spawn("traced_server", &[&name, log.to_str().unwrap(), level]);
+    server.expect_line("ready");
+    let client = Client::connect(&name).unwrap();
+    assert_eq!(client.call(b"hello").unwrap(), b"hello");
+    let corrupter = Client::connect(&name).unwrap();
+    corrupter.__corrupt_next_request().unwrap();
+    drop(client);
+    common::with_watchdog("the server to see the client go", {
+        let name = name.clone();
+        move || {
+            while !server_stats(&name).unwrap().connection_list.is_empty() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
+    stop(server);
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::remove_file(&log).unwrap();
+    text
+}
+
+#[test]
+fn connection_lifecycle_events_are_traced_and_calls_only_at_trace_level() {
+    let _watchdog = common::Watchdog::arm();
+    let text = traced_run("debug");
+    let pid = format!("pid={}", std::process::id());
+    for expected in [
+        "accepted a connection",
+        "admitted",
+        "dropped",
+        "the client went away",
+        "corrupted: dropping a client",
+        "memlink_connection",
+        &pid,
+    ] {
+        assert!(text.contains(expected), "no {expected:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("answered a call"),
+        "per-call events at debug level:\n{text}"
+    );
+    let text = traced_run("trace");
+    assert!(
+        text.contains("answered a call"),
+        "no per-call event at trace level:\n{text}"
+    );
 }

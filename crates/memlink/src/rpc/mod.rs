@@ -25,6 +25,7 @@
 
 mod client;
 mod handler;
+mod histogram;
 mod launch;
 mod protocol;
 mod server;
@@ -35,7 +36,7 @@ pub use handler::{CallContext, CallHandler, HandlerError};
 #[cfg(feature = "serde")]
 pub use handler::{Typed, typed};
 pub use launch::ServerCommand;
-pub use protocol::Stats;
+pub use protocol::{ConnectionStats, HandlerLatency, Stats};
 pub use server::{Handler, Server, ServerOptions, ShutdownHandle};
 pub use stream::{StreamHandler, StreamSink};
 
@@ -72,7 +73,7 @@ pub fn server_stats(name: &str) -> Result<Stats> {
         &[],
     )
     .map_err(fail)?;
-    let mut buf = [0u8; 128];
+    let mut buf = vec![0u8; Stats::MAX_LEN + 8];
     let (len, _) = socket::receive_message(&connection, &mut buf, true).map_err(fail)?;
     if len == protocol::Welcome::LEN {
         // A refusal instead of statistics.

@@ -21,12 +21,14 @@ use std::time::{Duration, Instant};
 use rustix::io::Errno;
 
 use super::handler::{CallContext, CallHandler, HandlerError, Kind, Plain};
+use super::histogram::{self, Histogram};
 use super::protocol::{
     Admission, CANCEL, ERR_CALL_FAILED, ERR_DEADLINE_EXPIRED, ERR_HANDLER_FAILED,
     ERR_HANDLER_PANICKED, ERR_NO_STREAMS, ERR_REFUSED, ERR_REPLY_TOO_LARGE, ERR_TOO_MANY_STREAMS,
     ERR_UNDECODABLE, ERROR_REPLY, Goodbye, Hello, MAX_DEADLINE_NS, Purpose, RegionLayout,
     STREAM_END, STREAM_ITEM, STREAM_REQUEST, Stats, Welcome, error_text, socket_name,
 };
+use super::protocol::{ConnectionStats, HandlerLatency};
 use super::stream::{End, Next, StreamHandler, StreamSink, StreamState, WorkerBell};
 use crate::error::{Error, Result};
 use crate::link::admission::{self, Handshake, Handshakes, MAX_PENDING_HANDSHAKES};
@@ -61,6 +63,9 @@ const PATIENCE: Patience = Patience {
     spin: Duration::from_micros(50),
     yield_for: Duration::from_micros(100),
 };
+/// A worker times one call's handler in this many (see `Stats::handler_latency`): a clock read
+/// costs about a tenth of a small call.
+const TIME_ONE_CALL_IN: u32 = 32;
 /// Buffers grown past this by a large message are released once it is answered.
 const KEEP_BUFFER: usize = 8 << 20;
 
@@ -321,6 +326,9 @@ impl ServerOptions {
                 connections: AtomicUsize::new(0),
                 calls: AtomicU64::new(0),
                 expired: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                handler_times: (0..self.workers).map(|_| Histogram::default()).collect(),
+                registry: std::sync::Mutex::new(HashMap::new()),
                 corrupt_disconnects: AtomicU64::new(0),
                 next_connection: AtomicU64::new(1),
                 streams: AtomicUsize::new(0),
@@ -367,6 +375,13 @@ struct Shared {
     calls: AtomicU64,
     /// Requests skipped because their deadline had passed when a worker took them.
     expired: AtomicU64,
+    /// Calls whose handler failed, refused or panicked.
+    failed: AtomicU64,
+    /// Per worker: how long its sampled calls' handlers took.
+    handler_times: Box<[Histogram]>,
+    /// Open connections by id (locked per connect and disconnect, and by a statistics request;
+    /// never per call).
+    registry: std::sync::Mutex<HashMap<u64, Arc<ConnectionEntry>>>,
     corrupt_disconnects: AtomicU64,
     /// The next connection's id.
     next_connection: AtomicU64,
@@ -696,6 +711,33 @@ impl Server {
             uptime_ms: shared.started.elapsed().as_millis() as u64,
             max_message: self.options.max_message_size as u64,
             expired_calls: shared.expired.load(Ordering::Relaxed),
+            failed_calls: shared.failed.load(Ordering::Relaxed),
+            handler_latency: {
+                let mut counts = [0; histogram::BUCKETS];
+                for worker in shared.handler_times.iter() {
+                    worker.merge_into(&mut counts);
+                }
+                let (samples, [p50, p90, p99, max]) = histogram::summarize(&counts);
+                HandlerLatency {
+                    samples,
+                    p50: Duration::from_nanos(p50),
+                    p90: Duration::from_nanos(p90),
+                    p99: Duration::from_nanos(p99),
+                    max: Duration::from_nanos(max),
+                }
+            },
+            connection_list: {
+                let mut list: Vec<ConnectionStats> = shared
+                    .registry
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .values()
+                    .map(|entry| entry.snapshot())
+                    .collect();
+                list.sort_unstable_by_key(|c| c.id);
+                list.truncate(Stats::MAX_LISTED);
+                list
+            },
         }
     }
 
@@ -791,7 +833,15 @@ impl Server {
     }
 
     fn allowed(&self, connection: &OwnedFd, peer: socket::PeerCredentials) -> bool {
-        link::admits(self.options.permissions, None, connection, peer)
+        let allowed = link::admits(self.options.permissions, None, connection, peer);
+        tracing::debug!(
+            server = %self.name,
+            pid = peer.pid,
+            uid = peer.uid,
+            allowed,
+            "accepted a connection"
+        );
+        allowed
     }
 
     fn refusal(&self, admission: Admission) -> Welcome {
@@ -835,8 +885,16 @@ impl Server {
         let mut buf = [0u8; Hello::LEN + 8];
         let (len, _) = socket::receive_message(&connection, &mut buf, false)?;
         let hello = Hello::decode(&buf[..len]).map_err(|_| Errno::PROTO)?;
-        let refuse =
-            |admission| socket::send_message(&connection, &self.refusal(admission).encode(), &[]);
+        let refuse = |admission: Admission| {
+            tracing::debug!(
+                server = %self.name,
+                pid = peer.pid,
+                uid = peer.uid,
+                ?admission,
+                "refused a connection"
+            );
+            socket::send_message(&connection, &self.refusal(admission).encode(), &[])
+        };
         if hello.purpose == Purpose::Stats {
             return socket::send_message(&connection, &self.stats().encode(), &[]);
         }
@@ -872,6 +930,24 @@ impl Server {
             self.options.ring_capacity,
             [Keep::Read, Keep::Write],
         )?;
+        let id = self.shared.next_connection.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::debug_span!(
+            "memlink_connection",
+            server = %self.name,
+            id,
+            pid = peer.pid,
+            uid = peer.uid
+        );
+        let registration = Registration::new(
+            &self.shared,
+            ConnectionEntry {
+                id,
+                pid: peer.pid,
+                uid: peer.uid,
+                calls: AtomicU64::new(0),
+            },
+            span,
+        );
         let conn = Connection::new(
             Endpoints {
                 socket: connection,
@@ -883,9 +959,12 @@ impl Server {
             self.options.max_message_size,
             peer,
             slot,
-            self.shared.next_connection.fetch_add(1, Ordering::Relaxed),
+            registration,
         )
         .map_err(|_| Errno::INVAL)?;
+        conn.registration
+            .span
+            .in_scope(|| tracing::debug!("admitted"));
         self.shared.connections.fetch_add(1, Ordering::Relaxed);
         worker.load.fetch_add(1, Ordering::Relaxed);
         if let Err(returned) = worker.inbox.send(conn) {
@@ -898,6 +977,69 @@ impl Server {
             return Err(Errno::IO);
         }
         notify::ring(&*worker.doorbell)
+    }
+}
+
+/// An open connection as the statistics list it.
+#[derive(Debug)]
+struct ConnectionEntry {
+    id: u64,
+    pid: u32,
+    uid: u32,
+    /// Written by the connection's worker only.
+    calls: AtomicU64,
+}
+
+impl ConnectionEntry {
+    fn snapshot(&self) -> ConnectionStats {
+        ConnectionStats {
+            id: self.id,
+            pid: self.pid,
+            uid: self.uid,
+            calls: self.calls.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts one call. Only the connection's worker counts: a relaxed load and store, no
+    /// locked instruction.
+    fn count_call(&self) {
+        self.calls
+            .store(self.calls.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+}
+
+/// A connection's entry in the server's registry, removed when the connection is dropped, and
+/// the span its lifecycle events (admitted, dropped, corrupted) and, at trace level, its calls
+/// are traced in.
+struct Registration {
+    shared: Arc<Shared>,
+    entry: Arc<ConnectionEntry>,
+    span: tracing::Span,
+}
+
+impl Registration {
+    fn new(shared: &Arc<Shared>, entry: ConnectionEntry, span: tracing::Span) -> Self {
+        let entry = Arc::new(entry);
+        shared
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(entry.id, entry.clone());
+        Registration {
+            shared: shared.clone(),
+            entry,
+            span,
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shared
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.entry.id);
     }
 }
 
@@ -1083,6 +1225,8 @@ struct Connection {
     client_pid: u32,
     /// This connection's id within the server's run (see `CallContext::connection_id`).
     id: u64,
+    /// Its entry in the statistics (call count) and its tracing span.
+    registration: Registration,
     /// The deadline of the request in progress (`CLOCK_MONOTONIC` ns; 0: none).
     deadline: u64,
     /// Made progress since the worker last counted its active clients.
@@ -1099,8 +1243,9 @@ impl Connection {
         max_message: usize,
         peer: socket::PeerCredentials,
         slot: UidSlot,
-        id: u64,
+        registration: Registration,
     ) -> Result<Self, RingError> {
+        let id = registration.entry.id;
         Ok(Connection {
             requests: Consumer::new(map.clone(), layout.requests())?,
             responses: Producer::new(map.clone(), layout.responses())?,
@@ -1122,6 +1267,7 @@ impl Connection {
             max_message,
             client_pid: peer.pid,
             id,
+            registration,
             deadline: 0,
             active: false,
             _slot: slot,
@@ -1225,6 +1371,7 @@ impl Connection {
                 self.nudge_client()?;
             } else if self.stream_request {
                 worker.calls.fetch_add(1, Ordering::Relaxed);
+                self.registration.entry.count_call();
                 self.start_stream(worker);
                 if self.phase == Phase::Streaming {
                     self.pump_stream(&mut budget)?;
@@ -1237,8 +1384,20 @@ impl Connection {
                     self.refuse_expired();
                     worker.shared.expired.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    self.respond(worker.handler);
+                    // One call in a few is timed: a clock read costs a tenth of a small call.
+                    let started = worker.time_this_call().then(clock::monotonic_ns);
+                    let failed = self.respond(worker.handler);
+                    if let Some(started) = started {
+                        worker
+                            .handler_times
+                            .record(clock::monotonic_ns().saturating_sub(started));
+                    }
                     worker.calls.fetch_add(1, Ordering::Relaxed);
+                    self.registration.entry.count_call();
+                    if failed {
+                        worker.shared.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::trace!(parent: &self.registration.span, call = self.call, failed, "answered a call");
                 }
                 self.push_reply(&mut budget)?;
                 break;
@@ -1278,7 +1437,9 @@ impl Connection {
         self.phase = Phase::Replying;
     }
 
-    fn respond(&mut self, handler: &dyn CallHandler) {
+    /// Runs the handler on the complete request and puts its reply (or error report) in
+    /// `reply`; whether the handler failed, refused or panicked.
+    fn respond(&mut self, handler: &dyn CallHandler) -> bool {
         self.reply.clear();
         // Built from what the connection holds: no allocation, no system call.
         let context = CallContext {
@@ -1291,6 +1452,7 @@ impl Connection {
             handler.handle_call(&context, &self.request, &mut self.reply)
         }));
         self.reply_flags = 0;
+        let failed = !matches!(outcome, Ok(Ok(())));
         match outcome {
             Err(_) => {
                 self.reply.clear();
@@ -1314,6 +1476,7 @@ impl Connection {
         self.reply_sent = 0;
 
         self.phase = Phase::Replying;
+        failed
     }
 
     /// Puts the error report for a handler's error in `reply`: a refusal (`code | reason`) or
@@ -1603,6 +1766,16 @@ impl Budget {
     }
 }
 
+impl WorkerContext<'_> {
+    /// Whether to time the call about to run: the first, then one in [`TIME_ONE_CALL_IN`].
+    fn time_this_call(&self) -> bool {
+        let left = self.time_countdown.get();
+        self.time_countdown
+            .set(left.checked_sub(1).unwrap_or(TIME_ONE_CALL_IN - 1));
+        left == 0
+    }
+}
+
 const DOORBELL: u64 = 0;
 const SHUTDOWN: u64 = 1;
 const FIRST_CONNECTION: u64 = 2;
@@ -1613,6 +1786,9 @@ struct WorkerContext<'a> {
     streams: Option<&'a Arc<dyn StreamHandler>>,
     shared: &'a Arc<Shared>,
     calls: &'a AtomicU64,
+    /// This worker's handler times, and calls left until the next is timed.
+    handler_times: &'a Histogram,
+    time_countdown: &'a std::cell::Cell<u32>,
     bell: &'a WorkerBell,
     max_streams: usize,
     max_streams_per_uid: usize,
@@ -1636,6 +1812,8 @@ struct Worker<'a> {
     cpus: usize,
     crowded: bool,
     sweep_start: usize,
+    /// Calls left until this worker times one (see `WorkerContext::time_this_call`).
+    time_countdown: std::cell::Cell<u32>,
 }
 
 impl<'a> Worker<'a> {
@@ -1676,6 +1854,7 @@ impl<'a> Worker<'a> {
             cpus: crate::platform::cpu::usable_cpus(),
             crowded: false,
             sweep_start: 0,
+            time_countdown: std::cell::Cell::new(0),
         })
     }
 
@@ -1699,6 +1878,9 @@ impl<'a> Worker<'a> {
             if self.poller.add(&conn.wake_in, token).is_err()
                 || self.poller.add_hangup(&conn.socket, token).is_err()
             {
+                conn.registration
+                    .span
+                    .in_scope(|| tracing::warn!("dropped: could not watch the connection"));
                 self.release(conn);
                 continue;
             }
@@ -1716,6 +1898,18 @@ impl<'a> Worker<'a> {
 
     fn drop_connection(&mut self, slot: usize, goodbye: Option<Goodbye>) {
         if let Some(conn) = self.connections.get_mut(slot).and_then(Option::take) {
+            let reason = match goodbye {
+                None => "the client went away",
+                Some(Goodbye::Corrupted(_)) => "the client corrupted it",
+                Some(_) => "the server is shutting down",
+            };
+            conn.registration.span.in_scope(|| {
+                tracing::debug!(
+                    reason,
+                    calls = conn.registration.entry.calls.load(Ordering::Relaxed),
+                    "dropped"
+                )
+            });
             if let Some(goodbye) = goodbye {
                 let _ = socket::send_message(&conn.socket, &goodbye.encode(), &[]);
             }
@@ -1724,12 +1918,16 @@ impl<'a> Worker<'a> {
     }
 
     fn corrupted(&mut self, slot: usize, error: RingError) {
-        let pid = self
-            .connections
-            .get(slot)
-            .and_then(Option::as_ref)
-            .map_or(0, |c| c.client_pid);
-        tracing::warn!(server = %self.server.name, client_pid = pid, reason = %error.0, "dropping a client that corrupted its connection");
+        if let Some(conn) = self.connections.get(slot).and_then(Option::as_ref) {
+            conn.registration.span.in_scope(|| {
+                tracing::warn!(
+                    server = %self.server.name,
+                    client_pid = conn.client_pid,
+                    reason = %error.0,
+                    "corrupted: dropping a client that corrupted its connection"
+                )
+            });
+        }
         self.shared()
             .corrupt_disconnects
             .fetch_add(1, Ordering::Relaxed);
@@ -1752,6 +1950,8 @@ impl<'a> Worker<'a> {
             streams: self.streams.as_ref(),
             shared: &self.server.shared,
             calls: &self.server.shared.calls,
+            handler_times: &self.server.shared.handler_times[self.index],
+            time_countdown: &self.time_countdown,
             bell: &self.bell,
             max_streams: self.server.options.max_streams,
             max_streams_per_uid: self.server.options.max_streams_per_uid,
@@ -1959,7 +2159,6 @@ impl<'a> Worker<'a> {
                         continue;
                     };
                     if event.hung_up || notify::drain_wakes(&conn.wake_in) {
-                        tracing::debug!(server = %self.server.name, slot, "client gone");
                         self.drop_connection(slot, None);
                     }
                 }
