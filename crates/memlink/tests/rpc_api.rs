@@ -90,7 +90,20 @@ fn api_server(args: &[String]) {
         stop.shutdown();
     });
     report("ready");
-    server.serve_calls(api_handler(refused_pid)).unwrap();
+    // Streams answer with who asked for them.
+    let streams = |_request: &[u8], sink: &mut memlink::StreamSink| {
+        let who = *sink.context();
+        let text = format!(
+            "{} {} {}",
+            who.caller_pid(),
+            who.caller_uid(),
+            who.connection_id()
+        );
+        sink.send(text.as_bytes())
+    };
+    server
+        .serve_calls_with(api_handler(refused_pid), streams)
+        .unwrap();
     report("stopped");
 }
 
@@ -279,7 +292,14 @@ fn the_handler_knows_who_calls_on_which_connection_and_until_when() {
         "time left {left} ms"
     );
     assert_eq!(fields[4], "true");
-    // ...as does a client's default timeout.
+    // A stream's handler knows who asked too.
+    let item = client.call_stream(b"who").unwrap().next().unwrap().unwrap();
+    let who = String::from_utf8(item).unwrap();
+    assert!(
+        who.starts_with(&format!("{} {} ", std::process::id(), our_uid())),
+        "{who}"
+    );
+    // A client's default timeout travels too.
     let timed = ClientOptions::new()
         .call_timeout(Duration::from_secs(30))
         .connect(&name)

@@ -117,9 +117,11 @@ pub struct Stats {
 }
 
 /// How long a server's call handler takes ([`Stats::handler_latency`]): percentiles over the
-/// calls sampled since the server started. A worker times one call in 32 (plus the first), so
-/// timing costs the calls nothing measurable; each figure is the upper bound of a logarithmic
-/// bucket, at most 25% above the true value. All zero before the first sample.
+/// calls sampled since the server started. A worker times at most one call per millisecond
+/// (its first, and then the first after each millisecond in which it read its clock anyway:
+/// every call, when calls come further apart), so that timing (two clock reads) costs a busy
+/// server nothing measurable; each figure is the upper bound of a logarithmic bucket, at most
+/// 25% above the true value. All zero before the first sample.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HandlerLatency {

@@ -63,9 +63,10 @@ const PATIENCE: Patience = Patience {
     spin: Duration::from_micros(50),
     yield_for: Duration::from_micros(100),
 };
-/// A worker times one call's handler in this many (see `Stats::handler_latency`): a clock read
-/// costs about a tenth of a small call.
-const TIME_ONE_CALL_IN: u32 = 32;
+/// A worker times at most one call's handler per this period (see `Stats::handler_latency`):
+/// two clock reads cost about a quarter of a small call, so a busy worker times a handful of
+/// calls in a million, and one whose calls come further apart than this times each.
+const TIME_ONE_CALL_PER: Duration = Duration::from_millis(1);
 /// Buffers grown past this by a large message are released once it is answered.
 const KEEP_BUFFER: usize = 8 << 20;
 
@@ -1384,7 +1385,7 @@ impl Connection {
                     self.refuse_expired();
                     worker.shared.expired.fetch_add(1, Ordering::Relaxed);
                 } else {
-                    // One call in a few is timed: a clock read costs a tenth of a small call.
+                    // Few calls are timed (see `TIME_ONE_CALL_PER`).
                     let started = worker.time_this_call().then(clock::monotonic_ns);
                     let failed = self.respond(worker.handler);
                     if let Some(started) = started {
@@ -1767,12 +1768,9 @@ impl Budget {
 }
 
 impl WorkerContext<'_> {
-    /// Whether to time the call about to run: the first, then one in [`TIME_ONE_CALL_IN`].
+    /// Whether to time the call about to run (see [`TIME_ONE_CALL_PER`]).
     fn time_this_call(&self) -> bool {
-        let left = self.time_countdown.get();
-        self.time_countdown
-            .set(left.checked_sub(1).unwrap_or(TIME_ONE_CALL_IN - 1));
-        left == 0
+        self.time_next.replace(false)
     }
 }
 
@@ -1786,9 +1784,9 @@ struct WorkerContext<'a> {
     streams: Option<&'a Arc<dyn StreamHandler>>,
     shared: &'a Arc<Shared>,
     calls: &'a AtomicU64,
-    /// This worker's handler times, and calls left until the next is timed.
+    /// This worker's handler times, and whether to time the next call.
     handler_times: &'a Histogram,
-    time_countdown: &'a std::cell::Cell<u32>,
+    time_next: &'a std::cell::Cell<bool>,
     bell: &'a WorkerBell,
     max_streams: usize,
     max_streams_per_uid: usize,
@@ -1812,8 +1810,8 @@ struct Worker<'a> {
     cpus: usize,
     crowded: bool,
     sweep_start: usize,
-    /// Calls left until this worker times one (see `WorkerContext::time_this_call`).
-    time_countdown: std::cell::Cell<u32>,
+    /// Whether to time the next call's handler (set by the chores, see [`TIME_ONE_CALL_PER`]).
+    time_next: std::cell::Cell<bool>,
 }
 
 impl<'a> Worker<'a> {
@@ -1854,7 +1852,7 @@ impl<'a> Worker<'a> {
             cpus: crate::platform::cpu::usable_cpus(),
             crowded: false,
             sweep_start: 0,
-            time_countdown: std::cell::Cell::new(0),
+            time_next: std::cell::Cell::new(true),
         })
     }
 
@@ -1951,7 +1949,7 @@ impl<'a> Worker<'a> {
             shared: &self.server.shared,
             calls: &self.server.shared.calls,
             handler_times: &self.server.shared.handler_times[self.index],
-            time_countdown: &self.time_countdown,
+            time_next: &self.time_next,
             bell: &self.bell,
             max_streams: self.server.options.max_streams,
             max_streams_per_uid: self.server.options.max_streams_per_uid,
@@ -2032,6 +2030,7 @@ impl<'a> Worker<'a> {
         let mut backoff: Option<Backoff> = None;
         let mut last_hangup_sweep = Instant::now();
         let mut last_crowding_update = Instant::now();
+        let mut last_timed_call = Instant::now();
         let mut grace_ends: Option<Instant> = None;
         let mut sweeps = 0u32;
         let mut idle_sweeps = 0u32;
@@ -2079,6 +2078,11 @@ impl<'a> Worker<'a> {
                 return Err(Error::os("a worker's injected failure", Errno::IO));
             }
             let now = Instant::now();
+            if now.duration_since(last_timed_call) >= TIME_ONE_CALL_PER {
+                // The clock was read anyway: time the next call.
+                last_timed_call = now;
+                self.time_next.set(true);
+            }
             if now.duration_since(last_crowding_update) >= CROWDING_PERIOD {
                 last_crowding_update = now;
                 self.update_crowding();
