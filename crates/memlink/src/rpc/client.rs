@@ -482,10 +482,24 @@ impl Client {
         Ok(reply)
     }
 
-    /// Like [`Client::call`], giving up after `timeout`.
+    /// Like [`Client::call`], giving up after `timeout` (instead of the default timeout). The
+    /// deadline travels with the request: a server that takes it only after the deadline skips
+    /// it, and the handler sees it ([`CallContext::deadline`](crate::rpc::CallContext::deadline)).
     ///
     /// # Errors
-    /// [`Error::Timeout`]; otherwise as [`Client::call`].
+    /// Out of time: [`Error::NotExecuted`] ([`NotExecuted::TimedOut`]) if the server had not
+    /// taken the request (it never will), else [`Error::Timeout`] (the handler may have run).
+    /// Otherwise as [`Client::call`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # fn main() -> memlink::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// let client = memlink::Client::connect("echo")?;
+    /// let reply = client.call_timeout(b"hello", Duration::from_millis(100))?;
+    /// # Ok(()) }
+    /// ```
     pub fn call_timeout(&self, request: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         let mut reply = Vec::new();
         self.call_into_timeout(request, &mut reply, timeout)?;
@@ -631,10 +645,10 @@ impl Client {
         }
     }
 
-    /// Like [`Client::call_into`], giving up after `timeout`.
+    /// Like [`Client::call_into`], giving up after `timeout` (see [`Client::call_timeout`]).
     ///
     /// # Errors
-    /// [`Error::Timeout`]; otherwise as [`Client::call`].
+    /// As [`Client::call_timeout`].
     pub fn call_into_timeout(
         &self,
         request: &[u8],
@@ -1192,7 +1206,10 @@ impl Connection {
         let fits = self
             .requests
             .has_room_for_all(fragment_lens(request.len(), fragment))
-            .map_err(|e| Failure::Kept(ring(&self.name, e)))?;
+            .map_err(|e| Failure::Broken {
+                error: ring(&self.name, e),
+                taken: false,
+            })?;
         if !fits {
             return Ok(false);
         }
