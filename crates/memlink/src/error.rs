@@ -248,7 +248,7 @@ pub enum Error {
         reason: Box<str>,
     },
 
-    /// A typed message ([`Client::call_typed`](crate::Client::call_typed), a typed handler) did
+    /// A typed message (`Client::call_typed`, a typed handler; feature `serde`) did
     /// not decode as the type expected. The connection stays usable. For a request, the
     /// server's handler did not run.
     #[error(
@@ -264,7 +264,7 @@ pub enum Error {
         reason: Box<str>,
     },
 
-    /// A typed request ([`Client::call_typed`](crate::Client::call_typed)) could not be encoded
+    /// A typed request (`Client::call_typed`, feature `serde`) could not be encoded
     /// (postcard cannot represent some values, e.g. a sequence of unknown length). Nothing was
     /// sent: the call did not run.
     #[error(

@@ -1,7 +1,9 @@
 //! Request/response: many client processes call one server process; each call gets its own answer.
 //!
-//! Owns the roles and semantics of a call: the [`Client`], the [`Server`], rpc's own wire details
-//! (`protocol`: service socket name, error reports, statistics). The connection underneath
+//! Owns the roles and semantics of a call: the [`Client`], the [`Server`], what a handler sees
+//! and may answer besides a reply (`handler`: [`CallContext`], [`CallHandler`],
+//! [`HandlerError`], typed messages), the handler latency histogram (`histogram`), rpc's own
+//! wire details (`protocol`: service socket name, error reports, deadlines, statistics). The connection underneath
 //! (handshake, sealed region, wake-ups, parking) is `link`'s, shared with the duplex channel.
 //! Built on `link`, the memory layer's rings and the platform layer's sockets; no `unsafe` of
 //! its own.
