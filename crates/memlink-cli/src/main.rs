@@ -593,7 +593,7 @@ fn list() -> memlink::Result<()> {
     if servers.is_empty() {
         println!("no memlink servers");
     } else {
-        let rows: Vec<[String; 6]> = servers
+        let rows: Vec<[String; 8]> = servers
             .iter()
             .map(|s| match &s.stats {
                 Ok(st) => [
@@ -603,6 +603,15 @@ fn list() -> memlink::Result<()> {
                     st.calls.to_string(),
                     st.workers.to_string(),
                     format!("{:.0}s", st.uptime_ms as f64 / 1000.0),
+                    format!("{}/{}", st.failed_calls, st.expired_calls),
+                    if st.handler_latency.samples == 0 {
+                        "-".to_owned()
+                    } else {
+                        format!(
+                            "{:.1?}/{:.1?}/{:.1?}",
+                            st.handler_latency.p50, st.handler_latency.p99, st.handler_latency.max
+                        )
+                    },
                 ],
                 Err(e) => [
                     s.name.clone(),
@@ -611,13 +620,34 @@ fn list() -> memlink::Result<()> {
                     "-".into(),
                     "-".into(),
                     format!("({e})"),
+                    "-".into(),
+                    "-".into(),
                 ],
             })
             .collect();
         print_table(
-            ["SERVER", "PID", "CLIENTS", "CALLS", "WORKERS", "UPTIME"],
+            [
+                "SERVER",
+                "PID",
+                "CLIENTS",
+                "CALLS",
+                "WORKERS",
+                "UPTIME",
+                "FAILED/EXPIRED",
+                "HANDLER p50/p99/max",
+            ],
             &rows,
         );
+        // Each server's connections, indented under the table (calls per connection).
+        for s in &servers {
+            let Ok(st) = &s.stats else { continue };
+            for c in &st.connection_list {
+                println!(
+                    "  - {} connection {}: pid {} uid {}, {} calls",
+                    s.name, c.id, c.pid, c.uid, c.calls
+                );
+            }
+        }
     }
     println!();
     let topics = memlink::pubsub::list_topics();

@@ -478,6 +478,7 @@ pub(crate) fn stream_server(name: &str) -> io::Result<()> {
         let bad = || memlink::Error::HandlerFailed {
             name: String::new(),
             reason: "the request is not SIZE COUNT (SIZE at least 16)".into(),
+            data: Box::default(),
         };
         let request = std::str::from_utf8(request).map_err(|_| bad())?;
         let (size, count) = request

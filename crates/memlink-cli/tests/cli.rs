@@ -141,6 +141,10 @@ fn serve_answers_call_shows_in_ls_and_stops_on(tag: &str, signal: rustix::proces
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(cols[1], server.id().to_string(), "{row}");
     assert_eq!(cols[4], "2", "workers: {row}");
+    // No failed or expired calls; the one call's handler was timed (the first always is).
+    assert_eq!(cols[6], "0/0", "failed/expired: {row}");
+    assert_eq!(cols[7].split('/').count(), 3, "handler p50/p99/max: {row}");
+    assert!(listing.contains("HANDLER p50/p99/max"), "{listing}");
 
     let pid = rustix::process::Pid::from_raw(server.id() as i32).unwrap();
     rustix::process::kill_process(pid, signal).unwrap();

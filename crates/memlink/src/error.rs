@@ -95,8 +95,13 @@ pub enum Error {
         align: usize,
     },
 
-    /// A timed operation did not complete in time.
-    #[error("timed out; retry, or check that the other process is running")]
+    /// A timed operation did not complete in time. For a call this means the server had taken
+    /// the request, so its handler *may have run* (a call whose request the server provably
+    /// never took fails with [`Error::NotExecuted`] instead).
+    #[error(
+        "timed out; retry (a call that timed out may have been executed), or check that the \
+         other process is running"
+    )]
     Timeout,
 
     /// The calling thread already holds this mutex; locking it again would never return.
@@ -149,10 +154,12 @@ pub enum Error {
     },
 
     /// The peer went away (crashed, was killed, shut down or closed its end): a server during a
-    /// call, the other end of a duplex channel, or a topic's publisher.
+    /// call, the other end of a duplex channel, or a topic's publisher. For a call this means
+    /// the server had taken the request, so its handler *may have run* (a call whose request
+    /// the server provably never took fails with [`Error::NotExecuted`] instead).
     #[error(
-        "the other end of memlink '{name}' went away; a call in progress may or may not have been \
-         executed. A Client reconnects on its next call once a server is running again; drop a \
+        "the other end of memlink '{name}' went away; a call in progress may have been \
+         executed (the server had taken its request). A Client reconnects on its next call once a server is running again; drop a \
          Duplex and open the name again to pair with a new peer; a Subscriber waits for the next \
          publisher on its next receive"
     )]
@@ -161,9 +168,13 @@ pub enum Error {
         name: String,
     },
 
-    /// A request or reply is larger than the connection allows. The connection stays usable.
+    /// A message is larger than the connection allows, so it was not sent (a call's request:
+    /// the call did not run). The connection stays usable. A call's *reply* that is too large
+    /// is [`Error::ReplyTooLarge`] instead.
     #[error(
-        "message of {size} bytes exceeds the maximum of {max} bytes; send less, or raise the server's max_message_size"
+        "message of {size} bytes exceeds the maximum of {max} bytes and was not sent; send less, \
+         or raise the limit (the server's max_message_size; for try_call and try_send, which \
+         send only what fits in the ring whole, its ring capacity; or use call and send)"
     )]
     MessageTooLarge {
         /// Size of the offending message.
@@ -193,6 +204,80 @@ pub enum Error {
         name: String,
     },
 
+    /// A call failed before its request reached the server's handler: the handler did not run,
+    /// and will never run for this call, so calling again is safe (at most once still holds).
+    /// See the `rpc` module's "Did my call run?" for the exact rule. The client stays usable
+    /// (it connects again on its next call).
+    #[error(
+        "the call to memlink '{name}' was not executed ({reason}): the server never took its \
+         request, so calling again is safe; check that the server runs and keeps up, or allow \
+         the call more time"
+    )]
+    NotExecuted {
+        /// The service name.
+        name: String,
+        /// Why the request never reached the handler.
+        reason: NotExecuted,
+    },
+
+    /// The server's handler ran, but its reply was larger than the server allows
+    /// (`ServerOptions::max_message_size`) or than this client accepts
+    /// (`ClientOptions::max_reply_size`), so it was dropped. The call *was executed*. The client
+    /// stays usable.
+    #[error(
+        "the memlink server '{name}' executed the call, but its reply of {size} bytes exceeds the \
+         maximum of {max} bytes and was dropped; ask for less, or raise the limit \
+         (ClientOptions::max_reply_size, the server's max_message_size)"
+    )]
+    ReplyTooLarge {
+        /// The service name.
+        name: String,
+        /// Size of the reply.
+        size: u64,
+        /// The limit it exceeded.
+        max: u64,
+    },
+
+    /// The server's handler refused the call ([`HandlerError::refused`](crate::rpc::HandlerError::refused)),
+    /// typically because of who is calling. The connection stays usable.
+    #[error("the memlink server '{name}' refused this call: {reason}")]
+    CallRefused {
+        /// The service name.
+        name: String,
+        /// What the handler said.
+        reason: Box<str>,
+    },
+
+    /// A typed message (`Client::call_typed`, a typed handler; feature `serde`) did
+    /// not decode as the type expected. The connection stays usable. For a request, the
+    /// server's handler did not run.
+    #[error(
+        "the {what} of a typed call to memlink '{name}' does not decode as the expected type: \
+         {reason}; make both sides use the same message types"
+    )]
+    Undecodable {
+        /// The service name.
+        name: String,
+        /// Which message did not decode.
+        what: Payload,
+        /// What the decoder said.
+        reason: Box<str>,
+    },
+
+    /// A typed request (`Client::call_typed`, feature `serde`) could not be encoded
+    /// (postcard cannot represent some values, e.g. a sequence of unknown length). Nothing was
+    /// sent: the call did not run.
+    #[error(
+        "the request of a typed call to memlink '{name}' cannot be encoded: {reason}; give the \
+         type a representation postcard supports (known-length sequences, no untagged enums)"
+    )]
+    Unencodable {
+        /// The service name.
+        name: String,
+        /// What the encoder said.
+        reason: Box<str>,
+    },
+
     /// The server's handler panicked while handling this request. The connection stays usable.
     #[error(
         "the memlink server '{name}' failed to handle this request (its handler panicked); see the server's log"
@@ -202,14 +287,19 @@ pub enum Error {
         name: String,
     },
 
-    /// A stream's handler returned an error instead of ending the stream. The connection stays
-    /// usable.
-    #[error("the memlink server '{name}' failed to produce the stream: {reason}")]
+    /// The server's handler returned an error: a call's handler a
+    /// [`HandlerError`](crate::rpc::HandlerError), or a stream's handler an error instead of
+    /// ending the stream. The handler ran; what it did before failing is its own business. Not a
+    /// transport failure: the connection stays usable.
+    #[error("the memlink server '{name}' handler failed: {reason}")]
     HandlerFailed {
         /// The service name.
         name: String,
         /// What the handler reported.
         reason: String,
+        /// Bytes the handler attached ([`HandlerError::with_data`](crate::rpc::HandlerError::with_data)),
+        /// e.g. an application error code; empty if none.
+        data: Box<[u8]>,
     },
 
     /// The server was not given a stream handler (`Server::serve_with`), so it serves plain
@@ -240,9 +330,15 @@ pub enum Error {
     #[error("the client cancelled this stream; return from the stream handler")]
     Cancelled,
 
-    /// `try_send` found the stream's queue full (the client reads slower than the handler
-    /// produces): retry later, or use the blocking `send`.
-    #[error("the stream's queue is full; the client has not caught up, retry later or use send")]
+    /// A `try_` operation found no room and did not wait: `StreamSink::try_send` found the
+    /// stream's queue full (the client reads slower than the handler produces), or
+    /// `Client::try_call` found every connection busy or no room for the whole request in the
+    /// request ring (the call was not sent and did not run). Retry later, or use the blocking
+    /// form.
+    #[error(
+        "no room right now (a stream's queue, or a client's connections or request ring, is \
+         full); nothing was sent: retry later, or use the blocking send or call"
+    )]
     Full,
 
     /// A subscriber fell behind: `missed` samples were overwritten before it read them. Nothing
@@ -396,6 +492,49 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+}
+
+/// Why a call was not executed ([`Error::NotExecuted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotExecuted {
+    /// The server went away (killed, crashed, shut down, or it dropped the connection) before
+    /// it took the request, and the request could not be sent to a server again: none runs
+    /// now, or the one resend the client makes failed the same way.
+    ServerGone,
+    /// The call's timeout ran out before the server took the request (no free connection, the
+    /// server slow to accept or to take requests), or the server took it only after its
+    /// deadline and skipped it.
+    TimedOut,
+}
+
+impl std::fmt::Display for NotExecuted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NotExecuted::ServerGone => "the server went away before it took the request",
+            NotExecuted::TimedOut => {
+                "the call's timeout ran out before the server took the request"
+            }
+        })
+    }
+}
+
+/// Which message of a typed call did not decode ([`Error::Undecodable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// The request (the server could not decode it; its handler did not run).
+    Request,
+    /// The reply (the handler ran).
+    Reply,
+}
+
+impl std::fmt::Display for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Payload::Request => "request",
+            Payload::Reply => "reply",
+        })
+    }
 }
 
 /// Which limit ended a wait for a server started on demand (see

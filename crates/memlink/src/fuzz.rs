@@ -869,6 +869,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         flags: FIRST | LAST,
         call_id: 7,
         total: 3,
+        meta: 9,
     };
     add("record_header", "first-last", header.encode().to_vec());
     add("record_header", "zero", vec![0; RecordHeader::ENCODED_LEN]);
@@ -1040,6 +1041,10 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         corrupt_disconnects: 6,
         uptime_ms: 7,
         max_message: 8,
+        expired_calls: 9,
+        failed_calls: 10,
+        handler_latency: Default::default(),
+        connection_list: Vec::new(),
     };
     add("rpc_stats", "stats", stats.encode().to_vec());
 
@@ -1140,6 +1145,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             flags,
             call_id: id,
             total,
+            meta: 0,
         }
         .encode()
     };

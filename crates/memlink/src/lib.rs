@@ -38,7 +38,7 @@ pub mod pubsub;
 pub mod rpc;
 
 pub use duplex::{Duplex, DuplexOptions, TrySendError};
-pub use error::{Error, Result, StartLimit};
+pub use error::{Error, NotExecuted, Payload, Result, StartLimit};
 pub use memory::header::ObjectKind;
 pub use memory::inventory;
 pub use memory::name::{MAX_NAME_LEN, validate_name};
@@ -48,6 +48,6 @@ pub use pubsub::{
     Loan, MessageHandler, Publisher, PublisherOptions, Sample, Subscriber, SubscriberOptions,
 };
 pub use rpc::{
-    Client, ClientOptions, Handler, ReplyStream, Server, ServerCommand, ServerOptions,
-    ShutdownHandle, StreamHandler, StreamSink,
+    CallContext, CallHandler, Client, ClientOptions, Handler, HandlerError, ReplyStream, Server,
+    ServerCommand, ServerOptions, ShutdownHandle, StreamHandler, StreamSink,
 };

@@ -943,10 +943,10 @@ fn a_squatter_answering_garbage_is_refused_cleanly() {
     let _watchdog = Watchdog::arm();
     for answer in [
         b"not a memlink welcome at all".to_vec(),
-        // magic, version 2, status 0 (accepted), capacity, max, pid, extra: but no descriptors.
+        // magic, version 3, status 0 (accepted), capacity, max, pid, extra: but no descriptors.
         [
             &b"MLNK"[..],
-            &2u32.to_le_bytes(),
+            &3u32.to_le_bytes(),
             &0u32.to_le_bytes(),
             &4096u32.to_le_bytes(),
             &1024u64.to_le_bytes(),

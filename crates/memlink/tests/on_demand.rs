@@ -852,10 +852,20 @@ fn a_call_whose_timeout_is_shorter_than_the_start_leaves_the_server_starting() {
     assert_eq!(client.call(b"first").unwrap(), b"first");
     stop.shutdown();
     with_watchdog("serve to return", move || serving.join().unwrap()).unwrap();
-    // ...calls with a timeout shorter than the server takes to come up: the call times out,
-    // and the server it started comes up all the same.
+    // ...calls with a timeout shorter than the server takes to come up: the call times out
+    // (never having reached a server: not executed), and the server it started comes up all
+    // the same.
     let outcome = client.call_timeout(b"hi", Duration::from_millis(50));
-    assert!(matches!(outcome, Err(Error::Timeout)), "{outcome:?}");
+    assert!(
+        matches!(
+            outcome,
+            Err(Error::NotExecuted {
+                reason: memlink::NotExecuted::TimedOut,
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
     wait_until("the server started on demand to serve", || {
         server_stats(&name).is_ok()
     });

@@ -745,7 +745,17 @@ fn call_stream_timeout_gives_up_when_no_connection_frees() {
         let error = client
             .call_stream_timeout(b"count:1:16", Duration::from_millis(50))
             .unwrap_err();
-        assert!(matches!(error, Error::Timeout), "{error}");
+        // Its request never left: not executed.
+        assert!(
+            matches!(
+                error,
+                Error::NotExecuted {
+                    reason: memlink::NotExecuted::TimedOut,
+                    ..
+                }
+            ),
+            "{error}"
+        );
         release.send(()).unwrap();
         holder.join().unwrap();
     });

@@ -117,6 +117,7 @@ mod tests {
             flags,
             call_id,
             total,
+            meta: 0,
         }
     }
 

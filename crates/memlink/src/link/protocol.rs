@@ -39,8 +39,9 @@ use crate::platform::mapping::Mapping;
 const KEY_BIT: u64 = 1 << 63;
 
 pub(crate) const MAGIC: u32 = u32::from_le_bytes(*b"MLNK");
-/// Bumped whenever the handshake or region layout changes incompatibly.
-pub(crate) const PROTOCOL_VERSION: u32 = 2;
+/// Bumped whenever the handshake or region layout changes incompatibly. 3: record headers carry
+/// a `meta` word (an rpc request's deadline), rpc error reports and statistics grew.
+pub(crate) const PROTOCOL_VERSION: u32 = 3;
 
 pub(crate) fn word(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))

@@ -89,8 +89,8 @@ pub(crate) fn stamp(position: u64, key: u64) -> u64 {
     position.wrapping_add(1) ^ key
 }
 
-/// The header of one record, as stored in its first line after the stamp (little-endian, 24
-/// bytes).
+/// The header of one record, as stored in its first line after the stamp (little-endian, 32
+/// bytes: `len u32 | flags u32 | call_id u64 | total u64 | meta u64`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RecordHeader {
     /// Payload bytes in this record.
@@ -101,10 +101,13 @@ pub(crate) struct RecordHeader {
     pub(crate) call_id: u64,
     /// Length of the whole message this fragment belongs to.
     pub(crate) total: u64,
+    /// A word the protocol above gives its own meaning (rpc: a request's deadline); 0 where it
+    /// has none. Untrusted like every other field: the protocol that reads it validates it.
+    pub(crate) meta: u64,
 }
 
 impl RecordHeader {
-    pub(crate) const ENCODED_LEN: usize = 24;
+    pub(crate) const ENCODED_LEN: usize = 32;
 
     pub(crate) fn encode(&self) -> [u8; Self::ENCODED_LEN] {
         let mut b = [0u8; Self::ENCODED_LEN];
@@ -112,6 +115,7 @@ impl RecordHeader {
         b[4..8].copy_from_slice(&self.flags.to_le_bytes());
         b[8..16].copy_from_slice(&self.call_id.to_le_bytes());
         b[16..24].copy_from_slice(&self.total.to_le_bytes());
+        b[24..32].copy_from_slice(&self.meta.to_le_bytes());
         b
     }
 
@@ -123,6 +127,7 @@ impl RecordHeader {
             flags: word(4),
             call_id: long(8),
             total: long(16),
+            meta: long(24),
         }
     }
 }
@@ -299,6 +304,18 @@ impl Producer {
         total: u64,
         payload: &[u8],
     ) -> Result<bool, RingError> {
+        self.try_push_with_meta(flags, call_id, total, 0, payload)
+    }
+
+    /// [`Producer::try_push`] with the header's `meta` word (see [`RecordHeader::meta`]).
+    pub(crate) fn try_push_with_meta(
+        &mut self,
+        flags: u32,
+        call_id: u64,
+        total: u64,
+        meta: u64,
+        payload: &[u8],
+    ) -> Result<bool, RingError> {
         let capacity = self.layout.capacity;
         if payload.len() > self.layout.max_fragment() || flags & !(FIRST | LAST | USER_FLAGS) != 0 {
             return corrupted("record too large or with reserved flags (memlink bug)");
@@ -332,6 +349,7 @@ impl Producer {
                     flags: PADDING,
                     call_id: 0,
                     total: 0,
+                    meta: 0,
                 },
             )?;
             tail += to_end as u64;
@@ -342,6 +360,7 @@ impl Producer {
             flags,
             call_id,
             total,
+            meta,
         };
         if !self
             .map
@@ -364,6 +383,7 @@ impl Producer {
             flags: FIRST | LAST,
             call_id: u64::MAX,
             total: 0,
+            meta: 0,
         };
         self.write_record_header(at, self.tail, header)
     }
@@ -580,7 +600,8 @@ mod tests {
                     len: 0,
                     flags: FIRST | LAST,
                     call_id: 2,
-                    total: 0
+                    total: 0,
+                    meta: 0,
                 }
                 .encode()
             )
@@ -590,6 +611,20 @@ mod tests {
         // The real record, when it comes, is read as usual.
         assert!(p.try_push(FIRST | LAST, 2, 2, b"ok").unwrap());
         assert_eq!(c.peek().unwrap().map(|h| h.call_id), Some(2));
+    }
+
+    #[test]
+    fn the_meta_word_travels_with_every_record() {
+        let (mut p, mut c, _map) = ring(MIN_CAPACITY);
+        assert!(
+            p.try_push_with_meta(FIRST | LAST, 1, 3, u64::MAX - 7, b"abc")
+                .unwrap()
+        );
+        assert!(p.try_push(FIRST | LAST, 2, 0, b"").unwrap());
+        let h = c.peek().unwrap().unwrap();
+        assert_eq!((h.call_id, h.meta), (1, u64::MAX - 7));
+        c.skip(&h).unwrap();
+        assert_eq!(c.peek().unwrap().map(|h| (h.call_id, h.meta)), Some((2, 0)));
     }
 
     #[test]

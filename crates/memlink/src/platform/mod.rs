@@ -7,7 +7,8 @@
 //! passing and peer credentials ([`socket`]), who holds an abstract socket name, asked of the
 //! kernel without connecting to it ([`sock_diag`]), CPU identity ([`cpu`]), process identity and
 //! liveness ([`process`]), starting a program detached from us with its error output captured
-//! ([`spawn`]), and unpredictable numbers ([`random`]). It may use only `rustix`, `libc` and
+//! ([`spawn`]), unpredictable numbers ([`random`]) and the monotonic clock as a number other
+//! processes agree on ([`clock`]). It may use only `rustix`, `libc` and
 //! `std`; nothing above it issues syscalls or dereferences raw pointers (the crate root denies
 //! `unsafe` outside this module).
 //!
@@ -15,6 +16,7 @@
 //! attempted and turn them into actionable [`crate::Error`]s.
 #![allow(unsafe_code)]
 
+pub(crate) mod clock;
 pub(crate) mod cpu;
 pub(crate) mod file_lock;
 pub(crate) mod futex;

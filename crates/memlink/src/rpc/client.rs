@@ -14,17 +14,18 @@ use std::time::{Duration, Instant};
 
 use super::launch::{self, LaunchHooks, ServerCommand};
 use super::protocol::{
-    Admission, CANCEL, ERR_HANDLER_FAILED, ERR_HANDLER_PANICKED, ERR_NO_STREAMS,
-    ERR_REPLY_TOO_LARGE, ERR_TOO_MANY_STREAMS, ERROR_REPLY, Hello, Purpose, STREAM_END,
-    STREAM_REQUEST, socket_name,
+    Admission, CANCEL, ERR_CALL_FAILED, ERR_DEADLINE_EXPIRED, ERR_HANDLER_FAILED,
+    ERR_HANDLER_PANICKED, ERR_NO_STREAMS, ERR_REFUSED, ERR_REPLY_TOO_LARGE, ERR_TOO_MANY_STREAMS,
+    ERR_UNDECODABLE, ERROR_REPLY, Hello, Purpose, STREAM_END, STREAM_REQUEST, socket_name,
 };
 use super::stream::{Verdict, judge};
-use crate::error::{Error, Result};
-use crate::link::fragment::{Reassembly, fragment_at};
+use crate::error::{Error, NotExecuted, Payload, Result};
+use crate::link::fragment::{Reassembly, fragment_at, fragment_lens};
 use crate::link::wake::{self, Backoff, CLIENT, Patience, SERVER};
 use crate::link::{self, Keep, Parked};
 use crate::memory::name::validate_name;
 use crate::memory::ring::{Consumer, FIRST, LAST, Producer, RecordHeader, RingError, USER_FLAGS};
+use crate::platform::clock;
 use crate::platform::mapping::Mapping;
 #[cfg(feature = "fault-injection")]
 use crate::platform::notify;
@@ -57,12 +58,16 @@ pub struct ClientOptions {
     connections: usize,
     trusted_server_uid: Option<u32>,
     max_reply_size: Option<usize>,
+    /// The timeout of calls that do not name one.
+    call_timeout: Option<Duration>,
     /// What to run if no server runs under the name.
     start_server: Option<Arc<ServerCommand>>,
     start_timeout: Duration,
     launch_hooks: LaunchHooks,
     /// Fault injection: how long a call waits between sending its request and reading the reply.
     pause_before_receive: Duration,
+    /// Fault injection: the deadline every call sends, from when it is sent, whatever it waits.
+    sent_deadline: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -71,10 +76,12 @@ impl Default for ClientOptions {
             connections: DEFAULT_CONNECTIONS,
             trusted_server_uid: None,
             max_reply_size: None,
+            call_timeout: None,
             start_server: None,
             start_timeout: DEFAULT_START_TIMEOUT,
             launch_hooks: LaunchHooks::default(),
             pause_before_receive: Duration::ZERO,
+            sent_deadline: None,
         }
     }
 }
@@ -102,9 +109,46 @@ impl ClientOptions {
     /// Largest reply this client accepts, whatever the server allows (by default the server's
     /// maximum message size, 64 MiB unless configured). A larger reply fails its call with
     /// [`Error::MessageTooLarge`] before more than a fragment of it is read; the call did run on
+    /// [`Error::ReplyTooLarge`] before more than a fragment of it is read; the call did run on
     /// the server, and the next call uses a fresh connection.
     pub fn max_reply_size(mut self, bytes: usize) -> Self {
         self.max_reply_size = Some(bytes);
+        self
+    }
+
+    /// The timeout of every call that does not name one ([`Client::call`],
+    /// [`Client::call_into`], [`Client::try_call`], `call_typed`, and the sending of
+    /// [`Client::call_stream`]'s request); by default calls wait as long as it takes. The
+    /// timeout travels with the request (as an absolute `CLOCK_MONOTONIC` deadline, which every
+    /// process on the machine reads alike), so a server that takes the request only after the
+    /// caller gave up skips it instead of running it for nobody, and the handler sees it
+    /// ([`CallContext::deadline`](crate::rpc::CallContext::deadline)). A call that runs out of
+    /// time fails with [`Error::NotExecuted`] if the server had not taken its request (it never
+    /// will), else with [`Error::Timeout`] (the handler may have run).
+    ///
+    /// Costs one clock read per call (none without a timeout).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # fn main() -> memlink::Result<()> {
+    /// use std::time::Duration;
+    /// use memlink::{ClientOptions, Error, NotExecuted};
+    ///
+    /// let client = ClientOptions::new()
+    ///     .call_timeout(Duration::from_millis(200))
+    ///     .connect("pricer")?;
+    /// match client.call(b"quote EURUSD") {
+    ///     Ok(quote) => println!("{quote:?}"),
+    ///     Err(Error::NotExecuted { reason: NotExecuted::TimedOut, .. }) => {
+    ///         // The server never took it, and never will: safe to ask again elsewhere.
+    ///     }
+    ///     Err(Error::Timeout) => { /* it may have run: the quote may have been issued */ }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = Some(timeout);
         self
     }
 
@@ -214,6 +258,16 @@ impl ClientOptions {
     #[cfg(feature = "fault-injection")]
     pub fn __pause_before_receive(mut self, pause: Duration) -> Self {
         self.pause_before_receive = pause;
+        self
+    }
+
+    /// Fault injection for tests: every call tells the server it gives up `after` its request
+    /// is sent, whatever it actually waits (so that a test sees the server skip an expired
+    /// request and say so). Exists only with the `fault-injection` feature.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __sent_deadline(mut self, after: Duration) -> Self {
+        self.sent_deadline = Some(after);
         self
     }
 
@@ -405,22 +459,47 @@ impl Client {
         self.max_message.load(Ordering::Relaxed) as usize
     }
 
-    /// Sends `request` and returns the server's reply.
+    /// Sends `request` and returns the server's reply, waiting at most the client's default
+    /// timeout ([`ClientOptions::call_timeout`]) if it has one.
     ///
     /// # Errors
-    /// [`Error::MessageTooLarge`] (connection still usable); [`Error::Disconnected`] if the server
-    /// went away during the call; [`Error::NotRunning`] if it is gone and was not restarted;
-    /// [`Error::HandlerPanicked`]; [`Error::Corrupted`] if the server broke the protocol.
+    /// Whether the handler ran is part of every error (see the `rpc` module's "Did my call
+    /// run?"):
+    /// - it did not run: [`Error::NotExecuted`] (the server went away, or the timeout ran out,
+    ///   before it took the request; calling again is safe), [`Error::MessageTooLarge`] (the
+    ///   request; nothing sent), [`Error::NotRunning`], [`Error::ServerFull`],
+    ///   [`Error::PermissionDenied`] (reconnecting was refused);
+    /// - it ran: [`Error::HandlerFailed`] and [`Error::CallRefused`] (the handler said so),
+    ///   [`Error::HandlerPanicked`], [`Error::ReplyTooLarge`];
+    /// - it may have run: [`Error::Disconnected`] (the server went away after taking the
+    ///   request), [`Error::Timeout`], [`Error::Corrupted`] (the server broke the protocol).
+    ///
+    /// After any of them the client stays usable: a broken connection is replaced on the next
+    /// call.
     pub fn call(&self, request: &[u8]) -> Result<Vec<u8>> {
         let mut reply = Vec::new();
         self.call_into(request, &mut reply)?;
         Ok(reply)
     }
 
-    /// Like [`Client::call`], giving up after `timeout`.
+    /// Like [`Client::call`], giving up after `timeout` (instead of the default timeout). The
+    /// deadline travels with the request: a server that takes it only after the deadline skips
+    /// it, and the handler sees it ([`CallContext::deadline`](crate::rpc::CallContext::deadline)).
     ///
     /// # Errors
-    /// [`Error::Timeout`]; otherwise as [`Client::call`].
+    /// Out of time: [`Error::NotExecuted`] ([`NotExecuted::TimedOut`]) if the server had not
+    /// taken the request (it never will), else [`Error::Timeout`] (the handler may have run).
+    /// Otherwise as [`Client::call`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # fn main() -> memlink::Result<()> {
+    /// use std::time::Duration;
+    ///
+    /// let client = memlink::Client::connect("echo")?;
+    /// let reply = client.call_timeout(b"hello", Duration::from_millis(100))?;
+    /// # Ok(()) }
+    /// ```
     pub fn call_timeout(&self, request: &[u8], timeout: Duration) -> Result<Vec<u8>> {
         let mut reply = Vec::new();
         self.call_into_timeout(request, &mut reply, timeout)?;
@@ -433,20 +512,155 @@ impl Client {
     /// # Errors
     /// As [`Client::call`].
     pub fn call_into(&self, request: &[u8], reply: &mut Vec<u8>) -> Result<()> {
-        self.call_until(request, reply, None)
+        self.call_until(request, reply, self.default_deadline(), Mode::Wait)
     }
 
-    /// Like [`Client::call_into`], giving up after `timeout`.
+    /// Like [`Client::call`], but never waits for a free connection or for room in the request
+    /// ring: if every connection is busy with other calls, or the whole request does not fit in
+    /// the ring right now (the server has not yet taken earlier requests), it fails at once with
+    /// [`Error::Full`] and nothing is sent (the call did not run). Once the request is in the
+    /// ring it waits for the reply like [`Client::call`] (up to the default timeout, if set). A
+    /// client with no open connection (the first call after a failure) connects first.
     ///
     /// # Errors
-    /// [`Error::Timeout`]; otherwise as [`Client::call`].
+    /// [`Error::Full`]; [`Error::MessageTooLarge`] for a request larger than half the
+    /// server's ring capacity (`ServerOptions::ring_capacity`, 128 KiB by default), which could
+    /// never be sure to fit: send it with [`Client::call`]; otherwise as [`Client::call`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # fn main() -> memlink::Result<()> {
+    /// let client = memlink::Client::connect("telemetry")?;
+    /// match client.try_call(b"sample 17") {
+    ///     Ok(ack) => {}
+    ///     Err(memlink::Error::Full) => { /* the server is behind: drop this sample */ }
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn try_call(&self, request: &[u8]) -> Result<Vec<u8>> {
+        let mut reply = Vec::new();
+        self.try_call_into(request, &mut reply)?;
+        Ok(reply)
+    }
+
+    /// [`Client::try_call`] writing the reply into `reply` (cleared first); no allocation per
+    /// call with a reused buffer.
+    ///
+    /// # Errors
+    /// As [`Client::try_call`].
+    pub fn try_call_into(&self, request: &[u8], reply: &mut Vec<u8>) -> Result<()> {
+        let deadline = self.default_deadline();
+        let Some(slot) = self.try_take_connection() else {
+            return Err(Error::Full);
+        };
+        let mut slot = ConnectionGuard {
+            slot,
+            _wake: WakeWaiter(self),
+        };
+        self.on_connection(&mut slot, request, deadline, |connection| {
+            connection.call(request, reply, deadline, Mode::Try)
+        })
+    }
+
+    /// Calls with a typed request and reply (feature `serde`), encoded with postcard: the server
+    /// side is a [`typed`](crate::rpc::typed) handler. Waits up to the default timeout
+    /// ([`ClientOptions::call_timeout`]), if set.
+    ///
+    /// # Errors
+    /// [`Error::Unencodable`] (nothing sent), [`Error::Undecodable`] (the server could not
+    /// decode the request, so its handler did not run; or the reply does not decode as a
+    /// `Resp`, after the handler ran); otherwise as [`Client::call`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # fn main() -> memlink::Result<()> {
+    /// let client = memlink::Client::connect("adder")?;
+    /// let sum: i64 = client.call_typed(&(2i64, 40i64))?;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "serde")]
+    pub fn call_typed<Req, Resp>(&self, request: &Req) -> Result<Resp>
+    where
+        Req: serde::Serialize + ?Sized,
+        Resp: serde::de::DeserializeOwned,
+    {
+        self.call_typed_until(request, self.default_deadline())
+    }
+
+    /// [`Client::call_typed`], giving up after `timeout`.
+    ///
+    /// # Errors
+    /// As [`Client::call_typed`] and [`Client::call_timeout`].
+    #[cfg(feature = "serde")]
+    pub fn call_typed_timeout<Req, Resp>(&self, request: &Req, timeout: Duration) -> Result<Resp>
+    where
+        Req: serde::Serialize + ?Sized,
+        Resp: serde::de::DeserializeOwned,
+    {
+        self.call_typed_until(request, Instant::now().checked_add(timeout))
+    }
+
+    #[cfg(feature = "serde")]
+    fn call_typed_until<Req, Resp>(&self, request: &Req, deadline: Option<Instant>) -> Result<Resp>
+    where
+        Req: serde::Serialize + ?Sized,
+        Resp: serde::de::DeserializeOwned,
+    {
+        let request = postcard::to_allocvec(request).map_err(|e| Error::Unencodable {
+            name: self.name.clone(),
+            reason: e.to_string().into(),
+        })?;
+        let mut reply = Vec::new();
+        self.call_until(&request, &mut reply, deadline, Mode::Wait)?;
+        super::handler::decode(&reply).map_err(|reason| Error::Undecodable {
+            name: self.name.clone(),
+            what: Payload::Reply,
+            reason: reason.into(),
+        })
+    }
+
+    /// When a call started now that names no timeout gives up.
+    fn default_deadline(&self) -> Option<Instant> {
+        // No clock read unless a timeout is set.
+        self.options
+            .call_timeout
+            .and_then(|timeout| Instant::now().checked_add(timeout))
+    }
+
+    /// `error` from before a call's request was sent, as the call reports it: a timeout or a
+    /// lost server there means the call did not run.
+    fn unsent(&self, error: Error) -> Error {
+        match error {
+            Error::Timeout => self.not_executed(NotExecuted::TimedOut),
+            Error::Disconnected { .. } => self.not_executed(NotExecuted::ServerGone),
+            error => error,
+        }
+    }
+
+    fn not_executed(&self, reason: NotExecuted) -> Error {
+        Error::NotExecuted {
+            name: self.name.clone(),
+            reason,
+        }
+    }
+
+    /// Like [`Client::call_into`], giving up after `timeout` (see [`Client::call_timeout`]).
+    ///
+    /// # Errors
+    /// As [`Client::call_timeout`].
     pub fn call_into_timeout(
         &self,
         request: &[u8],
         reply: &mut Vec<u8>,
         timeout: Duration,
     ) -> Result<()> {
-        self.call_until(request, reply, Some(Instant::now() + timeout))
+        self.call_until(
+            request,
+            reply,
+            Instant::now().checked_add(timeout),
+            Mode::Wait,
+        )
     }
 
     fn call_until(
@@ -454,16 +668,18 @@ impl Client {
         request: &[u8],
         reply: &mut Vec<u8>,
         deadline: Option<Instant>,
+        mode: Mode,
     ) -> Result<()> {
-        let mut slot = self.free_connection(deadline)?;
+        let mut slot = self.free_connection(deadline).map_err(|e| self.unsent(e))?;
         self.on_connection(&mut slot, request, deadline, |connection| {
-            connection.call(request, reply, deadline)
+            connection.call(request, reply, deadline, mode)
         })
     }
 
     /// Runs `op` (which sends `request`) on the connection in `slot`, opening one if needed,
     /// dropping it if `op` breaks it, and running `op` once more on a fresh connection if the
-    /// server went away without having read any of the request.
+    /// server went away without having taken the request (see [`Failure::Broken`]). Failures
+    /// of calls the server never took are [`Error::NotExecuted`].
     fn on_connection(
         &self,
         slot: &mut ConnectionGuard<'_>,
@@ -494,29 +710,33 @@ impl Client {
                     }
                     // A retry of a provably unsent call found no server: report the original loss.
                     Err(Error::NotRunning { .. }) if retried => {
-                        return Err(Error::Disconnected {
-                            name: self.name.clone(),
-                        });
+                        return Err(self.not_executed(NotExecuted::ServerGone));
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(self.unsent(e)),
                 },
             };
             match op(connection) {
                 Ok(()) => return Ok(()),
                 Err(Failure::Kept(e)) => return Err(e),
-                Err(Failure::Broken { error, unsent }) => {
+                Err(Failure::Broken { error, taken }) => {
                     let dead_epoch = connection.epoch;
                     **slot = None;
                     if let Error::Disconnected { .. } = error {
                         self.note_disconnected(dead_epoch);
-                        // The server never took a byte of this request, so sending it again on a
-                        // fresh connection cannot execute it twice.
-                        if unsent && !retried {
+                    }
+                    if taken {
+                        return Err(error);
+                    }
+                    match error {
+                        // The server never took this request, and the connection it was written
+                        // to is gone, so sending it again on a fresh connection cannot execute
+                        // it twice. Once: a server that keeps vanishing is reported.
+                        Error::Disconnected { .. } if !retried => {
                             retried = true;
                             continue;
                         }
+                        error => return Err(self.unsent(error)),
                     }
-                    return Err(error);
                 }
             }
         }
@@ -555,7 +775,7 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub fn call_stream(&self, request: &[u8]) -> Result<ReplyStream<'_>> {
-        self.call_stream_until(request, None)
+        self.call_stream_until(request, self.default_deadline())
     }
 
     /// Like [`Client::call_stream`], giving up if the request could not be sent within
@@ -569,7 +789,7 @@ impl Client {
         request: &[u8],
         timeout: Duration,
     ) -> Result<ReplyStream<'_>> {
-        self.call_stream_until(request, Some(Instant::now() + timeout))
+        self.call_stream_until(request, Instant::now().checked_add(timeout))
     }
 
     fn call_stream_until(
@@ -577,7 +797,7 @@ impl Client {
         request: &[u8],
         deadline: Option<Instant>,
     ) -> Result<ReplyStream<'_>> {
-        let mut slot = self.free_connection(deadline)?;
+        let mut slot = self.free_connection(deadline).map_err(|e| self.unsent(e))?;
         let mut call = 0;
         self.on_connection(&mut slot, request, deadline, |connection| {
             call = connection.start_stream(request, deadline)?;
@@ -738,8 +958,23 @@ fn lock_slot(slot: &Mutex<Option<Connection>>) -> MutexGuard<'_, Option<Connecti
 enum Failure {
     /// The connection is still in step with the server.
     Kept(Error),
-    /// The connection must be dropped. `unsent`: the server provably never read any of the request.
-    Broken { error: Error, unsent: bool },
+    /// The connection must be dropped. `taken`: the server may have taken the whole request,
+    /// so its handler may have run. `false` proves it never will: the request was not written
+    /// whole (the connection is dropped, so the rest never comes), or the server's consumer
+    /// position says it had not taken the request's first record when we gave up on a
+    /// connection that is gone (hung up: nobody takes anything from it any more) or on a
+    /// deadline that had passed (the server skips a request it takes after its deadline; see
+    /// `Connection::failure`).
+    Broken { error: Error, taken: bool },
+}
+
+/// Whether a call may wait for ring space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Wait for room as needed.
+    Wait,
+    /// Send only if the whole request fits now; else `Full`.
+    Try,
 }
 
 /// One connection: a region with a request ring we produce and a response ring we consume.
@@ -768,6 +1003,8 @@ struct Connection {
     waits: u32,
     /// See `ClientOptions::__pause_before_receive`.
     pause_before_receive: Duration,
+    /// See `ClientOptions::__sent_deadline`.
+    sent_deadline: Option<Duration>,
 }
 
 impl Connection {
@@ -869,6 +1106,7 @@ impl Connection {
             recent_wait: Duration::ZERO,
             waits: 0,
             pause_before_receive: options.pause_before_receive,
+            sent_deadline: options.sent_deadline,
         })
     }
 
@@ -877,6 +1115,7 @@ impl Connection {
         request: &[u8],
         reply: &mut Vec<u8>,
         deadline: Option<Instant>,
+        mode: Mode,
     ) -> Result<(), Failure> {
         if request.len() > self.max_message {
             return Err(Failure::Kept(Error::MessageTooLarge {
@@ -884,27 +1123,132 @@ impl Connection {
                 max: self.max_message,
             }));
         }
-        self.last_call += 1;
-        let call = self.last_call;
+        // The deadline travels as CLOCK_MONOTONIC nanoseconds, converted without a clock read,
+        // never later than ours (0 means none, and no clock reads 0).
+        let mut meta = deadline.map_or(0, |t| clock::instant_to_ns(t).max(1));
+        if let Some(after) = self.sent_deadline {
+            meta = clock::monotonic_ns().saturating_add(after.as_nanos() as u64);
+        }
+        let call = self.last_call + 1;
         let start = self.requests.position();
-        let result = self.send(call, request, deadline).and_then(|()| {
+        let sent = match mode {
+            Mode::Wait => {
+                self.last_call = call;
+                self.send_flagged(call, request, 0, meta, deadline)
+            }
+            Mode::Try => match self.try_send(call, request, meta) {
+                Ok(true) => {
+                    self.last_call = call;
+                    Ok(())
+                }
+                // Nothing written, the connection as it was.
+                Ok(false) => return Err(Failure::Kept(Error::Full)),
+                Err(Failure::Kept(e)) => return Err(Failure::Kept(e)),
+                Err(Failure::Broken { error, .. }) => Err(error),
+            },
+        };
+        let written = sent.is_ok();
+        let result = sent.and_then(|()| {
             if !self.pause_before_receive.is_zero() {
                 std::thread::sleep(self.pause_before_receive);
             }
             self.receive(call, reply, deadline)
         });
-        result.map_err(|error| match error {
-            Error::MessageTooLarge { .. } | Error::HandlerPanicked { .. } if !self.abandoned => {
+        result.map_err(|error| self.failure(error, start, written))
+    }
+
+    /// Sorts a call's failure: errors reported by the server over a connection still in step
+    /// are kept; any other breaks the connection, and whether the server may have taken the
+    /// request is decided here (see [`Failure::Broken`]).
+    fn failure(&mut self, error: Error, start: u64, written: bool) -> Failure {
+        match error {
+            Error::HandlerPanicked { .. }
+            | Error::HandlerFailed { .. }
+            | Error::CallRefused { .. }
+            | Error::ReplyTooLarge { .. }
+            | Error::Undecodable { .. }
+            | Error::NotExecuted { .. }
+                if !self.abandoned =>
+            {
                 Failure::Kept(error)
             }
             error => {
-                let unsent = self
-                    .requests
-                    .consumer_position()
-                    .is_ok_and(|head| head <= start);
-                Failure::Broken { error, unsent }
+                // SYNC POINT: SeqCst fence between the clock read that ended the wait (a
+                // timeout: our deadline has passed) and the load of the server's head; pairs
+                // with the worker's fence between its head store and its clock read in
+                // `server::Connection::expired`. If we see the request untaken, the server
+                // takes it (if ever) after reading a clock past the deadline, and skips it.
+                std::sync::atomic::fence(Ordering::SeqCst);
+                let taken = written
+                    && self
+                        .requests
+                        .consumer_position()
+                        .map_or(true, |head| head > start);
+                Failure::Broken { error, taken }
             }
-        })
+        }
+    }
+
+    /// Writes the whole of `request` into the request ring if it fits now (`Ok(false)`, nothing
+    /// written, if not), never waiting.
+    fn try_send(&mut self, call: u64, request: &[u8], meta: u64) -> Result<bool, Failure> {
+        let ring = |name: &str, e: RingError| Error::corrupted(name, e.0);
+        let layout = *self.requests.layout();
+        let fragment = layout.max_fragment();
+        // Half the ring fits whole once the server has taken what is before it; more may never.
+        let max = layout.capacity / 2;
+        if request.len() > max {
+            return Err(Failure::Kept(Error::MessageTooLarge {
+                size: request.len(),
+                max,
+            }));
+        }
+        let fits = self
+            .requests
+            .has_room_for_all(fragment_lens(request.len(), fragment))
+            .map_err(|e| Failure::Broken {
+                error: ring(&self.name, e),
+                taken: false,
+            })?;
+        if !fits {
+            return Ok(false);
+        }
+        // Going back to the front early would spend room the check above counted on.
+        self.requests.set_early_wrap(false);
+        let total = request.len() as u64;
+        let mut sent = 0;
+        let pushed = loop {
+            let (flags, piece) = fragment_at(sent, request.len(), fragment);
+            let end = piece.end;
+            match self
+                .requests
+                .try_push_with_meta(flags, call, total, meta, &request[piece])
+            {
+                Ok(true) => {}
+                // The consumer only ever frees room: the check above holds.
+                Ok(false) => {
+                    break Err(Error::corrupted(
+                        &self.name,
+                        "the request ring lost room it had (memlink bug)",
+                    ));
+                }
+                Err(e) => break Err(ring(&self.name, e)),
+            }
+            sent = end;
+            if sent == request.len() {
+                break Ok(());
+            }
+        };
+        self.requests.set_early_wrap(true);
+        pushed
+            .and_then(|()| {
+                wake::nudge(&self.map, SERVER, &self.wake_out).map_err(|e| ring(&self.name, e))
+            })
+            .map_err(|error| Failure::Broken {
+                error,
+                taken: false,
+            })?;
+        Ok(true)
     }
 
     /// Sends `request` as stream request; returns its call id.
@@ -917,14 +1261,12 @@ impl Connection {
         }
         self.last_call += 1;
         let call = self.last_call;
-        let start = self.requests.position();
-        self.send_flagged(call, request, STREAM_REQUEST, deadline)
-            .map_err(|error| {
-                let unsent = self
-                    .requests
-                    .consumer_position()
-                    .is_ok_and(|head| head <= start);
-                Failure::Broken { error, unsent }
+        // A stream request carries no deadline: the timeout covers only its sending. Failing
+        // here, it was not written whole, so it cannot run.
+        self.send_flagged(call, request, STREAM_REQUEST, 0, deadline)
+            .map_err(|error| Failure::Broken {
+                error,
+                taken: false,
             })?;
         if !self.pause_before_receive.is_zero() {
             std::thread::sleep(self.pause_before_receive);
@@ -994,15 +1336,14 @@ impl Connection {
         wake::nudge(&self.map, SERVER, &self.wake_out).map_err(ring)
     }
 
-    fn send(&mut self, call: u64, request: &[u8], deadline: Option<Instant>) -> Result<()> {
-        self.send_flagged(call, request, 0, deadline)
-    }
-
+    /// Writes `request` into the request ring, each record with `user_flags` and `meta`,
+    /// waiting for room as needed (until `deadline`).
     fn send_flagged(
         &mut self,
         call: u64,
         request: &[u8],
         user_flags: u32,
+        meta: u64,
         deadline: Option<Instant>,
     ) -> Result<()> {
         let fragment = self.requests.layout().max_fragment();
@@ -1014,7 +1355,7 @@ impl Connection {
             let ring = |e: RingError| Error::corrupted(&self.name, e.0);
             if self
                 .requests
-                .try_push(flags | user_flags, call, total, &request[piece])
+                .try_push_with_meta(flags | user_flags, call, total, meta, &request[piece])
                 .map_err(ring)?
             {
                 wake::nudge(&self.map, SERVER, &self.wake_out)
@@ -1090,9 +1431,10 @@ impl Connection {
                 // Ours to refuse, not a broken server: leave the rest unread and let this
                 // connection go.
                 self.abandoned = true;
-                return Err(Error::MessageTooLarge {
-                    size: usize::try_from(total).unwrap_or(usize::MAX),
-                    max: self.max_reply,
+                return Err(Error::ReplyTooLarge {
+                    name: self.name.clone(),
+                    size: total,
+                    max: self.max_reply as u64,
                 });
             }
             // The announced length is the server's word: reserve at most a bounded amount up
@@ -1123,6 +1465,39 @@ impl Connection {
             Some(ERR_HANDLER_FAILED) => Error::HandlerFailed {
                 name: self.name.clone(),
                 reason: String::from_utf8_lossy(report.get(4..).unwrap_or_default()).into_owned(),
+                data: Box::default(),
+            },
+            Some(ERR_CALL_FAILED) => {
+                // code | message_len u32 | message | data, the length checked against the report.
+                let split = report
+                    .get(4..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u32::from_le_bytes)
+                    .and_then(|len| 8usize.checked_add(len as usize))
+                    .filter(|&end| end <= report.len());
+                match split {
+                    Some(end) => Error::HandlerFailed {
+                        name: self.name.clone(),
+                        reason: String::from_utf8_lossy(&report[8..end]).into_owned(),
+                        data: report[end..].into(),
+                    },
+                    None => {
+                        Error::corrupted(&self.name, "the server sent a malformed error report")
+                    }
+                }
+            }
+            Some(ERR_REFUSED) => Error::CallRefused {
+                name: self.name.clone(),
+                reason: String::from_utf8_lossy(report.get(4..).unwrap_or_default()).into(),
+            },
+            Some(ERR_DEADLINE_EXPIRED) => Error::NotExecuted {
+                name: self.name.clone(),
+                reason: NotExecuted::TimedOut,
+            },
+            Some(ERR_UNDECODABLE) => Error::Undecodable {
+                name: self.name.clone(),
+                what: Payload::Request,
+                reason: String::from_utf8_lossy(report.get(4..).unwrap_or_default()).into(),
             },
             Some(ERR_NO_STREAMS) => Error::StreamsNotServed {
                 name: self.name.clone(),
@@ -1131,9 +1506,10 @@ impl Connection {
                 name: self.name.clone(),
                 max: word(4).map_or(0, |m| u32::try_from(m).unwrap_or(u32::MAX)),
             },
-            Some(ERR_REPLY_TOO_LARGE) => Error::MessageTooLarge {
-                size: word(4).unwrap_or(0) as usize,
-                max: word(12).unwrap_or(self.max_message as u64) as usize,
+            Some(ERR_REPLY_TOO_LARGE) => Error::ReplyTooLarge {
+                name: self.name.clone(),
+                size: word(4).unwrap_or(0),
+                max: word(12).unwrap_or(self.max_message as u64),
             },
             _ => Error::corrupted(&self.name, "the server sent an unknown error report"),
         }

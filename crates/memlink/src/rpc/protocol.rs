@@ -5,6 +5,8 @@
 pub(crate) use crate::link::protocol::{
     Admission, Goodbye, Hello, PROTOCOL_VERSION, Purpose, RegionLayout, Welcome,
 };
+use std::time::Duration;
+
 use crate::link::protocol::{MAGIC, check_preamble, long, word};
 
 /// Prefix of every server's abstract socket name.
@@ -22,6 +24,36 @@ pub(crate) const ERR_NO_STREAMS: u32 = 4;
 /// The server runs as many stream handlers as it allows (the cap follows, 8 bytes).
 pub(crate) const ERR_TOO_MANY_STREAMS: u32 = 5;
 
+/// A call's handler refused it (its reason follows the code, UTF-8).
+pub(crate) const ERR_REFUSED: u32 = 6;
+/// The request's deadline had passed when the server took it: the handler did not run.
+pub(crate) const ERR_DEADLINE_EXPIRED: u32 = 7;
+/// A typed handler could not decode the request (the decoder's message follows, UTF-8): the
+/// handler did not run.
+pub(crate) const ERR_UNDECODABLE: u32 = 8;
+/// A call's handler returned an error: `code | message_len u32 | message (UTF-8) | data`.
+pub(crate) const ERR_CALL_FAILED: u32 = 9;
+/// Longest handler message or reason sent (longer ones are cut at a character boundary).
+pub(crate) const MAX_ERROR_TEXT: usize = 4096;
+
+/// The request records' `meta` word (see `RecordHeader::meta`): the call's deadline as absolute
+/// `CLOCK_MONOTONIC` nanoseconds, the same on every fragment of a request; 0 for none (and for
+/// stream requests, cancels and replies). A value above `i64::MAX` (no clock reads that) is a
+/// broken protocol.
+pub(crate) const MAX_DEADLINE_NS: u64 = i64::MAX as u64;
+
+/// `text` cut to at most [`MAX_ERROR_TEXT`] bytes, at a character boundary.
+pub(crate) fn error_text(text: &str) -> &str {
+    if text.len() <= MAX_ERROR_TEXT {
+        return text;
+    }
+    let mut end = MAX_ERROR_TEXT;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// A request record flag (on every fragment): the request asks for a stream of replies.
 pub(crate) const STREAM_REQUEST: u32 = 0x200;
 /// A request record flag: an empty message cancelling the stream of the same call id.
@@ -35,8 +67,26 @@ pub(crate) fn socket_name(service: &str) -> String {
     format!("{SOCKET_PREFIX}{service}")
 }
 
-/// A live server's statistics, as `memlink ls` shows them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A live server's statistics, as `memlink ls` shows them ([`server_stats`](super::server_stats)).
+///
+/// # Examples
+/// ```no_run
+/// # fn main() -> memlink::Result<()> {
+/// let stats = memlink::rpc::server_stats("echo")?;
+/// println!(
+///     "{} calls, handler p50 {:?} p99 {:?} (from {} sampled calls)",
+///     stats.calls,
+///     stats.handler_latency.p50,
+///     stats.handler_latency.p99,
+///     stats.handler_latency.samples
+/// );
+/// for connection in &stats.connection_list {
+///     println!("  connection {} of pid {}: {} calls", connection.id, connection.pid, connection.calls);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Stats {
     /// The server's process id.
     pub pid: u32,
@@ -46,7 +96,8 @@ pub struct Stats {
     pub workers: u32,
     /// Most connections the server admits.
     pub max_connections: u32,
-    /// Calls answered since the server started.
+    /// Calls answered since the server started (whatever the handler's outcome; streams
+    /// included).
     pub calls: u64,
     /// Connections dropped because the client corrupted its shared state.
     pub corrupt_disconnects: u64,
@@ -54,37 +105,132 @@ pub struct Stats {
     pub uptime_ms: u64,
     /// Largest request or reply the server accepts, in bytes.
     pub max_message: u64,
+    /// Requests skipped without running the handler because their deadline had passed when a
+    /// worker took them (their callers had given up).
+    pub expired_calls: u64,
+    /// Calls whose handler returned an error (including refusals) or panicked.
+    pub failed_calls: u64,
+    /// How long the call handler takes, from sampled calls.
+    pub handler_latency: HandlerLatency,
+    /// The open connections, by id (at most the first 2,048).
+    pub connection_list: Vec<ConnectionStats>,
+}
+
+/// How long a server's call handler takes ([`Stats::handler_latency`]): percentiles over the
+/// calls sampled since the server started. A worker times at most one call per millisecond
+/// (its first, and then the first after each millisecond in which it read its clock anyway:
+/// every call, when calls come further apart), so that timing (two clock reads) costs a busy
+/// server nothing measurable; each figure is the upper bound of a logarithmic bucket, at most
+/// 25% above the true value. All zero before the first sample.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HandlerLatency {
+    /// Calls timed.
+    pub samples: u64,
+    /// Median.
+    pub p50: Duration,
+    /// 90th percentile.
+    pub p90: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Slowest sampled call.
+    pub max: Duration,
+}
+
+/// One open connection of a server ([`Stats::connection_list`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionStats {
+    /// Its id ([`CallContext::connection_id`](super::CallContext::connection_id)).
+    pub id: u64,
+    /// The client's process id (0 if in a pid namespace the server cannot see).
+    pub pid: u32,
+    /// The client's user id.
+    pub uid: u32,
+    /// Calls answered on it.
+    pub calls: u64,
 }
 
 impl Stats {
-    pub(crate) const LEN: usize = 56;
+    /// Bytes before the connection list.
+    const FIXED_LEN: usize = 120;
+    const ENTRY_LEN: usize = 24;
+    /// Most connections listed.
+    pub(crate) const MAX_LISTED: usize = 2048;
+    /// Largest encoded statistics.
+    pub(crate) const MAX_LEN: usize = Self::FIXED_LEN + Self::MAX_LISTED * Self::ENTRY_LEN;
 
-    pub(crate) fn encode(&self) -> [u8; Self::LEN] {
-        let mut b = [0u8; Self::LEN];
-        b[0..4].copy_from_slice(&MAGIC.to_le_bytes());
-        b[4..8].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-        b[8..12].copy_from_slice(&self.pid.to_le_bytes());
-        b[12..16].copy_from_slice(&self.connections.to_le_bytes());
-        b[16..20].copy_from_slice(&self.workers.to_le_bytes());
-        b[20..24].copy_from_slice(&self.max_connections.to_le_bytes());
-        b[24..32].copy_from_slice(&self.calls.to_le_bytes());
-        b[32..40].copy_from_slice(&self.corrupt_disconnects.to_le_bytes());
-        b[40..48].copy_from_slice(&self.uptime_ms.to_le_bytes());
-        b[48..56].copy_from_slice(&self.max_message.to_le_bytes());
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let listed = &self.connection_list[..self.connection_list.len().min(Self::MAX_LISTED)];
+        let mut b = Vec::with_capacity(Self::FIXED_LEN + listed.len() * Self::ENTRY_LEN);
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        b.extend_from_slice(&MAGIC.to_le_bytes());
+        b.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+        for w in [
+            self.pid,
+            self.connections,
+            self.workers,
+            self.max_connections,
+        ] {
+            b.extend_from_slice(&w.to_le_bytes());
+        }
+        let latency = &self.handler_latency;
+        for l in [
+            self.calls,
+            self.corrupt_disconnects,
+            self.uptime_ms,
+            self.max_message,
+            self.expired_calls,
+            self.failed_calls,
+            latency.samples,
+            ns(latency.p50),
+            ns(latency.p90),
+            ns(latency.p99),
+            ns(latency.max),
+        ] {
+            b.extend_from_slice(&l.to_le_bytes());
+        }
+        b.extend_from_slice(&(listed.len() as u32).to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        for c in listed {
+            b.extend_from_slice(&c.id.to_le_bytes());
+            b.extend_from_slice(&c.pid.to_le_bytes());
+            b.extend_from_slice(&c.uid.to_le_bytes());
+            b.extend_from_slice(&c.calls.to_le_bytes());
+        }
         b
     }
 
     pub(crate) fn decode(b: &[u8]) -> Result<Self, String> {
-        if b.len() != Self::LEN {
+        if b.len() < Self::FIXED_LEN || b.len() > Self::MAX_LEN {
             return Err(format!(
-                "stats of {} bytes, expected {}",
+                "stats of {} bytes, expected {} to {}",
                 b.len(),
-                Self::LEN
+                Self::FIXED_LEN,
+                Self::MAX_LEN
             ));
         }
         check_preamble(b)?;
         let w = |at| word(b, at).unwrap_or(0);
         let l = |at| long(b, at).unwrap_or(0);
+        let listed = w(112) as usize;
+        if Self::FIXED_LEN + listed * Self::ENTRY_LEN != b.len() {
+            return Err(format!(
+                "stats listing {listed} connections in {} bytes",
+                b.len()
+            ));
+        }
+        let connection_list = (0..listed)
+            .map(|i| {
+                let at = Self::FIXED_LEN + i * Self::ENTRY_LEN;
+                ConnectionStats {
+                    id: l(at),
+                    pid: w(at + 8),
+                    uid: w(at + 12),
+                    calls: l(at + 16),
+                }
+            })
+            .collect();
         Ok(Stats {
             pid: w(8),
             connections: w(12),
@@ -94,6 +240,16 @@ impl Stats {
             corrupt_disconnects: l(32),
             uptime_ms: l(40),
             max_message: l(48),
+            expired_calls: l(56),
+            failed_calls: l(64),
+            handler_latency: HandlerLatency {
+                samples: l(72),
+                p50: Duration::from_nanos(l(80)),
+                p90: Duration::from_nanos(l(88)),
+                p99: Duration::from_nanos(l(96)),
+                max: Duration::from_nanos(l(104)),
+            },
+            connection_list,
         })
     }
 }
@@ -114,14 +270,52 @@ mod tests {
             corrupt_disconnects: 6,
             uptime_ms: 7,
             max_message: 8,
+            expired_calls: 9,
+            failed_calls: 10,
+            handler_latency: HandlerLatency {
+                samples: 11,
+                p50: Duration::from_nanos(12),
+                p90: Duration::from_nanos(13),
+                p99: Duration::from_nanos(14),
+                max: Duration::from_nanos(15),
+            },
+            connection_list: vec![
+                ConnectionStats {
+                    id: 16,
+                    pid: 17,
+                    uid: 18,
+                    calls: 19,
+                },
+                ConnectionStats {
+                    id: u64::MAX,
+                    pid: u32::MAX,
+                    uid: 0,
+                    calls: 0,
+                },
+            ],
         };
-        assert_eq!(Stats::decode(&s.encode()), Ok(s));
+        assert_eq!(Stats::decode(&s.encode()), Ok(s.clone()));
+        let mut empty = s;
+        empty.connection_list.clear();
+        let encoded = empty.encode();
+        assert_eq!(encoded.len(), Stats::FIXED_LEN);
+        assert_eq!(Stats::decode(&encoded), Ok(empty));
     }
 
     proptest! {
         #[test]
-        fn stats_decoder_accepts_any_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..96)) {
-            let _ = Stats::decode(&bytes);
+        fn stats_decoder_accepts_any_bytes(
+            bytes in proptest::collection::vec(any::<u8>(), 0..400),
+            with_preamble in any::<bool>(),
+        ) {
+            let mut bytes = bytes;
+            if with_preamble && bytes.len() >= 8 {
+                bytes[..4].copy_from_slice(&MAGIC.to_le_bytes());
+                bytes[4..8].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+            }
+            if let Ok(stats) = Stats::decode(&bytes) {
+                prop_assert_eq!(stats.encode(), bytes);
+            }
         }
     }
 }

@@ -20,11 +20,15 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
+use super::handler::{CallContext, CallHandler, HandlerError, Kind, Plain};
+use super::histogram::{self, Histogram};
 use super::protocol::{
-    Admission, CANCEL, ERR_HANDLER_FAILED, ERR_HANDLER_PANICKED, ERR_NO_STREAMS,
-    ERR_REPLY_TOO_LARGE, ERR_TOO_MANY_STREAMS, ERROR_REPLY, Goodbye, Hello, Purpose, RegionLayout,
-    STREAM_END, STREAM_ITEM, STREAM_REQUEST, Stats, Welcome, socket_name,
+    Admission, CANCEL, ERR_CALL_FAILED, ERR_DEADLINE_EXPIRED, ERR_HANDLER_FAILED,
+    ERR_HANDLER_PANICKED, ERR_NO_STREAMS, ERR_REFUSED, ERR_REPLY_TOO_LARGE, ERR_TOO_MANY_STREAMS,
+    ERR_UNDECODABLE, ERROR_REPLY, Goodbye, Hello, MAX_DEADLINE_NS, Purpose, RegionLayout,
+    STREAM_END, STREAM_ITEM, STREAM_REQUEST, Stats, Welcome, error_text, socket_name,
 };
+use super::protocol::{ConnectionStats, HandlerLatency};
 use super::stream::{End, Next, StreamHandler, StreamSink, StreamState, WorkerBell};
 use crate::error::{Error, Result};
 use crate::link::admission::{self, Handshake, Handshakes, MAX_PENDING_HANDSHAKES};
@@ -38,7 +42,7 @@ use crate::memory::ring::{
 use crate::memory::segment::Permissions;
 use crate::platform::mapping::Mapping;
 use crate::platform::notify::{self, Poller, Ready};
-use crate::platform::{process, socket};
+use crate::platform::{clock, process, socket};
 
 /// How long a connector may take to say hello before it is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -59,6 +63,10 @@ const PATIENCE: Patience = Patience {
     spin: Duration::from_micros(50),
     yield_for: Duration::from_micros(100),
 };
+/// A worker times at most one call's handler per this period (see `Stats::handler_latency`):
+/// two clock reads cost about a quarter of a small call, so a busy worker times a handful of
+/// calls in a million, and one whose calls come further apart than this times each.
+const TIME_ONE_CALL_PER: Duration = Duration::from_millis(1);
 /// Buffers grown past this by a large message are released once it is answered.
 const KEEP_BUFFER: usize = 8 << 20;
 
@@ -66,6 +74,8 @@ const KEEP_BUFFER: usize = 8 << 20;
 ///
 /// `reply` arrives empty; whatever the handler leaves in it is sent back. A handler that panics
 /// fails only that call (the client gets [`Error::HandlerPanicked`]); the server keeps serving.
+/// A handler that needs to know who calls, to fail with an error of its own or to refuse a
+/// call is a [`CallHandler`], served by [`Server::serve_calls`].
 pub trait Handler: Send + Sync {
     /// Answers one request.
     fn handle(&self, request: &[u8], reply: &mut Vec<u8>);
@@ -319,7 +329,12 @@ impl ServerOptions {
                 shutdown_bell,
                 connections: AtomicUsize::new(0),
                 calls: AtomicU64::new(0),
+                expired: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                handler_times: (0..self.workers).map(|_| Histogram::default()).collect(),
+                registry: std::sync::Mutex::new(HashMap::new()),
                 corrupt_disconnects: AtomicU64::new(0),
+                next_connection: AtomicU64::new(1),
                 streams: AtomicUsize::new(0),
                 streams_per_uid: std::sync::Mutex::new(HashMap::new()),
                 stream_pool: Arc::new(StreamPool::default()),
@@ -362,7 +377,18 @@ struct Shared {
     shutdown_bell: OwnedFd,
     connections: AtomicUsize,
     calls: AtomicU64,
+    /// Requests skipped because their deadline had passed when a worker took them.
+    expired: AtomicU64,
+    /// Calls whose handler failed, refused or panicked.
+    failed: AtomicU64,
+    /// Per worker: how long its sampled calls' handlers took.
+    handler_times: Box<[Histogram]>,
+    /// Open connections by id (locked per connect and disconnect, and by a statistics request;
+    /// never per call).
+    registry: std::sync::Mutex<HashMap<u64, Arc<ConnectionEntry>>>,
     corrupt_disconnects: AtomicU64,
+    /// The next connection's id.
+    next_connection: AtomicU64,
     /// Stream handler threads running.
     streams: AtomicUsize,
     /// Of those, per uid (locked when a stream starts and ends, never per call or item).
@@ -504,7 +530,52 @@ impl Server {
     /// workers finish their calls, rather than run on half-dead. Misbehaving clients never end
     /// `serve`.
     pub fn serve<H: Handler>(self, handler: H) -> Result<()> {
-        self.serve_both(handler, None)
+        self.serve_both(&Plain(handler), None)
+    }
+
+    /// Serves requests with a [`CallHandler`] until shut down: a handler that is told who calls
+    /// and until when ([`CallContext`]), and may fail ([`HandlerError::new`], which the client
+    /// gets as [`Error::HandlerFailed`] with the message and bytes) or refuse the call
+    /// ([`HandlerError::refused`]: [`Error::CallRefused`]). Either way the connection stays
+    /// usable. A call whose deadline has passed when the server takes it is not handed to the
+    /// handler.
+    ///
+    /// # Errors
+    /// As [`Server::serve`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # fn main() -> memlink::Result<()> {
+    /// use memlink::rpc::{CallContext, HandlerError};
+    ///
+    /// let server = memlink::Server::bind("kv")?;
+    /// server.serve_calls(|call: &CallContext, key: &[u8], reply: &mut Vec<u8>| {
+    ///     if call.caller_uid() != 1000 {
+    ///         return Err(HandlerError::refused("this store belongs to uid 1000"));
+    ///     }
+    ///     match key {
+    ///         b"answer" => reply.extend_from_slice(b"42"),
+    ///         _ => return Err(HandlerError::new("no such key").with_data(*b"ENOKEY")),
+    ///     }
+    ///     Ok(())
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn serve_calls<C: CallHandler>(self, handler: C) -> Result<()> {
+        self.serve_both(&handler, None)
+    }
+
+    /// [`Server::serve_calls`] and [`Server::serve_with`] together: calls with a
+    /// [`CallHandler`], stream requests with `streams`.
+    ///
+    /// # Errors
+    /// As [`Server::serve`].
+    pub fn serve_calls_with<C: CallHandler, S: StreamHandler>(
+        self,
+        handler: C,
+        streams: S,
+    ) -> Result<()> {
+        self.serve_both(&handler, Some(Arc::new(streams)))
     }
 
     /// Serves plain calls with `handler` and stream requests ([`Client::call_stream`]) with
@@ -532,12 +603,12 @@ impl Server {
     /// # Ok(()) }
     /// ```
     pub fn serve_with<H: Handler, S: StreamHandler>(self, handler: H, streams: S) -> Result<()> {
-        self.serve_both(handler, Some(Arc::new(streams)))
+        self.serve_both(&Plain(handler), Some(Arc::new(streams)))
     }
 
-    fn serve_both<H: Handler>(
+    fn serve_both(
         mut self,
-        handler: H,
+        handler: &dyn CallHandler,
         streams: Option<Arc<dyn StreamHandler>>,
     ) -> Result<()> {
         let listener = self
@@ -560,7 +631,6 @@ impl Server {
             });
             bodies.push((doorbell, inbox_rx, load));
         }
-        let handler: &dyn Handler = &handler;
         let workers = bodies
             .into_iter()
             .enumerate()
@@ -644,6 +714,34 @@ impl Server {
             corrupt_disconnects: shared.corrupt_disconnects.load(Ordering::Relaxed),
             uptime_ms: shared.started.elapsed().as_millis() as u64,
             max_message: self.options.max_message_size as u64,
+            expired_calls: shared.expired.load(Ordering::Relaxed),
+            failed_calls: shared.failed.load(Ordering::Relaxed),
+            handler_latency: {
+                let mut counts = [0; histogram::BUCKETS];
+                for worker in shared.handler_times.iter() {
+                    worker.merge_into(&mut counts);
+                }
+                let (samples, [p50, p90, p99, max]) = histogram::summarize(&counts);
+                HandlerLatency {
+                    samples,
+                    p50: Duration::from_nanos(p50),
+                    p90: Duration::from_nanos(p90),
+                    p99: Duration::from_nanos(p99),
+                    max: Duration::from_nanos(max),
+                }
+            },
+            connection_list: {
+                let mut list: Vec<ConnectionStats> = shared
+                    .registry
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .values()
+                    .map(|entry| entry.snapshot())
+                    .collect();
+                list.sort_unstable_by_key(|c| c.id);
+                list.truncate(Stats::MAX_LISTED);
+                list
+            },
         }
     }
 
@@ -739,7 +837,15 @@ impl Server {
     }
 
     fn allowed(&self, connection: &OwnedFd, peer: socket::PeerCredentials) -> bool {
-        link::admits(self.options.permissions, None, connection, peer)
+        let allowed = link::admits(self.options.permissions, None, connection, peer);
+        tracing::debug!(
+            server = %self.name,
+            pid = peer.pid,
+            uid = peer.uid,
+            allowed,
+            "accepted a connection"
+        );
+        allowed
     }
 
     fn refusal(&self, admission: Admission) -> Welcome {
@@ -783,8 +889,16 @@ impl Server {
         let mut buf = [0u8; Hello::LEN + 8];
         let (len, _) = socket::receive_message(&connection, &mut buf, false)?;
         let hello = Hello::decode(&buf[..len]).map_err(|_| Errno::PROTO)?;
-        let refuse =
-            |admission| socket::send_message(&connection, &self.refusal(admission).encode(), &[]);
+        let refuse = |admission: Admission| {
+            tracing::debug!(
+                server = %self.name,
+                pid = peer.pid,
+                uid = peer.uid,
+                ?admission,
+                "refused a connection"
+            );
+            socket::send_message(&connection, &self.refusal(admission).encode(), &[])
+        };
         if hello.purpose == Purpose::Stats {
             return socket::send_message(&connection, &self.stats().encode(), &[]);
         }
@@ -820,6 +934,24 @@ impl Server {
             self.options.ring_capacity,
             [Keep::Read, Keep::Write],
         )?;
+        let id = self.shared.next_connection.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::debug_span!(
+            "memlink_connection",
+            server = %self.name,
+            id,
+            pid = peer.pid,
+            uid = peer.uid
+        );
+        let registration = Registration::new(
+            &self.shared,
+            ConnectionEntry {
+                id,
+                pid: peer.pid,
+                uid: peer.uid,
+                calls: AtomicU64::new(0),
+            },
+            span,
+        );
         let conn = Connection::new(
             Endpoints {
                 socket: connection,
@@ -831,8 +963,12 @@ impl Server {
             self.options.max_message_size,
             peer,
             slot,
+            registration,
         )
         .map_err(|_| Errno::INVAL)?;
+        conn.registration
+            .span
+            .in_scope(|| tracing::debug!("admitted"));
         self.shared.connections.fetch_add(1, Ordering::Relaxed);
         worker.load.fetch_add(1, Ordering::Relaxed);
         if let Err(returned) = worker.inbox.send(conn) {
@@ -845,6 +981,69 @@ impl Server {
             return Err(Errno::IO);
         }
         notify::ring(&*worker.doorbell)
+    }
+}
+
+/// An open connection as the statistics list it.
+#[derive(Debug)]
+struct ConnectionEntry {
+    id: u64,
+    pid: u32,
+    uid: u32,
+    /// Written by the connection's worker only.
+    calls: AtomicU64,
+}
+
+impl ConnectionEntry {
+    fn snapshot(&self) -> ConnectionStats {
+        ConnectionStats {
+            id: self.id,
+            pid: self.pid,
+            uid: self.uid,
+            calls: self.calls.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts one call. Only the connection's worker counts: a relaxed load and store, no
+    /// locked instruction.
+    fn count_call(&self) {
+        self.calls
+            .store(self.calls.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+}
+
+/// A connection's entry in the server's registry, removed when the connection is dropped, and
+/// the span its lifecycle events (admitted, dropped, corrupted) and, at trace level, its calls
+/// are traced in.
+struct Registration {
+    shared: Arc<Shared>,
+    entry: Arc<ConnectionEntry>,
+    span: tracing::Span,
+}
+
+impl Registration {
+    fn new(shared: &Arc<Shared>, entry: ConnectionEntry, span: tracing::Span) -> Self {
+        let entry = Arc::new(entry);
+        shared
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(entry.id, entry.clone());
+        Registration {
+            shared: shared.clone(),
+            entry,
+            span,
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shared
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.entry.id);
     }
 }
 
@@ -1028,6 +1227,12 @@ struct Connection {
     stream_over: bool,
     max_message: usize,
     client_pid: u32,
+    /// This connection's id within the server's run (see `CallContext::connection_id`).
+    id: u64,
+    /// Its entry in the statistics (call count) and its tracing span.
+    registration: Registration,
+    /// The deadline of the request in progress (`CLOCK_MONOTONIC` ns; 0: none).
+    deadline: u64,
     /// Made progress since the worker last counted its active clients.
     active: bool,
     /// Declared last: gives the uid's connection slot back once everything else is released.
@@ -1042,7 +1247,9 @@ impl Connection {
         max_message: usize,
         peer: socket::PeerCredentials,
         slot: UidSlot,
+        registration: Registration,
     ) -> Result<Self, RingError> {
+        let id = registration.entry.id;
         Ok(Connection {
             requests: Consumer::new(map.clone(), layout.requests())?,
             responses: Producer::new(map.clone(), layout.responses())?,
@@ -1063,6 +1270,9 @@ impl Connection {
             stream_over: false,
             max_message,
             client_pid: peer.pid,
+            id,
+            registration,
+            deadline: 0,
             active: false,
             _slot: slot,
         })
@@ -1138,13 +1348,22 @@ impl Connection {
                 .accept(&header, |id| id > last_call, self.max_message as u64)
                 .map_err(bad)?;
             if started.is_some() {
+                // A deadline is a time some clock can read; a stream request carries none.
+                if header.meta > MAX_DEADLINE_NS || (user == STREAM_REQUEST && header.meta != 0) {
+                    return Err(bad(format!("a request deadline of {}", header.meta)));
+                }
                 self.call = header.call_id;
+                self.deadline = header.meta;
                 self.request.clear();
                 self.phase = Phase::Receiving;
                 self.stream_request = user == STREAM_REQUEST;
             } else if self.stream_request != (user == STREAM_REQUEST) {
                 return Err(bad(
                     "fragments of one request disagree on their flags".into()
+                ));
+            } else if header.meta != self.deadline {
+                return Err(bad(
+                    "fragments of one request disagree on their deadline".into()
                 ));
             }
             self.requests.take(&header, &mut self.request)?;
@@ -1156,6 +1375,7 @@ impl Connection {
                 self.nudge_client()?;
             } else if self.stream_request {
                 worker.calls.fetch_add(1, Ordering::Relaxed);
+                self.registration.entry.count_call();
                 self.start_stream(worker);
                 if self.phase == Phase::Streaming {
                     self.pump_stream(&mut budget)?;
@@ -1164,8 +1384,25 @@ impl Connection {
                 }
                 break;
             } else {
-                self.respond(worker.handler);
-                worker.calls.fetch_add(1, Ordering::Relaxed);
+                if self.expired() {
+                    self.refuse_expired();
+                    worker.shared.expired.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    // Few calls are timed (see `TIME_ONE_CALL_PER`).
+                    let started = worker.time_this_call().then(clock::monotonic_ns);
+                    let failed = self.respond(worker.handler);
+                    if let Some(started) = started {
+                        worker
+                            .handler_times
+                            .record(clock::monotonic_ns().saturating_sub(started));
+                    }
+                    worker.calls.fetch_add(1, Ordering::Relaxed);
+                    self.registration.entry.count_call();
+                    if failed {
+                        worker.shared.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::trace!(parent: &self.registration.span, call = self.call, failed, "answered a call");
+                }
                 self.push_reply(&mut budget)?;
                 break;
             }
@@ -1173,18 +1410,64 @@ impl Connection {
         Ok(progressed)
     }
 
-    fn respond(&mut self, handler: &dyn Handler) {
+    /// Whether the complete request's deadline has passed. Reads the clock only for a request
+    /// that carries one.
+    fn expired(&self) -> bool {
+        if self.deadline == 0 {
+            return false;
+        }
+        // SYNC POINT: SeqCst fence between our store of the ring's head (in `take`, which
+        // released the request) and the clock read; pairs with the client's fence between its
+        // clock read (its deadline passed) and its load of our head (see `Connection::failure`
+        // in `client`). Either the client saw the request taken, or we read the clock after it
+        // gave up and skip the request: never "not executed" for a request we then run.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        clock::monotonic_ns() >= self.deadline
+    }
+
+    /// Answers a request whose caller already gave up with a report saying it was skipped.
+    fn refuse_expired(&mut self) {
+        tracing::debug!(
+            client_pid = self.client_pid,
+            connection = self.id,
+            call = self.call,
+            "skipped a request whose deadline had passed"
+        );
         self.reply.clear();
+        self.reply
+            .extend_from_slice(&ERR_DEADLINE_EXPIRED.to_le_bytes());
+        self.reply_flags = ERROR_REPLY;
+        self.reply_sent = 0;
+        self.phase = Phase::Replying;
+    }
+
+    /// Runs the handler on the complete request and puts its reply (or error report) in
+    /// `reply`; whether the handler failed, refused or panicked.
+    fn respond(&mut self, handler: &dyn CallHandler) -> bool {
+        self.reply.clear();
+        // Built from what the connection holds: no allocation, no system call.
+        let context = CallContext {
+            pid: self.client_pid,
+            uid: self._slot.uid,
+            connection: self.id,
+            deadline_ns: self.deadline,
+        };
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            handler.handle(&self.request, &mut self.reply)
+            handler.handle_call(&context, &self.request, &mut self.reply)
         }));
         self.reply_flags = 0;
-        if outcome.is_err() {
-            self.reply.clear();
-            self.reply
-                .extend_from_slice(&ERR_HANDLER_PANICKED.to_le_bytes());
-            self.reply_flags = ERROR_REPLY;
-        } else if self.reply.len() > self.max_message {
+        let failed = !matches!(outcome, Ok(Ok(())));
+        match outcome {
+            Err(_) => {
+                self.reply.clear();
+                self.reply
+                    .extend_from_slice(&ERR_HANDLER_PANICKED.to_le_bytes());
+                self.reply_flags = ERROR_REPLY;
+            }
+            Ok(Err(error)) => self.report_failure(&error),
+            Ok(Ok(())) => {}
+        }
+        if self.reply.len() > self.max_message {
             let size = self.reply.len() as u64;
             self.reply.clear();
             self.reply
@@ -1197,6 +1480,33 @@ impl Connection {
         self.reply_sent = 0;
 
         self.phase = Phase::Replying;
+        failed
+    }
+
+    /// Puts the error report for a handler's error in `reply`: a refusal (`code | reason`) or
+    /// a failure (`code | message_len u32 | message | data`).
+    fn report_failure(&mut self, error: &HandlerError) {
+        self.reply.clear();
+        self.reply_flags = ERROR_REPLY;
+        let text = error_text(error.message()).as_bytes();
+        match error.kind() {
+            Kind::Refused | Kind::Undecodable => {
+                let code = if error.kind() == Kind::Refused {
+                    ERR_REFUSED
+                } else {
+                    ERR_UNDECODABLE
+                };
+                self.reply.extend_from_slice(&code.to_le_bytes());
+                self.reply.extend_from_slice(text);
+            }
+            Kind::Failed => {
+                self.reply.extend_from_slice(&ERR_CALL_FAILED.to_le_bytes());
+                self.reply
+                    .extend_from_slice(&(text.len() as u32).to_le_bytes());
+                self.reply.extend_from_slice(text);
+                self.reply.extend_from_slice(error.data());
+            }
+        }
     }
 
     /// Takes a cancel record, which must name the current call: the client cancels only the
@@ -1205,6 +1515,7 @@ impl Connection {
         if header.flags != FIRST | LAST | CANCEL
             || header.len != 0
             || header.total != 0
+            || header.meta != 0
             || header.call_id != self.call
         {
             return Err(RingError(format!(
@@ -1244,6 +1555,12 @@ impl Connection {
             self.max_message,
         ));
         let request = std::mem::take(&mut self.request);
+        let context = CallContext {
+            pid: self.client_pid,
+            uid,
+            connection: self.id,
+            deadline_ns: 0,
+        };
         // Moved into the thread's closure: the slot is given back and the stream ended however
         // the thread ends, and also if it never starts (a failed spawn drops the closure).
         let mut ending = StreamEnding {
@@ -1255,7 +1572,7 @@ impl Connection {
         };
         let handler = streams.clone();
         let job: StreamJob = Box::new(move || {
-            let mut sink = StreamSink::new(ending.state.clone());
+            let mut sink = StreamSink::new(ending.state.clone()).with_context(context);
             let outcome = catch_unwind(AssertUnwindSafe(|| {
                 handler.handle_stream(&request, &mut sink)
             }));
@@ -1453,16 +1770,26 @@ impl Budget {
     }
 }
 
+impl WorkerContext<'_> {
+    /// Whether to time the call about to run (see [`TIME_ONE_CALL_PER`]).
+    fn time_this_call(&self) -> bool {
+        self.time_next.replace(false)
+    }
+}
+
 const DOORBELL: u64 = 0;
 const SHUTDOWN: u64 = 1;
 const FIRST_CONNECTION: u64 = 2;
 
 /// What a connection needs of its worker to serve a call.
 struct WorkerContext<'a> {
-    handler: &'a dyn Handler,
+    handler: &'a dyn CallHandler,
     streams: Option<&'a Arc<dyn StreamHandler>>,
     shared: &'a Arc<Shared>,
     calls: &'a AtomicU64,
+    /// This worker's handler times, and whether to time the next call.
+    handler_times: &'a Histogram,
+    time_next: &'a std::cell::Cell<bool>,
     bell: &'a WorkerBell,
     max_streams: usize,
     max_streams_per_uid: usize,
@@ -1474,7 +1801,7 @@ struct WorkerContext<'a> {
 struct Worker<'a> {
     server: &'a Server,
     index: usize,
-    handler: &'a dyn Handler,
+    handler: &'a dyn CallHandler,
     streams: Option<Arc<dyn StreamHandler>>,
     bell: WorkerBell,
     poller: Poller,
@@ -1486,6 +1813,8 @@ struct Worker<'a> {
     cpus: usize,
     crowded: bool,
     sweep_start: usize,
+    /// Whether to time the next call's handler (set by the chores, see [`TIME_ONE_CALL_PER`]).
+    time_next: std::cell::Cell<bool>,
 }
 
 impl<'a> Worker<'a> {
@@ -1495,7 +1824,7 @@ impl<'a> Worker<'a> {
         doorbell: Arc<OwnedFd>,
         inbox: Receiver<Connection>,
         load: Arc<AtomicUsize>,
-        handler: &'a dyn Handler,
+        handler: &'a dyn CallHandler,
         streams: Option<Arc<dyn StreamHandler>>,
     ) -> Result<Self> {
         let poller = Poller::new().map_err(|e| Error::os("creating an epoll set", e))?;
@@ -1526,6 +1855,7 @@ impl<'a> Worker<'a> {
             cpus: crate::platform::cpu::usable_cpus(),
             crowded: false,
             sweep_start: 0,
+            time_next: std::cell::Cell::new(true),
         })
     }
 
@@ -1549,6 +1879,9 @@ impl<'a> Worker<'a> {
             if self.poller.add(&conn.wake_in, token).is_err()
                 || self.poller.add_hangup(&conn.socket, token).is_err()
             {
+                conn.registration
+                    .span
+                    .in_scope(|| tracing::warn!("dropped: could not watch the connection"));
                 self.release(conn);
                 continue;
             }
@@ -1566,6 +1899,18 @@ impl<'a> Worker<'a> {
 
     fn drop_connection(&mut self, slot: usize, goodbye: Option<Goodbye>) {
         if let Some(conn) = self.connections.get_mut(slot).and_then(Option::take) {
+            let reason = match goodbye {
+                None => "the client went away",
+                Some(Goodbye::Corrupted(_)) => "the client corrupted it",
+                Some(_) => "the server is shutting down",
+            };
+            conn.registration.span.in_scope(|| {
+                tracing::debug!(
+                    reason,
+                    calls = conn.registration.entry.calls.load(Ordering::Relaxed),
+                    "dropped"
+                )
+            });
             if let Some(goodbye) = goodbye {
                 let _ = socket::send_message(&conn.socket, &goodbye.encode(), &[]);
             }
@@ -1574,12 +1919,16 @@ impl<'a> Worker<'a> {
     }
 
     fn corrupted(&mut self, slot: usize, error: RingError) {
-        let pid = self
-            .connections
-            .get(slot)
-            .and_then(Option::as_ref)
-            .map_or(0, |c| c.client_pid);
-        tracing::warn!(server = %self.server.name, client_pid = pid, reason = %error.0, "dropping a client that corrupted its connection");
+        if let Some(conn) = self.connections.get(slot).and_then(Option::as_ref) {
+            conn.registration.span.in_scope(|| {
+                tracing::warn!(
+                    server = %self.server.name,
+                    client_pid = conn.client_pid,
+                    reason = %error.0,
+                    "corrupted: dropping a client that corrupted its connection"
+                )
+            });
+        }
         self.shared()
             .corrupt_disconnects
             .fetch_add(1, Ordering::Relaxed);
@@ -1602,6 +1951,8 @@ impl<'a> Worker<'a> {
             streams: self.streams.as_ref(),
             shared: &self.server.shared,
             calls: &self.server.shared.calls,
+            handler_times: &self.server.shared.handler_times[self.index],
+            time_next: &self.time_next,
             bell: &self.bell,
             max_streams: self.server.options.max_streams,
             max_streams_per_uid: self.server.options.max_streams_per_uid,
@@ -1682,6 +2033,7 @@ impl<'a> Worker<'a> {
         let mut backoff: Option<Backoff> = None;
         let mut last_hangup_sweep = Instant::now();
         let mut last_crowding_update = Instant::now();
+        let mut last_timed_call = Instant::now();
         let mut grace_ends: Option<Instant> = None;
         let mut sweeps = 0u32;
         let mut idle_sweeps = 0u32;
@@ -1729,6 +2081,11 @@ impl<'a> Worker<'a> {
                 return Err(Error::os("a worker's injected failure", Errno::IO));
             }
             let now = Instant::now();
+            if now.duration_since(last_timed_call) >= TIME_ONE_CALL_PER {
+                // The clock was read anyway: time the next call.
+                last_timed_call = now;
+                self.time_next.set(true);
+            }
             if now.duration_since(last_crowding_update) >= CROWDING_PERIOD {
                 last_crowding_update = now;
                 self.update_crowding();
@@ -1809,7 +2166,6 @@ impl<'a> Worker<'a> {
                         continue;
                     };
                     if event.hung_up || notify::drain_wakes(&conn.wake_in) {
-                        tracing::debug!(server = %self.server.name, slot, "client gone");
                         self.drop_connection(slot, None);
                     }
                 }

@@ -56,6 +56,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use super::handler::CallContext;
 use super::protocol::{ERROR_REPLY, STREAM_END, STREAM_ITEM};
 use crate::error::{Error, Result};
 use crate::memory::ring::{FIRST, RecordHeader, USER_FLAGS};
@@ -263,11 +264,25 @@ impl StreamState {
 #[derive(Debug)]
 pub struct StreamSink {
     state: Arc<StreamState>,
+    context: CallContext,
 }
 
 impl StreamSink {
     pub(crate) fn new(state: Arc<StreamState>) -> Self {
-        StreamSink { state }
+        StreamSink {
+            state,
+            context: CallContext::default(),
+        }
+    }
+
+    pub(crate) fn with_context(mut self, context: CallContext) -> Self {
+        self.context = context;
+        self
+    }
+
+    /// Who asked for this stream, on which connection (a stream request carries no deadline).
+    pub fn context(&self) -> &CallContext {
+        &self.context
     }
 
     /// Sends one item, waiting while the stream's queue is full (the client reads slower than we
@@ -423,6 +438,7 @@ mod tests {
             flags,
             call_id,
             total,
+            meta: 0,
         }
     }
 
