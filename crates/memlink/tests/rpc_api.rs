@@ -306,6 +306,12 @@ fn the_handler_knows_who_calls_on_which_connection_and_until_when() {
         .unwrap();
     let left: u64 = whoami(&timed)[3].parse().unwrap();
     assert!(left > 0 && left <= 30_000, "time left {left} ms");
+    // A timeout beyond what the protocol carries is no deadline at all, not a broken call.
+    let forever = Duration::from_secs(1_000 * 365 * 86_400);
+    for _ in 0..3 {
+        let reply = client.call_timeout(b"whoami", forever).unwrap();
+        assert!(String::from_utf8(reply).unwrap().ends_with(" none false"));
+    }
     stop(server);
 }
 

@@ -108,7 +108,6 @@ impl ClientOptions {
 
     /// Largest reply this client accepts, whatever the server allows (by default the server's
     /// maximum message size, 64 MiB unless configured). A larger reply fails its call with
-    /// [`Error::MessageTooLarge`] before more than a fragment of it is read; the call did run on
     /// [`Error::ReplyTooLarge`] before more than a fragment of it is read; the call did run on
     /// the server, and the next call uses a fresh connection.
     pub fn max_reply_size(mut self, bytes: usize) -> Self {
@@ -1124,8 +1123,12 @@ impl Connection {
             }));
         }
         // The deadline travels as CLOCK_MONOTONIC nanoseconds, converted without a clock read,
-        // never later than ours (0 means none, and no clock reads 0).
-        let mut meta = deadline.map_or(0, |t| clock::instant_to_ns(t).max(1));
+        // never later than ours (0 means none, and no clock reads 0). One beyond what the
+        // protocol carries (centuries away) travels as none: the server would refuse it.
+        let mut meta = deadline.map_or(0, |t| match clock::instant_to_ns(t).max(1) {
+            ns if ns > super::protocol::MAX_DEADLINE_NS => 0,
+            ns => ns,
+        });
         if let Some(after) = self.sent_deadline {
             meta = clock::monotonic_ns().saturating_add(after.as_nanos() as u64);
         }
