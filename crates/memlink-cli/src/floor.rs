@@ -133,8 +133,9 @@ impl Region {
         if len == 0 {
             return Err(invalid("an empty floor region"));
         }
-        // SAFETY: a fresh mapping (null hint, no MAP_FIXED) replaces no existing memory; the file
+        // A fresh mapping (null hint, no MAP_FIXED) replaces no existing memory; the file
         // is `len` bytes long and sealed against shrinking, so no access within `len` can fault.
+        // SAFETY: the invariants just stated hold here.
         let ptr = unsafe {
             rustix::mm::mmap(
                 std::ptr::null_mut(),
@@ -175,10 +176,11 @@ impl Region {
             return Err(invalid("misaligned floor word"));
         }
         let ptr = self.base.as_ptr().wrapping_add(offset).cast::<u64>();
-        // SAFETY: `ptr` is inside the live mapping (checked) and 8-byte aligned (the mapping is
+        // `ptr` is inside the live mapping (checked) and 8-byte aligned (the mapping is
         // page-aligned, `offset` checked); this process touches these bytes only through atomics
         // (the rings never copy over index or length words while the other side may read them);
         // the mapping outlives the returned borrow of `self`.
+        // SAFETY: the invariants just stated hold here.
         Ok(unsafe { AtomicU64::from_ptr(ptr) })
     }
 
@@ -186,10 +188,11 @@ impl Region {
     fn copy_in(&self, offset: usize, data: &[u8]) -> io::Result<()> {
         self.check(offset, data.len())?;
         let destination = self.base.as_ptr().wrapping_add(offset);
-        // SAFETY: the destination range is inside the live, writable mapping (checked); `data` is
+        // The destination range is inside the live, writable mapping (checked); `data` is
         // our own memory, disjoint from it; within this process only the ring's producer touches
         // these bytes until it publishes them (a writer in another process can only make the
         // reader see stale bytes, which it does not trust beyond bounds).
+        // SAFETY: the invariants just stated hold here.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), destination, data.len()) };
         Ok(())
     }
@@ -201,12 +204,14 @@ impl Region {
         let old_len = out.len();
         let source = self.base.as_ptr().wrapping_add(offset);
         let destination = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
-        // SAFETY: the source range is inside the live mapping (checked); `destination` is `out`'s
+        // The source range is inside the live mapping (checked); `destination` is `out`'s
         // spare capacity, at least `len` bytes (reserved above) and disjoint from the mapping;
         // within this process only the ring's consumer touches the source until it releases it.
+        // SAFETY: the invariants just stated hold here.
         unsafe { std::ptr::copy_nonoverlapping(source, destination, len) };
-        // SAFETY: the copy above initialised exactly the `len` bytes following `old_len`, which
+        // The copy above initialised exactly the `len` bytes following `old_len`, which
         // are within the capacity reserved above.
+        // SAFETY: the invariants just stated hold here.
         unsafe { out.set_len(old_len + len) };
         Ok(())
     }
@@ -214,8 +219,9 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
-        // SAFETY: `base`/`len` are the mapping made in `map`, unmapped only here; every borrow of
+        // `base`/`len` are the mapping made in `map`, unmapped only here; every borrow of
         // it (atomics) is tied to `&self`, so none outlives this.
+        // SAFETY: the invariants just stated hold here.
         let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }

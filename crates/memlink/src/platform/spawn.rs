@@ -39,9 +39,10 @@ pub(crate) fn spawn_in_new_session(
     if keep.is_some_and(|fd| fd <= 2) {
         return Err(io::Error::from_raw_os_error(libc::EBADF));
     }
-    // SAFETY: `in_child` makes async-signal-safe system calls only and touches no lock or heap
+    // `in_child` makes async-signal-safe system calls only and touches no lock or heap
     // (what may run between fork and exec); `keep`, if any, is open in the parent for the whole
     // `spawn` (borrowed for this call), so it is open in the child.
+    // SAFETY: the invariants just stated hold here.
     unsafe {
         command.pre_exec(move || in_child(keep));
     }
