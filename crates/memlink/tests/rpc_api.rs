@@ -350,6 +350,45 @@ fn a_call_that_times_out_before_the_server_takes_it_did_not_run_and_never_will()
     stop(server);
 }
 
+/// A server whose `CLOCK_MONOTONIC` is not ours (another time namespace, an hour ahead) cannot
+/// be trusted to skip a request by its deadline: the call carries none, and a timeout before the
+/// server took the request is `Timeout` (it may still run), never `NotExecuted`.
+#[test]
+fn a_server_on_another_clock_gets_no_deadline_and_a_timeout_never_claims_the_call_did_not_run() {
+    if !common::is_root() {
+        eprintln!("skipped: a time namespace needs root");
+        return;
+    }
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("timens");
+    let mut server = ChildProcess::spawn_wrapped(
+        &["unshare", "--time", "--monotonic", "3600", "--fork"],
+        "api_server",
+        &[&name, "1", "0"],
+    );
+    if server.try_next_line().as_deref() != Some("ready") {
+        eprintln!("skipped: unshare --time is not available here");
+        return;
+    }
+    let client = Arc::new(Client::connect(&name).unwrap());
+    // The handler sees no deadline, whatever the client's timeout.
+    let me = client.call_timeout(b"whoami", WATCHDOG).unwrap();
+    assert!(String::from_utf8(me).unwrap().ends_with(" none false"));
+    // The only worker is busy, so this call is not taken before it gives up...
+    let busy = {
+        let client = client.clone();
+        std::thread::spawn(move || client.call(b"sleep:400"))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let late = Client::connect(&name).unwrap();
+    match late.call_timeout(b"record", Duration::from_millis(50)) {
+        Err(Error::Timeout) => {}
+        other => panic!("expected Timeout (it may run), got {other:?}"),
+    }
+    assert_eq!(busy.join().unwrap().unwrap(), b"slept");
+    stop(server);
+}
+
 #[test]
 fn the_server_skips_a_request_whose_deadline_passed_before_it_took_it_and_says_so() {
     let _watchdog = common::Watchdog::arm();

@@ -24,6 +24,22 @@ pub(crate) fn effective_uid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+/// Whether process `pid` (as our pid namespace numbers it; 0 = unknown) provably reads the same
+/// `CLOCK_MONOTONIC` as we do: it is in our time namespace (Linux 5.6+ lets a namespace offset
+/// that clock). `false` when that cannot be told (the process is another user's, gone, or in a
+/// pid namespace we cannot see), so callers that rely on a shared clock stay on the safe side.
+/// A kernel without time namespaces has one clock for all: `true`.
+pub(crate) fn shares_monotonic_clock_with(pid: u32) -> bool {
+    let Ok(ours) = std::fs::read_link("/proc/self/ns/time") else {
+        // No time namespaces on this kernel (or no /proc): then there is one clock.
+        return std::fs::metadata("/proc/self/ns").is_ok();
+    };
+    if pid == 0 {
+        return false;
+    }
+    std::fs::read_link(format!("/proc/{pid}/ns/time")).is_ok_and(|theirs| theirs == ours)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,5 +51,11 @@ mod tests {
         let main = current_pid();
         let other = std::thread::spawn(current_tid).join().unwrap();
         assert_ne!(other, main);
+    }
+
+    #[test]
+    fn we_share_our_own_clock_and_not_an_unknown_process_s() {
+        assert!(shares_monotonic_clock_with(current_pid()));
+        assert!(!shares_monotonic_clock_with(0));
     }
 }

@@ -25,10 +25,10 @@ use crate::link::wake::{self, Backoff, CLIENT, Patience, SERVER};
 use crate::link::{self, Keep, Parked};
 use crate::memory::name::validate_name;
 use crate::memory::ring::{Consumer, FIRST, LAST, Producer, RecordHeader, RingError, USER_FLAGS};
-use crate::platform::clock;
 use crate::platform::mapping::Mapping;
 #[cfg(feature = "fault-injection")]
 use crate::platform::notify;
+use crate::platform::{clock, process};
 
 const DEFAULT_CONNECTIONS: usize = 8;
 /// Most reply bytes reserved before they arrive.
@@ -1004,6 +1004,11 @@ struct Connection {
     pause_before_receive: Duration,
     /// See `ClientOptions::__sent_deadline`.
     sent_deadline: Option<Duration>,
+    /// The server provably reads our `CLOCK_MONOTONIC` (same time namespace). Only then does a
+    /// call carry its deadline, and only then may a timed-out call whose request was never taken
+    /// be reported as not executed: that verdict rests on the server skipping requests whose
+    /// deadline its clock says has passed.
+    same_clock: bool,
 }
 
 impl Connection {
@@ -1041,7 +1046,7 @@ impl Connection {
             socket,
             welcome,
             fds,
-            ..
+            peer,
         } = link::handshake(
             name,
             &socket_name(name),
@@ -1106,6 +1111,7 @@ impl Connection {
             waits: 0,
             pause_before_receive: options.pause_before_receive,
             sent_deadline: options.sent_deadline,
+            same_clock: process::shares_monotonic_clock_with(peer.pid),
         })
     }
 
@@ -1125,9 +1131,11 @@ impl Connection {
         // The deadline travels as CLOCK_MONOTONIC nanoseconds, converted without a clock read,
         // never later than ours (0 means none, and no clock reads 0). One beyond what the
         // protocol carries (centuries away) travels as none: the server would refuse it.
-        let mut meta = deadline.map_or(0, |t| match clock::instant_to_ns(t).max(1) {
-            ns if ns > super::protocol::MAX_DEADLINE_NS => 0,
-            ns => ns,
+        let mut meta = deadline.filter(|_| self.same_clock).map_or(0, |t| {
+            match clock::instant_to_ns(t).max(1) {
+                ns if ns > super::protocol::MAX_DEADLINE_NS => 0,
+                ns => ns,
+            }
         });
         if let Some(after) = self.sent_deadline {
             meta = clock::monotonic_ns().saturating_add(after.as_nanos() as u64);
@@ -1182,11 +1190,15 @@ impl Connection {
                 // `server::Connection::expired`. If we see the request untaken, the server
                 // takes it (if ever) after reading a clock past the deadline, and skips it.
                 std::sync::atomic::fence(Ordering::SeqCst);
+                // A server on another clock (time namespace) got no deadline and skips nothing:
+                // after a timeout, a request it has not taken yet may still run.
+                let untaken_may_run = matches!(error, Error::Timeout) && !self.same_clock;
                 let taken = written
-                    && self
-                        .requests
-                        .consumer_position()
-                        .map_or(true, |head| head > start);
+                    && (untaken_may_run
+                        || self
+                            .requests
+                            .consumer_position()
+                            .map_or(true, |head| head > start));
                 Failure::Broken { error, taken }
             }
         }
