@@ -20,6 +20,8 @@ fn child_main() {
         ("call_and_report", call_and_report),
         ("typed_server", typed_server),
         ("traced_server", traced_server),
+        ("everyone_server", everyone_server),
+        ("nobody_stats", nobody_stats),
     ]);
 }
 
@@ -657,4 +659,62 @@ fn connection_lifecycle_events_are_traced_and_calls_only_at_trace_level() {
         text.contains("answered a call"),
         "no per-call event at trace level:\n{text}"
     );
+}
+
+/// An echo server everyone may call, until told to stop. Args: name.
+fn everyone_server(args: &[String]) {
+    let server = Server::options()
+        .permissions(memlink::Permissions::Everyone)
+        .bind(&args[0])
+        .unwrap();
+    let stop = server.shutdown_handle();
+    std::thread::spawn(move || {
+        await_parent();
+        stop.shutdown();
+    });
+    report("ready");
+    server
+        .serve(|request: &[u8], reply: &mut Vec<u8>| reply.extend_from_slice(request))
+        .unwrap();
+}
+
+/// As user nobody: calls, then reports the uids of the connections the statistics list.
+fn nobody_stats(args: &[String]) {
+    common::drop_privileges_to_nobody();
+    let client = Client::connect(&args[0]).unwrap();
+    assert_eq!(client.call(b"hi").unwrap(), b"hi");
+    let uids: Vec<String> = server_stats(&args[0])
+        .unwrap()
+        .connection_list
+        .iter()
+        .map(|c| c.uid.to_string())
+        .collect();
+    report(&uids.join(","));
+}
+
+#[test]
+fn another_user_sees_only_its_own_connections_in_the_statistics() {
+    if !common::is_root() {
+        eprintln!("skipped: needs root to run a client as another user");
+        return;
+    }
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("private-stats");
+    let mut server = ChildProcess::spawn("everyone_server", &[&name]);
+    server.expect_line("ready");
+    let ours = Client::connect(&name).unwrap();
+    assert_eq!(ours.call(b"hi").unwrap(), b"hi");
+    let mut nobody = ChildProcess::spawn("nobody_stats", &[&name]);
+    nobody.expect_line("65534");
+    // We (the server's own user) see both.
+    let uids: Vec<u32> = server_stats(&name)
+        .unwrap()
+        .connection_list
+        .iter()
+        .map(|c| c.uid)
+        .collect();
+    assert!(uids.contains(&0), "{uids:?}");
+    nobody.wait_success();
+    server.tell("stop");
+    server.wait_success();
 }

@@ -703,8 +703,12 @@ impl Server {
         })
     }
 
-    fn stats(&self) -> Stats {
+    /// The statistics as `asker` may see them: the server's own user and root see every
+    /// connection; any other user only its own (who else uses a service, and how much, is not
+    /// theirs to know).
+    fn stats(&self, asker: u32) -> Stats {
         let shared = &self.shared;
+        let sees_all = asker == process::effective_uid() || asker == 0;
         Stats {
             pid: process::current_pid(),
             connections: shared.connections.load(Ordering::Relaxed) as u32,
@@ -737,6 +741,7 @@ impl Server {
                     .unwrap_or_else(PoisonError::into_inner)
                     .values()
                     .map(|entry| entry.snapshot())
+                    .filter(|c| sees_all || c.uid == asker)
                     .collect();
                 list.sort_unstable_by_key(|c| c.id);
                 list.truncate(Stats::MAX_LISTED);
@@ -900,7 +905,7 @@ impl Server {
             socket::send_message(&connection, &self.refusal(admission).encode(), &[])
         };
         if hello.purpose == Purpose::Stats {
-            return socket::send_message(&connection, &self.stats().encode(), &[]);
+            return socket::send_message(&connection, &self.stats(peer.uid).encode(), &[]);
         }
         if hello.purpose != Purpose::Connect {
             return Err(Errno::PROTO);
