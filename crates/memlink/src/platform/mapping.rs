@@ -19,6 +19,22 @@ use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use rustix::io::Errno;
 use rustix::mm::{MapFlags, ProtFlags};
 
+/// `mmap(NULL, len, prot, flags, fd, 0)`: a new mapping of the first `len` bytes of `fd`, at an
+/// address the kernel picks (it also validates `fd`, `len` and the protection).
+fn map_fresh(
+    fd: impl AsFd,
+    len: usize,
+    prot: ProtFlags,
+    flags: MapFlags,
+) -> Result<NonNull<u8>, Errno> {
+    if len == 0 {
+        return Err(Errno::INVAL);
+    }
+    // SAFETY: a fresh mapping (null hint, no MAP_FIXED) replaces no existing memory.
+    let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0)? };
+    NonNull::new(ptr.cast::<u8>()).ok_or(Errno::INVAL)
+}
+
 /// A `MAP_SHARED`, read-write mapping of a whole file, unmapped on drop.
 #[derive(Debug)]
 pub(crate) struct Mapping {
@@ -45,22 +61,7 @@ impl Mapping {
     }
 
     fn map(fd: impl AsFd, len: usize, flags: MapFlags) -> Result<Self, Errno> {
-        if len == 0 {
-            return Err(Errno::INVAL);
-        }
-        // The kernel validates fd, len and protection and picks the address.
-        // SAFETY: a fresh mapping (null hint, no MAP_FIXED) replaces no existing memory.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                flags,
-                fd,
-                0,
-            )?
-        };
-        let base = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::INVAL)?;
+        let base = map_fresh(fd, len, ProtFlags::READ | ProtFlags::WRITE, flags)?;
         Ok(Mapping { base, len })
     }
 
@@ -309,21 +310,7 @@ impl ReadOnlyMapping {
     /// `mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0)`. The caller must have checked with
     /// `fstat` that the file is at least `len` bytes long and sealed against shrinking.
     pub(crate) fn map(fd: impl AsFd, len: usize) -> Result<Self, Errno> {
-        if len == 0 {
-            return Err(Errno::INVAL);
-        }
-        // SAFETY: a fresh mapping (null hint, no MAP_FIXED) replaces no existing memory.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ,
-                MapFlags::SHARED,
-                fd,
-                0,
-            )?
-        };
-        let base = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::INVAL)?;
+        let base = map_fresh(fd, len, ProtFlags::READ, MapFlags::SHARED)?;
         Ok(ReadOnlyMapping { base, len })
     }
 
