@@ -29,6 +29,9 @@
 #[doc(hidden)]
 #[path = "fuzz.rs"]
 pub mod __fuzz;
+#[doc(hidden)]
+#[path = "wait_export.rs"]
+pub mod __wait;
 pub mod duplex;
 pub mod error;
 mod link;

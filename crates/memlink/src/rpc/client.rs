@@ -37,11 +37,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connect waits for a server it starts on demand, by default.
 const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Looks at the ring before a wait decides how to wait (see `Connection::wait`).
-const FIRST_LOOKS: u32 = 32;
+pub(crate) const FIRST_LOOKS: u32 = 32;
 /// Longest a waiting call spins (when the server runs on another CPU).
-const MAX_SPIN: Duration = Duration::from_micros(50);
+pub(crate) const MAX_SPIN: Duration = Duration::from_micros(50);
 /// Longest a waiting call stays runnable (spinning, then yielding) before it parks.
-const MAX_PATIENCE: Duration = Duration::from_micros(150);
+pub(crate) const MAX_PATIENCE: Duration = Duration::from_micros(150);
 /// How long a waiter yields before parking while the server is crowded: about one turn of a
 /// worker serving a hundred clients.
 const CROWDED_PATIENCE: Duration = Duration::from_micros(500);

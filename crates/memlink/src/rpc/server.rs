@@ -51,7 +51,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 const SWEEP_FRAGMENTS: usize = 16;
 const SWEEP_BYTES: usize = 16 << 10;
 /// Empty sweeps a worker makes before it starts its timed backoff.
-const FIRST_LOOKS: u32 = 32;
+pub(crate) const FIRST_LOOKS: u32 = 32;
 /// A busy worker does its periodic chores (crowding, hang-ups, shutdown) once per this many sweeps.
 const CHORE_EVERY: u32 = 32;
 const HANGUP_SWEEP: Duration = Duration::from_millis(50);
@@ -59,7 +59,7 @@ const HANGUP_SWEEP: Duration = Duration::from_millis(50);
 /// that a worker descheduled for a few scheduler ticks does not count its clients as gone (and
 /// invite them all to spin at the worst moment); short enough to notice load changes quickly.
 const CROWDING_PERIOD: Duration = Duration::from_millis(10);
-const PATIENCE: Patience = Patience {
+pub(crate) const PATIENCE: Patience = Patience {
     spin: Duration::from_micros(50),
     yield_for: Duration::from_micros(100),
 };
