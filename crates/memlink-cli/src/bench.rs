@@ -70,18 +70,19 @@ fn row_methods() -> Vec<(&'static str, String)> {
         (
             "sleeping floor",
             format!(
-                "the same, each side waiting as memlink does: {} looks, spin {:?} (not when the \
-                 peer last ran on its CPU), yield {:?}, then sleep in futex_wait; woken only if it \
-                 said it sleeps",
+                "the same, each side waiting as memlink does: {} looks, spin {} µs (not when the \
+                 peer last ran on its CPU), yield {} µs, then sleep in futex_wait; woken only if \
+                 it said it sleeps",
                 policy::FIRST_LOOKS,
-                policy::CLIENT_SPIN,
-                policy::CLIENT_YIELD
+                policy::CLIENT_SPIN.as_micros(),
+                policy::CLIENT_YIELD.as_micros()
             ),
         ),
         (
             "(asleep)",
             format!(
-                "each call made after {IDLE_GAP:?} idle, so the server (or floor) has gone to sleep"
+                "each call made after {} ms idle, so the server (or floor) has gone to sleep",
+                IDLE_GAP.as_millis()
             ),
         ),
         (
@@ -93,8 +94,8 @@ fn row_methods() -> Vec<(&'static str, String)> {
         (
             "tail",
             format!(
-                "p99.9 where at least {P999_SAMPLES} samples back it, else the maximum, marked \
-                 (max)"
+                "p99.9 where at least {} samples back it, else the maximum, marked (max)",
+                thousands(P999_SAMPLES)
             ),
         ),
     ]
@@ -573,6 +574,19 @@ pub(crate) fn human_size(size: usize) -> String {
         s if s >= 1 << 10 => format!("{} KiB", s >> 10),
         s => format!("{s} B"),
     }
+}
+
+/// `n` with its digits grouped by threes: "10,000".
+pub(crate) fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut grouped = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    grouped
 }
 
 pub(crate) fn us(ns: u64) -> String {

@@ -70,18 +70,24 @@ fn region_len(size: usize) -> usize {
     DATA + 2 * area(size)
 }
 
-/// One side's parked and CPU words.
+/// One side's parked and CPU words, looked up only by the floor that uses them (the spin floor
+/// never does).
 struct Side<'r> {
-    parked: &'r AtomicU32,
-    cpu: &'r AtomicU32,
+    region: &'r Region,
+    base: usize,
 }
 
 impl<'r> Side<'r> {
-    fn at(region: &'r Region, base: usize) -> io::Result<Self> {
-        Ok(Side {
-            parked: region.word32(base + PARKED)?,
-            cpu: region.word32(base + CPU)?,
-        })
+    fn at(region: &'r Region, base: usize) -> Self {
+        Side { region, base }
+    }
+
+    fn parked(&self) -> io::Result<&'r AtomicU32> {
+        self.region.word32(self.base + PARKED)
+    }
+
+    fn cpu(&self) -> io::Result<&'r AtomicU32> {
+        self.region.word32(self.base + CPU)
     }
 }
 
@@ -143,12 +149,13 @@ fn wait(
                 std::hint::spin_loop();
             }
             // As memlink decides before each wait: no spinning while the peer last ran here.
+            let (my_cpu, parked) = (me.cpu()?, me.parked()?);
             let here = policy::current_cpu().wrapping_add(1);
-            if me.cpu.load(Ordering::Relaxed) != here {
-                me.cpu.store(here, Ordering::Relaxed);
+            if my_cpu.load(Ordering::Relaxed) != here {
+                my_cpu.store(here, Ordering::Relaxed);
             }
             let (spin, yield_for) = patience;
-            let spin = if peer.cpu.load(Ordering::Relaxed) == here {
+            let spin = if peer.cpu()?.load(Ordering::Relaxed) == here {
                 Duration::ZERO
             } else {
                 spin
@@ -165,17 +172,17 @@ fn wait(
             }
             // Park: say so, fence, look once more, then sleep (memlink's `park_until`).
             loop {
-                me.parked.store(1, Ordering::Relaxed);
+                parked.store(1, Ordering::Relaxed);
                 // SYNC POINT: pairs with the fence in `publish` (Dekker): our flag store is
                 // ordered before our last look, the publisher's store before its flag load.
                 fence(Ordering::SeqCst);
                 let now = word.load(Ordering::Acquire);
                 if now != old {
-                    me.parked.store(0, Ordering::Relaxed);
+                    parked.store(0, Ordering::Relaxed);
                     return Ok(now);
                 }
                 futex_wait(word, old)?;
-                me.parked.store(0, Ordering::Relaxed);
+                parked.store(0, Ordering::Relaxed);
                 let now = word.load(Ordering::Acquire);
                 if now != old {
                     return Ok(now);
@@ -219,7 +226,8 @@ fn publish(word: &AtomicU32, value: u32, waiting: Waiting, peer: &Side<'_>) -> i
             // SYNC POINT: pairs with the fence in `wait`'s park (Dekker).
             fence(Ordering::SeqCst);
             // Read first: while the peer is awake the line stays shared (as memlink's `nudge`).
-            peer.parked.load(Ordering::Relaxed) != 0 && peer.parked.swap(0, Ordering::Relaxed) != 0
+            let parked = peer.parked()?;
+            parked.load(Ordering::Relaxed) != 0 && parked.swap(0, Ordering::Relaxed) != 0
         }
     };
     if wake {
@@ -264,7 +272,7 @@ impl FloorClient {
         }
         let r = &self.region;
         let (requests, replies) = (r.word32(REQUEST_SEQ)?, r.word32(REPLY_SEQ)?);
-        let (me, server) = (Side::at(r, CLIENT_SIDE)?, Side::at(r, SERVER_SIDE)?);
+        let (me, server) = (Side::at(r, CLIENT_SIDE), Side::at(r, SERVER_SIDE));
         r.copy_in(DATA, request)?;
         self.seq = match self.seq.wrapping_add(1) {
             STOP => 1,
@@ -284,10 +292,8 @@ impl FloorClient {
 impl Drop for FloorClient {
     /// Tells the server to return (it is killed anyway if it does not).
     fn drop(&mut self) {
-        if let (Ok(requests), Ok(server)) = (
-            self.region.word32(REQUEST_SEQ),
-            Side::at(&self.region, SERVER_SIDE),
-        ) {
+        if let Ok(requests) = self.region.word32(REQUEST_SEQ) {
+            let server = Side::at(&self.region, SERVER_SIDE);
             let _ = publish(requests, STOP, Waiting::Futex, &server);
         }
     }
@@ -304,7 +310,7 @@ pub(crate) fn serve(
 ) -> io::Result<()> {
     let r = Region::open_inherited(fd, region_len(size))?;
     let (requests, replies) = (r.word32(REQUEST_SEQ)?, r.word32(REPLY_SEQ)?);
-    let (me, client) = (Side::at(&r, SERVER_SIDE)?, Side::at(&r, CLIENT_SIDE)?);
+    let (me, client) = (Side::at(&r, SERVER_SIDE), Side::at(&r, CLIENT_SIDE));
     let patience = (policy::SERVER_SPIN, policy::SERVER_YIELD);
     let mut buffer = Vec::with_capacity(size);
     // The region is fresh: the client's first request is 1.
