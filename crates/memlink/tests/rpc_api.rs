@@ -19,6 +19,7 @@ fn child_main() {
         ("caller", caller),
         ("call_and_report", call_and_report),
         ("typed_server", typed_server),
+        ("tree_server", tree_server),
         ("traced_server", traced_server),
         ("everyone_server", everyone_server),
         ("nobody_stats", nobody_stats),
@@ -182,6 +183,71 @@ struct Sum {
     sum: i64,
     caller: u32,
     note: String,
+}
+
+/// A typed server of a recursive request type: answers a `Tree`'s depth. Args: name.
+fn tree_server(args: &[String]) {
+    let server = Server::bind(&args[0]).unwrap();
+    let stop = server.shutdown_handle();
+    std::thread::spawn(move || {
+        await_parent();
+        stop.shutdown();
+    });
+    report("ready");
+    server
+        .serve_calls(memlink::rpc::typed(|_call: &CallContext, tree: Tree| {
+            let (mut depth, mut at) = (0u64, &tree);
+            while let Tree::Node(child) = at {
+                depth += 1;
+                at = child;
+            }
+            Ok(depth)
+        }))
+        .unwrap();
+    report("stopped");
+}
+
+/// A recursive type, and one with elements that take no bytes: postcard alone decodes a hostile
+/// `Tree` until the stack overflows, or loops for ages.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+enum Tree {
+    Leaf,
+    Node(Box<Tree>),
+    Units(Vec<()>),
+}
+
+fn nested(levels: usize) -> Tree {
+    (0..levels).fold(Tree::Leaf, |tree, _| Tree::Node(Box::new(tree)))
+}
+
+/// Bytes that postcard writes as they are (a tuple of `u8`s has no length prefix): lets a typed
+/// call send anything.
+struct Raw(Vec<u8>);
+
+impl serde::Serialize for Raw {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut tuple = s.serialize_tuple(self.0.len())?;
+        for byte in &self.0 {
+            tuple.serialize_element(byte)?;
+        }
+        tuple.end()
+    }
+}
+
+/// Millions of `Node` tags: a `Tree` nested far deeper than any stack holds.
+fn deep_tree_bytes() -> Vec<u8> {
+    let mut bytes = vec![1u8; 8 << 20];
+    bytes.push(0);
+    bytes
+}
+
+/// A `Tree::Units` of 2^64 - 1 elements (a 10-byte varint), none of which takes a byte.
+fn endless_units_bytes() -> Vec<u8> {
+    let mut bytes = vec![2u8];
+    bytes.extend([0xff; 9]);
+    bytes.push(0x01);
+    bytes
 }
 
 // --- helpers -----------------------------------------------------------------------------------
@@ -562,6 +628,51 @@ fn typed_calls_round_trip_and_a_payload_that_does_not_decode_is_named_as_such() 
     server.tell("stop");
     server.expect_line("stopped");
     server.wait_success();
+}
+
+#[test]
+fn a_hostile_typed_request_or_reply_is_refused_and_the_other_side_keeps_serving() {
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("typed-hostile");
+    let mut server = ChildProcess::spawn("tree_server", &[&name]);
+    server.expect_line("ready");
+    let honest = Client::connect(&name).unwrap();
+    let hostile = Client::connect(&name).unwrap();
+    for (what, bytes) in [
+        ("deep", deep_tree_bytes()),
+        ("endless", endless_units_bytes()),
+    ] {
+        match hostile.call(&bytes) {
+            Err(Error::Undecodable {
+                what: memlink::Payload::Request,
+                ..
+            }) => {}
+            other => panic!("{what}: expected an undecodable request, got {other:?}"),
+        }
+        // The server is up, and its worker free: an honest call is answered at once.
+        let depth: u64 = honest.call_typed(&nested(100)).unwrap();
+        assert_eq!(depth, 100, "{what}");
+    }
+    server.tell("stop");
+    server.expect_line("stopped");
+    server.wait_success();
+
+    // A hostile server: the echo server sends the same bytes back as a reply to a typed call.
+    let name = unique_name("typed-hostile-reply");
+    let server = start(&name, 1, 0);
+    let client = Client::connect(&name).unwrap();
+    for bytes in [deep_tree_bytes(), endless_units_bytes()] {
+        match client.call_typed::<_, Tree>(&Raw(bytes)) {
+            Err(Error::Undecodable {
+                what: memlink::Payload::Reply,
+                ..
+            }) => {}
+            other => panic!("expected an undecodable reply, got {other:?}"),
+        }
+    }
+    let tree: Tree = client.call_typed(&nested(3)).unwrap();
+    assert_eq!(tree, nested(3));
+    stop(server);
 }
 
 #[test]

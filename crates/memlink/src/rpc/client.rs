@@ -612,7 +612,8 @@ impl Client {
         })?;
         let mut reply = Vec::new();
         self.call_until(&request, &mut reply, deadline, Mode::Wait)?;
-        super::handler::decode(&reply).map_err(|reason| Error::Undecodable {
+        // The reply is the server's bytes: decoded under bounds (see `bounded`).
+        super::bounded::decode(&reply).map_err(|reason| Error::Undecodable {
             name: self.name.clone(),
             what: Payload::Reply,
             reason: reason.into(),

@@ -336,26 +336,13 @@ where
         request: &[u8],
         reply: &mut Vec<u8>,
     ) -> Result<(), HandlerError> {
-        let request: Req = decode(request).map_err(HandlerError::undecodable)?;
+        // The request is the client's bytes: decoded under bounds (see `bounded`).
+        let request: Req = super::bounded::decode(request).map_err(HandlerError::undecodable)?;
         let response = (self.handler)(call, request)?;
         // Encoded into the worker's reply buffer, reusing its capacity.
         *reply = postcard::to_extend(&response, std::mem::take(reply)).map_err(|e| {
             HandlerError::new(format!("the typed handler's reply cannot be encoded: {e}"))
         })?;
         Ok(())
-    }
-}
-
-/// Decodes a whole message as a `T` with postcard: bytes left over are an error too (they
-/// mean the two sides disagree on the type).
-#[cfg(feature = "serde")]
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    match postcard::take_from_bytes::<T>(bytes) {
-        Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(format!(
-            "{} bytes left over after the value (the other side sent another type)",
-            rest.len()
-        )),
-        Err(e) => Err(e.to_string()),
     }
 }

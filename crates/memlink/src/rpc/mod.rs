@@ -67,6 +67,8 @@
 //! gives it to the handler ([`CallContext::deadline`]). A call without a timeout costs no clock
 //! read on either side.
 
+#[cfg(feature = "serde")]
+pub(crate) mod bounded;
 mod client;
 mod handler;
 mod histogram;
