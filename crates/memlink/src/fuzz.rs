@@ -18,7 +18,7 @@
 //! | `ring`          | a real `Producer` and `Consumer` over a memfd ring that a hostile peer |
 //! |                 | fills or scribbles on between operations (records, stamps, indices)    |
 //! | `region`        | `link::protocol::RegionLayout::read`, the rings and wake words built   |
-//! |                 | on it (`link::wake`)                                                   |
+//! |                 | on it (`link::wake`), rpc's claim word (`rpc::claim`)                  |
 //! | `handshake`     | `Hello`, `Welcome`, `Goodbye` decode (`link::protocol`)                |
 //! | `rpc_stats`     | `rpc::protocol::Stats::decode`                                         |
 //! | `typed`         | `rpc::bounded::decode` (typed calls' requests and replies) of a        |
@@ -53,6 +53,7 @@ use crate::platform::mapping::{Mapping, ReadOnlyMapping};
 use crate::platform::{memfd, notify};
 use crate::pubsub::{SubscriberStats, TopicStats};
 use crate::rpc::Stats;
+use crate::rpc::claim::{self, Claim};
 use crate::{Event, EventMode, Lock, Mutex, Segment, SegmentOptions, Semaphore};
 
 /// A target's entry point: takes the fuzzer's bytes; panics on a finding.
@@ -389,6 +390,21 @@ pub fn region(data: &[u8]) {
         }
         let _ = producer.has_room_for(64);
         let _ = producer.try_push(FIRST | LAST, 1, 3, b"abc");
+    }
+    // rpc's claim word, the request ring's spare word: whatever it holds, a caller's withdrawal
+    // succeeds exactly when the worker's claim then finds the call withdrawn.
+    let requests = Consumer::new(map.clone(), layout.requests());
+    if let Ok(word) = requests
+        .as_ref()
+        .map_err(drop)
+        .and_then(|c| c.spare_word().map_err(drop))
+    {
+        let seen = word.load(std::sync::atomic::Ordering::Relaxed);
+        let call = (seen & 0xffff) + 1;
+        let withdrawn = claim::withdraw(word, call);
+        let mut last = seen;
+        let claimed = claim::claim(word, &mut last, call);
+        assert_eq!(withdrawn, claimed == Claim::Withdrawn, "{seen:#x}");
     }
     let _ = wake::server_is_crowded(&map);
     let _ = wake::shares_cpu_with_peer(&map, wake::CLIENT, wake::SERVER);

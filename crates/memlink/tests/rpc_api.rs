@@ -72,6 +72,11 @@ fn api_handler(
                 RECORDED.fetch_add(1, Ordering::SeqCst);
                 reply.extend_from_slice(b"recorded");
             }
+            b"record-then-sleep" => {
+                RECORDED.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(300));
+                reply.extend_from_slice(b"recorded");
+            }
             b"count" => reply.extend_from_slice(&RECORDED.load(Ordering::SeqCst).to_le_bytes()),
             b"panic" => panic!("the test handler was asked to panic"),
             other => reply.extend_from_slice(other),
@@ -408,21 +413,31 @@ fn a_call_that_times_out_before_the_server_takes_it_did_not_run_and_never_will()
     assert_eq!(busy.join().unwrap().unwrap(), b"slept");
     assert_eq!(count(&late), 0, "the abandoned call ran");
 
-    // A call whose handler is already running when the timeout ends may have run: Timeout.
-    match late.call_timeout(b"sleep:300", Duration::from_millis(50)) {
+    // A call whose handler is already running when the timeout ends may have run: Timeout
+    // (and here it did).
+    match late.call_timeout(b"record-then-sleep", Duration::from_millis(50)) {
         Err(Error::Timeout) => {}
         other => panic!("expected Timeout, got {other:?}"),
     }
+    common::with_watchdog("the call that timed out to have run", {
+        let client = client.clone();
+        move || {
+            while count(&client) != 1 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
     // The client goes on (on a fresh connection).
     assert_eq!(late.call(b"hi").unwrap(), b"hi");
     stop(server);
 }
 
-/// A server whose `CLOCK_MONOTONIC` is not ours (another time namespace, an hour ahead) cannot
-/// be trusted to skip a request by its deadline: the call carries none, and a timeout before the
-/// server took the request is `Timeout` (it may still run), never `NotExecuted`.
+/// A server whose `CLOCK_MONOTONIC` is not ours (another time namespace, an hour ahead) would
+/// misread a deadline: the call carries none. Whether a call that timed out ran does not rest on
+/// the clock but on the claim word: a call withdrawn before the server took it is `NotExecuted`
+/// and never runs; one the server took is `Timeout`, and runs.
 #[test]
-fn a_server_on_another_clock_gets_no_deadline_and_a_timeout_never_claims_the_call_did_not_run() {
+fn a_server_on_another_clock_gets_no_deadline_and_a_timed_out_call_is_still_settled_right() {
     if !common::is_root() {
         eprintln!("skipped: a time namespace needs root");
         return;
@@ -450,10 +465,28 @@ fn a_server_on_another_clock_gets_no_deadline_and_a_timeout_never_claims_the_cal
     std::thread::sleep(Duration::from_millis(50));
     let late = Client::connect(&name).unwrap();
     match late.call_timeout(b"record", Duration::from_millis(50)) {
-        Err(Error::Timeout) => {}
-        other => panic!("expected Timeout (it may run), got {other:?}"),
+        Err(Error::NotExecuted {
+            reason: NotExecuted::TimedOut,
+            ..
+        }) => {}
+        other => panic!("expected NotExecuted(TimedOut), got {other:?}"),
     }
     assert_eq!(busy.join().unwrap().unwrap(), b"slept");
+    // ...and it never runs, although the worker found its request after the busy call.
+    assert_eq!(count(&client), 0, "a call reported not executed ran");
+    // One the worker took before the timeout ended ran: Timeout.
+    match late.call_timeout(b"record-then-sleep", Duration::from_millis(50)) {
+        Err(Error::Timeout) => {}
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    common::with_watchdog("the call that timed out to have run", {
+        let client = client.clone();
+        move || {
+            while count(&client) != 1 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
     stop(server);
 }
 
@@ -492,6 +525,51 @@ fn the_server_skips_a_request_whose_deadline_passed_before_it_took_it_and_says_s
         .unwrap();
     assert_eq!(patient.call(b"record").unwrap(), b"recorded");
     assert_eq!(count(&client), 1);
+    stop(server);
+}
+
+/// A client that takes a live server's connection for dead (a transient socket error once read
+/// as a hang-up did that) gives its call up, and resends it on a fresh connection, only if the
+/// server provably never runs it on the old one: at most once, whatever the client believed.
+#[test]
+fn a_call_given_up_on_a_live_server_runs_at_most_once() {
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("presumed-gone");
+    let server = start(&name, 1, 0);
+    let client = Arc::new(Client::connect(&name).unwrap());
+    let quitter = ClientOptions::new()
+        .__presume_gone_after(Duration::from_millis(150))
+        .connect(&name)
+        .unwrap();
+    // The quitter's connection is in the worker's hands (it answered a call on it)...
+    assert_eq!(quitter.call(b"hi").unwrap(), b"hi");
+    // ...and the only worker is busy while the quitter's next call waits in its ring.
+    let busy = {
+        let client = client.clone();
+        std::thread::spawn(move || client.call(b"sleep:600"))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let outcome = quitter.call(b"record");
+    assert_eq!(busy.join().unwrap().unwrap(), b"slept");
+    // Once the worker has been through the quitter's connections (and dropped them), nothing of
+    // them can run any more.
+    drop(quitter);
+    common::with_watchdog("the quitter's connections to be dropped", {
+        let name = name.clone();
+        move || {
+            while server_stats(&name).unwrap().connection_list.len() != 1 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
+    let ran = count(&client);
+    match outcome {
+        Err(Error::NotExecuted {
+            reason: NotExecuted::ServerGone,
+            ..
+        }) => assert_eq!(ran, 0, "a call reported not executed ran"),
+        other => panic!("expected NotExecuted(ServerGone), got {other:?} (ran {ran} times)"),
+    }
     stop(server);
 }
 

@@ -105,8 +105,8 @@ pub struct Stats {
     pub uptime_ms: u64,
     /// Largest request or reply the server accepts, in bytes.
     pub max_message: u64,
-    /// Requests skipped without running the handler because their deadline had passed when a
-    /// worker took them (their callers had given up).
+    /// Requests skipped without running the handler because their callers had given up when a
+    /// worker took them: their deadline had passed, or the caller had withdrawn them.
     pub expired_calls: u64,
     /// Calls whose handler returned an error (including refusals) or panicked.
     pub failed_calls: u64,
