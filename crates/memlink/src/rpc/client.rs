@@ -17,7 +17,8 @@ use super::launch::{self, LaunchHooks, ServerCommand};
 use super::protocol::{
     Admission, CANCEL, ERR_CALL_FAILED, ERR_DEADLINE_EXPIRED, ERR_HANDLER_FAILED,
     ERR_HANDLER_PANICKED, ERR_NO_STREAMS, ERR_REFUSED, ERR_REPLY_TOO_LARGE, ERR_TOO_MANY_STREAMS,
-    ERR_UNDECODABLE, ERROR_REPLY, Hello, Purpose, STREAM_END, STREAM_REQUEST, socket_name,
+    ERR_UNDECODABLE, ERROR_REPLY, Hello, Purpose, STREAM_END, STREAM_REQUEST, report_text,
+    socket_name,
 };
 use super::stream::{Verdict, judge};
 use crate::error::{Error, NotExecuted, Payload, Result};
@@ -1512,7 +1513,7 @@ impl Connection {
             },
             Some(ERR_HANDLER_FAILED) => Error::HandlerFailed {
                 name: self.name.clone(),
-                reason: String::from_utf8_lossy(report.get(4..).unwrap_or_default()).into_owned(),
+                reason: report_text(report.get(4..).unwrap_or_default()),
                 data: Box::default(),
             },
             Some(ERR_CALL_FAILED) => {
@@ -1526,7 +1527,7 @@ impl Connection {
                 match split {
                     Some(end) => Error::HandlerFailed {
                         name: self.name.clone(),
-                        reason: String::from_utf8_lossy(&report[8..end]).into_owned(),
+                        reason: report_text(&report[8..end]),
                         data: report[end..].into(),
                     },
                     None => {
@@ -1536,7 +1537,7 @@ impl Connection {
             }
             Some(ERR_REFUSED) => Error::CallRefused {
                 name: self.name.clone(),
-                reason: String::from_utf8_lossy(report.get(4..).unwrap_or_default()).into(),
+                reason: report_text(report.get(4..).unwrap_or_default()).into(),
             },
             Some(ERR_DEADLINE_EXPIRED) => Error::NotExecuted {
                 name: self.name.clone(),
@@ -1545,7 +1546,7 @@ impl Connection {
             Some(ERR_UNDECODABLE) => Error::Undecodable {
                 name: self.name.clone(),
                 what: Payload::Request,
-                reason: String::from_utf8_lossy(report.get(4..).unwrap_or_default()).into(),
+                reason: report_text(report.get(4..).unwrap_or_default()).into(),
             },
             Some(ERR_NO_STREAMS) => Error::StreamsNotServed {
                 name: self.name.clone(),

@@ -736,14 +736,19 @@ impl Server {
                 }
             },
             connection_list: {
-                let mut list: Vec<ConnectionStats> = shared
-                    .registry
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .values()
-                    .map(|entry| entry.snapshot())
-                    .filter(|c| sees_all || c.uid == asker)
-                    .collect();
+                // The registry's lock (which every connect and disconnect takes) is held only to
+                // copy the entries into room reserved before it; filtered, sorted and cut after.
+                let mut list: Vec<ConnectionStats> =
+                    Vec::with_capacity(shared.connections.load(Ordering::Relaxed) + 16);
+                list.extend(
+                    shared
+                        .registry
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .values()
+                        .map(|entry| entry.snapshot()),
+                );
+                list.retain(|c| sees_all || c.uid == asker);
                 list.sort_unstable_by_key(|c| c.id);
                 list.truncate(Stats::MAX_LISTED);
                 list
