@@ -124,12 +124,13 @@ impl ClientOptions {
     /// The timeout of every call that does not name one ([`Client::call`],
     /// [`Client::call_into`], [`Client::try_call`], `call_typed`, and the sending of
     /// [`Client::call_stream`]'s request); by default calls wait as long as it takes. The
-    /// timeout travels with the request (as an absolute `CLOCK_MONOTONIC` deadline, which every
-    /// process on the machine reads alike), so a server that takes the request only after the
-    /// caller gave up skips it instead of running it for nobody, and the handler sees it
-    /// ([`CallContext::deadline`](crate::rpc::CallContext::deadline)). A call that runs out of
-    /// time fails with [`Error::NotExecuted`] if the server had not taken its request (it never
-    /// will), else with [`Error::Timeout`] (the handler may have run).
+    /// timeout travels with the request (as an absolute `CLOCK_MONOTONIC` deadline; not to a
+    /// server in another time namespace, whose clock differs), so a server that takes the
+    /// request only after the caller gave up skips it instead of running it for nobody, and the
+    /// handler sees it ([`CallContext::deadline`](crate::rpc::CallContext::deadline)). A call
+    /// that runs out of time fails with [`Error::NotExecuted`] if it could withdraw its request
+    /// before the server claimed it (it never runs; see the `rpc` module's "Did my call
+    /// run?"), else with [`Error::Timeout`] (the handler may have run).
     ///
     /// Costs one clock read per call (none without a timeout).
     ///
