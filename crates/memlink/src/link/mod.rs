@@ -408,6 +408,12 @@ pub(crate) fn park_until_or_bell(
         if woken.socket && !hung_up {
             match socket_message(name, socket) {
                 SocketMessage::Nothing => continue,
+                SocketMessage::NotNow => {
+                    // The kernel is short of memory: the socket stays readable, so poll would
+                    // return at once. Look again in a moment rather than spin.
+                    std::thread::sleep(TRANSIENT_PAUSE);
+                    continue;
+                }
                 SocketMessage::Closed => hung_up = true,
                 // Whatever the peer published before is moot: it broke the connection off (or
                 // broke the protocol, and we do now).
@@ -424,10 +430,15 @@ pub(crate) fn park_until_or_bell(
     }
 }
 
+/// How long a waiter pauses after a transient error reading the connection's socket.
+const TRANSIENT_PAUSE: Duration = Duration::from_millis(1);
+
 /// What a readable connection socket held.
 enum SocketMessage {
     /// Nothing after all (a spurious wake-up).
     Nothing,
+    /// It could not be read for the moment (`ENOMEM`, `ENOBUFS`): says nothing about the peer.
+    NotNow,
     /// The peer closed its end, or said a goodbye that means it is gone (`Disconnected`).
     Closed,
     /// A goodbye saying we corrupted the connection, or anything that is not a goodbye (the peer
@@ -446,6 +457,9 @@ fn socket_message(name: &str, socket: &OwnedFd) -> SocketMessage {
     let mut buf = [0u8; Goodbye::MAX_LEN];
     match socket::receive_message(socket, &mut buf, false) {
         Err(Errno::AGAIN | Errno::INTR) => SocketMessage::Nothing,
+        // A transient error is not a hang-up: taking the peer for gone would give up a call the
+        // live server may still run.
+        Err(e) if crate::platform::is_transient(e) => SocketMessage::NotNow,
         Err(Errno::MSGSIZE) => broke(),
         Err(_) | Ok((0, _)) => SocketMessage::Closed,
         Ok((len, _)) => match Goodbye::decode(&buf[..len]) {
