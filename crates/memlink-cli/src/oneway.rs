@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use memlink::{Client, Duplex, ReplyStream, Server, StreamSink};
+use memlink::{Client, Duplex, DuplexReceiver, DuplexSender, ReplyStream, Server, StreamSink};
 
 use crate::floor::{self, Consumer, Producer};
 use crate::framing::{self, Framed};
@@ -112,13 +112,29 @@ pub(crate) trait Channel {
     }
 }
 
-impl Channel for Duplex {
+/// A duplex channel's two halves ([`Duplex::split`]): what a program that streams one way (or
+/// answers from one thread) uses, since the halves need no lock.
+struct DuplexChannel {
+    tx: DuplexSender,
+    rx: DuplexReceiver,
+}
+
+impl DuplexChannel {
+    fn open(name: &str) -> io::Result<Self> {
+        let (tx, rx) = Duplex::open_timeout(name, CONNECT_TIMEOUT)
+            .map_err(other)?
+            .split();
+        Ok(DuplexChannel { tx, rx })
+    }
+}
+
+impl Channel for DuplexChannel {
     fn send(&mut self, message: &[u8]) -> io::Result<()> {
-        Duplex::send(self, message).map_err(other)
+        self.tx.send(message).map_err(other)
     }
 
     fn recv_into(&mut self, message: &mut Vec<u8>) -> io::Result<()> {
-        Duplex::recv_into(self, message).map_err(other)
+        self.rx.recv_into(message).map_err(other)
     }
 }
 
@@ -236,7 +252,7 @@ pub(crate) fn connect(
         Kind::Duplex => {
             // The child says it is ready before it opens: each open waits for the other.
             let peer = spawn(&name)?;
-            let duplex = Duplex::open_timeout(&name, CONNECT_TIMEOUT).map_err(other)?;
+            let duplex = DuplexChannel::open(&name)?;
             Ok(Connection {
                 channel: Box::new(duplex),
                 peer,
@@ -334,7 +350,7 @@ pub(crate) fn child(
         }
         Kind::Duplex => {
             peer::ready("")?;
-            Box::new(Duplex::open_timeout(address, CONNECT_TIMEOUT).map_err(other)?)
+            Box::new(DuplexChannel::open(address)?)
         }
         Kind::Uds | Kind::UdsBatched => {
             let stream = UnixStream::connect_addr(&framing::uds_address(address)?)?;

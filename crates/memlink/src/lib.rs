@@ -40,7 +40,7 @@ mod platform;
 pub mod pubsub;
 pub mod rpc;
 
-pub use duplex::{Duplex, DuplexOptions, TrySendError};
+pub use duplex::{Duplex, DuplexOptions, DuplexReceiver, DuplexSender, TrySendError};
 pub use error::{Error, NotExecuted, Payload, Result, StartLimit};
 pub use memory::header::ObjectKind;
 pub use memory::inventory;

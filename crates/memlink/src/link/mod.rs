@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::memory::ring::RingError;
 use crate::memory::segment::Permissions;
 use crate::platform::mapping::Mapping;
-use crate::platform::{memfd, notify, process, shm, socket};
+use crate::platform::{barrier, memfd, notify, process, shm, socket};
 use protocol::{Goodbye, Hello, RegionLayout, Welcome};
 pub(crate) use wake::{Backoff, PARK_RECHECK, Patience, Side, park_begin, park_end};
 
@@ -204,6 +204,8 @@ pub(crate) fn offer_regions<const N: usize>(
     regions: &[std::os::fd::BorrowedFd<'_>],
     pipes: [Keep; N],
 ) -> Result<[OwnedFd; N], Errno> {
+    // Before anything a peer may park on is published (see `platform::barrier`).
+    barrier::prepare();
     let (ours, theirs) = wake_pipes(pipes)?;
     send_welcome(connection, welcome, regions, &theirs)?;
     Ok(ours)
@@ -267,6 +269,8 @@ pub(crate) fn adopt_regions<const R: usize, const N: usize>(
     fds: Vec<OwnedFd>,
     pipes: [Keep; N],
 ) -> Result<([OwnedFd; R], [OwnedFd; N])> {
+    // Before anything a peer may park on is published (see `platform::barrier`).
+    barrier::prepare();
     if fds.len() != R + N {
         return Err(Error::corrupted(
             name,

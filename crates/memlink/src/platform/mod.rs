@@ -16,6 +16,7 @@
 //! attempted and turn them into actionable [`crate::Error`]s.
 #![allow(unsafe_code)]
 
+pub(crate) mod barrier;
 pub(crate) mod clock;
 pub(crate) mod cpu;
 pub(crate) mod file_lock;
