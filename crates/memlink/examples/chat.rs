@@ -9,7 +9,6 @@
 //! "my input has ended" (Ctrl-D), and each side exits once both have ended or the peer is gone.
 
 use std::io::{BufRead, Write};
-use std::sync::Arc;
 
 use memlink::Duplex;
 
@@ -18,19 +17,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .ok_or("usage: chat NAME (the same NAME in both terminals)")?;
     eprintln!("waiting for the peer on '{name}'...");
-    let chan = Arc::new(Duplex::open(&name)?);
+    let chan = Duplex::open(&name)?;
     eprintln!(
         "connected to pid {}; type lines, Ctrl-D to end",
         chan.peer_pid()
     );
+    // One half per thread: a receive and a send run at the same time, with no lock between them.
+    let (mut outgoing, mut incoming) = chan.split();
 
-    // The peer's lines, printed as they come (a receive and a send may run at the same time).
+    // The peer's lines, printed as they come.
     let printer = {
-        let chan = chan.clone();
         std::thread::spawn(move || -> memlink::Result<()> {
             let mut message = Vec::new();
             loop {
-                chan.recv_into(&mut message)?; // reuses the buffer
+                incoming.recv_into(&mut message)?; // reuses the buffer
                 if message.is_empty() {
                     return Ok(()); // the peer's input has ended
                 }
@@ -42,9 +42,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     for line in std::io::stdin().lock().lines() {
-        chan.send(format!("{}\n", line?).as_bytes())?;
+        outgoing.send(format!("{}\n", line?).as_bytes())?;
     }
-    chan.send(&[])?;
+    outgoing.send(&[])?;
     printer
         .join()
         .map_err(|_| "the printer thread panicked")??;

@@ -94,22 +94,42 @@ fn check(seq: u64, expected_len: usize, got: &[u8]) {
 
 /// Sends `small + big` messages of the stream seeded `seed`.
 fn send_stream(chan: &Duplex, seed: u64, small: u64, big: u64) {
+    send_stream_with(|m| chan.send(m), seed, small, big);
+}
+
+/// As [`send_stream`], through any send function (a whole `Duplex` or a split-off sender).
+fn send_stream_with(
+    mut send: impl FnMut(&[u8]) -> memlink::Result<()>,
+    seed: u64,
+    small: u64,
+    big: u64,
+) {
     let mut rng = Rng::new(seed);
     let mut buf = Vec::new();
     for seq in 0..small + big {
         let len = length(&mut rng, seq, small);
         message(seq, len, &mut buf);
-        chan.send(&buf).unwrap();
+        send(&buf).unwrap();
     }
 }
 
 /// Receives and checks the stream seeded `seed`.
 fn receive_stream(chan: &Duplex, seed: u64, small: u64, big: u64) {
+    receive_stream_with(|m| chan.recv_into(m), seed, small, big);
+}
+
+/// As [`receive_stream`], through any receive function.
+fn receive_stream_with(
+    mut recv_into: impl FnMut(&mut Vec<u8>) -> memlink::Result<()>,
+    seed: u64,
+    small: u64,
+    big: u64,
+) {
     let mut rng = Rng::new(seed);
     let mut buf = Vec::new();
     for seq in 0..small + big {
         let len = length(&mut rng, seq, small);
-        chan.recv_into(&mut buf).unwrap();
+        recv_into(&mut buf).unwrap();
         check(seq, len, &buf);
     }
 }
@@ -117,19 +137,28 @@ fn receive_stream(chan: &Duplex, seed: u64, small: u64, big: u64) {
 // --- child roles -------------------------------------------------------------------------------
 
 /// Sends its stream on one thread while receiving the peer's on another.
-/// Args: name, my seed, peer seed, small count, big count.
+/// Args: name, my seed, peer seed, small count, big count, and optionally `split` (use
+/// [`Duplex::split`]'s halves instead of one shared `Duplex`).
 fn stream_role(args: &[String]) {
     let n = |i: usize| args[i].parse::<u64>().unwrap();
     let (mine, theirs, small, big) = (n(1), n(2), n(3), n(4));
-    let chan = Arc::new(Duplex::open_timeout(&args[0], WATCHDOG).unwrap());
+    let duplex = Duplex::open_timeout(&args[0], WATCHDOG).unwrap();
     report("paired");
     let started = Instant::now();
-    let sender = {
-        let chan = chan.clone();
-        std::thread::spawn(move || send_stream(&chan, mine, small, big))
-    };
-    receive_stream(&chan, theirs, small, big);
-    sender.join().unwrap();
+    if args.get(5).is_some_and(|a| a == "split") {
+        let (mut tx, mut rx) = duplex.split();
+        let sender = std::thread::spawn(move || send_stream_with(|m| tx.send(m), mine, small, big));
+        receive_stream_with(|m| rx.recv_into(m), theirs, small, big);
+        sender.join().unwrap();
+    } else {
+        let chan = Arc::new(duplex);
+        let sender = {
+            let chan = chan.clone();
+            std::thread::spawn(move || send_stream(&chan, mine, small, big))
+        };
+        receive_stream(&chan, theirs, small, big);
+        sender.join().unwrap();
+    }
     report(&format!("done {}", started.elapsed().as_millis()));
     // Stay until the parent has heard from both sides, so neither sees the other hang up early.
     await_parent();
@@ -370,6 +399,59 @@ fn both_directions_at_once_in_order_none_lost() {
     a.wait_success();
     b.wait_success();
     assert_no_leftovers(&name);
+}
+
+/// The same with one side using [`Duplex::split`]'s lock-free halves and the other one shared
+/// `Duplex`: the halves interoperate with the whole, in order, none lost.
+#[test]
+fn split_halves_in_both_directions_at_once_none_lost() {
+    let _watchdog = Watchdog::arm();
+    let (small, big) = ("200000", "2000");
+    let name = unique_name("duplex-split");
+    let mut a = ChildProcess::spawn("stream", &[&name, "1", "2", small, big, "split"]);
+    let mut b = ChildProcess::spawn("stream", &[&name, "2", "1", small, big]);
+    a.expect_line("paired");
+    b.expect_line("paired");
+    let (da, db) = (a.next_line(), b.next_line());
+    assert!(
+        da.starts_with("done ") && db.starts_with("done "),
+        "{da} / {db}"
+    );
+    a.tell("exit");
+    b.tell("exit");
+    a.wait_success();
+    b.wait_success();
+    assert_no_leftovers(&name);
+}
+
+/// Dropping one half leaves the other working; dropping both closes the channel for the peer,
+/// which still receives everything sent first.
+#[test]
+fn a_half_works_alone_and_dropping_both_disconnects_the_peer() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("duplex-halves");
+    let other = {
+        let name = name.clone();
+        std::thread::spawn(move || Duplex::open_timeout(&name, WATCHDOG).unwrap())
+    };
+    let (mut tx, rx) = Duplex::open_timeout(&name, WATCHDOG).unwrap().split();
+    let peer = other.join().unwrap();
+    assert_eq!(tx.name(), name);
+    assert_eq!(rx.peer_pid(), std::process::id());
+    drop(rx);
+    tx.send(b"after the receiver left").unwrap();
+    assert_eq!(peer.recv().unwrap(), b"after the receiver left");
+    peer.send(b"nobody receives this").unwrap();
+    drop(tx);
+    assert!(matches!(
+        peer.recv_timeout(WATCHDOG),
+        Err(memlink::Error::Disconnected { .. })
+    ));
+    // Once a receive has seen the peer gone, sends say so too.
+    assert!(matches!(
+        peer.send(b"x"),
+        Err(memlink::Error::Disconnected { .. })
+    ));
 }
 
 /// 100 pairs opened at the same instant: every opener ends up connected to the other process's
