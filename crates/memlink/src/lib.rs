@@ -47,6 +47,8 @@ pub use memory::sync::{Event, EventMode, Lock, Mutex, MutexGuard, OwnerDiedGuard
 pub use pubsub::{
     Loan, MessageHandler, Publisher, PublisherOptions, Sample, Subscriber, SubscriberOptions,
 };
+#[cfg(feature = "tokio")]
+pub use rpc::{AsyncClient, AsyncReplyStream};
 pub use rpc::{
     CallContext, CallHandler, Client, ClientOptions, Handler, HandlerError, ReplyStream, Server,
     ServerCommand, ServerOptions, ShutdownHandle, StreamHandler, StreamSink,

@@ -12,6 +12,8 @@
 //! `platform` (sockets, memfds, pipes, mappings); no `unsafe` of its own.
 
 pub(crate) mod admission;
+#[cfg(feature = "tokio")]
+pub(crate) mod asynchronous;
 pub(crate) mod fragment;
 pub(crate) mod protocol;
 pub(crate) mod rendezvous;
@@ -425,7 +427,7 @@ pub(crate) fn park_until_or_bell(
 }
 
 /// What a readable connection socket held.
-enum SocketMessage {
+pub(crate) enum SocketMessage {
     /// Nothing after all (a spurious wake-up).
     Nothing,
     /// The peer closed its end, or said a goodbye that means it is gone (`Disconnected`).
@@ -436,7 +438,7 @@ enum SocketMessage {
 }
 
 /// Reads what the peer wrote on the connection's socket, without waiting.
-fn socket_message(name: &str, socket: &OwnedFd) -> SocketMessage {
+pub(crate) fn socket_message(name: &str, socket: &OwnedFd) -> SocketMessage {
     let broke = || {
         SocketMessage::Corrupted(Error::corrupted(
             name,

@@ -75,6 +75,8 @@ mod protocol;
 mod server;
 mod stream;
 
+#[cfg(feature = "tokio")]
+pub use client::{AsyncClient, AsyncReplyStream};
 pub use client::{Client, ClientOptions, ReplyStream};
 pub use handler::{CallContext, CallHandler, HandlerError};
 #[cfg(feature = "serde")]

@@ -1,0 +1,511 @@
+//! The async API (feature `tokio`) across real processes: a thousand concurrent calls from one
+//! thread, async and blocking peers mixed, SIGKILL of the peer waking every pending future,
+//! futures dropped at random points (every await point) without a reply ever reaching the wrong
+//! call, streams, duplex channels and subscribers.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{ChildProcess, WATCHDOG, Watchdog, await_parent, report, unique_name, variant};
+use memlink::rpc::AsyncClient;
+use memlink::{Client, ClientOptions, Error, NotExecuted, Server, StreamSink};
+
+#[test]
+fn child_main() {
+    common::run_child(&[
+        ("blocking_server", blocking_server),
+        ("blocking_client", blocking_client),
+    ]);
+}
+
+// --- the test service ----------------------------------------------------------------------------
+
+fn checksum(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325u64, |sum, &b| {
+        (sum ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    }) ^ data.len() as u64
+}
+
+/// A request: `nonce (8 bytes) | delay in µs (4 bytes) | filler`. The reply echoes the whole
+/// request and appends its checksum, so a reply carries the identity of the call it answers.
+fn request(nonce: u64, delay_us: u32, len: usize) -> Vec<u8> {
+    let len = len.max(12);
+    let mut r = vec![0u8; len];
+    r[..8].copy_from_slice(&nonce.to_le_bytes());
+    r[8..12].copy_from_slice(&delay_us.to_le_bytes());
+    for (i, b) in r[12..].iter_mut().enumerate() {
+        *b = (nonce as usize).wrapping_mul(31).wrapping_add(i) as u8;
+    }
+    r
+}
+
+fn delay_of(request: &[u8]) -> Duration {
+    let us = request
+        .get(8..12)
+        .map_or(0, |b| u32::from_le_bytes(b.try_into().unwrap()));
+    Duration::from_micros(u64::from(us))
+}
+
+fn answer(request: &[u8], reply: &mut Vec<u8>) {
+    reply.extend_from_slice(request);
+    reply.extend_from_slice(&checksum(request).to_le_bytes());
+}
+
+/// Fails the test unless `reply` answers `request` (and no other call).
+fn check_reply(request: &[u8], reply: &[u8]) {
+    assert_eq!(reply.len(), request.len() + 8, "reply length");
+    assert!(
+        reply[..8] == request[..8],
+        "reply to call {} delivered to call {}",
+        u64::from_le_bytes(reply[..8].try_into().unwrap()),
+        u64::from_le_bytes(request[..8].try_into().unwrap()),
+    );
+    assert!(reply[..request.len()] == *request, "reply bytes");
+    assert_eq!(reply[request.len()..], checksum(request).to_le_bytes());
+}
+
+fn blocking_service(request: &[u8], reply: &mut Vec<u8>) {
+    let delay = delay_of(request);
+    if !delay.is_zero() {
+        std::thread::sleep(delay);
+    }
+    answer(request, reply);
+}
+
+/// `count:N` streams the items `0`, `1`, ... `N-1` (decimal text), each padded to 64 bytes.
+fn stream_service(request: &[u8], sink: &mut StreamSink) -> memlink::Result<()> {
+    let n: u64 = std::str::from_utf8(request.strip_prefix(b"count:").unwrap_or(b"0"))
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    for i in 0..n {
+        let mut item = i.to_string().into_bytes();
+        item.resize(64, b' ');
+        sink.send(&item)?;
+    }
+    Ok(())
+}
+
+fn item_number(item: &[u8]) -> u64 {
+    std::str::from_utf8(item).unwrap().trim().parse().unwrap()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Deterministic pseudo-random numbers (xorshift), so failures reproduce.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+// --- child roles -------------------------------------------------------------------------------
+
+/// A blocking server until its stdin closes or it is killed. Args: name, workers.
+fn blocking_server(args: &[String]) {
+    let workers = args.get(1).and_then(|w| w.parse().ok()).unwrap_or(2);
+    let server = Server::options().workers(workers).bind(&args[0]).unwrap();
+    let stop = server.shutdown_handle();
+    std::thread::spawn(move || {
+        await_parent();
+        stop.shutdown();
+    });
+    report("ready");
+    server.serve_with(blocking_service, stream_service).unwrap();
+}
+
+/// A blocking client making `calls` calls, checking each reply. Args: name, calls.
+fn blocking_client(args: &[String]) {
+    let client = Client::connect_timeout(&args[0], WATCHDOG).unwrap();
+    let calls: u64 = args[1].parse().unwrap();
+    let mut reply = Vec::new();
+    for nonce in 0..calls {
+        let request = request(nonce, 0, 16 + (nonce as usize % 300));
+        client.call_into(&request, &mut reply).unwrap();
+        check_reply(&request, &reply);
+    }
+    report("done");
+}
+
+fn start_blocking_server(name: &str, workers: usize) -> ChildProcess {
+    let mut server = ChildProcess::spawn("blocking_server", &[name, &workers.to_string()]);
+    server.expect_line("ready");
+    server
+}
+
+// --- rpc: async client ---------------------------------------------------------------------------
+
+#[test]
+fn a_thousand_concurrent_calls_from_one_thread() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-1000");
+    let _server = start_blocking_server(&name, 2);
+    runtime().block_on(async {
+        let client = ClientOptions::new()
+            .max_concurrent_calls(16)
+            .connect_async_timeout(&name, WATCHDOG)
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for nonce in 0..1000u64 {
+            let client = client.clone();
+            tasks.spawn(async move {
+                let request = request(nonce, 0, 16 + (nonce as usize * 7) % 2000);
+                let reply = client.call(&request).await.unwrap();
+                check_reply(&request, &reply);
+            });
+        }
+        let mut done = 0;
+        while let Some(joined) = tasks.join_next().await {
+            joined.unwrap();
+            done += 1;
+        }
+        assert_eq!(done, 1000);
+        eprintln!("1000 concurrent async calls in {:?}", started.elapsed());
+    });
+    common::assert_no_leftovers(&name);
+}
+
+#[test]
+fn async_calls_see_the_same_errors_and_reuse_their_buffer() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-basic");
+    let _server = start_blocking_server(&name, 1);
+    runtime().block_on(async {
+        let client = AsyncClient::connect_timeout(&name, WATCHDOG).await.unwrap();
+        assert_eq!(client.name(), name);
+        let mut reply = Vec::new();
+        for nonce in 0..200 {
+            // Up to 400 KB: larger than the ring, so requests and replies go in fragments.
+            let request = request(nonce, 0, (nonce as usize * 2003) % 400_000);
+            client.call_into(&request, &mut reply).await.unwrap();
+            check_reply(&request, &reply);
+        }
+        let too_big = vec![0u8; client.max_message_size() + 1];
+        assert!(matches!(
+            client.call(&too_big).await,
+            Err(Error::MessageTooLarge { .. })
+        ));
+        // A deadline that travels with the request: a slow handler makes it time out.
+        let slow = request(7, 300_000, 16);
+        let e = client
+            .call_timeout(&slow, Duration::from_millis(30))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::Timeout | Error::NotExecuted { .. }),
+            "{e:?}"
+        );
+        // And the client goes on.
+        let request = request(8, 0, 100);
+        check_reply(&request, &client.call(&request).await.unwrap());
+    });
+}
+
+#[test]
+fn an_async_client_on_a_multi_thread_runtime() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-mt");
+    let _server = start_blocking_server(&name, 2);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = AsyncClient::connect_timeout(&name, WATCHDOG).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for task in 0..8u64 {
+            let client = client.clone();
+            tasks.spawn(async move {
+                for i in 0..100u64 {
+                    let request = request(task << 32 | i, 0, 40 + i as usize);
+                    check_reply(&request, &client.call(&request).await.unwrap());
+                }
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.unwrap();
+        }
+    });
+}
+
+#[test]
+fn a_blocking_client_and_an_async_client_share_a_server() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-mixed");
+    let _server = start_blocking_server(&name, 2);
+    let mut blocking = ChildProcess::spawn("blocking_client", &[&name, "2000"]);
+    runtime().block_on(async {
+        let client = AsyncClient::connect_timeout(&name, WATCHDOG).await.unwrap();
+        for nonce in 0..2000 {
+            let request = request(nonce, 0, 16 + (nonce as usize % 500));
+            check_reply(&request, &client.call(&request).await.unwrap());
+        }
+    });
+    blocking.expect_line("done");
+    blocking.wait_success();
+}
+
+/// The calls in flight when the server is SIGKILLed all end within moments: those whose request
+/// the server had taken with `Disconnected`, those it had not (waiting for a connection, or
+/// behind a busy worker) with `NotExecuted { ServerGone }`, as in the blocking API.
+#[test]
+fn sigkill_of_the_server_wakes_every_pending_call() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-kill");
+    let mut server = start_blocking_server(&name, 8);
+    runtime().block_on(async {
+        let client = ClientOptions::new()
+            .max_concurrent_calls(8)
+            .connect_async_timeout(&name, WATCHDOG)
+            .await
+            .unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        let ended = Arc::new(std::sync::Mutex::new(Vec::new()));
+        for nonce in 0..200u64 {
+            let client = client.clone();
+            let ended = ended.clone();
+            tasks.spawn(async move {
+                // A minute: only the kill ends these calls.
+                let request = request(nonce, 60_000_000, 16);
+                let result = client.call(&request).await;
+                ended.lock().unwrap().push(Instant::now());
+                result
+            });
+        }
+        // Let every connection open and its call reach a worker.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(ended.lock().unwrap().is_empty(), "a call ended early");
+        let killed = Instant::now();
+        server.sigkill();
+        let (mut disconnected, mut not_executed) = (0, 0);
+        while let Some(joined) = tasks.join_next().await {
+            match joined.unwrap() {
+                Err(Error::Disconnected { .. }) => disconnected += 1,
+                // Never sent: waiting for a connection, then finding no server.
+                Err(
+                    Error::NotExecuted {
+                        reason: NotExecuted::ServerGone,
+                        ..
+                    }
+                    | Error::NotRunning { .. },
+                ) => not_executed += 1,
+                other => panic!("a pending call ended with {other:?}"),
+            }
+        }
+        let last = ended.lock().unwrap().iter().max().copied().unwrap();
+        let took = last.duration_since(killed);
+        eprintln!(
+            "SIGKILL woke 200 pending calls in {took:?}: {disconnected} Disconnected, \
+             {not_executed} NotExecuted(ServerGone) or NotRunning"
+        );
+        assert_eq!(
+            disconnected, 8,
+            "every call the server had taken is Disconnected"
+        );
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+    });
+    server.kill_and_reap();
+    common::assert_no_leftovers(&name);
+}
+
+/// Futures dropped at random points (waiting for a connection, writing a request larger than
+/// the ring, waiting for the reply, reading a reply in fragments): the next call always gets its
+/// own reply.
+#[test]
+fn calls_dropped_at_random_points_never_get_a_wrong_reply() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-cancel");
+    let _server = start_blocking_server(&name, 2);
+    runtime().block_on(async {
+        let client = ClientOptions::new()
+            .max_concurrent_calls(4)
+            .connect_async_timeout(&name, WATCHDOG)
+            .await
+            .unwrap();
+        let mut rng = Rng(0x5eed_0001);
+        let (mut dropped, mut completed) = (0, 0);
+        let started = Instant::now();
+        let mut nonce = 0u64;
+        for round in 0..600u64 {
+            // One call cut short, sometimes with others running beside it.
+            let len = match rng.below(4) {
+                0 => 300_000, // more than the 128 KiB ring: written and read in parts
+                1 => 40_000,
+                _ => 16 + rng.below(200) as usize,
+            };
+            let delay = if rng.below(3) == 0 {
+                rng.below(300) as u32
+            } else {
+                0
+            };
+            let cut = Duration::from_micros(rng.below(400));
+            nonce += 1;
+            let doomed = request(nonce, delay, len);
+            let beside = rng.below(4) == 0;
+            let others: Vec<_> = (0..if beside { 6 } else { 0 })
+                .map(|_| {
+                    nonce += 1;
+                    let client = client.clone();
+                    let request = request(nonce, 0, 16 + rng.below(3000) as usize);
+                    tokio::spawn(async move {
+                        let reply = client.call(&request).await.unwrap();
+                        check_reply(&request, &reply);
+                    })
+                })
+                .collect();
+            match tokio::time::timeout(cut, client.call(&doomed)).await {
+                Ok(reply) => {
+                    check_reply(&doomed, &reply.unwrap());
+                    completed += 1;
+                }
+                Err(_) => dropped += 1,
+            }
+            for other in others {
+                other.await.unwrap();
+            }
+            // The next call on the (possibly reused) connection gets its own reply.
+            nonce += 1;
+            let next = request(nonce, 0, 16 + (round as usize % 700));
+            let reply = client.call(&next).await.unwrap();
+            check_reply(&next, &reply);
+        }
+        eprintln!(
+            "{dropped} calls dropped part-way and {completed} completed in {:?}",
+            started.elapsed()
+        );
+        assert!(dropped > 50, "too few calls were cut short ({dropped})");
+    });
+}
+
+/// Many concurrent calls, each under a random timeout, all at once: every call that completes
+/// has its own reply.
+#[test]
+fn concurrent_calls_under_random_timeouts() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-cancel-many");
+    let _server = start_blocking_server(&name, 2);
+    runtime().block_on(async {
+        let client = ClientOptions::new()
+            .max_concurrent_calls(8)
+            .connect_async_timeout(&name, WATCHDOG)
+            .await
+            .unwrap();
+        let completed = Arc::new(AtomicUsize::new(0));
+        for wave in 0..10u64 {
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..200u64 {
+                let client = client.clone();
+                let completed = completed.clone();
+                let mut rng = Rng(wave << 32 | i | 1);
+                tasks.spawn(async move {
+                    let len = if rng.below(8) == 0 {
+                        200_000
+                    } else {
+                        16 + rng.below(900) as usize
+                    };
+                    let request = request(wave << 32 | i, rng.below(100) as u32, len);
+                    let cut = Duration::from_micros(rng.below(20_000));
+                    if let Ok(reply) = tokio::time::timeout(cut, client.call(&request)).await {
+                        check_reply(&request, &reply.unwrap());
+                        completed.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            while let Some(joined) = tasks.join_next().await {
+                joined.unwrap();
+            }
+            let request = request(u64::MAX - wave, 0, 64);
+            check_reply(&request, &client.call(&request).await.unwrap());
+        }
+        eprintln!(
+            "{} of 2000 calls under random timeouts completed",
+            completed.load(Ordering::Relaxed)
+        );
+    });
+}
+
+#[test]
+fn async_streams_survive_dropped_nexts_and_cancel_when_dropped() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-stream");
+    let _server = start_blocking_server(&name, 1);
+    runtime().block_on(async {
+        let client = ClientOptions::new()
+            .max_concurrent_calls(1)
+            .connect_async_timeout(&name, WATCHDOG)
+            .await
+            .unwrap();
+        // Whole streams, each `next` cut short now and then: nothing is lost or repeated.
+        let mut rng = Rng(42);
+        for _ in 0..20 {
+            let mut stream = client.call_stream(b"count:500").await.unwrap();
+            let mut expected = 0;
+            let mut item = Vec::new();
+            loop {
+                let cut = Duration::from_micros(rng.below(50));
+                match tokio::time::timeout(cut, stream.next_into(&mut item)).await {
+                    Err(_) => continue,
+                    Ok(Ok(true)) => {
+                        assert_eq!(item_number(&item), expected);
+                        expected += 1;
+                    }
+                    Ok(Ok(false)) => break,
+                    Ok(Err(e)) => panic!("stream failed: {e:?}"),
+                }
+            }
+            assert_eq!(expected, 500);
+        }
+        // Streams dropped part-way (the only connection goes on serving calls).
+        for round in 0..50u64 {
+            let mut stream = client.call_stream(b"count:100000").await.unwrap();
+            for expected in 0..(round % 7) {
+                let item = stream.next().await.unwrap().unwrap();
+                assert_eq!(item_number(&item), expected);
+            }
+            drop(stream);
+            let request = request(round, 0, 32);
+            check_reply(&request, &client.call(&request).await.unwrap());
+        }
+    });
+}
+
+#[test]
+fn async_client_outside_a_runtime_is_an_error() {
+    // Polled by a runtime without tokio's context: memlink says so instead of panicking.
+    let name = unique_name("async-nort");
+    let result = std::thread::spawn(move || {
+        use std::future::Future;
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut future = std::pin::pin!(AsyncClient::connect(&name));
+        match future.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(result) => result.map(drop),
+            std::task::Poll::Pending => Ok(()),
+        }
+    })
+    .join()
+    .unwrap();
+    assert!(
+        matches!(result, Err(Error::InvalidOptions { .. })),
+        "{}",
+        result.map_or_else(|e| variant(&e), |()| "Ok".into())
+    );
+}
