@@ -37,6 +37,8 @@ mod platform;
 pub mod pubsub;
 pub mod rpc;
 
+#[cfg(feature = "tokio")]
+pub use duplex::AsyncDuplex;
 pub use duplex::{Duplex, DuplexOptions, TrySendError};
 pub use error::{Error, NotExecuted, Payload, Result, StartLimit};
 pub use memory::header::ObjectKind;
@@ -44,6 +46,8 @@ pub use memory::inventory;
 pub use memory::name::{MAX_NAME_LEN, validate_name};
 pub use memory::segment::{Permissions, Segment, SegmentOptions};
 pub use memory::sync::{Event, EventMode, Lock, Mutex, MutexGuard, OwnerDiedGuard, Semaphore};
+#[cfg(feature = "tokio")]
+pub use pubsub::{AsyncMessageHandler, AsyncSubscriber};
 pub use pubsub::{
     Loan, MessageHandler, Publisher, PublisherOptions, Sample, Subscriber, SubscriberOptions,
 };

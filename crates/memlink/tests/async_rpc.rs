@@ -10,14 +10,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{ChildProcess, WATCHDOG, Watchdog, await_parent, report, unique_name, variant};
+use memlink::pubsub::AsyncSubscriber;
 use memlink::rpc::AsyncClient;
-use memlink::{Client, ClientOptions, Error, NotExecuted, Server, StreamSink};
+use memlink::{
+    AsyncDuplex, Client, ClientOptions, Duplex, Error, NotExecuted, Publisher, Server, StreamSink,
+};
 
 #[test]
 fn child_main() {
     common::run_child(&[
         ("blocking_server", blocking_server),
         ("blocking_client", blocking_client),
+        ("duplex_echo", duplex_echo),
+        ("duplex_park", duplex_park),
+        ("publisher", publisher),
     ]);
 }
 
@@ -140,6 +146,45 @@ fn blocking_client(args: &[String]) {
         check_reply(&request, &reply);
     }
     report("done");
+}
+
+/// A blocking duplex end that sends back every message it receives, until the peer is gone.
+/// Args: name.
+fn duplex_echo(args: &[String]) {
+    let chan = Duplex::open_timeout(&args[0], WATCHDOG).unwrap();
+    report("paired");
+    let mut message = Vec::new();
+    while chan.recv_into(&mut message).is_ok() {
+        if chan.send(&message).is_err() {
+            break;
+        }
+    }
+}
+
+/// A blocking duplex end that pairs and then neither sends nor receives. Args: name.
+fn duplex_park(args: &[String]) {
+    let _chan = Duplex::open_timeout(&args[0], WATCHDOG).unwrap();
+    report("paired");
+    common::park_until_killed();
+}
+
+/// A reliable publisher: once the parent says how many, publishes that many samples (each its
+/// sequence number, padded to its own length), then parks. Args: topic.
+fn publisher(args: &[String]) {
+    let mut publisher = Publisher::options()
+        .capacity(64)
+        .reliable(WATCHDOG)
+        .create(&args[0])
+        .unwrap();
+    report("created");
+    let n: u64 = await_parent().parse().unwrap();
+    for seq in 0..n {
+        let mut sample = seq.to_le_bytes().to_vec();
+        sample.resize(8 + (seq as usize % 200), seq as u8);
+        publisher.publish(&sample).unwrap();
+    }
+    report("published");
+    common::park_until_killed();
 }
 
 fn start_blocking_server(name: &str, workers: usize) -> ChildProcess {
@@ -508,4 +553,192 @@ fn async_client_outside_a_runtime_is_an_error() {
         "{}",
         result.map_or_else(|e| variant(&e), |()| "Ok".into())
     );
+}
+
+// --- duplex ----------------------------------------------------------------------------------------
+
+/// A message of its own: `seq | filler`, `len` bytes (at least 8).
+fn numbered(seq: u64, len: usize) -> Vec<u8> {
+    let mut m = vec![0u8; len.max(8)];
+    m[..8].copy_from_slice(&seq.to_le_bytes());
+    for (i, b) in m[8..].iter_mut().enumerate() {
+        *b = (seq as usize ^ i) as u8;
+    }
+    m
+}
+
+#[test]
+fn an_async_duplex_talks_to_a_blocking_one_with_cancelled_receives() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-duplex");
+    let mut peer = ChildProcess::spawn("duplex_echo", &[&name]);
+    let rt = runtime();
+    rt.block_on(async {
+        let chan = Arc::new(AsyncDuplex::open_timeout(&name, WATCHDOG).await.unwrap());
+        peer.expect_line("paired");
+        const COUNT: u64 = 600;
+        let sizes = |seq: u64| match seq % 5 {
+            0 => 300_000, // larger than the ring: streams through in parts
+            1 => 20_000,
+            _ => 8 + (seq as usize * 13) % 900,
+        };
+        let sender = {
+            let chan = chan.clone();
+            tokio::spawn(async move {
+                for seq in 0..COUNT {
+                    chan.send(&numbered(seq, sizes(seq))).await.unwrap();
+                }
+            })
+        };
+        // Receives cut short at random moments lose nothing: every message comes back whole
+        // and in order.
+        let mut rng = Rng(7);
+        let mut message = Vec::new();
+        let mut expected = 0;
+        let mut cut_short = 0;
+        while expected < COUNT {
+            let cut = Duration::from_micros(rng.below(300));
+            match tokio::time::timeout(cut, chan.recv_into(&mut message)).await {
+                Err(_) => cut_short += 1,
+                Ok(received) => {
+                    received.unwrap();
+                    assert_eq!(
+                        message,
+                        numbered(expected, sizes(expected)),
+                        "message {expected}"
+                    );
+                    expected += 1;
+                }
+            }
+        }
+        sender.await.unwrap();
+        eprintln!("{COUNT} messages echoed, {cut_short} receives cut short");
+        assert!(cut_short > 0);
+    });
+    drop(rt);
+    peer.wait_success();
+    common::assert_no_leftovers(&name);
+}
+
+#[test]
+fn sigkill_of_the_duplex_peer_wakes_a_pending_send_and_recv() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-duplex-kill");
+    let mut peer = ChildProcess::spawn("duplex_park", &[&name]);
+    runtime().block_on(async {
+        let chan = Arc::new(AsyncDuplex::open_timeout(&name, WATCHDOG).await.unwrap());
+        peer.expect_line("paired");
+        // Fill the ring: the peer reads nothing, so the next send waits for room.
+        let mut filled = 0;
+        while chan.try_send(vec![1u8; 1000]).is_ok() {
+            filled += 1;
+        }
+        assert!(filled > 0);
+        let receiving = {
+            let chan = chan.clone();
+            tokio::spawn(async move { (chan.recv().await, Instant::now()) })
+        };
+        let sending = {
+            let chan = chan.clone();
+            tokio::spawn(async move { (chan.send(&[2u8; 1000]).await, Instant::now()) })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!receiving.is_finished() && !sending.is_finished());
+        let killed = Instant::now();
+        peer.sigkill();
+        let (received, received_at) = receiving.await.unwrap();
+        let (sent, sent_at) = sending.await.unwrap();
+        assert!(
+            matches!(received, Err(Error::Disconnected { .. })),
+            "{received:?}"
+        );
+        assert!(matches!(sent, Err(Error::Disconnected { .. })), "{sent:?}");
+        let took = received_at.max(sent_at).duration_since(killed);
+        eprintln!("SIGKILL woke the pending send and recv in {took:?}");
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        // And the channel stays closed.
+        assert!(matches!(
+            chan.send(b"x").await,
+            Err(Error::Disconnected { .. })
+        ));
+    });
+    peer.kill_and_reap();
+}
+
+// --- publish/subscribe ----------------------------------------------------------------------------
+
+#[test]
+fn an_async_subscriber_receives_every_sample_and_sees_the_publisher_die() {
+    let _watchdog = Watchdog::arm();
+    let topic = unique_name("async-sub");
+    let mut publisher = ChildProcess::spawn("publisher", &[&topic]);
+    publisher.expect_line("created");
+    runtime().block_on(async {
+        let mut subscriber = AsyncSubscriber::subscribe_timeout(&topic, WATCHDOG)
+            .await
+            .unwrap();
+        assert_eq!(subscriber.publisher_pid(), Some(publisher.pid()));
+        const COUNT: u64 = 5000;
+        publisher.tell(&COUNT.to_string());
+        let mut rng = Rng(99);
+        let mut expected = 0;
+        while expected < COUNT {
+            // Receives cut short take nothing: no sample is skipped.
+            let cut = Duration::from_micros(rng.below(100));
+            let Ok(sample) = tokio::time::timeout(cut, subscriber.recv()).await else {
+                continue;
+            };
+            let sample = sample.unwrap();
+            assert_eq!(sample[..8], expected.to_le_bytes(), "sample {expected}");
+            assert_eq!(sample.len(), 8 + (expected as usize % 200));
+            expected += 1;
+        }
+        publisher.expect_line("published");
+        let pending =
+            tokio::spawn(async move { (subscriber.recv().await.map(drop), Instant::now()) });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let killed = Instant::now();
+        publisher.sigkill();
+        let (result, at) = pending.await.unwrap();
+        assert!(
+            matches!(result, Err(Error::Disconnected { .. })),
+            "{result:?}"
+        );
+        let took = at.duration_since(killed);
+        eprintln!("SIGKILL of the publisher woke the subscriber in {took:?}");
+        assert!(took < Duration::from_secs(2));
+    });
+    publisher.kill_and_reap();
+    common::assert_no_leftovers(&topic);
+}
+
+#[test]
+fn the_async_callback_form_runs_for_every_sample() {
+    let _watchdog = Watchdog::arm();
+    let topic = unique_name("async-sub-cb");
+    let mut publisher = ChildProcess::spawn("publisher", &[&topic]);
+    publisher.expect_line("created");
+    runtime().block_on(async {
+        let subscriber = AsyncSubscriber::subscribe_timeout(&topic, WATCHDOG)
+            .await
+            .unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let handler = subscriber.on_message(move |sample| {
+            let tx = tx.clone();
+            async move {
+                let seq = sample.map(|s| u64::from_le_bytes(s[..8].try_into().unwrap()));
+                let _ = tx.send(seq);
+            }
+        });
+        publisher.tell("300");
+        for expected in 0..300u64 {
+            let got = tokio::time::timeout(WATCHDOG, rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.unwrap(), expected);
+        }
+        drop(handler);
+    });
+    publisher.kill_and_reap();
 }
