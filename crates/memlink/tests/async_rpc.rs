@@ -21,6 +21,7 @@ fn child_main() {
     common::run_child(&[
         ("blocking_server", blocking_server),
         ("blocking_client", blocking_client),
+        ("async_server", async_server),
         ("duplex_echo", duplex_echo),
         ("duplex_park", duplex_park),
         ("publisher", publisher),
@@ -133,6 +134,41 @@ fn blocking_server(args: &[String]) {
     });
     report("ready");
     server.serve_with(blocking_service, stream_service).unwrap();
+}
+
+/// An async server (`serve_async` on a current-thread runtime) until its stdin closes (then
+/// it shuts down and says so) or it is killed. Args: name. A request `panic` panics the handler.
+fn async_server(args: &[String]) {
+    let server = Server::options()
+        .shutdown_grace(Duration::from_secs(2))
+        .bind(&args[0])
+        .unwrap();
+    let stop = server.shutdown_handle();
+    std::thread::spawn(move || {
+        await_parent();
+        stop.shutdown();
+    });
+    report("ready");
+    runtime()
+        .block_on(server.serve_async(|request: Vec<u8>| async move {
+            assert!(request != b"panic", "the test handler was asked to panic");
+            let delay = delay_of(&request);
+            if !delay.is_zero() {
+                // Awaits: the runtime's one thread serves the other connections meanwhile.
+                tokio::time::sleep(delay).await;
+            }
+            let mut reply = Vec::with_capacity(request.len() + 8);
+            answer(&request, &mut reply);
+            reply
+        }))
+        .unwrap();
+    report("stopped");
+}
+
+fn start_async_server(name: &str) -> ChildProcess {
+    let mut server = ChildProcess::spawn("async_server", &[name]);
+    server.expect_line("ready");
+    server
 }
 
 /// A blocking client making `calls` calls, checking each reply. Args: name, calls.
@@ -553,6 +589,114 @@ fn async_client_outside_a_runtime_is_an_error() {
         "{}",
         result.map_or_else(|e| variant(&e), |()| "Ok".into())
     );
+}
+
+// --- rpc: async server ------------------------------------------------------------------------
+
+/// Blocking clients against a server whose handler awaits: 40 calls that each wait 300 ms are
+/// answered side by side by one thread, not one after the other.
+#[test]
+fn blocking_clients_against_an_async_server_whose_handlers_await() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-server");
+    let mut server = start_async_server(&name);
+    let client = Arc::new(
+        ClientOptions::new()
+            .max_concurrent_calls(40)
+            .connect_timeout(&name, WATCHDOG)
+            .unwrap(),
+    );
+    // Quick calls of every size first (fragments both ways).
+    let mut reply = Vec::new();
+    for nonce in 0..300 {
+        let request = request(nonce, 0, (nonce as usize * 1499) % 300_000);
+        client.call_into(&request, &mut reply).unwrap();
+        check_reply(&request, &reply);
+    }
+    assert!(matches!(
+        client.call(b"panic"),
+        Err(Error::HandlerPanicked { .. })
+    ));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..40u64)
+        .map(|i| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                let request = request(1000 + i, 300_000, 64);
+                check_reply(&request, &client.call(&request).unwrap());
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    let took = started.elapsed();
+    eprintln!("40 calls whose handlers each await 300 ms took {took:?} on one server thread");
+    assert!(
+        took < Duration::from_secs(4),
+        "handlers ran one after the other: {took:?}"
+    );
+    // Shutdown: the server stops, its name is free.
+    drop(client);
+    server.tell("stop");
+    server.expect_line("stopped");
+    server.wait_success();
+    assert!(matches!(
+        Client::connect(&name),
+        Err(Error::NotRunning { .. })
+    ));
+    common::assert_no_leftovers(&name);
+}
+
+#[test]
+fn async_client_against_async_server_a_thousand_at_once_and_sigkill() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-async");
+    let mut server = start_async_server(&name);
+    runtime().block_on(async {
+        let client = ClientOptions::new()
+            .max_concurrent_calls(64)
+            .connect_async_timeout(&name, WATCHDOG)
+            .await
+            .unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for nonce in 0..1000u64 {
+            let client = client.clone();
+            tasks.spawn(async move {
+                let request = request(nonce, (nonce % 10) as u32 * 100, 16 + nonce as usize % 900);
+                check_reply(&request, &client.call(&request).await.unwrap());
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.unwrap();
+        }
+        // 64 calls the server has all taken (its handlers await), then SIGKILL.
+        let mut tasks = tokio::task::JoinSet::new();
+        for nonce in 0..64u64 {
+            let client = client.clone();
+            tasks.spawn(async move {
+                let result = client.call(&request(nonce, 60_000_000, 16)).await;
+                (result, Instant::now())
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let killed = Instant::now();
+        server.sigkill();
+        let mut last = killed;
+        while let Some(joined) = tasks.join_next().await {
+            let (result, at) = joined.unwrap();
+            assert!(
+                matches!(result, Err(Error::Disconnected { .. })),
+                "{result:?}"
+            );
+            last = last.max(at);
+        }
+        let took = last.duration_since(killed);
+        eprintln!("SIGKILL of an async server woke 64 pending calls with Disconnected in {took:?}");
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+    });
+    server.kill_and_reap();
+    common::assert_no_leftovers(&name);
 }
 
 // --- duplex ----------------------------------------------------------------------------------------

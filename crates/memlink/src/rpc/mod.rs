@@ -83,6 +83,8 @@ pub use handler::{CallContext, CallHandler, HandlerError};
 pub use handler::{Typed, typed};
 pub use launch::ServerCommand;
 pub use protocol::{ConnectionStats, HandlerLatency, Stats};
+#[cfg(feature = "tokio")]
+pub use server::{AsyncCallHandler, AsyncHandler};
 pub use server::{Handler, Server, ServerOptions, ShutdownHandle};
 pub use stream::{StreamHandler, StreamSink};
 
