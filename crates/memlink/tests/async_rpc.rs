@@ -13,7 +13,8 @@ use common::{ChildProcess, WATCHDOG, Watchdog, await_parent, report, unique_name
 use memlink::pubsub::AsyncSubscriber;
 use memlink::rpc::AsyncClient;
 use memlink::{
-    AsyncDuplex, Client, ClientOptions, Duplex, Error, NotExecuted, Publisher, Server, StreamSink,
+    AsyncDuplex, Client, ClientOptions, Duplex, Error, Event, EventMode, Lock, Mutex, NotExecuted,
+    Publisher, Segment, Semaphore, Server, StreamSink,
 };
 
 #[test]
@@ -25,6 +26,10 @@ fn child_main() {
         ("duplex_echo", duplex_echo),
         ("duplex_park", duplex_park),
         ("publisher", publisher),
+        ("event_echo", event_echo),
+        ("sem_poster", sem_poster),
+        ("mutex_counter", mutex_counter),
+        ("mutex_hold_and_park", mutex_hold_and_park),
     ]);
 }
 
@@ -220,6 +225,70 @@ fn publisher(args: &[String]) {
         publisher.publish(&sample).unwrap();
     }
     report("published");
+    common::park_until_killed();
+}
+
+/// Answers each set of `ping` with a set of `pong`, `rounds` times. Args: ping, pong, rounds.
+fn event_echo(args: &[String]) {
+    let ping = Event::open(&args[0]).unwrap();
+    let pong = Event::open(&args[1]).unwrap();
+    for _ in 0..args[2].parse::<usize>().unwrap() {
+        ping.wait_timeout(WATCHDOG).unwrap();
+        pong.set().unwrap();
+    }
+    report("done");
+}
+
+/// Posts the semaphore once per line the parent writes (a number: that many posts).
+/// Args: name.
+fn sem_poster(args: &[String]) {
+    let sem = Semaphore::open(&args[0]).unwrap();
+    loop {
+        let line = await_parent();
+        let Ok(n) = line.parse::<usize>() else { return };
+        for _ in 0..n {
+            sem.post().unwrap();
+        }
+        report("posted");
+    }
+}
+
+const COUNTER_AT: usize = 64;
+
+fn read_counter(segment: &Segment) -> u64 {
+    let mut b = [0u8; 8];
+    segment.read(COUNTER_AT, &mut b).unwrap();
+    u64::from_le_bytes(b)
+}
+
+/// Increments the counter in the segment `count` times under the blocking lock (a
+/// deliberately non-atomic read-modify-write). Args: segment, count.
+fn mutex_counter(args: &[String]) {
+    let segment = Segment::open(&args[0]).unwrap();
+    let mutex = Mutex::open_in(&segment, 0).unwrap();
+    for i in 0..args[1].parse::<usize>().unwrap() {
+        let Lock::Acquired(guard) = mutex.lock_timeout(WATCHDOG).unwrap() else {
+            panic!("nobody died")
+        };
+        let value = read_counter(&segment);
+        if i % 16 == 0 {
+            std::thread::yield_now();
+        }
+        segment
+            .write(COUNTER_AT, &(value + 1).to_le_bytes())
+            .unwrap();
+        guard.unlock().unwrap();
+    }
+    report("done");
+}
+
+/// Locks the mutex and parks until killed. Args: name.
+fn mutex_hold_and_park(args: &[String]) {
+    let mutex = Mutex::open(&args[0]).unwrap();
+    let Lock::Acquired(_guard) = mutex.lock_timeout(WATCHDOG).unwrap() else {
+        panic!("unexpected owner-died")
+    };
+    report("locked");
     common::park_until_killed();
 }
 
@@ -885,4 +954,168 @@ fn the_async_callback_form_runs_for_every_sample() {
         drop(handler);
     });
     publisher.kill_and_reap();
+}
+
+// --- synchronisation primitives -------------------------------------------------------------------
+
+#[test]
+fn async_event_waits_ping_pong_with_a_blocking_process() {
+    let _watchdog = Watchdog::arm();
+    let (ping_name, pong_name) = (unique_name("aping"), unique_name("apong"));
+    let ping = Event::create(&ping_name, EventMode::AutoReset).unwrap();
+    let pong = Event::create(&pong_name, EventMode::AutoReset).unwrap();
+    let mut child = ChildProcess::spawn("event_echo", &[&ping_name, &pong_name, "300"]);
+    runtime().block_on(async {
+        for _ in 0..300 {
+            ping.set().unwrap();
+            pong.wait_async_timeout(WATCHDOG).await.unwrap();
+        }
+        // A wait dropped part-way consumes nothing.
+        for _ in 0..50 {
+            let _ = tokio::time::timeout(Duration::from_micros(300), pong.wait_async()).await;
+        }
+        pong.set().unwrap();
+        pong.wait_async_timeout(Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(matches!(
+            pong.wait_async_timeout(Duration::from_millis(20)).await,
+            Err(Error::Timeout)
+        ));
+    });
+    child.expect_line("done");
+    child.wait_success();
+    drop((ping, pong));
+    common::assert_no_leftovers(&ping_name);
+    common::assert_no_leftovers(&pong_name);
+}
+
+/// Waits dropped at random moments, some while units arrive, never take a unit they do not
+/// return: every posted unit is acquired exactly once.
+#[test]
+fn dropped_async_semaphore_waits_take_nothing() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("asem");
+    let sem = Arc::new(Semaphore::create(&name, 0).unwrap());
+    let mut poster = ChildProcess::spawn("sem_poster", &[&name]);
+    runtime().block_on(async {
+        // Nothing posted: waits cut short leave the count alone.
+        for i in 0..100u64 {
+            let cut = Duration::from_micros(i * 37 % 2000);
+            assert!(tokio::time::timeout(cut, sem.wait_async()).await.is_err());
+        }
+        assert_eq!(sem.value().unwrap(), 0);
+        // 16 tasks wait with random timeouts while the child posts 400 units in bursts.
+        let acquired = Arc::new(AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..16u64 {
+            let (sem, acquired) = (sem.clone(), acquired.clone());
+            tasks.spawn(async move {
+                let mut rng = Rng(t + 11);
+                while acquired.load(Ordering::SeqCst) < 400 {
+                    let cut = Duration::from_micros(rng.below(3000));
+                    if let Ok(waited) = tokio::time::timeout(cut, sem.wait_async()).await {
+                        waited.unwrap();
+                        acquired.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+        for _ in 0..8 {
+            poster.tell("50");
+            poster.expect_line("posted");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.unwrap();
+        }
+        assert_eq!(acquired.load(Ordering::SeqCst), 400, "units acquired");
+        assert_eq!(sem.value().unwrap(), 0, "units left");
+    });
+    poster.tell("stop");
+    poster.wait_success();
+    drop(sem);
+    common::assert_no_leftovers(&name);
+}
+
+#[test]
+fn async_lock_excludes_a_blocking_process_and_survives_dropped_waits() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("amutex");
+    let segment = Segment::create(&name, 128).unwrap();
+    let mutex = Mutex::create_in(&segment, 0).unwrap();
+    let mut worker = ChildProcess::spawn("mutex_counter", &[&name, "2000"]);
+    runtime().block_on(async {
+        let mut rng = Rng(5);
+        let mut done = 0;
+        while done < 2000 {
+            // Some lock attempts are cut short: none may leave the lock held.
+            let cut = Duration::from_micros(rng.below(200));
+            let Ok(lock) = tokio::time::timeout(cut, mutex.lock_async()).await else {
+                continue;
+            };
+            let Lock::Acquired(guard) = lock.unwrap() else {
+                panic!("nobody died")
+            };
+            let value = read_counter(&segment);
+            segment
+                .write(COUNTER_AT, &(value + 1).to_le_bytes())
+                .unwrap();
+            guard.unlock().unwrap();
+            done += 1;
+        }
+    });
+    worker.expect_line("done");
+    worker.wait_success();
+    assert_eq!(read_counter(&segment), 4000, "lost updates");
+    assert!(
+        mutex.try_lock().unwrap().is_some(),
+        "the lock was left held"
+    );
+}
+
+#[test]
+fn async_lock_gets_owner_died_when_the_holder_is_killed() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("amutex-died");
+    let mutex = Mutex::create(&name).unwrap();
+    let mut holder = ChildProcess::spawn("mutex_hold_and_park", &[&name]);
+    holder.expect_line("locked");
+    runtime().block_on(async {
+        assert!(matches!(
+            mutex.lock_async_timeout(Duration::from_millis(30)).await,
+            Err(Error::Timeout)
+        ));
+        for i in 0..20u64 {
+            let cut = Duration::from_micros(i * 500);
+            assert!(tokio::time::timeout(cut, mutex.lock_async()).await.is_err());
+        }
+        let killed = Instant::now();
+        holder.sigkill();
+        let lock = mutex.lock_async_timeout(WATCHDOG).await.unwrap();
+        eprintln!(
+            "the async lock was handed on {:?} after the holder's SIGKILL",
+            killed.elapsed()
+        );
+        let Lock::OwnerDied(recovering) = lock else {
+            panic!("owner death went unreported")
+        };
+        recovering.make_consistent().unwrap().unlock().unwrap();
+    });
+    holder.kill_and_reap();
+    assert!(matches!(mutex.try_lock().unwrap(), Some(Lock::Acquired(_))));
+    drop(mutex);
+    common::assert_no_leftovers(&name);
+}
+
+#[test]
+fn async_waits_are_send() {
+    fn send<T: Send>(_: &T) {}
+    let name = unique_name("asend");
+    let sem = Semaphore::create(&name, 1).unwrap();
+    let event = Event::create(&unique_name("asend-ev"), EventMode::AutoReset).unwrap();
+    let mutex = Mutex::create(&unique_name("asend-mx")).unwrap();
+    send(&sem.wait_async());
+    send(&event.wait_async());
+    send(&mutex.lock_async());
 }
