@@ -20,7 +20,7 @@ const SIZES: [usize; 4] = [64, 4096, 64 << 10, 1 << 20];
 const THROUGHPUT_CLIENTS: [usize; 4] = [1, 4, 16, 64];
 /// Pause before each "asleep" sample: far longer than any spin or yield budget, so the server
 /// (or the floor's peer) has parked and its CPU has gone idle.
-const IDLE_GAP: Duration = Duration::from_millis(2);
+pub(crate) const IDLE_GAP: Duration = Duration::from_millis(2);
 
 /// Command-line options of `memlink bench rpc`.
 #[derive(Debug, Clone)]
@@ -533,6 +533,11 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
     const IDLE_CONNECTIONS: usize = 1000;
     note(options.json, "memory of 1,000 idle connections:");
     let idle_memory = idle_connection_memory(IDLE_CONNECTIONS)?;
+    note(
+        options.json,
+        "async (a tokio client against the same server):",
+    );
+    let async_rows = crate::bench_async::measure(options)?;
 
     let find = |label: &str, size: usize| {
         latency
@@ -642,6 +647,7 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
             "isolation": latency_json(&isolation),
             "isolation_streamer_bytes_per_second": streamed,
             "idle_connections": {"count": IDLE_CONNECTIONS, "shared_memory_bytes": idle_memory},
+            "async": async_rows.json(),
             "targets": targets.iter().map(|t| json!({"target": t.what, "measured": t.measured, "goal": t.goal,
                 "higher_is_better": t.higher_is_better, "met": t.met()})).collect::<Vec<_>>(),
         });
@@ -706,6 +712,8 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
         uds_mib / 1e9,
         memcpy / 1e9
     );
+    println!();
+    async_rows.print();
     println!();
     println!("targets                                    measured     goal   met");
     for t in &targets {

@@ -22,7 +22,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use super::{Duplex, DuplexOptions, Failed, Outgoing, TrySendError, fits_whole};
 use crate::error::{Error, Result};
-use crate::link::asynchronous::AsyncWake;
+use crate::link::asynchronous::{AsyncPatience, AsyncWake};
 use crate::link::fragment::{fragment_at, fragment_lens};
 use crate::link::rendezvous;
 use crate::link::wake;
@@ -234,7 +234,7 @@ impl AsyncDuplex {
                     &duplex.name,
                     &duplex.map,
                     me,
-                    Duration::ZERO,
+                    AsyncPatience::default(),
                     deadline,
                     || duplex.rx().ring.has_data(),
                 )
@@ -363,7 +363,7 @@ impl AsyncDuplex {
                 &duplex.name,
                 &duplex.map,
                 me,
-                Duration::ZERO,
+                AsyncPatience::default(),
                 deadline,
                 || ready(&mut duplex.tx().ring),
             )

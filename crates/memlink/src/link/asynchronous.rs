@@ -41,6 +41,16 @@ pub(crate) const FIRST_LOOKS: u32 = 32;
 /// While spinning, the clock is read once per this many looks.
 const LOOKS_PER_CLOCK_READ: u32 = 64;
 
+/// How long a waiter stays runnable before it parks (see [`AsyncWake::wait`]); the default is
+/// not at all.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct AsyncPatience {
+    /// Looking at the rings without giving the thread up.
+    pub(crate) spin: Duration,
+    /// Yielding to the runtime's other tasks between looks.
+    pub(crate) yield_for: Duration,
+}
+
 /// What woke a park.
 #[derive(Debug, Default, Clone, Copy)]
 struct Woken {
@@ -115,20 +125,23 @@ impl AsyncWake {
         })
     }
 
-    /// Waits until `ready` holds: [`FIRST_LOOKS`] looks, then looks for up to `spin` (zero: not at
-    /// all; this holds the executor's thread, so only for a caller alone on it), then parks as
-    /// `me` ([`AsyncWake::park_until`]).
+    /// Waits until `ready` holds: [`FIRST_LOOKS`] looks, then looks for up to `patience.spin`
+    /// (this holds the executor's thread, so only for a caller alone on it), then yields to the
+    /// runtime's other tasks, looking after each turn, for up to `patience.yield_for` (while the
+    /// peer stays awake this catches its answer with no system call of ours or the peer's), then
+    /// parks as `me` ([`AsyncWake::park_until`]).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn wait(
         &mut self,
         name: &str,
         map: &Mapping,
         me: Side,
-        spin: Duration,
+        patience: AsyncPatience,
         deadline: Option<Instant>,
         mut ready: impl FnMut() -> Result<bool, RingError>,
     ) -> Result<Parked> {
         let corrupted = |e: RingError| Error::corrupted(name, e.0);
+        let AsyncPatience { spin, yield_for } = patience;
         for _ in 0..FIRST_LOOKS {
             if ready().map_err(corrupted)? {
                 return Ok(Parked::Ready);
@@ -149,6 +162,22 @@ impl AsyncWake {
                     return Ok(Parked::TimedOut);
                 }
                 if now.duration_since(started) >= spin {
+                    break;
+                }
+            }
+        }
+        if !yield_for.is_zero() {
+            let started = Instant::now();
+            loop {
+                tokio::task::yield_now().await;
+                if ready().map_err(corrupted)? {
+                    return Ok(Parked::Ready);
+                }
+                let now = Instant::now();
+                if deadline.is_some_and(|t| now >= t) {
+                    return Ok(Parked::TimedOut);
+                }
+                if now.duration_since(started) >= yield_for {
                     break;
                 }
             }

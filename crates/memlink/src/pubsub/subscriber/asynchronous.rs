@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use super::super::sample::Sample;
 use super::{Attachment, MAX_ATTACH_NAP, SUBSCRIBER, Subscriber, SubscriberOptions, attach};
 use crate::error::{Error, Result};
-use crate::link::asynchronous::AsyncWake;
+use crate::link::asynchronous::{AsyncPatience, AsyncWake};
 use crate::link::{self, Parked};
 use crate::pubsub::validate_topic;
 
@@ -237,7 +237,7 @@ impl AsyncSubscriber {
                     &subscriber.topic,
                     &attachment.control,
                     SUBSCRIBER,
-                    Duration::ZERO,
+                    AsyncPatience::default(),
                     deadline,
                     || subscriber.something_there(&attachment),
                 )

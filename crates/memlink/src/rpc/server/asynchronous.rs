@@ -27,7 +27,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, channel};
 use std::task::Poll;
-use std::time::Duration;
 
 use rustix::io::Errno;
 use tokio::io::unix::AsyncFd;
@@ -38,7 +37,7 @@ use super::{
     STREAM_REQUEST, SWEEP_FRAGMENTS, Server, Shared, USER_FLAGS, WorkerHandle,
 };
 use crate::error::{Error, Result};
-use crate::link::asynchronous::AsyncWake;
+use crate::link::asynchronous::{AsyncPatience, AsyncWake};
 use crate::link::wake::SERVER;
 use crate::link::{self, Parked};
 use crate::memory::ring::RingError;
@@ -459,9 +458,11 @@ async fn park(
     let map = conn.map.clone();
     let waited = {
         let mut parked =
-            std::pin::pin!(wake.wait(name, &map, SERVER, Duration::ZERO, None, || {
-                conn.has_work()
-            }));
+            std::pin::pin!(
+                wake.wait(name, &map, SERVER, AsyncPatience::default(), None, || {
+                    conn.has_work()
+                })
+            );
         let mut stopped = std::pin::pin!(stop.changed());
         std::future::poll_fn(|cx| {
             if let Poll::Ready(waited) = parked.as_mut().poll(cx) {
