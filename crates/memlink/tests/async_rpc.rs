@@ -623,6 +623,27 @@ fn async_streams_survive_dropped_nexts_and_cancel_when_dropped() {
             }
             assert_eq!(expected, 500);
         }
+        // Stream requests dropped after they were sent, before the stream was returned (a pause
+        // after sending makes that likely): cancelled on the server too.
+        let pausing = ClientOptions::new()
+            .max_concurrent_calls(1)
+            .__pause_before_receive(Duration::from_micros(300))
+            .connect_async_timeout(&name, WATCHDOG)
+            .await
+            .unwrap();
+        let mut dropped = 0;
+        for round in 0..100u64 {
+            let cut = Duration::from_micros(rng.below(400));
+            if tokio::time::timeout(cut, pausing.call_stream(b"count:100000"))
+                .await
+                .is_err()
+            {
+                dropped += 1;
+            }
+            let request = request(round, 0, 32 + round as usize);
+            check_reply(&request, &pausing.call(&request).await.unwrap());
+        }
+        assert!(dropped > 10, "only {dropped} stream requests were dropped");
         // Streams dropped part-way (the only connection goes on serving calls).
         for round in 0..50u64 {
             let mut stream = client.call_stream(b"count:100000").await.unwrap();

@@ -24,7 +24,8 @@
 //! - written whole (it waited for the reply): the connection goes back to the pool with the call
 //!   marked abandoned (`cancelled_through`, as for a cancelled stream), so the next call on it
 //!   skips that reply, whole or in part, when it arrives: never is a reply delivered to the wrong
-//!   call.
+//!   call. A stream request written whole is also cancelled on the server, as when a stream is
+//!   dropped.
 //!
 //! A stream's `next` keeps what it received of an item in the stream, not in the future, so a
 //! dropped `next` loses nothing; dropping the stream cancels it on the server, as in the blocking
@@ -110,6 +111,8 @@ enum Progress {
     Writing,
     /// Call `.0` was sent whole; its reply (or what is left of it) is still to come.
     Written(u64),
+    /// Stream request `.0` was sent whole: the server streams until told to stop.
+    StreamWritten(u64),
 }
 
 /// A permit and the connection (if one is open) of one call or stream; gives them back on drop.
@@ -134,6 +137,14 @@ impl Drop for Lease<'_> {
                 // Its reply is skipped by whichever call uses the connection next.
                 let conn = &mut connection.conn;
                 conn.cancelled_through = conn.cancelled_through.max(call);
+                true
+            }
+            Progress::StreamWritten(call) => {
+                // The server must be told to stop (it takes nothing else while it streams);
+                // what it sent meanwhile is skipped as for a dropped `AsyncReplyStream`.
+                if connection.conn.cancel(call).is_err() {
+                    return;
+                }
                 true
             }
         };
@@ -638,7 +649,7 @@ impl AsyncConnection {
                 error,
                 taken: false,
             })?;
-        *progress = Progress::Written(call);
+        *progress = Progress::StreamWritten(call);
         if !self.conn.pause_before_receive.is_zero() {
             tokio::time::sleep(self.conn.pause_before_receive).await;
         }
