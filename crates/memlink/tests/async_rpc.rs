@@ -25,6 +25,7 @@ fn child_main() {
         ("async_server", async_server),
         ("duplex_echo", duplex_echo),
         ("duplex_park", duplex_park),
+        ("duplex_check", duplex_check),
         ("publisher", publisher),
         ("event_echo", event_echo),
         ("sem_poster", sem_poster),
@@ -200,6 +201,36 @@ fn duplex_echo(args: &[String]) {
             break;
         }
     }
+}
+
+/// A blocking duplex end that checks every message it receives is whole (`numbered`) and that
+/// their numbers increase, slowly at first (so that the sender's ring fills), until an empty
+/// message; then reports how many it received. Args: name.
+fn duplex_check(args: &[String]) {
+    let chan = Duplex::open_timeout(&args[0], WATCHDOG).unwrap();
+    report("paired");
+    let mut last = None;
+    let mut count = 0u64;
+    let mut message = Vec::new();
+    loop {
+        chan.recv_into(&mut message).unwrap();
+        if message.is_empty() {
+            break;
+        }
+        let seq = u64::from_le_bytes(message[..8].try_into().unwrap());
+        assert_eq!(
+            message,
+            numbered(seq, message.len()),
+            "message {seq} arrived torn"
+        );
+        assert!(last.is_none_or(|l| seq > l), "message {seq} after {last:?}");
+        last = Some(seq);
+        count += 1;
+        if count % 50 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    report(&format!("received {count}"));
 }
 
 /// A blocking duplex end that pairs and then neither sends nor receives. Args: name.
@@ -1139,4 +1170,56 @@ fn async_waits_are_send() {
     send(&sem.wait_async());
     send(&event.wait_async());
     send(&mutex.lock_async());
+}
+
+/// Sends cut short at random moments: a message that fits in the ring is sent whole or not at
+/// all (the peer counts exactly the sends that completed, none torn); one larger than the ring
+/// cut short part-way closes the channel.
+#[test]
+fn async_duplex_sends_cut_short_are_whole_or_nothing() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-duplex-send");
+    let mut peer = ChildProcess::spawn("duplex_check", &[&name]);
+    runtime().block_on(async {
+        let chan = AsyncDuplex::open_timeout(&name, WATCHDOG).await.unwrap();
+        peer.expect_line("paired");
+        let mut rng = Rng(3);
+        let (mut sent, mut cut_short) = (0u64, 0u64);
+        for seq in 0..3000u64 {
+            let message = numbered(seq, 8 + rng.below(20_000) as usize);
+            let cut = Duration::from_micros(rng.below(100));
+            match tokio::time::timeout(cut, chan.send(&message)).await {
+                Ok(result) => {
+                    result.unwrap();
+                    sent += 1;
+                }
+                Err(_) => cut_short += 1,
+            }
+        }
+        chan.send(b"").await.unwrap();
+        peer.expect_line(&format!("received {sent}"));
+        eprintln!("{sent} sends completed, {cut_short} cut short");
+        assert!(cut_short > 0 && sent > 0);
+    });
+    peer.wait_success();
+
+    // A message larger than the ring, cut short once part of it is out: the channel closes.
+    let name = unique_name("async-duplex-torn");
+    let mut peer = ChildProcess::spawn("duplex_park", &[&name]);
+    runtime().block_on(async {
+        let chan = AsyncDuplex::open_timeout(&name, WATCHDOG).await.unwrap();
+        peer.expect_line("paired");
+        let big = numbered(1, 1 << 20);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), chan.send(&big))
+                .await
+                .is_err()
+        );
+        assert!(matches!(
+            chan.send(b"next").await,
+            Err(Error::Disconnected { .. })
+        ));
+    });
+    peer.kill_and_reap();
+    common::assert_no_leftovers(&name);
 }
