@@ -13,9 +13,11 @@ use tokio::io::unix::AsyncFd;
 /// Panics (tokio's) outside a runtime whose IO driver is enabled: callers check for a runtime
 /// first.
 pub(crate) fn register_readable(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
-    // SAFETY: an `OwnedFd` is a valid open descriptor that only its owner closes, and its
-    // `as_raw_fd` always returns that same number. The `AsyncFd` takes ownership of it, so it
-    // stays open (and names the same file description) until the `AsyncFd` is dropped, which
-    // deregisters it before closing it.
-    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| e.into_parts().1)
+    // An `OwnedFd` is a valid open descriptor that only its owner closes, and its `as_raw_fd`
+    // always returns that same number. The `AsyncFd` takes ownership of it, so it stays open
+    // (and names the same file description) until the `AsyncFd` is dropped, which deregisters it
+    // before closing it.
+    // SAFETY: the descriptor stays open and the same for the registration's life (just stated).
+    let registered = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) };
+    registered.map_err(|e| e.into_parts().1)
 }
