@@ -2,25 +2,104 @@
 //! the usual alternatives, all measured in one run on this machine.
 //!
 //! This process is always the client; every server runs in a child process. Latencies are
-//! recorded per call in an HDR histogram (ns, 3 significant digits). The floors are the same echo
-//! done with nothing but the copies and one shared sequence word per direction: `shm spin` (both
-//! sides busy-wait — the hardware floor) and `futex` (both sides sleep in the kernel every time —
-//! the floor for a sleeping peer).
+//! recorded per call in an HDR histogram (ns, 3 significant digits); every reply is checked
+//! (length and every byte; each request carries its call's number), and a wrong one fails the
+//! bench. The floors do the same echo with nothing but the copies and one sequence word per
+//! direction ([`crate::rpc_floor`]): `shm spin` (both sides busy-wait: the hardware floor),
+//! `futex ping-pong` (both sides sleep in the kernel every time) and the `sleeping floor`, which
+//! waits exactly as memlink does (spin, yield, then sleep, woken only when asleep) and is what
+//! memlink's "asleep" and "same core" rows are compared with. The Unix socket, pipe and TCP
+//! baselines move each message with one `writev` and read it with one `read` while it is small
+//! ([`crate::framing`]).
+//!
+//! Throughput with many clients counts the calls completed within one window common to all
+//! client processes (they start together, after a warm-up). A p99.9 is reported only where at
+//! least [`P999_SAMPLES`] samples back it; elsewhere the maximum stands in, and says so.
 
 use std::io;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
 use memlink::Client;
 use serde_json::{Value, json};
 
-use crate::peer::{self, Floor, PeerProcess, RoundTrip, Transport};
+use crate::chart;
+use crate::peer::{self, PeerProcess, RoundTrip, Transport, check_reply, number_request};
+use crate::ui;
 
 const SIZES: [usize; 4] = [64, 4096, 64 << 10, 1 << 20];
 const THROUGHPUT_CLIENTS: [usize; 4] = [1, 4, 16, 64];
 /// Pause before each "asleep" sample: far longer than any spin or yield budget, so the server
 /// (or the floor's peer) has parked and its CPU has gone idle.
 pub(crate) const IDLE_GAP: Duration = Duration::from_millis(2);
+/// Fewest samples that back a p99.9 (below it the maximum is reported instead).
+pub(crate) const P999_SAMPLES: u64 = 10_000;
+
+const SPIN: &str = "shm spin (floor)";
+const FUTEX: &str = "futex ping-pong (floor)";
+const SLEEPING_ASLEEP: &str = "sleeping floor (asleep)";
+const AWAKE: &str = "memlink (awake)";
+const ASLEEP: &str = "memlink (asleep)";
+const UDS: &str = "unix socket";
+const PIPE: &str = "pipe";
+const TCP: &str = "tcp loopback";
+/// The rows of each size, in order.
+const LATENCY_ROWS: [&str; 8] = [SPIN, FUTEX, SLEEPING_ASLEEP, AWAKE, ASLEEP, UDS, PIPE, TCP];
+const SAME_CORE_FUTEX: &str = "futex ping-pong (floor)";
+const SAME_CORE_SLEEPING: &str = "sleeping floor";
+const SAME_CORE_MEMLINK: &str = "memlink";
+
+/// What each row of the latency tables is (the sleeping floor's waiting from memlink's own
+/// constants).
+fn row_methods() -> Vec<(&'static str, String)> {
+    use memlink::__wait as policy;
+    vec![
+        (
+            SPIN,
+            "the echo's copies and one sequence word per direction, both processes busy-waiting"
+                .into(),
+        ),
+        (
+            FUTEX,
+            "the same, both sleeping in futex_wait at once; every message is followed by a \
+             futex_wake"
+                .into(),
+        ),
+        (
+            "sleeping floor",
+            format!(
+                "the same, each side waiting as memlink does: {} looks, spin {} µs (not when the \
+                 peer last ran on its CPU), yield {} µs, then sleep in futex_wait; woken only if \
+                 it said it sleeps",
+                policy::FIRST_LOOKS,
+                policy::CLIENT_SPIN.as_micros(),
+                policy::CLIENT_YIELD.as_micros()
+            ),
+        ),
+        (
+            "(asleep)",
+            format!(
+                "each call made after {} ms idle, so the server (or floor) has gone to sleep",
+                IDLE_GAP.as_millis()
+            ),
+        ),
+        (
+            "unix socket, pipe, tcp",
+            "one writev (4-byte length + payload) per message, one read while it is small \
+             (header, then payload into a reused buffer from 4 KiB); TCP_NODELAY"
+                .into(),
+        ),
+        (
+            "tail",
+            format!(
+                "p99.9 where at least {} samples back it, else the maximum, marked (max)",
+                thousands(P999_SAMPLES)
+            ),
+        ),
+    ]
+}
 
 /// Command-line options of `memlink bench rpc`.
 #[derive(Debug, Clone)]
@@ -28,6 +107,7 @@ pub(crate) struct BenchOptions {
     pub(crate) json: bool,
     pub(crate) quick: bool,
     pub(crate) workers: usize,
+    pub(crate) svg: Option<PathBuf>,
 }
 
 /// Percentiles of one latency measurement, in nanoseconds.
@@ -52,6 +132,40 @@ impl Latency {
             samples: h.len(),
         }
     }
+
+    /// Whether enough samples back a p99.9.
+    pub(crate) fn has_p999(&self) -> bool {
+        self.samples >= P999_SAMPLES
+    }
+
+    /// The p99.9 where enough samples back it, else the maximum.
+    pub(crate) fn tail(&self) -> u64 {
+        if self.has_p999() { self.p999 } else { self.max }
+    }
+
+    /// The tail in µs, marked "(max)" when it is the maximum.
+    pub(crate) fn tail_us(&self) -> String {
+        if self.has_p999() {
+            us(self.p999)
+        } else {
+            format!("{} (max)", us(self.max))
+        }
+    }
+
+    /// The JSON fields of a latency row: `p999_ns` is null below [`P999_SAMPLES`] samples.
+    pub(crate) fn json_fields(&self) -> serde_json::Map<String, Value> {
+        let mut fields = serde_json::Map::new();
+        fields.insert("p50_ns".into(), self.p50.into());
+        fields.insert("p99_ns".into(), self.p99.into());
+        fields.insert(
+            "p999_ns".into(),
+            self.has_p999().then_some(self.p999).into(),
+        );
+        fields.insert("max_ns".into(), self.max.into());
+        fields.insert("mean_ns".into(), self.mean.into());
+        fields.insert("samples".into(), self.samples.into());
+        fields
+    }
 }
 
 pub(crate) fn new_histogram() -> io::Result<Histogram<u64>> {
@@ -73,55 +187,64 @@ fn iterations(size: usize, quick: bool) -> u64 {
     if quick { full / 10 } else { full }
 }
 
-/// Times `iterations` echo round trips of `size` bytes (after a warm-up), sleeping `gap` before
-/// each when given, and checks the last reply.
+/// The request of `size` bytes the latency runs send (numbered per call).
+fn pattern(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i % 251) as u8).collect()
+}
+
+/// Times `iterations` echo round trips of `size` bytes over `what` (after a warm-up), sleeping
+/// `gap` before each when given, and checks every reply.
 pub(crate) fn measure(
+    what: &str,
     rt: &mut dyn RoundTrip,
     size: usize,
     iterations: u64,
     gap: Option<Duration>,
 ) -> io::Result<Latency> {
-    let request: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let mut request = pattern(size);
     let mut reply = Vec::with_capacity(size);
     let warmup = if gap.is_some() {
         10
     } else {
         (iterations / 10).clamp(10, 1000)
     };
-    for _ in 0..warmup {
-        rt.round_trip(&request, &mut reply)?;
-    }
     let mut histogram = new_histogram()?;
-    for _ in 0..iterations {
+    for seq in 0..warmup + iterations {
         if let Some(gap) = gap {
             std::thread::sleep(gap);
         }
+        number_request(&mut request, seq);
         let started = Instant::now();
         rt.round_trip(&request, &mut reply)?;
-        histogram.saturating_record(started.elapsed().as_nanos() as u64);
-    }
-    if reply != request {
-        return Err(io::Error::other("a transport returned a wrong echo"));
+        let elapsed = started.elapsed();
+        check_reply(what, seq, &request, &reply)?;
+        if seq >= warmup {
+            histogram.saturating_record(elapsed.as_nanos() as u64);
+        }
     }
     Ok(Latency::of(&histogram))
 }
 
 /// Times back-to-back echo round trips of `size` bytes for `span`, checking every reply.
-fn measure_for(rt: &mut dyn RoundTrip, size: usize, span: Duration) -> io::Result<Latency> {
-    let request: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+fn measure_for(
+    what: &str,
+    rt: &mut dyn RoundTrip,
+    size: usize,
+    span: Duration,
+) -> io::Result<Latency> {
+    let mut request = pattern(size);
     let mut reply = Vec::with_capacity(size);
     let mut histogram = new_histogram()?;
     let end = Instant::now() + span;
-    loop {
+    for seq in 0.. {
         let started = Instant::now();
         if started >= end {
             break;
         }
+        number_request(&mut request, seq);
         rt.round_trip(&request, &mut reply)?;
         histogram.saturating_record(started.elapsed().as_nanos() as u64);
-        if reply != request {
-            return Err(io::Error::other("a transport returned a wrong echo"));
-        }
+        check_reply(what, seq, &request, &reply)?;
     }
     Ok(Latency::of(&histogram))
 }
@@ -145,6 +268,7 @@ pub(crate) fn unique(tag: &str) -> String {
     format!("bench-{tag}-{}", std::process::id())
 }
 
+/// A line about the run: on stdout, or on stderr when stdout carries JSON.
 pub(crate) fn note(json: bool, message: &str) {
     if json {
         eprintln!("{message}");
@@ -165,19 +289,23 @@ pub(crate) fn allowed_cpus() -> io::Result<Vec<usize>> {
 /// allowed CPU and every server to the second, when there are two: the scheduler then cannot
 /// move the two onto one CPU (as wake-affine placement likes to), which would make the numbers
 /// depend on luck.
-fn latency_rows(options: &BenchOptions) -> io::Result<Vec<Row>> {
+fn latency_rows(options: &BenchOptions, bar: &ProgressBar) -> io::Result<Vec<Row>> {
     let original = rustix::thread::sched_getaffinity(None).map_err(io::Error::from)?;
     let cpus = allowed_cpus()?;
     let server_cpu = cpus.get(1).copied();
     if let (Some(&client_cpu), Some(_)) = (cpus.first(), server_cpu) {
         peer::pin_to(&[client_cpu])?;
     }
-    let rows = latency_rows_on(options, server_cpu);
+    let rows = latency_rows_on(options, server_cpu, bar);
     rustix::thread::sched_setaffinity(None, &original).map_err(io::Error::from)?;
     rows
 }
 
-fn latency_rows_on(options: &BenchOptions, server_cpu: Option<usize>) -> io::Result<Vec<Row>> {
+fn latency_rows_on(
+    options: &BenchOptions,
+    server_cpu: Option<usize>,
+    bar: &ProgressBar,
+) -> io::Result<Vec<Row>> {
     let spawn = |args: &[&str]| PeerProcess::spawn_on(server_cpu, args);
     let mut rows = Vec::new();
     let memlink_name = unique("rpc");
@@ -192,95 +320,83 @@ fn latency_rows_on(options: &BenchOptions, server_cpu: Option<usize>) -> io::Res
         .map_err(io::Error::other)?;
     let uds_name = unique("uds");
     let _uds_server = spawn(&["serve", "uds", &uds_name, "0", "1"])?;
-    let mut uds = peer::connect_uds(&uds_name)?;
+    let mut uds = crate::framing::connect_uds(&uds_name)?;
     let mut pipe_server = spawn(&["serve", "pipe", "-", "0", "1"])?;
     let mut pipe = pipe_server.pipe()?;
     let tcp_server = spawn(&["serve", "tcp", "-", "0", "1"])?;
-    let mut tcp = peer::connect_tcp(&tcp_server.detail)?;
+    let mut tcp = crate::framing::connect_tcp(&tcp_server.detail)?;
     let asleep_samples = if options.quick { 50 } else { 300 };
 
     for size in SIZES {
         let n = iterations(size, options.quick);
-        note(
-            options.json,
-            &format!("  measuring {} ...", human_size(size)),
-        );
-        for (label, sleep, gap) in [
-            ("shm spin (floor)", false, None),
-            ("futex (floor)", true, None),
-            ("futex (floor, idle)", true, Some(IDLE_GAP)),
-        ] {
-            let name = unique(&format!("floor-{size}-{sleep}"));
-            let mut floor = Floor::create(&name, size, sleep).map_err(io::Error::other)?;
-            let transport = if sleep { "futex" } else { "spin" };
-            let server = spawn(&["serve", transport, &name, &size.to_string(), "1"])?;
-            let samples = if gap.is_some() { asleep_samples } else { n };
-            let latency = measure(&mut floor, size, samples, gap)?;
-            floor.stop();
-            drop(server);
+        let mut push = |label: &'static str, latency: Latency| {
             rows.push(Row {
                 label,
                 size,
                 latency,
             });
+            bar.inc(1);
+        };
+        for (label, transport, gap) in [
+            (SPIN, Transport::Spin, None),
+            (FUTEX, Transport::Futex, None),
+            (SLEEPING_ASLEEP, Transport::Sleeping, Some(IDLE_GAP)),
+        ] {
+            bar.set_message(format!("{}: {label}", human_size(size)));
+            let (mut floor, _server) = peer::spawn_floor(transport, size, server_cpu)?;
+            let samples = if gap.is_some() { asleep_samples } else { n };
+            push(label, measure(label, &mut floor, size, samples, gap)?);
         }
-        rows.push(Row {
-            label: "memlink (awake)",
-            size,
-            latency: measure(&mut client, size, n, None)?,
-        });
-        let asleep = measure(&mut client, size, asleep_samples, Some(IDLE_GAP))?;
-        rows.push(Row {
-            label: "memlink (asleep)",
-            size,
-            latency: asleep,
-        });
-        rows.push(Row {
-            label: "unix socket",
-            size,
-            latency: measure(&mut uds, size, n, None)?,
-        });
-        rows.push(Row {
-            label: "pipe",
-            size,
-            latency: measure(&mut pipe, size, n, None)?,
-        });
-        rows.push(Row {
-            label: "tcp loopback",
-            size,
-            latency: measure(&mut tcp, size, n, None)?,
-        });
+        let mut row = |label: &'static str,
+                       rt: &mut dyn RoundTrip,
+                       samples: u64,
+                       gap: Option<Duration>|
+         -> io::Result<()> {
+            bar.set_message(format!("{}: {label}", human_size(size)));
+            push(label, measure(label, rt, size, samples, gap)?);
+            Ok(())
+        };
+        row(AWAKE, &mut client, n, None)?;
+        row(ASLEEP, &mut client, asleep_samples, Some(IDLE_GAP))?;
+        row(UDS, &mut uds, n, None)?;
+        row(PIPE, &mut pipe, n, None)?;
+        row(TCP, &mut tcp, n, None)?;
     }
     Ok(rows)
 }
 
 /// 64-byte latency with this process and the server pinned to the same CPU (the first allowed).
-fn same_core_rows(options: &BenchOptions) -> io::Result<Vec<Row>> {
+fn same_core_rows(options: &BenchOptions, bar: &ProgressBar) -> io::Result<Vec<Row>> {
     let original = rustix::thread::sched_getaffinity(None).map_err(io::Error::from)?;
     let first = allowed_cpus()?.first().copied().unwrap_or(0);
     peer::pin_to(&[first])?;
     let result = (|| {
         let n = iterations(64, options.quick);
         let mut rows = Vec::new();
-        let name = unique("samecore-futex");
-        let mut floor = Floor::create(&name, 64, true).map_err(io::Error::other)?;
-        let server = PeerProcess::spawn(&["serve", "futex", &name, "64", "1"])?;
-        rows.push(Row {
-            label: "futex (floor)",
-            size: 64,
-            latency: measure(&mut floor, 64, n, None)?,
-        });
-        floor.stop();
-        drop(server);
+        for (label, transport) in [
+            (SAME_CORE_FUTEX, Transport::Futex),
+            (SAME_CORE_SLEEPING, Transport::Sleeping),
+        ] {
+            bar.set_message(format!("same core: {label}"));
+            let (mut floor, _server) = peer::spawn_floor(transport, 64, None)?;
+            rows.push(Row {
+                label,
+                size: 64,
+                latency: measure(label, &mut floor, 64, n, None)?,
+            });
+            bar.inc(1);
+        }
+        bar.set_message(format!("same core: {SAME_CORE_MEMLINK}"));
         let name = unique("samecore-rpc");
         let _server = PeerProcess::spawn(&["serve", "memlink", &name, "0", "1"])?;
         let mut client =
             Client::connect_timeout(&name, Duration::from_secs(10)).map_err(io::Error::other)?;
         rows.push(Row {
-            label: "memlink",
+            label: SAME_CORE_MEMLINK,
             size: 64,
-            latency: measure(&mut client, 64, n, None)?,
+            latency: measure(SAME_CORE_MEMLINK, &mut client, 64, n, None)?,
         });
+        bar.inc(1);
         Ok(rows)
     })();
     rustix::thread::sched_setaffinity(None, &original).map_err(io::Error::from)?;
@@ -291,12 +407,20 @@ struct Throughput {
     label: &'static str,
     clients: usize,
     calls_per_second: f64,
+    /// Calls completed in the common window, all clients together.
+    counted: u64,
+    window_seconds: f64,
     slowest: u64,
     fastest: u64,
+    latency: Latency,
 }
 
-fn throughput_rows(options: &BenchOptions) -> io::Result<Vec<Throughput>> {
-    let seconds = if options.quick { 0.3 } else { 1.0 };
+fn throughput_rows(options: &BenchOptions, bar: &ProgressBar) -> io::Result<Vec<Throughput>> {
+    let (warmup, seconds) = if options.quick {
+        (Duration::from_millis(50), 0.3)
+    } else {
+        (Duration::from_millis(200), 1.0)
+    };
     let mut rows = Vec::new();
     let memlink_name = unique("load");
     let _memlink = PeerProcess::spawn(&[
@@ -310,13 +434,10 @@ fn throughput_rows(options: &BenchOptions) -> io::Result<Vec<Throughput>> {
     let _uds = PeerProcess::spawn(&["serve", "uds", &uds_name, "0", "1"])?;
     for (label, transport, address) in [
         ("memlink", Transport::Memlink, &memlink_name),
-        ("unix socket", Transport::Uds, &uds_name),
+        (UDS, Transport::Uds, &uds_name),
     ] {
         for clients in THROUGHPUT_CLIENTS {
-            note(
-                options.json,
-                &format!("  {label}: {clients} client processes ..."),
-            );
+            bar.set_message(format!("throughput: {label}, {clients} client processes"));
             let mut histogram = new_histogram()?;
             let load = peer::Load {
                 transport,
@@ -324,22 +445,22 @@ fn throughput_rows(options: &BenchOptions) -> io::Result<Vec<Throughput>> {
                 clients,
                 size: 64,
                 calls: 0,
+                warmup,
                 seconds,
             };
-            let reports = peer::run_clients(&load, &mut histogram, |_| {})?;
-            let calls_per_second = reports
-                .iter()
-                .map(|r| r.calls as f64 / r.elapsed.as_secs_f64().max(1e-9))
-                .sum();
-            let slowest = reports.iter().map(|r| r.calls).min().unwrap_or(0);
-            let fastest = reports.iter().map(|r| r.calls).max().unwrap_or(0);
+            let outcome = peer::run_clients(&load, &mut histogram, |_| {})?;
+            let (slowest, fastest) = outcome.slowest_fastest();
             rows.push(Throughput {
                 label,
                 clients,
-                calls_per_second,
+                calls_per_second: outcome.calls_per_second(),
+                counted: outcome.counted(),
+                window_seconds: outcome.seconds(),
                 slowest,
                 fastest,
+                latency: Latency::of(&histogram),
             });
+            bar.inc(1);
         }
     }
     Ok(rows)
@@ -348,7 +469,10 @@ fn throughput_rows(options: &BenchOptions) -> io::Result<Vec<Throughput>> {
 /// Small calls measured alone, then beside another client process that streams 64 MiB requests
 /// to the same server (one connection's big message must not hold the others up for its length).
 /// Nothing is pinned: the streamer is a third busy process on a machine of maybe two CPUs.
-fn isolation_rows(options: &BenchOptions) -> io::Result<(Vec<Row>, f64)> {
+fn isolation_rows(options: &BenchOptions, bar: &ProgressBar) -> io::Result<(Vec<Row>, f64)> {
+    const ALONE: &str = "64 B calls alone";
+    const BESIDE: &str = "64 B calls beside a 64 MiB streamer";
+    const STREAMED: u64 = 64 << 20;
     let name = unique("isolation");
     let _server =
         PeerProcess::spawn(&["serve", "memlink", &name, "0", &options.workers.to_string()])?;
@@ -356,50 +480,58 @@ fn isolation_rows(options: &BenchOptions) -> io::Result<(Vec<Row>, f64)> {
         Client::connect_timeout(&name, Duration::from_secs(10)).map_err(io::Error::other)?;
     // Long enough to span many of the streamer's requests (each takes milliseconds).
     let span = Duration::from_secs_f64(if options.quick { 0.5 } else { 3.0 });
-    let alone = measure_for(&mut client, 64, span)?;
-    // Streams for a little longer than we measure, then reports what it moved.
-    let streaming = span + Duration::from_millis(300);
-    let mut streamer = PeerProcess::spawn(&[
-        "client",
-        "memlink",
-        &name,
-        &(64usize << 20).to_string(),
-        "0",
-        &streaming.as_secs_f64().to_string(),
-    ])?;
-    streamer.say("go")?;
+    bar.set_message(format!("isolation: {ALONE}"));
+    let alone = measure_for(ALONE, &mut client, 64, span)?;
+    bar.inc(1);
+    bar.set_message(format!("isolation: {BESIDE}"));
+    // Streams for a little longer than we measure (every request checked), then reports what it
+    // moved in its window.
+    let mut streamer =
+        PeerProcess::spawn(&["client", "memlink", &name, &STREAMED.to_string(), "0"])?;
+    let start = peer::monotonic_ns() + 20_000_000;
+    let to = start + (span + Duration::from_millis(400)).as_nanos() as u64;
+    streamer.say(&format!("go {start} {start} {to}"))?;
     // Let the first 64 MiB request get under way.
-    std::thread::sleep(Duration::from_millis(100));
-    let beside = measure_for(&mut client, 64, span)?;
+    std::thread::sleep(Duration::from_millis(120));
+    let beside = measure_for(BESIDE, &mut client, 64, span)?;
     // The streamer must still be streaming: a failed one would make the comparison meaningless.
     if let Some(status) = streamer.try_exit_status()? {
         return Err(io::Error::other(format!(
             "the 64 MiB streamer stopped early: {status}"
         )));
     }
-    let mut streamed = 0.0;
+    let mut streamed = None;
     for line in streamer.lines()? {
         let line = line?;
         if let Some(done) = line.strip_prefix("done ") {
-            let mut fields = done
+            let counted = done
                 .split_whitespace()
-                .map(|f| f.parse::<f64>().unwrap_or(0.0));
-            let (calls, nanos) = (fields.next().unwrap_or(0.0), fields.next().unwrap_or(1.0));
+                .nth(1)
+                .and_then(|n| n.parse::<u64>().ok());
             // Each call moves the request there and the reply back.
-            streamed = calls * 2.0 * (64 << 20) as f64 / (nanos / 1e9);
+            streamed = counted.map(|c| (c * 2 * STREAMED) as f64 / ((to - start) as f64 / 1e9));
             break;
         }
     }
-    drop(streamer);
+    let streamed = match streamed {
+        Some(s) => s,
+        None => {
+            return Err(io::Error::other(format!(
+                "the 64 MiB streamer failed ({}); its error is above",
+                streamer.wait()?
+            )));
+        }
+    };
+    bar.inc(1);
     Ok((
         vec![
             Row {
-                label: "64 B calls alone",
+                label: ALONE,
                 size: 64,
                 latency: alone,
             },
             Row {
-                label: "64 B calls beside a 64 MiB streamer",
+                label: BESIDE,
                 size: 64,
                 latency: beside,
             },
@@ -444,6 +576,19 @@ pub(crate) fn human_size(size: usize) -> String {
     }
 }
 
+/// `n` with its digits grouped by threes: "10,000".
+pub(crate) fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut grouped = String::new();
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            grouped.push(',');
+        }
+        grouped.push(digit);
+    }
+    grouped
+}
+
 pub(crate) fn us(ns: u64) -> String {
     format!("{:.2}", ns as f64 / 1000.0)
 }
@@ -481,29 +626,45 @@ impl Target {
             self.measured <= self.goal
         }
     }
-}
 
-/// Prints `rows` under `heading` as label, p50, p99 and p99.9 columns.
-fn print_percentiles(heading: &str, rows: &[Row], label_width: usize) {
-    println!(
-        "{heading:<width$} {:>9} {:>9} {:>9}",
-        "p50",
-        "p99",
-        "p99.9",
-        width = label_width + 2
-    );
-    for row in rows {
-        println!(
-            "  {:<label_width$} {:>9} {:>9} {:>9}",
-            row.label,
-            us(row.latency.p50),
-            us(row.latency.p99),
-            us(row.latency.p999)
-        );
+    pub(crate) fn json(&self) -> Value {
+        json!({"target": self.what, "measured": self.measured, "goal": self.goal,
+               "higher_is_better": self.higher_is_better, "met": self.met()})
     }
 }
 
-/// Runs the whole benchmark and prints it (as a table, or one JSON object).
+/// The targets as a table: what, measured, goal, met.
+pub(crate) fn targets_table(targets: &[Target]) -> comfy_table::Table {
+    let mut table = ui::table(&["target", "measured", "goal", "met"], 1);
+    for t in targets {
+        let relation = if t.higher_is_better { ">=" } else { "<=" };
+        table.add_row([
+            t.what.to_owned(),
+            format!("{:.2}", t.measured),
+            format!("{relation} {:.2}", t.goal),
+            if t.met() { "yes" } else { "NO" }.to_owned(),
+        ]);
+    }
+    table
+}
+
+/// Rows as a table of label, samples, p50, p99 and tail columns.
+fn percentiles_table(rows: &[Row]) -> comfy_table::Table {
+    let mut table = ui::table(&["", "samples", "p50", "p99", "p99.9"], 1);
+    for row in rows {
+        let l = row.latency;
+        table.add_row([
+            row.label.to_owned(),
+            l.samples.to_string(),
+            us(l.p50),
+            us(l.p99),
+            l.tail_us(),
+        ]);
+    }
+    table
+}
+
+/// Runs the whole benchmark and prints it (as tables, or one JSON object).
 pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
     let cpus = rustix::thread::sched_getaffinity(None)
         .map(|s| s.count())
@@ -511,33 +672,29 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
     note(
         options.json,
         &format!(
-            "memlink bench rpc: {cpus} CPUs, server workers {}",
-            options.workers
+            "memlink bench rpc: {cpus} CPUs, server workers {}{}",
+            options.workers,
+            if options.quick {
+                " (--quick: few samples, for a look, not for quoting)"
+            } else {
+                ""
+            }
         ),
     );
+    let steps = SIZES.len() * LATENCY_ROWS.len() + 3 + 2 * THROUGHPUT_CLIENTS.len() + 2 + 1;
+    let bar = ui::progress(steps as u64);
+    bar.set_message("memcpy bandwidth");
     let memcpy = memcpy_bandwidth();
-    note(
-        options.json,
-        "latency (this process is the client on one CPU, each server a child process on another):",
-    );
-    let latency = latency_rows(options)?;
-    note(options.json, "same core (both pinned to one CPU):");
-    let same_core = same_core_rows(options)?;
-    note(options.json, "throughput (64 B calls, N client processes):");
-    let throughput = throughput_rows(options)?;
-    note(
-        options.json,
-        "isolation (64 B calls beside a client streaming 64 MiB requests):",
-    );
-    let (isolation, streamed) = isolation_rows(options)?;
+    let latency = latency_rows(options, &bar)?;
+    let same_core = same_core_rows(options, &bar)?;
+    let throughput = throughput_rows(options, &bar)?;
+    let (isolation, streamed) = isolation_rows(options, &bar)?;
     const IDLE_CONNECTIONS: usize = 1000;
-    note(options.json, "memory of 1,000 idle connections:");
+    bar.set_message("memory of 1,000 idle connections");
     let idle_memory = idle_connection_memory(IDLE_CONNECTIONS)?;
-    note(
-        options.json,
-        "async (a tokio client against the same server):",
-    );
+    bar.set_message("async: a tokio client against the same server");
     let async_rows = crate::bench_async::measure(options)?;
+    bar.finish_and_clear();
 
     let find = |label: &str, size: usize| {
         latency
@@ -548,28 +705,26 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
     let get = |label: &str, size: usize| {
         find(label, size).ok_or_else(|| io::Error::other(format!("no {label} row")))
     };
-    let (spin, futex, awake, asleep, uds) = (
-        get("shm spin (floor)", 64)?,
-        get("futex (floor, idle)", 64)?,
-        get("memlink (awake)", 64)?,
-        get("memlink (asleep)", 64)?,
-        get("unix socket", 64)?,
+    let (spin, sleeping, awake, asleep, uds) = (
+        get(SPIN, 64)?,
+        get(SLEEPING_ASLEEP, 64)?,
+        get(AWAKE, 64)?,
+        get(ASLEEP, 64)?,
+        get(UDS, 64)?,
     );
     let same = |label: &str| {
         same_core
             .iter()
             .find(|r| r.label == label)
             .map(|r| r.latency)
+            .ok_or_else(|| io::Error::other(format!("no same-core {label} row")))
     };
-    let (same_futex, same_memlink) = (
-        same("futex (floor)").ok_or_else(|| io::Error::other("no row"))?,
-        same("memlink").ok_or_else(|| io::Error::other("no row"))?,
-    );
+    let (same_sleeping, same_memlink) = (same(SAME_CORE_SLEEPING)?, same(SAME_CORE_MEMLINK)?);
     let mib = (1 << 20) as f64;
     let echo_rate = |l: Latency| mib / (l.mean / 1e9);
     let (memlink_mib, uds_mib) = (
-        echo_rate(get("memlink (awake)", 1 << 20)?),
-        echo_rate(get("unix socket", 1 << 20)?),
+        echo_rate(get(AWAKE, 1 << 20)?),
+        echo_rate(get(UDS, 1 << 20)?),
     );
     let tp = |label: &str, clients: usize| {
         throughput
@@ -580,27 +735,31 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
     let targets = vec![
         Target::at_most(
             "64 B awake p50 / spin floor p50",
-            awake.p50 as f64 / spin.p50 as f64,
+            awake.p50 as f64 / spin.p50.max(1) as f64,
             1.5,
         ),
         Target::at_most(
-            "64 B awake p99.9 / spin floor p99.9",
-            awake.p999 as f64 / spin.p999 as f64,
+            if awake.has_p999() && spin.has_p999() {
+                "64 B awake p99.9 / spin floor p99.9"
+            } else {
+                "64 B awake max / spin floor max (too few samples for p99.9)"
+            },
+            awake.tail() as f64 / spin.tail().max(1) as f64,
             3.0,
         ),
         Target::at_least(
             "64 B unix socket p50 / memlink p50",
-            uds.p50 as f64 / awake.p50 as f64,
+            uds.p50 as f64 / awake.p50.max(1) as f64,
             50.0,
         ),
         Target::at_most(
-            "64 B asleep p50 / idle futex floor p50",
-            asleep.p50 as f64 / futex.p50 as f64,
+            "64 B asleep p50 / sleeping floor (asleep) p50",
+            asleep.p50 as f64 / sleeping.p50.max(1) as f64,
             1.2,
         ),
         Target::at_most(
-            "same core p50 / same-core futex p50",
-            same_memlink.p50 as f64 / same_futex.p50 as f64,
+            "same core p50 / same-core sleeping floor p50",
+            same_memlink.p50 as f64 / same_sleeping.p50.max(1) as f64,
             1.5,
         ),
         Target::at_least(
@@ -616,7 +775,7 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
         Target::at_least(
             "64 clients calls/s / 1 client calls/s",
             match (one, many) {
-                (Some(o), Some(m)) => m.calls_per_second / o.calls_per_second,
+                (Some(o), Some(m)) => m.calls_per_second / o.calls_per_second.max(1e-9),
                 _ => 0.0,
             },
             0.8,
@@ -628,75 +787,149 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
         ),
     ];
 
+    if let Some(path) = &options.svg {
+        let series: Vec<chart::Series> = LATENCY_ROWS
+            .iter()
+            .map(|&label| chart::Series {
+                label: label.to_owned(),
+                points: latency
+                    .iter()
+                    .filter(|r| r.label == label)
+                    .map(|r| (r.size, r.latency))
+                    .collect(),
+            })
+            .collect();
+        chart::write_svg(
+            path,
+            &format!("memlink bench rpc: echo round trip, {cpus} CPUs"),
+            "round trip",
+            &series,
+        )?;
+    }
+    let chart_written = || {
+        if let Some(path) = &options.svg {
+            note(
+                options.json,
+                &format!("latency chart written to {}", path.display()),
+            );
+        }
+    };
+
     if options.json {
         let latency_json = |rows: &[Row]| -> Vec<Value> {
             rows.iter()
-                .map(|r| json!({"transport": r.label, "size": r.size, "p50_ns": r.latency.p50, "p99_ns": r.latency.p99,
-                                "p999_ns": r.latency.p999, "mean_ns": r.latency.mean, "samples": r.latency.samples}))
+                .map(|r| {
+                    let mut row = r.latency.json_fields();
+                    row.insert("transport".into(), r.label.into());
+                    row.insert("size".into(), r.size.into());
+                    Value::Object(row)
+                })
                 .collect()
         };
         let report = json!({
             "cpus": cpus,
             "server_workers": options.workers,
             "memcpy_bytes_per_second": memcpy,
+            "methods": row_methods().iter().map(|(row, method)| json!({"row": row, "method": method})).collect::<Vec<_>>(),
             "latency": latency_json(&latency),
             "same_core": latency_json(&same_core),
-            "throughput": throughput.iter().map(|t| json!({"transport": t.label, "clients": t.clients,
-                "calls_per_second": t.calls_per_second, "slowest_client_calls": t.slowest, "fastest_client_calls": t.fastest})).collect::<Vec<_>>(),
+            "throughput": throughput.iter().map(|t| {
+                let mut row = t.latency.json_fields();
+                row.insert("transport".into(), t.label.into());
+                row.insert("clients".into(), t.clients.into());
+                row.insert("calls_per_second".into(), t.calls_per_second.into());
+                row.insert("calls_in_window".into(), t.counted.into());
+                row.insert("window_seconds".into(), t.window_seconds.into());
+                row.insert("slowest_client_calls".into(), t.slowest.into());
+                row.insert("fastest_client_calls".into(), t.fastest.into());
+                Value::Object(row)
+            }).collect::<Vec<_>>(),
             "echo_1mib_bytes_per_second": {"memlink": memlink_mib, "unix socket": uds_mib},
             "isolation": latency_json(&isolation),
             "isolation_streamer_bytes_per_second": streamed,
             "idle_connections": {"count": IDLE_CONNECTIONS, "shared_memory_bytes": idle_memory},
             "async": async_rows.json(),
-            "targets": targets.iter().map(|t| json!({"target": t.what, "measured": t.measured, "goal": t.goal,
-                "higher_is_better": t.higher_is_better, "met": t.met()})).collect::<Vec<_>>(),
+            "targets": targets.iter().map(Target::json).collect::<Vec<_>>(),
         });
         println!("{report}");
+        chart_written();
         return Ok(());
     }
 
+    println!(
+        "latency: this process is the client on one CPU, each server a child process on another; \
+         every reply checked (length and bytes)."
+    );
+    for (row, method) in row_methods() {
+        println!("  {row}: {method}");
+    }
     println!();
     for size in SIZES {
-        let memlink_p50 = find("memlink (awake)", size).map_or(1, |l| l.p50.max(1)) as f64;
-        let floor_p50 = find("shm spin (floor)", size).map_or(1, |l| l.p50.max(1)) as f64;
-        println!(
-            "{} round trip (µs)       p50       p99     p99.9   x memlink   x floor",
-            human_size(size)
+        let memlink_p50 = find(AWAKE, size).map_or(1, |l| l.p50.max(1)) as f64;
+        let floor_p50 = find(SPIN, size).map_or(1, |l| l.p50.max(1)) as f64;
+        println!("{} round trip (µs)", human_size(size));
+        let mut table = ui::table(
+            &[
+                "transport",
+                "samples",
+                "p50",
+                "p99",
+                "p99.9",
+                "x memlink",
+                "x floor",
+            ],
+            1,
         );
         for row in latency.iter().filter(|r| r.size == size) {
             let l = row.latency;
-            println!(
-                "  {:<18} {:>9} {:>9} {:>9} {:>10.2} {:>9.2}",
-                row.label,
+            table.add_row([
+                row.label.to_owned(),
+                l.samples.to_string(),
                 us(l.p50),
                 us(l.p99),
-                us(l.p999),
-                l.p50 as f64 / memlink_p50,
-                l.p50 as f64 / floor_p50
-            );
+                l.tail_us(),
+                format!("{:.2}", l.p50 as f64 / memlink_p50),
+                format!("{:.2}", l.p50 as f64 / floor_p50),
+            ]);
         }
+        println!("{table}");
         println!();
     }
-    print_percentiles(
-        "64 B round trip, client and server on the same CPU (µs)",
-        &same_core,
-        55,
-    );
+    println!("64 B round trip, client and server on the same CPU (µs)");
+    println!("{}", percentiles_table(&same_core));
     println!();
-    println!("throughput, 64 B calls       clients     calls/s   slowest/fastest client");
-    for t in &throughput {
-        println!(
-            "  {:<26} {:>7} {:>11.0}   {:.2}",
-            t.label,
-            t.clients,
-            t.calls_per_second,
-            t.slowest as f64 / t.fastest.max(1) as f64
-        );
-    }
-    println!();
-    print_percentiles("isolation, one server (µs)", &isolation, 45);
     println!(
-        "  (the streamer moved {:.2} GB/s meanwhile, requests and echoes)",
+        "throughput, 64 B calls: every client process starts at once and the calls completed in \
+         one common window ({:.2} s, after a warm-up) are counted",
+        throughput.first().map_or(0.0, |t| t.window_seconds)
+    );
+    let mut table = ui::table(
+        &[
+            "transport",
+            "clients",
+            "calls/s",
+            "p50 µs",
+            "p99 µs",
+            "slowest/fastest client",
+        ],
+        1,
+    );
+    for t in &throughput {
+        table.add_row([
+            t.label.to_owned(),
+            t.clients.to_string(),
+            format!("{:.0}", t.calls_per_second),
+            us(t.latency.p50),
+            us(t.latency.p99),
+            format!("{:.2}", t.slowest as f64 / t.fastest.max(1) as f64),
+        ]);
+    }
+    println!("{table}");
+    println!();
+    println!("isolation, one server (µs)");
+    println!("{}", percentiles_table(&isolation));
+    println!(
+        "(the streamer moved {:.2} GB/s meanwhile, requests and echoes)",
         streamed / 1e9
     );
     println!();
@@ -705,7 +938,6 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
         idle_memory / (1 << 20) as f64,
         idle_memory / 1024.0 / IDLE_CONNECTIONS as f64
     );
-    println!();
     println!(
         "1 MiB echo: memlink {:.2} GB/s, unix socket {:.2} GB/s, single-thread memcpy {:.2} GB/s",
         memlink_mib / 1e9,
@@ -715,17 +947,7 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
     println!();
     async_rows.print();
     println!();
-    println!("targets                                    measured     goal   met");
-    for t in &targets {
-        let relation = if t.higher_is_better { ">=" } else { "<=" };
-        println!(
-            "  {:<40} {:>8.2}  {} {:<5.2} {}",
-            t.what,
-            t.measured,
-            relation,
-            t.goal,
-            if t.met() { "yes" } else { "NO" }
-        );
-    }
+    println!("{}", targets_table(&targets));
+    chart_written();
     Ok(())
 }

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use memlink::{Client, ClientOptions};
 use serde_json::{Value, json};
 
-use crate::bench::{
-    BenchOptions, IDLE_GAP, Latency, allowed_cpus, new_histogram, note, unique, us,
-};
+use crate::bench::{BenchOptions, IDLE_GAP, Latency, allowed_cpus, new_histogram, unique, us};
 use crate::peer::{self, PeerProcess};
 
 /// Concurrent calls of the throughput row, and the connections they share.
@@ -69,7 +67,6 @@ fn measure_on(options: &BenchOptions, server_cpu: Option<usize>) -> io::Result<A
     let request: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
     let other = |e: memlink::Error| io::Error::other(e);
 
-    note(options.json, "  blocking client, one call at a time ...");
     let client = Client::connect_timeout(&name, Duration::from_secs(10)).map_err(other)?;
     let mut reply = Vec::new();
     let blocking = time_calls(n, None, || client.call_into(&request, &mut reply))?;
@@ -78,7 +75,6 @@ fn measure_on(options: &BenchOptions, server_cpu: Option<usize>) -> io::Result<A
 
     let rt = runtime()?;
     rt.block_on(async {
-        note(options.json, "  tokio client, one call at a time ...");
         let client = ClientOptions::new()
             .max_concurrent_calls(CONNECTIONS)
             .connect_async_timeout(&name, Duration::from_secs(10))
@@ -120,10 +116,6 @@ fn measure_on(options: &BenchOptions, server_cpu: Option<usize>) -> io::Result<A
         }
         let async_rate = calls as f64 / span.as_secs_f64();
 
-        note(
-            options.json,
-            &format!("  tokio client, {CONCURRENT} concurrent calls from one thread ..."),
-        );
         let started = Instant::now();
         let end = started + span;
         let mut tasks = tokio::task::JoinSet::new();

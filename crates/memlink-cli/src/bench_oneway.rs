@@ -7,16 +7,18 @@
 //! so that the scheduler cannot put both on one CPU.
 
 use std::io;
+use std::path::Path;
 
+use indicatif::ProgressBar;
 use serde_json::{Value, json};
 
-use crate::bench::{Latency, Target, allowed_cpus, human_size, new_histogram, note, us};
+use crate::bench::{
+    Latency, P999_SAMPLES, Target, allowed_cpus, human_size, new_histogram, note, targets_table, us,
+};
 use crate::oneway::{self, Kind, RING_CAPACITY, Role};
-use crate::peer;
+use crate::{chart, peer, ui};
 
 const DUPLEX_SIZES: [usize; 4] = [64, 1 << 10, 64 << 10, 1 << 20];
-/// Fewest samples that back a p99.9 (below it the maximum is reported instead).
-const P999_SAMPLES: u64 = 10_000;
 
 const FLOOR: &str = "ring floor";
 const DUPLEX: &str = "memlink duplex";
@@ -72,15 +74,18 @@ fn median(mut runs: Vec<Rate>) -> io::Result<Rate> {
     Ok(chosen)
 }
 
-/// Measures each of `measure`'s transports `RUNS` times, taking turns, and keeps the medians.
+/// Measures each of `measure`'s transports `RUNS` times, taking turns, and keeps the medians;
+/// moves `bar` on by one per measurement.
 fn medians<K: Copy>(
     transports: &[K],
+    bar: &ProgressBar,
     mut measure: impl FnMut(K) -> io::Result<Rate>,
 ) -> io::Result<Vec<Rate>> {
     let mut runs: Vec<Vec<Rate>> = transports.iter().map(|_| Vec::new()).collect();
     for _ in 0..RUNS {
         for (runs, &transport) in runs.iter_mut().zip(transports) {
             runs.push(measure(transport)?);
+            bar.inc(1);
         }
     }
     runs.into_iter().map(median).collect()
@@ -213,31 +218,6 @@ fn count_per_second(x: f64) -> String {
     }
 }
 
-fn print_targets(targets: &[Target]) {
-    println!("targets                                              measured      goal");
-    for t in targets {
-        let relation = if t.higher_is_better { ">=" } else { "<=" };
-        println!(
-            "  {:<48} {:>9.2}  {} {:<6.2} {}",
-            t.what,
-            t.measured,
-            relation,
-            t.goal,
-            if t.met() { "PASS" } else { "MISS" }
-        );
-    }
-}
-
-fn targets_json(targets: &[Target]) -> Vec<Value> {
-    targets
-        .iter()
-        .map(|t| {
-            json!({"target": t.what, "measured": t.measured, "goal": t.goal,
-                   "higher_is_better": t.higher_is_better, "met": t.met()})
-        })
-        .collect()
-}
-
 fn find<'a>(rows: &'a [Rate], label: &str, size: usize) -> io::Result<&'a Rate> {
     rows.iter()
         .find(|r| r.label == label && r.size == size)
@@ -246,25 +226,37 @@ fn find<'a>(rows: &'a [Rate], label: &str, size: usize) -> io::Result<&'a Rate> 
 
 /// Prints rate rows of one size with their ratios to the floor's and the socket's rate.
 fn print_rates(heading: &str, rows: &[&Rate], floor: f64, socket: f64) {
-    println!(
-        "{heading:<34} {:>9} {:>11} {:>10} {:>8} {:>9}",
-        "count", "per second", "MB/s", "x floor", "x socket"
+    println!("{heading}");
+    let mut table = ui::table(
+        &[
+            "transport",
+            "count",
+            "per second",
+            "MB/s",
+            "x floor",
+            "x socket",
+        ],
+        1,
     );
     for r in rows {
-        println!(
-            "  {:<32} {:>9} {:>11} {:>10.1} {:>8.2} {:>9.2}",
-            r.label,
-            r.count,
+        table.add_row([
+            r.label.to_owned(),
+            r.count.to_string(),
             count_per_second(r.per_second()),
-            r.bytes_per_second() / 1e6,
-            r.per_second() / floor,
-            r.per_second() / socket,
-        );
+            format!("{:.1}", r.bytes_per_second() / 1e6),
+            format!("{:.2}", r.per_second() / floor),
+            format!("{:.2}", r.per_second() / socket),
+        ]);
     }
+    println!("{table}");
 }
 
-/// `memlink bench duplex`.
-pub(crate) fn run_duplex(options: &OnewayOptions, sizes: &[usize]) -> io::Result<()> {
+/// `memlink bench duplex`; the latency chart to `svg`, if given.
+pub(crate) fn run_duplex(
+    options: &OnewayOptions,
+    sizes: &[usize],
+    svg: Option<&Path>,
+) -> io::Result<()> {
     let cpus = cpu_count();
     let sizes: Vec<usize> = if sizes.is_empty() {
         DUPLEX_SIZES.to_vec()
@@ -285,28 +277,25 @@ pub(crate) fn run_duplex(options: &OnewayOptions, sizes: &[usize]) -> io::Result
                 human_size(RING_CAPACITY)
             ),
         );
+        let bar = ui::progress((sizes.len() * transports.len() * (RUNS + 1)) as u64);
         let mut rates = Vec::new();
         for &size in &sizes {
             let count = rate_count(size, options);
-            note(
-                options.json,
-                &format!("  rate, {} x {count} ...", human_size(size)),
-            );
-            rates.extend(medians(&transports, |(kind, label)| {
+            bar.set_message(format!("rate, {} x {count}", human_size(size)));
+            rates.extend(medians(&transports, &bar, |(kind, label)| {
                 rate(kind, label, size, count, cpu)
             })?);
         }
         let mut latencies = Vec::new();
         for &size in &sizes {
             let samples = latency_samples(size, options);
-            note(
-                options.json,
-                &format!("  latency, {} x {samples} ...", human_size(size)),
-            );
+            bar.set_message(format!("latency, {} x {samples}", human_size(size)));
             for (kind, label) in transports {
                 latencies.push(latency(kind, label, size, samples, cpu)?);
+                bar.inc(1);
             }
         }
+        bar.finish_and_clear();
         Ok((rates, latencies, cpu))
     })?;
 
@@ -332,17 +321,45 @@ pub(crate) fn run_duplex(options: &OnewayOptions, sizes: &[usize]) -> io::Result
             0.8,
         ));
     }
-    let rate_method = "the sender sends COUNT messages back to back, the receiver checks each (sequence number and length); timed from the sender's clock reading just before its first send to the receiver's just after its last check; the median of 3 runs, the transports taking turns";
-    let latency_method = "one-way: ping-pong (a 16-byte ping, then a SIZE-byte answer), the answer's sender reads the clock just before it sends, the receiver just after it has received and checked it";
+    let rate_method = "the sender sends COUNT messages back to back, the receiver checks each (length, and its sequence number at both ends); timed from the sender's clock reading just before its first send to the receiver's just after its last check; the median of 3 runs, the transports taking turns";
+    let latency_method = "one-way: ping-pong (a 16-byte ping, then a SIZE-byte answer), the answer's sender reads the clock just before it sends, the receiver just after it has received it (then checks every byte)";
+
+    if let Some(path) = svg {
+        let series: Vec<chart::Series> = transports
+            .iter()
+            .map(|&(_, label)| chart::Series {
+                label: label.to_owned(),
+                points: latencies
+                    .iter()
+                    .filter(|r| r.label == label)
+                    .map(|r| (r.size, r.latency))
+                    .collect(),
+            })
+            .collect();
+        chart::write_svg(
+            path,
+            &format!("memlink bench duplex: one-way latency, {cpus} CPUs"),
+            "one-way",
+            &series,
+        )?;
+    }
+    let chart_written = || {
+        if let Some(path) = svg {
+            note(
+                options.json,
+                &format!("latency chart written to {}", path.display()),
+            );
+        }
+    };
 
     if options.json {
         let latency_json: Vec<Value> = latencies
             .iter()
             .map(|r| {
-                let l = r.latency;
-                json!({"transport": r.label, "size": r.size, "p50_ns": l.p50, "p99_ns": l.p99,
-                       "p999_ns": (l.samples >= P999_SAMPLES).then_some(l.p999), "max_ns": l.max,
-                       "mean_ns": l.mean, "samples": l.samples})
+                let mut row = r.latency.json_fields();
+                row.insert("transport".into(), r.label.into());
+                row.insert("size".into(), r.size.into());
+                Value::Object(row)
             })
             .collect();
         let report = json!({
@@ -354,9 +371,10 @@ pub(crate) fn run_duplex(options: &OnewayOptions, sizes: &[usize]) -> io::Result
             "rate": rates.iter().map(|r| r.json("size", "messages", "messages_per_second")).collect::<Vec<_>>(),
             "latency_method": latency_method,
             "latency": latency_json,
-            "targets": targets_json(&targets),
+            "targets": targets.iter().map(Target::json).collect::<Vec<_>>(),
         });
         println!("{report}");
+        chart_written();
         return Ok(());
     }
 
@@ -381,33 +399,23 @@ pub(crate) fn run_duplex(options: &OnewayOptions, sizes: &[usize]) -> io::Result
     );
     println!();
     for &size in &sizes {
-        println!(
-            "{:<20} {:>8} {:>9} {:>9} {:>13}",
-            format!("{} one-way", human_size(size)),
-            "samples",
-            "p50",
-            "p99",
-            "p99.9 or max"
-        );
+        println!("{} one-way (µs)", human_size(size));
+        let mut table = ui::table(&["transport", "samples", "p50", "p99", "p99.9"], 1);
         for r in latencies.iter().filter(|r| r.size == size) {
             let l = r.latency;
-            let tail = if l.samples >= P999_SAMPLES {
-                format!("{} p99.9", us(l.p999))
-            } else {
-                format!("{} max", us(l.max))
-            };
-            println!(
-                "  {:<18} {:>8} {:>9} {:>9} {:>13}",
-                r.label,
-                l.samples,
+            table.add_row([
+                r.label.to_owned(),
+                l.samples.to_string(),
                 us(l.p50),
                 us(l.p99),
-                tail
-            );
+                l.tail_us(),
+            ]);
         }
+        println!("{table}");
         println!();
     }
-    print_targets(&targets);
+    println!("{}", targets_table(&targets));
+    chart_written();
     Ok(())
 }
 
@@ -424,12 +432,10 @@ pub(crate) fn run_stream(options: &OnewayOptions) -> io::Result<()> {
                 placement(cpu)
             ),
         );
+        let bar = ui::progress((7 * RUNS) as u64);
         let mut rows = Vec::new();
         for (size, count) in [(64, small), (64 << 10, large)] {
-            note(
-                options.json,
-                &format!("  {} items x {count} ...", human_size(size)),
-            );
+            bar.set_message(format!("{} items x {count}", human_size(size)));
             let mut transports = vec![
                 (Some(Kind::Floor), FLOOR),
                 (None, STREAM),
@@ -438,7 +444,7 @@ pub(crate) fn run_stream(options: &OnewayOptions) -> io::Result<()> {
             if size < 64 << 10 {
                 transports.push((Some(Kind::UdsBatched), SOCKET_BATCHED));
             }
-            rows.extend(medians(&transports, |(kind, label)| match kind {
+            rows.extend(medians(&transports, &bar, |(kind, label)| match kind {
                 Some(kind) => rate(kind, label, size, count, cpu),
                 None => Ok(Rate {
                     label,
@@ -449,6 +455,7 @@ pub(crate) fn run_stream(options: &OnewayOptions) -> io::Result<()> {
                 }),
             })?);
         }
+        bar.finish_and_clear();
         Ok((rows, cpu))
     })?;
 
@@ -475,7 +482,7 @@ pub(crate) fn run_stream(options: &OnewayOptions) -> io::Result<()> {
             items(STREAM, 64 << 10)? / items(SOCKET, 64 << 10)?,
         ),
     ];
-    let method = "the server sends COUNT items as fast as it can, the client checks each (sequence number and length); timed from the sender's clock reading just before its first item to the receiver's just after its last check; the median of 3 runs, the transports taking turns";
+    let method = "the server sends COUNT items as fast as it can, the client checks each (length, and its sequence number at both ends); timed from the sender's clock reading just before its first item to the receiver's just after its last check; the median of 3 runs, the transports taking turns";
     let socket_method = "unix socket: one writev (4-byte length + item) per item; batched: items collected and written 64 KiB at a time (not run for 64 KiB items, which are a batch each already); the receiver reads up to 256 KiB at once while items are small, a large item's payload straight into its buffer";
 
     if options.json {
@@ -506,9 +513,10 @@ pub(crate) fn run_stream(options: &OnewayOptions) -> io::Result<()> {
         );
         println!();
     }
-    println!("ratios (no target is set for streams)            measured");
+    let mut table = ui::table(&["ratio (no target is set for streams)", "measured"], 1);
     for (what, measured) in &ratios {
-        println!("  {what:<52} {measured:>7.2}");
+        table.add_row([what.to_string(), format!("{measured:.2}")]);
     }
+    println!("{table}");
     Ok(())
 }

@@ -9,7 +9,7 @@
 //! for every process of the machine). A zero-copy subscriber does not read the rest of the
 //! sample; a Unix socket subscriber has received all of it.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -18,8 +18,10 @@ use hdrhistogram::Histogram;
 use memlink::{Error, Publisher, Segment, Subscriber};
 use serde_json::{Value, json};
 
-use crate::bench::{Latency, human_size, new_histogram, us};
+use crate::bench::{Latency, Target, human_size, new_histogram, targets_table, us};
+use crate::framing::{self, Framed};
 use crate::peer::{self, PeerProcess};
+use crate::{chart, ui};
 
 const SIZES: [usize; 5] = [64, 4 << 10, 64 << 10, 1 << 20, 4 << 20];
 const FAN_OUT: [usize; 3] = [1, 4, 16];
@@ -38,6 +40,7 @@ const FLOOR_DATA: usize = 64;
 pub(crate) struct PubsubBenchOptions {
     pub(crate) json: bool,
     pub(crate) quick: bool,
+    pub(crate) svg: Option<std::path::PathBuf>,
 }
 
 fn other(e: impl std::fmt::Display) -> io::Error {
@@ -92,8 +95,6 @@ struct Outcome {
     missed: u64,
     /// From the first publish to the last subscriber's last sample.
     window: Duration,
-    /// The largest latency recorded.
-    max: u64,
 }
 
 /// A run: `subscribers` child processes receive `samples` samples of `size` bytes sent `way`,
@@ -172,25 +173,24 @@ impl Run {
                 drop(publisher);
             }
             Way::Uds => {
-                let listener = UnixListener::bind_addr(&peer::uds_address(&name)?)?;
+                let listener = UnixListener::bind_addr(&framing::uds_address(&name)?)?;
                 for _ in 0..self.subscribers {
                     peers.push(spawn(&name)?);
                 }
                 let mut streams = Vec::new();
                 for _ in 0..self.subscribers {
-                    streams.push(listener.accept()?.0);
+                    streams.push(Framed::unix(listener.accept()?.0, false)?);
                 }
-                let mut frame = vec![0x5au8; 4 + self.size];
-                frame[..4].copy_from_slice(&(self.size as u32).to_le_bytes());
+                let mut sample = vec![0x5au8; self.size];
                 started = Instant::now();
                 let mut next = Instant::now();
                 for seq in 0..self.samples {
                     pace(&mut next, self.gap);
-                    frame[12..20].copy_from_slice(&seq.to_le_bytes());
-                    frame[4..12].copy_from_slice(&now_ns().to_le_bytes());
-                    // One write of header and sample per subscriber.
+                    sample[8..16].copy_from_slice(&seq.to_le_bytes());
+                    sample[..8].copy_from_slice(&now_ns().to_le_bytes());
+                    // One writev of header and sample per subscriber.
                     for stream in &mut streams {
-                        stream.write_all(&frame)?;
+                        stream.send(&sample)?;
                     }
                 }
                 drop(streams);
@@ -269,7 +269,6 @@ fn collect(peers: Vec<PeerProcess>, started: Instant) -> io::Result<Outcome> {
     }
     Ok(Outcome {
         latency: Latency::of(&histogram),
-        max: histogram.max(),
         received,
         missed,
         window: Duration::from_nanos(last.saturating_sub(started_ns)),
@@ -291,11 +290,25 @@ pub(crate) fn subscriber(way: &str, address: &str, size: usize, samples: u64) ->
         *received += 1;
         now
     };
-    let stamp_of = |bytes: &[u8]| {
+    let word_at = |bytes: &[u8], at: usize| {
         bytes
-            .get(..8)
+            .get(at..at + 8)
             .and_then(|b| b.try_into().ok())
             .map_or(0, u64::from_le_bytes)
+    };
+    // Every sample is checked: its length, and its number (after the stamp), which must grow (by
+    // exactly one where nothing may be skipped: a socket).
+    let mut next = 0u64;
+    let mut check = |bytes: &[u8]| -> io::Result<u64> {
+        let seq = word_at(bytes, 8);
+        if bytes.len() != size || seq < next || (way == Way::Uds && seq != next) {
+            return Err(other(format!(
+                "expected sample {next} of {size} bytes, received sample {seq} of {} bytes",
+                bytes.len()
+            )));
+        }
+        next = seq + 1;
+        Ok(word_at(bytes, 0))
     };
     match way {
         Way::Loaned | Way::Copied => {
@@ -305,7 +318,10 @@ pub(crate) fn subscriber(way: &str, address: &str, size: usize, samples: u64) ->
             ready()?;
             loop {
                 match subscriber.recv_timeout(Duration::from_secs(30)) {
-                    Ok(sample) => last = record(stamp_of(&sample), &mut histogram, &mut received),
+                    Ok(sample) => {
+                        let stamp = check(&sample)?;
+                        last = record(stamp, &mut histogram, &mut received);
+                    }
                     Err(Error::Lagged { missed: n, .. }) => missed += n,
                     Err(Error::Disconnected { .. }) => break,
                     Err(e) => return Err(other(e)),
@@ -313,21 +329,13 @@ pub(crate) fn subscriber(way: &str, address: &str, size: usize, samples: u64) ->
             }
         }
         Way::Uds => {
-            let stream = UnixStream::connect_addr(&peer::uds_address(address)?)?;
+            let stream = UnixStream::connect_addr(&framing::uds_address(address)?)?;
+            let mut framed = Framed::unix(stream, false)?;
             ready()?;
-            let mut reader = BufReader::with_capacity(256 << 10, stream);
-            let mut sample = vec![0u8; size];
-            loop {
-                let mut header = [0u8; 4];
-                match reader.read_exact(&mut header) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
-                    Err(e) => return Err(e),
-                }
-                let len = u32::from_le_bytes(header) as usize;
-                sample.resize(len, 0);
-                reader.read_exact(&mut sample)?;
-                last = record(stamp_of(&sample), &mut histogram, &mut received);
+            let mut sample = Vec::with_capacity(size);
+            while framed.recv(&mut sample)? {
+                let stamp = check(&sample)?;
+                last = record(stamp, &mut histogram, &mut received);
             }
         }
         Way::Floor => {
@@ -346,7 +354,8 @@ pub(crate) fn subscriber(way: &str, address: &str, size: usize, samples: u64) ->
                     break;
                 }
                 segment.read(FLOOR_DATA, &mut sample).map_err(other)?;
-                last = record(stamp_of(&sample), &mut histogram, &mut received);
+                let stamp = check(&sample)?;
+                last = record(stamp, &mut histogram, &mut received);
                 missed += u64::from(now - seen - 1);
                 seen = now;
             }
@@ -392,16 +401,17 @@ fn note(json: bool, message: &str) {
     }
 }
 
-/// p99.9 where at least 10,000 samples back it, else the maximum (said so).
-fn tail(outcome: &Outcome) -> (String, &'static str) {
-    if outcome.latency.samples >= 10_000 {
-        (us(outcome.latency.p999), "p99.9")
-    } else {
-        (us(outcome.max), "max")
-    }
+/// One latency row of the report.
+struct LatencyRow {
+    label: String,
+    way: Way,
+    size: usize,
+    state: &'static str,
+    latency: Latency,
+    missed: u64,
 }
 
-/// Runs the whole benchmark and prints it (as a table, or one JSON object).
+/// Runs the whole benchmark and prints it (as tables, or one JSON object).
 pub(crate) fn run(options: &PubsubBenchOptions) -> io::Result<()> {
     let cpus: Vec<usize> = {
         let set = rustix::thread::sched_getaffinity(None).map_err(io::Error::from)?;
@@ -417,51 +427,26 @@ pub(crate) fn run(options: &PubsubBenchOptions) -> io::Result<()> {
         json,
         &format!(
             "memlink bench pubsub: {} CPUs; this process publishes (pinned to one CPU), each \
-             subscriber is a child process; one-way latency in µs",
+             subscriber is a child process and checks every sample's length and number; one-way \
+             latency in µs",
             cpus.len()
         ),
     );
-    let mut latency_rows = Vec::new();
-    let print_header = |title: &str| {
-        if !json {
-            println!(
-                "\n{title:<40} {:>9} {:>9} {:>9}  samples",
-                "p50", "p99", "tail"
-            );
-        }
-    };
-    print_header("latency, 1 subscriber");
-    let mut measure = |label: String, run: Run, state: &str| -> io::Result<Latency> {
+    let bar = ui::progress((1 + 3 * SIZES.len() + 2 + 2 * FAN_OUT.len()) as u64);
+    let mut latency_rows: Vec<LatencyRow> = Vec::new();
+    let mut measure = |label: String, run: Run, state: &'static str| -> io::Result<Latency> {
+        bar.set_message(label.clone());
         let outcome = run.go(&cpus)?;
-        let latency = outcome.latency;
-        let (tail_value, tail_kind) = tail(&outcome);
-        if !json {
-            println!(
-                "  {label:<38} {:>9} {:>9} {:>9}  {} ({tail_kind}{})",
-                us(latency.p50),
-                us(latency.p99),
-                tail_value,
-                latency.samples,
-                if outcome.missed > 0 {
-                    format!(", {} missed", outcome.missed)
-                } else {
-                    String::new()
-                }
-            );
-        }
-        latency_rows.push(json!({
-            "way": run.way.key(),
-            "size": run.size,
-            "state": state,
-            "subscribers": run.subscribers,
-            "p50_ns": latency.p50,
-            "p99_ns": latency.p99,
-            "p999_ns": if latency.samples >= 10_000 { Value::from(latency.p999) } else { Value::Null },
-            "max_ns": outcome.max,
-            "samples": latency.samples,
-            "missed": outcome.missed,
-        }));
-        Ok(latency)
+        bar.inc(1);
+        latency_rows.push(LatencyRow {
+            label,
+            way: run.way,
+            size: run.size,
+            state,
+            latency: outcome.latency,
+            missed: outcome.missed,
+        });
+        Ok(outcome.latency)
     };
     let floor = measure(
         "shm spin floor, 64 B (awake)".into(),
@@ -513,16 +498,16 @@ pub(crate) fn run(options: &PubsubBenchOptions) -> io::Result<()> {
         )?;
     }
 
-    if !json {
-        println!(
-            "\n{:<40} {:>14} {:>9} {:>9}",
-            "fan-out, 64 B (every subscriber gets all)", "delivered/s", "p50", "p99"
-        );
+    struct FanRow {
+        way: Way,
+        subscribers: usize,
+        rate: f64,
+        outcome: Outcome,
     }
     let mut fan_rows = Vec::new();
-    let mut rates = Vec::new();
     for way in [Way::Loaned, Way::Uds] {
         for subscribers in FAN_OUT {
+            bar.set_message(format!("fan-out: {} to {subscribers}", way.key()));
             let samples = if options.quick { 20_000 } else { 200_000 };
             let outcome = Run {
                 way,
@@ -532,83 +517,133 @@ pub(crate) fn run(options: &PubsubBenchOptions) -> io::Result<()> {
                 gap: Duration::ZERO,
             }
             .go(&cpus)?;
+            bar.inc(1);
             let rate = outcome.received as f64 / outcome.window.as_secs_f64().max(1e-9);
-            if way == Way::Loaned {
-                rates.push((subscribers, rate));
-            }
-            if !json {
-                println!(
-                    "  {:<38} {:>14.0} {:>9} {:>9}",
-                    format!("{} to {subscribers}", way.key()),
-                    rate,
-                    us(outcome.latency.p50),
-                    us(outcome.latency.p99)
-                );
-            }
-            fan_rows.push(json!({
-                "way": way.key(),
-                "subscribers": subscribers,
-                "delivered_per_s": rate,
-                "received": outcome.received,
-                "missed": outcome.missed,
-                "p50_ns": outcome.latency.p50,
-                "p99_ns": outcome.latency.p99,
-            }));
+            fan_rows.push(FanRow {
+                way,
+                subscribers,
+                rate,
+                outcome,
+            });
         }
     }
+    bar.finish_and_clear();
 
+    let rate = |subscribers: usize| {
+        fan_rows
+            .iter()
+            .find(|r| r.way == Way::Loaned && r.subscribers == subscribers)
+            .map_or(0.0, |r| r.rate)
+    };
     let small = loaned_awake.first().map(|(_, l)| l.p50).unwrap_or(1).max(1);
     let large = loaned_awake.last().map(|(_, l)| l.p50).unwrap_or(0);
-    let one = rates.first().map(|(_, r)| *r).unwrap_or(1.0).max(1.0);
-    let sixteen = rates.last().map(|(_, r)| *r).unwrap_or(0.0);
     let targets = [
-        (
-            "loaned 4 MiB awake p50 / loaned 64 B awake p50",
-            large as f64 / small as f64,
-            2.0,
-            false,
-        ),
-        (
-            "loaned 64 B awake p50 / shm spin floor p50",
-            small as f64 / floor.p50.max(1) as f64,
-            1.5,
-            false,
-        ),
-        (
+        Target {
+            what: "loaned 4 MiB awake p50 / loaned 64 B awake p50",
+            measured: large as f64 / small as f64,
+            goal: 2.0,
+            higher_is_better: false,
+        },
+        Target {
+            what: "loaned 64 B awake p50 / shm spin floor p50",
+            measured: small as f64 / floor.p50.max(1) as f64,
+            goal: 1.5,
+            higher_is_better: false,
+        },
+        Target::at_least(
             "delivered/s to 16 subscribers / to 1",
-            sixteen / one,
+            rate(16) / rate(1).max(1.0),
             0.5,
-            true,
         ),
     ];
-    if !json {
-        println!("\ntargets (measured ratio vs goal):");
+
+    if let Some(path) = &options.svg {
+        let series: Vec<chart::Series> = [Way::Loaned, Way::Copied, Way::Uds]
+            .into_iter()
+            .map(|way| chart::Series {
+                label: format!("{} (awake)", way.key()),
+                points: latency_rows
+                    .iter()
+                    .filter(|r| r.way == way && r.state == "awake")
+                    .map(|r| (r.size, r.latency))
+                    .collect(),
+            })
+            .collect();
+        chart::write_svg(
+            path,
+            &format!(
+                "memlink bench pubsub: one-way latency, 1 subscriber, {} CPUs",
+                cpus.len()
+            ),
+            "one-way",
+            &series,
+        )?;
     }
-    let mut target_rows = Vec::new();
-    for (what, measured, goal, at_least) in targets {
-        let met = if at_least {
-            measured >= goal
-        } else {
-            measured <= goal
-        };
-        if !json {
-            println!(
-                "  {what:<50} {measured:>6.2} {} {goal:<4}  {}",
-                if at_least { ">=" } else { "<=" },
-                if met { "met" } else { "MISSED" }
+    let chart_written = || {
+        if let Some(path) = &options.svg {
+            note(
+                json,
+                &format!("latency chart written to {}", path.display()),
             );
         }
-        target_rows.push(json!({"target": what, "measured": measured, "goal": goal, "met": met}));
-    }
+    };
+
     if json {
         let out = json!({
             "bench": "pubsub",
             "cpus": cpus.len(),
-            "latency": latency_rows,
-            "fan_out": fan_rows,
-            "targets": target_rows,
+            "latency": latency_rows.iter().map(|r| {
+                let mut row = r.latency.json_fields();
+                row.insert("way".into(), r.way.key().into());
+                row.insert("size".into(), r.size.into());
+                row.insert("state".into(), r.state.into());
+                row.insert("subscribers".into(), 1.into());
+                row.insert("missed".into(), r.missed.into());
+                Value::Object(row)
+            }).collect::<Vec<_>>(),
+            "fan_out": fan_rows.iter().map(|r| json!({
+                "way": r.way.key(),
+                "subscribers": r.subscribers,
+                "delivered_per_s": r.rate,
+                "received": r.outcome.received,
+                "missed": r.outcome.missed,
+                "p50_ns": r.outcome.latency.p50,
+                "p99_ns": r.outcome.latency.p99,
+            })).collect::<Vec<_>>(),
+            "targets": targets.iter().map(Target::json).collect::<Vec<_>>(),
         });
         println!("{out}");
+        chart_written();
+        return Ok(());
     }
+
+    println!("latency, 1 subscriber (µs; p99.9 where at least 10,000 samples back it, else (max))");
+    let mut table = ui::table(&["", "samples", "p50", "p99", "p99.9", "missed"], 1);
+    for r in &latency_rows {
+        table.add_row([
+            r.label.clone(),
+            r.latency.samples.to_string(),
+            us(r.latency.p50),
+            us(r.latency.p99),
+            r.latency.tail_us(),
+            r.missed.to_string(),
+        ]);
+    }
+    println!("{table}");
+    println!();
+    println!("fan-out, 64 B (every subscriber gets all)");
+    let mut table = ui::table(&["", "delivered/s", "p50 µs", "p99 µs"], 1);
+    for r in &fan_rows {
+        table.add_row([
+            format!("{} to {}", r.way.key(), r.subscribers),
+            format!("{:.0}", r.rate),
+            us(r.outcome.latency.p50),
+            us(r.outcome.latency.p99),
+        ]);
+    }
+    println!("{table}");
+    println!();
+    println!("{}", targets_table(&targets));
+    chart_written();
     Ok(())
 }

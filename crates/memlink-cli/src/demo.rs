@@ -1,11 +1,13 @@
 //! `memlink demo`: a server process, several client processes, a progress bar, and the same
-//! exchange over a Unix domain socket for comparison.
+//! exchange over a Unix domain socket (the benchmarks' baseline, [`crate::framing`]) for
+//! comparison. Every client checks every reply; all clients of a run start at one instant, and
+//! the rate is all their calls over the time from that instant to the last one's last call.
 
-use std::io::{self, Write};
-use std::time::Duration;
+use std::io;
 
 use crate::bench::{Latency, human_size, new_histogram, us};
 use crate::peer::{self, PeerProcess, Transport};
+use crate::ui;
 
 /// Command-line options of `memlink demo`.
 #[derive(Debug, Clone)]
@@ -20,32 +22,6 @@ struct Outcome {
     calls: u64,
     calls_per_second: f64,
     latency: Latency,
-}
-
-fn progress_bar(label: &str, done: u64, total: u64) {
-    use std::io::IsTerminal;
-    // On a terminal redraw in place; elsewhere (logs, CI) print only at each quarter.
-    let total = total.max(1);
-    let crossed_quarter = done * 4 / total > done.saturating_sub(1000) * 4 / total;
-    if !io::stderr().is_terminal() && done != total && !crossed_quarter {
-        return;
-    }
-    let width = 30;
-    let filled = (done * width / total.max(1)) as usize;
-    let mut err = io::stderr().lock();
-    let restart = if io::stderr().is_terminal() {
-        "\r"
-    } else {
-        "\n"
-    };
-    let _ = write!(
-        err,
-        "{restart}  {label:<12} [{}{}] {:>3}%  {done}/{total} calls",
-        "#".repeat(filled),
-        "-".repeat(width as usize - filled),
-        done * 100 / total.max(1)
-    );
-    let _ = err.flush();
 }
 
 pub(crate) fn run(options: &DemoOptions) -> io::Result<()> {
@@ -72,48 +48,54 @@ pub(crate) fn run(options: &DemoOptions) -> io::Result<()> {
         ("unix socket", Transport::Uds, &uds_name),
     ] {
         let mut histogram = new_histogram()?;
-        progress_bar(label, 0, total);
+        let bar = ui::progress(total);
+        bar.set_message(format!("{label}: calls"));
         let load = peer::Load {
             transport,
             address,
             clients: options.clients,
             size: options.size,
             calls: options.calls,
+            warmup: std::time::Duration::ZERO,
             seconds: 0.0,
         };
-        let reports = peer::run_clients(&load, &mut histogram, |done| {
-            progress_bar(label, done, total)
-        })?;
-        eprintln!();
-        let slowest = reports
-            .iter()
-            .map(|r| r.elapsed)
-            .max()
-            .unwrap_or(Duration::ZERO);
-        let calls: u64 = reports.iter().map(|r| r.calls).sum();
+        let outcome = peer::run_clients(&load, &mut histogram, |done| bar.set_position(done))?;
+        bar.finish_and_clear();
         outcomes.push(Outcome {
             label,
-            calls,
-            calls_per_second: calls as f64 / slowest.as_secs_f64().max(1e-9),
+            calls: outcome.counted(),
+            calls_per_second: outcome.calls_per_second(),
             latency: Latency::of(&histogram),
         });
     }
 
     println!();
-    println!("  transport      calls     calls/s    p50 µs    p99 µs  p99.9 µs");
+    let mut table = ui::table(
+        &[
+            "transport",
+            "calls",
+            "calls/s",
+            "p50 µs",
+            "p99 µs",
+            "p99.9 µs",
+        ],
+        1,
+    );
     for o in &outcomes {
-        println!(
-            "  {:<12} {:>7} {:>11.0} {:>9} {:>9} {:>9}",
-            o.label,
-            o.calls,
-            o.calls_per_second,
+        table.add_row([
+            o.label.to_owned(),
+            o.calls.to_string(),
+            format!("{:.0}", o.calls_per_second),
             us(o.latency.p50),
             us(o.latency.p99),
-            us(o.latency.p999)
-        );
+            o.latency.tail_us(),
+        ]);
     }
+    println!("{table}");
+    println!(
+        "  every reply checked; p99.9 where at least 10,000 calls back it, else the maximum (max)"
+    );
     if let [memlink, uds] = &outcomes[..] {
-        println!();
         println!(
             "  memlink: {:.1}x lower median latency and {:.1}x the throughput of a Unix socket on this machine.",
             uds.latency.p50 as f64 / memlink.latency.p50.max(1) as f64,

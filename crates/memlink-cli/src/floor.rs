@@ -6,7 +6,8 @@
 //! trusts its peer (our own child process) and is not meant for anything else.
 //!
 //! This is the CLI's only module with `unsafe` (mapping a memfd, forming atomics over it, copying
-//! in and out); everything above [`Region`] is safe code.
+//! in and out); everything above [`Region`] is safe code. [`Region`] also carries the round-trip
+//! floors of `memlink bench rpc` ([`crate::rpc_floor`]).
 //!
 //! # Layout
 //!
@@ -52,7 +53,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{MemfdFlags, SealFlags};
@@ -100,7 +101,7 @@ pub(crate) struct Region {
 
 impl Region {
     /// A fresh region of `len` bytes (zeroed), in a memfd sealed against resizing.
-    fn create(len: usize) -> io::Result<Self> {
+    pub(crate) fn create(len: usize) -> io::Result<Self> {
         let fd = rustix::fs::memfd_create(
             "memlink-bench-floor",
             MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
@@ -112,7 +113,7 @@ impl Region {
 
     /// The region a parent handed us as the inherited descriptor `fd` (see
     /// [`Region::inheritable`]), which must be sealed and exactly `len` bytes long.
-    fn open_inherited(fd: i32, len: usize) -> io::Result<Self> {
+    pub(crate) fn open_inherited(fd: i32, len: usize) -> io::Result<Self> {
         // Reopening through /proc gives a descriptor of our own without trusting a raw number.
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -184,8 +185,23 @@ impl Region {
         Ok(unsafe { AtomicU64::from_ptr(ptr) })
     }
 
+    /// The 32-bit atomic at `offset` (4-byte aligned, inside the region): a futex word.
+    pub(crate) fn word32(&self, offset: usize) -> io::Result<&AtomicU32> {
+        self.check(offset, 4)?;
+        if !offset.is_multiple_of(4) {
+            return Err(invalid("misaligned floor word"));
+        }
+        let ptr = self.base.as_ptr().wrapping_add(offset).cast::<u32>();
+        // `ptr` is inside the live mapping (checked) and 4-byte aligned (the mapping is
+        // page-aligned, `offset` checked); this process touches these bytes only through atomics
+        // (the round-trip floor never copies over its sequence and flag words); the mapping
+        // outlives the returned borrow of `self`.
+        // SAFETY: the invariants just stated hold here.
+        Ok(unsafe { AtomicU32::from_ptr(ptr) })
+    }
+
     /// Copies `data` into the region at `offset`.
-    fn copy_in(&self, offset: usize, data: &[u8]) -> io::Result<()> {
+    pub(crate) fn copy_in(&self, offset: usize, data: &[u8]) -> io::Result<()> {
         self.check(offset, data.len())?;
         let destination = self.base.as_ptr().wrapping_add(offset);
         // The destination range is inside the live, writable mapping (checked); `data` is
@@ -198,7 +214,7 @@ impl Region {
     }
 
     /// Appends the `len` bytes at `offset` to `out`, without zero-filling them first.
-    fn append_to(&self, offset: usize, len: usize, out: &mut Vec<u8>) -> io::Result<()> {
+    pub(crate) fn append_to(&self, offset: usize, len: usize, out: &mut Vec<u8>) -> io::Result<()> {
         self.check(offset, len)?;
         out.reserve(len);
         let old_len = out.len();

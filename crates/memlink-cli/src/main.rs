@@ -8,11 +8,15 @@ mod bench_async;
 mod bench_oneway;
 mod bench_pubsub;
 mod chaos;
+mod chart;
 mod demo;
 mod find;
 mod floor;
+mod framing;
 mod oneway;
 mod peer;
+mod rpc_floor;
+mod ui;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -176,6 +180,9 @@ enum BenchCommand {
         /// Server worker threads.
         #[arg(long, default_value_t = 1)]
         workers: usize,
+        /// Also write a chart of the latency percentiles per transport and size to this SVG file.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<std::path::PathBuf>,
     },
     /// Publish/subscribe latency (loaned and copied, 64 B to 4 MiB, awake and asleep) and
     /// fan-out to 1, 4 and 16 subscribers, against a Unix socket and a shared-memory floor.
@@ -186,6 +193,9 @@ enum BenchCommand {
         /// Fewer samples (about a tenth): for a quick look, not for quoting.
         #[arg(long)]
         quick: bool,
+        /// Also write a chart of the awake latency percentiles per way and size to this SVG file.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<std::path::PathBuf>,
     },
     /// One-way message rate and latency of a duplex channel against a Unix socket and a bare
     /// shared-memory ring (64 B to 1 MiB).
@@ -200,7 +210,10 @@ enum BenchCommand {
         /// test; below 10,000 samples the latency tail is reported as the maximum).
         #[arg(long)]
         count: Option<u64>,
-
+        /// Also write a chart of the one-way latency percentiles per transport and size to this
+        /// SVG file.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<std::path::PathBuf>,
         /// Only these message sizes, in bytes (comma-separated); targets whose sizes are left out
         /// are not evaluated.
         #[arg(long, value_delimiter = ',', hide = true)]
@@ -234,7 +247,6 @@ enum PeerRole {
         address: String,
         size: usize,
         calls: u64,
-        seconds: f64,
     },
     #[command(name = "pubsub-sub")]
     PubsubSub {
@@ -273,28 +285,34 @@ fn main() -> ExitCode {
                     json,
                     quick,
                     workers,
+                    svg,
                 },
         } => bench::run(&bench::BenchOptions {
             json,
             quick,
             workers: workers.max(1),
+            svg,
         })
         .map_err(Into::into),
         Command::Bench {
-            which: BenchCommand::Pubsub { json, quick },
-        } => {
-            bench_pubsub::run(&bench_pubsub::PubsubBenchOptions { json, quick }).map_err(Into::into)
-        }
+            which: BenchCommand::Pubsub { json, quick, svg },
+        } => bench_pubsub::run(&bench_pubsub::PubsubBenchOptions { json, quick, svg })
+            .map_err(Into::into),
         Command::Bench {
             which:
                 BenchCommand::Duplex {
                     json,
                     quick,
                     count,
+                    svg,
                     sizes,
                 },
-        } => bench_oneway::run_duplex(&bench_oneway::OnewayOptions { json, quick, count }, &sizes)
-            .map_err(Into::into),
+        } => bench_oneway::run_duplex(
+            &bench_oneway::OnewayOptions { json, quick, count },
+            &sizes,
+            svg.as_deref(),
+        )
+        .map_err(Into::into),
         Command::Bench {
             which: BenchCommand::Stream { json, quick, count },
         } => bench_oneway::run_stream(&bench_oneway::OnewayOptions { json, quick, count })
@@ -366,8 +384,7 @@ fn run_peer(role: PeerRole) -> std::io::Result<()> {
             address,
             size,
             calls,
-            seconds,
-        } => peer::client(parse(&transport)?, &address, size, calls, seconds),
+        } => peer::client(parse(&transport)?, &address, size, calls),
         PeerRole::PubsubSub {
             way,
             address,
@@ -410,26 +427,52 @@ fn serve(name: &str, workers: usize, everyone: bool) -> memlink::Result<()> {
         "serving '{name}' (pid {}, {workers} worker(s)); Ctrl-C or SIGTERM stops",
         std::process::id()
     );
-    let status_name = name.to_owned();
-    std::thread::spawn(move || {
-        let mut last_calls = 0;
-        loop {
-            std::thread::sleep(Duration::from_secs(1));
-            let Ok(stats) = memlink::rpc::server_stats(&status_name) else {
-                break;
-            };
-            eprint!(
-                "\r  {} calls ({} /s), {} client connection(s)      ",
-                stats.calls,
-                stats.calls - last_calls,
-                stats.connections
-            );
-            last_calls = stats.calls;
-        }
-    });
-    server.serve(|request: &[u8], reply: &mut Vec<u8>| reply.extend_from_slice(request))?;
-    eprintln!("\nstopped");
+    let (stop_status, stopped) = std::sync::mpsc::channel::<()>();
+    let status = {
+        let name = name.to_owned();
+        std::thread::spawn(move || serve_status(&name, &stopped))
+    };
+    let served =
+        server.serve(|request: &[u8], reply: &mut Vec<u8>| reply.extend_from_slice(request));
+    drop(stop_status);
+    let _ = status.join();
+    served?;
+    eprintln!("stopped");
     Ok(())
+}
+
+/// `memlink serve`'s statistics line, once a second until `stopped` says so (or disconnects): a
+/// status line redrawn in place on a terminal, elsewhere a plain line whenever something changed.
+fn serve_status(name: &str, stopped: &std::sync::mpsc::Receiver<()>) {
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
+    let line = terminal.then(indicatif::ProgressBar::new_spinner);
+    let mut last = (0, u32::MAX);
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stopped.recv_timeout(Duration::from_secs(1))
+    {
+        let Ok(stats) = memlink::rpc::server_stats(name) else {
+            break;
+        };
+        let text = format!(
+            "{} calls ({} /s), {} client connection(s)",
+            stats.calls,
+            stats.calls - last.0,
+            stats.connections
+        );
+        match &line {
+            Some(line) => {
+                line.set_message(text);
+                line.tick();
+            }
+            None if (stats.calls, stats.connections) != last => eprintln!("  {text}"),
+            None => {}
+        }
+        last = (stats.calls, stats.connections);
+    }
+    if let Some(line) = line {
+        line.finish_and_clear();
+    }
 }
 
 /// `memlink __find-server`: its standard error is captured by the `find` that started it (and
@@ -571,22 +614,14 @@ fn call(name: &str, text: &str, timeout_ms: u64) -> memlink::Result<()> {
     Ok(())
 }
 
-fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
-    let mut widths = header.map(str::len);
-    for r in rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.len());
-        }
+/// `rows` under `header` as a table (see [`ui::table`]); columns from `first_right` on (if any)
+/// are right-aligned.
+fn print_table<const N: usize>(header: [&str; N], first_right: usize, rows: &[[String; N]]) {
+    let mut table = ui::table(&header, first_right);
+    for row in rows {
+        table.add_row(row.iter());
     }
-    let header = header.map(str::to_owned);
-    for r in std::iter::once(&header).chain(rows) {
-        let line: Vec<String> = r
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
-    }
+    println!("{table}");
 }
 
 fn list() -> memlink::Result<()> {
@@ -637,6 +672,7 @@ fn list() -> memlink::Result<()> {
                 "FAILED/EXPIRED",
                 "HANDLER p50/p99/max",
             ],
+            usize::MAX,
             &rows,
         );
         // Each server's connections, indented under the table (calls per connection).
@@ -678,7 +714,11 @@ fn list() -> memlink::Result<()> {
                 ],
             })
             .collect();
-        print_table(["TOPIC", "PID", "PUBLISHED", "SUBSCRIBERS", "MODE"], &rows);
+        print_table(
+            ["TOPIC", "PID", "PUBLISHED", "SUBSCRIBERS", "MODE"],
+            usize::MAX,
+            &rows,
+        );
     }
     println!();
     let objects = inventory::list()?;
@@ -689,6 +729,7 @@ fn list() -> memlink::Result<()> {
     let rows: Vec<[String; 7]> = objects.iter().map(object_row).collect();
     print_table(
         ["NAME", "KIND", "SIZE", "MODE", "UID", "PID", "STATE"],
+        usize::MAX,
         &rows,
     );
     Ok(())

@@ -7,41 +7,29 @@
 //! one, the sender's `CLOCK_MONOTONIC` reading (ns) in the next 8: both processes read the same
 //! clock, so the receiver can tell when a message left.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::rc::Rc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use memlink::{Client, Duplex, ReplyStream, Server, StreamSink};
+use memlink::{Client, Duplex, DuplexReceiver, DuplexSender, ReplyStream, Server, StreamSink};
 
 use crate::floor::{self, Consumer, Producer};
+use crate::framing::{self, Framed};
 use crate::peer::{self, PeerProcess};
+
+pub(crate) use crate::peer::monotonic_ns;
 
 /// Bytes of each ring (per direction) of memlink's duplex channel by default, and of the floor's.
 pub(crate) const RING_CAPACITY: usize = 256 << 10;
-/// Socket buffer size asked for on both ends of the Unix socket (the default maximum that an
-/// unprivileged process may set, `net.core.wmem_max`, is 4 MiB on most systems).
-const SOCKET_BUFFER: usize = 4 << 20;
-/// What the batched socket sender collects before it writes.
-const SOCKET_BATCH: usize = 64 << 10;
-/// What the socket receiver reads at most at once while messages are small.
-const SOCKET_READ: usize = 256 << 10;
-/// Messages at least this large are read from the socket straight into the caller's buffer.
-const SOCKET_DIRECT: usize = 4 << 10;
-/// Longest a message may be (lengths read from a peer are checked against it).
-const MAX_MESSAGE: usize = 1 << 30;
+/// The filler of every message byte that carries neither a sequence number nor a clock.
+const FILL: u8 = 0xa5;
 /// How long to wait for a peer to pair up or connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn other(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process on this machine.
-pub(crate) fn monotonic_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    (t.tv_sec as u64).wrapping_mul(1_000_000_000) + t.tv_nsec as u64
 }
 
 fn word(message: &[u8], at: usize) -> u64 {
@@ -51,14 +39,38 @@ fn word(message: &[u8], at: usize) -> u64 {
         .map_or(u64::MAX, u64::from_le_bytes)
 }
 
-/// Checks that `message` is message `seq` of `size` bytes.
+/// Writes message `seq`'s number into its first 8 bytes and, from 24 bytes on, its last 8 (so a
+/// message torn or framed wrong shows at either end).
+fn number(message: &mut [u8], seq: u64) {
+    message[..8].copy_from_slice(&seq.to_le_bytes());
+    let len = message.len();
+    if len >= 24 {
+        message[len - 8..].copy_from_slice(&seq.to_le_bytes());
+    }
+}
+
+/// Checks that `message` is message `seq` of `size` bytes: its length and the numbers at both
+/// ends (the rate runs; a full comparison of every byte would add a pass over each message to
+/// the very thing they measure).
 fn check(message: &[u8], size: usize, seq: u64) -> io::Result<()> {
-    if message.len() != size || word(message, 0) != seq {
+    let tail_ok = size < 24 || word(message, size - 8) == seq;
+    if message.len() != size || word(message, 0) != seq || !tail_ok {
         return Err(other(format!(
             "expected message {seq} of {size} bytes, received message {} of {} bytes",
             word(message, 0),
             message.len()
         )));
+    }
+    Ok(())
+}
+
+/// As [`check`], and every other byte is the filler too (the latency runs: each answer is
+/// checked whole).
+fn check_whole(message: &[u8], size: usize, seq: u64) -> io::Result<()> {
+    check(message, size, seq)?;
+    let end = if size >= 24 { size - 8 } else { size };
+    if message[16..end].iter().any(|&b| b != FILL) {
+        return Err(other(format!("message {seq} arrived with wrong bytes")));
     }
     Ok(())
 }
@@ -100,13 +112,29 @@ pub(crate) trait Channel {
     }
 }
 
-impl Channel for Duplex {
+/// A duplex channel's two halves ([`Duplex::split`]): what a program that streams one way (or
+/// answers from one thread) uses, since the halves need no lock.
+struct DuplexChannel {
+    tx: DuplexSender,
+    rx: DuplexReceiver,
+}
+
+impl DuplexChannel {
+    fn open(name: &str) -> io::Result<Self> {
+        let (tx, rx) = Duplex::open_timeout(name, CONNECT_TIMEOUT)
+            .map_err(other)?
+            .split();
+        Ok(DuplexChannel { tx, rx })
+    }
+}
+
+impl Channel for DuplexChannel {
     fn send(&mut self, message: &[u8]) -> io::Result<()> {
-        Duplex::send(self, message).map_err(other)
+        self.tx.send(message).map_err(other)
     }
 
     fn recv_into(&mut self, message: &mut Vec<u8>) -> io::Result<()> {
-        Duplex::recv_into(self, message).map_err(other)
+        self.rx.recv_into(message).map_err(other)
     }
 }
 
@@ -126,122 +154,19 @@ impl Channel for FloorChannel {
     }
 }
 
-/// A Unix stream socket carrying messages as a 4-byte length and the payload. The sender writes
-/// each message with one `writev` of both (or, batching, collects them and writes 64 KiB at a
-/// time); the receiver reads up to 256 KiB at once while messages are small and takes them out of
-/// that buffer, and reads a large message's payload straight into the caller's buffer (a length
-/// read alone, then the payload: no second copy).
-struct UdsChannel {
-    stream: UnixStream,
-    buffer: Vec<u8>,
-    start: usize,
-    end: usize,
-    /// Whether the last message was small (the next read may then take many at once).
-    small: bool,
-    batch: Option<Vec<u8>>,
-}
-
-impl UdsChannel {
-    fn new(stream: UnixStream, batched: bool) -> io::Result<Self> {
-        rustix::net::sockopt::set_socket_send_buffer_size(&stream, SOCKET_BUFFER)?;
-        rustix::net::sockopt::set_socket_recv_buffer_size(&stream, SOCKET_BUFFER)?;
-        Ok(UdsChannel {
-            stream,
-            buffer: vec![0; SOCKET_READ],
-            start: 0,
-            end: 0,
-            small: true,
-            batch: batched.then(|| Vec::with_capacity(SOCKET_BATCH + 64)),
-        })
-    }
-
-    /// Makes sure `need` bytes are buffered (`need` at most the buffer's size).
-    fn fill(&mut self, need: usize) -> io::Result<()> {
-        if self.end - self.start >= need {
-            return Ok(());
-        }
-        if self.start + need > self.buffer.len() || self.start == self.end {
-            self.buffer.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        // While messages are large, read only what is needed: their payloads go straight to
-        // the caller.
-        let limit = if self.small {
-            self.buffer.len()
-        } else {
-            self.start + need
-        };
-        while self.end - self.start < need {
-            let n = self.stream.read(&mut self.buffer[self.end..limit])?;
-            if n == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            self.end += n;
-        }
-        Ok(())
-    }
-}
-
-impl Channel for UdsChannel {
+/// A Unix stream socket: the benchmarks' shared baseline wire ([`crate::framing`]), one
+/// `writev` per message or batches of 64 KiB.
+impl Channel for Framed {
     fn send(&mut self, message: &[u8]) -> io::Result<()> {
-        let header = u32::try_from(message.len()).map_err(other)?.to_le_bytes();
-        if let Some(batch) = &mut self.batch {
-            batch.extend_from_slice(&header);
-            batch.extend_from_slice(message);
-            if batch.len() >= SOCKET_BATCH {
-                self.stream.write_all(batch)?;
-                batch.clear();
-            }
-            return Ok(());
-        }
-        let mut slices = [IoSlice::new(&header), IoSlice::new(message)];
-        let mut slices = &mut slices[..];
-        while !slices.is_empty() {
-            let n = self.stream.write_vectored(slices)?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            IoSlice::advance_slices(&mut slices, n);
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if let Some(batch) = &mut self.batch {
-            self.stream.write_all(batch)?;
-            batch.clear();
-        }
-        Ok(())
+        Framed::send(self, message)
     }
 
     fn recv_into(&mut self, message: &mut Vec<u8>) -> io::Result<()> {
-        self.fill(4)?;
-        let mut header = [0u8; 4];
-        header.copy_from_slice(&self.buffer[self.start..self.start + 4]);
-        self.start += 4;
-        let len = u32::from_le_bytes(header) as usize;
-        if len > MAX_MESSAGE {
-            return Err(other(format!("a socket message of {len} bytes")));
-        }
-        self.small = len < SOCKET_DIRECT;
-        if self.small {
-            self.fill(len)?;
-            message.clear();
-            message.extend_from_slice(&self.buffer[self.start..self.start + len]);
-            self.start += len;
-            return Ok(());
-        }
-        // Sized without zeroing when the buffer is reused for messages of one size.
-        if message.len() > len {
-            message.truncate(len);
-        } else {
-            message.resize(len, 0);
-        }
-        let buffered = (self.end - self.start).min(len);
-        message[..buffered].copy_from_slice(&self.buffer[self.start..self.start + buffered]);
-        self.start += buffered;
-        self.stream.read_exact(&mut message[buffered..])
+        Framed::recv_into(self, message)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Framed::flush(self)
     }
 }
 
@@ -327,21 +252,21 @@ pub(crate) fn connect(
         Kind::Duplex => {
             // The child says it is ready before it opens: each open waits for the other.
             let peer = spawn(&name)?;
-            let duplex = Duplex::open_timeout(&name, CONNECT_TIMEOUT).map_err(other)?;
+            let duplex = DuplexChannel::open(&name)?;
             Ok(Connection {
                 channel: Box::new(duplex),
                 peer,
             })
         }
         Kind::Uds | Kind::UdsBatched => {
-            let listener = UnixListener::bind_addr(&peer::uds_address(&name)?)?;
+            let listener = UnixListener::bind_addr(&framing::uds_address(&name)?)?;
             // The child connects before it says it is ready, so the connection is waiting.
             let peer = spawn(&name)?;
             listener.set_nonblocking(true)?;
             let (stream, _) = listener.accept()?;
             stream.set_nonblocking(false)?;
             Ok(Connection {
-                channel: Box::new(UdsChannel::new(stream, kind == Kind::UdsBatched)?),
+                channel: Box::new(Framed::unix(stream, kind == Kind::UdsBatched)?),
                 peer,
             })
         }
@@ -382,7 +307,7 @@ pub(crate) fn ping_pong(
         channel.flush()?;
         channel.recv_into(&mut pong)?;
         let arrived = monotonic_ns();
-        check(&pong, size, seq)?;
+        check_whole(&pong, size, seq)?;
         if seq >= warmup {
             histogram.saturating_record(arrived.saturating_sub(word(&pong, 8)).max(1));
         }
@@ -425,16 +350,16 @@ pub(crate) fn child(
         }
         Kind::Duplex => {
             peer::ready("")?;
-            Box::new(Duplex::open_timeout(address, CONNECT_TIMEOUT).map_err(other)?)
+            Box::new(DuplexChannel::open(address)?)
         }
         Kind::Uds | Kind::UdsBatched => {
-            let stream = UnixStream::connect_addr(&peer::uds_address(address)?)?;
-            let channel = UdsChannel::new(stream, kind == Kind::UdsBatched)?;
+            let stream = UnixStream::connect_addr(&framing::uds_address(address)?)?;
+            let channel = Framed::unix(stream, kind == Kind::UdsBatched)?;
             peer::ready("")?;
             Box::new(channel)
         }
     };
-    let mut message = vec![0xa5u8; size];
+    let mut message = vec![FILL; size];
     match role {
         "send" => {
             let mut go = String::new();
@@ -443,10 +368,10 @@ pub(crate) fn child(
             }
             message[8..16].copy_from_slice(&monotonic_ns().to_le_bytes());
             for seq in 0..count {
-                message[..8].copy_from_slice(&seq.to_le_bytes());
+                number(&mut message, seq);
                 channel.send(&message)?;
                 if seq == 0 {
-                    message[8..16].fill(0);
+                    message[8..16].fill(FILL);
                 }
             }
             channel.flush()?;
@@ -456,7 +381,7 @@ pub(crate) fn child(
             for seq in 0..count {
                 channel.recv_into(&mut ping)?;
                 check(&ping, 16, seq)?;
-                message[..8].copy_from_slice(&seq.to_le_bytes());
+                number(&mut message, seq);
                 message[8..16].copy_from_slice(&monotonic_ns().to_le_bytes());
                 channel.send(&message)?;
                 channel.flush()?;
@@ -486,13 +411,13 @@ pub(crate) fn stream_server(name: &str) -> io::Result<()> {
             .and_then(|(s, c)| Some((s.parse::<usize>().ok()?, c.parse::<u64>().ok()?)))
             .filter(|&(size, _)| size >= 16)
             .ok_or_else(bad)?;
-        let mut item = vec![0xa5u8; size];
+        let mut item = vec![FILL; size];
         item[8..16].copy_from_slice(&monotonic_ns().to_le_bytes());
         for seq in 0..count {
-            item[..8].copy_from_slice(&seq.to_le_bytes());
+            number(&mut item, seq);
             sink.send(&item)?;
             if seq == 0 {
-                item[8..16].fill(0);
+                item[8..16].fill(FILL);
             }
         }
         Ok(())
@@ -527,30 +452,21 @@ pub(crate) fn receive_stream(size: usize, count: u64, cpu: Option<usize>) -> io:
 mod tests {
     use super::*;
 
-    /// Both socket senders and the receiver agree on framing, for small and large messages,
-    /// mixed.
+    /// A message numbered at both ends passes the checks; one torn (the wrong number at its end)
+    /// or with a wrong byte fails them.
     #[test]
-    fn socket_framing_round_trips() {
-        for batched in [false, true] {
-            let (a, b) = UnixStream::pair().unwrap();
-            let lens = [16usize, 64, 5000, 1 << 20, 17, 64 << 10, 16];
-            let writer = std::thread::spawn(move || {
-                let mut tx = UdsChannel::new(a, batched).unwrap();
-                for (seq, &len) in lens.iter().enumerate() {
-                    let mut m = vec![7u8; len];
-                    m[..8].copy_from_slice(&(seq as u64).to_le_bytes());
-                    tx.send(&m).unwrap();
-                }
-                tx.flush().unwrap();
-            });
-            let mut rx = UdsChannel::new(b, false).unwrap();
-            let mut m = Vec::new();
-            for (seq, &len) in lens.iter().enumerate() {
-                rx.recv_into(&mut m).unwrap();
-                check(&m, len, seq as u64).unwrap();
-                assert!(m[8..].iter().all(|&b| b == 7));
-            }
-            writer.join().unwrap();
-        }
+    fn checks_catch_torn_and_wrong_messages() {
+        let mut m = vec![FILL; 100];
+        number(&mut m, 7);
+        check_whole(&m, 100, 7).unwrap();
+        assert!(check(&m, 100, 8).is_err());
+        assert!(check(&m[..99], 100, 7).is_err());
+        let mut torn = m.clone();
+        number(&mut torn[50..], 8);
+        assert!(check(&torn, 100, 7).is_err());
+        let mut wrong = m.clone();
+        wrong[40] = 0;
+        check(&wrong, 100, 7).unwrap();
+        assert!(check_whole(&wrong, 100, 7).is_err());
     }
 }

@@ -1,20 +1,23 @@
-//! The transports `memlink bench` and `memlink demo` compare, as echo *servers* that run in a
+//! The transports `memlink bench rpc` and `memlink demo` compare, as echo *servers* that run in a
 //! child process (`memlink __peer serve ...`), load-generating *clients* that run in child
 //! processes (`memlink __peer client ...`), and in-process round-trippers for latency runs.
 //!
 //! Every transport does the same exchange: the client sends `size` bytes, the server copies them
-//! out and sends the same bytes back, the client copies the reply out. The raw shared-memory floors
-//! (spin and futex) do exactly those copies with nothing else, so they bound what any shared-memory
-//! design can reach on this machine.
+//! out and sends the same bytes back, the client copies the reply out and checks it. The Unix
+//! socket, pipe and TCP baselines share one wire ([`crate::framing`]); the shared-memory floors
+//! are in [`crate::rpc_floor`].
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use memlink::{Client, Segment, Server};
+use memlink::{Client, Server};
+
+use crate::framing::{self, Framed};
+use crate::rpc_floor::{self, FloorClient, Waiting};
 
 /// Something that can do one echo round trip.
 pub(crate) trait RoundTrip {
@@ -31,6 +34,7 @@ pub(crate) enum Transport {
     Memlink,
     Spin,
     Futex,
+    Sleeping,
     Uds,
     Pipe,
     Tcp,
@@ -42,6 +46,7 @@ impl Transport {
             Transport::Memlink => "memlink",
             Transport::Spin => "spin",
             Transport::Futex => "futex",
+            Transport::Sleeping => "sleeping",
             Transport::Uds => "uds",
             Transport::Pipe => "pipe",
             Transport::Tcp => "tcp",
@@ -53,6 +58,7 @@ impl Transport {
             Transport::Memlink,
             Transport::Spin,
             Transport::Futex,
+            Transport::Sleeping,
             Transport::Uds,
             Transport::Pipe,
             Transport::Tcp,
@@ -60,183 +66,96 @@ impl Transport {
         .into_iter()
         .find(|t| t.key() == key)
     }
-}
 
-// --- raw shared-memory floors ------------------------------------------------------------------
-
-const REQ_SEQ: usize = 0;
-const RESP_SEQ: usize = 128;
-const STOP: usize = 256;
-const DATA: usize = 4096;
-
-fn floor_capacity(size: usize) -> usize {
-    size.div_ceil(4096).max(1) * 4096
-}
-
-fn floor_segment_size(size: usize) -> usize {
-    DATA + 2 * floor_capacity(size)
-}
-
-/// Waits for `word` to differ from `old`, by spinning (`sleep == false`) or by futex (`true`).
-fn await_change(word: &AtomicU32, old: u32, sleep: bool, stop: &AtomicU32) -> Option<u32> {
-    loop {
-        let now = word.load(Ordering::Acquire);
-        if now != old {
-            return Some(now);
-        }
-        if stop.load(Ordering::Relaxed) != 0 {
-            return None;
-        }
-        if sleep {
-            let timeout = rustix::thread::futex::Timespec {
-                tv_sec: 0,
-                tv_nsec: 100_000_000,
-            };
-            let _ = rustix::thread::futex::wait(
-                word,
-                rustix::thread::futex::Flags::empty(),
-                old,
-                Some(&timeout),
-            );
-        } else {
-            std::hint::spin_loop();
+    /// How a floor transport waits.
+    fn waiting(self) -> Option<Waiting> {
+        match self {
+            Transport::Spin => Some(Waiting::Spin),
+            Transport::Futex => Some(Waiting::Futex),
+            Transport::Sleeping => Some(Waiting::Memlink),
+            _ => None,
         }
     }
 }
 
-fn publish(word: &AtomicU32, value: u32, sleepers: bool) {
-    word.store(value, Ordering::Release);
-    if sleepers {
-        let _ = rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), 1);
-    }
-}
-
-/// Client end of a raw floor: copies in, flips a sequence word, waits for the echo, copies out.
-pub(crate) struct Floor {
-    segment: Segment,
-    sleep: bool,
-    seq: u32,
-}
-
-impl Floor {
-    pub(crate) fn create(name: &str, size: usize, sleep: bool) -> memlink::Result<Self> {
-        Ok(Floor {
-            segment: Segment::create(name, floor_segment_size(size))?,
-            sleep,
-            seq: 0,
-        })
-    }
-
-    pub(crate) fn stop(&self) {
-        if let Ok(stop) = self.segment.atomic_u32(STOP) {
-            publish(stop, 1, false);
-        }
-    }
-}
-
-impl RoundTrip for Floor {
+impl RoundTrip for Framed {
     fn round_trip(&mut self, request: &[u8], reply: &mut Vec<u8>) -> io::Result<()> {
-        let s = &self.segment;
-        let (req, resp, stop) = (
-            s.atomic_u32(REQ_SEQ).map_err(other)?,
-            s.atomic_u32(RESP_SEQ).map_err(other)?,
-            s.atomic_u32(STOP).map_err(other)?,
-        );
-        s.write(DATA, request).map_err(other)?;
-        self.seq = self.seq.wrapping_add(1);
-        publish(req, self.seq, self.sleep);
-        let mut seen = resp.load(Ordering::Acquire);
-        while seen != self.seq {
-            seen = await_change(resp, seen, self.sleep, stop).ok_or_else(|| other("stopped"))?;
-        }
-        reply.resize(request.len(), 0);
-        s.read(DATA + floor_capacity(request.len()), reply)
-            .map_err(other)
+        self.send(request)?;
+        self.recv_into(reply)
     }
 }
 
-fn serve_floor(name: &str, size: usize, sleep: bool) -> io::Result<()> {
-    let s = Segment::open(name).map_err(other)?;
-    let (req, resp, stop) = (
-        s.atomic_u32(REQ_SEQ).map_err(other)?,
-        s.atomic_u32(RESP_SEQ).map_err(other)?,
-        s.atomic_u32(STOP).map_err(other)?,
-    );
-    let mut buf = vec![0u8; size];
-    let mut last = req.load(Ordering::Acquire);
-    ready("")?;
-    while let Some(seq) = await_change(req, last, sleep, stop) {
-        s.read(DATA, &mut buf).map_err(other)?;
-        s.write(DATA + floor_capacity(size), &buf).map_err(other)?;
-        publish(resp, seq, sleep);
-        last = seq;
-    }
-    Ok(())
-}
-
-// --- stream transports (length-prefixed echo) --------------------------------------------------
-
-fn echo_stream(mut input: impl Read, mut output: impl Write) -> io::Result<()> {
-    let mut buf = Vec::new();
-    loop {
-        let mut len = [0u8; 4];
-        if input.read_exact(&mut len).is_err() {
-            return Ok(()); // peer closed
-        }
-        buf.resize(u32::from_le_bytes(len) as usize, 0);
-        input.read_exact(&mut buf)?;
-        output.write_all(&len)?;
-        output.write_all(&buf)?;
-        output.flush()?;
-    }
-}
-
-/// Client end of a length-prefixed stream echo.
-pub(crate) struct Stream<R, W> {
-    reader: R,
-    writer: W,
-}
-
-impl<R: Read, W: Write> RoundTrip for Stream<R, W> {
+impl RoundTrip for FloorClient {
     fn round_trip(&mut self, request: &[u8], reply: &mut Vec<u8>) -> io::Result<()> {
-        self.writer
-            .write_all(&(request.len() as u32).to_le_bytes())?;
-        self.writer.write_all(request)?;
-        self.writer.flush()?;
-        let mut len = [0u8; 4];
-        self.reader.read_exact(&mut len)?;
-        reply.resize(u32::from_le_bytes(len) as usize, 0);
-        self.reader.read_exact(reply)
+        FloorClient::round_trip(self, request, reply)
     }
-}
-
-pub(crate) fn uds_address(name: &str) -> io::Result<SocketAddr> {
-    use std::os::linux::net::SocketAddrExt;
-    SocketAddr::from_abstract_name(format!("memlink-bench.{name}").as_bytes())
-}
-
-pub(crate) fn connect_uds(name: &str) -> io::Result<Stream<UnixStream, UnixStream>> {
-    let stream = UnixStream::connect_addr(&uds_address(name)?)?;
-    Ok(Stream {
-        reader: stream.try_clone()?,
-        writer: stream,
-    })
-}
-
-pub(crate) fn connect_tcp(
-    port: &str,
-) -> io::Result<Stream<std::net::TcpStream, std::net::TcpStream>> {
-    let stream = std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().map_err(other)?))?;
-    stream.set_nodelay(true)?;
-    Ok(Stream {
-        reader: stream.try_clone()?,
-        writer: stream,
-    })
 }
 
 impl RoundTrip for Client {
     fn round_trip(&mut self, request: &[u8], reply: &mut Vec<u8>) -> io::Result<()> {
         self.call_into(request, reply).map_err(other)
+    }
+}
+
+/// A floor of `size` bytes waiting as `transport` says, with its server running in a child
+/// process on `cpu` (if given). The server is killed when the returned process is dropped.
+pub(crate) fn spawn_floor(
+    transport: Transport,
+    size: usize,
+    cpu: Option<usize>,
+) -> io::Result<(FloorClient, PeerProcess)> {
+    let waiting = transport
+        .waiting()
+        .ok_or_else(|| other(format!("{} is not a floor", transport.key())))?;
+    let floor = FloorClient::create(size, waiting)?;
+    let (inheritable, number) = floor.region().inheritable()?;
+    let server = PeerProcess::spawn_on(
+        cpu,
+        &[
+            "serve",
+            transport.key(),
+            &number.to_string(),
+            &size.to_string(),
+            "1",
+        ],
+    );
+    // The child has its copy (or failed to start): ours must not leak into later children.
+    drop(inheritable);
+    Ok((floor, server?))
+}
+
+/// The request of call `seq`: `request` with the call's number in its first bytes (as many of
+/// the 8 as fit), so that a reply to another call never passes for this one's.
+pub(crate) fn number_request(request: &mut [u8], seq: u64) {
+    let n = request.len().min(8);
+    request[..n].copy_from_slice(&seq.to_le_bytes()[..n]);
+}
+
+/// Checks that `reply` is the echo of `request` (length and every byte).
+pub(crate) fn check_reply(what: &str, seq: u64, request: &[u8], reply: &[u8]) -> io::Result<()> {
+    if reply == request {
+        return Ok(());
+    }
+    let first_difference = request.iter().zip(reply).position(|(a, b)| a != b);
+    Err(other(format!(
+        "{what}: wrong reply to call {seq}: {} bytes for a {}-byte request{}",
+        reply.len(),
+        request.len(),
+        first_difference.map_or_else(String::new, |at| format!(", first wrong byte at {at}")),
+    )))
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the same clock in every process on this machine.
+pub(crate) fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64).wrapping_mul(1_000_000_000) + t.tv_nsec as u64
+}
+
+/// Sleeps until `CLOCK_MONOTONIC` reads `at` (ns).
+fn sleep_until(at: u64) {
+    let now = monotonic_ns();
+    if at > now {
+        std::thread::sleep(Duration::from_nanos(at - now));
     }
 }
 
@@ -256,7 +175,8 @@ pub(crate) fn exit_when_parent_leaves() {
     });
 }
 
-/// `memlink __peer serve <transport> <name> <size> <workers>`.
+/// `memlink __peer serve <transport> <name> <size> <workers>`; for a floor, `name` is the number
+/// of the inherited descriptor of its region.
 pub(crate) fn serve(
     transport: Transport,
     name: &str,
@@ -278,17 +198,21 @@ pub(crate) fn serve(
                 .serve(|request: &[u8], reply: &mut Vec<u8>| reply.extend_from_slice(request))
                 .map_err(other)
         }
-        Transport::Spin | Transport::Futex => {
+        Transport::Spin | Transport::Futex | Transport::Sleeping => {
             exit_when_parent_leaves();
-            serve_floor(name, size, transport == Transport::Futex)
+            let fd = name
+                .parse()
+                .map_err(|_| other(format!("bad floor descriptor {name}")))?;
+            let waiting = transport.waiting().ok_or_else(|| other("not a floor"))?;
+            rpc_floor::serve(fd, size, waiting, || ready(""))
         }
         Transport::Uds => {
-            let listener = UnixListener::bind_addr(&uds_address(name)?)?;
+            let listener = UnixListener::bind_addr(&framing::uds_address(name)?)?;
             exit_when_parent_leaves();
             ready("")?;
             for stream in listener.incoming() {
-                let stream = stream?;
-                std::thread::spawn(move || stream.try_clone().map(|r| echo_stream(r, stream)));
+                let framed = Framed::unix(stream?, false)?;
+                std::thread::spawn(move || framed.echo_until_closed());
             }
             Ok(())
         }
@@ -297,15 +221,18 @@ pub(crate) fn serve(
             exit_when_parent_leaves();
             ready(&listener.local_addr()?.port().to_string())?;
             for stream in listener.incoming() {
-                let stream = stream?;
-                stream.set_nodelay(true)?;
-                std::thread::spawn(move || stream.try_clone().map(|r| echo_stream(r, stream)));
+                let framed = Framed::tcp(stream?)?;
+                std::thread::spawn(move || framed.echo_until_closed());
             }
             Ok(())
         }
         Transport::Pipe => {
+            // Our own descriptors for standard input and output: no locked, line-buffered
+            // `Stdout` between the echo and the pipe.
+            let reader = io::stdin().as_fd().try_clone_to_owned()?;
+            let writer = io::stdout().as_fd().try_clone_to_owned()?;
             ready("")?;
-            echo_stream(io::stdin().lock(), io::stdout().lock())
+            Framed::pipes(reader, writer).echo_until_closed()
         }
     }
 }
@@ -382,9 +309,11 @@ impl PeerProcess {
     }
 
     /// The peer's stdin and stdout as a length-prefixed stream (pipe transport).
-    pub(crate) fn pipe(&mut self) -> io::Result<Stream<ChildStdout, ChildStdin>> {
+    pub(crate) fn pipe(&mut self) -> io::Result<Framed> {
         match (self.stdout.take(), self.stdin.take()) {
-            (Some(reader), Some(writer)) => Ok(Stream { reader, writer }),
+            (Some(reader), Some(writer)) => {
+                Ok(Framed::pipes(OwnedFd::from(reader), OwnedFd::from(writer)))
+            }
             _ => Err(other("pipe already taken")),
         }
     }
@@ -407,6 +336,12 @@ impl PeerProcess {
     pub(crate) fn try_exit_status(&mut self) -> io::Result<Option<std::process::ExitStatus>> {
         self.child.try_wait()
     }
+
+    /// Waits for the peer to exit (closing its stdin first) and returns how it did.
+    pub(crate) fn wait(&mut self) -> io::Result<std::process::ExitStatus> {
+        self.stdin.take();
+        self.child.wait()
+    }
 }
 
 impl Drop for PeerProcess {
@@ -419,23 +354,35 @@ impl Drop for PeerProcess {
 
 // --- load-generating clients ---------------------------------------------------------------------
 
-/// `memlink __peer client <transport> <address> <size> <calls> <seconds>`: connects, says ready,
-/// waits for "go", then runs `calls` round trips (or as many as fit in `seconds` when `calls` is
-/// 0), printing `progress N` every 1,000 calls, its latency histogram as `hist NS COUNT` lines, and
-/// finally `done CALLS ELAPSED_NS`.
+/// When a load's clients start and which of their calls count (`CLOCK_MONOTONIC` ns): every
+/// client starts at `start`, and the calls that complete within `[from, to]` (the same window for
+/// all) are counted and timed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    pub(crate) start: u64,
+    pub(crate) from: u64,
+    pub(crate) to: u64,
+}
+
+/// `memlink __peer client <transport> <address> <size> <calls>`: connects, says ready, waits for
+/// `go START FROM TO` (see [`Window`]), sleeps until START, then makes `calls` calls (or, if
+/// `calls` is 0, calls until TO), each request numbered and each reply checked (length and every
+/// byte: a wrong one ends the client with an error). Prints `progress N` every 1,000 calls (when
+/// `calls` is given), the latency histogram of the calls completed within the window as `hist NS
+/// COUNT` lines, and finally `done CALLS COUNTED LAST_NS` (all calls, those in the window, when
+/// the last completed).
 pub(crate) fn client(
     transport: Transport,
     address: &str,
     size: usize,
     calls: u64,
-    seconds: f64,
 ) -> io::Result<()> {
     let mut round_trip: Box<dyn RoundTrip> = match transport {
         Transport::Memlink => {
             Box::new(Client::connect_timeout(address, Duration::from_secs(10)).map_err(other)?)
         }
-        Transport::Uds => Box::new(connect_uds(address)?),
-        Transport::Tcp => Box::new(connect_tcp(address)?),
+        Transport::Uds => Box::new(framing::connect_uds(address)?),
+        Transport::Tcp => Box::new(framing::connect_tcp(address)?),
         other_transport => {
             return Err(other(format!(
                 "{} has no load client",
@@ -446,59 +393,117 @@ pub(crate) fn client(
     ready("")?;
     let mut go = String::new();
     io::stdin().read_line(&mut go)?;
-    let request = vec![0xa5u8; size];
+    let window = match go.split_whitespace().collect::<Vec<_>>()[..] {
+        ["go", start, from, to] => Window {
+            start: start.parse().map_err(other)?,
+            from: from.parse().map_err(other)?,
+            to: to.parse().map_err(other)?,
+        },
+        _ => return Err(other(format!("expected go START FROM TO, got {go:?}"))),
+    };
+    let mut request = vec![0xa5u8; size];
     let mut reply = Vec::with_capacity(size);
     let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(other)?;
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs_f64(seconds);
     let mut out = io::stdout().lock();
-    let mut done = 0u64;
-    while if calls > 0 {
-        done < calls
-    } else {
-        Instant::now() < deadline
-    } {
-        let t = Instant::now();
+    let (mut done, mut counted, mut last) = (0u64, 0u64, window.start);
+    let what = transport.key();
+    sleep_until(window.start);
+    loop {
+        if if calls > 0 {
+            done >= calls
+        } else {
+            last >= window.to
+        } {
+            break;
+        }
+        number_request(&mut request, done);
+        let sent = monotonic_ns();
         round_trip.round_trip(&request, &mut reply)?;
-        histogram.saturating_record(t.elapsed().as_nanos() as u64);
+        last = monotonic_ns();
+        check_reply(what, done, &request, &reply)?;
         done += 1;
+        if (window.from..=window.to).contains(&last) {
+            counted += 1;
+            histogram.saturating_record(last.saturating_sub(sent).max(1));
+        }
         if calls > 0 && done.is_multiple_of(1000) {
             writeln!(out, "progress {done}")?;
             out.flush()?;
         }
     }
-    let elapsed = started.elapsed().as_nanos();
     for v in histogram.iter_recorded() {
         writeln!(out, "hist {} {}", v.value_iterated_to(), v.count_at_value())?;
     }
-    writeln!(out, "done {done} {elapsed}")?;
+    writeln!(out, "done {done} {counted} {last}")?;
     out.flush()
 }
 
 /// What a load client reported.
 pub(crate) struct ClientReport {
+    /// Calls made.
     pub(crate) calls: u64,
-    pub(crate) elapsed: Duration,
+    /// Calls completed within the window.
+    pub(crate) counted: u64,
+    /// When its last call completed (`CLOCK_MONOTONIC` ns).
+    pub(crate) last: u64,
 }
 
-/// A load to generate: `clients` processes each doing `calls` round trips of `size` bytes (or, if
-/// `calls` is 0, as many as fit in `seconds`).
+/// A load to generate: `clients` processes each doing `calls` round trips of `size` bytes (all
+/// counted), or, if `calls` is 0, calling for `warmup` and then for `seconds`, only the calls
+/// completed in those `seconds` (one window common to all clients) counted.
 pub(crate) struct Load<'a> {
     pub(crate) transport: Transport,
     pub(crate) address: &'a str,
     pub(crate) clients: usize,
     pub(crate) size: usize,
     pub(crate) calls: u64,
+    pub(crate) warmup: Duration,
     pub(crate) seconds: f64,
 }
 
-/// Runs a load's client processes at once and merges their histograms into `histogram`.
-/// `on_progress` sees the total calls done so far.
+/// What a load's clients did together.
+pub(crate) struct LoadOutcome {
+    pub(crate) reports: Vec<ClientReport>,
+    pub(crate) window: Window,
+}
+
+impl LoadOutcome {
+    /// Calls counted over all clients.
+    pub(crate) fn counted(&self) -> u64 {
+        self.reports.iter().map(|r| r.counted).sum()
+    }
+
+    /// The common window's length: `[from, to]` for a timed load; for a load of a number of
+    /// calls, from the common start to the last client's last call.
+    pub(crate) fn seconds(&self) -> f64 {
+        let end = if self.window.to == u64::MAX {
+            self.reports.iter().map(|r| r.last).max().unwrap_or(0)
+        } else {
+            self.window.to
+        };
+        end.saturating_sub(self.window.from) as f64 / 1e9
+    }
+
+    /// Calls per second over the common window, all clients together.
+    pub(crate) fn calls_per_second(&self) -> f64 {
+        self.counted() as f64 / self.seconds().max(1e-9)
+    }
+
+    /// The fewest and the most calls one client had counted.
+    pub(crate) fn slowest_fastest(&self) -> (u64, u64) {
+        let counts = self.reports.iter().map(|r| r.counted);
+        (counts.clone().min().unwrap_or(0), counts.max().unwrap_or(0))
+    }
+}
+
+/// Runs a load's client processes, all started at one instant, and merges their histograms into
+/// `histogram`. `on_progress` sees the total calls done so far. A client that fails (a wrong reply
+/// included) fails the load.
 pub(crate) fn run_clients(
     load: &Load<'_>,
     histogram: &mut Histogram<u64>,
     mut on_progress: impl FnMut(u64),
-) -> io::Result<Vec<ClientReport>> {
+) -> io::Result<LoadOutcome> {
     let clients = load.clients;
     let args = [
         "client".to_owned(),
@@ -506,14 +511,33 @@ pub(crate) fn run_clients(
         load.address.to_owned(),
         load.size.to_string(),
         load.calls.to_string(),
-        load.seconds.to_string(),
     ];
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut peers = (0..clients)
         .map(|_| PeerProcess::spawn(&args))
         .collect::<io::Result<Vec<_>>>()?;
+    // Every client is connected and waiting: give them a start far enough ahead that each has
+    // read its "go" and gone to sleep until then.
+    let start = monotonic_ns() + 20_000_000 + 1_000_000 * clients as u64;
+    let window = if load.calls > 0 {
+        Window {
+            start,
+            from: start,
+            to: u64::MAX,
+        }
+    } else {
+        let from = start + load.warmup.as_nanos() as u64;
+        Window {
+            start,
+            from,
+            to: from + (load.seconds * 1e9) as u64,
+        }
+    };
     for p in &mut peers {
-        p.say("go")?;
+        p.say(&format!(
+            "go {} {} {}",
+            window.start, window.from, window.to
+        ))?;
     }
     let (tx, rx) = std::sync::mpsc::channel();
     let mut readers = Vec::new();
@@ -531,34 +555,53 @@ pub(crate) fn run_clients(
     drop(tx);
     let mut progress = vec![0u64; clients];
     let mut reports: Vec<Option<ClientReport>> = (0..clients).map(|_| None).collect();
+    let number = |field: Option<&str>| -> io::Result<u64> {
+        field
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| other("a load client reported a malformed line"))
+    };
     for (index, line) in rx {
         let mut fields = line.split_whitespace();
-        match (fields.next(), fields.next(), fields.next()) {
-            (Some("progress"), Some(n), _) => {
-                progress[index] = n.parse().unwrap_or(0);
+        match fields.next() {
+            Some("progress") => {
+                progress[index] = number(fields.next())?;
                 on_progress(progress.iter().sum());
             }
-            (Some("hist"), Some(value), Some(count)) => {
-                let (value, count) = (value.parse().unwrap_or(0), count.parse().unwrap_or(0));
+            Some("hist") => {
+                let (value, count) = (number(fields.next())?, number(fields.next())?);
                 histogram.saturating_record_n(value, count);
             }
-            (Some("done"), Some(n), Some(ns)) => {
-                let calls = n.parse().unwrap_or(0);
-                progress[index] = calls;
+            Some("done") => {
+                let report = ClientReport {
+                    calls: number(fields.next())?,
+                    counted: number(fields.next())?,
+                    last: number(fields.next())?,
+                };
+                progress[index] = report.calls;
                 on_progress(progress.iter().sum());
-                reports[index] = Some(ClientReport {
-                    calls,
-                    elapsed: Duration::from_nanos(ns.parse().unwrap_or(0)),
-                });
+                reports[index] = Some(report);
             }
-            _ => {}
+            _ => return Err(other(format!("a load client said {line:?}"))),
         }
     }
     for r in readers {
         let _ = r.join();
     }
-    reports
-        .into_iter()
-        .map(|r| r.ok_or_else(|| other("a load client died before reporting")))
-        .collect()
+    let mut complete = Vec::with_capacity(clients);
+    for (report, peer) in reports.into_iter().zip(&mut peers) {
+        match report {
+            Some(report) => complete.push(report),
+            None => {
+                return Err(other(format!(
+                    "a {} load client failed ({}); its error is above",
+                    load.transport.key(),
+                    peer.wait()?
+                )));
+            }
+        }
+    }
+    Ok(LoadOutcome {
+        reports: complete,
+        window,
+    })
 }

@@ -28,10 +28,17 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// The cells of a table row as `memlink` prints tables into a pipe (plain ASCII, Markdown).
+fn cells(row: &str) -> Vec<&str> {
+    row.trim()
+        .trim_matches('|')
+        .split('|')
+        .map(str::trim)
+        .collect()
+}
+
 fn line_for<'a>(listing: &'a str, name: &str) -> Option<&'a str> {
-    listing
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(name))
+    listing.lines().find(|l| cells(l).first() == Some(&name))
 }
 
 #[test]
@@ -46,10 +53,13 @@ fn ls_shows_live_and_stale_objects_and_rm_removes_only_stale_ones_unless_forced(
     let out = memlink(&["ls"]);
     assert!(out.status.success());
     let listing = stdout(&out);
-    assert!(listing.lines().any(|l| l.starts_with("NAME")), "{listing}");
+    assert!(
+        listing.lines().any(|l| cells(l).first() == Some(&"NAME")),
+        "{listing}"
+    );
     let row =
         line_for(&listing, &live).unwrap_or_else(|| panic!("{live} missing from:\n{listing}"));
-    let cols: Vec<&str> = row.split_whitespace().collect();
+    let cols = cells(row);
     assert_eq!(
         cols[1..],
         [
@@ -62,7 +72,10 @@ fn ls_shows_live_and_stale_objects_and_rm_removes_only_stale_ones_unless_forced(
         ]
     );
     let row = line_for(&listing, &stale).unwrap();
-    assert!(row.contains("semaphore") && row.ends_with("stale"), "{row}");
+    assert!(
+        cells(row)[1] == "semaphore" && cells(row).last() == Some(&"stale"),
+        "{row}"
+    );
 
     let refused = memlink(&["rm", &live]);
     assert!(!refused.status.success());
@@ -138,7 +151,7 @@ fn serve_answers_call_shows_in_ls_and_stops_on(tag: &str, signal: rustix::proces
     let listing = stdout(&memlink(&["ls"]));
     let row =
         line_for(&listing, &name).unwrap_or_else(|| panic!("server missing from:\n{listing}"));
-    let cols: Vec<&str> = row.split_whitespace().collect();
+    let cols = cells(row);
     assert_eq!(cols[1], server.id().to_string(), "{row}");
     assert_eq!(cols[4], "2", "workers: {row}");
     // No failed or expired calls; the one call's handler was timed (the first always is).
@@ -177,49 +190,208 @@ fn demo_runs_clients_and_compares_with_a_unix_socket() {
     }
     let row = text
         .lines()
-        .find(|l| l.trim_start().starts_with("memlink ") && l.contains("4000"))
-        .unwrap();
-    assert!(row.split_whitespace().count() == 6, "{row}");
+        .find(|l| cells(l).first() == Some(&"memlink"))
+        .unwrap_or_else(|| panic!("no memlink row in:\n{text}"));
+    assert_eq!(cells(row).len(), 6, "{row}");
+    assert_eq!(cells(row)[1], "4000", "every call counted: {row}");
+    // 4,000 calls are too few for a p99.9: the maximum stands in, and says so.
+    assert!(cells(row)[5].ends_with("(max)"), "{row}");
 }
 
+/// `memlink bench rpc --quick --json`: one JSON object with a latency row per transport and size
+/// (the tail a p99.9 only where 10,000 samples back it), the same-core rows, throughput over one
+/// common window per load, and the targets; `--svg` writes a chart naming every transport and
+/// size. (Correctness of the command, not speed: nothing here looks at the numbers beyond their
+/// being there.)
 #[test]
 fn bench_rpc_json_reports_every_transport_size_and_target() {
-    let out = memlink(&["bench", "rpc", "--quick", "--json"]);
+    let dir = std::env::temp_dir().join(unique("bench-rpc-svg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg = dir.join("rpc.svg");
+    let out = memlink(&[
+        "bench",
+        "rpc",
+        "--quick",
+        "--json",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{out:?}");
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
     let latency = report["latency"].as_array().unwrap();
-    for transport in [
+    let transports = [
         "shm spin (floor)",
-        "futex (floor)",
-        "futex (floor, idle)",
+        "futex ping-pong (floor)",
+        "sleeping floor (asleep)",
         "memlink (awake)",
         "memlink (asleep)",
         "unix socket",
         "pipe",
         "tcp loopback",
-    ] {
+    ];
+    for transport in transports {
         for size in [64, 4096, 65536, 1 << 20] {
             let row = latency
                 .iter()
                 .find(|r| r["transport"] == transport && r["size"] == size);
             let row = row.unwrap_or_else(|| panic!("no {transport} {size}"));
-            assert!(
-                row["p50_ns"].as_u64().unwrap() > 0
-                    && row["p999_ns"].as_u64() >= row["p50_ns"].as_u64()
-            );
+            let samples = row["samples"].as_u64().unwrap();
+            assert!(row["p50_ns"].as_u64().unwrap() > 0);
+            assert!(row["max_ns"].as_u64() >= row["p99_ns"].as_u64());
+            // --quick takes at most 2,000 samples: too few for a p99.9.
+            assert!(samples < 10_000 && row["p999_ns"].is_null(), "{row}");
         }
     }
-    assert_eq!(report["same_core"].as_array().unwrap().len(), 2);
+    assert_eq!(latency.len(), 32);
+    let same_core: Vec<&str> = report["same_core"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["transport"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        same_core,
+        ["futex ping-pong (floor)", "sleeping floor", "memlink"]
+    );
     let throughput = report["throughput"].as_array().unwrap();
-    for clients in [1, 4, 16, 64] {
-        assert!(
-            throughput
+    for transport in ["memlink", "unix socket"] {
+        for clients in [1, 4, 16, 64] {
+            let row = throughput
                 .iter()
-                .any(|t| t["transport"] == "memlink" && t["clients"] == clients)
-        );
+                .find(|t| t["transport"] == transport && t["clients"] == clients)
+                .unwrap_or_else(|| panic!("no {transport} x {clients}"));
+            // The rate is the calls of all clients in one common window.
+            let (calls, seconds) = (
+                row["calls_in_window"].as_f64().unwrap(),
+                row["window_seconds"].as_f64().unwrap(),
+            );
+            assert!(calls > 0.0 && seconds > 0.0, "{row}");
+            let rate = row["calls_per_second"].as_f64().unwrap();
+            assert!((rate - calls / seconds).abs() <= 1e-6 * rate, "{row}");
+            assert!(row["slowest_client_calls"].as_u64() <= row["fastest_client_calls"].as_u64());
+        }
     }
     assert_eq!(report["targets"].as_array().unwrap().len(), 9);
+
+    let chart = std::fs::read_to_string(&svg).expect("the --svg file");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_svg(&chart);
+    for needle in transports
+        .into_iter()
+        .chain(["64 B", "4 KiB", "64 KiB", "1 MiB", "p50", "p99"])
+    {
+        assert!(chart.contains(needle), "{needle} missing from the chart");
+    }
+}
+
+/// Runs `memlink __peer client TRANSPORT ADDRESS 64 20` (the load client of `bench rpc` and
+/// `demo`) until it exits, and returns its output.
+fn load_client(transport: &str, address: &str) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut client = Command::new(env!("CARGO_BIN_EXE_memlink"))
+        .args(["__peer", "client", transport, address, "64", "20"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Start now, count every call.
+    writeln!(client.stdin.take().unwrap(), "go 0 0 {}", u64::MAX).unwrap();
+    client.wait_with_output().unwrap()
+}
+
+/// A load client checks every reply, not only the last: a server that answers the fifth call
+/// wrongly (one byte changed, the length right) fails it with a non-zero exit, over memlink and
+/// over a Unix socket alike.
+#[test]
+fn a_load_client_fails_on_any_wrong_reply() {
+    use std::io::{Read, Write};
+    use std::os::linux::net::SocketAddrExt;
+    // memlink: a server whose handler spoils its fifth reply.
+    let name = unique("wrong-reply");
+    let server = memlink::Server::bind(&name).unwrap();
+    let stop = server.shutdown_handle();
+    let calls = std::sync::atomic::AtomicU32::new(0);
+    let serving = std::thread::spawn(move || {
+        server.serve(move |request: &[u8], reply: &mut Vec<u8>| {
+            reply.extend_from_slice(request);
+            if calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 4 {
+                reply[30] ^= 1;
+            }
+        })
+    });
+    let out = load_client("memlink", &name);
+    stop.shutdown();
+    serving.join().unwrap().unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("wrong reply to call 4"), "{stderr}");
+
+    // A Unix socket: the same, framed as the baselines are (4-byte length, then the payload).
+    let socket = unique("wrong-reply-uds");
+    let address = std::os::unix::net::SocketAddr::from_abstract_name(
+        format!("memlink-bench.{socket}").as_bytes(),
+    )
+    .unwrap();
+    let listener = std::os::unix::net::UnixListener::bind_addr(&address).unwrap();
+    let echo = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut message = [0u8; 4 + 64];
+        for call in 0.. {
+            if stream.read_exact(&mut message).is_err() {
+                return call;
+            }
+            if call == 4 {
+                message[4 + 30] ^= 1;
+            }
+            stream.write_all(&message).unwrap();
+        }
+        unreachable!()
+    });
+    let out = load_client("uds", &socket);
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("wrong reply to call 4"), "{stderr}");
+    assert_eq!(
+        echo.join().unwrap(),
+        5,
+        "the client stopped at the wrong reply"
+    );
+}
+
+/// `chart` is one SVG document whose elements open and close in order (a well-formedness check
+/// for the subset plotters writes: no comments, no CDATA, `<` only in tags).
+fn assert_svg(chart: &str) {
+    let chart = chart.trim();
+    assert!(
+        chart.starts_with("<svg") || chart.starts_with("<?xml"),
+        "{chart:.200}"
+    );
+    let mut open: Vec<&str> = Vec::new();
+    let mut rest = chart;
+    while let Some(at) = rest.find('<') {
+        let end = rest[at..].find('>').expect("an unclosed tag") + at;
+        let tag = &rest[at + 1..end];
+        rest = &rest[end + 1..];
+        if tag.starts_with('?') {
+            continue;
+        }
+        let name = tag
+            .trim_start_matches('/')
+            .split(|c: char| c.is_whitespace() || c == '/')
+            .next()
+            .unwrap();
+        assert!(!name.is_empty(), "a stray '<' in the chart");
+        if let Some(closing) = tag.strip_prefix('/') {
+            assert_eq!(open.pop(), Some(closing.trim()), "misnested </{closing}>");
+        } else if !tag.ends_with('/') {
+            open.push(name);
+        }
+    }
+    assert!(open.is_empty(), "unclosed elements: {open:?}");
+    assert!(chart.ends_with("</svg>"));
 }
 
 /// `memlink bench duplex --quick --json` with a handful of messages per size: one JSON object with
@@ -227,8 +399,24 @@ fn bench_rpc_json_reports_every_transport_size_and_target() {
 /// the command, not speed: nothing here looks at the numbers beyond their being there.)
 #[test]
 fn bench_duplex_json_reports_every_transport_size_and_target() {
-    let out = memlink(&["bench", "duplex", "--quick", "--json", "--count", "50"]);
+    let dir = std::env::temp_dir().join(unique("bench-duplex-svg"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let svg = dir.join("duplex.svg");
+    let out = memlink(&[
+        "bench",
+        "duplex",
+        "--quick",
+        "--json",
+        "--count",
+        "50",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{out:?}");
+    let chart = std::fs::read_to_string(&svg).expect("the --svg file");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_svg(&chart);
+    assert!(chart.contains("memlink duplex") && chart.contains("ring floor"));
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
     let (rate, latency) = (

@@ -498,9 +498,11 @@ pub enum Error {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NotExecuted {
-    /// The server went away (killed, crashed, shut down, or it dropped the connection) before
-    /// it took the request, and the request could not be sent to a server again: none runs
-    /// now, or the one resend the client makes failed the same way.
+    /// The server went away (killed, crashed, shut down, or it dropped the connection; or the
+    /// connection only looked dead) before it took the request, and the request could not be
+    /// sent to a server again: none runs now, or the one resend the client makes failed the
+    /// same way. The client withdrew the request from the old connection, so even a server
+    /// still alive behind it skips it.
     ServerGone,
     /// The call's timeout ran out before the server took the request (no free connection, the
     /// server slow to accept or to take requests), or the server took it only after its

@@ -18,9 +18,12 @@
 //! | `ring`          | a real `Producer` and `Consumer` over a memfd ring that a hostile peer |
 //! |                 | fills or scribbles on between operations (records, stamps, indices)    |
 //! | `region`        | `link::protocol::RegionLayout::read`, the rings and wake words built   |
-//! |                 | on it (`link::wake`)                                                   |
+//! |                 | on it (`link::wake`), rpc's claim word (`rpc::claim`)                  |
 //! | `handshake`     | `Hello`, `Welcome`, `Goodbye` decode (`link::protocol`)                |
 //! | `rpc_stats`     | `rpc::protocol::Stats::decode`                                         |
+//! | `typed`         | `rpc::bounded::decode` (typed calls' requests and replies) of a        |
+//! |                 | recursive type with elements that take no bytes, and of a flat type    |
+//! |                 | (where it must agree with postcard's own decoder)                      |
 //! | `topic_stats`   | `pubsub::TopicStats::decode`                                           |
 //! | `object_header` | `memory::header::ObjectHeader::decode`, `memory::segment::read_header` |
 //! | `broadcast`     | `memory::broadcast::{read_header, head, read_entry, still_describes}`  |
@@ -50,6 +53,7 @@ use crate::platform::mapping::{Mapping, ReadOnlyMapping};
 use crate::platform::{memfd, notify};
 use crate::pubsub::{SubscriberStats, TopicStats};
 use crate::rpc::Stats;
+use crate::rpc::claim::{self, Claim};
 use crate::{Event, EventMode, Lock, Mutex, Segment, SegmentOptions, Semaphore};
 
 /// A target's entry point: takes the fuzzer's bytes; panics on a finding.
@@ -62,6 +66,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("region", region),
     ("handshake", handshake),
     ("rpc_stats", rpc_stats),
+    ("typed", typed),
     ("topic_stats", topic_stats),
     ("object_header", object_header),
     ("broadcast", broadcast),
@@ -386,6 +391,21 @@ pub fn region(data: &[u8]) {
         let _ = producer.has_room_for(64);
         let _ = producer.try_push(FIRST | LAST, 1, 3, b"abc");
     }
+    // rpc's claim word, the request ring's spare word: whatever it holds, a caller's withdrawal
+    // succeeds exactly when the worker's claim then finds the call withdrawn.
+    let requests = Consumer::new(map.clone(), layout.requests());
+    if let Ok(word) = requests
+        .as_ref()
+        .map_err(drop)
+        .and_then(|c| c.spare_word().map_err(drop))
+    {
+        let seen = word.load(std::sync::atomic::Ordering::Relaxed);
+        let call = (seen & 0xffff) + 1;
+        let withdrawn = claim::withdraw(word, call);
+        let mut last = seen;
+        let claimed = claim::claim(word, &mut last, call);
+        assert_eq!(withdrawn, claimed == Claim::Withdrawn, "{seen:#x}");
+    }
     let _ = wake::server_is_crowded(&map);
     let _ = wake::shares_cpu_with_peer(&map, wake::CLIENT, wake::SERVER);
     if let Some((read, write)) = wake_pipe() {
@@ -402,6 +422,49 @@ pub fn region(data: &[u8]) {
     let parked =
         wake::park_begin(&map, wake::CLIENT).and_then(|()| wake::park_end(&map, wake::CLIENT));
     assert!(parked.is_ok(), "the parked flags are inside every region");
+}
+
+// --- typed messages ----------------------------------------------------------------------------
+
+/// A recursive request type with elements that take no bytes: what lets plain postcard recurse
+/// until the stack overflows, or loop for ages, on hostile bytes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum TypedTree {
+    /// A leaf.
+    Leaf,
+    /// One level deeper.
+    Node(Box<TypedTree>),
+    /// Many subtrees.
+    Branches(Vec<TypedTree>),
+    /// Elements that take no bytes.
+    Units(Vec<()>),
+    /// Text and an optional subtree.
+    Labelled(String, Option<Box<TypedTree>>),
+    /// Map entries whose values take no bytes.
+    Map(std::collections::BTreeMap<u16, ()>),
+}
+
+/// A type without recursion or elements that take no bytes: the bounds change nothing for it.
+type Flat = (u8, Option<i32>, Vec<u16>, String, (bool, char, u64));
+
+/// `rpc::bounded::decode` of any bytes: a `TypedTree` decodes or fails (the fuzzer's time and
+/// stack limits catch a hang or a deep recursion), and what decodes encodes to bytes that decode
+/// to the same value; a `Flat` decodes exactly when postcard's own decoder takes the whole input,
+/// to the same value.
+pub fn typed(data: &[u8]) {
+    use crate::rpc::bounded::decode;
+    if let Ok(tree) = decode::<TypedTree>(data) {
+        let Ok(again) = postcard::to_allocvec(&tree) else {
+            panic!("a decoded tree does not encode");
+        };
+        assert_eq!(decode::<TypedTree>(&again), Ok(tree));
+    }
+    let ours = decode::<Flat>(data).ok();
+    let theirs = match postcard::take_from_bytes::<Flat>(data) {
+        Ok((value, [])) => Some(value),
+        _ => None,
+    };
+    assert_eq!(ours, theirs, "the bounded decoder disagrees with postcard");
 }
 
 // --- handshake messages and statistics -----------------------------------------------------
@@ -1047,6 +1110,35 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         connection_list: Vec::new(),
     };
     add("rpc_stats", "stats", stats.encode().to_vec());
+
+    let nested = |levels: usize| {
+        (0..levels).fold(TypedTree::Leaf, |tree, _| TypedTree::Node(Box::new(tree)))
+    };
+    let trees = [
+        ("leaf", TypedTree::Leaf),
+        ("nested", nested(40)),
+        (
+            "mixed",
+            TypedTree::Branches(vec![
+                TypedTree::Units(vec![(); 300]),
+                TypedTree::Labelled("é".into(), Some(Box::new(nested(3)))),
+                TypedTree::Map((0..20).map(|k| (k * 1000, ())).collect()),
+            ]),
+        ),
+    ];
+    for (name, tree) in trees {
+        if let Ok(bytes) = postcard::to_allocvec(&tree) {
+            add("typed", name, bytes);
+        }
+    }
+    // Beyond the bounds: nesting deeper than any stack holds, and 2^64 - 1 empty elements.
+    let mut deep = vec![1u8; 100_000];
+    deep.push(0);
+    add("typed", "too-deep", deep);
+    let mut endless = vec![3u8];
+    endless.extend([0xff; 9]);
+    endless.push(0x01);
+    add("typed", "endless-units", endless);
 
     let subscriber = SubscriberStats {
         pid: 8,

@@ -35,6 +35,9 @@
 #[doc(hidden)]
 #[path = "fuzz.rs"]
 pub mod __fuzz;
+#[doc(hidden)]
+#[path = "wait_export.rs"]
+pub mod __wait;
 pub mod duplex;
 pub mod error;
 mod link;
@@ -45,7 +48,7 @@ pub mod rpc;
 
 #[cfg(feature = "tokio")]
 pub use duplex::AsyncDuplex;
-pub use duplex::{Duplex, DuplexOptions, TrySendError};
+pub use duplex::{Duplex, DuplexOptions, DuplexReceiver, DuplexSender, TrySendError};
 pub use error::{Error, NotExecuted, Payload, Result, StartLimit};
 pub use memory::header::ObjectKind;
 pub use memory::inventory;

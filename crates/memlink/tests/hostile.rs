@@ -26,6 +26,7 @@ fn child_main() {
         ("doorbell_blocker", doorbell_blocker),
         ("wake_thief", wake_thief),
         ("empty_fragments", empty_fragments),
+        ("claim_scribbler", claim_scribbler),
         ("flood", flood),
         ("flood_as_nobody", flood_as_nobody),
         ("idle_clients", idle_clients),
@@ -66,7 +67,7 @@ fn descriptor_kind(fd: &OwnedFd) -> String {
 
 impl RawConnection {
     fn connect(name: &str) -> RawConnection {
-        for version in [3u32, 2, 1] {
+        for version in [4u32, 3, 2, 1] {
             if let Some(conn) = Self::try_version(name, version) {
                 return conn;
             }
@@ -368,6 +369,33 @@ fn empty_fragments(args: &[String]) {
     common::park_until_killed();
 }
 
+/// The request ring's claim word (rpc's, on the server's head line; see `rpc::claim`).
+const CLAIM_WORD: usize = REQUEST_HEAD + 8;
+const WITHDRAWN: u64 = 1 << 63;
+
+/// Writes the claim word and sends a request (call 1) as a hostile client could: `garbage` (a
+/// value the protocol never writes: the server must drop only this connection) or `withdraw`
+/// (the client's own withdrawal of call 1: the server skips the call and keeps serving).
+/// Args: name, what.
+fn claim_scribbler(args: &[String]) {
+    let mut conn = RawConnection::connect(&args[0]);
+    assert!(conn.version >= 4, "the server speaks no claim word");
+    let word = if args[1] == "garbage" {
+        0xdead_beef
+    } else {
+        1 | WITHDRAWN
+    };
+    conn.long(CLAIM_WORD).store(word, Ordering::Release);
+    report("attacking");
+    assert!(conn.push_empty(FIRST | LAST, 1, 0));
+    conn.wake_server();
+    while !conn.hung_up() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    report("dropped");
+    common::park_until_killed();
+}
+
 /// Attack 5: keeps `count` silent connections open, re-opening whatever the server closes.
 /// Args: name, count.
 fn flood(args: &[String]) {
@@ -582,6 +610,42 @@ fn attack_3_a_request_of_endless_empty_fragments_is_dropped_as_corrupt() {
     assert_eq!(server_stats(&name).unwrap().corrupt_disconnects, 1);
     stop_server(server);
     attacker.kill_and_reap();
+}
+
+/// The claim word is the client's to write too: garbage in it loses the client its own
+/// connection (and nobody else anything); a withdrawal only skips the client's own call.
+#[test]
+fn a_client_scribbling_on_the_claim_word_only_loses_its_own_connection_or_call() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("hostile-claim");
+    let server = start_server(&name);
+    let mut attacker = ChildProcess::spawn("claim_scribbler", &[&name, "garbage"]);
+    attacker.expect_line("attacking");
+    attacker.expect_line("dropped");
+    honest_calls(&name, 10);
+    let stats = server_stats(&name).unwrap();
+    assert_eq!((stats.corrupt_disconnects, stats.expired_calls), (1, 0));
+    attacker.kill_and_reap();
+
+    let mut withdrawer = ChildProcess::spawn("claim_scribbler", &[&name, "withdraw"]);
+    withdrawer.expect_line("attacking");
+    common::with_watchdog("the withdrawn call to be skipped", {
+        let name = name.clone();
+        move || {
+            while server_stats(&name).unwrap().expired_calls != 1 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    });
+    honest_calls(&name, 10);
+    let stats = server_stats(&name).unwrap();
+    assert_eq!(
+        (stats.corrupt_disconnects, stats.calls),
+        (1, 20),
+        "{stats:?}"
+    );
+    withdrawer.kill_and_reap();
+    stop_server(server);
 }
 
 #[test]

@@ -34,7 +34,13 @@
 //! - [`parking_never_loses_a_wake_up`]: the park-flag / wake-up handshake (`link/wake.rs`,
 //!   `link/mod.rs` `park_until_or_bell`) on top of the ring: a consumer that parks while the ring
 //!   is empty, a producer that parks while it is full, each waking the other with `nudge`.
-//!   Dekker's store → SeqCst fence → load on both sides; a lost wake-up is a deadlock.
+//!   Dekker's store → SeqCst fence → load on both sides; a lost wake-up is a deadlock. The real
+//!   code's barriers are asymmetric (`platform/barrier.rs`): `nudge`'s is a compiler fence in a
+//!   process registered for `membarrier`, `park_begin`'s a fence plus
+//!   `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, which executes a full barrier on every CPU
+//!   running the waker before it returns. loom has no such barrier; the pair gives the same
+//!   guarantee as a SeqCst fence on each side (the waker's load either follows the barrier the
+//!   membarrier put on its CPU, or its earlier store was drained by it), so each is modelled as one.
 //! - The same with the protocol broken on purpose, each a test that runs the broken model in a
 //!   child process and passes only if loom fails it, showing the models catch the bugs: the SeqCst fence dropped from `park_begin`
 //!   ([`lost_wake_up_without_the_fence_in_park_begin`]) or from `nudge`

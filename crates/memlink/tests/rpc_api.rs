@@ -19,6 +19,7 @@ fn child_main() {
         ("caller", caller),
         ("call_and_report", call_and_report),
         ("typed_server", typed_server),
+        ("tree_server", tree_server),
         ("traced_server", traced_server),
         ("everyone_server", everyone_server),
         ("nobody_stats", nobody_stats),
@@ -69,6 +70,11 @@ fn api_handler(
             }
             b"record" => {
                 RECORDED.fetch_add(1, Ordering::SeqCst);
+                reply.extend_from_slice(b"recorded");
+            }
+            b"record-then-sleep" => {
+                RECORDED.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(300));
                 reply.extend_from_slice(b"recorded");
             }
             b"count" => reply.extend_from_slice(&RECORDED.load(Ordering::SeqCst).to_le_bytes()),
@@ -182,6 +188,71 @@ struct Sum {
     sum: i64,
     caller: u32,
     note: String,
+}
+
+/// A typed server of a recursive request type: answers a `Tree`'s depth. Args: name.
+fn tree_server(args: &[String]) {
+    let server = Server::bind(&args[0]).unwrap();
+    let stop = server.shutdown_handle();
+    std::thread::spawn(move || {
+        await_parent();
+        stop.shutdown();
+    });
+    report("ready");
+    server
+        .serve_calls(memlink::rpc::typed(|_call: &CallContext, tree: Tree| {
+            let (mut depth, mut at) = (0u64, &tree);
+            while let Tree::Node(child) = at {
+                depth += 1;
+                at = child;
+            }
+            Ok(depth)
+        }))
+        .unwrap();
+    report("stopped");
+}
+
+/// A recursive type, and one with elements that take no bytes: postcard alone decodes a hostile
+/// `Tree` until the stack overflows, or loops for ages.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+enum Tree {
+    Leaf,
+    Node(Box<Tree>),
+    Units(Vec<()>),
+}
+
+fn nested(levels: usize) -> Tree {
+    (0..levels).fold(Tree::Leaf, |tree, _| Tree::Node(Box::new(tree)))
+}
+
+/// Bytes that postcard writes as they are (a tuple of `u8`s has no length prefix): lets a typed
+/// call send anything.
+struct Raw(Vec<u8>);
+
+impl serde::Serialize for Raw {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut tuple = s.serialize_tuple(self.0.len())?;
+        for byte in &self.0 {
+            tuple.serialize_element(byte)?;
+        }
+        tuple.end()
+    }
+}
+
+/// Millions of `Node` tags: a `Tree` nested far deeper than any stack holds.
+fn deep_tree_bytes() -> Vec<u8> {
+    let mut bytes = vec![1u8; 8 << 20];
+    bytes.push(0);
+    bytes
+}
+
+/// A `Tree::Units` of 2^64 - 1 elements (a 10-byte varint), none of which takes a byte.
+fn endless_units_bytes() -> Vec<u8> {
+    let mut bytes = vec![2u8];
+    bytes.extend([0xff; 9]);
+    bytes.push(0x01);
+    bytes
 }
 
 // --- helpers -----------------------------------------------------------------------------------
@@ -342,21 +413,31 @@ fn a_call_that_times_out_before_the_server_takes_it_did_not_run_and_never_will()
     assert_eq!(busy.join().unwrap().unwrap(), b"slept");
     assert_eq!(count(&late), 0, "the abandoned call ran");
 
-    // A call whose handler is already running when the timeout ends may have run: Timeout.
-    match late.call_timeout(b"sleep:300", Duration::from_millis(50)) {
+    // A call whose handler is already running when the timeout ends may have run: Timeout
+    // (and here it did).
+    match late.call_timeout(b"record-then-sleep", Duration::from_millis(50)) {
         Err(Error::Timeout) => {}
         other => panic!("expected Timeout, got {other:?}"),
     }
+    common::with_watchdog("the call that timed out to have run", {
+        let client = client.clone();
+        move || {
+            while count(&client) != 1 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
     // The client goes on (on a fresh connection).
     assert_eq!(late.call(b"hi").unwrap(), b"hi");
     stop(server);
 }
 
-/// A server whose `CLOCK_MONOTONIC` is not ours (another time namespace, an hour ahead) cannot
-/// be trusted to skip a request by its deadline: the call carries none, and a timeout before the
-/// server took the request is `Timeout` (it may still run), never `NotExecuted`.
+/// A server whose `CLOCK_MONOTONIC` is not ours (another time namespace, an hour ahead) would
+/// misread a deadline: the call carries none. Whether a call that timed out ran does not rest on
+/// the clock but on the claim word: a call withdrawn before the server took it is `NotExecuted`
+/// and never runs; one the server took is `Timeout`, and runs.
 #[test]
-fn a_server_on_another_clock_gets_no_deadline_and_a_timeout_never_claims_the_call_did_not_run() {
+fn a_server_on_another_clock_gets_no_deadline_and_a_timed_out_call_is_still_settled_right() {
     if !common::is_root() {
         eprintln!("skipped: a time namespace needs root");
         return;
@@ -384,10 +465,28 @@ fn a_server_on_another_clock_gets_no_deadline_and_a_timeout_never_claims_the_cal
     std::thread::sleep(Duration::from_millis(50));
     let late = Client::connect(&name).unwrap();
     match late.call_timeout(b"record", Duration::from_millis(50)) {
-        Err(Error::Timeout) => {}
-        other => panic!("expected Timeout (it may run), got {other:?}"),
+        Err(Error::NotExecuted {
+            reason: NotExecuted::TimedOut,
+            ..
+        }) => {}
+        other => panic!("expected NotExecuted(TimedOut), got {other:?}"),
     }
     assert_eq!(busy.join().unwrap().unwrap(), b"slept");
+    // ...and it never runs, although the worker found its request after the busy call.
+    assert_eq!(count(&client), 0, "a call reported not executed ran");
+    // One the worker took before the timeout ended ran: Timeout.
+    match late.call_timeout(b"record-then-sleep", Duration::from_millis(50)) {
+        Err(Error::Timeout) => {}
+        other => panic!("expected Timeout, got {other:?}"),
+    }
+    common::with_watchdog("the call that timed out to have run", {
+        let client = client.clone();
+        move || {
+            while count(&client) != 1 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
     stop(server);
 }
 
@@ -426,6 +525,51 @@ fn the_server_skips_a_request_whose_deadline_passed_before_it_took_it_and_says_s
         .unwrap();
     assert_eq!(patient.call(b"record").unwrap(), b"recorded");
     assert_eq!(count(&client), 1);
+    stop(server);
+}
+
+/// A client that takes a live server's connection for dead (a transient socket error once read
+/// as a hang-up did that) gives its call up, and resends it on a fresh connection, only if the
+/// server provably never runs it on the old one: at most once, whatever the client believed.
+#[test]
+fn a_call_given_up_on_a_live_server_runs_at_most_once() {
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("presumed-gone");
+    let server = start(&name, 1, 0);
+    let client = Arc::new(Client::connect(&name).unwrap());
+    let quitter = ClientOptions::new()
+        .__presume_gone_after(Duration::from_millis(150))
+        .connect(&name)
+        .unwrap();
+    // The quitter's connection is in the worker's hands (it answered a call on it)...
+    assert_eq!(quitter.call(b"hi").unwrap(), b"hi");
+    // ...and the only worker is busy while the quitter's next call waits in its ring.
+    let busy = {
+        let client = client.clone();
+        std::thread::spawn(move || client.call(b"sleep:600"))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    let outcome = quitter.call(b"record");
+    assert_eq!(busy.join().unwrap().unwrap(), b"slept");
+    // Once the worker has been through the quitter's connections (and dropped them), nothing of
+    // them can run any more.
+    drop(quitter);
+    common::with_watchdog("the quitter's connections to be dropped", {
+        let name = name.clone();
+        move || {
+            while server_stats(&name).unwrap().connection_list.len() != 1 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
+    let ran = count(&client);
+    match outcome {
+        Err(Error::NotExecuted {
+            reason: NotExecuted::ServerGone,
+            ..
+        }) => assert_eq!(ran, 0, "a call reported not executed ran"),
+        other => panic!("expected NotExecuted(ServerGone), got {other:?} (ran {ran} times)"),
+    }
     stop(server);
 }
 
@@ -562,6 +706,51 @@ fn typed_calls_round_trip_and_a_payload_that_does_not_decode_is_named_as_such() 
     server.tell("stop");
     server.expect_line("stopped");
     server.wait_success();
+}
+
+#[test]
+fn a_hostile_typed_request_or_reply_is_refused_and_the_other_side_keeps_serving() {
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("typed-hostile");
+    let mut server = ChildProcess::spawn("tree_server", &[&name]);
+    server.expect_line("ready");
+    let honest = Client::connect(&name).unwrap();
+    let hostile = Client::connect(&name).unwrap();
+    for (what, bytes) in [
+        ("deep", deep_tree_bytes()),
+        ("endless", endless_units_bytes()),
+    ] {
+        match hostile.call(&bytes) {
+            Err(Error::Undecodable {
+                what: memlink::Payload::Request,
+                ..
+            }) => {}
+            other => panic!("{what}: expected an undecodable request, got {other:?}"),
+        }
+        // The server is up, and its worker free: an honest call is answered at once.
+        let depth: u64 = honest.call_typed(&nested(100)).unwrap();
+        assert_eq!(depth, 100, "{what}");
+    }
+    server.tell("stop");
+    server.expect_line("stopped");
+    server.wait_success();
+
+    // A hostile server: the echo server sends the same bytes back as a reply to a typed call.
+    let name = unique_name("typed-hostile-reply");
+    let server = start(&name, 1, 0);
+    let client = Client::connect(&name).unwrap();
+    for bytes in [deep_tree_bytes(), endless_units_bytes()] {
+        match client.call_typed::<_, Tree>(&Raw(bytes)) {
+            Err(Error::Undecodable {
+                what: memlink::Payload::Reply,
+                ..
+            }) => {}
+            other => panic!("expected an undecodable reply, got {other:?}"),
+        }
+    }
+    let tree: Tree = client.call_typed(&nested(3)).unwrap();
+    assert_eq!(tree, nested(3));
+    stop(server);
 }
 
 #[test]

@@ -1,11 +1,10 @@
 //! The duplex channel for async code (feature `tokio`): [`AsyncDuplex`].
 //!
-//! Wraps a [`Duplex`] (its rendezvous, rings, validation and failure handling are used as they
-//! are) and waits through `link::asynchronous`: each half's wake pipe and the connection's socket
-//! are registered with tokio's reactor, so a task waiting for a message or for room holds no
-//! thread. Each half has an async lock of its own (one task sends while another receives, as
-//! with the blocking halves); the halves' own locks are taken only between awaits, for the
-//! non-blocking steps.
+//! Built from a [`Duplex`]'s halves (its rendezvous, rings, validation and failure handling are
+//! used as they are) and waits through `link::asynchronous`: each half's wake pipe and the
+//! connection's socket are registered with tokio's reactor, so a task waiting for a message or
+//! for room holds no thread. Each half sits behind an async lock of its own (one task sends while
+//! another receives, as with the blocking halves).
 //!
 //! Cancellation: a receive keeps what it took of a message in the channel (as a timed-out
 //! blocking receive does), so a dropped `recv` loses nothing. A message that fits in the ring is
@@ -16,11 +15,14 @@
 //!
 //! May use the parent module's internals, `link` and `tokio`; no `unsafe`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex as AsyncMutex;
 
-use super::{Duplex, DuplexOptions, Failed, Outgoing, TrySendError, fits_whole};
+use super::{
+    Connection, Duplex, DuplexOptions, Failed, Incoming, Outgoing, TrySendError, fits_whole,
+};
 use crate::error::{Error, Result};
 use crate::link::asynchronous::{AsyncPatience, AsyncWake};
 use crate::link::fragment::{fragment_at, fragment_lens};
@@ -42,11 +44,11 @@ use crate::memory::ring::{Producer, RingError};
 /// ```
 #[derive(Debug)]
 pub struct AsyncDuplex {
-    duplex: Duplex,
-    /// The send half's registrations; its lock orders async senders.
-    sending: AsyncMutex<AsyncWake>,
-    /// The receive half's registrations; its lock orders async receivers.
-    receiving: AsyncMutex<AsyncWake>,
+    conn: Arc<Connection>,
+    /// The send half and its registrations; the lock orders async senders.
+    sending: AsyncMutex<(Outgoing, AsyncWake)>,
+    /// The receive half and its registrations; the lock orders async receivers.
+    receiving: AsyncMutex<(Incoming, AsyncWake)>,
 }
 
 impl DuplexOptions {
@@ -78,12 +80,13 @@ impl Duplex {
     /// [`Error::InvalidOptions`] outside a tokio runtime; [`Error::Os`] if its descriptors
     /// cannot be registered.
     pub fn into_async(self) -> Result<AsyncDuplex> {
-        let sending = AsyncWake::new(&self.tx().wake_in, &self.socket)?;
-        let receiving = AsyncWake::new(&self.rx().wake_in, &self.socket)?;
+        let (sender, receiver) = self.split();
+        let sending = AsyncWake::new(&sender.tx.wake_in, &sender.conn.socket)?;
+        let receiving = AsyncWake::new(&receiver.rx.wake_in, &receiver.conn.socket)?;
         Ok(AsyncDuplex {
-            duplex: self,
-            sending: AsyncMutex::new(sending),
-            receiving: AsyncMutex::new(receiving),
+            conn: receiver.conn,
+            sending: AsyncMutex::new((sender.tx, sending)),
+            receiving: AsyncMutex::new((receiver.rx, receiving)),
         })
     }
 }
@@ -91,19 +94,19 @@ impl Duplex {
 /// Closes the channel if a large message's send is dropped part-way (see the module
 /// documentation), and restores the ring's early wrap however the send ends.
 struct PartSent<'a> {
-    duplex: &'a Duplex,
+    tx: &'a mut Outgoing,
+    conn: &'a Connection,
     sent: usize,
     done: bool,
 }
 
 impl Drop for PartSent<'_> {
     fn drop(&mut self) {
-        let mut tx = self.duplex.tx();
-        tx.ring.set_early_wrap(true);
-        if !self.done && self.sent > 0 && tx.failed.is_none() {
+        self.tx.ring.set_early_wrap(true);
+        if !self.done && self.sent > 0 && self.tx.failed.is_none() {
             // Part of the message is in the ring: the stream cannot go on.
-            tx.failed = Some(Failed::Disconnected);
-            rendezvous::hang_up(&self.duplex.socket, None);
+            self.tx.failed = Some(Failed::Disconnected);
+            rendezvous::hang_up(&self.conn.socket, None);
         }
     }
 }
@@ -138,17 +141,17 @@ impl AsyncDuplex {
 
     /// The channel's name.
     pub fn name(&self) -> &str {
-        self.duplex.name()
+        &self.conn.name
     }
 
     /// Largest message either side may send, in bytes.
     pub fn max_message_size(&self) -> usize {
-        self.duplex.max_message_size()
+        self.conn.max_message
     }
 
     /// The peer's process id.
     pub fn peer_pid(&self) -> u32 {
-        self.duplex.peer_pid()
+        self.conn.peer_pid
     }
 
     /// Sends `message`, waiting for room as long as it takes (the twin of [`Duplex::send`]).
@@ -176,7 +179,7 @@ impl AsyncDuplex {
     /// As [`Duplex::try_send`].
     pub fn try_send(&self, message: Vec<u8>) -> Result<(), TrySendError> {
         match self.sending.try_lock() {
-            Ok(_sending) => self.duplex.try_send(message),
+            Ok(mut sending) => sending.0.try_send(&self.conn, message),
             Err(_) => Err(TrySendError::Full(message)),
         }
     }
@@ -213,30 +216,44 @@ impl AsyncDuplex {
     }
 
     /// Receives a message if one has arrived in full; never waits (as [`Duplex::try_recv`]).
+    /// While another task's `recv` is under way this finds nothing.
     ///
     /// # Errors
     /// As [`Duplex::try_recv`].
     pub fn try_recv(&self) -> Result<Option<Vec<u8>>> {
-        self.duplex.try_recv()
+        let Ok(mut receiving) = self.receiving.try_lock() else {
+            return Ok(None);
+        };
+        let mut message = Vec::new();
+        if receiving
+            .0
+            .recv_until(&self.conn, &mut message, None, false)?
+        {
+            Ok(Some(message))
+        } else {
+            Ok(None)
+        }
     }
 
     async fn recv_until(&self, message: &mut Vec<u8>, deadline: Option<Instant>) -> Result<()> {
-        let duplex = &self.duplex;
-        let mut wake = self.receiving.lock().await;
+        let conn = &*self.conn;
+        let mut receiving = self.receiving.lock().await;
+        let (rx, wake) = &mut *receiving;
         loop {
-            // Takes what is there without waiting; part of a message stays in the channel.
-            if duplex.recv_until(message, None, false)? {
+            // Takes what is there without waiting; part of a message stays in the half.
+            if rx.recv_until(conn, message, None, false)? {
                 return Ok(());
             }
-            let me = duplex.rx().me;
+            let me = rx.me;
+            let Incoming { ring, .. } = &mut *rx;
             let parked = wake
                 .wait(
-                    &duplex.name,
-                    &duplex.map,
+                    &conn.name,
+                    &conn.map,
                     me,
                     AsyncPatience::default(),
                     deadline,
-                    || duplex.rx().ring.has_data(),
+                    || ring.has_data(),
                 )
                 .await;
             match parked {
@@ -244,11 +261,10 @@ impl AsyncDuplex {
                 Ok(Parked::Ready | Parked::HungUp) => {}
                 Ok(Parked::TimedOut) => return Err(Error::Timeout),
                 Err(e) => {
-                    let mut rx = duplex.rx();
                     rx.failed = Some(match &e {
-                        Error::Corrupted { reason, .. } => duplex.drop_corrupt_peer(reason),
+                        Error::Corrupted { reason, .. } => conn.drop_corrupt_peer(reason),
                         _ => {
-                            duplex.mark_gone(Failed::Disconnected);
+                            conn.mark_gone(Failed::Disconnected);
                             Failed::Disconnected
                         }
                     });
@@ -260,132 +276,119 @@ impl AsyncDuplex {
     }
 
     async fn send_until(&self, message: &[u8], deadline: Option<Instant>) -> Result<()> {
-        let duplex = &self.duplex;
-        if message.len() > duplex.max_message {
+        let conn = &*self.conn;
+        if message.len() > conn.max_message {
             return Err(Error::MessageTooLarge {
                 size: message.len(),
-                max: duplex.max_message,
+                max: conn.max_message,
             });
         }
-        let mut wake = self.sending.lock().await;
-        let (fragment, capacity) = {
-            let mut tx = duplex.tx();
-            duplex.notice_peer_gone(&mut tx.failed);
-            if let Some(failed) = &tx.failed {
-                return Err(duplex.failure(failed));
-            }
-            let layout = tx.ring.layout();
-            (layout.max_fragment(), layout.capacity)
-        };
+        let mut sending = self.sending.lock().await;
+        let (tx, wake) = &mut *sending;
+        conn.notice_peer_gone(&mut tx.failed);
+        if let Some(failed) = &tx.failed {
+            return Err(conn.failure(failed));
+        }
+        let layout = tx.ring.layout();
+        let (fragment, capacity) = (layout.max_fragment(), layout.capacity);
         if fits_whole(message.len(), fragment, capacity) {
             // Whole or not at all: wait for room for every fragment, then write them at once.
-            self.wait_for_room(&mut wake, deadline, |ring| {
+            wait_for_room(conn, tx, wake, deadline, |ring| {
                 ring.has_room_for_all(fragment_lens(message.len(), fragment))
             })
             .await?;
-            let mut tx = duplex.tx();
-            return duplex.push_message(&mut tx, message, None);
+            return tx.push_message(conn, message, None);
         }
-        self.stream_message(&mut wake, message, deadline).await
-    }
-
-    /// Writes a message larger than the ring fragment by fragment as the peer makes room.
-    async fn stream_message(
-        &self,
-        wake: &mut AsyncWake,
-        message: &[u8],
-        deadline: Option<Instant>,
-    ) -> Result<()> {
-        let duplex = &self.duplex;
-        let mut guard = PartSent {
-            duplex,
-            sent: 0,
-            done: false,
-        };
-        let (id, fragment) = {
-            let mut tx = duplex.tx();
-            tx.ring.set_early_wrap(false);
-            (tx.next_id, tx.ring.layout().max_fragment())
-        };
-        let total = message.len() as u64;
-        loop {
-            let (flags, piece) = fragment_at(guard.sent, message.len(), fragment);
-            let end = piece.end;
-            let pushed = {
-                let mut tx = duplex.tx();
-                let tx = &mut *tx;
-                tx.ring
-                    .try_push(flags, id, total, &message[piece])
-                    .and_then(|pushed| {
-                        if pushed {
-                            wake::nudge(&duplex.map, tx.peer, &tx.wake_peer)?;
-                        }
-                        Ok(pushed)
-                    })
-            };
-            match pushed {
-                Ok(true) => {
-                    guard.sent = end;
-                    if end == message.len() {
-                        guard.done = true;
-                        duplex.tx().next_id += 1;
-                        return Ok(());
-                    }
-                }
-                Ok(false) => {
-                    let len = end - guard.sent;
-                    // On failure the guard closes the channel if part of the message went out.
-                    self.wait_for_room(wake, deadline, |ring| ring.has_room_for(len))
-                        .await?;
-                }
-                Err(e) => {
-                    guard.done = true;
-                    let mut tx = duplex.tx();
-                    tx.failed = Some(duplex.drop_corrupt_peer(&e.0));
-                    return Err(Error::corrupted(&duplex.name, e.0));
-                }
-            }
-        }
-    }
-
-    /// Waits on the send half until `ready` holds for our ring; records a hang-up or corruption
-    /// in the half as the blocking send does.
-    async fn wait_for_room(
-        &self,
-        wake: &mut AsyncWake,
-        deadline: Option<Instant>,
-        mut ready: impl FnMut(&mut Producer) -> Result<bool, RingError>,
-    ) -> Result<()> {
-        let duplex = &self.duplex;
-        let me = duplex.tx().me;
-        let waited = wake
-            .wait(
-                &duplex.name,
-                &duplex.map,
-                me,
-                AsyncPatience::default(),
-                deadline,
-                || ready(&mut duplex.tx().ring),
-            )
-            .await;
-        let mut tx = duplex.tx();
-        room_wait_outcome(duplex, &mut tx, waited)
+        stream_message(conn, tx, wake, message, deadline).await
     }
 }
 
-/// The send half's view of how a wait for room ended.
-fn room_wait_outcome(duplex: &Duplex, tx: &mut Outgoing, waited: Result<Parked>) -> Result<()> {
+/// Writes a message larger than the ring fragment by fragment as the peer makes room.
+async fn stream_message(
+    conn: &Connection,
+    tx: &mut Outgoing,
+    wake: &mut AsyncWake,
+    message: &[u8],
+    deadline: Option<Instant>,
+) -> Result<()> {
+    let fragment = tx.ring.layout().max_fragment();
+    let id = tx.next_id;
+    tx.ring.set_early_wrap(false);
+    let mut part = PartSent {
+        tx,
+        conn,
+        sent: 0,
+        done: false,
+    };
+    let total = message.len() as u64;
+    loop {
+        let (flags, piece) = fragment_at(part.sent, message.len(), fragment);
+        let end = piece.end;
+        let tx = &mut *part.tx;
+        let pushed = tx
+            .ring
+            .try_push(flags, id, total, &message[piece])
+            .and_then(|pushed| {
+                if pushed {
+                    wake::nudge(&conn.map, tx.peer, &tx.wake_peer)?;
+                }
+                Ok(pushed)
+            });
+        match pushed {
+            Ok(true) => {
+                part.sent = end;
+                if end == message.len() {
+                    part.done = true;
+                    part.tx.next_id += 1;
+                    return Ok(());
+                }
+            }
+            Ok(false) => {
+                let len = end - part.sent;
+                // On failure `part` closes the channel if part of the message went out.
+                wait_for_room(conn, part.tx, wake, deadline, |ring| ring.has_room_for(len)).await?;
+            }
+            Err(e) => {
+                part.done = true;
+                part.tx.failed = Some(conn.drop_corrupt_peer(&e.0));
+                return Err(Error::corrupted(&conn.name, e.0));
+            }
+        }
+    }
+}
+
+/// Waits on the send half until `ready` holds for its ring; records a hang-up or corruption in
+/// the half as the blocking send does.
+async fn wait_for_room(
+    conn: &Connection,
+    tx: &mut Outgoing,
+    wake: &mut AsyncWake,
+    deadline: Option<Instant>,
+    mut ready: impl FnMut(&mut Producer) -> Result<bool, RingError>,
+) -> Result<()> {
+    let me = tx.me;
+    let Outgoing { ring, .. } = &mut *tx;
+    let waited = wake
+        .wait(
+            &conn.name,
+            &conn.map,
+            me,
+            AsyncPatience::default(),
+            deadline,
+            || ready(ring),
+        )
+        .await;
     match waited {
         Ok(Parked::Ready) => Ok(()),
         Ok(Parked::TimedOut) => Err(Error::Timeout),
         Ok(Parked::HungUp) => {
             tx.failed = Some(Failed::Disconnected);
-            duplex.mark_gone(Failed::Disconnected);
-            Err(link::goodbye(&duplex.name, &duplex.socket))
+            conn.mark_gone(Failed::Disconnected);
+            Err(link::goodbye(&conn.name, &conn.socket))
         }
         Err(e) => {
             if let Error::Corrupted { reason, .. } = &e {
-                tx.failed = Some(duplex.drop_corrupt_peer(reason));
+                tx.failed = Some(conn.drop_corrupt_peer(reason));
             }
             Err(e)
         }

@@ -44,6 +44,9 @@
 //! receive only our sending thread, so no wake-up can be consumed by the wrong thread and leave
 //! the other asleep. Both sleepers also watch the socket, so a peer's death wakes both at once.
 //! The send half and the receive half are locked independently, so `Duplex` is `Send + Sync`.
+//! [`Duplex::split`] hands them out as [`DuplexSender`] and [`DuplexReceiver`] instead, owned by
+//! whichever thread uses them: no lock at all then (an uncontended lock still costs two atomic
+//! read-modify-writes, full barriers on x86, per message).
 //!
 //! # After the peer is gone
 //!
@@ -242,6 +245,32 @@ impl TrySendError {
 /// ```
 #[derive(Debug)]
 pub struct Duplex {
+    conn: Arc<Connection>,
+    tx: Mutex<Outgoing>,
+    rx: Mutex<Incoming>,
+}
+
+/// The sending half of a duplex channel, from [`Duplex::split`]. Its methods take `&mut self`:
+/// no lock on the way, so a thread that only sends pays for nothing but the ring. Dropping both
+/// halves closes the channel (the peer then sees it disconnected); dropping one leaves the other
+/// working.
+#[derive(Debug)]
+pub struct DuplexSender {
+    conn: Arc<Connection>,
+    tx: Outgoing,
+}
+
+/// The receiving half of a duplex channel, from [`Duplex::split`]. As [`DuplexSender`], for
+/// receiving.
+#[derive(Debug)]
+pub struct DuplexReceiver {
+    conn: Arc<Connection>,
+    rx: Incoming,
+}
+
+/// What both halves of one end share: the connection itself.
+#[derive(Debug)]
+struct Connection {
     name: String,
     max_message: usize,
     peer_pid: u32,
@@ -253,13 +282,10 @@ pub struct Duplex {
     /// takes what a gone peer published first). Both report the same reason. One atomic load per
     /// call.
     gone: OnceLock<Failed>,
-    tx: Mutex<Outgoing>,
-    rx: Mutex<Incoming>,
     /// Accepting side only: answers later openers with `Busy` while the pair lives (its thread
     /// is stopped and joined on drop, which frees the name).
-    _busy: Option<Responder>,
+    busy: OnceLock<Responder>,
 }
-
 /// Why a half can no longer be used.
 #[derive(Debug, Clone)]
 enum Failed {
@@ -330,17 +356,32 @@ impl Duplex {
 
     /// The channel name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.conn.name
     }
 
     /// Largest message either side may send, in bytes.
     pub fn max_message_size(&self) -> usize {
-        self.max_message
+        self.conn.max_message
     }
 
     /// The peer's process id (as the kernel reported it when the pair formed).
     pub fn peer_pid(&self) -> u32 {
-        self.peer_pid
+        self.conn.peer_pid
+    }
+
+    /// Splits this end into its sending and receiving halves, each usable from its own thread
+    /// without a lock (their methods take `&mut self`). The fastest way to stream one way.
+    pub fn split(self) -> (DuplexSender, DuplexReceiver) {
+        let Duplex { conn, tx, rx } = self;
+        let tx = tx.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let rx = rx.into_inner().unwrap_or_else(PoisonError::into_inner);
+        (
+            DuplexSender {
+                conn: conn.clone(),
+                tx,
+            },
+            DuplexReceiver { conn, rx },
+        )
     }
 
     fn rendezvous(
@@ -416,11 +457,9 @@ impl Duplex {
                 // Only now is the pair complete on our side: tell the connector, which waits
                 // for this before it reports the pair formed. (If it gave up meanwhile, our
                 // first call finds it gone.)
-                let _ = rendezvous::send(&duplex.socket, &CONFIRMATION.encode());
-                return Ok(Duplex {
-                    _busy: Some(busy),
-                    ..duplex
-                });
+                let _ = duplex.conn.busy.set(busy);
+                let _ = rendezvous::send(&duplex.conn.socket, &CONFIRMATION.encode());
+                return Ok(duplex);
             }
         }
     }
@@ -615,15 +654,17 @@ impl Duplex {
             failed: None,
         };
         Duplex {
-            name: name.to_owned(),
-            max_message,
-            peer_pid,
-            socket,
-            map,
-            gone: OnceLock::new(),
+            conn: Arc::new(Connection {
+                name: name.to_owned(),
+                max_message,
+                peer_pid,
+                socket,
+                map,
+                gone: OnceLock::new(),
+                busy: OnceLock::new(),
+            }),
             tx: Mutex::new(tx),
             rx: Mutex::new(rx),
-            _busy: None,
         }
     }
 
@@ -635,6 +676,153 @@ impl Duplex {
         self.rx.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Sends `message`, waiting for room as long as it takes.
+    ///
+    /// A send that finds room returns at once without asking whether the peer still lives (no
+    /// syscall while both sides are awake); a peer's death is reported by the first send that has
+    /// to wait for room, and by every call after a receive has seen it.
+    ///
+    /// # Errors
+    /// [`Error::MessageTooLarge`] (nothing sent, channel still usable); [`Error::Disconnected`]
+    /// if the peer is gone; [`Error::Corrupted`] if it broke the protocol.
+    pub fn send(&self, message: &[u8]) -> Result<()> {
+        self.tx().send_until(&self.conn, message, None)
+    }
+
+    /// Like [`Duplex::send`], giving up after `timeout`. A message that fits in the ring is sent
+    /// whole or not at all. One larger than the ring streams through as the peer receives it; if
+    /// the time runs out part-way the channel is closed (the peer would otherwise hold half a
+    /// message) and later calls return [`Error::Disconnected`].
+    ///
+    /// # Errors
+    /// [`Error::Timeout`]; otherwise as [`Duplex::send`].
+    pub fn send_timeout(&self, message: &[u8], timeout: Duration) -> Result<()> {
+        self.tx()
+            .send_until(&self.conn, message, Some(Instant::now() + timeout))
+    }
+
+    /// Sends `message` if the ring has room for all of it now; never waits. On
+    /// [`TrySendError::Full`] the message comes back to the caller.
+    ///
+    /// # Errors
+    /// [`TrySendError::Full`] (retry later); [`TrySendError::TooLargeForTrySend`] for a message
+    /// that can never fit at once (its records plus one fragment's worth of end-of-ring padding
+    /// exceed the ring's capacity: use [`Duplex::send`]); [`TrySendError::Failed`] with [`Error::MessageTooLarge`],
+    /// [`Error::Disconnected`] or [`Error::Corrupted`].
+    pub fn try_send(&self, message: Vec<u8>) -> Result<(), TrySendError> {
+        self.tx().try_send(&self.conn, message)
+    }
+
+    /// Receives the next message, waiting as long as it takes.
+    ///
+    /// # Errors
+    /// [`Error::Disconnected`] once the peer is gone and every message it sent has been
+    /// received; [`Error::Corrupted`] if it broke the protocol (the channel is then closed).
+    pub fn recv(&self) -> Result<Vec<u8>> {
+        let mut message = Vec::new();
+        self.rx().recv_until(&self.conn, &mut message, None, true)?;
+        Ok(message)
+    }
+
+    /// Receives the next message into `message` (cleared first; its allocation is reused).
+    ///
+    /// # Errors
+    /// As [`Duplex::recv`].
+    pub fn recv_into(&self, message: &mut Vec<u8>) -> Result<()> {
+        self.rx()
+            .recv_until(&self.conn, message, None, true)
+            .map(|_| ())
+    }
+
+    /// Like [`Duplex::recv`], giving up after `timeout`. A message received in part when the
+    /// time runs out is kept, and the next receive continues it.
+    ///
+    /// # Errors
+    /// [`Error::Timeout`]; otherwise as [`Duplex::recv`].
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Vec<u8>> {
+        let mut message = Vec::new();
+        self.rx().recv_until(
+            &self.conn,
+            &mut message,
+            Some(Instant::now() + timeout),
+            true,
+        )?;
+        Ok(message)
+    }
+
+    /// Like [`Duplex::recv_into`], giving up after `timeout`.
+    ///
+    /// # Errors
+    /// As [`Duplex::recv_timeout`].
+    pub fn recv_into_timeout(&self, message: &mut Vec<u8>, timeout: Duration) -> Result<()> {
+        self.rx()
+            .recv_until(&self.conn, message, Some(Instant::now() + timeout), true)
+            .map(|_| ())
+    }
+
+    /// Receives a message if one has arrived in full; never waits.
+    ///
+    /// # Errors
+    /// [`Error::Disconnected`] if nothing is waiting and the peer is gone; [`Error::Corrupted`].
+    pub fn try_recv(&self) -> Result<Option<Vec<u8>>> {
+        let mut message = Vec::new();
+        if self
+            .rx()
+            .recv_until(&self.conn, &mut message, None, false)?
+        {
+            Ok(Some(message))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Fault injection for tests: this process's next accepting side fails after the connector
+    /// acknowledged its welcome, as if its busy responder could not start. Exists only with the
+    /// `fault-injection` feature; not part of the API.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __fail_next_busy_responder() {
+        FAIL_NEXT_RESPONDER.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Fault injection for tests: sends a message that is not a goodbye on the connection's
+    /// socket, as a buggy or hostile peer could. Exists only with the `fault-injection` feature;
+    /// not part of the API.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __send_stray_socket_message(&self) -> Result<()> {
+        rendezvous::send(&self.conn.socket, b"stray")
+            .map_err(|e| Error::os("sending a stray message", e))
+    }
+
+    /// Fault injection for tests: publishes an impossible consumer index for the ring the peer
+    /// sends on, as a buggy or hostile peer could. Exists only with the `fault-injection`
+    /// feature; not part of the API.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __corrupt_incoming_index(&self) -> Result<()> {
+        self.rx()
+            .ring
+            .publish_impossible_head()
+            .map_err(|e| Error::corrupted(&self.conn.name, e.0))
+    }
+
+    /// Fault injection for tests: publishes an impossible record in the ring we send on, as a
+    /// buggy or hostile peer could. Exists only with the `fault-injection` feature, which
+    /// memlink's own tests enable; not part of the API.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __corrupt_outgoing(&self) -> Result<()> {
+        let tx = self.tx();
+        tx.ring
+            .publish_impossible_record()
+            .map_err(|e| Error::corrupted(&self.conn.name, e.0))?;
+        let _ = notify::wake(&tx.wake_peer);
+        Ok(())
+    }
+}
+
+impl Connection {
     /// Marks a half failed if the other half found the peer gone.
     fn notice_peer_gone(&self, failed: &mut Option<Failed>) {
         if failed.is_none() {
@@ -676,112 +864,85 @@ impl Duplex {
             .cloned()
             .unwrap_or_else(|| Failed::Corrupted(why.to_owned()))
     }
+}
 
-    /// Sends `message`, waiting for room as long as it takes.
-    ///
-    /// A send that finds room returns at once without asking whether the peer still lives (no
-    /// syscall while both sides are awake); a peer's death is reported by the first send that has
-    /// to wait for room, and by every call after a receive has seen it.
-    ///
-    /// # Errors
-    /// [`Error::MessageTooLarge`] (nothing sent, channel still usable); [`Error::Disconnected`]
-    /// if the peer is gone; [`Error::Corrupted`] if it broke the protocol.
-    pub fn send(&self, message: &[u8]) -> Result<()> {
-        self.send_until(message, None)
-    }
-
-    /// Like [`Duplex::send`], giving up after `timeout`. A message that fits in the ring is sent
-    /// whole or not at all. One larger than the ring streams through as the peer receives it; if
-    /// the time runs out part-way the channel is closed (the peer would otherwise hold half a
-    /// message) and later calls return [`Error::Disconnected`].
-    ///
-    /// # Errors
-    /// [`Error::Timeout`]; otherwise as [`Duplex::send`].
-    pub fn send_timeout(&self, message: &[u8], timeout: Duration) -> Result<()> {
-        self.send_until(message, Some(Instant::now() + timeout))
-    }
-
-    /// Sends `message` if the ring has room for all of it now; never waits. On
-    /// [`TrySendError::Full`] the message comes back to the caller.
-    ///
-    /// # Errors
-    /// [`TrySendError::Full`] (retry later); [`TrySendError::TooLargeForTrySend`] for a message
-    /// that can never fit at once (its records plus one fragment's worth of end-of-ring padding
-    /// exceed the ring's capacity: use [`Duplex::send`]); [`TrySendError::Failed`] with [`Error::MessageTooLarge`],
-    /// [`Error::Disconnected`] or [`Error::Corrupted`].
-    pub fn try_send(&self, message: Vec<u8>) -> Result<(), TrySendError> {
-        if message.len() > self.max_message {
+impl Outgoing {
+    fn try_send(&mut self, conn: &Connection, message: Vec<u8>) -> Result<(), TrySendError> {
+        if message.len() > conn.max_message {
             let error = Error::MessageTooLarge {
                 size: message.len(),
-                max: self.max_message,
+                max: conn.max_message,
             };
             return Err(TrySendError::Failed(message, error));
         }
-        let mut tx = self.tx();
-        self.notice_peer_gone(&mut tx.failed);
-        if let Some(failed) = &tx.failed {
-            let error = self.failure(failed);
+        conn.notice_peer_gone(&mut self.failed);
+        if let Some(failed) = &self.failed {
+            let error = conn.failure(failed);
             return Err(TrySendError::Failed(message, error));
         }
-        let fragment = tx.ring.layout().max_fragment();
-        if !fits_whole(message.len(), fragment, tx.ring.layout().capacity) {
+        let fragment = self.ring.layout().max_fragment();
+        if !fits_whole(message.len(), fragment, self.ring.layout().capacity) {
             return Err(TrySendError::TooLargeForTrySend(message));
         }
-        match tx
+        match self
             .ring
             .has_room_for_all(fragment_lens(message.len(), fragment))
         {
             Ok(true) => {}
             Ok(false) => {
-                if link::hung_up(&self.socket, &tx.wake_in) {
-                    tx.failed = Some(Failed::Disconnected);
-                    self.mark_gone(Failed::Disconnected);
+                if link::hung_up(&conn.socket, &self.wake_in) {
+                    self.failed = Some(Failed::Disconnected);
+                    conn.mark_gone(Failed::Disconnected);
                     let error = Error::Disconnected {
-                        name: self.name.clone(),
+                        name: conn.name.clone(),
                     };
                     return Err(TrySendError::Failed(message, error));
                 }
                 return Err(TrySendError::Full(message));
             }
             Err(e) => {
-                tx.failed = Some(self.drop_corrupt_peer(&e.0));
-                let error = Error::corrupted(&self.name, e.0);
+                self.failed = Some(conn.drop_corrupt_peer(&e.0));
+                let error = Error::corrupted(&conn.name, e.0);
                 return Err(TrySendError::Failed(message, error));
             }
         }
-        match self.push_message(&mut tx, &message, None) {
+        match self.push_message(conn, &message, None) {
             Ok(()) => Ok(()),
             Err(error) => Err(TrySendError::Failed(message, error)),
         }
     }
 
-    fn send_until(&self, message: &[u8], deadline: Option<Instant>) -> Result<()> {
-        if message.len() > self.max_message {
+    fn send_until(
+        &mut self,
+        conn: &Connection,
+        message: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        if message.len() > conn.max_message {
             return Err(Error::MessageTooLarge {
                 size: message.len(),
-                max: self.max_message,
+                max: conn.max_message,
             });
         }
-        let mut tx = self.tx();
-        self.notice_peer_gone(&mut tx.failed);
-        if let Some(failed) = &tx.failed {
-            return Err(self.failure(failed));
+        conn.notice_peer_gone(&mut self.failed);
+        if let Some(failed) = &self.failed {
+            return Err(conn.failure(failed));
         }
-        let fragment = tx.ring.layout().max_fragment();
+        let fragment = self.ring.layout().max_fragment();
         // A message that fits in the ring goes in whole once there is room for all of it, so
         // a timeout never cuts one short.
-        if fits_whole(message.len(), fragment, tx.ring.layout().capacity) {
-            self.wait_for_room(&mut tx, deadline, |ring| {
+        if fits_whole(message.len(), fragment, self.ring.layout().capacity) {
+            self.wait_for_room(conn, deadline, |ring| {
                 ring.has_room_for_all(fragment_lens(message.len(), fragment))
             })?;
         }
-        self.push_message(&mut tx, message, deadline)
+        self.push_message(conn, message, deadline)
     }
 
     /// Waits on the send half until `ready` holds for our ring.
     fn wait_for_room(
-        &self,
-        tx: &mut Outgoing,
+        &mut self,
+        conn: &Connection,
         deadline: Option<Instant>,
         mut ready: impl FnMut(&mut Producer) -> Result<bool, RingError>,
     ) -> Result<()> {
@@ -791,14 +952,14 @@ impl Duplex {
             peer,
             wake_in,
             ..
-        } = tx;
+        } = self;
         let waited = link::wait(
-            &self.name,
-            &self.map,
+            &conn.name,
+            &conn.map,
             *me,
             *peer,
             wake_in,
-            &self.socket,
+            &conn.socket,
             deadline,
             || ready(ring),
         );
@@ -806,13 +967,13 @@ impl Duplex {
             Ok(Parked::Ready) => Ok(()),
             Ok(Parked::TimedOut) => Err(Error::Timeout),
             Ok(Parked::HungUp) => {
-                tx.failed = Some(Failed::Disconnected);
-                self.mark_gone(Failed::Disconnected);
-                Err(link::goodbye(&self.name, &self.socket))
+                self.failed = Some(Failed::Disconnected);
+                conn.mark_gone(Failed::Disconnected);
+                Err(link::goodbye(&conn.name, &conn.socket))
             }
             Err(e) => {
                 if let Error::Corrupted { reason, .. } = &e {
-                    tx.failed = Some(self.drop_corrupt_peer(reason));
+                    self.failed = Some(conn.drop_corrupt_peer(reason));
                 }
                 Err(e)
             }
@@ -823,25 +984,25 @@ impl Duplex {
     /// room only where the caller did not already see room for all of it (no early wrap of the
     /// ring may spoil that check meanwhile).
     fn push_message(
-        &self,
-        tx: &mut Outgoing,
+        &mut self,
+        conn: &Connection,
         message: &[u8],
         deadline: Option<Instant>,
     ) -> Result<()> {
-        let fragment = tx.ring.layout().max_fragment();
-        let id = tx.next_id;
+        let fragment = self.ring.layout().max_fragment();
+        let id = self.next_id;
         let total = message.len() as u64;
         let mut sent = 0;
         let multi = message.len() > fragment;
         if multi {
-            tx.ring.set_early_wrap(false);
+            self.ring.set_early_wrap(false);
         }
         let result = loop {
             let (flags, piece) = fragment_at(sent, message.len(), fragment);
             let end = piece.end;
-            match tx.ring.try_push(flags, id, total, &message[piece]) {
+            match self.ring.try_push(flags, id, total, &message[piece]) {
                 Ok(true) => {
-                    if let Err(e) = wake::nudge(&self.map, tx.peer, &tx.wake_peer) {
+                    if let Err(e) = wake::nudge(&conn.map, self.peer, &self.wake_peer) {
                         break Err(e);
                     }
                     sent = end;
@@ -851,117 +1012,68 @@ impl Duplex {
                 }
                 Ok(false) => {
                     let len = end - sent;
-                    if let Err(e) = self.wait_for_room(tx, deadline, |ring| ring.has_room_for(len))
+                    if let Err(e) =
+                        self.wait_for_room(conn, deadline, |ring| ring.has_room_for(len))
                     {
                         if sent > 0 && matches!(e, Error::Timeout) {
                             // Part of the message is in the ring: the stream cannot go on.
-                            tx.failed = Some(Failed::Disconnected);
-                            rendezvous::hang_up(&self.socket, None);
+                            self.failed = Some(Failed::Disconnected);
+                            rendezvous::hang_up(&conn.socket, None);
                         }
-                        tx.ring.set_early_wrap(true);
+                        self.ring.set_early_wrap(true);
                         return Err(e);
                     }
                 }
                 Err(e) => break Err(e),
             }
         };
-        tx.ring.set_early_wrap(true);
+        self.ring.set_early_wrap(true);
         match result {
             Ok(()) => {
-                tx.next_id += 1;
+                self.next_id += 1;
                 Ok(())
             }
             Err(e) => {
-                tx.failed = Some(self.drop_corrupt_peer(&e.0));
-                Err(Error::corrupted(&self.name, e.0))
+                self.failed = Some(conn.drop_corrupt_peer(&e.0));
+                Err(Error::corrupted(&conn.name, e.0))
             }
         }
     }
+}
 
-    /// Receives the next message, waiting as long as it takes.
-    ///
-    /// # Errors
-    /// [`Error::Disconnected`] once the peer is gone and every message it sent has been
-    /// received; [`Error::Corrupted`] if it broke the protocol (the channel is then closed).
-    pub fn recv(&self) -> Result<Vec<u8>> {
-        let mut message = Vec::new();
-        self.recv_until(&mut message, None, true)?;
-        Ok(message)
-    }
-
-    /// Receives the next message into `message` (cleared first; its allocation is reused).
-    ///
-    /// # Errors
-    /// As [`Duplex::recv`].
-    pub fn recv_into(&self, message: &mut Vec<u8>) -> Result<()> {
-        self.recv_until(message, None, true).map(|_| ())
-    }
-
-    /// Like [`Duplex::recv`], giving up after `timeout`. A message received in part when the
-    /// time runs out is kept, and the next receive continues it.
-    ///
-    /// # Errors
-    /// [`Error::Timeout`]; otherwise as [`Duplex::recv`].
-    pub fn recv_timeout(&self, timeout: Duration) -> Result<Vec<u8>> {
-        let mut message = Vec::new();
-        self.recv_until(&mut message, Some(Instant::now() + timeout), true)?;
-        Ok(message)
-    }
-
-    /// Like [`Duplex::recv_into`], giving up after `timeout`.
-    ///
-    /// # Errors
-    /// As [`Duplex::recv_timeout`].
-    pub fn recv_into_timeout(&self, message: &mut Vec<u8>, timeout: Duration) -> Result<()> {
-        self.recv_until(message, Some(Instant::now() + timeout), true)
-            .map(|_| ())
-    }
-
-    /// Receives a message if one has arrived in full; never waits.
-    ///
-    /// # Errors
-    /// [`Error::Disconnected`] if nothing is waiting and the peer is gone; [`Error::Corrupted`].
-    pub fn try_recv(&self) -> Result<Option<Vec<u8>>> {
-        let mut message = Vec::new();
-        if self.recv_until(&mut message, None, false)? {
-            Ok(Some(message))
-        } else {
-            Ok(None)
-        }
-    }
-
+impl Incoming {
     /// Receives into `message`; `Ok(false)` if `wait` is off and no whole message is there.
     fn recv_until(
-        &self,
+        &mut self,
+        conn: &Connection,
         message: &mut Vec<u8>,
         deadline: Option<Instant>,
         wait: bool,
     ) -> Result<bool> {
-        let mut rx = self.rx();
-        self.notice_corruption(&mut rx.failed);
-        if let Some(failed) = &rx.failed {
-            return Err(self.failure(failed));
+        conn.notice_corruption(&mut self.failed);
+        if let Some(failed) = &self.failed {
+            return Err(conn.failure(failed));
         }
         message.clear();
-        if rx.reassembly.in_progress() {
-            std::mem::swap(message, &mut rx.partial);
+        if self.reassembly.in_progress() {
+            std::mem::swap(message, &mut self.partial);
         }
-        let result = self.reassemble(&mut rx, message, deadline, wait);
+        let result = self.reassemble(conn, message, deadline, wait);
         match result {
             Ok(true) => Ok(true),
             Ok(false) => {
-                self.keep_partial(&mut rx, message);
+                self.keep_partial(message);
                 Ok(false)
             }
             Err(Error::Timeout) => {
-                self.keep_partial(&mut rx, message);
+                self.keep_partial(message);
                 Err(Error::Timeout)
             }
             Err(e) => {
-                rx.failed = Some(match &e {
-                    Error::Corrupted { reason, .. } => self.drop_corrupt_peer(reason),
+                self.failed = Some(match &e {
+                    Error::Corrupted { reason, .. } => conn.drop_corrupt_peer(reason),
                     _ => {
-                        self.mark_gone(Failed::Disconnected);
+                        conn.mark_gone(Failed::Disconnected);
                         Failed::Disconnected
                     }
                 });
@@ -971,9 +1083,9 @@ impl Duplex {
         }
     }
 
-    fn keep_partial(&self, rx: &mut Incoming, message: &mut Vec<u8>) {
-        if rx.reassembly.in_progress() {
-            std::mem::swap(message, &mut rx.partial);
+    fn keep_partial(&mut self, message: &mut Vec<u8>) {
+        if self.reassembly.in_progress() {
+            std::mem::swap(message, &mut self.partial);
         }
         message.clear();
     }
@@ -981,22 +1093,22 @@ impl Duplex {
     /// Takes fragments into `message` until a whole message is there (`Ok(true)`), validating
     /// every header the peer wrote.
     fn reassemble(
-        &self,
-        rx: &mut Incoming,
+        &mut self,
+        conn: &Connection,
         message: &mut Vec<u8>,
         deadline: Option<Instant>,
         wait: bool,
     ) -> Result<bool> {
         let bad =
-            |why: &str| Error::corrupted(&self.name, format!("the peer broke the protocol: {why}"));
-        let ring_error = |e: RingError| Error::corrupted(&self.name, e.0);
+            |why: &str| Error::corrupted(&conn.name, format!("the peer broke the protocol: {why}"));
+        let ring_error = |e: RingError| Error::corrupted(&conn.name, e.0);
         loop {
-            let Some(header) = rx.ring.peek().map_err(ring_error)? else {
+            let Some(header) = self.ring.peek().map_err(ring_error)? else {
                 if !wait {
-                    if link::hung_up(&self.socket, &rx.wake_in)
-                        && !rx.ring.has_data().map_err(ring_error)?
+                    if link::hung_up(&conn.socket, &self.wake_in)
+                        && !self.ring.has_data().map_err(ring_error)?
                     {
-                        return Err(link::goodbye(&self.name, &self.socket));
+                        return Err(link::goodbye(&conn.name, &conn.socket));
                     }
                     return Ok(false);
                 }
@@ -1006,92 +1118,164 @@ impl Duplex {
                     peer,
                     wake_in,
                     ..
-                } = &mut *rx;
+                } = &mut *self;
                 match link::wait(
-                    &self.name,
-                    &self.map,
+                    &conn.name,
+                    &conn.map,
                     *me,
                     *peer,
                     wake_in,
-                    &self.socket,
+                    &conn.socket,
                     deadline,
                     || ring.has_data(),
                 )? {
                     Parked::Ready => continue,
                     Parked::TimedOut => return Err(Error::Timeout),
-                    Parked::HungUp => return Err(link::goodbye(&self.name, &self.socket)),
+                    Parked::HungUp => return Err(link::goodbye(&conn.name, &conn.socket)),
                 }
             };
             if header.flags & USER_FLAGS != 0 {
                 return Err(bad("unknown message flags"));
             }
-            let next_id = rx.next_id;
-            let started = rx
+            let next_id = self.next_id;
+            let started = self
                 .reassembly
-                .accept(&header, |id| id == next_id, self.max_message as u64)
+                .accept(&header, |id| id == next_id, conn.max_message as u64)
                 .map_err(|why| bad(&why))?;
             if let Some(total) = started {
                 // The announced length is the peer's word: reserve a bounded amount up front
                 // and let the buffer grow as fragments actually arrive.
                 message.reserve((total as usize).min(MAX_UPFRONT_RESERVE));
             }
-            rx.ring.take(&header, message).map_err(ring_error)?;
+            self.ring.take(&header, message).map_err(ring_error)?;
             // The peer's sender may be waiting for the room we just freed.
-            wake::nudge(&self.map, rx.peer, &rx.wake_peer).map_err(ring_error)?;
-            if rx
+            wake::nudge(&conn.map, self.peer, &self.wake_peer).map_err(ring_error)?;
+            if self
                 .reassembly
                 .taken(&header)
                 .map_err(|why| bad(&why))?
                 .is_some()
             {
-                rx.next_id += 1;
+                self.next_id += 1;
                 return Ok(true);
             }
         }
     }
+}
 
-    /// Fault injection for tests: this process's next accepting side fails after the connector
-    /// acknowledged its welcome, as if its busy responder could not start. Exists only with the
-    /// `fault-injection` feature; not part of the API.
-    #[doc(hidden)]
-    #[cfg(feature = "fault-injection")]
-    pub fn __fail_next_busy_responder() {
-        FAIL_NEXT_RESPONDER.store(true, std::sync::atomic::Ordering::SeqCst);
+impl DuplexSender {
+    /// As [`Duplex::send`].
+    ///
+    /// # Errors
+    /// As [`Duplex::send`].
+    pub fn send(&mut self, message: &[u8]) -> Result<()> {
+        self.tx.send_until(&self.conn, message, None)
     }
 
-    /// Fault injection for tests: sends a message that is not a goodbye on the connection's
-    /// socket, as a buggy or hostile peer could. Exists only with the `fault-injection` feature;
-    /// not part of the API.
-    #[doc(hidden)]
-    #[cfg(feature = "fault-injection")]
-    pub fn __send_stray_socket_message(&self) -> Result<()> {
-        rendezvous::send(&self.socket, b"stray")
-            .map_err(|e| Error::os("sending a stray message", e))
+    /// As [`Duplex::send_timeout`].
+    ///
+    /// # Errors
+    /// As [`Duplex::send_timeout`].
+    pub fn send_timeout(&mut self, message: &[u8], timeout: Duration) -> Result<()> {
+        self.tx
+            .send_until(&self.conn, message, Some(Instant::now() + timeout))
     }
 
-    /// Fault injection for tests: publishes an impossible consumer index for the ring the peer
-    /// sends on, as a buggy or hostile peer could. Exists only with the `fault-injection`
-    /// feature; not part of the API.
-    #[doc(hidden)]
-    #[cfg(feature = "fault-injection")]
-    pub fn __corrupt_incoming_index(&self) -> Result<()> {
-        self.rx()
-            .ring
-            .publish_impossible_head()
-            .map_err(|e| Error::corrupted(&self.name, e.0))
+    /// As [`Duplex::try_send`].
+    ///
+    /// # Errors
+    /// As [`Duplex::try_send`].
+    pub fn try_send(&mut self, message: Vec<u8>) -> Result<(), TrySendError> {
+        self.tx.try_send(&self.conn, message)
     }
 
-    /// Fault injection for tests: publishes an impossible record in the ring we send on, as a
-    /// buggy or hostile peer could. Exists only with the `fault-injection` feature, which
-    /// memlink's own tests enable; not part of the API.
-    #[doc(hidden)]
-    #[cfg(feature = "fault-injection")]
-    pub fn __corrupt_outgoing(&self) -> Result<()> {
-        let tx = self.tx();
-        tx.ring
-            .publish_impossible_record()
-            .map_err(|e| Error::corrupted(&self.name, e.0))?;
-        let _ = notify::wake(&tx.wake_peer);
-        Ok(())
+    /// The channel name.
+    pub fn name(&self) -> &str {
+        &self.conn.name
+    }
+
+    /// Largest message either side may send, in bytes.
+    pub fn max_message_size(&self) -> usize {
+        self.conn.max_message
+    }
+
+    /// The peer's process id (as the kernel reported it when the pair formed).
+    pub fn peer_pid(&self) -> u32 {
+        self.conn.peer_pid
+    }
+}
+
+impl DuplexReceiver {
+    /// As [`Duplex::recv`].
+    ///
+    /// # Errors
+    /// As [`Duplex::recv`].
+    pub fn recv(&mut self) -> Result<Vec<u8>> {
+        let mut message = Vec::new();
+        self.rx.recv_until(&self.conn, &mut message, None, true)?;
+        Ok(message)
+    }
+
+    /// As [`Duplex::recv_into`].
+    ///
+    /// # Errors
+    /// As [`Duplex::recv`].
+    pub fn recv_into(&mut self, message: &mut Vec<u8>) -> Result<()> {
+        self.rx
+            .recv_until(&self.conn, message, None, true)
+            .map(|_| ())
+    }
+
+    /// As [`Duplex::recv_timeout`].
+    ///
+    /// # Errors
+    /// As [`Duplex::recv_timeout`].
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Vec<u8>> {
+        let mut message = Vec::new();
+        self.rx.recv_until(
+            &self.conn,
+            &mut message,
+            Some(Instant::now() + timeout),
+            true,
+        )?;
+        Ok(message)
+    }
+
+    /// As [`Duplex::recv_into_timeout`].
+    ///
+    /// # Errors
+    /// As [`Duplex::recv_timeout`].
+    pub fn recv_into_timeout(&mut self, message: &mut Vec<u8>, timeout: Duration) -> Result<()> {
+        self.rx
+            .recv_until(&self.conn, message, Some(Instant::now() + timeout), true)
+            .map(|_| ())
+    }
+
+    /// As [`Duplex::try_recv`].
+    ///
+    /// # Errors
+    /// As [`Duplex::try_recv`].
+    pub fn try_recv(&mut self) -> Result<Option<Vec<u8>>> {
+        let mut message = Vec::new();
+        if self.rx.recv_until(&self.conn, &mut message, None, false)? {
+            Ok(Some(message))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The channel name.
+    pub fn name(&self) -> &str {
+        &self.conn.name
+    }
+
+    /// Largest message either side may send, in bytes.
+    pub fn max_message_size(&self) -> usize {
+        self.conn.max_message
+    }
+
+    /// The peer's process id (as the kernel reported it when the pair formed).
+    pub fn peer_pid(&self) -> u32 {
+        self.conn.peer_pid
     }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 
 use super::wake::{PARK_RECHECK, Side, park_begin, park_end};
-use super::{Parked, SocketMessage, socket_message};
+use super::{Parked, SocketMessage, TRANSIENT_PAUSE, socket_message};
 use crate::error::{Error, Result};
 use crate::memory::ring::RingError;
 use crate::platform::mapping::Mapping;
@@ -58,6 +58,9 @@ struct Woken {
     wake: bool,
     /// Every writer of the wake pipe is gone, or the socket hung up (or said a goodbye).
     hung_up: bool,
+    /// The socket could not be read for the moment (the kernel short of memory): it says nothing
+    /// about the peer, and stays readable.
+    not_now: bool,
 }
 
 /// One waiter's registrations with tokio's reactor: its wake pipe's read end and the
@@ -214,6 +217,11 @@ impl AsyncWake {
             let nap = left.map_or(PARK_RECHECK, |left| left.min(PARK_RECHECK));
             let woken = self.sleep(name, nap).await?;
             drop(flag);
+            if woken.not_now && !woken.hung_up {
+                // Readable still: look again in a moment rather than spin (as `park_until`).
+                tokio::time::sleep(TRANSIENT_PAUSE).await;
+                continue;
+            }
             if woken.hung_up {
                 // The peer may have published just before it went away.
                 if ready().map_err(corrupted)? {
@@ -259,6 +267,7 @@ impl AsyncWake {
                     // Readable but not hung up: after the handshake only a goodbye travels here.
                     match socket_message(name, guard.get_inner()) {
                         SocketMessage::Nothing => guard.clear_ready(),
+                        SocketMessage::NotNow => woken.not_now = true,
                         SocketMessage::Closed => woken.hung_up = true,
                         SocketMessage::Corrupted(error) => return Poll::Ready(Err(error)),
                     }

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::memory::ring::RingError;
 use crate::memory::segment::Permissions;
 use crate::platform::mapping::Mapping;
-use crate::platform::{memfd, notify, process, shm, socket};
+use crate::platform::{barrier, memfd, notify, process, shm, socket};
 use protocol::{Goodbye, Hello, RegionLayout, Welcome};
 pub(crate) use wake::{Backoff, PARK_RECHECK, Patience, Side, park_begin, park_end};
 
@@ -206,6 +206,8 @@ pub(crate) fn offer_regions<const N: usize>(
     regions: &[std::os::fd::BorrowedFd<'_>],
     pipes: [Keep; N],
 ) -> Result<[OwnedFd; N], Errno> {
+    // Before anything a peer may park on is published (see `platform::barrier`).
+    barrier::prepare();
     let (ours, theirs) = wake_pipes(pipes)?;
     send_welcome(connection, welcome, regions, &theirs)?;
     Ok(ours)
@@ -269,6 +271,8 @@ pub(crate) fn adopt_regions<const R: usize, const N: usize>(
     fds: Vec<OwnedFd>,
     pipes: [Keep; N],
 ) -> Result<([OwnedFd; R], [OwnedFd; N])> {
+    // Before anything a peer may park on is published (see `platform::barrier`).
+    barrier::prepare();
     if fds.len() != R + N {
         return Err(Error::corrupted(
             name,
@@ -410,6 +414,12 @@ pub(crate) fn park_until_or_bell(
         if woken.socket && !hung_up {
             match socket_message(name, socket) {
                 SocketMessage::Nothing => continue,
+                SocketMessage::NotNow => {
+                    // The kernel is short of memory: the socket stays readable, so poll would
+                    // return at once. Look again in a moment rather than spin.
+                    std::thread::sleep(TRANSIENT_PAUSE);
+                    continue;
+                }
                 SocketMessage::Closed => hung_up = true,
                 // Whatever the peer published before is moot: it broke the connection off (or
                 // broke the protocol, and we do now).
@@ -426,10 +436,15 @@ pub(crate) fn park_until_or_bell(
     }
 }
 
+/// How long a waiter pauses after a transient error reading the connection's socket.
+pub(crate) const TRANSIENT_PAUSE: Duration = Duration::from_millis(1);
+
 /// What a readable connection socket held.
 pub(crate) enum SocketMessage {
     /// Nothing after all (a spurious wake-up).
     Nothing,
+    /// It could not be read for the moment (`ENOMEM`, `ENOBUFS`): says nothing about the peer.
+    NotNow,
     /// The peer closed its end, or said a goodbye that means it is gone (`Disconnected`).
     Closed,
     /// A goodbye saying we corrupted the connection, or anything that is not a goodbye (the peer
@@ -448,6 +463,9 @@ pub(crate) fn socket_message(name: &str, socket: &OwnedFd) -> SocketMessage {
     let mut buf = [0u8; Goodbye::MAX_LEN];
     match socket::receive_message(socket, &mut buf, false) {
         Err(Errno::AGAIN | Errno::INTR) => SocketMessage::Nothing,
+        // A transient error is not a hang-up: taking the peer for gone would give up a call the
+        // live server may still run.
+        Err(e) if crate::platform::is_transient(e) => SocketMessage::NotNow,
         Err(Errno::MSGSIZE) => broke(),
         Err(_) | Ok((0, _)) => SocketMessage::Closed,
         Ok((len, _)) => match Goodbye::decode(&buf[..len]) {

@@ -40,8 +40,10 @@ const KEY_BIT: u64 = 1 << 63;
 
 pub(crate) const MAGIC: u32 = u32::from_le_bytes(*b"MLNK");
 /// Bumped whenever the handshake or region layout changes incompatibly. 3: record headers carry
-/// a `meta` word (an rpc request's deadline), rpc error reports and statistics grew.
-pub(crate) const PROTOCOL_VERSION: u32 = 3;
+/// a `meta` word (an rpc request's deadline), rpc error reports and statistics grew. 4: the
+/// request ring's spare word is rpc's claim word (a server that does not claim would let its
+/// clients take every call they give up on for not executed).
+pub(crate) const PROTOCOL_VERSION: u32 = 4;
 
 pub(crate) fn word(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
@@ -247,7 +249,8 @@ impl Goodbye {
 /// |                 | `client_room_parked u32` (duplex only)                        |
 /// | 256             | server line: `server_parked`, `server_cpu`, `crowded`,        |
 /// |                 | `server_room_parked` (u32s; the last duplex only)             |
-/// | 384             | request ring control (tail line, head line)                   |
+/// | 384             | request ring control (reserved line, head line: the consumer  |
+/// |                 | position and its spare word, rpc's claim word)                |
 /// | 640             | response ring control                                         |
 /// | 1024            | request ring data (`capacity` bytes)                          |
 /// | 1024 + capacity | response ring data (`capacity` bytes)                         |

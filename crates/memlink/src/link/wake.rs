@@ -3,16 +3,21 @@
 //!
 //! # Sleeping without losing a wake-up
 //!
-//! A side that runs out of work *parks*: it sets its `parked` flag, issues a SeqCst fence, looks at
+//! A side that runs out of work *parks*: it sets its `parked` flag, issues a full barrier, looks at
 //! its rings once more, and only then sleeps in `poll` on its wake pipe and the connection's
-//! socket (so that peer death wakes it too). A side that makes progress the other may be waiting for (published a
-//! record, or freed ring space while the other waits for room) issues a SeqCst fence and reads the
-//! other's `parked` flag; only if it is set does it clear it and write a one-byte wake-up to
-//! the other's wake pipe. The two store → fence → load sequences are Dekker's pattern: at least one side sees
-//! the other's store, so either the sleeper sees the new data or the waker sees the flag. Hence a
-//! wake-up syscall is made only when the receiver has said it is asleep. (SeqCst stores and loads
-//! instead of the fences, one `xchg` instead of a store and an `mfence` on x86, measured no
-//! faster here.)
+//! socket (so that peer death wakes it too). A side that makes progress the other may be waiting
+//! for (published a record, or freed ring space while the other waits for room) issues a barrier
+//! and reads the other's `parked` flag; only if it is set does it clear it and write a one-byte
+//! wake-up to the other's wake pipe. The two store → barrier → load sequences are Dekker's
+//! pattern: at least one side sees the other's store, so either the sleeper sees the new data or
+//! the waker sees the flag. Hence a wake-up syscall is made only when the receiver has said it is
+//! asleep.
+//!
+//! The barriers are asymmetric (`platform::barrier`): the waker's, paid for every message, is a
+//! compiler fence in a process registered for `membarrier`; the parker's, paid once per sleep,
+//! is a fence plus `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, which puts a hardware barrier
+//! on the waker's CPU for it. (Symmetric SeqCst fences cost a store-buffer drain per message;
+//! SeqCst stores and loads instead, one `xchg`, measured no faster.)
 //!
 //! # Wake-ups a peer cannot block or steal
 //!
@@ -36,13 +41,13 @@
 //! ahead of clients that parked, starving them; so the server marks itself *crowded* and clients
 //! then park at once, all alike.
 
-use std::sync::atomic::{AtomicU32, Ordering, fence};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::protocol::RegionLayout;
 use crate::memory::ring::RingError;
 use crate::platform::notify::{self, Wake};
-use crate::platform::{cpu, mapping::Mapping};
+use crate::platform::{barrier, cpu, mapping::Mapping};
 use std::os::fd::AsFd;
 
 /// Longest a parked side sleeps before it looks at its rings again on its own: a wake-up lost to
@@ -95,9 +100,11 @@ fn word(map: &Mapping, at: usize) -> Result<&AtomicU32, RingError> {
 /// Marks `me` as about to sleep. Follow with a last look at the rings, then sleep.
 pub(crate) fn park_begin(map: &Mapping, me: Side) -> Result<(), RingError> {
     word(map, me.parked)?.store(1, Ordering::Relaxed);
-    // SYNC POINT: pairs with the fence in `nudge` (Dekker): our flag store is ordered before our
-    // re-check of the rings, the waker's ring update before its flag load.
-    fence(Ordering::SeqCst);
+    // SYNC POINT: pairs with the light barrier in `nudge` (Dekker): our flag store is ordered
+    // before our re-check of the rings, the waker's ring update before its flag load. The heavy
+    // barrier (a membarrier) is paid here, once per sleep, so that the waker's, paid per
+    // message, can be a compiler fence (see `platform::barrier`).
+    barrier::heavy();
     Ok(())
 }
 
@@ -110,12 +117,25 @@ pub(crate) fn park_end(map: &Mapping, me: Side) -> Result<(), RingError> {
 /// is parked. A failed write is ignored: the peer is gone (which our own next wait sees as a
 /// hang-up), and a parked peer looks again on its own within [`PARK_RECHECK`] anyway.
 pub(crate) fn nudge(map: &Mapping, peer: Side, wake_write: impl AsFd) -> Result<(), RingError> {
-    // SYNC POINT: pairs with the fence in `park_begin`.
-    fence(Ordering::SeqCst);
+    // SYNC POINT: pairs with the heavy barrier in `park_begin`.
+    barrier::light();
     nudge_fenced(map, peer, wake_write).map(|_| ())
 }
 
-/// As [`nudge`], after a SeqCst fence the caller issued itself (once, to wake many peers).
+/// Registers this process for the light barrier before it publishes anything a peer may park on
+/// (`link::offer_regions` and `link::adopt_regions` do it for every connection).
+pub(crate) fn prepare_barriers() {
+    barrier::prepare();
+}
+
+/// The barrier a waker issues between publishing progress and reading the peers' parked flags,
+/// where it wakes several with [`nudge_fenced`] (or reads a flag of its own protocol that its
+/// peer sets before a [`park_begin`]).
+pub(crate) fn barrier_before_nudging() {
+    barrier::light();
+}
+
+/// As [`nudge`], after [`barrier_before_nudging`] (once, to wake many peers).
 /// Returns whether the wake-up found the peer's pipe full (a peer that does not read it).
 pub(crate) fn nudge_fenced(
     map: &Mapping,

@@ -30,6 +30,11 @@
 //! unpopulated mapping (memfd pages are allocated on first touch) only ever holds the pages that
 //! messages needed. Large or backed-up messages still use the whole ring.
 //!
+//! The consumer's line also holds one *spare word* the ring itself never touches, for the
+//! protocol above to keep per-message state the consumer writes anyway when it takes a message
+//! (rpc: the claim word that settles whether a call runs). On that line it costs the consumer no
+//! extra cache line; the producer reads it only when it asks.
+//!
 //! Both sides keep their own index in a private field and never read it back from shared memory;
 //! they only *read* the other side's index, and validate it (a peer can write anything there).
 //! Every record header is validated before its payload is touched. Anything inconsistent is
@@ -47,6 +52,8 @@ pub(crate) const RECORD_HEADER_LEN: usize = 64;
 /// Bytes of a ring's control block (a reserved line, then the `head` line).
 pub(crate) const CONTROL_LEN: usize = 256;
 const HEAD_AT: usize = 128;
+/// The consumer's spare word, on its `head` line (see [`Consumer::spare_word`]).
+const SPARE_AT: usize = HEAD_AT + 8;
 
 /// Largest fragment of a message, whatever the ring's size (see [`RingLayout::max_fragment`]).
 pub(crate) const MAX_FRAGMENT: usize = 16 << 10;
@@ -214,6 +221,7 @@ impl Producer {
     }
 
     /// Bytes written so far (our private `tail`).
+    #[cfg(test)]
     pub(crate) fn position(&self) -> u64 {
         self.tail
     }
@@ -233,6 +241,11 @@ impl Producer {
         }
         self.head_seen = head;
         Ok(head)
+    }
+
+    /// The consumer's spare word (see [`Consumer::spare_word`]).
+    pub(crate) fn spare_word(&self) -> Result<&AtomicU64, RingError> {
+        index(&self.map, self.layout.control + SPARE_AT)
     }
 
     /// Whether the consumer has taken everything written.
@@ -435,6 +448,13 @@ impl Consumer {
         let found =
             index(&self.map, self.layout.data + position + STAMP_AT)?.load(Ordering::Acquire);
         Ok(found == stamp(self.head, self.layout.key))
+    }
+
+    /// A word on our own line, beside `head`, that the ring never reads or writes: the protocol
+    /// above's (see the module doc). Zero in a fresh ring; either side can write it, so whoever
+    /// reads it validates what it finds.
+    pub(crate) fn spare_word(&self) -> Result<&AtomicU64, RingError> {
+        index(&self.map, self.layout.control + SPARE_AT)
     }
 
     /// Whether a record is waiting (cheap: one shared load).

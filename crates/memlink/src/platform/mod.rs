@@ -17,6 +17,7 @@
 //! attempted and turn them into actionable [`crate::Error`]s.
 #![allow(unsafe_code)]
 
+pub(crate) mod barrier;
 pub(crate) mod clock;
 pub(crate) mod cpu;
 pub(crate) mod file_lock;
@@ -32,3 +33,13 @@ pub(crate) mod shm;
 pub(crate) mod sock_diag;
 pub(crate) mod socket;
 pub(crate) mod spawn;
+
+/// Whether a failed `read`, `recvmsg` or the like says nothing about the other end: interrupted
+/// (`EINTR`), nothing there yet (`EAGAIN`), or the kernel short of memory for the moment
+/// (`ENOMEM`, `ENOBUFS`). Only other errors (and end of file) mean the other end is gone: a
+/// connection taken for dead on a transient error would be dropped, and its call given up on,
+/// while the peer lives.
+pub(crate) fn is_transient(e: rustix::io::Errno) -> bool {
+    use rustix::io::Errno;
+    matches!(e, Errno::AGAIN | Errno::INTR | Errno::NOMEM | Errno::NOBUFS)
+}

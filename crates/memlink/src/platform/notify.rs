@@ -147,13 +147,14 @@ pub(crate) fn pipe_size(fd: impl AsFd) -> Result<usize, Errno> {
 }
 
 /// Consumes the wake-ups waiting in a wake pipe (up to 64, in one `read`); `true` if the pipe's
-/// other end is gone (every writer closed it: the peer exited or hung up).
+/// other end is gone (every writer closed it: the peer exited or hung up). A transient error
+/// ([`super::is_transient`]) is not that.
 pub(crate) fn drain_wakes(read_end: impl AsFd) -> bool {
     let mut buf = [0u8; 64];
     match rustix::io::read(read_end, &mut buf) {
         Ok(0) => true,
-        Ok(_) | Err(Errno::AGAIN | Errno::INTR) => false,
-        Err(_) => true,
+        Ok(_) => false,
+        Err(e) => !super::is_transient(e),
     }
 }
 

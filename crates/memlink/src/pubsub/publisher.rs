@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -174,6 +174,8 @@ impl PublisherOptions {
     /// [`Error::InvalidOptions`], or [`Error::Os`] if the system is out of descriptors or memory.
     pub fn create(&self, topic: &str) -> Result<Publisher> {
         validate_topic(topic)?;
+        // Our per-sample wake-up barrier is light only once registered (see `wake`).
+        wake::prepare_barriers();
         let geometry = self.geometry()?;
         let Some(listener) = rendezvous::bind(&socket_name(topic))? else {
             return Err(Error::AlreadyRunning {
@@ -527,8 +529,8 @@ impl Publisher {
             broadcast::set_publisher_cpu(&self.data, here);
         }
         self.refresh_members();
-        // SYNC POINT: pairs with the fence in each subscriber's `park_begin` (one fence for all).
-        fence(Ordering::SeqCst);
+        // SYNC POINT: pairs with the barrier in each subscriber's `park_begin` (one for all).
+        wake::barrier_before_nudging();
         for member in &self.members {
             if member.dropped.load(Ordering::Relaxed)
                 || member.skip_wakes_until.load(Ordering::Relaxed) > seq

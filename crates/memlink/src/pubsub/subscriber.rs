@@ -7,7 +7,7 @@ mod asynchronous;
 pub use asynchronous::{AsyncMessageHandler, AsyncSubscriber};
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -641,10 +641,10 @@ impl Subscriber {
         self.cursor = cursor;
         broadcast::set_cursor(&attachment.control, cursor);
         if attachment.reliable {
-            // SYNC POINT: pairs with the fence in the publisher's `park_begin` (Dekker): our
+            // SYNC POINT: pairs with the barrier in the publisher's `park_begin` (Dekker): our
             // cursor store is ordered before our look at its flag, and its flag store before its
             // look at our cursor.
-            fence(Ordering::SeqCst);
+            crate::link::wake::barrier_before_nudging();
             if broadcast::publisher_waiting(&attachment.data) {
                 let _ = notify::wake(&attachment.wake_out);
             }

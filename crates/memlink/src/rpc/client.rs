@@ -17,11 +17,13 @@ mod asynchronous;
 #[cfg(feature = "tokio")]
 pub use asynchronous::{AsyncClient, AsyncReplyStream};
 
+use super::claim;
 use super::launch::{self, LaunchHooks, ServerCommand};
 use super::protocol::{
     Admission, CANCEL, ERR_CALL_FAILED, ERR_DEADLINE_EXPIRED, ERR_HANDLER_FAILED,
     ERR_HANDLER_PANICKED, ERR_NO_STREAMS, ERR_REFUSED, ERR_REPLY_TOO_LARGE, ERR_TOO_MANY_STREAMS,
-    ERR_UNDECODABLE, ERROR_REPLY, Hello, Purpose, STREAM_END, STREAM_REQUEST, socket_name,
+    ERR_UNDECODABLE, ERROR_REPLY, Hello, Purpose, STREAM_END, STREAM_REQUEST, report_text,
+    socket_name,
 };
 use super::stream::{Verdict, judge};
 use crate::error::{Error, NotExecuted, Payload, Result};
@@ -42,11 +44,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a connect waits for a server it starts on demand, by default.
 const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Looks at the ring before a wait decides how to wait (see `Connection::wait`).
-const FIRST_LOOKS: u32 = 32;
+pub(crate) const FIRST_LOOKS: u32 = 32;
 /// Longest a waiting call spins (when the server runs on another CPU).
-const MAX_SPIN: Duration = Duration::from_micros(50);
+pub(crate) const MAX_SPIN: Duration = Duration::from_micros(50);
 /// Longest a waiting call stays runnable (spinning, then yielding) before it parks.
-const MAX_PATIENCE: Duration = Duration::from_micros(150);
+pub(crate) const MAX_PATIENCE: Duration = Duration::from_micros(150);
 /// How long a waiter yields before parking while the server is crowded: about one turn of a
 /// worker serving a hundred clients.
 const CROWDED_PATIENCE: Duration = Duration::from_micros(500);
@@ -73,6 +75,9 @@ pub struct ClientOptions {
     pause_before_receive: Duration,
     /// Fault injection: the deadline every call sends, from when it is sent, whatever it waits.
     sent_deadline: Option<Duration>,
+    /// Fault injection: how long a call waits for its reply before it takes the connection for
+    /// dead.
+    presume_gone_after: Option<Duration>,
 }
 
 impl Default for ClientOptions {
@@ -87,6 +92,7 @@ impl Default for ClientOptions {
             launch_hooks: LaunchHooks::default(),
             pause_before_receive: Duration::ZERO,
             sent_deadline: None,
+            presume_gone_after: None,
         }
     }
 }
@@ -123,12 +129,13 @@ impl ClientOptions {
     /// The timeout of every call that does not name one ([`Client::call`],
     /// [`Client::call_into`], [`Client::try_call`], `call_typed`, and the sending of
     /// [`Client::call_stream`]'s request); by default calls wait as long as it takes. The
-    /// timeout travels with the request (as an absolute `CLOCK_MONOTONIC` deadline, which every
-    /// process on the machine reads alike), so a server that takes the request only after the
-    /// caller gave up skips it instead of running it for nobody, and the handler sees it
-    /// ([`CallContext::deadline`](crate::rpc::CallContext::deadline)). A call that runs out of
-    /// time fails with [`Error::NotExecuted`] if the server had not taken its request (it never
-    /// will), else with [`Error::Timeout`] (the handler may have run).
+    /// timeout travels with the request (as an absolute `CLOCK_MONOTONIC` deadline; not to a
+    /// server in another time namespace, whose clock differs), so a server that takes the
+    /// request only after the caller gave up skips it instead of running it for nobody, and the
+    /// handler sees it ([`CallContext::deadline`](crate::rpc::CallContext::deadline)). A call
+    /// that runs out of time fails with [`Error::NotExecuted`] if it could withdraw its request
+    /// before the server claimed it (it never runs; see the `rpc` module's "Did my call
+    /// run?"), else with [`Error::Timeout`] (the handler may have run).
     ///
     /// Costs one clock read per call (none without a timeout).
     ///
@@ -272,6 +279,17 @@ impl ClientOptions {
     #[cfg(feature = "fault-injection")]
     pub fn __sent_deadline(mut self, after: Duration) -> Self {
         self.sent_deadline = Some(after);
+        self
+    }
+
+    /// Fault injection for tests: a call that has waited `after` for its reply takes its
+    /// connection for dead, as if the socket had hung up, although the server lives (as a
+    /// transient socket error once made a client believe). Exists only with the
+    /// `fault-injection` feature.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __presume_gone_after(mut self, after: Duration) -> Self {
+        self.presume_gone_after = Some(after);
         self
     }
 
@@ -574,7 +592,10 @@ impl Client {
     /// # Errors
     /// [`Error::Unencodable`] (nothing sent), [`Error::Undecodable`] (the server could not
     /// decode the request, so its handler did not run; or the reply does not decode as a
-    /// `Resp`, after the handler ran); otherwise as [`Client::call`].
+    /// `Resp`, after the handler ran). Both sides decode under the bounds that
+    /// [`typed`](crate::rpc::typed) describes (128 levels of nesting, 65,536 elements that
+    /// take no bytes), so a hostile server's reply cannot overflow this thread's stack either.
+    /// Otherwise as [`Client::call`].
     ///
     /// # Examples
     /// ```no_run
@@ -617,7 +638,8 @@ impl Client {
         })?;
         let mut reply = Vec::new();
         self.call_until(&request, &mut reply, deadline, Mode::Wait)?;
-        super::handler::decode(&reply).map_err(|reason| Error::Undecodable {
+        // The reply is the server's bytes: decoded under bounds (see `bounded`).
+        super::bounded::decode(&reply).map_err(|reason| Error::Undecodable {
             name: self.name.clone(),
             what: Payload::Reply,
             reason: reason.into(),
@@ -962,13 +984,9 @@ fn lock_slot(slot: &Mutex<Option<Connection>>) -> MutexGuard<'_, Option<Connecti
 enum Failure {
     /// The connection is still in step with the server.
     Kept(Error),
-    /// The connection must be dropped. `taken`: the server may have taken the whole request,
-    /// so its handler may have run. `false` proves it never will: the request was not written
-    /// whole (the connection is dropped, so the rest never comes), or the server's consumer
-    /// position says it had not taken the request's first record when we gave up on a
-    /// connection that is gone (hung up: nobody takes anything from it any more) or on a
-    /// deadline that had passed (the server skips a request it takes after its deadline; see
-    /// `Connection::failure`).
+    /// The connection must be dropped. `taken`: the server claimed the request (see `claim`),
+    /// so its handler may have run. `false` proves it never will: the call withdrew it first,
+    /// and the server skips a withdrawn request (or never gets it whole, or is gone).
     Broken { error: Error, taken: bool },
 }
 
@@ -1009,10 +1027,12 @@ struct Connection {
     pause_before_receive: Duration,
     /// See `ClientOptions::__sent_deadline`.
     sent_deadline: Option<Duration>,
+    /// See `ClientOptions::__presume_gone_after`.
+    presume_gone_after: Option<Duration>,
     /// The server provably reads our `CLOCK_MONOTONIC` (same time namespace). Only then does a
-    /// call carry its deadline, and only then may a timed-out call whose request was never taken
-    /// be reported as not executed: that verdict rests on the server skipping requests whose
-    /// deadline its clock says has passed.
+    /// call carry its deadline: a server on another clock would skip live requests or keep
+    /// expired ones (and its handler would see a wrong deadline). Whether a call that gave up
+    /// ran is the claim word's to say, on any clock.
     same_clock: bool,
 }
 
@@ -1116,6 +1136,7 @@ impl Connection {
             waits: 0,
             pause_before_receive: options.pause_before_receive,
             sent_deadline: options.sent_deadline,
+            presume_gone_after: options.presume_gone_after,
             same_clock: process::shares_monotonic_clock_with(peer.pid),
         })
     }
@@ -1146,7 +1167,6 @@ impl Connection {
             meta = clock::monotonic_ns().saturating_add(after.as_nanos() as u64);
         }
         let call = self.last_call + 1;
-        let start = self.requests.position();
         let sent = match mode {
             Mode::Wait => {
                 self.last_call = call;
@@ -1163,20 +1183,19 @@ impl Connection {
                 Err(Failure::Broken { error, .. }) => Err(error),
             },
         };
-        let written = sent.is_ok();
         let result = sent.and_then(|()| {
             if !self.pause_before_receive.is_zero() {
                 std::thread::sleep(self.pause_before_receive);
             }
-            self.receive(call, reply, deadline)
+            self.receive_or_presume_gone(call, reply, deadline)
         });
-        result.map_err(|error| self.failure(error, start, written))
+        result.map_err(|error| self.failure(error, call))
     }
 
     /// Sorts a call's failure: errors reported by the server over a connection still in step
     /// are kept; any other breaks the connection, and whether the server may have taken the
-    /// request is decided here (see [`Failure::Broken`]).
-    fn failure(&mut self, error: Error, start: u64, written: bool) -> Failure {
+    /// request is settled here (see [`Failure::Broken`]).
+    fn failure(&mut self, error: Error, call: u64) -> Failure {
         match error {
             Error::HandlerPanicked { .. }
             | Error::HandlerFailed { .. }
@@ -1188,25 +1207,19 @@ impl Connection {
             {
                 Failure::Kept(error)
             }
-            error => {
-                // SYNC POINT: SeqCst fence between the clock read that ended the wait (a
-                // timeout: our deadline has passed) and the load of the server's head; pairs
-                // with the worker's fence between its head store and its clock read in
-                // `server::Connection::expired`. If we see the request untaken, the server
-                // takes it (if ever) after reading a clock past the deadline, and skips it.
-                std::sync::atomic::fence(Ordering::SeqCst);
-                // A server on another clock (time namespace) got no deadline and skips nothing:
-                // after a timeout, a request it has not taken yet may still run.
-                let untaken_may_run = matches!(error, Error::Timeout) && !self.same_clock;
-                let taken = written
-                    && (untaken_may_run
-                        || self
-                            .requests
-                            .consumer_position()
-                            .map_or(true, |head| head > start));
-                Failure::Broken { error, taken }
-            }
+            error => Failure::Broken {
+                taken: !self.withdraw(call),
+                error,
+            },
         }
+    }
+
+    /// Withdraws call `call` through the claim word (see `claim`): `true` if the server had not
+    /// claimed it, which it then never does.
+    fn withdraw(&self, call: u64) -> bool {
+        self.requests
+            .spare_word()
+            .is_ok_and(|word| claim::withdraw(word, call))
     }
 
     /// Writes the whole of `request` into the request ring if it fits now (`Ok(false)`, nothing
@@ -1281,12 +1294,11 @@ impl Connection {
         }
         self.last_call += 1;
         let call = self.last_call;
-        // A stream request carries no deadline: the timeout covers only its sending. Failing
-        // here, it was not written whole, so it cannot run.
+        // A stream request carries no deadline: the timeout covers only its sending.
         self.send_flagged(call, request, STREAM_REQUEST, 0, deadline)
             .map_err(|error| Failure::Broken {
+                taken: !self.withdraw(call),
                 error,
-                taken: false,
             })?;
         if !self.pause_before_receive.is_zero() {
             std::thread::sleep(self.pause_before_receive);
@@ -1391,6 +1403,29 @@ impl Connection {
         }
     }
 
+    /// [`Connection::receive`], or, with `ClientOptions::__presume_gone_after`, `Disconnected`
+    /// once that has passed first.
+    fn receive_or_presume_gone(
+        &mut self,
+        call: u64,
+        reply: &mut Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let Some(gone) = self
+            .presume_gone_after
+            .and_then(|after| Instant::now().checked_add(after))
+            .filter(|gone| deadline.is_none_or(|d| *gone < d))
+        else {
+            return self.receive(call, reply, deadline);
+        };
+        match self.receive(call, reply, Some(gone)) {
+            Err(Error::Timeout) => Err(Error::Disconnected {
+                name: self.name.clone(),
+            }),
+            other => other,
+        }
+    }
+
     fn receive(&mut self, call: u64, reply: &mut Vec<u8>, deadline: Option<Instant>) -> Result<()> {
         reply.clear();
         let mut reassembly = Reassembly::default();
@@ -1484,7 +1519,7 @@ impl Connection {
             },
             Some(ERR_HANDLER_FAILED) => Error::HandlerFailed {
                 name: self.name.clone(),
-                reason: String::from_utf8_lossy(report.get(4..).unwrap_or_default()).into_owned(),
+                reason: report_text(report.get(4..).unwrap_or_default()),
                 data: Box::default(),
             },
             Some(ERR_CALL_FAILED) => {
@@ -1498,7 +1533,7 @@ impl Connection {
                 match split {
                     Some(end) => Error::HandlerFailed {
                         name: self.name.clone(),
-                        reason: String::from_utf8_lossy(&report[8..end]).into_owned(),
+                        reason: report_text(&report[8..end]),
                         data: report[end..].into(),
                     },
                     None => {
@@ -1508,7 +1543,7 @@ impl Connection {
             }
             Some(ERR_REFUSED) => Error::CallRefused {
                 name: self.name.clone(),
-                reason: String::from_utf8_lossy(report.get(4..).unwrap_or_default()).into(),
+                reason: report_text(report.get(4..).unwrap_or_default()).into(),
             },
             Some(ERR_DEADLINE_EXPIRED) => Error::NotExecuted {
                 name: self.name.clone(),
@@ -1517,7 +1552,7 @@ impl Connection {
             Some(ERR_UNDECODABLE) => Error::Undecodable {
                 name: self.name.clone(),
                 what: Payload::Request,
-                reason: String::from_utf8_lossy(report.get(4..).unwrap_or_default()).into(),
+                reason: report_text(report.get(4..).unwrap_or_default()).into(),
             },
             Some(ERR_NO_STREAMS) => Error::StreamsNotServed {
                 name: self.name.clone(),

@@ -287,7 +287,13 @@ impl<Req, Resp, F> std::fmt::Debug for Typed<Req, Resp, F> {
 /// [postcard](https://docs.rs/postcard) (its stable 1.x wire format: compact, varint
 /// integers, no schema). Pair it with [`Client::call_typed`](crate::Client::call_typed) on
 /// the other side. A request that does not decode as a `Req` (a client using other types) is
-/// answered with [`Error::Undecodable`](crate::Error::Undecodable) without running the handler;
+/// answered with [`Error::Undecodable`](crate::Error::Undecodable) without running the handler,
+/// and so is one beyond the decoder's bounds, which keep a hostile client from overflowing the
+/// worker's stack with a deeply nested request of a recursive type or keeping it busy with a
+/// huge `Vec<()>`: at most 128 levels of nesting (sequences, structs, tuples, maps, enum
+/// variants, options, newtypes inside one another) and at most 65,536 elements that take no
+/// bytes (such as `()` or empty structs) in one message. Replies are decoded under the same
+/// bounds on the client;
 /// the handler's own errors reach the client as with any [`CallHandler`]. Bytes stay the
 /// primary API: this is a thin layer over [`Server::serve_calls`](crate::Server::serve_calls).
 ///
@@ -336,26 +342,13 @@ where
         request: &[u8],
         reply: &mut Vec<u8>,
     ) -> Result<(), HandlerError> {
-        let request: Req = decode(request).map_err(HandlerError::undecodable)?;
+        // The request is the client's bytes: decoded under bounds (see `bounded`).
+        let request: Req = super::bounded::decode(request).map_err(HandlerError::undecodable)?;
         let response = (self.handler)(call, request)?;
         // Encoded into the worker's reply buffer, reusing its capacity.
         *reply = postcard::to_extend(&response, std::mem::take(reply)).map_err(|e| {
             HandlerError::new(format!("the typed handler's reply cannot be encoded: {e}"))
         })?;
         Ok(())
-    }
-}
-
-/// Decodes a whole message as a `T` with postcard: bytes left over are an error too (they
-/// mean the two sides disagree on the type).
-#[cfg(feature = "serde")]
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    match postcard::take_from_bytes::<T>(bytes) {
-        Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(format!(
-            "{} bytes left over after the value (the other side sent another type)",
-            rest.len()
-        )),
-        Err(e) => Err(e.to_string()),
     }
 }

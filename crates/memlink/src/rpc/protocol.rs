@@ -42,6 +42,15 @@ pub(crate) const MAX_ERROR_TEXT: usize = 4096;
 /// broken protocol.
 pub(crate) const MAX_DEADLINE_NS: u64 = i64::MAX as u64;
 
+/// The text of an error report a server sent (`bytes`, meant to be UTF-8), as the client keeps
+/// it: invalid sequences replaced, cut to at most [`MAX_ERROR_TEXT`] bytes like the server cuts
+/// what it sends, so that a hostile server cannot hand its callers megabytes of "reason".
+pub(crate) fn report_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_ERROR_TEXT)]);
+    // A replacement character is longer than the byte it replaces: cut again.
+    error_text(&text).to_owned()
+}
+
 /// `text` cut to at most [`MAX_ERROR_TEXT`] bytes, at a character boundary.
 pub(crate) fn error_text(text: &str) -> &str {
     if text.len() <= MAX_ERROR_TEXT {
@@ -105,8 +114,8 @@ pub struct Stats {
     pub uptime_ms: u64,
     /// Largest request or reply the server accepts, in bytes.
     pub max_message: u64,
-    /// Requests skipped without running the handler because their deadline had passed when a
-    /// worker took them (their callers had given up).
+    /// Requests skipped without running the handler because their callers had given up when a
+    /// worker took them: their deadline had passed, or the caller had withdrawn them.
     pub expired_calls: u64,
     /// Calls whose handler returned an error (including refusals) or panicked.
     pub failed_calls: u64,
@@ -214,7 +223,11 @@ impl Stats {
         let w = |at| word(b, at).unwrap_or(0);
         let l = |at| long(b, at).unwrap_or(0);
         let listed = w(112) as usize;
-        if Self::FIXED_LEN + listed * Self::ENTRY_LEN != b.len() {
+        // Checked: on a 32-bit target a hostile count would overflow the product.
+        let expected = listed
+            .checked_mul(Self::ENTRY_LEN)
+            .and_then(|entries| entries.checked_add(Self::FIXED_LEN));
+        if expected != Some(b.len()) {
             return Err(format!(
                 "stats listing {listed} connections in {} bytes",
                 b.len()
@@ -300,6 +313,38 @@ mod tests {
         let encoded = empty.encode();
         assert_eq!(encoded.len(), Stats::FIXED_LEN);
         assert_eq!(Stats::decode(&encoded), Ok(empty));
+    }
+
+    #[test]
+    fn report_texts_are_cut_like_the_server_cuts_them() {
+        assert_eq!(report_text(b"no such key"), "no such key");
+        assert_eq!(report_text(&[b'x'; 100_000]).len(), MAX_ERROR_TEXT);
+        let invalid = report_text(&[0xff; 10_000]);
+        assert!(invalid.len() <= MAX_ERROR_TEXT && invalid.starts_with('\u{fffd}'));
+        let long = "é".repeat(MAX_ERROR_TEXT);
+        let cut = report_text(long.as_bytes());
+        assert!(cut.len() <= MAX_ERROR_TEXT && long.starts_with(&cut));
+    }
+
+    #[test]
+    fn a_connection_count_that_overflows_is_refused() {
+        let mut b = Stats {
+            pid: 1,
+            connections: 0,
+            workers: 1,
+            max_connections: 1,
+            calls: 0,
+            corrupt_disconnects: 0,
+            uptime_ms: 0,
+            max_message: 0,
+            expired_calls: 0,
+            failed_calls: 0,
+            handler_latency: HandlerLatency::default(),
+            connection_list: Vec::new(),
+        }
+        .encode();
+        b[112..116].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Stats::decode(&b).is_err());
     }
 
     proptest! {

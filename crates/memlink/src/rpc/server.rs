@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
+use super::claim::{self, Claim};
 use super::handler::{CallContext, CallHandler, HandlerError, Kind, Plain};
 use super::histogram::{self, Histogram};
 use super::protocol::{
@@ -56,7 +57,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 const SWEEP_FRAGMENTS: usize = 16;
 const SWEEP_BYTES: usize = 16 << 10;
 /// Empty sweeps a worker makes before it starts its timed backoff.
-const FIRST_LOOKS: u32 = 32;
+pub(crate) const FIRST_LOOKS: u32 = 32;
 /// A busy worker does its periodic chores (crowding, hang-ups, shutdown) once per this many sweeps.
 const CHORE_EVERY: u32 = 32;
 const HANGUP_SWEEP: Duration = Duration::from_millis(50);
@@ -64,7 +65,7 @@ const HANGUP_SWEEP: Duration = Duration::from_millis(50);
 /// that a worker descheduled for a few scheduler ticks does not count its clients as gone (and
 /// invite them all to spin at the worst moment); short enough to notice load changes quickly.
 const CROWDING_PERIOD: Duration = Duration::from_millis(10);
-const PATIENCE: Patience = Patience {
+pub(crate) const PATIENCE: Patience = Patience {
     spin: Duration::from_micros(50),
     yield_for: Duration::from_micros(100),
 };
@@ -740,14 +741,19 @@ impl Server {
                 }
             },
             connection_list: {
-                let mut list: Vec<ConnectionStats> = shared
-                    .registry
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .values()
-                    .map(|entry| entry.snapshot())
-                    .filter(|c| sees_all || c.uid == asker)
-                    .collect();
+                // The registry's lock (which every connect and disconnect takes) is held only to
+                // copy the entries into room reserved before it; filtered, sorted and cut after.
+                let mut list: Vec<ConnectionStats> =
+                    Vec::with_capacity(shared.connections.load(Ordering::Relaxed) + 16);
+                list.extend(
+                    shared
+                        .registry
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .values()
+                        .map(|entry| entry.snapshot()),
+                );
+                list.retain(|c| sees_all || c.uid == asker);
                 list.sort_unstable_by_key(|c| c.id);
                 list.truncate(Stats::MAX_LISTED);
                 list
@@ -1243,6 +1249,8 @@ struct Connection {
     registration: Registration,
     /// The deadline of the request in progress (`CLOCK_MONOTONIC` ns; 0: none).
     deadline: u64,
+    /// What we last left in the claim word (see `claim`).
+    claimed: u64,
     /// Made progress since the worker last counted its active clients.
     active: bool,
     /// Declared last: gives the uid's connection slot back once everything else is released.
@@ -1283,6 +1291,7 @@ impl Connection {
             id,
             registration,
             deadline: 0,
+            claimed: 0,
             active: false,
             _slot: slot,
         })
@@ -1383,6 +1392,17 @@ impl Connection {
                 // The client may be waiting for the room we just freed to send the next fragment.
                 // After the last one it is not: it waits for the reply, which wakes it anyway.
                 self.nudge_client()?;
+            } else if self.expired() {
+                // Its caller gave up before we took it: no need to claim it, nothing of it runs.
+                self.refuse_expired();
+                worker.shared.expired.fetch_add(1, Ordering::Relaxed);
+                self.push_reply(&mut budget)?;
+                break;
+            } else if !self.claim()? {
+                // Its caller withdrew it (and went away): nothing of it runs, nothing answers.
+                self.phase = Phase::Idle;
+                worker.shared.expired.fetch_add(1, Ordering::Relaxed);
+                break;
             } else if self.stream_request {
                 worker.calls.fetch_add(1, Ordering::Relaxed);
                 self.registration.entry.count_call();
@@ -1394,25 +1414,20 @@ impl Connection {
                 }
                 break;
             } else {
-                if self.expired() {
-                    self.refuse_expired();
-                    worker.shared.expired.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    // Few calls are timed (see `TIME_ONE_CALL_PER`).
-                    let started = worker.time_this_call().then(clock::monotonic_ns);
-                    let failed = self.respond(worker.handler);
-                    if let Some(started) = started {
-                        worker
-                            .handler_times
-                            .record(clock::monotonic_ns().saturating_sub(started));
-                    }
-                    worker.calls.fetch_add(1, Ordering::Relaxed);
-                    self.registration.entry.count_call();
-                    if failed {
-                        worker.shared.failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    tracing::trace!(parent: &self.registration.span, call = self.call, failed, "answered a call");
+                // Few calls are timed (see `TIME_ONE_CALL_PER`).
+                let started = worker.time_this_call().then(clock::monotonic_ns);
+                let failed = self.respond(worker.handler);
+                if let Some(started) = started {
+                    worker
+                        .handler_times
+                        .record(clock::monotonic_ns().saturating_sub(started));
                 }
+                worker.calls.fetch_add(1, Ordering::Relaxed);
+                self.registration.entry.count_call();
+                if failed {
+                    worker.shared.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::trace!(parent: &self.registration.span, call = self.call, failed, "answered a call");
                 self.push_reply(&mut budget)?;
                 break;
             }
@@ -1423,16 +1438,29 @@ impl Connection {
     /// Whether the complete request's deadline has passed. Reads the clock only for a request
     /// that carries one.
     fn expired(&self) -> bool {
-        if self.deadline == 0 {
-            return false;
+        self.deadline != 0 && clock::monotonic_ns() >= self.deadline
+    }
+
+    /// Claims the complete request before anything of it runs (see `claim`): `true` if it is
+    /// ours to run, `false` if its caller withdrew it first.
+    fn claim(&mut self) -> Result<bool, RingError> {
+        let word = self.requests.spare_word()?;
+        match claim::claim(word, &mut self.claimed, self.call) {
+            Claim::Run => Ok(true),
+            Claim::Withdrawn => {
+                tracing::debug!(
+                    client_pid = self.client_pid,
+                    connection = self.id,
+                    call = self.call,
+                    "skipped a request its caller withdrew"
+                );
+                Ok(false)
+            }
+            Claim::Broken(found) => Err(RingError(format!(
+                "client broke the protocol: the claim word holds {found:#x} at call {}",
+                self.call
+            ))),
         }
-        // SYNC POINT: SeqCst fence between our store of the ring's head (in `take`, which
-        // released the request) and the clock read; pairs with the client's fence between its
-        // clock read (its deadline passed) and its load of our head (see `Connection::failure`
-        // in `client`). Either the client saw the request taken, or we read the clock after it
-        // gave up and skip the request: never "not executed" for a request we then run.
-        std::sync::atomic::fence(Ordering::SeqCst);
-        clock::monotonic_ns() >= self.deadline
     }
 
     /// Answers a request whose caller already gave up with a report saying it was skipped.

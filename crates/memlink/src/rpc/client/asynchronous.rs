@@ -330,7 +330,7 @@ impl AsyncClient {
         let mut reply = Vec::new();
         self.call_until(&request, &mut reply, self.default_deadline(), Mode::Wait)
             .await?;
-        super::super::handler::decode(&reply).map_err(|reason| Error::Undecodable {
+        super::super::bounded::decode(&reply).map_err(|reason| Error::Undecodable {
             name: self.shared.name.clone(),
             what: crate::error::Payload::Reply,
             reason: reason.into(),
@@ -595,7 +595,6 @@ impl AsyncConnection {
             meta = clock::monotonic_ns().saturating_add(after.as_nanos() as u64);
         }
         let call = conn.last_call + 1;
-        let start = conn.requests.position();
         let sent = match mode {
             Mode::Wait => {
                 conn.last_call = call;
@@ -612,7 +611,6 @@ impl AsyncConnection {
                 Err(Failure::Broken { error, .. }) => Err(error),
             },
         };
-        let written = sent.is_ok();
         let result = match sent {
             Ok(()) => {
                 *progress = Progress::Written(call);
@@ -623,7 +621,9 @@ impl AsyncConnection {
             }
             Err(e) => Err(e),
         };
-        result.map_err(|error| self.conn.failure(error, start, written))
+        // As in `Connection::call`: a failure that breaks the connection withdraws the call
+        // through the claim word, which settles whether it may have run.
+        result.map_err(|error| self.conn.failure(error, call))
     }
 
     /// The async twin of `Connection::start_stream`; returns the stream's call id.

@@ -8,8 +8,9 @@
 //! between steps through `link::asynchronous` on the connection's wake pipe and socket, the
 //! same wake-ups a blocking worker sleeps on. The runtime's threads are the workers
 //! (`ServerOptions::workers` does not apply); a connection's requests are answered one at a time,
-//! in order, as by a blocking worker. The parsing and error reports are the blocking worker's
-//! (`Connection` of the parent module).
+//! in order, as by a blocking worker. The parsing, the claim on each request before it runs
+//! (`rpc::claim`: a call its caller withdrew never runs) and the error reports are the blocking
+//! worker's (`Connection` of the parent module).
 //!
 //! Stream requests are answered with [`Error::StreamsNotServed`](crate::Error::StreamsNotServed):
 //! an async server has no stream handler.
@@ -384,30 +385,39 @@ async fn serve_calls<C: AsyncCallHandler>(
                 }
             }
         };
-        context.shared.calls.fetch_add(1, Ordering::Relaxed);
-        conn.registration.entry.count_call();
-        if stream {
-            conn.answer_no_streams();
-        } else if conn.expired() {
+        if conn.expired() {
+            // Its caller gave up before we took it: no need to claim it, nothing of it runs.
             conn.refuse_expired();
             context.shared.expired.fetch_add(1, Ordering::Relaxed);
+        } else if !conn.claim().map_err(Ended::Corrupted)? {
+            // Its caller withdrew it (and went away): nothing of it runs, nothing answers.
+            conn.phase = Phase::Idle;
+            context.shared.expired.fetch_add(1, Ordering::Relaxed);
+            continue;
         } else {
-            let call = CallContext {
-                pid: conn.client_pid,
-                uid: conn._slot.uid,
-                connection: conn.id,
-                deadline_ns: conn.deadline,
-            };
-            let request = std::mem::take(&mut conn.request);
-            let started = clock::monotonic_ns();
-            let outcome = run_handler(&context.handler, call, request).await;
-            if let Some(times) = context.shared.handler_times.first() {
-                times.record(clock::monotonic_ns().saturating_sub(started));
+            // Claimed (see `rpc::claim`): ours to run.
+            context.shared.calls.fetch_add(1, Ordering::Relaxed);
+            conn.registration.entry.count_call();
+            if stream {
+                conn.answer_no_streams();
+            } else {
+                let call = CallContext {
+                    pid: conn.client_pid,
+                    uid: conn._slot.uid,
+                    connection: conn.id,
+                    deadline_ns: conn.deadline,
+                };
+                let request = std::mem::take(&mut conn.request);
+                let started = clock::monotonic_ns();
+                let outcome = run_handler(&context.handler, call, request).await;
+                if let Some(times) = context.shared.handler_times.first() {
+                    times.record(clock::monotonic_ns().saturating_sub(started));
+                }
+                if conn.answer(outcome) {
+                    context.shared.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::trace!(parent: &conn.registration.span, call = conn.call, "answered a call");
             }
-            if conn.answer(outcome) {
-                context.shared.failed.fetch_add(1, Ordering::Relaxed);
-            }
-            tracing::trace!(parent: &conn.registration.span, call = conn.call, "answered a call");
         }
         // The reply, as the client makes room for it.
         loop {

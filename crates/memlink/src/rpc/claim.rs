@@ -1,0 +1,161 @@
+//! The claim word: who settles whether a call runs, the server's worker or a caller that gives
+//! up on it.
+//!
+//! One word per connection, the request ring's spare word (on the worker's own line, beside the
+//! consumer position it writes after taking each request, so claiming costs the worker no extra
+//! cache line; see `memory::ring`). It holds the id of the last call the worker claimed (0 before
+//! the first), or `id | WITHDRAWN` once the caller has withdrawn call `id`:
+//!
+//! - the worker, once it holds a whole request and before it runs anything of it (the handler,
+//!   a stream's thread), swaps the word from what it last left there to the call's id
+//!   ([`claim`]);
+//! - a caller that gives up on a call (timeout, a connection it takes for dead, a broken ring)
+//!   swaps the word from an earlier claim to `id | WITHDRAWN` ([`withdraw`]).
+//!
+//! Both are compare-and-swaps on one word, so exactly one succeeds. If the caller's does, the
+//! worker's fails on the withdrawal and it skips the request: the call provably never runs,
+//! whatever the clocks, the socket or the server's state said, so the caller may report it
+//! [`NotExecuted`](crate::NotExecuted) and send it again elsewhere. If the worker's does, the
+//! caller finds its call claimed: it may have run ([`Error::Timeout`](crate::Error::Timeout),
+//! [`Error::Disconnected`](crate::Error::Disconnected)).
+//!
+//! A connection carries one call at a time (a caller holds the connection for the whole call,
+//! and drops it after a withdrawal), and call ids increase, so the two sides never disagree on
+//! which call the word is about. Either side can write anything into the word; each validates
+//! what it finds. A caller reads anything but an earlier claim as "may have run" (a server that
+//! scribbles on the word makes its callers cautious, nothing worse). A worker that finds
+//! anything but its own last claim or the withdrawal of the call at hand drops the connection as
+//! corrupt: a client's word is trusted for skipping that client's own call and for nothing else.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Marks a withdrawn call's id in the word. Call ids never reach it.
+const WITHDRAWN: u64 = 1 << 63;
+
+/// What the worker's claim found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// The call is the worker's: run it.
+    Run,
+    /// The caller withdrew it: skip it.
+    Withdrawn,
+    /// The word holds something the protocol never writes (the client broke it).
+    Broken(u64),
+}
+
+/// The worker's claim on call `call`, whose request it holds whole; `last` is what it last left
+/// in the word (updated).
+pub(crate) fn claim(word: &AtomicU64, last: &mut u64, call: u64) -> Claim {
+    // SYNC POINT: AcqRel on success, pairs with the caller's compare-and-swap in `withdraw`: one
+    // total order on the word decides which of the two happened first.
+    match word.compare_exchange(*last, call, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {
+            *last = call;
+            Claim::Run
+        }
+        Err(found) if found == call | WITHDRAWN => {
+            *last = found;
+            Claim::Withdrawn
+        }
+        Err(found) => Claim::Broken(found),
+    }
+}
+
+/// How often a caller retries its withdrawal when the word changes under it (the worker claims
+/// at most once meanwhile: more changes are a server scribbling on the word).
+const WITHDRAW_TRIES: usize = 3;
+
+/// The caller's withdrawal of call `call`: `true` if it succeeded (the call never runs), `false`
+/// if the worker had claimed it or the word holds anything else (it may have run).
+pub(crate) fn withdraw(word: &AtomicU64, call: u64) -> bool {
+    let mut seen = word.load(Ordering::Acquire);
+    for _ in 0..WITHDRAW_TRIES {
+        // An earlier claim (or none): the call is not the worker's yet. Anything else (this
+        // call's claim, a later id, a withdrawal we did not make) leaves it to the worker.
+        if seen >= call {
+            return false;
+        }
+        // SYNC POINT: AcqRel, pairs with the worker's compare-and-swap in `claim`.
+        match word.compare_exchange(seen, call | WITHDRAWN, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return true,
+            Err(now) => seen = now,
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn whoever_swaps_first_settles_the_call() {
+        let word = AtomicU64::new(0);
+        let mut last = 0;
+        assert_eq!(claim(&word, &mut last, 1), Claim::Run);
+        assert_eq!(claim(&word, &mut last, 2), Claim::Run);
+        // The caller gives up on call 2 after the worker claimed it: it may have run.
+        assert!(!withdraw(&word, 2));
+        // It gives up on call 3 before: withdrawn, and the worker skips it.
+        assert!(withdraw(&word, 3));
+        assert_eq!(claim(&word, &mut last, 3), Claim::Withdrawn);
+        // A withdrawn word is settled: withdrawing again does not pretend to succeed.
+        assert!(!withdraw(&word, 3));
+    }
+
+    #[test]
+    fn a_client_scribbling_on_the_word_only_breaks_its_own_connection() {
+        for scribbled in [5, 2 | WITHDRAWN, 4 | WITHDRAWN, u64::MAX] {
+            let mut last = 2;
+            let word = AtomicU64::new(scribbled);
+            assert_eq!(claim(&word, &mut last, 3), Claim::Broken(scribbled));
+            assert_eq!(last, 2);
+        }
+    }
+
+    #[test]
+    fn racing_threads_never_both_win() {
+        for call in 1..2000u64 {
+            let word = AtomicU64::new(call - 1);
+            let barrier = std::sync::Barrier::new(2);
+            let (claimed, withdrawn) = std::thread::scope(|s| {
+                let worker = s.spawn(|| {
+                    barrier.wait();
+                    claim(&word, &mut (call - 1), call)
+                });
+                barrier.wait();
+                let withdrawn = withdraw(&word, call);
+                (worker.join().unwrap(), withdrawn)
+            });
+            assert_eq!(claimed == Claim::Run, !withdrawn, "call {call}");
+        }
+    }
+
+    #[test]
+    fn a_server_scribbling_on_the_word_makes_its_callers_cautious() {
+        for scribbled in [7, 8, 7 | WITHDRAWN, u64::MAX] {
+            assert!(!withdraw(&AtomicU64::new(scribbled), 7), "{scribbled:#x}");
+        }
+    }
+
+    proptest! {
+        /// Whatever the interleaving of one claim and one withdrawal of the same call, exactly
+        /// one of them wins, and the worker never runs a call whose withdrawal succeeded.
+        #[test]
+        fn exactly_one_side_wins(call in 1u64..1 << 40, earlier in 0u64..1 << 40, claim_first: bool) {
+            let earlier = earlier % call;
+            let word = AtomicU64::new(earlier);
+            let mut last = earlier;
+            let (claimed, withdrawn) = if claim_first {
+                let c = claim(&word, &mut last, call);
+                (c, withdraw(&word, call))
+            } else {
+                let w = withdraw(&word, call);
+                (claim(&word, &mut last, call), w)
+            };
+            prop_assert_eq!(claimed == Claim::Run, !withdrawn);
+            prop_assert_eq!(claimed == Claim::Withdrawn, withdrawn);
+        }
+    }
+}
