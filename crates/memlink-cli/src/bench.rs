@@ -33,7 +33,7 @@ const SIZES: [usize; 4] = [64, 4096, 64 << 10, 1 << 20];
 const THROUGHPUT_CLIENTS: [usize; 4] = [1, 4, 16, 64];
 /// Pause before each "asleep" sample: far longer than any spin or yield budget, so the server
 /// (or the floor's peer) has parked and its CPU has gone idle.
-const IDLE_GAP: Duration = Duration::from_millis(2);
+pub(crate) const IDLE_GAP: Duration = Duration::from_millis(2);
 /// Fewest samples that back a p99.9 (below it the maximum is reported instead).
 pub(crate) const P999_SAMPLES: u64 = 10_000;
 
@@ -692,6 +692,8 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
     const IDLE_CONNECTIONS: usize = 1000;
     bar.set_message("memory of 1,000 idle connections");
     let idle_memory = idle_connection_memory(IDLE_CONNECTIONS)?;
+    bar.set_message("async: a tokio client against the same server");
+    let async_rows = crate::bench_async::measure(options)?;
     bar.finish_and_clear();
 
     let find = |label: &str, size: usize| {
@@ -846,6 +848,7 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
             "isolation": latency_json(&isolation),
             "isolation_streamer_bytes_per_second": streamed,
             "idle_connections": {"count": IDLE_CONNECTIONS, "shared_memory_bytes": idle_memory},
+            "async": async_rows.json(),
             "targets": targets.iter().map(Target::json).collect::<Vec<_>>(),
         });
         println!("{report}");
@@ -941,6 +944,8 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
         uds_mib / 1e9,
         memcpy / 1e9
     );
+    println!();
+    async_rows.print();
     println!();
     println!("{}", targets_table(&targets));
     chart_written();

@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 mod bench;
+mod bench_async;
 mod bench_oneway;
 mod bench_pubsub;
 mod chaos;

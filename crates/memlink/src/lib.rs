@@ -14,6 +14,12 @@
 //! - [`duplex`]: two symmetric peers, either may start first; each sends and receives at any time.
 //! - [`pubsub`]: one [`Publisher`] per topic, many [`Subscriber`]s, zero-copy samples.
 //!
+//! With the `tokio` feature, every waiting operation has an async twin that parks on the same
+//! wake-ups (a tokio `AsyncFd` on the connection's wake pipe and socket) instead of a thread:
+//! `AsyncClient` and `Server::serve_async`, `AsyncDuplex`, `AsyncSubscriber`, and
+//! `wait_async`/`lock_async` on the primitives (those hand the futex sleep to tokio's blocking
+//! pool).
+//!
 //! Shared memory is written by other processes and treated as untrusted input: every value read
 //! from it is validated before use, and nothing here forms a slice over it, with one explicit
 //! exception: a subscriber reads a sample in place, under the conditions `pubsub::sample`
@@ -40,6 +46,8 @@ mod platform;
 pub mod pubsub;
 pub mod rpc;
 
+#[cfg(feature = "tokio")]
+pub use duplex::AsyncDuplex;
 pub use duplex::{Duplex, DuplexOptions, DuplexReceiver, DuplexSender, TrySendError};
 pub use error::{Error, NotExecuted, Payload, Result, StartLimit};
 pub use memory::header::ObjectKind;
@@ -47,9 +55,13 @@ pub use memory::inventory;
 pub use memory::name::{MAX_NAME_LEN, validate_name};
 pub use memory::segment::{Permissions, Segment, SegmentOptions};
 pub use memory::sync::{Event, EventMode, Lock, Mutex, MutexGuard, OwnerDiedGuard, Semaphore};
+#[cfg(feature = "tokio")]
+pub use pubsub::{AsyncMessageHandler, AsyncSubscriber};
 pub use pubsub::{
     Loan, MessageHandler, Publisher, PublisherOptions, Sample, Subscriber, SubscriberOptions,
 };
+#[cfg(feature = "tokio")]
+pub use rpc::{AsyncClient, AsyncReplyStream};
 pub use rpc::{
     CallContext, CallHandler, Client, ClientOptions, Handler, HandlerError, ReplyStream, Server,
     ServerCommand, ServerOptions, ShutdownHandle, StreamHandler, StreamSink,

@@ -56,6 +56,11 @@
 //! lives it still holds the name (new openers get `Busy`), so the survivor should drop its
 //! `Duplex` promptly.
 
+#[cfg(feature = "tokio")]
+mod asynchronous;
+#[cfg(feature = "tokio")]
+pub use asynchronous::AsyncDuplex;
+
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};

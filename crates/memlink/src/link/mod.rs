@@ -12,6 +12,8 @@
 //! `platform` (sockets, memfds, pipes, mappings); no `unsafe` of its own.
 
 pub(crate) mod admission;
+#[cfg(feature = "tokio")]
+pub(crate) mod asynchronous;
 pub(crate) mod fragment;
 pub(crate) mod protocol;
 pub(crate) mod rendezvous;
@@ -435,10 +437,10 @@ pub(crate) fn park_until_or_bell(
 }
 
 /// How long a waiter pauses after a transient error reading the connection's socket.
-const TRANSIENT_PAUSE: Duration = Duration::from_millis(1);
+pub(crate) const TRANSIENT_PAUSE: Duration = Duration::from_millis(1);
 
 /// What a readable connection socket held.
-enum SocketMessage {
+pub(crate) enum SocketMessage {
     /// Nothing after all (a spurious wake-up).
     Nothing,
     /// It could not be read for the moment (`ENOMEM`, `ENOBUFS`): says nothing about the peer.
@@ -451,7 +453,7 @@ enum SocketMessage {
 }
 
 /// Reads what the peer wrote on the connection's socket, without waiting.
-fn socket_message(name: &str, socket: &OwnedFd) -> SocketMessage {
+pub(crate) fn socket_message(name: &str, socket: &OwnedFd) -> SocketMessage {
     let broke = || {
         SocketMessage::Corrupted(Error::corrupted(
             name,

@@ -8,7 +8,8 @@
 //! kernel without connecting to it ([`sock_diag`]), CPU identity ([`cpu`]), process identity and
 //! liveness ([`process`]), starting a program detached from us with its error output captured
 //! ([`spawn`]), unpredictable numbers ([`random`]) and the monotonic clock as a number other
-//! processes agree on ([`clock`]). It may use only `rustix`, `libc` and
+//! processes agree on ([`clock`]); with the `tokio` feature, registering descriptors with tokio's
+//! reactor ([`reactor`]). It may use only `rustix`, `libc` and
 //! `std`; nothing above it issues syscalls or dereferences raw pointers (the crate root denies
 //! `unsafe` outside this module).
 //!
@@ -26,6 +27,8 @@ pub(crate) mod memfd;
 pub(crate) mod notify;
 pub(crate) mod process;
 pub(crate) mod random;
+#[cfg(feature = "tokio")]
+pub(crate) mod reactor;
 pub(crate) mod shm;
 pub(crate) mod sock_diag;
 pub(crate) mod socket;

@@ -158,6 +158,23 @@ pub(crate) fn drain_wakes(read_end: impl AsFd) -> bool {
     }
 }
 
+/// Consumes every wake-up waiting in a wake pipe, reading until it is empty; `true` if the
+/// pipe's other end is gone. For a waiter on an edge-triggered poller (tokio's reactor), which
+/// hears of a pipe again only after it has been read empty.
+#[cfg(feature = "tokio")]
+pub(crate) fn drain_all_wakes(read_end: impl AsFd) -> bool {
+    let mut buf = [0u8; 64];
+    loop {
+        match rustix::io::read(&read_end, &mut buf) {
+            Ok(0) => return true,
+            Ok(n) if n < buf.len() => return false,
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(Errno::AGAIN) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
 /// What woke a [`wait_wake_or_hangup`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Woken {

@@ -55,6 +55,8 @@ mod subscriber;
 
 pub use publisher::{Publisher, PublisherOptions};
 pub use sample::{Loan, Sample};
+#[cfg(feature = "tokio")]
+pub use subscriber::{AsyncMessageHandler, AsyncSubscriber};
 pub use subscriber::{MessageHandler, Subscriber, SubscriberOptions};
 
 use std::time::Duration;

@@ -1,6 +1,11 @@
 //! The subscribing side of a topic: attaching to its publisher (and to the next one after it
 //! goes), taking samples in order, lag, holds, and the callback form.
 
+#[cfg(feature = "tokio")]
+mod asynchronous;
+#[cfg(feature = "tokio")]
+pub use asynchronous::{AsyncMessageHandler, AsyncSubscriber};
+
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};

@@ -12,6 +12,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "tokio")]
+mod asynchronous;
+#[cfg(feature = "tokio")]
+pub use asynchronous::{AsyncClient, AsyncReplyStream};
+
 use super::claim;
 use super::launch::{self, LaunchHooks, ServerCommand};
 use super::protocol::{

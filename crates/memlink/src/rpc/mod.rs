@@ -83,12 +83,16 @@ mod protocol;
 mod server;
 mod stream;
 
+#[cfg(feature = "tokio")]
+pub use client::{AsyncClient, AsyncReplyStream};
 pub use client::{Client, ClientOptions, ReplyStream};
 pub use handler::{CallContext, CallHandler, HandlerError};
 #[cfg(feature = "serde")]
 pub use handler::{Typed, typed};
 pub use launch::ServerCommand;
 pub use protocol::{ConnectionStats, HandlerLatency, Stats};
+#[cfg(feature = "tokio")]
+pub use server::{AsyncCallHandler, AsyncHandler};
 pub use server::{Handler, Server, ServerOptions, ShutdownHandle};
 pub use stream::{StreamHandler, StreamSink};
 

@@ -10,6 +10,11 @@
 //! A connection whose socket hangs up — the client exited or was killed — is freed at once; one
 //! whose shared state breaks the protocol is told why and dropped; neither disturbs the others.
 
+#[cfg(feature = "tokio")]
+mod asynchronous;
+#[cfg(feature = "tokio")]
+pub use asynchronous::{AsyncCallHandler, AsyncHandler};
+
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};

@@ -15,7 +15,7 @@ use crate::memory::segment::{Segment, SegmentOptions};
 use crate::platform::futex;
 
 const TAG: u32 = u32::from_le_bytes(*b"EVNT");
-const UNSET: u32 = 0;
+pub(super) const UNSET: u32 = 0;
 const SET: u32 = 1;
 
 /// How an [`Event`] behaves once set.
@@ -52,7 +52,7 @@ impl EventMode {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Event {
-    place: Placement,
+    pub(super) place: Placement,
     mode: EventMode,
 }
 
@@ -236,7 +236,7 @@ impl Event {
         self.wait_until(Deadline::after(timeout))
     }
 
-    fn try_take(&self) -> Result<bool> {
+    pub(super) fn try_take(&self) -> Result<bool> {
         let word = self.place.word()?;
         // SYNC POINT: Acquire, pairs with the SeqCst (hence Release) swap in `set`, so data the
         // setter wrote before setting is visible to us after the wait returns.

@@ -38,6 +38,8 @@
 //!
 //! Uses the segment layer and the platform futex, process and file-lock calls.
 
+#[cfg(feature = "tokio")]
+mod asynchronous;
 mod event;
 mod mutex;
 mod semaphore;

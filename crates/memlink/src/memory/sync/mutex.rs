@@ -74,9 +74,9 @@ use crate::platform::file_lock::{self, FileId};
 use crate::platform::{futex, process};
 
 const TAG: u32 = u32::from_le_bytes(*b"MUTX");
-const TOKEN_MASK: u32 = 0x3fff_ffff;
+pub(super) const TOKEN_MASK: u32 = 0x3fff_ffff;
 const OWNER_DIED: u32 = 0x4000_0000;
-const WAITERS: u32 = 0x8000_0000;
+pub(super) const WAITERS: u32 = 0x8000_0000;
 
 /// Byte offset of token 0's liveness lock in the object file: far beyond any real object size
 /// (OFD locks may lie past the end of a file) and away from byte 0, the creator lock.
@@ -88,8 +88,8 @@ const TOKEN_PROBES: u32 = 1 << 16;
 /// Spin iterations before sleeping: enough to ride out a short critical section on another core,
 /// far too few to matter when holder and waiter share one.
 const SPIN_LIMIT: u32 = 100;
-const FIRST_SLICE: Duration = Duration::from_millis(1);
-const MAX_SLICE: Duration = Duration::from_millis(50);
+pub(super) const FIRST_SLICE: Duration = Duration::from_millis(1);
+pub(super) const MAX_SLICE: Duration = Duration::from_millis(50);
 
 // --- this process's liveness token per object file ---------------------------------------------
 
@@ -255,7 +255,7 @@ fn note_released(key: LockKey) {
 /// ```
 #[derive(Debug)]
 pub struct Mutex {
-    place: Placement,
+    pub(super) place: Placement,
     file: FileId,
     tokens: Arc<TokenCache>,
 }

@@ -35,7 +35,7 @@ const MAX_COUNT: u32 = Semaphore::MAX_COUNT;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Semaphore {
-    place: Placement,
+    pub(super) place: Placement,
     max: u32,
 }
 
