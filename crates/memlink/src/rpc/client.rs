@@ -999,6 +999,17 @@ enum Mode {
     Try,
 }
 
+/// What one [`Connection::reply_step`] came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReplyStep {
+    /// Nothing in the response ring: wait for the server.
+    Empty,
+    /// A record was taken or skipped; the reply is not whole yet.
+    More,
+    /// The reply is whole.
+    Done,
+}
+
 /// One connection: a region with a request ring we produce and a response ring we consume.
 #[derive(Debug)]
 struct Connection {
@@ -1430,40 +1441,56 @@ impl Connection {
         reply.clear();
         let mut reassembly = Reassembly::default();
         loop {
-            let ring = |name: &str, e: RingError| Error::corrupted(name, e.0);
-            let Some(header) = self.responses.peek().map_err(|e| ring(&self.name, e))? else {
-                self.wait(deadline, |_, responses| responses.has_data())?;
-                continue;
-            };
-            if header.call_id < call
-                && header.call_id <= self.cancelled_through
-                && !reassembly.in_progress()
-            {
-                // What was in flight of a stream we cancelled. The server may be waiting for the
-                // room this frees (our reply did not fit behind it): wake it, as after a take.
-                self.responses
-                    .skip(&header)
-                    .map_err(|e| ring(&self.name, e))?;
-                wake::nudge(&self.map, SERVER, &self.wake_out).map_err(|e| ring(&self.name, e))?;
-                continue;
-            }
-            if !self.take_fragment(&header, &mut reassembly, call, reply)? {
-                // The server may be waiting for the room we just freed. After the last fragment
-                // it is not: the whole reply is in the ring.
-                wake::nudge(&self.map, SERVER, &self.wake_out).map_err(|e| ring(&self.name, e))?;
-            } else {
-                if header.flags & USER_FLAGS == ERROR_REPLY {
-                    return Err(self.remote_error(reply));
-                }
-                if header.flags & USER_FLAGS != 0 {
-                    return Err(Error::corrupted(
-                        &self.name,
-                        "server broke the protocol: unknown reply flags",
-                    ));
-                }
-                return Ok(());
+            match self.reply_step(call, &mut reassembly, reply)? {
+                ReplyStep::Empty => self.wait(deadline, |_, responses| responses.has_data())?,
+                ReplyStep::More => {}
+                ReplyStep::Done => return Ok(()),
             }
         }
+    }
+
+    /// One step of receiving call `call`'s reply into `reply`: takes (or skips) the next record
+    /// of the response ring, validated. The blocking and the async receive loops differ only
+    /// in how they wait on [`ReplyStep::Empty`].
+    pub(super) fn reply_step(
+        &mut self,
+        call: u64,
+        reassembly: &mut Reassembly,
+        reply: &mut Vec<u8>,
+    ) -> Result<ReplyStep> {
+        let ring = |name: &str, e: RingError| Error::corrupted(name, e.0);
+        let Some(header) = self.responses.peek().map_err(|e| ring(&self.name, e))? else {
+            return Ok(ReplyStep::Empty);
+        };
+        if header.call_id < call
+            && header.call_id <= self.cancelled_through
+            && !reassembly.in_progress()
+        {
+            // What was in flight of an abandoned call or a cancelled stream. The server may be
+            // waiting for the room this frees (our reply did not fit behind it): wake it, as
+            // after a take.
+            self.responses
+                .skip(&header)
+                .map_err(|e| ring(&self.name, e))?;
+            wake::nudge(&self.map, SERVER, &self.wake_out).map_err(|e| ring(&self.name, e))?;
+            return Ok(ReplyStep::More);
+        }
+        if !self.take_fragment(&header, reassembly, call, reply)? {
+            // The server may be waiting for the room we just freed. After the last fragment
+            // it is not: the whole reply is in the ring.
+            wake::nudge(&self.map, SERVER, &self.wake_out).map_err(|e| ring(&self.name, e))?;
+            return Ok(ReplyStep::More);
+        }
+        if header.flags & USER_FLAGS == ERROR_REPLY {
+            return Err(self.remote_error(reply));
+        }
+        if header.flags & USER_FLAGS != 0 {
+            return Err(Error::corrupted(
+                &self.name,
+                "server broke the protocol: unknown reply flags",
+            ));
+        }
+        Ok(ReplyStep::Done)
     }
 
     /// Takes one validated fragment of call `call`'s reply (or stream item) into `out`; `true`

@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::{
-    ClientOptions, Connection, ERROR_REPLY, Error, Failure, Mode, NotExecuted, STREAM_END,
-    STREAM_REQUEST, open_connection,
+    ClientOptions, Connection, ERROR_REPLY, Error, Failure, Mode, NotExecuted, ReplyStep,
+    STREAM_END, STREAM_REQUEST, open_connection,
 };
 use crate::error::Result;
 use crate::link::asynchronous::{AsyncPatience, AsyncWake, FIRST_LOOKS};
@@ -704,37 +704,13 @@ impl AsyncConnection {
         reply.clear();
         let mut reassembly = Reassembly::default();
         loop {
-            let conn = &mut self.conn;
-            let ring = |name: &str, e: RingError| Error::corrupted(name, e.0);
-            let Some(header) = conn.responses.peek().map_err(|e| ring(&conn.name, e))? else {
-                self.wait(deadline, alone, |_, responses| responses.has_data())
-                    .await?;
-                continue;
-            };
-            if header.call_id < call
-                && header.call_id <= conn.cancelled_through
-                && !reassembly.in_progress()
-            {
-                // What was in flight of an abandoned call or a cancelled stream.
-                conn.responses
-                    .skip(&header)
-                    .map_err(|e| ring(&conn.name, e))?;
-                wake::nudge(&conn.map, SERVER, &conn.wake_out).map_err(|e| ring(&conn.name, e))?;
-                continue;
-            }
-            if !conn.take_fragment(&header, &mut reassembly, call, reply)? {
-                wake::nudge(&conn.map, SERVER, &conn.wake_out).map_err(|e| ring(&conn.name, e))?;
-            } else {
-                if header.flags & USER_FLAGS == ERROR_REPLY {
-                    return Err(conn.remote_error(reply));
+            match self.conn.reply_step(call, &mut reassembly, reply)? {
+                ReplyStep::Empty => {
+                    self.wait(deadline, alone, |_, responses| responses.has_data())
+                        .await?;
                 }
-                if header.flags & USER_FLAGS != 0 {
-                    return Err(Error::corrupted(
-                        &conn.name,
-                        "server broke the protocol: unknown reply flags",
-                    ));
-                }
-                return Ok(());
+                ReplyStep::More => {}
+                ReplyStep::Done => return Ok(()),
             }
         }
     }
