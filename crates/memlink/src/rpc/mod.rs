@@ -83,10 +83,12 @@ mod protocol;
 mod server;
 mod stream;
 
+#[cfg(feature = "serde")]
+pub use bounded::DecodeLimits;
 pub use client::{Client, ClientOptions, ReplyStream};
 pub use handler::{CallContext, CallHandler, HandlerError};
 #[cfg(feature = "serde")]
-pub use handler::{Typed, typed};
+pub use handler::{Typed, typed, typed_with_limits};
 pub use launch::ServerCommand;
 pub use protocol::{ConnectionStats, HandlerLatency, Stats};
 pub use server::{Handler, Server, ServerOptions, ShutdownHandle};
