@@ -13,8 +13,9 @@
 //!   swaps the word from an earlier claim to `id | WITHDRAWN` ([`withdraw`]).
 //!
 //! Both are compare-and-swaps on one word, so exactly one succeeds. If the caller's does, the
-//! worker's fails on the withdrawal and it skips the request: the call provably never runs,
-//! whatever the clocks, the socket or the server's state said, so the caller may report it
+//! worker's fails on the withdrawal and it skips the request: the call never runs, whatever the
+//! clocks or the socket said (given a server that keeps the protocol: a hostile one can run a
+//! call without claiming it; see the `rpc` module's *Trust*), so the caller may report it
 //! [`NotExecuted`](crate::NotExecuted) and send it again elsewhere. If the worker's does, the
 //! caller finds its call claimed: it may have run ([`Error::Timeout`](crate::Error::Timeout),
 //! [`Error::Disconnected`](crate::Error::Disconnected)).
