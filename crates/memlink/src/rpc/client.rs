@@ -1730,7 +1730,10 @@ impl Connection {
 /// The items a server streams in answer to [`Client::call_stream`]: each `Ok(item)` in order, then
 /// `None` after a clean end, or one `Err` (after the items already sent) if the handler failed
 /// ([`Error::HandlerPanicked`], [`Error::HandlerFailed`]) or the server went away
-/// ([`Error::Disconnected`]). Dropping it before the end cancels the stream on the server.
+/// ([`Error::Disconnected`]: the stream's handler may have run; [`Error::NotExecuted`] if the
+/// server went away before it took the request, which is then withdrawn as a call's is, so the
+/// handler never ran and never will). Dropping it before the end cancels the stream on the
+/// server.
 /// Holds one of the client's connections (so it stays on the thread that made the call).
 pub struct ReplyStream<'a> {
     client: &'a Client,
@@ -1795,11 +1798,18 @@ impl ReplyStream<'_> {
                         | Error::StreamsNotServed { .. }
                         | Error::ServerFull { .. }
                 ) && !connection.abandoned;
-                if !kept {
-                    let epoch = connection.epoch;
-                    *self.slot = None;
-                    if let Error::Disconnected { .. } = error {
-                        self.client.note_disconnected(epoch);
+                if kept {
+                    return Err(error);
+                }
+                // As a call does: if the server had not claimed the stream's request yet, the
+                // withdrawal makes sure it never does (no item came, nothing of it ran).
+                let withdrawn = connection.withdraw(self.call);
+                let epoch = connection.epoch;
+                *self.slot = None;
+                if let Error::Disconnected { .. } = error {
+                    self.client.note_disconnected(epoch);
+                    if withdrawn {
+                        return Err(self.client.not_executed(NotExecuted::ServerGone));
                     }
                 }
                 Err(error)

@@ -68,7 +68,10 @@
 //! is sent once more on a fresh connection (a restarted server, or one started on demand, runs
 //! it); if that fails the same way the call reports [`Error::NotExecuted`] with
 //! [`NotExecuted::ServerGone`]. The withdrawal makes the resend safe even if the first server
-//! lives on: it skips the withdrawn request.
+//! lives on: it skips the withdrawn request. A stream's request ([`Client::call_stream`]) is
+//! settled the same way when the server goes away before any item came: its reader gets
+//! [`Error::NotExecuted`] instead of [`Error::Disconnected`] (the stream is not resent: its
+//! items are the caller's to ask for again).
 //!
 //! # Deadlines
 //!
