@@ -22,10 +22,11 @@
 //!   against the one taken on entry): whatever the frames of a type's deserializer cost, a deep
 //!   message is refused before the thread's stack runs out.
 //! - **Memory**: the elements of the message's sequences and maps, and values decoded into a
-//!   `Box` (any value larger than the place it is decoded for), at most `max_element_bytes`
-//!   together, each counted at the `size_of` of its type (the seed or visitor that decodes it
-//!   names the type, so serde does give it), an element at least one byte. Strings and byte
-//!   buffers are not counted: they take no more than their bytes in the input.
+//!   `Box` (any value larger than the place it is decoded for lives elsewhere), at most
+//!   `max_element_bytes` together, each counted at the `size_of` of its type, an element at
+//!   least one byte. serde does name that type: it is the `Value` of the seed or visitor that
+//!   decodes the element. Strings and byte buffers are not counted (they take no more than
+//!   their bytes in the input), nor is the allocator's overhead per allocation.
 //! - **Elements that take no bytes**: at most `max_empty_elements` elements of length-prefixed
 //!   containers (sequences, and maps: an entry whose key and value together consumed no input)
 //!   in the whole message. An element that consumes input is bounded by the input's length; the
