@@ -206,7 +206,8 @@ pub enum Error {
 
     /// A call failed before its request reached the server's handler: the handler did not run,
     /// and will never run for this call, so calling again is safe (at most once still holds).
-    /// See the `rpc` module's "Did my call run?" for the exact rule. The client stays usable
+    /// See the `rpc` module's "Did my call run?" for the exact rule, and for what it assumes of
+    /// the server (one that keeps the protocol, run by a trusted user). The client stays usable
     /// (it connects again on its next call).
     #[error(
         "the call to memlink '{name}' was not executed ({reason}): the server never took its \

@@ -373,21 +373,28 @@ fn empty_fragments(args: &[String]) {
 const CLAIM_WORD: usize = REQUEST_HEAD + 8;
 const WITHDRAWN: u64 = 1 << 63;
 
-/// Writes the claim word and sends a request (call 1) as a hostile client could: `garbage` (a
-/// value the protocol never writes: the server must drop only this connection) or `withdraw`
-/// (the client's own withdrawal of call 1: the server skips the call and keeps serving).
-/// Args: name, what.
+/// Writes the claim word and sends requests as a hostile (or unlucky) client could: `garbage`
+/// (a value the protocol never writes: the server must drop only this connection), `withdraw`
+/// (the client's own withdrawal of call 1: the server skips the call and keeps serving),
+/// `withdraw-later` (calls 1 and 2 in the ring, call 2 withdrawn: what an honest client leaves
+/// when it dropped the stream of call 1 before the server took it and call 2 timed out; the
+/// server skips both), or `huge-id` (a call whose id has the claim word's withdrawn bit: the
+/// server must drop the connection). Args: name, what.
 fn claim_scribbler(args: &[String]) {
     let mut conn = RawConnection::connect(&args[0]);
     assert!(conn.version >= 4, "the server speaks no claim word");
-    let word = if args[1] == "garbage" {
-        0xdead_beef
-    } else {
-        1 | WITHDRAWN
+    let (word, calls): (u64, &[u64]) = match args[1].as_str() {
+        "garbage" => (0xdead_beef, &[1]),
+        "withdraw" => (1 | WITHDRAWN, &[1]),
+        "withdraw-later" => (2 | WITHDRAWN, &[1, 2]),
+        "huge-id" => (0, &[WITHDRAWN]),
+        other => panic!("no such attack: {other}"),
     };
     conn.long(CLAIM_WORD).store(word, Ordering::Release);
     report("attacking");
-    assert!(conn.push_empty(FIRST | LAST, 1, 0));
+    for &call in calls {
+        assert!(conn.push_empty(FIRST | LAST, call, 0));
+    }
     conn.wake_server();
     while !conn.hung_up() {
         std::thread::sleep(Duration::from_millis(1));
@@ -645,6 +652,51 @@ fn a_client_scribbling_on_the_claim_word_only_loses_its_own_connection_or_call()
         "{stats:?}"
     );
     withdrawer.kill_and_reap();
+
+    // The withdrawal of a later call skips the earlier one too (its caller has left): not
+    // taken for corruption.
+    let mut withdrawer = ChildProcess::spawn("claim_scribbler", &[&name, "withdraw-later"]);
+    withdrawer.expect_line("attacking");
+    common::with_watchdog("both withdrawn calls to be skipped", {
+        let name = name.clone();
+        move || loop {
+            let stats = server_stats(&name).unwrap();
+            assert_eq!(stats.corrupt_disconnects, 1, "{stats:?}");
+            if stats.expired_calls == 3 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    honest_calls(&name, 10);
+    let stats = server_stats(&name).unwrap();
+    assert_eq!(
+        (stats.corrupt_disconnects, stats.calls),
+        (1, 30),
+        "{stats:?}"
+    );
+    withdrawer.kill_and_reap();
+    stop_server(server);
+}
+
+/// Call ids stay below the claim word's withdrawn bit: a request with a larger one loses the
+/// client its connection (and nobody else anything).
+#[test]
+fn a_call_id_with_the_withdrawn_bit_is_a_protocol_violation() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("hostile-id");
+    let server = start_server(&name);
+    let mut attacker = ChildProcess::spawn("claim_scribbler", &[&name, "huge-id"]);
+    attacker.expect_line("attacking");
+    attacker.expect_line("dropped");
+    honest_calls(&name, 10);
+    let stats = server_stats(&name).unwrap();
+    assert_eq!(
+        (stats.corrupt_disconnects, stats.calls),
+        (1, 10),
+        "{stats:?}"
+    );
+    attacker.kill_and_reap();
     stop_server(server);
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::{ChildProcess, WATCHDOG, await_parent, report, unique_name, variant};
-use memlink::rpc::{CallContext, HandlerError, server_stats};
+use memlink::rpc::{CallContext, DecodeLimits, HandlerError, server_stats};
 use memlink::{Client, ClientOptions, Error, NotExecuted, Server};
 
 #[test]
@@ -20,6 +20,7 @@ fn child_main() {
         ("call_and_report", call_and_report),
         ("typed_server", typed_server),
         ("tree_server", tree_server),
+        ("words_server", words_server),
         ("traced_server", traced_server),
         ("everyone_server", everyone_server),
         ("nobody_stats", nobody_stats),
@@ -212,6 +213,29 @@ fn tree_server(args: &[String]) {
     report("stopped");
 }
 
+/// A typed server of `Vec<String>`: answers how many words came. Args: name, and the most
+/// bytes the decoded elements may take (`default`: the default limits).
+fn words_server(args: &[String]) {
+    let server = Server::bind(&args[0]).unwrap();
+    let stop = server.shutdown_handle();
+    std::thread::spawn(move || {
+        await_parent();
+        stop.shutdown();
+    });
+    let limits = match args[1].as_str() {
+        "default" => DecodeLimits::new(),
+        bytes => DecodeLimits::new().max_element_bytes(bytes.parse().unwrap()),
+    };
+    report("ready");
+    server
+        .serve_calls(memlink::rpc::typed_with_limits(
+            |_call: &CallContext, words: Vec<String>| Ok(words.len() as u64),
+            limits,
+        ))
+        .unwrap();
+    report("stopped");
+}
+
 /// A recursive type, and one with elements that take no bytes: postcard alone decodes a hostile
 /// `Tree` until the stack overflows, or loops for ages.
 #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -244,6 +268,19 @@ impl serde::Serialize for Raw {
 fn deep_tree_bytes() -> Vec<u8> {
     let mut bytes = vec![1u8; 8 << 20];
     bytes.push(0);
+    bytes
+}
+
+/// A `Vec<String>` of `count` empty strings: a byte each on the wire, 24 decoded.
+fn empty_strings_bytes(count: u64) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut n = count;
+    while n >= 0x80 {
+        bytes.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    bytes.push(n as u8);
+    bytes.resize(bytes.len() + count as usize, 0);
     bytes
 }
 
@@ -750,6 +787,84 @@ fn a_hostile_typed_request_or_reply_is_refused_and_the_other_side_keeps_serving(
     }
     let tree: Tree = client.call_typed(&nested(3)).unwrap();
     assert_eq!(tree, nested(3));
+    stop(server);
+}
+
+/// A typed message can be far larger decoded than sent (10 MB of empty strings are 240 MB of
+/// `String`s): the decoder bounds what the elements take, on either side, and each side's bound
+/// is its own to set.
+#[test]
+fn a_typed_message_that_would_decode_to_too_much_memory_is_refused_on_either_side() {
+    let _watchdog = common::Watchdog::arm();
+    let name = unique_name("typed-memory");
+    let mut server = ChildProcess::spawn("words_server", &[&name, "default"]);
+    server.expect_line("ready");
+    let hostile = Client::connect(&name).unwrap();
+    let honest = Client::connect(&name).unwrap();
+    let flood = empty_strings_bytes(10_000_000);
+    match hostile.call(&flood) {
+        Err(Error::Undecodable {
+            what: memlink::Payload::Request,
+            reason,
+            ..
+        }) => assert!(reason.contains("bytes decoded"), "{reason}"),
+        other => panic!("expected an undecodable request, got {other:?}"),
+    }
+    // The server is up and serving, the hostile client's connection too.
+    let words: u64 = honest.call_typed(&vec!["a", "few", "words"]).unwrap();
+    assert_eq!(words, 3);
+    let words: u64 = hostile.call_typed(&vec![""; 1000]).unwrap();
+    assert_eq!(words, 1000);
+    server.tell("stop");
+    server.expect_line("stopped");
+    server.wait_success();
+
+    // A server with a tighter bound refuses what the default lets through.
+    let name = unique_name("typed-memory-tight");
+    let mut server = ChildProcess::spawn("words_server", &[&name, "24000"]);
+    server.expect_line("ready");
+    let client = Client::connect(&name).unwrap();
+    let words: u64 = client.call_typed(&vec!["word"; 1000]).unwrap();
+    assert_eq!(words, 1000);
+    assert!(matches!(
+        client.call_typed::<_, u64>(&vec!["word"; 1001]),
+        Err(Error::Undecodable {
+            what: memlink::Payload::Request,
+            ..
+        })
+    ));
+    server.tell("stop");
+    server.expect_line("stopped");
+    server.wait_success();
+
+    // A hostile server: the echo server sends the flood back as the reply to a typed call.
+    let name = unique_name("typed-memory-reply");
+    let server = start(&name, 1, 0);
+    let client = Client::connect(&name).unwrap();
+    match client.call_typed::<_, Vec<String>>(&Raw(flood)) {
+        Err(Error::Undecodable {
+            what: memlink::Payload::Reply,
+            reason,
+            ..
+        }) => assert!(reason.contains("bytes decoded"), "{reason}"),
+        other => panic!("expected an undecodable reply, got {other:?}"),
+    }
+    let echoed: Vec<String> = client.call_typed(&vec!["ok"; 3]).unwrap();
+    assert_eq!(echoed, ["ok"; 3]);
+    // The client's bound is its own.
+    let tight = ClientOptions::new()
+        .decode_limits(DecodeLimits::new().max_element_bytes(24 * 2))
+        .connect(&name)
+        .unwrap();
+    let echoed: Vec<String> = tight.call_typed(&vec!["a", "b"]).unwrap();
+    assert_eq!(echoed, ["a", "b"]);
+    assert!(matches!(
+        tight.call_typed::<_, Vec<String>>(&vec!["a", "b", "c"]),
+        Err(Error::Undecodable {
+            what: memlink::Payload::Reply,
+            ..
+        })
+    ));
     stop(server);
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::{
     ChildProcess, WATCHDOG, Watchdog, await_parent, report, unique_name, variant, with_watchdog,
 };
-use memlink::{Client, Error, Server, StreamSink};
+use memlink::{Client, Error, NotExecuted, Server, StreamSink};
 
 #[test]
 fn child_main() {
@@ -450,6 +450,32 @@ fn a_server_killed_mid_stream_is_reported_promptly() {
     let took = killed.elapsed();
     println!("Disconnected {took:?} after the SIGKILL ({after} items were still in the ring)");
     assert!(matches!(error, Error::Disconnected { .. }), "{error}");
+    assert!(stream.next().is_none());
+    drop(stream);
+    server.process.kill_and_reap();
+    common::assert_no_leftovers(&server.name);
+}
+
+/// A stream whose server dies before taking its request did not run, and says so, as a call
+/// does: the client withdraws the request when it finds the server gone.
+#[test]
+fn a_stream_whose_server_died_before_taking_its_request_was_not_executed() {
+    let _watchdog = Watchdog::arm();
+    let mut server = TestServer::start("stopped-before", 1);
+    let client = server.client();
+    assert_eq!(client.call(b"hello").unwrap(), b"hello");
+    // Stopped, the server cannot take the request; killed, it never will.
+    let pid = rustix::process::Pid::from_raw(server.process.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let mut stream = client.call_stream(b"count:10:100").unwrap();
+    server.process.sigkill();
+    match stream.next() {
+        Some(Err(Error::NotExecuted {
+            reason: NotExecuted::ServerGone,
+            ..
+        })) => {}
+        other => panic!("expected NotExecuted(ServerGone), got {other:?}"),
+    }
     assert!(stream.next().is_none());
     drop(stream);
     server.process.kill_and_reap();

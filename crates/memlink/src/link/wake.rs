@@ -115,7 +115,8 @@ pub(crate) fn park_end(map: &Mapping, me: Side) -> Result<(), RingError> {
 
 /// After making progress `peer` may wait for: wakes it through its wake pipe if (and only if) it
 /// is parked. A failed write is ignored: the peer is gone (which our own next wait sees as a
-/// hang-up), and a parked peer looks again on its own within [`PARK_RECHECK`] anyway.
+/// hang-up). A write the kernel kept refusing for want of memory (`notify::wake` retries it) is
+/// logged: a parked peer looks again on its own within [`PARK_RECHECK`] anyway.
 pub(crate) fn nudge(map: &Mapping, peer: Side, wake_write: impl AsFd) -> Result<(), RingError> {
     // SYNC POINT: pairs with the heavy barrier in `park_begin`.
     barrier::light();
@@ -148,7 +149,15 @@ pub(crate) fn nudge_fenced(
     if !asleep {
         return Ok(false);
     }
-    let full = notify::wake(&wake_write) == Wake::Full;
+    let full = match notify::wake(&wake_write) {
+        Wake::Full => true,
+        Wake::Sent | Wake::Gone => false,
+        Wake::Lost(error) => {
+            // The peer sleeps on until it looks again on its own (within `PARK_RECHECK`).
+            tracing::warn!(%error, "a wake-up was lost: the kernel is short of memory");
+            false
+        }
+    };
     // A pipe full of one-byte wake-ups means the peer does not read them; enlarging it as well
     // would pin kernel memory charged to whoever created the pipe.
     if full && notify::pipe_size(&wake_write).is_ok_and(|size| size > MAX_WAKE_PIPE) {

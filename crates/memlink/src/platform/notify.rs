@@ -84,12 +84,75 @@ pub(crate) enum Wake {
     Sent,
     /// The pipe is full: the peer has not read its earlier wake-ups, so it is woken already.
     Full,
-    /// Nobody reads the pipe any more (the peer closed its end or died), or the write failed.
+    /// Nobody reads the pipe any more (the peer closed its end or died), or the write failed
+    /// for good.
     Gone,
+    /// The kernel stayed short of memory (`ENOMEM`, `ENOBUFS`) through [`WAKE_TRIES`] tries:
+    /// the wake-up is lost, and a parked peer sleeps until it looks again on its own.
+    Lost(Errno),
+}
+
+/// How many times [`wake`] writes its byte while the kernel is short of memory, pausing
+/// [`WAKE_RETRY_PAUSE`] between tries; an interrupted write is retried at once (and counts too,
+/// so that a storm of signals cannot hold the waker).
+pub(crate) const WAKE_TRIES: u32 = 8;
+const WAKE_RETRY_PAUSE: Duration = Duration::from_micros(100);
+
+/// The wake-up byte's `write`: the one place a test can make it fail.
+fn write_wake(write_end: impl AsFd) -> Result<usize, Errno> {
+    #[cfg(test)]
+    if let Some(e) = inject::take() {
+        return Err(e);
+    }
+    rustix::io::write(write_end, &[1])
+}
+
+/// `poll`: the one place a test can make it fail.
+fn poll_fds(
+    fds: &mut [PollFd<'_>],
+    timeout: Option<&rustix::time::Timespec>,
+) -> Result<usize, Errno> {
+    #[cfg(test)]
+    if let Some(e) = inject::take() {
+        return Err(e);
+    }
+    rustix::event::poll(fds, timeout)
+}
+
+/// Test-only failures of the next system calls of [`wake`] and [`wait_wake_hangup_or_bell`] on
+/// this thread.
+#[cfg(test)]
+pub(crate) mod inject {
+    use std::cell::Cell;
+
+    use rustix::io::Errno;
+
+    thread_local! {
+        static FAILURES: Cell<(Errno, u32)> = const { Cell::new((Errno::IO, 0)) };
+    }
+
+    /// Makes the next `count` calls fail with `error`.
+    pub(crate) fn fail_next(error: Errno, count: u32) {
+        FAILURES.with(|f| f.set((error, count)));
+    }
+
+    pub(super) fn take() -> Option<Errno> {
+        FAILURES.with(|f| {
+            let (error, count) = f.get();
+            (count > 0).then(|| {
+                f.set((error, count - 1));
+                error
+            })
+        })
+    }
 }
 
 /// Sends one wake-up byte down a wake pipe, never blocking (our end is non-blocking, and no one
 /// else holds this open file description) and never raising `SIGPIPE`.
+///
+/// An interrupted write is tried again at once, one that found the kernel short of memory after
+/// a moment, [`WAKE_TRIES`] times in all: a wake-up given up for that is [`Wake::Lost`], not
+/// [`Wake::Gone`] (the peer lives, and its own next look finds our progress).
 ///
 /// A `write` to a pipe without readers raises `SIGPIPE`, which kills a process that has not
 /// ignored it (the default outside Rust's `main`: C or Python hosts, or tools that restore it).
@@ -117,7 +180,18 @@ pub(crate) fn wake(write_end: impl AsFd) -> Wake {
     let already_pending = got_pending
         // SAFETY: `pending` was initialised by the successful `sigpending` (checked first).
         && unsafe { libc::sigismember(pending.as_ptr(), libc::SIGPIPE) } == 1;
-    let result = rustix::io::write(write_end, &[1]);
+    let mut tries = 1;
+    let result = loop {
+        match write_wake(&write_end) {
+            Err(e @ (Errno::INTR | Errno::NOMEM | Errno::NOBUFS)) if tries < WAKE_TRIES => {
+                tries += 1;
+                if e != Errno::INTR {
+                    std::thread::sleep(WAKE_RETRY_PAUSE);
+                }
+            }
+            result => break result,
+        }
+    };
     if blocked {
         if result == Err(Errno::PIPE) && !already_pending {
             let now = libc::timespec {
@@ -137,6 +211,7 @@ pub(crate) fn wake(write_end: impl AsFd) -> Wake {
     match result {
         Ok(_) => Wake::Sent,
         Err(Errno::AGAIN) => Wake::Full,
+        Err(e @ (Errno::INTR | Errno::NOMEM | Errno::NOBUFS)) => Wake::Lost(e),
         Err(_) => Wake::Gone,
     }
 }
@@ -189,8 +264,15 @@ pub(crate) struct Woken {
     pub(crate) bell: bool,
 }
 
+/// How long a waiter pauses after `poll` failed for want of kernel memory, before it looks again.
+const POLL_RETRY_PAUSE: Duration = Duration::from_millis(1);
+
 /// Sleeps until a wake-up arrives on `wake_read`, `socket` hangs up or has a message, or `timeout`
-/// passes.
+/// passes. May return with nothing woken (a spurious wake-up), which every caller handles by
+/// looking again: after a signal interrupted the wait, at once; after the kernel was short of
+/// memory for it (`ENOMEM`, `EAGAIN`; [`super::is_transient`]), after a moment's pause. Either
+/// way the caller waits again with the time it has left, instead of taking the connection for
+/// broken.
 pub(crate) fn wait_wake_or_hangup(
     wake_read: impl AsFd,
     socket: impl AsFd,
@@ -218,8 +300,14 @@ pub(crate) fn wait_wake_hangup_or_bell(
     ];
     let polled = if bell.is_some() { 3 } else { 2 };
     let ts = timeout.map(timespec);
-    match rustix::event::poll(&mut fds[..polled], ts.as_ref()) {
-        Ok(_) | Err(Errno::INTR) => {}
+    match poll_fds(&mut fds[..polled], ts.as_ref()) {
+        Ok(_) => {}
+        Err(Errno::INTR) => return Ok(Woken::default()),
+        Err(e) if super::is_transient(e) => {
+            let pause = timeout.map_or(POLL_RETRY_PAUSE, |t| t.min(POLL_RETRY_PAUSE));
+            std::thread::sleep(pause);
+            return Ok(Woken::default());
+        }
         Err(e) => return Err(e),
     }
     let hangup = PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR;
@@ -318,5 +406,58 @@ impl Poller {
             }
         }));
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipe_holds(read: &OwnedFd) -> usize {
+        let mut buf = [0u8; 64];
+        rustix::io::read(read, &mut buf).unwrap_or(0)
+    }
+
+    #[test]
+    fn a_wake_up_survives_interruptions_and_a_moments_memory_shortage() {
+        let (read, write) = wake_pipe().unwrap();
+        for error in [Errno::INTR, Errno::NOMEM, Errno::NOBUFS] {
+            inject::fail_next(error, WAKE_TRIES - 1);
+            assert_eq!(wake(&write), Wake::Sent, "{error:?}");
+            assert_eq!(pipe_holds(&read), 1, "{error:?}");
+        }
+        // A shortage that lasts is reported as such, not as a peer gone.
+        inject::fail_next(Errno::NOMEM, WAKE_TRIES);
+        assert_eq!(wake(&write), Wake::Lost(Errno::NOMEM));
+        // A reader gone is.
+        drop(read);
+        assert_eq!(wake(&write), Wake::Gone);
+    }
+
+    #[test]
+    fn a_wait_that_fails_for_want_of_memory_or_a_signal_is_a_spurious_wake_up() {
+        let (read, write) = wake_pipe().unwrap();
+        let (socket, _peer) = rustix::net::socketpair(
+            rustix::net::AddressFamily::UNIX,
+            rustix::net::SocketType::SEQPACKET,
+            rustix::net::SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        for error in [Errno::INTR, Errno::NOMEM, Errno::NOBUFS, Errno::AGAIN] {
+            inject::fail_next(error, 1);
+            let woken = wait_wake_or_hangup(&read, &socket, Some(Duration::from_secs(10)));
+            assert_eq!(woken, Ok(Woken::default()), "{error:?}");
+        }
+        // And the next wait works as ever.
+        assert_eq!(wake(&write), Wake::Sent);
+        let woken = wait_wake_or_hangup(&read, &socket, Some(Duration::from_secs(10))).unwrap();
+        assert!(woken.wake && !woken.hung_up);
+        // Other errors are errors.
+        inject::fail_next(Errno::INVAL, 1);
+        assert_eq!(
+            wait_wake_or_hangup(&read, &socket, Some(Duration::ZERO)),
+            Err(Errno::INVAL)
+        );
     }
 }

@@ -13,24 +13,40 @@
 //!   swaps the word from an earlier claim to `id | WITHDRAWN` ([`withdraw`]).
 //!
 //! Both are compare-and-swaps on one word, so exactly one succeeds. If the caller's does, the
-//! worker's fails on the withdrawal and it skips the request: the call provably never runs,
-//! whatever the clocks, the socket or the server's state said, so the caller may report it
+//! worker's fails on the withdrawal and it skips the request: the call never runs, whatever the
+//! clocks or the socket said (given a server that keeps the protocol: a hostile one can run a
+//! call without claiming it; see the `rpc` module's *Trust*), so the caller may report it
 //! [`NotExecuted`](crate::NotExecuted) and send it again elsewhere. If the worker's does, the
 //! caller finds its call claimed: it may have run ([`Error::Timeout`](crate::Error::Timeout),
 //! [`Error::Disconnected`](crate::Error::Disconnected)).
 //!
 //! A connection carries one call at a time (a caller holds the connection for the whole call,
-//! and drops it after a withdrawal), and call ids increase, so the two sides never disagree on
-//! which call the word is about. Either side can write anything into the word; each validates
-//! what it finds. A caller reads anything but an earlier claim as "may have run" (a server that
-//! scribbles on the word makes its callers cautious, nothing worse). A worker that finds
-//! anything but its own last claim or the withdrawal of the call at hand drops the connection as
-//! corrupt: a client's word is trusted for skipping that client's own call and for nothing else.
+//! and drops it after a withdrawal), and call ids increase (and stay below [`WITHDRAWN`]: the
+//! server refuses a request whose id does not, [`is_call_id`]), so the two sides never disagree
+//! on which call the word is about. One exception: a stream the caller dropped before the worker
+//! took its request leaves that request in the ring while the caller goes on to its next call;
+//! if that one is withdrawn, the worker meets the withdrawal of a *later* call when it claims
+//! the dropped stream's. The caller has left the connection then (it drops it after a
+//! withdrawal), so the worker skips the earlier request as withdrawn too, and the later one when
+//! it gets to it.
+//!
+//! Either side can write anything into the word; each validates what it finds. A caller reads
+//! anything but an earlier claim as "may have run" (a server that scribbles on the word makes its
+//! callers cautious, nothing worse). A worker that finds anything but its own last claim or the
+//! withdrawal of the call at hand or a later one drops the connection as corrupt: a client's word
+//! is trusted for skipping that client's own calls and for nothing else.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Marks a withdrawn call's id in the word. Call ids never reach it.
 const WITHDRAWN: u64 = 1 << 63;
+
+/// Whether `id` may be a call's id: below [`WITHDRAWN`], so that the word can tell a claim from a
+/// withdrawal. (A client starts at 1 and would need centuries of calls to get there; a request
+/// with a larger id is a protocol violation.)
+pub(crate) fn is_call_id(id: u64) -> bool {
+    id < WITHDRAWN
+}
 
 /// What the worker's claim found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +73,10 @@ pub(crate) fn claim(word: &AtomicU64, last: &mut u64, call: u64) -> Claim {
             *last = found;
             Claim::Withdrawn
         }
+        // A later call's withdrawal (after a stream dropped before we took its request): the
+        // caller has left the connection. `last` stays, so that the later call's claim finds
+        // its own withdrawal.
+        Err(found) if found & WITHDRAWN != 0 && found & !WITHDRAWN > call => Claim::Withdrawn,
         Err(found) => Claim::Broken(found),
     }
 }
@@ -106,12 +126,39 @@ mod tests {
 
     #[test]
     fn a_client_scribbling_on_the_word_only_breaks_its_own_connection() {
-        for scribbled in [5, 2 | WITHDRAWN, 4 | WITHDRAWN, u64::MAX] {
+        // A later claim, an earlier call's withdrawal (the worker claimed past it), a withdrawal
+        // of call 0 (no call has that id).
+        for scribbled in [5, 2 | WITHDRAWN, 1 | WITHDRAWN, WITHDRAWN] {
             let mut last = 2;
             let word = AtomicU64::new(scribbled);
             assert_eq!(claim(&word, &mut last, 3), Claim::Broken(scribbled));
             assert_eq!(last, 2);
         }
+    }
+
+    /// A stream dropped before the worker took its request (call 3) leaves it in the ring; the
+    /// next call (4) times out and is withdrawn. The worker claiming 3 meets 4's withdrawal: the
+    /// caller left, both are skipped, and the connection is not taken for corrupt.
+    #[test]
+    fn a_later_calls_withdrawal_skips_the_earlier_request_too() {
+        let word = AtomicU64::new(0);
+        let mut last = 0;
+        for call in 1..=2 {
+            assert_eq!(claim(&word, &mut last, call), Claim::Run);
+        }
+        assert!(withdraw(&word, 4));
+        assert_eq!(claim(&word, &mut last, 3), Claim::Withdrawn);
+        assert_eq!(last, 2, "the later call's withdrawal is still to be met");
+        assert_eq!(claim(&word, &mut last, 4), Claim::Withdrawn);
+        // Withdrawals as far ahead as ids go are still withdrawals.
+        let word = AtomicU64::new(u64::MAX);
+        assert_eq!(claim(&word, &mut 0, 1), Claim::Withdrawn);
+    }
+
+    #[test]
+    fn call_ids_stay_below_the_withdrawn_bit() {
+        assert!(is_call_id(1) && is_call_id(WITHDRAWN - 1));
+        assert!(!is_call_id(WITHDRAWN) && !is_call_id(u64::MAX));
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub struct ClientOptions {
     connections: usize,
     trusted_server_uid: Option<u32>,
     max_reply_size: Option<usize>,
+    /// How far typed replies are trusted.
+    #[cfg(feature = "serde")]
+    decode_limits: super::bounded::DecodeLimits,
     /// The timeout of calls that do not name one.
     call_timeout: Option<Duration>,
     /// What to run if no server runs under the name.
@@ -86,6 +89,8 @@ impl Default for ClientOptions {
             connections: DEFAULT_CONNECTIONS,
             trusted_server_uid: None,
             max_reply_size: None,
+            #[cfg(feature = "serde")]
+            decode_limits: super::bounded::DecodeLimits::new(),
             call_timeout: None,
             start_server: None,
             start_timeout: DEFAULT_START_TIMEOUT,
@@ -123,6 +128,16 @@ impl ClientOptions {
     /// the server, and the next call uses a fresh connection.
     pub fn max_reply_size(mut self, bytes: usize) -> Self {
         self.max_reply_size = Some(bytes);
+        self
+    }
+
+    /// The bounds under which [`Client::call_typed`] decodes the server's replies (feature
+    /// `serde`; by default [`DecodeLimits::new()`](crate::rpc::DecodeLimits::new)): a reply
+    /// beyond them is [`Error::Undecodable`] (the handler ran). A typed reply can take far more
+    /// memory decoded than sent; see [`typed`](crate::rpc::typed).
+    #[cfg(feature = "serde")]
+    pub fn decode_limits(mut self, limits: crate::rpc::DecodeLimits) -> Self {
+        self.decode_limits = limits;
         self
     }
 
@@ -592,9 +607,10 @@ impl Client {
     /// # Errors
     /// [`Error::Unencodable`] (nothing sent), [`Error::Undecodable`] (the server could not
     /// decode the request, so its handler did not run; or the reply does not decode as a
-    /// `Resp`, after the handler ran). Both sides decode under the bounds that
-    /// [`typed`](crate::rpc::typed) describes (128 levels of nesting, 65,536 elements that
-    /// take no bytes), so a hostile server's reply cannot overflow this thread's stack either.
+    /// `Resp`, after the handler ran). Both sides decode under bounds, the
+    /// [`DecodeLimits`](crate::rpc::DecodeLimits) that [`typed`](crate::rpc::typed) describes
+    /// (here those of [`ClientOptions::decode_limits`]), so a hostile server's reply can
+    /// neither overflow this thread's stack nor make it allocate without bound.
     /// Otherwise as [`Client::call`].
     ///
     /// # Examples
@@ -639,10 +655,12 @@ impl Client {
         let mut reply = Vec::new();
         self.call_until(&request, &mut reply, deadline, Mode::Wait)?;
         // The reply is the server's bytes: decoded under bounds (see `bounded`).
-        super::bounded::decode(&reply).map_err(|reason| Error::Undecodable {
-            name: self.name.clone(),
-            what: Payload::Reply,
-            reason: reason.into(),
+        super::bounded::decode_with(&reply, &self.options.decode_limits).map_err(|reason| {
+            Error::Undecodable {
+                name: self.name.clone(),
+                what: Payload::Reply,
+                reason: reason.into(),
+            }
         })
     }
 
@@ -1744,7 +1762,10 @@ impl Connection {
 /// The items a server streams in answer to [`Client::call_stream`]: each `Ok(item)` in order, then
 /// `None` after a clean end, or one `Err` (after the items already sent) if the handler failed
 /// ([`Error::HandlerPanicked`], [`Error::HandlerFailed`]) or the server went away
-/// ([`Error::Disconnected`]). Dropping it before the end cancels the stream on the server.
+/// ([`Error::Disconnected`]: the stream's handler may have run; [`Error::NotExecuted`] if the
+/// server went away before it took the request, which is then withdrawn as a call's is, so the
+/// handler never ran and never will). Dropping it before the end cancels the stream on the
+/// server.
 /// Holds one of the client's connections (so it stays on the thread that made the call).
 pub struct ReplyStream<'a> {
     client: &'a Client,
@@ -1809,11 +1830,18 @@ impl ReplyStream<'_> {
                         | Error::StreamsNotServed { .. }
                         | Error::ServerFull { .. }
                 ) && !connection.abandoned;
-                if !kept {
-                    let epoch = connection.epoch;
-                    *self.slot = None;
-                    if let Error::Disconnected { .. } = error {
-                        self.client.note_disconnected(epoch);
+                if kept {
+                    return Err(error);
+                }
+                // As a call does: if the server had not claimed the stream's request yet, the
+                // withdrawal makes sure it never does (no item came, nothing of it ran).
+                let withdrawn = connection.withdraw(self.call);
+                let epoch = connection.epoch;
+                *self.slot = None;
+                if let Error::Disconnected { .. } = error {
+                    self.client.note_disconnected(epoch);
+                    if withdrawn {
+                        return Err(self.client.not_executed(NotExecuted::ServerGone));
                     }
                 }
                 Err(error)

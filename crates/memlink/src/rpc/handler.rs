@@ -1,7 +1,7 @@
 //! What a server's call handler sees of a call and can answer besides a reply: the
 //! [`CallContext`] (who calls, on which connection, until when), the [`CallHandler`] trait of
-//! handlers that may fail or refuse ([`HandlerError`]), and the typed adapter ([`typed`], with
-//! the `serde` feature).
+//! handlers that may fail or refuse ([`HandlerError`]), and the typed adapter ([`typed`],
+//! [`typed_with_limits`], with the `serde` feature).
 //!
 //! The context is built on the worker's stack from what the connection already holds (the
 //! caller's credentials, read from the kernel when the server accepted it, and the deadline
@@ -9,6 +9,8 @@
 
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "serde")]
+use super::bounded::DecodeLimits;
 use crate::platform::clock;
 
 /// What a handler knows about the call it answers. Cheap to copy. (`CallContext::default()`,
@@ -271,6 +273,7 @@ impl<H: super::Handler> CallHandler for Plain<H> {
 #[cfg(feature = "serde")]
 pub struct Typed<Req, Resp, F> {
     handler: F,
+    limits: DecodeLimits,
     // fn(Req) -> Resp: Send and Sync whatever Req and Resp are; only F is stored.
     _types: std::marker::PhantomData<fn(Req) -> Resp>,
 }
@@ -278,7 +281,9 @@ pub struct Typed<Req, Resp, F> {
 #[cfg(feature = "serde")]
 impl<Req, Resp, F> std::fmt::Debug for Typed<Req, Resp, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Typed").finish_non_exhaustive()
+        f.debug_struct("Typed")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
     }
 }
 
@@ -288,14 +293,24 @@ impl<Req, Resp, F> std::fmt::Debug for Typed<Req, Resp, F> {
 /// integers, no schema). Pair it with [`Client::call_typed`](crate::Client::call_typed) on
 /// the other side. A request that does not decode as a `Req` (a client using other types) is
 /// answered with [`Error::Undecodable`](crate::Error::Undecodable) without running the handler,
-/// and so is one beyond the decoder's bounds, which keep a hostile client from overflowing the
-/// worker's stack with a deeply nested request of a recursive type or keeping it busy with a
-/// huge `Vec<()>`: at most 128 levels of nesting (sequences, structs, tuples, maps, enum
-/// variants, options, newtypes inside one another) and at most 65,536 elements that take no
-/// bytes (such as `()` or empty structs) in one message. Replies are decoded under the same
-/// bounds on the client;
-/// the handler's own errors reach the client as with any [`CallHandler`]. Bytes stay the
-/// primary API: this is a thin layer over [`Server::serve_calls`](crate::Server::serve_calls).
+/// and so is one beyond the decoder's bounds, the default [`DecodeLimits`] (or those given to
+/// [`typed_with_limits`]). They keep a hostile client from overflowing the worker's stack with
+/// a deeply nested request of a recursive type (at most 128 levels of nesting, and 512 KiB of
+/// stack), keeping it busy with a huge `Vec<()>` (at most 65,536 elements that take no bytes),
+/// or making it allocate without bound: the elements of the request's sequences and maps (and
+/// its boxed values) may take at most 64 MiB decoded, each counted at its type's `size_of`.
+///
+/// That last bound matters because a typed message can be much larger decoded than sent: each
+/// empty `String` of a `Vec<String>` is one byte on the wire and 24 decoded, each `None` of a
+/// `Vec<Option<[u8; 1024]>>` one byte and 1,025 decoded. Every worker may hold a decoded request
+/// at once, so for a typed service that expects small messages, set a smaller
+/// [`ServerOptions::max_message_size`](crate::ServerOptions::max_message_size) and a smaller
+/// [`DecodeLimits::max_element_bytes`] (and, on its clients,
+/// [`ClientOptions::max_reply_size`](crate::ClientOptions::max_reply_size) and
+/// [`ClientOptions::decode_limits`](crate::ClientOptions::decode_limits)). Replies are decoded
+/// under the client's limits; the handler's own errors reach the client as with any
+/// [`CallHandler`]. Bytes stay the primary API: this is a thin layer over
+/// [`Server::serve_calls`](crate::Server::serve_calls).
 ///
 /// # Examples
 /// ```no_run
@@ -323,8 +338,37 @@ where
     Resp: serde::Serialize,
     F: Fn(&CallContext, Req) -> Result<Resp, HandlerError> + Send + Sync,
 {
+    typed_with_limits(handler, DecodeLimits::new())
+}
+
+/// [`typed`], decoding requests under `limits` instead of the defaults.
+///
+/// # Examples
+/// ```no_run
+/// # fn main() -> memlink::Result<()> {
+/// use memlink::rpc::{CallContext, DecodeLimits, typed_with_limits};
+///
+/// // Small requests: a 64 KiB message decodes to at most 1 MiB of elements.
+/// let limits = DecodeLimits::new().max_element_bytes(1 << 20);
+/// memlink::ServerOptions::new()
+///     .max_message_size(64 << 10)
+///     .bind("lengths")?
+///     .serve_calls(typed_with_limits(
+///         |_call: &CallContext, words: Vec<String>| Ok(words.iter().map(String::len).sum::<usize>()),
+///         limits,
+///     ))?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "serde")]
+pub fn typed_with_limits<Req, Resp, F>(handler: F, limits: DecodeLimits) -> Typed<Req, Resp, F>
+where
+    Req: serde::de::DeserializeOwned,
+    Resp: serde::Serialize,
+    F: Fn(&CallContext, Req) -> Result<Resp, HandlerError> + Send + Sync,
+{
     Typed {
         handler,
+        limits,
         _types: std::marker::PhantomData,
     }
 }
@@ -343,7 +387,8 @@ where
         reply: &mut Vec<u8>,
     ) -> Result<(), HandlerError> {
         // The request is the client's bytes: decoded under bounds (see `bounded`).
-        let request: Req = super::bounded::decode(request).map_err(HandlerError::undecodable)?;
+        let request: Req = super::bounded::decode_with(request, &self.limits)
+            .map_err(HandlerError::undecodable)?;
         let response = (self.handler)(call, request)?;
         // Encoded into the worker's reply buffer, reusing its capacity.
         *reply = postcard::to_extend(&response, std::mem::take(reply)).map_err(|e| {

@@ -28,9 +28,10 @@
 //!
 //! # Did my call run?
 //!
-//! Every failed call says whether the server's handler ran, so that a caller can retry what
-//! provably did not run and check on what may have (at most once: the client itself resends a
-//! request only when it provably never reached the server).
+//! Every failed call says whether the server's handler ran, so that a caller can retry what did
+//! not run and check on what may have (at most once: the client itself resends a request only
+//! when the server never took it). The answer is as trustworthy as the server: see *Trust*
+//! below.
 //!
 //! | the call failed with | the handler |
 //! |---|---|
@@ -44,19 +45,33 @@
 //! of it; a call that gives up (its timeout ran out, the connection looks dead, the ring broke)
 //! swaps the word to "withdrawn" unless the worker has claimed the call. One compare-and-swap on
 //! one word decides: if the call's wins, the worker finds the call withdrawn and skips it, so
-//! the call is *not executed* and never will be, whatever the clocks, the socket or the server's
-//! state; if the worker's wins, the call *may have run*. A request not written whole is never
+//! the call is *not executed* and never will be, whatever the clocks or the socket said and
+//! however the server failed (crashed, stalled, shut down); if the worker's wins, the call *may
+//! have run*. A request not written whole is never
 //! claimed (a server never runs a partial request). A worker that takes a request whose
 //! deadline has passed also skips it, answering `ERR_DEADLINE_EXPIRED` (the call then reports
 //! [`NotExecuted::TimedOut`] too). Withdrawing costs a failed call one atomic operation;
 //! claiming costs a worker one per call, on the cache line it writes anyway when it takes the
 //! request.
 //!
+//! **Trust.** At most once assumes an honest server: one that runs memlink's protocol, claiming
+//! each request before it runs anything of it. The claim word lives in memory the server shares,
+//! so a hostile server, or a process that bound the service's name first, can run a call, leave
+//! the word untouched and hang up: the client then reports [`Error::NotExecuted`] (and resends
+//! the request to the next server) for a call that ran. Nothing on the client's side can tell.
+//! So the guarantee holds for servers run by a trusted user: a client connects only to a server
+//! run by its own user or root, or by the one user it is told to trust
+//! ([`ClientOptions::trust_server_uid`]); trust a user only if you would let it run your calls
+//! as it likes. (A hostile *client*, on the other hand, can only skip its own calls.)
+//!
 //! A request not executed because the server went away (or the connection was taken for dead)
 //! is sent once more on a fresh connection (a restarted server, or one started on demand, runs
 //! it); if that fails the same way the call reports [`Error::NotExecuted`] with
 //! [`NotExecuted::ServerGone`]. The withdrawal makes the resend safe even if the first server
-//! lives on: it skips the withdrawn request.
+//! lives on: it skips the withdrawn request. A stream's request ([`Client::call_stream`]) is
+//! settled the same way when the server goes away before any item came: its reader gets
+//! [`Error::NotExecuted`] instead of [`Error::Disconnected`] (the stream is not resent: its
+//! items are the caller's to ask for again).
 //!
 //! # Deadlines
 //!
@@ -83,12 +98,14 @@ mod protocol;
 mod server;
 mod stream;
 
+#[cfg(feature = "serde")]
+pub use bounded::DecodeLimits;
 #[cfg(feature = "tokio")]
 pub use client::{AsyncClient, AsyncReplyStream};
 pub use client::{Client, ClientOptions, ReplyStream};
 pub use handler::{CallContext, CallHandler, HandlerError};
 #[cfg(feature = "serde")]
-pub use handler::{Typed, typed};
+pub use handler::{Typed, typed, typed_with_limits};
 pub use launch::ServerCommand;
 pub use protocol::{ConnectionStats, HandlerLatency, Stats};
 #[cfg(feature = "tokio")]

@@ -1359,12 +1359,17 @@ impl Connection {
                 }
                 return Err(bad(format!("request flags {:#x}", header.flags)));
             }
-            // Call ids increase; an empty fragment that is not the last is refused (a client
-            // could otherwise keep a worker busy forever with fragments that move nothing).
+            // Call ids increase, and stay below the claim word's withdrawn bit (see `claim`);
+            // an empty fragment that is not the last is refused (a client could otherwise keep
+            // a worker busy forever with fragments that move nothing).
             let last_call = self.call;
             let started = self
                 .reassembly
-                .accept(&header, |id| id > last_call, self.max_message as u64)
+                .accept(
+                    &header,
+                    |id| id > last_call && claim::is_call_id(id),
+                    self.max_message as u64,
+                )
                 .map_err(bad)?;
             if started.is_some() {
                 // A deadline is a time some clock can read; a stream request carries none.

@@ -330,11 +330,15 @@ impl AsyncClient {
         let mut reply = Vec::new();
         self.call_until(&request, &mut reply, self.default_deadline(), Mode::Wait)
             .await?;
-        super::super::bounded::decode(&reply).map_err(|reason| Error::Undecodable {
-            name: self.shared.name.clone(),
-            what: crate::error::Payload::Reply,
-            reason: reason.into(),
-        })
+        // Bounded like the blocking client's (see `ClientOptions::decode_limits`): a hostile
+        // server's reply cannot blow up our memory, time or stack.
+        super::super::bounded::decode_with(&reply, &self.shared.options.decode_limits).map_err(
+            |reason| Error::Undecodable {
+                name: self.shared.name.clone(),
+                what: crate::error::Payload::Reply,
+                reason: reason.into(),
+            },
+        )
     }
 
     /// Sends `request` as a stream request (the twin of [`Client::call_stream`](crate::Client::call_stream)) and returns the

@@ -511,10 +511,15 @@ impl Connection {
                 }
                 return Err(bad(format!("request flags {:#x}", header.flags)));
             }
+            // Call ids increase, and stay below the claim word's withdrawn bit (see `claim`).
             let last_call = self.call;
             let started = self
                 .reassembly
-                .accept(&header, |id| id > last_call, self.max_message as u64)
+                .accept(
+                    &header,
+                    |id| id > last_call && crate::rpc::claim::is_call_id(id),
+                    self.max_message as u64,
+                )
                 .map_err(bad)?;
             if started.is_some() {
                 if header.meta > MAX_DEADLINE_NS || (user == STREAM_REQUEST && header.meta != 0) {
