@@ -424,8 +424,8 @@ fn split_halves_in_both_directions_at_once_none_lost() {
     assert_no_leftovers(&name);
 }
 
-/// Dropping one half leaves the other working; dropping both closes the channel for the peer,
-/// which still receives everything sent first.
+/// Dropping one half leaves the other working (the peer sees nothing amiss: its receiver keeps
+/// waiting, our receiver keeps receiving); dropping both closes the channel for the peer.
 #[test]
 fn a_half_works_alone_and_dropping_both_disconnects_the_peer() {
     let _watchdog = Watchdog::arm();
@@ -434,15 +434,20 @@ fn a_half_works_alone_and_dropping_both_disconnects_the_peer() {
         let name = name.clone();
         std::thread::spawn(move || Duplex::open_timeout(&name, WATCHDOG).unwrap())
     };
-    let (mut tx, rx) = Duplex::open_timeout(&name, WATCHDOG).unwrap().split();
+    let (tx, mut rx) = Duplex::open_timeout(&name, WATCHDOG).unwrap().split();
     let peer = other.join().unwrap();
     assert_eq!(tx.name(), name);
     assert_eq!(rx.peer_pid(), std::process::id());
-    drop(rx);
-    tx.send(b"after the receiver left").unwrap();
-    assert_eq!(peer.recv().unwrap(), b"after the receiver left");
-    peer.send(b"nobody receives this").unwrap();
     drop(tx);
+    // The peer's receiver parks (long enough to have seen a closed wake pipe) and must find no
+    // hang-up: our receiving half still lives.
+    assert!(matches!(
+        peer.recv_timeout(Duration::from_millis(300)),
+        Err(memlink::Error::Timeout)
+    ));
+    peer.send(b"to the receiver").unwrap();
+    assert_eq!(rx.recv().unwrap(), b"to the receiver");
+    drop(rx);
     assert!(matches!(
         peer.recv_timeout(WATCHDOG),
         Err(memlink::Error::Disconnected { .. })
@@ -452,6 +457,23 @@ fn a_half_works_alone_and_dropping_both_disconnects_the_peer() {
         peer.send(b"x"),
         Err(memlink::Error::Disconnected { .. })
     ));
+}
+
+/// The receiving half alone: the peer still receives what our sending half sends.
+#[test]
+fn a_sending_half_works_after_the_receiving_half_is_dropped() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("duplex-sender-alone");
+    let other = {
+        let name = name.clone();
+        std::thread::spawn(move || Duplex::open_timeout(&name, WATCHDOG).unwrap())
+    };
+    let (mut tx, rx) = Duplex::open_timeout(&name, WATCHDOG).unwrap().split();
+    let peer = other.join().unwrap();
+    drop(rx);
+    std::thread::sleep(Duration::from_millis(50));
+    tx.send(b"after the receiver left").unwrap();
+    assert_eq!(peer.recv().unwrap(), b"after the receiver left");
 }
 
 /// 100 pairs opened at the same instant: every opener ends up connected to the other process's

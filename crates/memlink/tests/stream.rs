@@ -456,6 +456,25 @@ fn a_server_killed_mid_stream_is_reported_promptly() {
     common::assert_no_leftovers(&server.name);
 }
 
+/// Waits until every thread of process `pid` is stopped (state `T` in `/proc`).
+fn wait_until_stopped(pid: u32) {
+    let stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return false;
+        };
+        tasks.flatten().all(|task| {
+            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                // The state follows the command name, which is in parentheses.
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+            })
+        })
+    };
+    while !stopped() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// A stream whose server dies before taking its request did not run, and says so, as a call
 /// does: the client withdraws the request when it finds the server gone.
 #[test]
@@ -467,6 +486,10 @@ fn a_stream_whose_server_died_before_taking_its_request_was_not_executed() {
     // Stopped, the server cannot take the request; killed, it never will.
     let pid = rustix::process::Pid::from_raw(server.process.pid() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    // The signal takes effect as each thread next enters the kernel or is interrupted: a worker
+    // spinning on the other CPU could still take the request in between. Wait until every
+    // thread says it is stopped.
+    wait_until_stopped(server.process.pid());
     let mut stream = client.call_stream(b"count:10:100").unwrap();
     server.process.sigkill();
     match stream.next() {

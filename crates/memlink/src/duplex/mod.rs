@@ -196,7 +196,7 @@ impl DuplexOptions {
     /// # Errors
     /// As [`Duplex::open_timeout`].
     pub fn open_timeout(&self, name: &str, timeout: Duration) -> Result<Duplex> {
-        Duplex::rendezvous(name, self, Some(Instant::now() + timeout))
+        Duplex::rendezvous(name, self, Instant::now().checked_add(timeout))
     }
 }
 
@@ -285,6 +285,10 @@ struct Connection {
     /// Accepting side only: answers later openers with `Busy` while the pair lives (its thread
     /// is stopped and joined on drop, which frees the name).
     busy: OnceLock<Responder>,
+    /// The write ends of the peer's two wake pipes, also held by the halves: closing one is how
+    /// the peer learns that we are gone, so they close only with the last half (a dropped
+    /// sender must not look like a hang-up to the peer's receiver while our receiver lives).
+    _peer_pipes: [Arc<OwnedFd>; 2],
 }
 /// Why a half can no longer be used.
 #[derive(Debug, Clone)]
@@ -302,7 +306,7 @@ struct Outgoing {
     peer: Side,
     /// Read end of the pipe the peer wakes our sender through; write end of its receiver's.
     wake_in: OwnedFd,
-    wake_peer: OwnedFd,
+    wake_peer: Arc<OwnedFd>,
     failed: Option<Failed>,
 }
 
@@ -313,7 +317,7 @@ struct Incoming {
     me: Side,
     peer: Side,
     wake_in: OwnedFd,
-    wake_peer: OwnedFd,
+    wake_peer: Arc<OwnedFd>,
     /// A message received in part when a timed receive gave up, and where its reassembly is.
     partial: Vec<u8>,
     reassembly: Reassembly,
@@ -632,6 +636,8 @@ impl Duplex {
         (ring, me, peer, wake_in, wake_peer): (Producer, Side, Side, OwnedFd, OwnedFd),
         rx: (Consumer, Side, Side, OwnedFd, OwnedFd),
     ) -> Duplex {
+        let wake_peer = Arc::new(wake_peer);
+        let tx_peer_pipe = wake_peer.clone();
         let tx = Outgoing {
             ring,
             next_id: 1,
@@ -642,6 +648,8 @@ impl Duplex {
             failed: None,
         };
         let (ring, me, peer, wake_in, wake_peer) = rx;
+        let wake_peer = Arc::new(wake_peer);
+        let rx_peer_pipe = wake_peer.clone();
         let rx = Incoming {
             ring,
             next_id: 1,
@@ -662,6 +670,7 @@ impl Duplex {
                 map,
                 gone: OnceLock::new(),
                 busy: OnceLock::new(),
+                _peer_pipes: [tx_peer_pipe, rx_peer_pipe],
             }),
             tx: Mutex::new(tx),
             rx: Mutex::new(rx),
@@ -698,7 +707,7 @@ impl Duplex {
     /// [`Error::Timeout`]; otherwise as [`Duplex::send`].
     pub fn send_timeout(&self, message: &[u8], timeout: Duration) -> Result<()> {
         self.tx()
-            .send_until(&self.conn, message, Some(Instant::now() + timeout))
+            .send_until(&self.conn, message, Instant::now().checked_add(timeout))
     }
 
     /// Sends `message` if the ring has room for all of it now; never waits. On
@@ -744,7 +753,7 @@ impl Duplex {
         self.rx().recv_until(
             &self.conn,
             &mut message,
-            Some(Instant::now() + timeout),
+            Instant::now().checked_add(timeout),
             true,
         )?;
         Ok(message)
@@ -756,7 +765,12 @@ impl Duplex {
     /// As [`Duplex::recv_timeout`].
     pub fn recv_into_timeout(&self, message: &mut Vec<u8>, timeout: Duration) -> Result<()> {
         self.rx()
-            .recv_until(&self.conn, message, Some(Instant::now() + timeout), true)
+            .recv_until(
+                &self.conn,
+                message,
+                Instant::now().checked_add(timeout),
+                true,
+            )
             .map(|_| ())
     }
 
@@ -1178,7 +1192,7 @@ impl DuplexSender {
     /// As [`Duplex::send_timeout`].
     pub fn send_timeout(&mut self, message: &[u8], timeout: Duration) -> Result<()> {
         self.tx
-            .send_until(&self.conn, message, Some(Instant::now() + timeout))
+            .send_until(&self.conn, message, Instant::now().checked_add(timeout))
     }
 
     /// As [`Duplex::try_send`].
@@ -1235,7 +1249,7 @@ impl DuplexReceiver {
         self.rx.recv_until(
             &self.conn,
             &mut message,
-            Some(Instant::now() + timeout),
+            Instant::now().checked_add(timeout),
             true,
         )?;
         Ok(message)
@@ -1247,7 +1261,12 @@ impl DuplexReceiver {
     /// As [`Duplex::recv_timeout`].
     pub fn recv_into_timeout(&mut self, message: &mut Vec<u8>, timeout: Duration) -> Result<()> {
         self.rx
-            .recv_until(&self.conn, message, Some(Instant::now() + timeout), true)
+            .recv_until(
+                &self.conn,
+                message,
+                Instant::now().checked_add(timeout),
+                true,
+            )
             .map(|_| ())
     }
 

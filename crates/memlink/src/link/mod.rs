@@ -407,6 +407,11 @@ pub(crate) fn park_until_or_bell(
         let nap = left.map_or(PARK_RECHECK, |left| left.min(PARK_RECHECK));
         let woken = notify::wait_wake_hangup_or_bell(wake_in, socket, bell, Some(nap))
             .map_err(|e| Error::os("waiting for the peer", e))?;
+        if !(woken.wake || woken.socket || woken.hung_up || woken.bell) {
+            // A nap nobody ended: our flag stays up, and the next look needs no new barrier
+            // (see `park_begin`).
+            continue;
+        }
         park_end(map, me).map_err(corrupted)?;
         let writer_gone = woken.wake && notify::drain_wakes(wake_in);
         // Readable but not hung up: after the handshake only a goodbye may travel here.

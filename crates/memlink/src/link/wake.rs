@@ -98,14 +98,41 @@ fn word(map: &Mapping, at: usize) -> Result<&AtomicU32, RingError> {
 }
 
 /// Marks `me` as about to sleep. Follow with a last look at the rings, then sleep.
+///
+/// A side that napped (a bounded park) and was woken by nobody finds its flag still up: then
+/// the barrier that raised it still orders every later look at the rings after the flag store,
+/// so no new barrier is needed (an idle side would otherwise issue a `membarrier` at every
+/// re-check). Only we raise the flag, and a waker only ever clears it; a peer that raises it for
+/// us costs itself a wake-up, nobody else anything.
 pub(crate) fn park_begin(map: &Mapping, me: Side) -> Result<(), RingError> {
-    word(map, me.parked)?.store(1, Ordering::Relaxed);
-    // SYNC POINT: pairs with the light barrier in `nudge` (Dekker): our flag store is ordered
-    // before our re-check of the rings, the waker's ring update before its flag load. The heavy
-    // barrier (a membarrier) is paid here, once per sleep, so that the waker's, paid per
-    // message, can be a compiler fence (see `platform::barrier`).
-    barrier::heavy();
+    if !raise_parked(map, me)? {
+        // SYNC POINT: pairs with the light barrier in `nudge` (Dekker): our flag store is ordered
+        // before our re-check of the rings, the waker's ring update before its flag load. The
+        // heavy barrier (a membarrier) is paid here, once per sleep, so that the waker's, paid
+        // per message, can be a compiler fence (see `platform::barrier`).
+        park_barrier();
+    }
     Ok(())
+}
+
+/// Raises `me`'s parked flag, without the barrier; whether it was up already (see
+/// [`park_begin`]). A side that parks on many connections at once raises every flag, then
+/// issues one [`park_barrier`] for all of them (unless every flag was up already), then looks
+/// at every connection: Dekker's pattern needs one barrier between all the stores and all the
+/// loads, not one per connection.
+pub(crate) fn raise_parked(map: &Mapping, me: Side) -> Result<bool, RingError> {
+    let flag = word(map, me.parked)?;
+    if flag.load(Ordering::Relaxed) != 0 {
+        return Ok(true);
+    }
+    flag.store(1, Ordering::Relaxed);
+    Ok(false)
+}
+
+/// The parking side's barrier, between raising parked flags and the last look (see
+/// [`raise_parked`]).
+pub(crate) fn park_barrier() {
+    barrier::heavy();
 }
 
 pub(crate) fn park_end(map: &Mapping, me: Side) -> Result<(), RingError> {

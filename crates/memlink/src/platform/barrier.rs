@@ -26,6 +26,15 @@
 //! heavy side then has only a fence, and a registered peer's light wake-up may go unseen: the
 //! park is bounded (`link::PARK_RECHECK`), so that costs a moment, never a message.
 //!
+//! Costs and limits: a registered process is interrupted (briefly) whenever any process on the
+//! machine issues the global expedited barrier, so any local user can make it take IPIs, as it
+//! could by other means; `MEMLINK_MEMBARRIER=off` in the environment keeps a process from
+//! registering (it then uses fences per message, and still issues the barrier when it parks).
+//! The kernel serialises expedited barriers on one lock, so a flood of them delays our parks,
+//! never a message. The IPIs reach every CPU of this kernel, whatever the pid namespace; a peer
+//! behind another kernel sharing the memory (a sandbox such as gVisor, a VM) is not reached, and
+//! there only the bounded re-check of a park covers a lost wake-up.
+//!
 //! Registration belongs to the address space, and a forked child has a new one that is not
 //! registered: a `pthread_atfork` child handler forgets our registration, and the child registers
 //! again when it first needs a barrier.
@@ -58,6 +67,8 @@ fn discover() -> u8 {
     let query = membarrier_query();
     let state = if !query.contains_command(MembarrierCommand::GlobalExpedited) {
         UNAVAILABLE
+    } else if opted_out() {
+        HEAVY_ONLY
     } else if query.contains_command(MembarrierCommand::RegisterGlobalExpedited)
         && membarrier(MembarrierCommand::RegisterGlobalExpedited).is_ok()
     {
@@ -78,6 +89,15 @@ fn discover() -> u8 {
     }
     STATE.store(state, Ordering::Relaxed);
     state
+}
+
+/// Whether the environment asks this process not to register (`MEMLINK_MEMBARRIER=off`): a
+/// registered process takes an inter-processor interrupt whenever any process on the machine
+/// issues the global expedited barrier, which a latency-critical program pinned to an isolated
+/// CPU may not want. It then pays real fences per message instead, and still issues the barrier
+/// when it parks, so its peers lose nothing.
+fn opted_out() -> bool {
+    std::env::var_os("MEMLINK_MEMBARRIER").is_some_and(|v| v == "off")
 }
 
 fn state() -> u8 {

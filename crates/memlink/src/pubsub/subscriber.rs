@@ -78,7 +78,7 @@ impl SubscriberOptions {
 
     /// As [`SubscriberOptions::subscribe`], giving up with [`Error::Timeout`] after `timeout`.
     pub fn subscribe_timeout(&self, topic: &str, timeout: Duration) -> Result<Subscriber> {
-        self.subscribe_until(topic, Some(Instant::now() + timeout))
+        self.subscribe_until(topic, Instant::now().checked_add(timeout))
     }
 
     /// As [`SubscriberOptions::subscribe`], but [`Error::NotRunning`] at once without a
@@ -396,7 +396,7 @@ impl Subscriber {
 
     /// As [`Subscriber::recv`], giving up with [`Error::Timeout`] after `timeout`.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Sample> {
-        self.recv_until(Some(Instant::now() + timeout))
+        self.recv_until(Instant::now().checked_add(timeout))
     }
 
     /// The next sample if one is there, without waiting (`Ok(None)` otherwise, also while there

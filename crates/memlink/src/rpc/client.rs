@@ -321,7 +321,7 @@ impl ClientOptions {
     /// # Errors
     /// As [`Client::connect_timeout`].
     pub fn connect_timeout(&self, name: &str, timeout: Duration) -> Result<Client> {
-        Client::new(name, self.clone(), Some(Instant::now() + timeout))
+        Client::new(name, self.clone(), Instant::now().checked_add(timeout))
     }
 }
 
@@ -1800,7 +1800,7 @@ impl ReplyStream<'_> {
     /// again); if part of it had, the stream is over (its connection is dropped). Otherwise as
     /// [`ReplyStream::next_into`].
     pub fn next_into_timeout(&mut self, item: &mut Vec<u8>, timeout: Duration) -> Result<bool> {
-        self.next_until(item, Some(Instant::now() + timeout))
+        self.next_until(item, Instant::now().checked_add(timeout))
     }
 
     fn next_until(&mut self, item: &mut Vec<u8>, deadline: Option<Instant>) -> Result<bool> {

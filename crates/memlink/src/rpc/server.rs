@@ -2166,12 +2166,26 @@ impl<'a> Worker<'a> {
         // SYNC POINT: SeqCst, before the last look at the streams' queues; pairs with a stream
         // handler's SeqCst load after it queued an item (see `stream`).
         self.bell.parked.store(true, Ordering::SeqCst);
+        // Every flag up, one barrier, then every last look (see `wake::raise_parked`).
+        let mut all_up = true;
+        for slot in 0..self.connections.len() {
+            let Some(conn) = self.connections[slot].as_mut() else {
+                continue;
+            };
+            match wake::raise_parked(&conn.map, SERVER) {
+                Ok(up) => all_up &= up,
+                Err(e) => self.corrupted(slot, e),
+            }
+        }
+        if !all_up {
+            wake::park_barrier();
+        }
         let mut work = false;
         for slot in 0..self.connections.len() {
             let Some(conn) = self.connections[slot].as_mut() else {
                 continue;
             };
-            match wake::park_begin(&conn.map, SERVER).and_then(|()| conn.has_work()) {
+            match conn.has_work() {
                 Ok(w) => work |= w,
                 Err(e) => self.corrupted(slot, e),
             }
@@ -2184,7 +2198,12 @@ impl<'a> Worker<'a> {
                 t.saturating_duration_since(Instant::now())
                     .clamp(Duration::from_millis(1), recheck)
             });
-            self.wait_events(Some(timeout))?;
+            if !self.wait_events(Some(timeout))? {
+                // A nap nobody ended: the flags stay up, and the next park needs no barrier
+                // (see `wake::park_begin`).
+                self.bell.parked.store(false, Ordering::Relaxed);
+                return Ok(());
+            }
         }
         for conn in self.connections.iter().flatten() {
             let _ = wake::park_end(&conn.map, SERVER);
@@ -2193,11 +2212,14 @@ impl<'a> Worker<'a> {
         Ok(())
     }
 
-    fn wait_events(&mut self, timeout: Option<Duration>) -> Result<()> {
+    /// Waits for wake-ups, hang-ups, the doorbell or shutdown; whether anything happened (not
+    /// only `timeout` passing).
+    fn wait_events(&mut self, timeout: Option<Duration>) -> Result<bool> {
         let mut ready = std::mem::take(&mut self.ready);
         self.poller
             .wait(timeout, &mut ready)
             .map_err(|e| Error::os("waiting for work", e))?;
+        let woken = !ready.is_empty();
         for event in &ready {
             match event.token {
                 DOORBELL => notify::silence(&*self.doorbell),
@@ -2215,6 +2237,6 @@ impl<'a> Worker<'a> {
             }
         }
         self.ready = ready;
-        Ok(())
+        Ok(woken)
     }
 }
