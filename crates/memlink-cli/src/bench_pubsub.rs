@@ -8,6 +8,9 @@
 //! `publish`), and the subscriber reads the clock as the sample arrives (the clock is the same
 //! for every process of the machine). A zero-copy subscriber does not read the rest of the
 //! sample; a Unix socket subscriber has received all of it.
+//!
+//! Built with the feature `iceoryx2`, the same runs also go over iceoryx2's publish/subscribe
+//! ([`crate::bench_iceoryx2`]), in the same tables.
 
 use std::io::{self, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -67,6 +70,13 @@ enum Way {
     Uds,
     /// One shared sequence word and the sample in a segment; the subscriber busy-waits.
     Floor,
+    /// iceoryx2, the publisher fills a loan in place; the subscriber busy-polls.
+    #[cfg(feature = "iceoryx2")]
+    Iceoryx2Poll,
+    /// iceoryx2, the publisher fills a loan in place and notifies; the subscriber sleeps in a
+    /// `WaitSet`.
+    #[cfg(feature = "iceoryx2")]
+    Iceoryx2WaitSet,
 }
 
 impl Way {
@@ -76,13 +86,59 @@ impl Way {
             Way::Copied => "memlink-copy",
             Way::Uds => "uds",
             Way::Floor => "shm-spin",
+            #[cfg(feature = "iceoryx2")]
+            Way::Iceoryx2Poll => "iceoryx2-poll",
+            #[cfg(feature = "iceoryx2")]
+            Way::Iceoryx2WaitSet => "iceoryx2-waitset",
+        }
+    }
+
+    /// The way as the tables name it.
+    fn label(self) -> String {
+        match self {
+            #[cfg(feature = "iceoryx2")]
+            Way::Iceoryx2Poll => format!("iceoryx2 {} poll", crate::bench_iceoryx2::VERSION),
+            #[cfg(feature = "iceoryx2")]
+            Way::Iceoryx2WaitSet => {
+                format!("iceoryx2 {} WaitSet", crate::bench_iceoryx2::VERSION)
+            }
+            _ => self.key().to_owned(),
+        }
+    }
+
+    /// Whether the publisher fills a loan in place (so a sample costs it the same at any size).
+    fn is_loan(self) -> bool {
+        match self {
+            Way::Loaned => true,
+            #[cfg(feature = "iceoryx2")]
+            Way::Iceoryx2Poll | Way::Iceoryx2WaitSet => true,
+            _ => false,
+        }
+    }
+
+    /// iceoryx2's way of waiting, for its ways.
+    #[cfg(feature = "iceoryx2")]
+    fn iceoryx2(self) -> Option<crate::bench_iceoryx2::Wait> {
+        match self {
+            Way::Iceoryx2Poll => Some(crate::bench_iceoryx2::Wait::Poll),
+            Way::Iceoryx2WaitSet => Some(crate::bench_iceoryx2::Wait::WaitSet),
+            _ => None,
         }
     }
 
     fn parse(key: &str) -> Option<Self> {
-        [Way::Loaned, Way::Copied, Way::Uds, Way::Floor]
-            .into_iter()
-            .find(|w| w.key() == key)
+        [
+            Way::Loaned,
+            Way::Copied,
+            Way::Uds,
+            Way::Floor,
+            #[cfg(feature = "iceoryx2")]
+            Way::Iceoryx2Poll,
+            #[cfg(feature = "iceoryx2")]
+            Way::Iceoryx2WaitSet,
+        ]
+        .into_iter()
+        .find(|w| w.key() == key)
     }
 }
 
@@ -214,6 +270,37 @@ impl Run {
                 seq_word.store(u32::MAX, Ordering::Release);
                 return collect(peers, started);
             }
+            #[cfg(feature = "iceoryx2")]
+            Way::Iceoryx2Poll | Way::Iceoryx2WaitSet => {
+                let wait = self
+                    .way
+                    .iceoryx2()
+                    .ok_or_else(|| other("not an iceoryx2 way"))?;
+                // Lossy for latency runs, reliable for throughput runs, as memlink's topic.
+                let topic = crate::bench_iceoryx2::Topic::create(
+                    self.size,
+                    self.subscribers,
+                    self.gap.is_zero(),
+                    wait,
+                )?;
+                // Declared after the topic, so dropped (killed) first on an error path: the
+                // topic then removes what the killed subscribers leave.
+                let mut peers = Vec::new();
+                for _ in 0..self.subscribers {
+                    peers.push(spawn(topic.address())?);
+                }
+                let started = Instant::now();
+                let mut next = Instant::now();
+                for seq in 0..self.samples {
+                    pace(&mut next, self.gap);
+                    topic.send(seq, now_ns)?;
+                }
+                topic.finish()?;
+                // The topic outlives its subscribers, which drop their ports before reporting.
+                let outcome = collect(peers, started);
+                drop(topic);
+                return outcome;
+            }
         }
         collect(peers, started)
     }
@@ -299,7 +386,8 @@ pub(crate) fn subscriber(way: &str, address: &str, size: usize, samples: u64) ->
     // Every sample is checked: its length, and its number (after the stamp), which must grow (by
     // exactly one where nothing may be skipped: a socket).
     let mut next = 0u64;
-    let mut check = |bytes: &[u8]| -> io::Result<u64> {
+    // Returns the sample's stamp and how many samples were skipped before it.
+    let mut check = |bytes: &[u8]| -> io::Result<(u64, u64)> {
         let seq = word_at(bytes, 8);
         if bytes.len() != size || seq < next || (way == Way::Uds && seq != next) {
             return Err(other(format!(
@@ -307,8 +395,9 @@ pub(crate) fn subscriber(way: &str, address: &str, size: usize, samples: u64) ->
                 bytes.len()
             )));
         }
+        let skipped = seq - next;
         next = seq + 1;
-        Ok(word_at(bytes, 0))
+        Ok((word_at(bytes, 0), skipped))
     };
     match way {
         Way::Loaned | Way::Copied => {
@@ -319,7 +408,7 @@ pub(crate) fn subscriber(way: &str, address: &str, size: usize, samples: u64) ->
             loop {
                 match subscriber.recv_timeout(Duration::from_secs(30)) {
                     Ok(sample) => {
-                        let stamp = check(&sample)?;
+                        let (stamp, _) = check(&sample)?;
                         last = record(stamp, &mut histogram, &mut received);
                     }
                     Err(Error::Lagged { missed: n, .. }) => missed += n,
@@ -334,7 +423,7 @@ pub(crate) fn subscriber(way: &str, address: &str, size: usize, samples: u64) ->
             ready()?;
             let mut sample = Vec::with_capacity(size);
             while framed.recv(&mut sample)? {
-                let stamp = check(&sample)?;
+                let (stamp, _) = check(&sample)?;
                 last = record(stamp, &mut histogram, &mut received);
             }
         }
@@ -354,11 +443,24 @@ pub(crate) fn subscriber(way: &str, address: &str, size: usize, samples: u64) ->
                     break;
                 }
                 segment.read(FLOOR_DATA, &mut sample).map_err(other)?;
-                let stamp = check(&sample)?;
+                let (stamp, _) = check(&sample)?;
                 last = record(stamp, &mut histogram, &mut received);
                 missed += u64::from(now - seen - 1);
                 seen = now;
             }
+        }
+        #[cfg(feature = "iceoryx2")]
+        Way::Iceoryx2Poll | Way::Iceoryx2WaitSet => {
+            let wait = way.iceoryx2().ok_or_else(|| other("not an iceoryx2 way"))?;
+            // iceoryx2 does not report what a lossy subscriber missed: the gaps in the sample
+            // numbers say it. Every iceoryx2 object is gone when `receive` returns, before the
+            // report, after which the publisher may kill this process.
+            crate::bench_iceoryx2::receive(address, wait, ready, |bytes| {
+                let (stamp, skipped) = check(bytes)?;
+                missed += skipped;
+                last = record(stamp, &mut histogram, &mut received);
+                Ok(())
+            })?;
         }
     }
     let mut out = io::stdout().lock();
@@ -432,7 +534,46 @@ pub(crate) fn run(options: &PubsubBenchOptions) -> io::Result<()> {
             cpus.len()
         ),
     );
-    let bar = ui::progress((1 + 3 * SIZES.len() + 2 + 2 * FAN_OUT.len()) as u64);
+    // Awake at every size, asleep at 64 B, fan-out: memlink, then iceoryx2 where built in, then
+    // the socket.
+    let awake_ways = [
+        Way::Loaned,
+        #[cfg(feature = "iceoryx2")]
+        Way::Iceoryx2Poll,
+        Way::Copied,
+        Way::Uds,
+    ];
+    let asleep_ways = [
+        Way::Loaned,
+        #[cfg(feature = "iceoryx2")]
+        Way::Iceoryx2WaitSet,
+        Way::Uds,
+    ];
+    let fan_ways = [
+        Way::Loaned,
+        #[cfg(feature = "iceoryx2")]
+        Way::Iceoryx2Poll,
+        #[cfg(feature = "iceoryx2")]
+        Way::Iceoryx2WaitSet,
+        Way::Uds,
+    ];
+    #[cfg(feature = "iceoryx2")]
+    note(
+        json,
+        &format!(
+            "iceoryx2 {v}: the same processes and samples, a zero-copy loan of a [u8] slice \
+             per sample (service: history 0, {c} samples buffered per subscriber, as many \
+             subscribers as the run has, lossy for latency and reliable for fan-out like \
+             memlink's topic); \"poll\" subscribers busy-poll receive(), \"WaitSet\" ones \
+             sleep in a WaitSet on a Listener that the publisher notifies after each send",
+            v = crate::bench_iceoryx2::VERSION,
+            c = crate::bench_iceoryx2::CAPACITY,
+        ),
+    );
+    let bar = ui::progress(
+        (1 + awake_ways.len() * SIZES.len() + asleep_ways.len() + fan_ways.len() * FAN_OUT.len())
+            as u64,
+    );
     let mut latency_rows: Vec<LatencyRow> = Vec::new();
     let mut measure = |label: String, run: Run, state: &'static str| -> io::Result<Latency> {
         bar.set_message(label.clone());
@@ -460,10 +601,10 @@ pub(crate) fn run(options: &PubsubBenchOptions) -> io::Result<()> {
         "awake",
     )?;
     let mut loaned_awake = Vec::new();
-    for way in [Way::Loaned, Way::Copied, Way::Uds] {
+    for &way in &awake_ways {
         for size in SIZES {
             let latency = measure(
-                format!("{} {} (awake)", way.key(), human_size(size)),
+                format!("{} {} (awake)", way.label(), human_size(size)),
                 Run {
                     way,
                     size,
@@ -471,7 +612,7 @@ pub(crate) fn run(options: &PubsubBenchOptions) -> io::Result<()> {
                     subscribers: 1,
                     // A loan costs the same at any size, so its subscriber stays awake at the
                     // same pace; a copy (and a socket) first needs the time to move the bytes.
-                    gap: if way == Way::Loaned {
+                    gap: if way.is_loan() {
                         AWAKE_GAP
                     } else {
                         AWAKE_GAP.max(Duration::from_nanos(size as u64 / 2))
@@ -484,9 +625,9 @@ pub(crate) fn run(options: &PubsubBenchOptions) -> io::Result<()> {
             }
         }
     }
-    for way in [Way::Loaned, Way::Uds] {
+    for &way in &asleep_ways {
         measure(
-            format!("{} 64 B (asleep: 2 ms apart)", way.key()),
+            format!("{} 64 B (asleep: 2 ms apart)", way.label()),
             Run {
                 way,
                 size: 64,
@@ -505,9 +646,9 @@ pub(crate) fn run(options: &PubsubBenchOptions) -> io::Result<()> {
         outcome: Outcome,
     }
     let mut fan_rows = Vec::new();
-    for way in [Way::Loaned, Way::Uds] {
+    for &way in &fan_ways {
         for subscribers in FAN_OUT {
-            bar.set_message(format!("fan-out: {} to {subscribers}", way.key()));
+            bar.set_message(format!("fan-out: {} to {subscribers}", way.label()));
             let samples = if options.quick { 20_000 } else { 200_000 };
             let outcome = Run {
                 way,
@@ -558,10 +699,10 @@ pub(crate) fn run(options: &PubsubBenchOptions) -> io::Result<()> {
     ];
 
     if let Some(path) = &options.svg {
-        let series: Vec<chart::Series> = [Way::Loaned, Way::Copied, Way::Uds]
-            .into_iter()
-            .map(|way| chart::Series {
-                label: format!("{} (awake)", way.key()),
+        let series: Vec<chart::Series> = awake_ways
+            .iter()
+            .map(|&way| chart::Series {
+                label: format!("{} (awake)", way.label()),
                 points: latency_rows
                     .iter()
                     .filter(|r| r.way == way && r.state == "awake")
@@ -589,7 +730,8 @@ pub(crate) fn run(options: &PubsubBenchOptions) -> io::Result<()> {
     };
 
     if json {
-        let out = json!({
+        #[cfg_attr(not(feature = "iceoryx2"), allow(unused_mut))]
+        let mut out = json!({
             "bench": "pubsub",
             "cpus": cpus.len(),
             "latency": latency_rows.iter().map(|r| {
@@ -612,6 +754,10 @@ pub(crate) fn run(options: &PubsubBenchOptions) -> io::Result<()> {
             })).collect::<Vec<_>>(),
             "targets": targets.iter().map(Target::json).collect::<Vec<_>>(),
         });
+        #[cfg(feature = "iceoryx2")]
+        if let Some(object) = out.as_object_mut() {
+            object.insert("iceoryx2".into(), crate::bench_iceoryx2::VERSION.into());
+        }
         println!("{out}");
         chart_written();
         return Ok(());
@@ -635,7 +781,7 @@ pub(crate) fn run(options: &PubsubBenchOptions) -> io::Result<()> {
     let mut table = ui::table(&["", "delivered/s", "p50 µs", "p99 µs"], 1);
     for r in &fan_rows {
         table.add_row([
-            format!("{} to {}", r.way.key(), r.subscribers),
+            format!("{} to {}", r.way.label(), r.subscribers),
             format!("{:.0}", r.rate),
             us(r.outcome.latency.p50),
             us(r.outcome.latency.p99),

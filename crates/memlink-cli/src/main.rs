@@ -1,10 +1,13 @@
 //! The `memlink` command: serve and call, demo and benchmark, inspect and clean up.
 //!
-//! No `unsafe` here except in `floor` (the benchmarks' raw shared-memory floor), which opts in.
+//! No `unsafe` here except in `floor` (the benchmarks' raw shared-memory floor) and, built with
+//! the feature `iceoryx2`, one block in `bench_iceoryx2`; both opt in.
 #![deny(unsafe_code)]
 
 mod bench;
 mod bench_async;
+#[cfg(feature = "iceoryx2")]
+mod bench_iceoryx2;
 mod bench_oneway;
 mod bench_pubsub;
 mod chaos;
