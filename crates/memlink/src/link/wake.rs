@@ -16,7 +16,9 @@
 //! The barriers are asymmetric (`platform::barrier`): the waker's, paid for every message, is a
 //! compiler fence in a process registered for `membarrier`; the parker's, paid once per sleep,
 //! is a fence plus `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, which puts a hardware barrier
-//! on the waker's CPU for it. (Symmetric SeqCst fences cost a store-buffer drain per message;
+//! on the waker's CPU for it. A side that parks after nearly every message (an rpc client whose
+//! server is crowded: [`RPC_CLIENT`]) would pay that syscall and its interrupts per message, so
+//! it and its waker use plain fences. (Symmetric SeqCst fences cost a store-buffer drain per message;
 //! SeqCst stores and loads instead, one `xchg`, measured no faster.)
 //!
 //! # Wake-ups a peer cannot block or steal
@@ -41,7 +43,7 @@
 //! ahead of clients that parked, starving them; so the server marks itself *crowded* and clients
 //! then park at once, all alike.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering, fence};
 use std::time::{Duration, Instant};
 
 use super::protocol::RegionLayout;
@@ -62,35 +64,42 @@ const MAX_WAKE_PIPE: usize = 64 << 10;
 pub(crate) struct Side {
     parked: usize,
     cpu: usize,
+    /// Whether this side parks after nearly every message it waits for (an rpc client whose
+    /// server is crowded parks at once after each call). Such a side parks with a plain fence,
+    /// and whoever wakes it pays a plain fence too: a `membarrier` per park (microseconds, and
+    /// an interrupt on every CPU running a registered process) would cost more than the fence
+    /// per message it saves. Every other side parks only once it has been idle for a while, so
+    /// it pays the heavy barrier and its wakers the light one (see the module doc).
+    parks_often: bool,
 }
 
 impl Side {
     /// A side whose parked flag and CPU word are at these offsets of the region it parks on.
     pub(crate) const fn at(parked: usize, cpu: usize) -> Side {
-        Side { parked, cpu }
+        Side {
+            parked,
+            cpu,
+            parks_often: false,
+        }
     }
 }
 
 /// The connecting side, waiting for records.
-pub(crate) const CLIENT: Side = Side {
-    parked: RegionLayout::CLIENT_PARKED,
-    cpu: RegionLayout::CLIENT_CPU,
+pub(crate) const CLIENT: Side = Side::at(RegionLayout::CLIENT_PARKED, RegionLayout::CLIENT_CPU);
+/// An rpc client waiting for its reply: the connecting side, parking often (see
+/// [`Side::parks_often`]).
+pub(crate) const RPC_CLIENT: Side = Side {
+    parks_often: true,
+    ..CLIENT
 };
 /// The accepting side, waiting for records.
-pub(crate) const SERVER: Side = Side {
-    parked: RegionLayout::SERVER_PARKED,
-    cpu: RegionLayout::SERVER_CPU,
-};
+pub(crate) const SERVER: Side = Side::at(RegionLayout::SERVER_PARKED, RegionLayout::SERVER_CPU);
 /// The connecting side, waiting for room in the ring it produces (duplex only).
-pub(crate) const CLIENT_ROOM: Side = Side {
-    parked: RegionLayout::CLIENT_ROOM_PARKED,
-    cpu: RegionLayout::CLIENT_CPU,
-};
+pub(crate) const CLIENT_ROOM: Side =
+    Side::at(RegionLayout::CLIENT_ROOM_PARKED, RegionLayout::CLIENT_CPU);
 /// The accepting side, waiting for room in the ring it produces (duplex only).
-pub(crate) const SERVER_ROOM: Side = Side {
-    parked: RegionLayout::SERVER_ROOM_PARKED,
-    cpu: RegionLayout::SERVER_CPU,
-};
+pub(crate) const SERVER_ROOM: Side =
+    Side::at(RegionLayout::SERVER_ROOM_PARKED, RegionLayout::SERVER_CPU);
 
 fn word(map: &Mapping, at: usize) -> Result<&AtomicU32, RingError> {
     map.atomic_u32(at)
@@ -106,11 +115,16 @@ fn word(map: &Mapping, at: usize) -> Result<&AtomicU32, RingError> {
 /// us costs itself a wake-up, nobody else anything.
 pub(crate) fn park_begin(map: &Mapping, me: Side) -> Result<(), RingError> {
     if !raise_parked(map, me)? {
-        // SYNC POINT: pairs with the light barrier in `nudge` (Dekker): our flag store is ordered
-        // before our re-check of the rings, the waker's ring update before its flag load. The
-        // heavy barrier (a membarrier) is paid here, once per sleep, so that the waker's, paid
-        // per message, can be a compiler fence (see `platform::barrier`).
-        park_barrier();
+        if me.parks_often {
+            // SYNC POINT: pairs with the fence in `nudge` for such a side.
+            fence(Ordering::SeqCst);
+        } else {
+            // SYNC POINT: pairs with the light barrier in `nudge` (Dekker): our flag store is
+            // ordered before our re-check of the rings, the waker's ring update before its flag
+            // load. The heavy barrier (a membarrier) is paid here, once per sleep, so that the
+            // waker's, paid per message, can be a compiler fence (see `platform::barrier`).
+            park_barrier();
+        }
     }
     Ok(())
 }
@@ -145,8 +159,13 @@ pub(crate) fn park_end(map: &Mapping, me: Side) -> Result<(), RingError> {
 /// hang-up). A write the kernel kept refusing for want of memory (`notify::wake` retries it) is
 /// logged: a parked peer looks again on its own within [`PARK_RECHECK`] anyway.
 pub(crate) fn nudge(map: &Mapping, peer: Side, wake_write: impl AsFd) -> Result<(), RingError> {
-    // SYNC POINT: pairs with the heavy barrier in `park_begin`.
-    barrier::light();
+    if peer.parks_often {
+        // SYNC POINT: pairs with the fence in `park_begin` for such a side.
+        fence(Ordering::SeqCst);
+    } else {
+        // SYNC POINT: pairs with the heavy barrier in `park_begin`.
+        barrier::light();
+    }
     nudge_fenced(map, peer, wake_write).map(|_| ())
 }
 

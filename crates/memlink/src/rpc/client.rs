@@ -28,7 +28,7 @@ use super::protocol::{
 use super::stream::{Verdict, judge};
 use crate::error::{Error, NotExecuted, Payload, Result};
 use crate::link::fragment::{Reassembly, fragment_at, fragment_lens};
-use crate::link::wake::{self, Backoff, CLIENT, Patience, SERVER};
+use crate::link::wake::{self, Backoff, Patience, RPC_CLIENT, SERVER};
 use crate::link::{self, Keep, Parked};
 use crate::memory::name::validate_name;
 use crate::memory::ring::{Consumer, FIRST, LAST, Producer, RecordHeader, RingError, USER_FLAGS};
@@ -1661,7 +1661,7 @@ impl Connection {
             responses,
             ..
         } = self;
-        match link::park_until(name, map, CLIENT, wake_in, socket, deadline, || {
+        match link::park_until(name, map, RPC_CLIENT, wake_in, socket, deadline, || {
             ready(requests, responses)
         })? {
             Parked::Ready => {
@@ -1701,7 +1701,7 @@ impl Connection {
                 yield_for: Duration::ZERO,
             };
         }
-        let spin = if wake::shares_cpu_with_peer(&self.map, CLIENT, SERVER) {
+        let spin = if wake::shares_cpu_with_peer(&self.map, RPC_CLIENT, SERVER) {
             Duration::ZERO
         } else {
             MAX_SPIN

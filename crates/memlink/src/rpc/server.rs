@@ -39,7 +39,7 @@ use super::stream::{End, Next, StreamHandler, StreamSink, StreamState, WorkerBel
 use crate::error::{Error, Result};
 use crate::link::admission::{self, Handshake, Handshakes, MAX_PENDING_HANDSHAKES};
 use crate::link::fragment::{Reassembly, fragment_at};
-use crate::link::wake::{self, Backoff, CLIENT, PARK_RECHECK, Patience, SERVER};
+use crate::link::wake::{self, Backoff, PARK_RECHECK, Patience, RPC_CLIENT, SERVER};
 use crate::link::{self, Keep, Offered};
 use crate::memory::name::validate_name;
 use crate::memory::ring::{
@@ -1298,7 +1298,7 @@ impl Connection {
     }
 
     fn nudge_client(&self) -> Result<(), RingError> {
-        wake::nudge(&self.map, CLIENT, &self.wake_out)
+        wake::nudge(&self.map, RPC_CLIENT, &self.wake_out)
     }
 
     /// Whether `pump` could make progress now.
@@ -2059,7 +2059,7 @@ impl<'a> Worker<'a> {
     /// where spinning would keep it off the CPU for the whole spin).
     fn patience(&self) -> Patience {
         let yield_at_once = self.connections.iter().flatten().any(|c| {
-            c.phase == Phase::Streaming || wake::shares_cpu_with_peer(&c.map, SERVER, CLIENT)
+            c.phase == Phase::Streaming || wake::shares_cpu_with_peer(&c.map, SERVER, RPC_CLIENT)
         });
         if yield_at_once {
             Patience {

@@ -46,7 +46,7 @@ use super::{
 use crate::error::Result;
 use crate::link::asynchronous::{AsyncPatience, AsyncWake, FIRST_LOOKS};
 use crate::link::fragment::{Reassembly, fragment_at};
-use crate::link::wake::{self, CLIENT, SERVER};
+use crate::link::wake::{self, RPC_CLIENT, SERVER};
 use crate::link::{self, Parked};
 use crate::memory::name::validate_name;
 use crate::memory::ring::{Consumer, Producer, RingError, USER_FLAGS};
@@ -762,7 +762,7 @@ impl AsyncConnection {
             ..
         } = &mut *conn;
         let parked = wake
-            .wait(name, map, CLIENT, patience, deadline, || {
+            .wait(name, map, RPC_CLIENT, patience, deadline, || {
                 ready(requests, responses)
             })
             .await?;
