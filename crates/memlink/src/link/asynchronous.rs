@@ -27,12 +27,13 @@ use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 
-use super::wake::{PARK_RECHECK, Side, park_begin, park_end};
+use super::wake::{MAX_WAKE_PIPE, PARK_RECHECK, Side, park_begin, park_end};
 use super::{Parked, SocketMessage, TRANSIENT_PAUSE, socket_message};
 use crate::error::{Error, Result};
 use crate::memory::ring::RingError;
 use crate::platform::mapping::Mapping;
-use crate::platform::{notify, reactor};
+use crate::platform::notify::{self, Drained};
+use crate::platform::reactor;
 
 /// Looks at the rings before deciding how to wait: while the peer is awake its answer comes
 /// within a few hundred nanoseconds, and finding it here costs nothing.
@@ -113,7 +114,7 @@ impl AsyncWake {
     pub(crate) fn new(wake_in: &OwnedFd, socket: &OwnedFd) -> Result<AsyncWake> {
         runtime_present()?;
         let register = |fd: &OwnedFd| {
-            let own = fd.try_clone().map_err(|e| Error::Os {
+            let own = notify::duplicate_wake_end(fd).map_err(|e| Error::Os {
                 op: "duplicating a wake-up descriptor",
                 source: e,
             })?;
@@ -246,13 +247,32 @@ impl AsyncWake {
                 })?;
                 any = true;
                 woken.wake = true;
-                if notify::drain_all_wakes(guard.get_inner()) {
-                    woken.hung_up = true;
-                } else {
+                match notify::drain_some_wakes(guard.get_inner()) {
                     // Read empty: the reactor tells us of the next byte (edge-triggered). A
                     // byte that came after our read has moved the readiness on, and this
                     // clears nothing.
-                    guard.clear_ready();
+                    Drained::Empty => guard.clear_ready(),
+                    // More than wake-ups need (a peer writing on purpose): the pipe stays
+                    // readable, and the next turn reads on, after the caller has looked at its
+                    // rings and the runtime's budget has let other tasks run. Reading it empty
+                    // here could take forever. A pipe grown beyond what we allow is refused.
+                    Drained::Full => {
+                        if notify::pipe_size(guard.get_inner())
+                            .is_ok_and(|size| size > MAX_WAKE_PIPE)
+                        {
+                            return Poll::Ready(Err(Error::corrupted(
+                                name,
+                                format!(
+                                    "the peer enlarged our wake pipe beyond {MAX_WAKE_PIPE} \
+                                     bytes and floods it"
+                                ),
+                            )));
+                        }
+                    }
+                    // Readable for good (end of file): whoever waits next on this pipe is told
+                    // at once, so a hang-up is final for every caller.
+                    Drained::Gone => woken.hung_up = true,
+                    Drained::NotNow => woken.not_now = true,
                 }
             }
             if let Poll::Ready(guard) = socket.poll_read_ready(cx) {
