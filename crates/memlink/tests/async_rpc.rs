@@ -1295,6 +1295,11 @@ fn borrow_fd(fd: i32) -> std::os::fd::BorrowedFd<'static> {
     unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
 
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 /// A duplex end that pairs, then does to its wake pipes' write ends (the ones that wake us) what
 /// the parent says: `close` (replaced by /dev/null, so the pipes see their writer gone while
 /// the connection's socket stays open), or `flood SIZE` (grown to SIZE bytes, then written as
@@ -1330,6 +1335,43 @@ fn duplex_hostile(args: &[String]) {
         }
     }
     common::park_until_killed();
+}
+
+/// H1: a peer that closes the write end of our wake pipe (but keeps the connection) ends an
+/// async receive with `Disconnected`, as a blocking receive: the end of file on the pipe stays
+/// readable, so taking it for "look again" would spin.
+#[test]
+fn an_async_receive_ends_when_the_peer_closes_its_wake_pipe() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-duplex-nowake");
+    let mut peer = ChildProcess::spawn("duplex_hostile", &[&name]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opened = name.clone();
+    std::thread::spawn(move || {
+        runtime().block_on(async {
+            let chan = AsyncDuplex::open_timeout(&opened, WATCHDOG).await.unwrap();
+            let _ = tx.send(None);
+            let cpu = thread_cpu_time();
+            let received = chan.recv().await.map(drop);
+            let _ = tx.send(Some((received, thread_cpu_time() - cpu)));
+        });
+    });
+    peer.expect_line("paired");
+    assert!(rx.recv_timeout(WATCHDOG).unwrap().is_none());
+    std::thread::sleep(Duration::from_millis(100));
+    peer.tell("close");
+    peer.expect_line("closed");
+    let (received, cpu) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the receive did not end")
+        .unwrap();
+    assert!(
+        matches!(received, Err(Error::Disconnected { .. })),
+        "{received:?}"
+    );
+    eprintln!("the receive ended with Disconnected after {cpu:?} of CPU time");
+    assert!(cpu < Duration::from_secs(1), "the receive spun: {cpu:?}");
+    peer.kill_and_reap();
 }
 
 /// Pairs an `AsyncDuplex` with a `duplex_hostile` peer flooding its wake pipes grown to `size`

@@ -256,22 +256,24 @@ impl AsyncDuplex {
                     || ring.has_data(),
                 )
                 .await;
-            match parked {
-                // Data, or the peer hung up: the next look takes it or reports why.
-                Ok(Parked::Ready | Parked::HungUp) => {}
+            let error = match parked {
+                Ok(Parked::Ready) => continue,
                 Ok(Parked::TimedOut) => return Err(Error::Timeout),
-                Err(e) => {
-                    rx.failed = Some(match &e {
-                        Error::Corrupted { reason, .. } => conn.drop_corrupt_peer(reason),
-                        _ => {
-                            conn.mark_gone(Failed::Disconnected);
-                            Failed::Disconnected
-                        }
-                    });
-                    message.clear();
-                    return Err(e);
+                // Final, as for a blocking receive: the wait looked at the ring once more
+                // before saying so, and found nothing. (The pipe's end of file, or the socket's
+                // hang-up, stays readable: looking again would only find it again, at once.)
+                Ok(Parked::HungUp) => link::goodbye(&conn.name, &conn.socket),
+                Err(e) => e,
+            };
+            rx.failed = Some(match &error {
+                Error::Corrupted { reason, .. } => conn.drop_corrupt_peer(reason),
+                _ => {
+                    conn.mark_gone(Failed::Disconnected);
+                    Failed::Disconnected
                 }
-            }
+            });
+            message.clear();
+            return Err(error);
         }
     }
 
