@@ -1539,3 +1539,43 @@ fn a_wake_pipe_made_blocking_by_the_peer_never_blocks_the_runtime() {
     server.tell("stop");
     server.wait_success();
 }
+
+/// Low (b): a runtime without IO or without timers is an error, not a panic.
+#[test]
+fn async_apis_on_a_runtime_without_io_or_timers_are_an_error() {
+    let name = unique_name("async-no-drivers");
+    for io in [false, true] {
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        if io {
+            builder.enable_io();
+        } else {
+            builder.enable_time();
+        }
+        let rt = builder.build().unwrap();
+        rt.block_on(async {
+            let connected = AsyncClient::connect(&name).await.map(drop);
+            assert!(
+                matches!(&connected, Err(Error::InvalidOptions { .. })),
+                "{connected:?}"
+            );
+            let opened = AsyncDuplex::open(&name).await.map(drop);
+            assert!(
+                matches!(&opened, Err(Error::InvalidOptions { .. })),
+                "{opened:?}"
+            );
+            let subscribed = AsyncSubscriber::subscribe(&name).await.map(drop);
+            assert!(
+                matches!(&subscribed, Err(Error::InvalidOptions { .. })),
+                "{subscribed:?}"
+            );
+            let served = Server::bind(&name)
+                .unwrap()
+                .serve_async(|request: Vec<u8>| async move { request })
+                .await;
+            assert!(
+                matches!(&served, Err(Error::InvalidOptions { .. })),
+                "{served:?}"
+            );
+        });
+    }
+}

@@ -129,7 +129,7 @@ impl AsyncDuplex {
     }
 
     async fn opened(open: impl FnOnce() -> Result<Duplex> + Send + 'static) -> Result<AsyncDuplex> {
-        link::asynchronous::runtime_present()?;
+        link::asynchronous::reactor_present()?;
         tokio::task::spawn_blocking(open)
             .await
             .map_err(|e| Error::Os {

@@ -92,15 +92,39 @@ impl Drop for ParkFlag<'_> {
     }
 }
 
-/// Whether the current thread runs a tokio runtime (whose reactor and timers we need).
+/// Whether the current thread runs a tokio runtime (for the waits that need only its blocking
+/// pool: see [`reactor_present`] for the others).
 pub(crate) fn runtime_present() -> Result<()> {
     match tokio::runtime::Handle::try_current() {
         Ok(_) => Ok(()),
-        Err(_) => Err(Error::InvalidOptions {
-            reason: "memlink's async API must run inside a tokio runtime (with IO and time \
-                     enabled)"
-                .into(),
-        }),
+        Err(_) => Err(no_runtime("must run inside a tokio runtime")),
+    }
+}
+
+fn no_runtime(what: &str) -> Error {
+    Error::InvalidOptions {
+        reason: format!(
+            "memlink's async API {what} (with IO and time enabled: `Builder::enable_all`)"
+        ),
+    }
+}
+
+/// Registers `fd` with the current runtime's reactor (`op` says what for, should it fail).
+pub(crate) fn registered(fd: OwnedFd, op: &'static str) -> Result<AsyncFd<OwnedFd>> {
+    reactor::register_readable(fd).map_err(|e| match e {
+        reactor::RegisterError::NoIo => no_runtime("needs tokio's IO driver"),
+        reactor::RegisterError::Os(source) => Error::Os { op, source },
+    })
+}
+
+/// Whether the current thread runs a tokio runtime with the IO and time drivers every wait on a
+/// connection needs (tokio panics where one is missing; this says so as an error instead).
+pub(crate) fn reactor_present() -> Result<()> {
+    runtime_present()?;
+    match reactor::drivers() {
+        Ok(()) => Ok(()),
+        Err(reactor::Missing::Io) => Err(no_runtime("needs tokio's IO driver")),
+        Err(reactor::Missing::Time) => Err(no_runtime("needs tokio's timers")),
     }
 }
 
@@ -109,19 +133,18 @@ impl AsyncWake {
     /// connection's socket, watched for goodbyes and hang-up) with the current tokio runtime.
     ///
     /// # Errors
-    /// `InvalidOptions` outside a tokio runtime; `Os` if a descriptor cannot be duplicated or
-    /// registered.
+    /// `InvalidOptions` outside a tokio runtime with IO and time enabled; `Os` if a descriptor
+    /// cannot be duplicated or registered.
     pub(crate) fn new(wake_in: &OwnedFd, socket: &OwnedFd) -> Result<AsyncWake> {
+        // The registrations below find out about the IO driver.
         runtime_present()?;
+        reactor::timers().map_err(|_| no_runtime("needs tokio's timers"))?;
         let register = |fd: &OwnedFd| {
             let own = notify::duplicate_wake_end(fd).map_err(|e| Error::Os {
                 op: "duplicating a wake-up descriptor",
                 source: e,
             })?;
-            reactor::register_readable(own).map_err(|e| Error::Os {
-                op: "registering a wake-up descriptor with tokio",
-                source: e,
-            })
+            registered(own, "registering a wake-up descriptor with tokio")
         };
         Ok(AsyncWake {
             wake_in: register(wake_in)?,

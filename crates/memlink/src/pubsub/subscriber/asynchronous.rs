@@ -77,7 +77,7 @@ impl SubscriberOptions {
         deadline: Option<Instant>,
     ) -> Result<AsyncSubscriber> {
         validate_topic(topic)?;
-        link::asynchronous::runtime_present()?;
+        link::asynchronous::reactor_present()?;
         let (attachment, cursor) = attach_waiting(topic, self, deadline).await?;
         Ok(AsyncSubscriber {
             subscriber: Subscriber::new(topic, self.clone(), attachment, cursor),

@@ -214,7 +214,7 @@ impl AsyncClient {
         wait_until: Option<Instant>,
     ) -> Result<AsyncClient> {
         validate_name(name)?;
-        link::asynchronous::runtime_present()?;
+        link::asynchronous::reactor_present()?;
         let connections = options.connections;
         let client = AsyncClient {
             shared: Arc::new(Shared {

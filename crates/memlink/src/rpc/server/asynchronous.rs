@@ -42,7 +42,7 @@ use crate::link::asynchronous::{AsyncPatience, AsyncWake};
 use crate::link::wake::SERVER;
 use crate::link::{self, Parked};
 use crate::memory::ring::RingError;
-use crate::platform::{clock, notify, reactor, socket};
+use crate::platform::{clock, notify, socket};
 
 /// Answers requests asynchronously: the twin of [`Handler`](super::Handler) for
 /// [`Server::serve_async`]. Implemented for every `Fn(Vec<u8>) -> impl Future<Output = Vec<u8>>`
@@ -159,7 +159,7 @@ impl Server {
     /// # Errors
     /// As [`Server::serve_async`].
     pub async fn serve_calls_async<C: AsyncCallHandler>(mut self, handler: C) -> Result<()> {
-        link::asynchronous::runtime_present()?;
+        link::asynchronous::reactor_present()?;
         let listener = self
             .listener
             .take()
@@ -175,12 +175,11 @@ impl Server {
             gone: AtomicBool::new(false),
         };
         let registered = |fd: &OwnedFd| {
-            fd.try_clone()
-                .and_then(reactor::register_readable)
-                .map_err(|e| Error::Os {
-                    op: "registering a server's doorbell with tokio",
-                    source: e,
-                })
+            let own = fd.try_clone().map_err(|e| Error::Os {
+                op: "duplicating a server's doorbell",
+                source: e,
+            })?;
+            link::asynchronous::registered(own, "registering a server's doorbell with tokio")
         };
         let doorbell_ready = registered(&doorbell)?;
         let shutdown_ready = registered(&self.shared.shutdown_bell)?;
