@@ -37,6 +37,7 @@ fn child_main() {
             "client_with_a_blocking_wake_pipe",
             client_with_a_blocking_wake_pipe,
         ),
+        ("cancel_ignoring_server", cancel_ignoring_server),
     ]);
 }
 
@@ -1538,6 +1539,68 @@ fn a_wake_pipe_made_blocking_by_the_peer_never_blocks_the_runtime() {
     client.wait_success();
     server.tell("stop");
     server.wait_success();
+}
+
+/// A blocking server whose workers go on streaming after the client cancelled (as a hostile
+/// server may): they never look at the request ring while a stream runs. Args: name.
+fn cancel_ignoring_server(args: &[String]) {
+    let server = Server::options()
+        .__ignore_stream_cancels()
+        .bind(&args[0])
+        .unwrap();
+    report("ready");
+    server.serve_with(blocking_service, stream_service).unwrap();
+}
+
+/// On a client of `cancel_ignoring_server` `name`: drops a stream after its first item, then
+/// makes a call (with `timeout`, if any) behind the stream's endless records; how it ended and
+/// how long it took.
+fn call_behind_a_cancelled_stream(name: &str, timeout: Option<Duration>) -> (Result<()>, Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = name.to_owned();
+    std::thread::spawn(move || {
+        runtime().block_on(async {
+            let client = ClientOptions::new()
+                .max_concurrent_calls(1)
+                .connect_async_timeout(&name, WATCHDOG)
+                .await
+                .unwrap();
+            let mut stream = client.call_stream(b"count:1000000000").await.unwrap();
+            assert_eq!(item_number(&stream.next().await.unwrap().unwrap()), 0);
+            drop(stream);
+            let started = Instant::now();
+            let request = request(1, 0, 16);
+            let result = match timeout {
+                Some(timeout) => client.call_timeout(&request, timeout).await,
+                None => client.call(&request).await,
+            };
+            let _ = tx.send((result.map(drop), started.elapsed()));
+        });
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the call did not end: the stale records hold it")
+}
+
+/// H3: a server that sends endless records of a call the client cancelled (which the client
+/// skips unread) cannot keep an async call going: it is taken for broken once it sent more than
+/// it honestly could, and a call's timeout holds meanwhile.
+#[test]
+fn endless_records_of_a_cancelled_call_cannot_hold_an_async_call() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-stale-flood");
+    let mut server = ChildProcess::spawn("cancel_ignoring_server", &[&name]);
+    server.expect_line("ready");
+    let (result, took) = call_behind_a_cancelled_stream(&name, None);
+    eprintln!("a call behind endless stale records ended after {took:?}: {result:?}");
+    assert!(
+        matches!(&result, Err(Error::Corrupted { reason, .. }) if reason.contains("gave up")),
+        "{result:?}"
+    );
+    let (result, took) = call_behind_a_cancelled_stream(&name, Some(Duration::from_millis(300)));
+    eprintln!("with a timeout of 300 ms: ended after {took:?}: {result:?}");
+    assert!(result.is_err(), "{result:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    server.kill_and_reap();
 }
 
 /// Low (b): a runtime without IO or without timers is an error, not a panic.

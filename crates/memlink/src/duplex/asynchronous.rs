@@ -237,6 +237,9 @@ impl AsyncDuplex {
 
     async fn recv_until(&self, message: &mut Vec<u8>, deadline: Option<Instant>) -> Result<()> {
         let conn = &*self.conn;
+        // A unit of the runtime's budget per message (and per wait below): a receiver whose
+        // messages are all there already still lets the other tasks run.
+        tokio::task::coop::consume_budget().await;
         let mut receiving = self.receiving.lock().await;
         let (rx, wake) = &mut *receiving;
         loop {
@@ -257,7 +260,10 @@ impl AsyncDuplex {
                 )
                 .await;
             let error = match parked {
-                Ok(Parked::Ready) => continue,
+                Ok(Parked::Ready) => {
+                    tokio::task::coop::consume_budget().await;
+                    continue;
+                }
                 Ok(Parked::TimedOut) => return Err(Error::Timeout),
                 // Final, as for a blocking receive: the wait looked at the ring once more
                 // before saying so, and found nothing. (The pipe's end of file, or the socket's
@@ -285,6 +291,8 @@ impl AsyncDuplex {
                 max: conn.max_message,
             });
         }
+        // A unit of the runtime's budget per message (as for a receive).
+        tokio::task::coop::consume_budget().await;
         let mut sending = self.sending.lock().await;
         let (tx, wake) = &mut *sending;
         conn.notice_peer_gone(&mut tx.failed);
@@ -344,6 +352,8 @@ async fn stream_message(
                     part.tx.next_id += 1;
                     return Ok(());
                 }
+                // Dropped here, `part` closes the channel (as at any other await).
+                tokio::task::coop::consume_budget().await;
             }
             Ok(false) => {
                 let len = end - part.sent;

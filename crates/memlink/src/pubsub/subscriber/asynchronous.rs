@@ -212,6 +212,9 @@ impl AsyncSubscriber {
 
     async fn recv_until(&mut self, deadline: Option<Instant>) -> Result<Sample> {
         loop {
+            // A unit of the runtime's budget per sample (and per wait): a subscriber whose
+            // samples are all there already still lets the other tasks run.
+            tokio::task::coop::consume_budget().await;
             let attachment = match &self.subscriber.attachment {
                 Some(attachment) => Arc::clone(attachment),
                 None => {

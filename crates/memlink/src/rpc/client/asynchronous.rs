@@ -135,8 +135,7 @@ impl Drop for Lease<'_> {
             Progress::Writing => return,
             Progress::Written(call) => {
                 // Its reply is skipped by whichever call uses the connection next.
-                let conn = &mut connection.conn;
-                conn.cancelled_through = conn.cancelled_through.max(call);
+                connection.conn.cancel_through(call);
                 true
             }
             Progress::StreamWritten(call) => {
@@ -400,6 +399,9 @@ impl AsyncClient {
     ) -> Result<()> {
         let shared = &*self.shared;
         shared.check_size(request)?;
+        // One unit of the runtime's budget per call: a task calling back to back, every call
+        // answered at once, still lets the others run.
+        tokio::task::coop::consume_budget().await;
         let mut lease = shared.lease(deadline, mode).await?;
         let mut retried = false;
         loop {
@@ -713,7 +715,16 @@ impl AsyncConnection {
                     self.wait(deadline, alone, |_, responses| responses.has_data())
                         .await?;
                 }
-                ReplyStep::More => {}
+                ReplyStep::More => {
+                    // A reply in many fragments, or records of a call given up (which a hostile
+                    // server may send without end): the deadline holds all the same (a wait
+                    // that finds the next record at once does not look at it), and the other
+                    // tasks get their turn.
+                    if deadline.is_some_and(|t| Instant::now() >= t) {
+                        return Err(Error::Timeout);
+                    }
+                    tokio::task::coop::consume_budget().await;
+                }
                 ReplyStep::Done => return Ok(()),
             }
         }
@@ -894,7 +905,15 @@ impl AsyncReplyStream<'_> {
         let Some(connection) = self.lease.slot.as_mut() else {
             return Ok(None);
         };
+        let mut first = true;
         loop {
+            if !std::mem::take(&mut first) {
+                // Between records (see `AsyncConnection::receive`): what was taken is kept here.
+                if deadline.is_some_and(|t| Instant::now() >= t) {
+                    return Err(Error::Timeout);
+                }
+                tokio::task::coop::consume_budget().await;
+            }
             let conn = &mut connection.conn;
             let ring = |name: &str, e: RingError| Error::corrupted(name, e.0);
             let Some(header) = conn.responses.peek().map_err(|e| ring(&conn.name, e))? else {
@@ -910,11 +929,7 @@ impl AsyncReplyStream<'_> {
                 .map_err(|w| bad(&w))?
             {
                 Verdict::Stale => {
-                    conn.responses
-                        .skip(&header)
-                        .map_err(|e| ring(&conn.name, e))?;
-                    wake::nudge(&conn.map, SERVER, &conn.wake_out)
-                        .map_err(|e| ring(&conn.name, e))?;
+                    conn.skip_stale(&header)?;
                     continue;
                 }
                 Verdict::Ours(user) => self.kind = Some(user),

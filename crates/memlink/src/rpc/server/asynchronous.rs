@@ -358,6 +358,15 @@ async fn serve_calls<C: AsyncCallHandler>(
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), Ended> {
     loop {
+        // Between calls: shutdown ends the connection at once (the check below, for an empty
+        // ring, is not reached while a client keeps its ring full), and one unit of the
+        // runtime's budget per call keeps a client whose requests are answered as fast as they
+        // come (or skipped: withdrawn, expired) from holding the runtime's thread, so that the
+        // other connections' tasks run and the task can be aborted.
+        if *stop.borrow() {
+            return Ok(());
+        }
+        tokio::task::coop::consume_budget().await;
         // A whole request.
         let stream = loop {
             match conn
