@@ -1603,6 +1603,92 @@ fn endless_records_of_a_cancelled_call_cannot_hold_an_async_call() {
     server.kill_and_reap();
 }
 
+/// M4: calls dropped after their request went out, while the server's only worker is busy:
+/// each is withdrawn (it never runs) and its connection serves the next call at once, instead
+/// of queueing it behind the dropped call's handler.
+#[test]
+fn dropped_calls_that_were_withdrawn_never_run_and_hold_nothing_up() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-drop-withdrawn");
+    let mut server = start_blocking_server(&name, 1);
+    runtime().block_on(async {
+        let client = ClientOptions::new()
+            .max_concurrent_calls(4)
+            .connect_async_timeout(&name, WATCHDOG)
+            .await
+            .unwrap();
+        // Holds the only worker for 2 s.
+        let busy = {
+            let client = client.clone();
+            tokio::spawn(async move { client.call(&request(0, 2_000_000, 16)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // 20 calls whose handler would block 2 s each, dropped while the worker is busy.
+        for nonce in 1..=20 {
+            let doomed = request(nonce, 2_000_000, 16);
+            let cut = Duration::from_millis(20);
+            assert!(
+                tokio::time::timeout(cut, client.call(&doomed))
+                    .await
+                    .is_err()
+            );
+        }
+        busy.await.unwrap().unwrap();
+        let started = Instant::now();
+        for nonce in 100..110 {
+            let request = request(nonce, 0, 32);
+            check_reply(&request, &client.call(&request).await.unwrap());
+        }
+        let took = started.elapsed();
+        eprintln!("10 calls after 20 dropped ones took {took:?}");
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+    });
+    let stats = memlink::rpc::server_stats(&name).unwrap();
+    assert_eq!(stats.calls, 11, "the dropped calls' handlers ran");
+    assert_eq!(
+        stats.expired_calls, 20,
+        "not every dropped call was skipped"
+    );
+    server.tell("stop");
+    server.wait_success();
+}
+
+/// M4: calls dropped after the server claimed them (their handlers await 2 s): their
+/// connections are not handed to later calls while those handlers run.
+#[test]
+fn dropped_calls_the_server_took_do_not_hold_up_later_calls() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-drop-claimed");
+    let mut server = start_async_server(&name);
+    runtime().block_on(async {
+        let client = ClientOptions::new()
+            .max_concurrent_calls(4)
+            .connect_async_timeout(&name, WATCHDOG)
+            .await
+            .unwrap();
+        for nonce in 0..20 {
+            let doomed = request(nonce, 2_000_000, 16);
+            let cut = Duration::from_millis(50);
+            assert!(
+                tokio::time::timeout(cut, client.call(&doomed))
+                    .await
+                    .is_err()
+            );
+        }
+        let started = Instant::now();
+        for nonce in 100..110 {
+            let request = request(nonce, 0, 32);
+            check_reply(&request, &client.call(&request).await.unwrap());
+        }
+        let took = started.elapsed();
+        eprintln!("10 calls after 20 dropped ones took {took:?}");
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+    });
+    server.tell("stop");
+    server.expect_line("stopped");
+    server.wait_success();
+}
+
 /// Low (b): a runtime without IO or without timers is an error, not a panic.
 #[test]
 fn async_apis_on_a_runtime_without_io_or_timers_are_an_error() {

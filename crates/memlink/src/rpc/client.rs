@@ -1055,6 +1055,10 @@ struct Connection {
     /// ([`Connection::cancel_through`]), so that a hostile one cannot keep a call skipping
     /// forever.
     stale_allowance: u64,
+    /// The last call withdrawn while the connection stayed in use (an async call dropped after
+    /// its request went out; see `claim`), 0 for none: the claim word may still hold its
+    /// withdrawal.
+    kept_withdrawal: u64,
     epoch: u64,
     /// Moving average of how long waits took (1/8 weight to the newest).
     recent_wait: Duration,
@@ -1168,6 +1172,7 @@ impl Connection {
             abandoned: false,
             cancelled_through: 0,
             stale_allowance: 0,
+            kept_withdrawal: 0,
             epoch,
             recent_wait: Duration::ZERO,
             waits: 0,
@@ -1256,7 +1261,7 @@ impl Connection {
     fn withdraw(&self, call: u64) -> bool {
         self.requests
             .spare_word()
-            .is_ok_and(|word| claim::withdraw(word, call))
+            .is_ok_and(|word| claim::withdraw(word, call, self.kept_withdrawal))
     }
 
     /// Writes the whole of `request` into the request ring if it fits now (`Ok(false)`, nothing
