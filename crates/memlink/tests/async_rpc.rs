@@ -214,13 +214,19 @@ fn blocking_client(args: &[String]) {
     report("done");
 }
 
-/// A blocking duplex end that sends back every message it receives, until the peer is gone.
+/// A blocking duplex end that sends back every message it receives, until the peer is gone,
+/// pausing a moment now and then (so that the peer's receives wait, whatever the scheduling).
 /// Args: name.
 fn duplex_echo(args: &[String]) {
     let chan = Duplex::open_timeout(&args[0], WATCHDOG).unwrap();
     report("paired");
     let mut message = Vec::new();
+    let mut count = 0u64;
     while chan.recv_into(&mut message).is_ok() {
+        count += 1;
+        if count.is_multiple_of(16) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         if chan.send(&message).is_err() {
             break;
         }
