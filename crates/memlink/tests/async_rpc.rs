@@ -1695,6 +1695,41 @@ fn dropped_calls_the_server_took_do_not_hold_up_later_calls() {
     server.wait_success();
 }
 
+/// A runtime whose one blocking-pool thread is busy for 3 s.
+fn runtime_with_a_busy_blocking_pool() -> tokio::runtime::Runtime {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(1)
+        .build()
+        .unwrap();
+    rt.spawn_blocking(|| std::thread::sleep(Duration::from_secs(3)));
+    rt
+}
+
+/// Low (a): opening a connection on tokio's blocking pool is bounded by the caller's timeout,
+/// even while the pool is busy.
+#[test]
+fn async_opens_keep_their_timeout_while_the_blocking_pool_is_busy() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-open-busy");
+    let limit = Duration::from_millis(200);
+    let rt = runtime_with_a_busy_blocking_pool();
+    rt.block_on(async {
+        let started = Instant::now();
+        let connected = AsyncClient::connect_timeout(&name, limit).await.map(drop);
+        assert!(matches!(connected, Err(Error::Timeout)), "{connected:?}");
+        let opened = AsyncDuplex::open_timeout(&name, limit).await.map(drop);
+        assert!(matches!(opened, Err(Error::Timeout)), "{opened:?}");
+        let subscribed = AsyncSubscriber::subscribe_timeout(&name, limit)
+            .await
+            .map(drop);
+        assert!(matches!(subscribed, Err(Error::Timeout)), "{subscribed:?}");
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(2000), "took {took:?}");
+    });
+    rt.shutdown_background();
+}
+
 /// Low (b): a runtime without IO or without timers is an error, not a panic.
 #[test]
 fn async_apis_on_a_runtime_without_io_or_timers_are_an_error() {

@@ -59,7 +59,7 @@ impl DuplexOptions {
     /// As [`DuplexOptions::open`]; [`Error::InvalidOptions`] outside a tokio runtime.
     pub async fn open_async(&self, name: &str) -> Result<AsyncDuplex> {
         let (options, name) = (self.clone(), name.to_owned());
-        AsyncDuplex::opened(move || options.open(&name)).await
+        AsyncDuplex::opened(move || options.open(&name), None).await
     }
 
     /// As [`DuplexOptions::open_async`], giving up after `timeout`.
@@ -68,7 +68,14 @@ impl DuplexOptions {
     /// As [`DuplexOptions::open_timeout`].
     pub async fn open_async_timeout(&self, name: &str, timeout: Duration) -> Result<AsyncDuplex> {
         let (options, name) = (self.clone(), name.to_owned());
-        AsyncDuplex::opened(move || options.open_timeout(&name, timeout)).await
+        // One deadline for the wait on the blocking pool and the rendezvous (which, started
+        // late, gives up at once rather than pair with a peer nobody waits for any more).
+        let deadline = Instant::now().checked_add(timeout);
+        AsyncDuplex::opened(
+            move || Duplex::rendezvous(&name, &options, deadline),
+            deadline,
+        )
+        .await
     }
 }
 
@@ -128,15 +135,25 @@ impl AsyncDuplex {
         DuplexOptions::new().open_async_timeout(name, timeout).await
     }
 
-    async fn opened(open: impl FnOnce() -> Result<Duplex> + Send + 'static) -> Result<AsyncDuplex> {
+    /// Runs `open` on tokio's blocking pool, giving up at `deadline` (`Timeout`) even while the
+    /// pool is too busy to start it.
+    async fn opened(
+        open: impl FnOnce() -> Result<Duplex> + Send + 'static,
+        deadline: Option<Instant>,
+    ) -> Result<AsyncDuplex> {
         link::asynchronous::reactor_present()?;
-        tokio::task::spawn_blocking(open)
-            .await
-            .map_err(|e| Error::Os {
-                op: "opening a duplex channel on tokio's blocking pool",
-                source: std::io::Error::other(e.to_string()),
-            })??
-            .into_async()
+        let opening = tokio::task::spawn_blocking(open);
+        match deadline {
+            None => opening.await,
+            Some(t) => tokio::time::timeout_at(t.into(), opening)
+                .await
+                .map_err(|_| Error::Timeout)?,
+        }
+        .map_err(|e| Error::Os {
+            op: "opening a duplex channel on tokio's blocking pool",
+            source: std::io::Error::other(e.to_string()),
+        })??
+        .into_async()
     }
 
     /// The channel's name.

@@ -338,8 +338,8 @@ impl ServerOptions {
             );
         }
         // Each connection holds three descriptors (socket and two wake pipe ends), and admitting
-        // one briefly five.
-        raise_descriptor_limit(3 * self.max_clients + MAX_PENDING_HANDSHAKES + 64);
+        // one briefly five (`serve_async` raises it further: see there).
+        raise_descriptor_limit(3, self.max_clients);
         let shutdown_bell = notify::doorbell().map_err(|e| Error::os("creating an eventfd", e))?;
         Ok(Server {
             name: name.to_owned(),
@@ -368,13 +368,15 @@ impl ServerOptions {
     }
 }
 
-/// Raises this process's soft descriptor limit towards `wanted` (as far as the hard limit
-/// allows): each connection holds a descriptor, and the default soft limit (1,024) is below what
-/// the default options admit.
-fn raise_descriptor_limit(wanted: usize) {
+/// Raises this process's soft descriptor limit towards what `max_clients` connections of
+/// `per_connection` descriptors each need, with handshakes in progress besides (as far as the
+/// hard limit allows): the default soft limit (1,024) is below what the default options admit.
+fn raise_descriptor_limit(per_connection: usize, max_clients: usize) {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
-    let wanted = wanted as u64;
+    let wanted = per_connection
+        .saturating_mul(max_clients)
+        .saturating_add(MAX_PENDING_HANDSHAKES + 64) as u64;
     if limit.current.is_some_and(|current| current < wanted) {
         limit.current = Some(limit.maximum.map_or(wanted, |max| max.min(wanted)));
         if let Err(e) = setrlimit(Resource::Nofile, limit) {
@@ -386,7 +388,8 @@ fn raise_descriptor_limit(wanted: usize) {
         tracing::warn!(
             limit = now,
             wanted,
-            "the descriptor limit is below what max_clients needs (3 per connection): \
+            per_connection,
+            "the descriptor limit is below what max_clients needs (per_connection each): \
              connections beyond it will be refused; raise the hard limit (ulimit -Hn) or lower max_clients"
         );
     }

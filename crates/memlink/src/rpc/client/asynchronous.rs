@@ -600,16 +600,27 @@ impl Shared {
     }
 
     /// Opens a connection on tokio's blocking pool (a handshake, or starting a server on demand,
-    /// may wait) and registers it with the reactor. A dropped future drops the connection.
+    /// may wait) and registers it with the reactor, by `deadline` (`Timeout` then, even while
+    /// the pool is too busy to start the opening). A dropped future drops the connection.
     async fn open(&self, epoch: u64, deadline: Option<Instant>) -> Result<AsyncConnection> {
         let (name, options) = (self.name.clone(), self.options.clone());
-        let opened =
-            tokio::task::spawn_blocking(move || open_connection(&name, &options, epoch, deadline))
+        let opening = tokio::task::spawn_blocking(move || {
+            // Started after its caller gave up (the pool was busy): nothing to open.
+            if deadline.is_some_and(|t| Instant::now() >= t) {
+                return Err(Error::Timeout);
+            }
+            open_connection(&name, &options, epoch, deadline)
+        });
+        let opened = match deadline {
+            None => opening.await,
+            Some(t) => tokio::time::timeout_at(t.into(), opening)
                 .await
-                .map_err(|e| Error::Os {
-                    op: "opening a connection on tokio's blocking pool",
-                    source: std::io::Error::other(e.to_string()),
-                })??;
+                .map_err(|_| Error::Timeout)?,
+        }
+        .map_err(|e| Error::Os {
+            op: "opening a connection on tokio's blocking pool",
+            source: std::io::Error::other(e.to_string()),
+        })??;
         self.max_message
             .store(opened.max_message as u64, Ordering::Relaxed);
         let wake = AsyncWake::new(&opened.wake_in, &opened.socket)?;

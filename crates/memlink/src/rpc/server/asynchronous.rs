@@ -160,6 +160,9 @@ impl Server {
     /// As [`Server::serve_async`].
     pub async fn serve_calls_async<C: AsyncCallHandler>(mut self, handler: C) -> Result<()> {
         link::asynchronous::reactor_present()?;
+        // A connection's task registers duplicates of its socket and wake pipe read end with
+        // the reactor: five descriptors per connection, not three.
+        super::raise_descriptor_limit(5, self.options.max_clients);
         let listener = self
             .listener
             .take()
