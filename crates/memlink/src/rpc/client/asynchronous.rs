@@ -307,7 +307,8 @@ impl AsyncClient {
     ///
     /// Dropping the future (e.g. in `tokio::time::timeout` or `select!`) abandons the call: its
     /// reply, if it comes, is discarded, and the client stays usable (see the module
-    /// documentation). The handler may or may not have run.
+    /// documentation). The handler may or may not have run: not if the server had not taken the
+    /// request yet (the call is withdrawn then, and never runs).
     ///
     /// # Errors
     /// As [`Client::call`](crate::Client::call).

@@ -8,7 +8,9 @@
 //! between steps through `link::asynchronous` on the connection's wake pipe and socket, the
 //! same wake-ups a blocking worker sleeps on. The runtime's threads are the workers
 //! (`ServerOptions::workers` does not apply); a connection's requests are answered one at a time,
-//! in order, as by a blocking worker. The parsing, the claim on each request before it runs
+//! in order, as by a blocking worker, each taking a unit of the runtime's scheduling budget, so
+//! that a client whose requests keep coming cannot hold a runtime thread from the other
+//! connections. The parsing, the claim on each request before it runs
 //! (`rpc::claim`: a call its caller withdrew never runs) and the error reports are the blocking
 //! worker's (`Connection` of the parent module).
 //!
