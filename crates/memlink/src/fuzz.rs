@@ -401,7 +401,7 @@ pub fn region(data: &[u8]) {
     {
         let seen = word.load(std::sync::atomic::Ordering::Relaxed);
         let call = (seen & 0xffff) + 1;
-        let withdrawn = claim::withdraw(word, call);
+        let withdrawn = claim::withdraw(word, call, 0);
         let mut last = seen;
         let claimed = claim::claim(word, &mut last, call);
         assert_eq!(withdrawn, claimed == Claim::Withdrawn, "{seen:#x}");

@@ -46,6 +46,17 @@ mod platform;
 pub mod pubsub;
 pub mod rpc;
 
+/// Fault injection for tests: from now on this process uses the wake pipe ends its peers pass
+/// it as they are (made non-blocking), sharing their open file descriptions with the peer, as it
+/// must where it cannot reopen them privately (a peer of another user); reads and writes of them
+/// then pass `RWF_NOWAIT`. Process-wide. Exists only with the `fault-injection` feature; not part
+/// of the API.
+#[doc(hidden)]
+#[cfg(feature = "fault-injection")]
+pub fn __use_received_wake_ends() {
+    platform::notify::USE_RECEIVED_ENDS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 #[cfg(feature = "tokio")]
 pub use duplex::AsyncDuplex;
 pub use duplex::{Duplex, DuplexOptions, DuplexReceiver, DuplexSender, TrySendError};

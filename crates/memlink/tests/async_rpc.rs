@@ -14,7 +14,7 @@ use memlink::pubsub::AsyncSubscriber;
 use memlink::rpc::AsyncClient;
 use memlink::{
     AsyncDuplex, Client, ClientOptions, Duplex, Error, Event, EventMode, Lock, Mutex, NotExecuted,
-    Publisher, Segment, Semaphore, Server, StreamSink,
+    Publisher, Result, Segment, Semaphore, Server, StreamSink,
 };
 
 #[test]
@@ -31,6 +31,13 @@ fn child_main() {
         ("sem_poster", sem_poster),
         ("mutex_counter", mutex_counter),
         ("mutex_hold_and_park", mutex_hold_and_park),
+        ("duplex_hostile", duplex_hostile),
+        ("wake_writer_server", wake_writer_server),
+        (
+            "client_with_a_blocking_wake_pipe",
+            client_with_a_blocking_wake_pipe,
+        ),
+        ("cancel_ignoring_server", cancel_ignoring_server),
     ]);
 }
 
@@ -207,13 +214,19 @@ fn blocking_client(args: &[String]) {
     report("done");
 }
 
-/// A blocking duplex end that sends back every message it receives, until the peer is gone.
+/// A blocking duplex end that sends back every message it receives, until the peer is gone,
+/// pausing a moment now and then (so that the peer's receives wait, whatever the scheduling).
 /// Args: name.
 fn duplex_echo(args: &[String]) {
     let chan = Duplex::open_timeout(&args[0], WATCHDOG).unwrap();
     report("paired");
     let mut message = Vec::new();
+    let mut count = 0u64;
     while chan.recv_into(&mut message).is_ok() {
+        count += 1;
+        if count.is_multiple_of(16) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         if chan.send(&message).is_err() {
             break;
         }
@@ -1246,4 +1259,513 @@ fn async_duplex_sends_cut_short_are_whole_or_nothing() {
     });
     peer.kill_and_reap();
     common::assert_no_leftovers(&name);
+}
+
+// --- hostile peers and a fair share of the runtime ---------------------------------------------
+
+/// This process's open pipe ends: `(descriptor, whether it is a write end)`.
+fn pipe_ends() -> Vec<(i32, bool)> {
+    let mut ends = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let is_pipe = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("pipe:"));
+        let flags = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+            .ok()
+            .and_then(|info| {
+                let flags = info.lines().find_map(|l| l.strip_prefix("flags:"))?;
+                u32::from_str_radix(flags.trim(), 8).ok()
+            });
+        if let (true, Some(flags)) = (is_pipe, flags) {
+            ends.push((fd, flags & 3 == 1));
+        }
+    }
+    ends
+}
+
+/// The pipe ends (write ends if `write`, else read ends) opened since `before` was taken: those
+/// of the memlink connections made since.
+fn new_pipe_ends(before: &[(i32, bool)], write: bool) -> Vec<i32> {
+    pipe_ends()
+        .into_iter()
+        .filter(|end| !before.contains(end) && end.1 == write)
+        .map(|end| end.0)
+        .collect()
+}
+
+/// A descriptor a memlink object of this (child) process owns, borrowed for an attack on it.
+fn borrow_fd(fd: i32) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: the descriptor belongs to a memlink connection this child keeps open until it
+    // exits (it parks until killed), so it stays open while borrowed.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// A duplex end that pairs, then does to its wake pipes' write ends (the ones that wake us) what
+/// the parent says: `close` (replaced by /dev/null, so the pipes see their writer gone while
+/// the connection's socket stays open), or `flood SIZE` (grown to SIZE bytes, then written as
+/// fast as it can, forever). Args: name.
+fn duplex_hostile(args: &[String]) {
+    let before = pipe_ends();
+    let _chan = Duplex::open_timeout(&args[0], WATCHDOG).unwrap();
+    let ends = new_pipe_ends(&before, true);
+    assert!(!ends.is_empty(), "no wake pipe write ends found");
+    report("paired");
+    let order = await_parent();
+    if order == "close" {
+        let null = std::fs::File::open("/dev/null").unwrap();
+        for fd in ends {
+            use std::os::fd::AsRawFd;
+            // SAFETY: `dup2` onto a descriptor this process holds open replaces the pipe end it
+            // named with /dev/null; its owner closes /dev/null instead later.
+            let rc = unsafe { libc::dup2(null.as_raw_fd(), fd) };
+            assert_eq!(rc, fd);
+        }
+        report("closed");
+    } else if let Some(size) = order.strip_prefix("flood ") {
+        let size: usize = size.parse().unwrap();
+        for &fd in &ends {
+            rustix::pipe::fcntl_setpipe_size(borrow_fd(fd), size).unwrap();
+        }
+        report("flooding");
+        let chunk = vec![1u8; 64 << 10];
+        loop {
+            for &fd in &ends {
+                let _ = rustix::io::write(borrow_fd(fd), &chunk);
+            }
+        }
+    }
+    common::park_until_killed();
+}
+
+/// H1: a peer that closes the write end of our wake pipe (but keeps the connection) ends an
+/// async receive with `Disconnected`, as a blocking receive: the end of file on the pipe stays
+/// readable, so taking it for "look again" would spin.
+#[test]
+fn an_async_receive_ends_when_the_peer_closes_its_wake_pipe() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-duplex-nowake");
+    let mut peer = ChildProcess::spawn("duplex_hostile", &[&name]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opened = name.clone();
+    std::thread::spawn(move || {
+        runtime().block_on(async {
+            let chan = AsyncDuplex::open_timeout(&opened, WATCHDOG).await.unwrap();
+            let _ = tx.send(None);
+            let cpu = thread_cpu_time();
+            let received = chan.recv().await.map(drop);
+            let _ = tx.send(Some((received, thread_cpu_time() - cpu)));
+        });
+    });
+    peer.expect_line("paired");
+    assert!(rx.recv_timeout(WATCHDOG).unwrap().is_none());
+    std::thread::sleep(Duration::from_millis(100));
+    peer.tell("close");
+    peer.expect_line("closed");
+    let (received, cpu) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the receive did not end")
+        .unwrap();
+    assert!(
+        matches!(received, Err(Error::Disconnected { .. })),
+        "{received:?}"
+    );
+    eprintln!("the receive ended with Disconnected after {cpu:?} of CPU time");
+    assert!(cpu < Duration::from_secs(1), "the receive spun: {cpu:?}");
+    peer.kill_and_reap();
+}
+
+/// Pairs an `AsyncDuplex` with a `duplex_hostile` peer flooding its wake pipes grown to `size`
+/// bytes, and waits `timeout` for a message on a current-thread runtime while a timer ticks
+/// beside it. Returns how the receive ended, how long it took and the longest gap between ticks.
+fn receive_beside_a_flood(size: usize, timeout: Duration) -> (Result<()>, Duration, Duration) {
+    let name = unique_name("async-duplex-flood");
+    let mut peer = ChildProcess::spawn("duplex_hostile", &[&name]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (flooding, flood_started) = tokio::sync::oneshot::channel::<()>();
+    let opened = name.clone();
+    std::thread::spawn(move || {
+        runtime().block_on(async {
+            let chan = AsyncDuplex::open_timeout(&opened, WATCHDOG).await.unwrap();
+            let _ = tx.send(None);
+            flood_started.await.unwrap();
+            let longest = Arc::new(AtomicUsize::new(0));
+            let ticker = tokio::spawn({
+                let longest = longest.clone();
+                async move {
+                    let mut interval = tokio::time::interval(Duration::from_millis(10));
+                    let mut last = Instant::now();
+                    loop {
+                        interval.tick().await;
+                        longest.fetch_max(last.elapsed().as_millis() as usize, Ordering::Relaxed);
+                        last = Instant::now();
+                    }
+                }
+            });
+            let started = Instant::now();
+            let received = chan.recv_timeout(timeout).await.map(drop);
+            let took = started.elapsed();
+            ticker.abort();
+            let gap = Duration::from_millis(longest.load(Ordering::Relaxed) as u64);
+            let _ = tx.send(Some((received, took, gap)));
+        });
+    });
+    peer.expect_line("paired");
+    assert!(rx.recv_timeout(WATCHDOG).unwrap().is_none());
+    peer.tell(&format!("flood {size}"));
+    peer.expect_line("flooding");
+    flooding.send(()).unwrap();
+    let outcome = rx
+        .recv_timeout(timeout + Duration::from_secs(10))
+        .expect("the receive did not end: the flood holds the runtime's thread")
+        .unwrap();
+    peer.kill_and_reap();
+    outcome
+}
+
+/// H2: a peer writing to our wake pipe faster than we read it cannot hold the runtime's thread:
+/// every turn reads a bounded amount and lets the other tasks run; a pipe grown beyond what
+/// memlink allows is refused as corrupt.
+#[test]
+fn a_peer_flooding_the_wake_pipe_cannot_hold_the_runtime() {
+    let _watchdog = Watchdog::arm();
+    // As large as memlink lets a peer make it: the receive times out, the timer ticks on.
+    let (received, took, gap) = receive_beside_a_flood(64 << 10, Duration::from_secs(1));
+    eprintln!("beside a flood: the receive ended after {took:?}, the timer's longest gap {gap:?}");
+    assert!(matches!(received, Err(Error::Timeout)), "{received:?}");
+    assert!(gap < Duration::from_millis(500), "the timer waited {gap:?}");
+    // Larger: refused.
+    let (received, took, _) = receive_beside_a_flood(1 << 20, Duration::from_secs(5));
+    assert!(
+        matches!(&received, Err(Error::Corrupted { reason, .. }) if reason.contains("wake pipe")),
+        "{received:?}"
+    );
+    assert!(took < Duration::from_secs(3), "refused after {took:?}");
+}
+
+/// A blocking server whose parent can make it write to its wake pipes' write ends (those that
+/// wake its clients): `write N` writes N bytes to each in one `write`. Args: name.
+fn wake_writer_server(args: &[String]) {
+    let before = pipe_ends();
+    let server = Server::options().workers(1).bind(&args[0]).unwrap();
+    let stop = server.shutdown_handle();
+    std::thread::spawn(move || {
+        loop {
+            let line = await_parent();
+            let Some(n) = line.strip_prefix("write ") else {
+                stop.shutdown();
+                return;
+            };
+            let bytes = vec![7u8; n.parse().unwrap()];
+            for fd in new_pipe_ends(&before, true) {
+                let mut tries = 0;
+                while rustix::io::write(borrow_fd(fd), &bytes) != Ok(bytes.len()) {
+                    tries += 1;
+                    assert!(
+                        tries < 1000,
+                        "could not write {} bytes at once",
+                        bytes.len()
+                    );
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            report("written");
+        }
+    });
+    report("ready");
+    server.serve_with(blocking_service, stream_service).unwrap();
+}
+
+/// An async client whose wake pipe read end is made blocking, as a peer sharing its open file
+/// description can (one of another user: the received end cannot be reopened privately then,
+/// which `__use_received_wake_ends` makes so here).
+/// It makes one call the server takes 3 s to answer while a timer ticks on the same
+/// current-thread runtime, and reports the timer's longest gap. Args: name.
+fn client_with_a_blocking_wake_pipe(args: &[String]) {
+    // As where the received ends cannot be reopened privately: the peer shares them.
+    memlink::__use_received_wake_ends();
+    let before = pipe_ends();
+    runtime().block_on(async {
+        let client = AsyncClient::connect_timeout(&args[0], WATCHDOG)
+            .await
+            .unwrap();
+        for fd in new_pipe_ends(&before, false) {
+            let flags = rustix::fs::fcntl_getfl(borrow_fd(fd)).unwrap();
+            rustix::fs::fcntl_setfl(borrow_fd(fd), flags - rustix::fs::OFlags::NONBLOCK).unwrap();
+        }
+        let request = request(1, 3_000_000, 16);
+        let call = {
+            let request = request.clone();
+            tokio::spawn(async move { client.call(&request).await })
+        };
+        let mut interval = tokio::time::interval(Duration::from_millis(10));
+        let (started, mut last, mut longest) = (Instant::now(), Instant::now(), Duration::ZERO);
+        let mut said = false;
+        while !call.is_finished() {
+            interval.tick().await;
+            longest = longest.max(last.elapsed());
+            last = Instant::now();
+            if !said && started.elapsed() > Duration::from_millis(300) {
+                report("waiting");
+                said = true;
+            }
+        }
+        check_reply(&request, &call.await.unwrap().unwrap());
+        report(&format!("longest gap {}", longest.as_millis()));
+    });
+}
+
+/// M3: a wake pipe read end whose open file description the peer shares and made blocking:
+/// the peer fills it with exactly what our reads take (so that a read comes back full and the
+/// next finds it empty), and still no read of ours blocks the runtime's thread.
+#[test]
+fn a_wake_pipe_made_blocking_by_the_peer_never_blocks_the_runtime() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-blocking-wake");
+    let mut server = ChildProcess::spawn("wake_writer_server", &[&name]);
+    server.expect_line("ready");
+    let mut client = ChildProcess::spawn("client_with_a_blocking_wake_pipe", &[&name]);
+    client.expect_line("waiting");
+    server.tell("write 4096");
+    server.expect_line("written");
+    let gap: u64 = client
+        .next_line()
+        .strip_prefix("longest gap ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    eprintln!("the client's timer's longest gap: {gap} ms");
+    assert!(gap < 1000, "the client's runtime was blocked for {gap} ms");
+    client.wait_success();
+    server.tell("stop");
+    server.wait_success();
+}
+
+/// A blocking server whose workers go on streaming after the client cancelled (as a hostile
+/// server may): they never look at the request ring while a stream runs. Args: name.
+fn cancel_ignoring_server(args: &[String]) {
+    let server = Server::options()
+        .__ignore_stream_cancels()
+        .bind(&args[0])
+        .unwrap();
+    report("ready");
+    server.serve_with(blocking_service, stream_service).unwrap();
+}
+
+/// On a client of `cancel_ignoring_server` `name`: drops a stream after its first item, then
+/// makes a call (with `timeout`, if any) behind the stream's endless records; how it ended and
+/// how long it took.
+fn call_behind_a_cancelled_stream(name: &str, timeout: Option<Duration>) -> (Result<()>, Duration) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = name.to_owned();
+    std::thread::spawn(move || {
+        runtime().block_on(async {
+            let client = ClientOptions::new()
+                .max_concurrent_calls(1)
+                .connect_async_timeout(&name, WATCHDOG)
+                .await
+                .unwrap();
+            let mut stream = client.call_stream(b"count:1000000000").await.unwrap();
+            assert_eq!(item_number(&stream.next().await.unwrap().unwrap()), 0);
+            drop(stream);
+            let started = Instant::now();
+            let request = request(1, 0, 16);
+            let result = match timeout {
+                Some(timeout) => client.call_timeout(&request, timeout).await,
+                None => client.call(&request).await,
+            };
+            let _ = tx.send((result.map(drop), started.elapsed()));
+        });
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("the call did not end: the stale records hold it")
+}
+
+/// H3: a server that sends endless records of a call the client cancelled (which the client
+/// skips unread) cannot keep an async call going: it is taken for broken once it sent more than
+/// it honestly could, and a call's timeout holds meanwhile.
+#[test]
+fn endless_records_of_a_cancelled_call_cannot_hold_an_async_call() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-stale-flood");
+    let mut server = ChildProcess::spawn("cancel_ignoring_server", &[&name]);
+    server.expect_line("ready");
+    let (result, took) = call_behind_a_cancelled_stream(&name, None);
+    eprintln!("a call behind endless stale records ended after {took:?}: {result:?}");
+    assert!(
+        matches!(&result, Err(Error::Corrupted { reason, .. }) if reason.contains("gave up")),
+        "{result:?}"
+    );
+    let (result, took) = call_behind_a_cancelled_stream(&name, Some(Duration::from_millis(300)));
+    eprintln!("with a timeout of 300 ms: ended after {took:?}: {result:?}");
+    assert!(result.is_err(), "{result:?}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    server.kill_and_reap();
+}
+
+/// M4: calls dropped after their request went out, while the server's only worker is busy:
+/// each is withdrawn (it never runs) and its connection serves the next call at once, instead
+/// of queueing it behind the dropped call's handler.
+#[test]
+fn dropped_calls_that_were_withdrawn_never_run_and_hold_nothing_up() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-drop-withdrawn");
+    let mut server = start_blocking_server(&name, 1);
+    runtime().block_on(async {
+        let client = ClientOptions::new()
+            .max_concurrent_calls(4)
+            .connect_async_timeout(&name, WATCHDOG)
+            .await
+            .unwrap();
+        // Holds the only worker for 2 s.
+        let busy = {
+            let client = client.clone();
+            tokio::spawn(async move { client.call(&request(0, 2_000_000, 16)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // 20 calls whose handler would block 2 s each, dropped while the worker is busy.
+        for nonce in 1..=20 {
+            let doomed = request(nonce, 2_000_000, 16);
+            let cut = Duration::from_millis(20);
+            assert!(
+                tokio::time::timeout(cut, client.call(&doomed))
+                    .await
+                    .is_err()
+            );
+        }
+        busy.await.unwrap().unwrap();
+        let started = Instant::now();
+        for nonce in 100..110 {
+            let request = request(nonce, 0, 32);
+            check_reply(&request, &client.call(&request).await.unwrap());
+        }
+        let took = started.elapsed();
+        eprintln!("10 calls after 20 dropped ones took {took:?}");
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+    });
+    let stats = memlink::rpc::server_stats(&name).unwrap();
+    assert_eq!(stats.calls, 11, "the dropped calls' handlers ran");
+    assert_eq!(
+        stats.expired_calls, 20,
+        "not every dropped call was skipped"
+    );
+    server.tell("stop");
+    server.wait_success();
+}
+
+/// M4: calls dropped after the server claimed them (their handlers await 2 s): their
+/// connections are not handed to later calls while those handlers run.
+#[test]
+fn dropped_calls_the_server_took_do_not_hold_up_later_calls() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-drop-claimed");
+    let mut server = start_async_server(&name);
+    runtime().block_on(async {
+        let client = ClientOptions::new()
+            .max_concurrent_calls(4)
+            .connect_async_timeout(&name, WATCHDOG)
+            .await
+            .unwrap();
+        for nonce in 0..20 {
+            let doomed = request(nonce, 2_000_000, 16);
+            let cut = Duration::from_millis(50);
+            assert!(
+                tokio::time::timeout(cut, client.call(&doomed))
+                    .await
+                    .is_err()
+            );
+        }
+        let started = Instant::now();
+        for nonce in 100..110 {
+            let request = request(nonce, 0, 32);
+            check_reply(&request, &client.call(&request).await.unwrap());
+        }
+        let took = started.elapsed();
+        eprintln!("10 calls after 20 dropped ones took {took:?}");
+        assert!(took < Duration::from_secs(1), "took {took:?}");
+    });
+    server.tell("stop");
+    server.expect_line("stopped");
+    server.wait_success();
+}
+
+/// A runtime whose one blocking-pool thread is busy for 3 s.
+fn runtime_with_a_busy_blocking_pool() -> tokio::runtime::Runtime {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(1)
+        .build()
+        .unwrap();
+    rt.spawn_blocking(|| std::thread::sleep(Duration::from_secs(3)));
+    rt
+}
+
+/// Low (a): opening a connection on tokio's blocking pool is bounded by the caller's timeout,
+/// even while the pool is busy.
+#[test]
+fn async_opens_keep_their_timeout_while_the_blocking_pool_is_busy() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-open-busy");
+    let limit = Duration::from_millis(200);
+    let rt = runtime_with_a_busy_blocking_pool();
+    rt.block_on(async {
+        let started = Instant::now();
+        let connected = AsyncClient::connect_timeout(&name, limit).await.map(drop);
+        assert!(matches!(connected, Err(Error::Timeout)), "{connected:?}");
+        let opened = AsyncDuplex::open_timeout(&name, limit).await.map(drop);
+        assert!(matches!(opened, Err(Error::Timeout)), "{opened:?}");
+        let subscribed = AsyncSubscriber::subscribe_timeout(&name, limit)
+            .await
+            .map(drop);
+        assert!(matches!(subscribed, Err(Error::Timeout)), "{subscribed:?}");
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(2000), "took {took:?}");
+    });
+    rt.shutdown_background();
+}
+
+/// Low (b): a runtime without IO or without timers is an error, not a panic.
+#[test]
+fn async_apis_on_a_runtime_without_io_or_timers_are_an_error() {
+    let name = unique_name("async-no-drivers");
+    for io in [false, true] {
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        if io {
+            builder.enable_io();
+        } else {
+            builder.enable_time();
+        }
+        let rt = builder.build().unwrap();
+        rt.block_on(async {
+            let connected = AsyncClient::connect(&name).await.map(drop);
+            assert!(
+                matches!(&connected, Err(Error::InvalidOptions { .. })),
+                "{connected:?}"
+            );
+            let opened = AsyncDuplex::open(&name).await.map(drop);
+            assert!(
+                matches!(&opened, Err(Error::InvalidOptions { .. })),
+                "{opened:?}"
+            );
+            let subscribed = AsyncSubscriber::subscribe(&name).await.map(drop);
+            assert!(
+                matches!(&subscribed, Err(Error::InvalidOptions { .. })),
+                "{subscribed:?}"
+            );
+            let served = Server::bind(&name)
+                .unwrap()
+                .serve_async(|request: Vec<u8>| async move { request })
+                .await;
+            assert!(
+                matches!(&served, Err(Error::InvalidOptions { .. })),
+                "{served:?}"
+            );
+        });
+    }
 }

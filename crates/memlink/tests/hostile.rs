@@ -32,6 +32,8 @@ fn child_main() {
         ("idle_clients", idle_clients),
         ("descriptor_passer", descriptor_passer),
         ("failing_server", failing_server),
+        ("async_server", async_server),
+        ("withdrawn_flood", withdrawn_flood),
     ]);
 }
 
@@ -282,6 +284,57 @@ fn request_while_parked(mut conn: RawConnection) -> ! {
     loop {
         conn.word(CLIENT_PARKED).store(1, Ordering::SeqCst);
         std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// The echo server as `serve_async` on a current-thread runtime: one thread for every
+/// connection. Stops gracefully when its stdin closes. Args: name.
+fn async_server(args: &[String]) {
+    let server = Server::bind(&args[0]).unwrap();
+    let stop = server.shutdown_handle();
+    std::thread::spawn(move || {
+        common::await_parent();
+        stop.shutdown();
+    });
+    report("ready");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(server.serve_async(|request: Vec<u8>| async move { request }))
+        .unwrap();
+    report("stopped");
+}
+
+/// Floods the server with requests it must skip unanswered (each withdrawn through the claim
+/// word before it is published), never letting the request ring run empty: nothing it does
+/// waits for the server, and no reply ever fills its response ring.
+fn withdrawn_flood(args: &[String]) {
+    let mut conn = RawConnection::connect(&args[0]);
+    assert!(conn.version >= 4, "no claim word before protocol version 4");
+    report("attacking");
+    let mut call = 1u64;
+    loop {
+        // Whatever room there is, filled at once: the server never finds the ring empty.
+        let head = conn.long(REQUEST_HEAD).load(Ordering::Acquire);
+        let room = (conn.capacity as u64 - (conn.tail - head)) / 64;
+        if room == 0 {
+            if conn.hung_up() {
+                common::park_until_killed();
+            }
+            std::hint::spin_loop();
+            continue;
+        }
+        // Withdrawn before they are published (a later call's withdrawal covers the earlier).
+        conn.long(CLAIM_WORD)
+            .store((call + room - 1) | WITHDRAWN, Ordering::Release);
+        for _ in 0..room {
+            assert!(conn.push_empty(FIRST | LAST, call, 0));
+            call += 1;
+        }
+        if conn.word(SERVER_PARKED).load(Ordering::Relaxed) != 0 {
+            conn.wake_server();
+        }
     }
 }
 
@@ -582,6 +635,15 @@ fn honest_calls_beside_attacker_of(server_role: &str, tag: &str, role: &str, cal
     honest_calls(&name, calls);
     stop_server(server);
     attacker.kill_and_reap();
+}
+
+/// H3 of the async review: an async server runs each connection as a task; one whose client
+/// keeps its request ring full (of requests to skip, so that nothing ever waits) must still let
+/// the other connections' tasks (and the dispatcher) run on a current-thread runtime, and stop
+/// when the server shuts down.
+#[test]
+fn a_client_flooding_an_async_server_cannot_starve_its_other_connections() {
+    honest_calls_beside_attacker_of("async_server", "hostile-async-flood", "withdrawn_flood", 20);
 }
 
 #[test]

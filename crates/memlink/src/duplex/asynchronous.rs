@@ -59,7 +59,7 @@ impl DuplexOptions {
     /// As [`DuplexOptions::open`]; [`Error::InvalidOptions`] outside a tokio runtime.
     pub async fn open_async(&self, name: &str) -> Result<AsyncDuplex> {
         let (options, name) = (self.clone(), name.to_owned());
-        AsyncDuplex::opened(move || options.open(&name)).await
+        AsyncDuplex::opened(move || options.open(&name), None).await
     }
 
     /// As [`DuplexOptions::open_async`], giving up after `timeout`.
@@ -68,7 +68,14 @@ impl DuplexOptions {
     /// As [`DuplexOptions::open_timeout`].
     pub async fn open_async_timeout(&self, name: &str, timeout: Duration) -> Result<AsyncDuplex> {
         let (options, name) = (self.clone(), name.to_owned());
-        AsyncDuplex::opened(move || options.open_timeout(&name, timeout)).await
+        // One deadline for the wait on the blocking pool and the rendezvous (which, started
+        // late, gives up at once rather than pair with a peer nobody waits for any more).
+        let deadline = Instant::now().checked_add(timeout);
+        AsyncDuplex::opened(
+            move || Duplex::rendezvous(&name, &options, deadline),
+            deadline,
+        )
+        .await
     }
 }
 
@@ -128,15 +135,25 @@ impl AsyncDuplex {
         DuplexOptions::new().open_async_timeout(name, timeout).await
     }
 
-    async fn opened(open: impl FnOnce() -> Result<Duplex> + Send + 'static) -> Result<AsyncDuplex> {
-        link::asynchronous::runtime_present()?;
-        tokio::task::spawn_blocking(open)
-            .await
-            .map_err(|e| Error::Os {
-                op: "opening a duplex channel on tokio's blocking pool",
-                source: std::io::Error::other(e.to_string()),
-            })??
-            .into_async()
+    /// Runs `open` on tokio's blocking pool, giving up at `deadline` (`Timeout`) even while the
+    /// pool is too busy to start it.
+    async fn opened(
+        open: impl FnOnce() -> Result<Duplex> + Send + 'static,
+        deadline: Option<Instant>,
+    ) -> Result<AsyncDuplex> {
+        link::asynchronous::reactor_present()?;
+        let opening = tokio::task::spawn_blocking(open);
+        match deadline {
+            None => opening.await,
+            Some(t) => tokio::time::timeout_at(t.into(), opening)
+                .await
+                .map_err(|_| Error::Timeout)?,
+        }
+        .map_err(|e| Error::Os {
+            op: "opening a duplex channel on tokio's blocking pool",
+            source: std::io::Error::other(e.to_string()),
+        })??
+        .into_async()
     }
 
     /// The channel's name.
@@ -237,6 +254,9 @@ impl AsyncDuplex {
 
     async fn recv_until(&self, message: &mut Vec<u8>, deadline: Option<Instant>) -> Result<()> {
         let conn = &*self.conn;
+        // A unit of the runtime's budget per message (and per wait below): a receiver whose
+        // messages are all there already still lets the other tasks run.
+        tokio::task::coop::consume_budget().await;
         let mut receiving = self.receiving.lock().await;
         let (rx, wake) = &mut *receiving;
         loop {
@@ -256,22 +276,27 @@ impl AsyncDuplex {
                     || ring.has_data(),
                 )
                 .await;
-            match parked {
-                // Data, or the peer hung up: the next look takes it or reports why.
-                Ok(Parked::Ready | Parked::HungUp) => {}
-                Ok(Parked::TimedOut) => return Err(Error::Timeout),
-                Err(e) => {
-                    rx.failed = Some(match &e {
-                        Error::Corrupted { reason, .. } => conn.drop_corrupt_peer(reason),
-                        _ => {
-                            conn.mark_gone(Failed::Disconnected);
-                            Failed::Disconnected
-                        }
-                    });
-                    message.clear();
-                    return Err(e);
+            let error = match parked {
+                Ok(Parked::Ready) => {
+                    tokio::task::coop::consume_budget().await;
+                    continue;
                 }
-            }
+                Ok(Parked::TimedOut) => return Err(Error::Timeout),
+                // Final, as for a blocking receive: the wait looked at the ring once more
+                // before saying so, and found nothing. (The pipe's end of file, or the socket's
+                // hang-up, stays readable: looking again would only find it again, at once.)
+                Ok(Parked::HungUp) => link::goodbye(&conn.name, &conn.socket),
+                Err(e) => e,
+            };
+            rx.failed = Some(match &error {
+                Error::Corrupted { reason, .. } => conn.drop_corrupt_peer(reason),
+                _ => {
+                    conn.mark_gone(Failed::Disconnected);
+                    Failed::Disconnected
+                }
+            });
+            message.clear();
+            return Err(error);
         }
     }
 
@@ -283,6 +308,8 @@ impl AsyncDuplex {
                 max: conn.max_message,
             });
         }
+        // A unit of the runtime's budget per message (as for a receive).
+        tokio::task::coop::consume_budget().await;
         let mut sending = self.sending.lock().await;
         let (tx, wake) = &mut *sending;
         conn.notice_peer_gone(&mut tx.failed);
@@ -342,6 +369,8 @@ async fn stream_message(
                     part.tx.next_id += 1;
                     return Ok(());
                 }
+                // Dropped here, `part` closes the channel (as at any other await).
+                tokio::task::coop::consume_budget().await;
             }
             Ok(false) => {
                 let len = end - part.sent;

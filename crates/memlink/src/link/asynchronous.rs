@@ -27,12 +27,13 @@ use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 
-use super::wake::{PARK_RECHECK, Side, park_begin, park_end};
+use super::wake::{MAX_WAKE_PIPE, PARK_RECHECK, Side, park_begin, park_end};
 use super::{Parked, SocketMessage, TRANSIENT_PAUSE, socket_message};
 use crate::error::{Error, Result};
 use crate::memory::ring::RingError;
 use crate::platform::mapping::Mapping;
-use crate::platform::{notify, reactor};
+use crate::platform::notify::{self, Drained};
+use crate::platform::reactor;
 
 /// Looks at the rings before deciding how to wait: while the peer is awake its answer comes
 /// within a few hundred nanoseconds, and finding it here costs nothing.
@@ -91,15 +92,39 @@ impl Drop for ParkFlag<'_> {
     }
 }
 
-/// Whether the current thread runs a tokio runtime (whose reactor and timers we need).
+/// Whether the current thread runs a tokio runtime (for the waits that need only its blocking
+/// pool: see [`reactor_present`] for the others).
 pub(crate) fn runtime_present() -> Result<()> {
     match tokio::runtime::Handle::try_current() {
         Ok(_) => Ok(()),
-        Err(_) => Err(Error::InvalidOptions {
-            reason: "memlink's async API must run inside a tokio runtime (with IO and time \
-                     enabled)"
-                .into(),
-        }),
+        Err(_) => Err(no_runtime("must run inside a tokio runtime")),
+    }
+}
+
+fn no_runtime(what: &str) -> Error {
+    Error::InvalidOptions {
+        reason: format!(
+            "memlink's async API {what} (with IO and time enabled: `Builder::enable_all`)"
+        ),
+    }
+}
+
+/// Registers `fd` with the current runtime's reactor (`op` says what for, should it fail).
+pub(crate) fn registered(fd: OwnedFd, op: &'static str) -> Result<AsyncFd<OwnedFd>> {
+    reactor::register_readable(fd).map_err(|e| match e {
+        reactor::RegisterError::NoIo => no_runtime("needs tokio's IO driver"),
+        reactor::RegisterError::Os(source) => Error::Os { op, source },
+    })
+}
+
+/// Whether the current thread runs a tokio runtime with the IO and time drivers every wait on a
+/// connection needs (tokio panics where one is missing; this says so as an error instead).
+pub(crate) fn reactor_present() -> Result<()> {
+    runtime_present()?;
+    match reactor::drivers() {
+        Ok(()) => Ok(()),
+        Err(reactor::Missing::Io) => Err(no_runtime("needs tokio's IO driver")),
+        Err(reactor::Missing::Time) => Err(no_runtime("needs tokio's timers")),
     }
 }
 
@@ -108,19 +133,18 @@ impl AsyncWake {
     /// connection's socket, watched for goodbyes and hang-up) with the current tokio runtime.
     ///
     /// # Errors
-    /// `InvalidOptions` outside a tokio runtime; `Os` if a descriptor cannot be duplicated or
-    /// registered.
+    /// `InvalidOptions` outside a tokio runtime with IO and time enabled; `Os` if a descriptor
+    /// cannot be duplicated or registered.
     pub(crate) fn new(wake_in: &OwnedFd, socket: &OwnedFd) -> Result<AsyncWake> {
+        // The registrations below find out about the IO driver.
         runtime_present()?;
+        reactor::timers().map_err(|_| no_runtime("needs tokio's timers"))?;
         let register = |fd: &OwnedFd| {
-            let own = fd.try_clone().map_err(|e| Error::Os {
+            let own = notify::duplicate_wake_end(fd).map_err(|e| Error::Os {
                 op: "duplicating a wake-up descriptor",
                 source: e,
             })?;
-            reactor::register_readable(own).map_err(|e| Error::Os {
-                op: "registering a wake-up descriptor with tokio",
-                source: e,
-            })
+            registered(own, "registering a wake-up descriptor with tokio")
         };
         Ok(AsyncWake {
             wake_in: register(wake_in)?,
@@ -246,13 +270,32 @@ impl AsyncWake {
                 })?;
                 any = true;
                 woken.wake = true;
-                if notify::drain_all_wakes(guard.get_inner()) {
-                    woken.hung_up = true;
-                } else {
+                match notify::drain_some_wakes(guard.get_inner()) {
                     // Read empty: the reactor tells us of the next byte (edge-triggered). A
                     // byte that came after our read has moved the readiness on, and this
                     // clears nothing.
-                    guard.clear_ready();
+                    Drained::Empty => guard.clear_ready(),
+                    // More than wake-ups need (a peer writing on purpose): the pipe stays
+                    // readable, and the next turn reads on, after the caller has looked at its
+                    // rings and the runtime's budget has let other tasks run. Reading it empty
+                    // here could take forever. A pipe grown beyond what we allow is refused.
+                    Drained::Full => {
+                        if notify::pipe_size(guard.get_inner())
+                            .is_ok_and(|size| size > MAX_WAKE_PIPE)
+                        {
+                            return Poll::Ready(Err(Error::corrupted(
+                                name,
+                                format!(
+                                    "the peer enlarged our wake pipe beyond {MAX_WAKE_PIPE} \
+                                     bytes and floods it"
+                                ),
+                            )));
+                        }
+                    }
+                    // Readable for good (end of file): whoever waits next on this pipe is told
+                    // at once, so a hang-up is final for every caller.
+                    Drained::Gone => woken.hung_up = true,
+                    Drained::NotNow => woken.not_now = true,
                 }
             }
             if let Poll::Ready(guard) = socket.poll_read_ready(cx) {

@@ -57,7 +57,7 @@ use std::os::fd::AsFd;
 pub(crate) const PARK_RECHECK: Duration = Duration::from_millis(100);
 
 /// Largest wake pipe a peer may keep: ours are made one page; the kernel's default is 64 KiB.
-const MAX_WAKE_PIPE: usize = 64 << 10;
+pub(crate) const MAX_WAKE_PIPE: usize = 64 << 10;
 
 /// One side's line in the region.
 #[derive(Debug, Clone, Copy)]

@@ -9,15 +9,21 @@
 //! block or read away our wake-ups. Between processes each direction of a connection has its own
 //! pipe ([`wake_pipe`]): the two ends of a pipe are two open file descriptions, so the peer's
 //! flags on its end never reach ours, only the peer can read what we write to it, a pipe cannot
-//! carry descriptors, and closing one never blocks. A wake-up costs a `write` and a `read` of one
-//! byte (about 0.5 µs together here, against 1.5 µs for a message on a Unix socket).
+//! carry descriptors, and closing one never blocks. Where an end cannot be reopened privately
+//! ([`private_wake_end`]: a peer of another user), its reads and writes pass `RWF_NOWAIT`, so
+//! that none blocks even though the peer shares its description. A wake-up costs a `write` and a
+//! `read` of one byte (about 0.5 µs together here, against 1.5 µs for a message on a Unix
+//! socket).
 
+use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags, epoll};
-use rustix::io::Errno;
+use rustix::io::{Errno, ReadWriteFlags};
 
 fn timespec(timeout: Duration) -> rustix::time::Timespec {
     rustix::time::Timespec {
@@ -38,6 +44,8 @@ pub(crate) fn wake_pipe() -> Result<(OwnedFd, OwnedFd), Errno> {
         rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
     )?;
     let _ = rustix::pipe::fcntl_setpipe_size(&write, 4096);
+    set_shared(read.as_fd(), false);
+    set_shared(write.as_fd(), false);
     Ok((read, write))
 }
 
@@ -45,7 +53,10 @@ pub(crate) fn wake_pipe() -> Result<(OwnedFd, OwnedFd), Errno> {
 /// may also hold): checks that it is a pipe end opened for writing (`writable`) or reading, then
 /// reopens it through `/proc/self/fd` non-blocking, so that the peer's `fcntl`s on its copy never
 /// reach ours. Where that cannot be done (no `/proc`, or the pipe belongs to another user, whose
-/// pipes we may not open by path), the received end is used as it is, made non-blocking.
+/// pipes we may not open by path), the received end is used as it is, made non-blocking; the
+/// peer may make it blocking again, but no read or write of ours waits on that (they pass
+/// `RWF_NOWAIT`: see [`SHARED_ENDS`]), on kernels whose pipes take the flag, where an end that is
+/// not an anonymous pipe's (a named FIFO, which does not take it) is refused (`EOPNOTSUPP`).
 pub(crate) fn private_wake_end(received: &OwnedFd, writable: bool) -> Result<OwnedFd, Errno> {
     let stat = rustix::fs::fstat(received)?;
     if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Fifo {
@@ -61,20 +72,51 @@ pub(crate) fn private_wake_end(received: &OwnedFd, writable: bool) -> Result<Own
         return Err(Errno::BADF);
     }
     let path = format!("/proc/self/fd/{}", received.as_fd().as_raw_fd());
-    match rustix::fs::open(
-        path.as_str(),
-        wanted | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    ) {
-        Ok(own) => Ok(own),
+    let reopened = if reopen_received_ends() {
+        rustix::fs::open(
+            path.as_str(),
+            wanted | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+    } else {
+        Err(Errno::ACCESS)
+    };
+    match reopened {
+        Ok(own) => {
+            set_shared(own.as_fd(), false);
+            Ok(own)
+        }
         Err(Errno::NOENT | Errno::ACCESS | Errno::PERM) => {
+            // Shared with the peer: only `RWF_NOWAIT` keeps our reads and writes from blocking,
+            // and a named FIFO (which a peer could pass) does not take it. Where the kernel's
+            // pipes do not either, nothing better can be done than what it always was.
+            let facts = pipe_facts();
+            if facts.nowait && facts.pipefs != Some(stat.st_dev) {
+                return Err(Errno::OPNOTSUPP);
+            }
             rustix::fs::fcntl_setfl(received, access | rustix::fs::OFlags::NONBLOCK)?;
-            received
+            let own = received
                 .try_clone()
-                .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))
+                .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
+            set_shared(own.as_fd(), true);
+            Ok(own)
         }
         Err(e) => Err(e),
     }
+}
+
+/// Fault injection: whether [`private_wake_end`] tries to reopen received ends (see
+/// `crate::__use_received_wake_ends`).
+#[cfg(feature = "fault-injection")]
+pub(crate) static USE_RECEIVED_ENDS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+fn reopen_received_ends() -> bool {
+    #[cfg(feature = "fault-injection")]
+    if USE_RECEIVED_ENDS.load(Ordering::Relaxed) {
+        return false;
+    }
+    true
 }
 
 /// What a [`wake`] found.
@@ -98,13 +140,126 @@ pub(crate) enum Wake {
 pub(crate) const WAKE_TRIES: u32 = 8;
 const WAKE_RETRY_PAUSE: Duration = Duration::from_micros(100);
 
-/// The wake-up byte's `write`: the one place a test can make it fail.
+/// Wake pipe ends, by descriptor number, whose open file description a peer may share (those
+/// [`private_wake_end`] could not reopen, and their duplicates): a bit per descriptor, set or
+/// cleared wherever memlink makes a wake pipe end ([`wake_pipe`], [`private_wake_end`],
+/// [`duplicate_wake_end`]), so that a number reused for another end never keeps a stale bit.
+/// Their reads and writes pass `RWF_NOWAIT`: the peer may have made the description blocking.
+/// Every other end is ours alone and non-blocking, and a plain `read` or `write` of it costs one
+/// system call (`RWF_NOWAIT` would cost a second: a pipe end reopened through `/proc` refuses
+/// it). Descriptors beyond the table count as shared.
+static SHARED_ENDS: [AtomicU64; SHARED_ENDS_TRACKED / 64] =
+    [const { AtomicU64::new(0) }; SHARED_ENDS_TRACKED / 64];
+const SHARED_ENDS_TRACKED: usize = 1 << 16;
+
+fn set_shared(fd: BorrowedFd<'_>, shared: bool) {
+    let Ok(n) = usize::try_from(fd.as_raw_fd()) else {
+        return;
+    };
+    if let Some(word) = SHARED_ENDS.get(n / 64) {
+        let bit = 1u64 << (n % 64);
+        // Relaxed: the end is handed to whoever uses it after this, through what synchronises
+        // that hand-over.
+        if shared {
+            word.fetch_or(bit, Ordering::Relaxed);
+        } else {
+            word.fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
+}
+
+fn is_shared(fd: BorrowedFd<'_>) -> bool {
+    let Ok(n) = usize::try_from(fd.as_raw_fd()) else {
+        return true;
+    };
+    SHARED_ENDS
+        .get(n / 64)
+        .is_none_or(|word| word.load(Ordering::Relaxed) & (1 << (n % 64)) != 0)
+}
+
+/// What this kernel does with pipes, found once on a pipe of our own.
+struct PipeFacts {
+    /// Its pipes take `RWF_NOWAIT` on reads and writes (Linux has for years; not a pipe end
+    /// opened by path, which is why a reopened end is read plainly).
+    nowait: bool,
+    /// The device of the kernel's pipe file system: an anonymous pipe's end, not a named FIFO.
+    pipefs: Option<u64>,
+}
+
+fn pipe_facts() -> &'static PipeFacts {
+    static FACTS: OnceLock<PipeFacts> = OnceLock::new();
+    FACTS.get_or_init(|| {
+        let flags = rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK;
+        let Ok((read, write)) = rustix::pipe::pipe_with(flags) else {
+            return PipeFacts {
+                nowait: false,
+                pipefs: None,
+            };
+        };
+        let mut byte = [0u8; 1];
+        let reads = rustix::io::preadv2(
+            &read,
+            &mut [IoSliceMut::new(&mut byte)],
+            u64::MAX,
+            ReadWriteFlags::NOWAIT,
+        ) == Err(Errno::AGAIN);
+        let writes = rustix::io::pwritev2(
+            &write,
+            &[IoSlice::new(&[1])],
+            u64::MAX,
+            ReadWriteFlags::NOWAIT,
+        ) == Ok(1);
+        PipeFacts {
+            nowait: reads && writes,
+            pipefs: rustix::fs::fstat(&read).ok().map(|stat| stat.st_dev),
+        }
+    })
+}
+
+/// Whether `e` says that the kernel does not take `RWF_NOWAIT` on this file.
+fn nowait_refused(e: Errno) -> bool {
+    matches!(e, Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS)
+}
+
+/// Reads from a wake pipe without ever blocking: a plain `read` of an end that is ours alone
+/// (non-blocking), `RWF_NOWAIT` on one whose description a peer shares and may have made
+/// blocking (see [`SHARED_ENDS`]).
+fn read_wake_pipe(read_end: impl AsFd, buf: &mut [u8]) -> Result<usize, Errno> {
+    if is_shared(read_end.as_fd()) && pipe_facts().nowait {
+        let mut bufs = [IoSliceMut::new(buf)];
+        // `u64::MAX`: no offset (a pipe has none).
+        match rustix::io::preadv2(&read_end, &mut bufs, u64::MAX, ReadWriteFlags::NOWAIT) {
+            // Not shared after all (a number beyond the table, reopened): ours, non-blocking.
+            Err(e) if nowait_refused(e) => {}
+            result => return result,
+        }
+    }
+    rustix::io::read(read_end, buf)
+}
+
+/// The wake-up byte's `write`, never blocking (as [`read_wake_pipe`]); the one place a test can
+/// make it fail.
 fn write_wake(write_end: impl AsFd) -> Result<usize, Errno> {
     #[cfg(test)]
     if let Some(e) = inject::take() {
         return Err(e);
     }
+    if is_shared(write_end.as_fd()) && pipe_facts().nowait {
+        let bufs = [IoSlice::new(&[1])];
+        match rustix::io::pwritev2(&write_end, &bufs, u64::MAX, ReadWriteFlags::NOWAIT) {
+            Err(e) if nowait_refused(e) => {}
+            result => return result,
+        }
+    }
     rustix::io::write(write_end, &[1])
+}
+
+/// A duplicate of the wake pipe end `end` (sharing its description), known for shared as `end`
+/// is (see [`SHARED_ENDS`]).
+pub(crate) fn duplicate_wake_end(end: &OwnedFd) -> std::io::Result<OwnedFd> {
+    let copy = end.try_clone()?;
+    set_shared(copy.as_fd(), is_shared(end.as_fd()));
+    Ok(copy)
 }
 
 /// `poll`: the one place a test can make it fail.
@@ -147,8 +302,8 @@ pub(crate) mod inject {
     }
 }
 
-/// Sends one wake-up byte down a wake pipe, never blocking (our end is non-blocking, and no one
-/// else holds this open file description) and never raising `SIGPIPE`.
+/// Sends one wake-up byte down a wake pipe, never blocking (our end is non-blocking, or the write
+/// passes `RWF_NOWAIT`: see [`SHARED_ENDS`]) and never raising `SIGPIPE`.
 ///
 /// An interrupted write is tried again at once, one that found the kernel short of memory after
 /// a moment, [`WAKE_TRIES`] times in all: a wake-up given up for that is [`Wake::Lost`], not
@@ -221,33 +376,61 @@ pub(crate) fn pipe_size(fd: impl AsFd) -> Result<usize, Errno> {
     rustix::pipe::fcntl_getpipe_size(fd)
 }
 
-/// Consumes the wake-ups waiting in a wake pipe (up to 64, in one `read`); `true` if the pipe's
-/// other end is gone (every writer closed it: the peer exited or hung up). A transient error
-/// ([`super::is_transient`]) is not that.
+/// Consumes the wake-ups waiting in a wake pipe (up to 64, in one read that never blocks);
+/// `true` if the pipe's other end is gone (every writer closed it: the peer exited or hung up).
+/// A transient error ([`super::is_transient`]) is not that.
 pub(crate) fn drain_wakes(read_end: impl AsFd) -> bool {
     let mut buf = [0u8; 64];
-    match rustix::io::read(read_end, &mut buf) {
+    match read_wake_pipe(read_end, &mut buf) {
         Ok(0) => true,
         Ok(_) => false,
         Err(e) => !super::is_transient(e),
     }
 }
 
-/// Consumes every wake-up waiting in a wake pipe, reading until it is empty; `true` if the
-/// pipe's other end is gone. For a waiter on an edge-triggered poller (tokio's reactor), which
-/// hears of a pipe again only after it has been read empty.
+/// What [`drain_some_wakes`] found.
 #[cfg(feature = "tokio")]
-pub(crate) fn drain_all_wakes(read_end: impl AsFd) -> bool {
-    let mut buf = [0u8; 64];
-    loop {
-        match rustix::io::read(&read_end, &mut buf) {
-            Ok(0) => return true,
-            Ok(n) if n < buf.len() => return false,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Drained {
+    /// The pipe was read empty (whatever it held is consumed).
+    Empty,
+    /// Every read came back full: more may be waiting. A peer waking us as the protocol says
+    /// writes a byte per sleep of ours, so this is one writing far more on purpose.
+    Full,
+    /// Every writer is gone (the peer exited or closed its end), or the read failed for good.
+    Gone,
+    /// The kernel is short of memory for the moment ([`super::is_transient`]): nothing is said
+    /// about the peer, and the pipe stays readable.
+    NotNow,
+}
+
+/// Bytes one read of [`drain_some_wakes`] takes.
+#[cfg(feature = "tokio")]
+const DRAIN_READ: usize = 4096;
+/// Reads one [`drain_some_wakes`] makes at most.
+#[cfg(feature = "tokio")]
+const DRAIN_READS: usize = 2;
+
+/// Consumes the wake-ups waiting in a wake pipe, for a waiter on an edge-triggered poller
+/// (tokio's reactor, which hears of a pipe again only after it was read empty): reads until a
+/// read comes back short, but at most [`DRAIN_READS`] reads of [`DRAIN_READ`] bytes, none of
+/// which blocks, so that a peer writing faster than we read cannot hold the caller here. On
+/// [`Drained::Full`] the caller leaves the pipe marked readable and reads on at its next turn.
+#[cfg(feature = "tokio")]
+pub(crate) fn drain_some_wakes(read_end: impl AsFd) -> Drained {
+    let mut buf = [0u8; DRAIN_READ];
+    for _ in 0..DRAIN_READS {
+        match read_wake_pipe(&read_end, &mut buf) {
+            Ok(0) => return Drained::Gone,
+            Ok(n) if n < buf.len() => return Drained::Empty,
+            // An interrupted read counts as one: a storm of signals cannot hold us either.
             Ok(_) | Err(Errno::INTR) => {}
-            Err(Errno::AGAIN) => return false,
-            Err(_) => return true,
+            Err(Errno::AGAIN) => return Drained::Empty,
+            Err(e) if super::is_transient(e) => return Drained::NotNow,
+            Err(_) => return Drained::Gone,
         }
     }
+    Drained::Full
 }
 
 /// What woke a [`wait_wake_or_hangup`].
@@ -432,6 +615,93 @@ mod tests {
         // A reader gone is.
         drop(read);
         assert_eq!(wake(&write), Wake::Gone);
+    }
+
+    /// Runs `f` on a thread of its own, failing the test if it blocks.
+    fn without_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("a wake pipe read or write blocked")
+    }
+
+    /// What a peer sharing the description of `fd` can do to it (see `private_wake_end`).
+    fn share_and_make_blocking(fd: &OwnedFd) {
+        set_shared(fd.as_fd(), true);
+        let flags = rustix::fs::fcntl_getfl(fd).unwrap();
+        rustix::fs::fcntl_setfl(fd, flags - rustix::fs::OFlags::NONBLOCK).unwrap();
+    }
+
+    #[test]
+    fn received_ends_are_reopened_privately_or_known_as_shared() {
+        let (read, write) = wake_pipe().unwrap();
+        assert!(!is_shared(read.as_fd()) && !is_shared(write.as_fd()));
+        let own = private_wake_end(&read, false).unwrap();
+        assert!(!is_shared(own.as_fd()));
+        assert_eq!(
+            private_wake_end(&read, true).err(),
+            Some(Errno::BADF),
+            "wrong way round"
+        );
+        let copy = duplicate_wake_end(&own).unwrap();
+        assert!(!is_shared(copy.as_fd()));
+        set_shared(own.as_fd(), true);
+        assert!(is_shared(duplicate_wake_end(&own).unwrap().as_fd()));
+        // A reopened end refuses `RWF_NOWAIT`; one taken for shared by mistake is still read.
+        assert_eq!(rustix::io::write(&write, &[1]), Ok(1));
+        assert!(!drain_wakes(&own));
+        assert_eq!(read_wake_pipe(&own, &mut [0u8; 8]), Err(Errno::AGAIN));
+    }
+
+    /// A peer sharing our end's open file description (a peer of another user: see
+    /// `private_wake_end`) can make it blocking; our reads and writes of it still never block.
+    #[test]
+    fn wake_pipe_ends_made_blocking_by_a_peer_never_block_us() {
+        let (read, write) = wake_pipe().unwrap();
+        share_and_make_blocking(&read);
+        share_and_make_blocking(&write);
+        without_blocking(move || {
+            assert!(!drain_wakes(&read), "an empty pipe is not a hang-up");
+            // Full: the wake-up says so instead of waiting for room.
+            let size = pipe_size(&write).unwrap();
+            assert_eq!(rustix::io::write(&write, &vec![0u8; size]), Ok(size));
+            assert_eq!(wake(&write), Wake::Full);
+            let mut left = size;
+            while left > 0 {
+                left -= read_wake_pipe(&read, &mut [0u8; 512]).unwrap();
+            }
+            // Empty again: a blocking read would wait here.
+            assert!(!drain_wakes(&read));
+            drop(write);
+            assert!(drain_wakes(&read), "every writer gone is a hang-up");
+        });
+    }
+
+    /// A peer writing faster than we read cannot hold a reader for the reactor: two reads at
+    /// most per call, and `Full` says more may be there.
+    #[cfg(feature = "tokio")]
+    #[test]
+    fn draining_for_the_reactor_reads_a_bounded_amount() {
+        let (read, write) = wake_pipe().unwrap();
+        rustix::pipe::fcntl_setpipe_size(&write, 64 << 10).unwrap();
+        let filled = rustix::io::write(&write, &[1u8; 3 * DRAIN_READ]).unwrap();
+        assert_eq!(filled, 3 * DRAIN_READ);
+        assert_eq!(drain_some_wakes(&read), Drained::Full);
+        assert_eq!(drain_some_wakes(&read), Drained::Empty);
+        assert_eq!(drain_some_wakes(&read), Drained::Empty);
+        // Exactly one read's worth, on an end a peer made blocking: the first read comes back
+        // full, the second finds the pipe empty and says so instead of waiting.
+        share_and_make_blocking(&read);
+        assert_eq!(
+            rustix::io::write(&write, &[1u8; DRAIN_READ]),
+            Ok(DRAIN_READ)
+        );
+        let read = without_blocking(move || {
+            assert_eq!(drain_some_wakes(&read), Drained::Empty);
+            read
+        });
+        drop(write);
+        assert_eq!(drain_some_wakes(&read), Drained::Gone);
     }
 
     #[test]

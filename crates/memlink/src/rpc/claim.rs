@@ -20,15 +20,22 @@
 //! caller finds its call claimed: it may have run ([`Error::Timeout`](crate::Error::Timeout),
 //! [`Error::Disconnected`](crate::Error::Disconnected)).
 //!
-//! A connection carries one call at a time (a caller holds the connection for the whole call,
-//! and drops it after a withdrawal), and call ids increase (and stay below [`WITHDRAWN`]: the
-//! server refuses a request whose id does not, [`is_call_id`]), so the two sides never disagree
-//! on which call the word is about. One exception: a stream the caller dropped before the worker
-//! took its request leaves that request in the ring while the caller goes on to its next call;
-//! if that one is withdrawn, the worker meets the withdrawal of a *later* call when it claims
-//! the dropped stream's. The caller has left the connection then (it drops it after a
-//! withdrawal), so the worker skips the earlier request as withdrawn too, and the later one when
-//! it gets to it.
+//! A connection carries one call at a time (a caller holds the connection for the whole call),
+//! and call ids increase (and stay below [`WITHDRAWN`]: the server refuses a request whose id
+//! does not, [`is_call_id`]), so the two sides never disagree on which call the word is about.
+//! Two refinements:
+//! - a stream the caller dropped before the worker took its request leaves that request in the
+//!   ring while the caller goes on to its next call; if that one is withdrawn, the worker meets
+//!   the withdrawal of a *later* call when it claims the dropped stream's. It skips the earlier
+//!   request as withdrawn too (what came before a withdrawal is given up with it), and the later
+//!   one when it gets to it;
+//! - an async call dropped after its request went out is withdrawn, and its connection serves
+//!   the caller's next calls if the withdrawal won (and the request carried no deadline: a
+//!   request whose deadline has passed is skipped unclaimed, so the worker would never meet the
+//!   withdrawal). The worker meets it when it claims that request (which leaves the withdrawal
+//!   as its last claim, and the next claim goes on from there); until then the caller may find
+//!   its own earlier withdrawal in the word, which says that the worker has claimed nothing
+//!   since, so it withdraws a later call from there too ([`withdraw`]'s `kept`).
 //!
 //! Either side can write anything into the word; each validates what it finds. A caller reads
 //! anything but an earlier claim as "may have run" (a server that scribbles on the word makes its
@@ -86,13 +93,17 @@ pub(crate) fn claim(word: &AtomicU64, last: &mut u64, call: u64) -> Claim {
 const WITHDRAW_TRIES: usize = 3;
 
 /// The caller's withdrawal of call `call`: `true` if it succeeded (the call never runs), `false`
-/// if the worker had claimed it or the word holds anything else (it may have run).
-pub(crate) fn withdraw(word: &AtomicU64, call: u64) -> bool {
+/// if the worker had claimed it or the word holds anything else (it may have run). `kept`: an
+/// earlier call this caller withdrew while keeping the connection (0 for none), whose
+/// withdrawal the word may still hold.
+pub(crate) fn withdraw(word: &AtomicU64, call: u64, kept: u64) -> bool {
     let mut seen = word.load(Ordering::Acquire);
     for _ in 0..WITHDRAW_TRIES {
-        // An earlier claim (or none): the call is not the worker's yet. Anything else (this
-        // call's claim, a later id, a withdrawal we did not make) leaves it to the worker.
-        if seen >= call {
+        // An earlier claim (or none), or our own earlier withdrawal: the call is not the
+        // worker's yet. Anything else (this call's claim, a later id, a withdrawal we did not
+        // make) leaves it to the worker.
+        let ours = kept != 0 && kept < call && seen == kept | WITHDRAWN;
+        if seen >= call && !ours {
             return false;
         }
         // SYNC POINT: AcqRel, pairs with the worker's compare-and-swap in `claim`.
@@ -116,12 +127,13 @@ mod tests {
         assert_eq!(claim(&word, &mut last, 1), Claim::Run);
         assert_eq!(claim(&word, &mut last, 2), Claim::Run);
         // The caller gives up on call 2 after the worker claimed it: it may have run.
-        assert!(!withdraw(&word, 2));
+        assert!(!withdraw(&word, 2, 0));
         // It gives up on call 3 before: withdrawn, and the worker skips it.
-        assert!(withdraw(&word, 3));
+        assert!(withdraw(&word, 3, 0));
         assert_eq!(claim(&word, &mut last, 3), Claim::Withdrawn);
         // A withdrawn word is settled: withdrawing again does not pretend to succeed.
-        assert!(!withdraw(&word, 3));
+        assert!(!withdraw(&word, 3, 0));
+        assert!(!withdraw(&word, 3, 3));
     }
 
     #[test]
@@ -146,13 +158,39 @@ mod tests {
         for call in 1..=2 {
             assert_eq!(claim(&word, &mut last, call), Claim::Run);
         }
-        assert!(withdraw(&word, 4));
+        assert!(withdraw(&word, 4, 0));
         assert_eq!(claim(&word, &mut last, 3), Claim::Withdrawn);
         assert_eq!(last, 2, "the later call's withdrawal is still to be met");
         assert_eq!(claim(&word, &mut last, 4), Claim::Withdrawn);
         // Withdrawals as far ahead as ids go are still withdrawals.
         let word = AtomicU64::new(u64::MAX);
         assert_eq!(claim(&word, &mut 0, 1), Claim::Withdrawn);
+    }
+
+    /// A connection kept after the withdrawal of call 3 (which carried no deadline): the caller
+    /// may withdraw call 4 before or after the worker met the first withdrawal; either way the
+    /// worker skips both and claims call 5.
+    #[test]
+    fn a_connection_kept_after_a_withdrawal_goes_on() {
+        for met_first in [false, true] {
+            let word = AtomicU64::new(0);
+            let mut last = 0;
+            for call in 1..=2 {
+                assert_eq!(claim(&word, &mut last, call), Claim::Run);
+            }
+            assert!(withdraw(&word, 3, 0));
+            if met_first {
+                assert_eq!(claim(&word, &mut last, 3), Claim::Withdrawn);
+            }
+            assert!(withdraw(&word, 4, 3), "met first: {met_first}");
+            if !met_first {
+                assert_eq!(claim(&word, &mut last, 3), Claim::Withdrawn);
+            }
+            assert_eq!(claim(&word, &mut last, 4), Claim::Withdrawn);
+            assert_eq!(claim(&word, &mut last, 5), Claim::Run);
+            // Claimed: neither the kept withdrawal nor any other makes call 5 withdrawable.
+            assert!(!withdraw(&word, 5, 4));
+        }
     }
 
     #[test]
@@ -172,7 +210,7 @@ mod tests {
                     claim(&word, &mut (call - 1), call)
                 });
                 barrier.wait();
-                let withdrawn = withdraw(&word, call);
+                let withdrawn = withdraw(&word, call, 0);
                 (worker.join().unwrap(), withdrawn)
             });
             assert_eq!(claimed == Claim::Run, !withdrawn, "call {call}");
@@ -182,7 +220,15 @@ mod tests {
     #[test]
     fn a_server_scribbling_on_the_word_makes_its_callers_cautious() {
         for scribbled in [7, 8, 7 | WITHDRAWN, u64::MAX] {
-            assert!(!withdraw(&AtomicU64::new(scribbled), 7), "{scribbled:#x}");
+            assert!(
+                !withdraw(&AtomicU64::new(scribbled), 7, 0),
+                "{scribbled:#x}"
+            );
+            // Nor does a withdrawal we did not make pass for ours.
+            assert!(
+                !withdraw(&AtomicU64::new(scribbled), 7, 6),
+                "{scribbled:#x}"
+            );
         }
     }
 
@@ -196,9 +242,9 @@ mod tests {
             let mut last = earlier;
             let (claimed, withdrawn) = if claim_first {
                 let c = claim(&word, &mut last, call);
-                (c, withdraw(&word, call))
+                (c, withdraw(&word, call, 0))
             } else {
-                let w = withdraw(&word, call);
+                let w = withdraw(&word, call, 0);
                 (claim(&word, &mut last, call), w)
             };
             prop_assert_eq!(claimed == Claim::Run, !withdrawn);

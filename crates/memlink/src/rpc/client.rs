@@ -31,7 +31,9 @@ use crate::link::fragment::{Reassembly, fragment_at, fragment_lens};
 use crate::link::wake::{self, Backoff, Patience, RPC_CLIENT, SERVER};
 use crate::link::{self, Keep, Parked};
 use crate::memory::name::validate_name;
-use crate::memory::ring::{Consumer, FIRST, LAST, Producer, RecordHeader, RingError, USER_FLAGS};
+use crate::memory::ring::{
+    Consumer, FIRST, LAST, Producer, RECORD_HEADER_LEN, RecordHeader, RingError, USER_FLAGS,
+};
 use crate::platform::mapping::Mapping;
 #[cfg(feature = "fault-injection")]
 use crate::platform::notify;
@@ -1048,6 +1050,15 @@ struct Connection {
     abandoned: bool,
     /// Streams up to this call id were cancelled: their records still in the ring are skipped.
     cancelled_through: u64,
+    /// How many more records of cancelled calls we skip before taking the server for broken:
+    /// each cancellation adds what an honest server can still send of the call then
+    /// ([`Connection::cancel_through`]), so that a hostile one cannot keep a call skipping
+    /// forever.
+    stale_allowance: u64,
+    /// The last call withdrawn while the connection stayed in use (an async call dropped after
+    /// its request went out; see `claim`), 0 for none: the claim word may still hold its
+    /// withdrawal.
+    kept_withdrawal: u64,
     epoch: u64,
     /// Moving average of how long waits took (1/8 weight to the newest).
     recent_wait: Duration,
@@ -1160,6 +1171,8 @@ impl Connection {
                 .map_or(max_message, |m| m.min(max_message)),
             abandoned: false,
             cancelled_through: 0,
+            stale_allowance: 0,
+            kept_withdrawal: 0,
             epoch,
             recent_wait: Duration::ZERO,
             waits: 0,
@@ -1248,7 +1261,7 @@ impl Connection {
     fn withdraw(&self, call: u64) -> bool {
         self.requests
             .spare_word()
-            .is_ok_and(|word| claim::withdraw(word, call))
+            .is_ok_and(|word| claim::withdraw(word, call, self.kept_withdrawal))
     }
 
     /// Writes the whole of `request` into the request ring if it fits now (`Ok(false)`, nothing
@@ -1360,12 +1373,7 @@ impl Connection {
             };
             match judge(&header, call, self.cancelled_through, kind, true).map_err(|w| bad(&w))? {
                 Verdict::Stale => {
-                    self.responses
-                        .skip(&header)
-                        .map_err(|e| ring(&self.name, e))?;
-                    // The server may be waiting for the room we just freed, as after a take.
-                    wake::nudge(&self.map, SERVER, &self.wake_out)
-                        .map_err(|e| ring(&self.name, e))?;
+                    self.skip_stale(&header)?;
                     continue;
                 }
                 Verdict::Ours(user) => kind = Some(user),
@@ -1385,16 +1393,49 @@ impl Connection {
 
     /// Tells the server to stop stream `call`; later reads skip what of it is in our ring.
     fn cancel(&mut self, call: u64) -> Result<()> {
-        let ring = |e: RingError| Error::corrupted(&self.name, e.0);
+        let ring = |name: &str, e: RingError| Error::corrupted(name, e.0);
         if !self
             .requests
             .try_push(FIRST | LAST | CANCEL, call, 0, &[])
-            .map_err(ring)?
+            .map_err(|e| ring(&self.name, e))?
         {
             return Err(Error::Timeout);
         }
-        self.cancelled_through = call;
-        wake::nudge(&self.map, SERVER, &self.wake_out).map_err(ring)
+        self.cancel_through(call);
+        wake::nudge(&self.map, SERVER, &self.wake_out).map_err(|e| ring(&self.name, e))
+    }
+
+    /// Gives up on calls up to `call` (a stream cancelled, or a call abandoned): what of them is
+    /// still to come is skipped unread ([`Connection::skip_stale`]).
+    pub(super) fn cancel_through(&mut self, call: u64) {
+        self.cancelled_through = self.cancelled_through.max(call);
+        // What an honest server can still send of it: a ring full of the smallest records
+        // (twice: what is in it, and what it writes as we skip, before it sees the cancel), and
+        // a whole message in fragments.
+        // The response ring is laid out as the request ring (one capacity for both).
+        let layout = self.requests.layout();
+        let ring = (layout.capacity / RECORD_HEADER_LEN) as u64;
+        let message = self.max_message.div_ceil(layout.max_fragment().max(1)) as u64;
+        let allowance = 2 * ring + message + 64;
+        self.stale_allowance = self.stale_allowance.saturating_add(allowance);
+    }
+
+    /// Skips a record of a cancelled call (see [`Connection::cancel_through`]); `Corrupted` once
+    /// the server has sent more of them than it honestly could.
+    pub(super) fn skip_stale(&mut self, header: &RecordHeader) -> Result<()> {
+        let ring = |name: &str, e: RingError| Error::corrupted(name, e.0);
+        let Some(left) = self.stale_allowance.checked_sub(1) else {
+            return Err(Error::corrupted(
+                &self.name,
+                "server broke the protocol: it goes on sending records of calls we gave up",
+            ));
+        };
+        self.stale_allowance = left;
+        self.responses
+            .skip(header)
+            .map_err(|e| ring(&self.name, e))?;
+        // The server may be waiting for the room we just freed, as after a take.
+        wake::nudge(&self.map, SERVER, &self.wake_out).map_err(|e| ring(&self.name, e))
     }
 
     /// Writes `request` into the request ring, each record with `user_flags` and `meta`,
@@ -1461,6 +1502,11 @@ impl Connection {
         loop {
             match self.reply_step(call, &mut reassembly, reply)? {
                 ReplyStep::Empty => self.wait(deadline, |_, responses| responses.has_data())?,
+                // A reply in many fragments, or records of a call given up: the deadline holds
+                // all the same (a wait that finds the next record at once does not look at it).
+                ReplyStep::More if deadline.is_some_and(|t| Instant::now() >= t) => {
+                    return Err(Error::Timeout);
+                }
                 ReplyStep::More => {}
                 ReplyStep::Done => return Ok(()),
             }
@@ -1485,12 +1531,8 @@ impl Connection {
             && !reassembly.in_progress()
         {
             // What was in flight of an abandoned call or a cancelled stream. The server may be
-            // waiting for the room this frees (our reply did not fit behind it): wake it, as
-            // after a take.
-            self.responses
-                .skip(&header)
-                .map_err(|e| ring(&self.name, e))?;
-            wake::nudge(&self.map, SERVER, &self.wake_out).map_err(|e| ring(&self.name, e))?;
+            // waiting for the room this frees (our reply did not fit behind it): it is woken.
+            self.skip_stale(&header)?;
             return Ok(ReplyStep::More);
         }
         if !self.take_fragment(&header, reassembly, call, reply)? {

@@ -116,6 +116,9 @@ pub struct ServerOptions {
     /// Fault injection: how long a stream's handler thread waits between giving its slot back
     /// and ending the stream.
     stream_end_pause: Duration,
+    /// Fault injection: workers go on streaming after a cancel (they never look at the request
+    /// ring while a stream runs), as a hostile server may.
+    ignore_stream_cancels: bool,
 }
 
 impl Default for ServerOptions {
@@ -137,6 +140,7 @@ impl Default for ServerOptions {
             fail_workers_after: None,
             park_recheck: PARK_RECHECK,
             stream_end_pause: Duration::ZERO,
+            ignore_stream_cancels: false,
         }
     }
 }
@@ -299,6 +303,17 @@ impl ServerOptions {
         self
     }
 
+    /// Fault injection for tests: workers go on streaming after a client cancelled the stream
+    /// (they never look at its request ring while a stream runs), as a hostile server may: the
+    /// client's next call finds endless records of a call it gave up. Exists only with the
+    /// `fault-injection` feature.
+    #[doc(hidden)]
+    #[cfg(feature = "fault-injection")]
+    pub fn __ignore_stream_cancels(mut self) -> Self {
+        self.ignore_stream_cancels = true;
+        self
+    }
+
     /// Claims service `name`.
     ///
     /// # Errors
@@ -323,8 +338,8 @@ impl ServerOptions {
             );
         }
         // Each connection holds three descriptors (socket and two wake pipe ends), and admitting
-        // one briefly five.
-        raise_descriptor_limit(3 * self.max_clients + MAX_PENDING_HANDSHAKES + 64);
+        // one briefly five (`serve_async` raises it further: see there).
+        raise_descriptor_limit(3, self.max_clients);
         let shutdown_bell = notify::doorbell().map_err(|e| Error::os("creating an eventfd", e))?;
         Ok(Server {
             name: name.to_owned(),
@@ -353,13 +368,15 @@ impl ServerOptions {
     }
 }
 
-/// Raises this process's soft descriptor limit towards `wanted` (as far as the hard limit
-/// allows): each connection holds a descriptor, and the default soft limit (1,024) is below what
-/// the default options admit.
-fn raise_descriptor_limit(wanted: usize) {
+/// Raises this process's soft descriptor limit towards what `max_clients` connections of
+/// `per_connection` descriptors each need, with handshakes in progress besides (as far as the
+/// hard limit allows): the default soft limit (1,024) is below what the default options admit.
+fn raise_descriptor_limit(per_connection: usize, max_clients: usize) {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
-    let wanted = wanted as u64;
+    let wanted = per_connection
+        .saturating_mul(max_clients)
+        .saturating_add(MAX_PENDING_HANDSHAKES + 64) as u64;
     if limit.current.is_some_and(|current| current < wanted) {
         limit.current = Some(limit.maximum.map_or(wanted, |max| max.min(wanted)));
         if let Err(e) = setrlimit(Resource::Nofile, limit) {
@@ -371,7 +388,8 @@ fn raise_descriptor_limit(wanted: usize) {
         tracing::warn!(
             limit = now,
             wanted,
-            "the descriptor limit is below what max_clients needs (3 per connection): \
+            per_connection,
+            "the descriptor limit is below what max_clients needs (per_connection each): \
              connections beyond it will be refused; raise the hard limit (ulimit -Hn) or lower max_clients"
         );
     }
@@ -1334,7 +1352,7 @@ impl Connection {
             }
         }
         if self.phase == Phase::Streaming {
-            progressed |= self.pump_stream(&mut budget)?;
+            progressed |= self.pump_stream(&mut budget, worker.ignore_stream_cancels)?;
             if self.phase == Phase::Streaming {
                 return Ok(progressed);
             }
@@ -1413,7 +1431,7 @@ impl Connection {
                 self.registration.entry.count_call();
                 self.start_stream(worker);
                 if self.phase == Phase::Streaming {
-                    self.pump_stream(&mut budget)?;
+                    self.pump_stream(&mut budget, worker.ignore_stream_cancels)?;
                 } else {
                     self.push_reply(&mut budget)?;
                 }
@@ -1640,9 +1658,14 @@ impl Connection {
 
     /// Moves the stream forward: a cancel from the client, then items (and the end) from the
     /// handler's queue into the response ring, within `budget`.
-    fn pump_stream(&mut self, budget: &mut Budget) -> Result<bool, RingError> {
+    /// (`ignore_cancels`: see `ServerOptions::__ignore_stream_cancels`.)
+    fn pump_stream(
+        &mut self,
+        budget: &mut Budget,
+        ignore_cancels: bool,
+    ) -> Result<bool, RingError> {
         let mut progressed = false;
-        if let Some(header) = self.requests.peek()? {
+        if let Some(header) = self.requests.peek()?.filter(|_| !ignore_cancels) {
             // Nothing but a cancel of this very stream may come while it runs.
             self.take_cancel(&header)?;
             if let Some(stream) = self.stream.take() {
@@ -1839,6 +1862,7 @@ struct WorkerContext<'a> {
     stream_queue: usize,
     stream_queue_bytes: usize,
     stream_end_pause: Duration,
+    ignore_stream_cancels: bool,
 }
 
 struct Worker<'a> {
@@ -2002,6 +2026,7 @@ impl<'a> Worker<'a> {
             stream_queue: self.server.options.stream_queue,
             stream_queue_bytes: self.server.options.stream_queue_bytes,
             stream_end_pause: self.server.options.stream_end_pause,
+            ignore_stream_cancels: self.server.options.ignore_stream_cancels,
         };
         // Connections that broke the protocol (rare: no allocation unless one did).
         let mut broken = Vec::new();

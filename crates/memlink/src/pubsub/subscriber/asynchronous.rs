@@ -77,7 +77,7 @@ impl SubscriberOptions {
         deadline: Option<Instant>,
     ) -> Result<AsyncSubscriber> {
         validate_topic(topic)?;
-        link::asynchronous::runtime_present()?;
+        link::asynchronous::reactor_present()?;
         let (attachment, cursor) = attach_waiting(topic, self, deadline).await?;
         Ok(AsyncSubscriber {
             subscriber: Subscriber::new(topic, self.clone(), attachment, cursor),
@@ -107,12 +107,24 @@ async fn attach_waiting(
     let mut nap = Duration::from_millis(1);
     loop {
         let (topic_owned, options_owned) = (topic.to_owned(), options.clone());
-        let attached = tokio::task::spawn_blocking(move || attach(&topic_owned, &options_owned))
-            .await
-            .map_err(|e| Error::Os {
-                op: "attaching to a publisher on tokio's blocking pool",
-                source: std::io::Error::other(e.to_string()),
-            })?;
+        let attaching = tokio::task::spawn_blocking(move || {
+            // Started after its caller gave up (the pool was busy): nothing to attach.
+            if deadline.is_some_and(|t| Instant::now() >= t) {
+                return Err(Error::Timeout);
+            }
+            attach(&topic_owned, &options_owned)
+        });
+        // Bounded by the deadline even while the pool is too busy to start the attempt.
+        let attached = match deadline {
+            None => attaching.await,
+            Some(t) => tokio::time::timeout_at(t.into(), attaching)
+                .await
+                .map_err(|_| Error::Timeout)?,
+        }
+        .map_err(|e| Error::Os {
+            op: "attaching to a publisher on tokio's blocking pool",
+            source: std::io::Error::other(e.to_string()),
+        })?;
         match attached {
             // No publisher, or one going away or dropping handshakes: look again.
             Err(Error::NotRunning { .. } | Error::Disconnected { .. } | Error::Timeout) => {}
@@ -212,6 +224,9 @@ impl AsyncSubscriber {
 
     async fn recv_until(&mut self, deadline: Option<Instant>) -> Result<Sample> {
         loop {
+            // A unit of the runtime's budget per sample (and per wait): a subscriber whose
+            // samples are all there already still lets the other tasks run.
+            tokio::task::coop::consume_budget().await;
             let attachment = match &self.subscriber.attachment {
                 Some(attachment) => Arc::clone(attachment),
                 None => {

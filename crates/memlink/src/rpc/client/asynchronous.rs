@@ -21,11 +21,16 @@
 //! - written in part (it waited for room in the request ring): the connection is dropped, since
 //!   the server would otherwise read the next request as the rest of this one. The server sees
 //!   the hang-up and discards the fragment; the next call opens a fresh connection;
-//! - written whole (it waited for the reply): the connection goes back to the pool with the call
-//!   marked abandoned (`cancelled_through`, as for a cancelled stream), so the next call on it
-//!   skips that reply, whole or in part, when it arrives: never is a reply delivered to the wrong
-//!   call. A stream request written whole is also cancelled on the server, as when a stream is
-//!   dropped.
+//! - written whole (it waited for the reply): the call is withdrawn through the claim word
+//!   (`rpc::claim`). If the withdrawal wins, the server never runs it nor answers it, and the
+//!   connection goes back to the pool (unless the request carried a deadline: see `abandon`). If
+//!   the server had claimed it, its handler may take long: the connection goes back to the pool
+//!   only if the whole reply has arrived already (it is skipped now), else it is dropped, so that
+//!   no later call waits behind the abandoned one's handler. Either way the call is marked
+//!   abandoned (`cancelled_through`, as for a cancelled stream), so whatever arrives of its reply
+//!   is skipped: never is a reply delivered to the wrong call. A stream request written whole is
+//!   cancelled on the server, as when a stream is dropped, and its connection goes back to the
+//!   pool.
 //!
 //! A stream's `next` keeps what it received of an item in the stream, not in the future, so a
 //! dropped `next` loses nothing; dropping the stream cancels it on the server, as in the blocking
@@ -49,7 +54,7 @@ use crate::link::fragment::{Reassembly, fragment_at};
 use crate::link::wake::{self, RPC_CLIENT, SERVER};
 use crate::link::{self, Parked};
 use crate::memory::name::validate_name;
-use crate::memory::ring::{Consumer, Producer, RingError, USER_FLAGS};
+use crate::memory::ring::{Consumer, LAST, Producer, RingError, USER_FLAGS};
 use crate::platform::clock;
 use crate::rpc::stream::{Verdict, judge};
 
@@ -109,8 +114,9 @@ enum Progress {
     Idle,
     /// Part of a request is in the ring: the connection cannot be used again.
     Writing,
-    /// Call `.0` was sent whole; its reply (or what is left of it) is still to come.
-    Written(u64),
+    /// Call `call` was sent whole (carrying a deadline, or not); its reply (or what is left of
+    /// it) may still come.
+    Written { call: u64, deadline_sent: bool },
     /// Stream request `.0` was sent whole: the server streams until told to stop.
     StreamWritten(u64),
 }
@@ -133,11 +139,15 @@ impl Drop for Lease<'_> {
             Progress::Idle => false,
             // Dropped: the server sees the hang-up and discards the half-received request.
             Progress::Writing => return,
-            Progress::Written(call) => {
-                // Its reply is skipped by whichever call uses the connection next.
-                let conn = &mut connection.conn;
-                conn.cancelled_through = conn.cancelled_through.max(call);
-                true
+            Progress::Written {
+                call,
+                deadline_sent,
+            } => {
+                if !abandon(&mut connection.conn, call, deadline_sent) {
+                    // Out of step until the call's handler has answered: not for another call.
+                    return;
+                }
+                false
             }
             Progress::StreamWritten(call) => {
                 // The server must be told to stop (it takes nothing else while it streams);
@@ -159,10 +169,45 @@ impl Drop for Lease<'_> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if orphan {
-            // Taken last: its next call may first wait for the abandoned call's handler.
+            // Taken last: its next call may first wait for the cancelled stream's end.
             idle.insert(0, connection);
         } else {
             idle.push(connection);
+        }
+    }
+}
+
+/// Settles call `call` of `conn`, whose future was dropped after its request went out: whether
+/// the connection may serve the next call (`true`), or must be dropped.
+///
+/// The call is withdrawn (see `claim`). If that wins, the server skips the request and answers
+/// nothing (whatever it sends of it all the same is skipped): the connection is in step, unless
+/// the request carried a deadline, which could let the server skip it unclaimed (expired), never
+/// meeting the withdrawal, and take the withdrawal of a call it never claimed for corruption. If
+/// the server had claimed it, its reply comes once the handler is done, which may be long (a
+/// stuck handler would hold up every later call on the connection): the connection is kept only
+/// if the whole reply is in the ring already, and skipped now.
+fn abandon(conn: &mut Connection, call: u64, deadline_sent: bool) -> bool {
+    conn.cancel_through(call);
+    if conn.withdraw(call) {
+        conn.kept_withdrawal = call;
+        return !deadline_sent;
+    }
+    skip_abandoned_reply(conn, call)
+}
+
+/// Skips what of abandoned call `call`'s reply is in the response ring: `true` once its last
+/// record is skipped, `false` if more is to come or the ring holds anything else.
+fn skip_abandoned_reply(conn: &mut Connection, call: u64) -> bool {
+    loop {
+        let Ok(Some(header)) = conn.responses.peek() else {
+            return false;
+        };
+        if header.call_id > call || conn.skip_stale(&header).is_err() {
+            return false;
+        }
+        if header.call_id == call && header.flags & LAST != 0 {
+            return true;
         }
     }
 }
@@ -214,7 +259,7 @@ impl AsyncClient {
         wait_until: Option<Instant>,
     ) -> Result<AsyncClient> {
         validate_name(name)?;
-        link::asynchronous::runtime_present()?;
+        link::asynchronous::reactor_present()?;
         let connections = options.connections;
         let client = AsyncClient {
             shared: Arc::new(Shared {
@@ -262,7 +307,8 @@ impl AsyncClient {
     ///
     /// Dropping the future (e.g. in `tokio::time::timeout` or `select!`) abandons the call: its
     /// reply, if it comes, is discarded, and the client stays usable (see the module
-    /// documentation). The handler may or may not have run.
+    /// documentation). The handler may or may not have run: not if the server had not taken the
+    /// request yet (the call is withdrawn then, and never runs).
     ///
     /// # Errors
     /// As [`Client::call`](crate::Client::call).
@@ -400,6 +446,9 @@ impl AsyncClient {
     ) -> Result<()> {
         let shared = &*self.shared;
         shared.check_size(request)?;
+        // One unit of the runtime's budget per call: a task calling back to back, every call
+        // answered at once, still lets the others run.
+        tokio::task::coop::consume_budget().await;
         let mut lease = shared.lease(deadline, mode).await?;
         let mut retried = false;
         loop {
@@ -552,16 +601,27 @@ impl Shared {
     }
 
     /// Opens a connection on tokio's blocking pool (a handshake, or starting a server on demand,
-    /// may wait) and registers it with the reactor. A dropped future drops the connection.
+    /// may wait) and registers it with the reactor, by `deadline` (`Timeout` then, even while
+    /// the pool is too busy to start the opening). A dropped future drops the connection.
     async fn open(&self, epoch: u64, deadline: Option<Instant>) -> Result<AsyncConnection> {
         let (name, options) = (self.name.clone(), self.options.clone());
-        let opened =
-            tokio::task::spawn_blocking(move || open_connection(&name, &options, epoch, deadline))
+        let opening = tokio::task::spawn_blocking(move || {
+            // Started after its caller gave up (the pool was busy): nothing to open.
+            if deadline.is_some_and(|t| Instant::now() >= t) {
+                return Err(Error::Timeout);
+            }
+            open_connection(&name, &options, epoch, deadline)
+        });
+        let opened = match deadline {
+            None => opening.await,
+            Some(t) => tokio::time::timeout_at(t.into(), opening)
                 .await
-                .map_err(|e| Error::Os {
-                    op: "opening a connection on tokio's blocking pool",
-                    source: std::io::Error::other(e.to_string()),
-                })??;
+                .map_err(|_| Error::Timeout)?,
+        }
+        .map_err(|e| Error::Os {
+            op: "opening a connection on tokio's blocking pool",
+            source: std::io::Error::other(e.to_string()),
+        })??;
         self.max_message
             .store(opened.max_message as u64, Ordering::Relaxed);
         let wake = AsyncWake::new(&opened.wake_in, &opened.socket)?;
@@ -617,7 +677,10 @@ impl AsyncConnection {
         };
         let result = match sent {
             Ok(()) => {
-                *progress = Progress::Written(call);
+                *progress = Progress::Written {
+                    call,
+                    deadline_sent: meta != 0,
+                };
                 if !self.conn.pause_before_receive.is_zero() {
                     tokio::time::sleep(self.conn.pause_before_receive).await;
                 }
@@ -713,7 +776,16 @@ impl AsyncConnection {
                     self.wait(deadline, alone, |_, responses| responses.has_data())
                         .await?;
                 }
-                ReplyStep::More => {}
+                ReplyStep::More => {
+                    // A reply in many fragments, or records of a call given up (which a hostile
+                    // server may send without end): the deadline holds all the same (a wait
+                    // that finds the next record at once does not look at it), and the other
+                    // tasks get their turn.
+                    if deadline.is_some_and(|t| Instant::now() >= t) {
+                        return Err(Error::Timeout);
+                    }
+                    tokio::task::coop::consume_budget().await;
+                }
                 ReplyStep::Done => return Ok(()),
             }
         }
@@ -894,7 +966,15 @@ impl AsyncReplyStream<'_> {
         let Some(connection) = self.lease.slot.as_mut() else {
             return Ok(None);
         };
+        let mut first = true;
         loop {
+            if !std::mem::take(&mut first) {
+                // Between records (see `AsyncConnection::receive`): what was taken is kept here.
+                if deadline.is_some_and(|t| Instant::now() >= t) {
+                    return Err(Error::Timeout);
+                }
+                tokio::task::coop::consume_budget().await;
+            }
             let conn = &mut connection.conn;
             let ring = |name: &str, e: RingError| Error::corrupted(name, e.0);
             let Some(header) = conn.responses.peek().map_err(|e| ring(&conn.name, e))? else {
@@ -910,11 +990,7 @@ impl AsyncReplyStream<'_> {
                 .map_err(|w| bad(&w))?
             {
                 Verdict::Stale => {
-                    conn.responses
-                        .skip(&header)
-                        .map_err(|e| ring(&conn.name, e))?;
-                    wake::nudge(&conn.map, SERVER, &conn.wake_out)
-                        .map_err(|e| ring(&conn.name, e))?;
+                    conn.skip_stale(&header)?;
                     continue;
                 }
                 Verdict::Ours(user) => self.kind = Some(user),

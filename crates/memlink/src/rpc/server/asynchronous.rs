@@ -8,7 +8,9 @@
 //! between steps through `link::asynchronous` on the connection's wake pipe and socket, the
 //! same wake-ups a blocking worker sleeps on. The runtime's threads are the workers
 //! (`ServerOptions::workers` does not apply); a connection's requests are answered one at a time,
-//! in order, as by a blocking worker. The parsing, the claim on each request before it runs
+//! in order, as by a blocking worker, each taking a unit of the runtime's scheduling budget, so
+//! that a client whose requests keep coming cannot hold a runtime thread from the other
+//! connections. The parsing, the claim on each request before it runs
 //! (`rpc::claim`: a call its caller withdrew never runs) and the error reports are the blocking
 //! worker's (`Connection` of the parent module).
 //!
@@ -42,7 +44,7 @@ use crate::link::asynchronous::{AsyncPatience, AsyncWake};
 use crate::link::wake::SERVER;
 use crate::link::{self, Parked};
 use crate::memory::ring::RingError;
-use crate::platform::{clock, notify, reactor, socket};
+use crate::platform::{clock, notify, socket};
 
 /// Answers requests asynchronously: the twin of [`Handler`](super::Handler) for
 /// [`Server::serve_async`]. Implemented for every `Fn(Vec<u8>) -> impl Future<Output = Vec<u8>>`
@@ -159,7 +161,10 @@ impl Server {
     /// # Errors
     /// As [`Server::serve_async`].
     pub async fn serve_calls_async<C: AsyncCallHandler>(mut self, handler: C) -> Result<()> {
-        link::asynchronous::runtime_present()?;
+        link::asynchronous::reactor_present()?;
+        // A connection's task registers duplicates of its socket and wake pipe read end with
+        // the reactor: five descriptors per connection, not three.
+        super::raise_descriptor_limit(5, self.options.max_clients);
         let listener = self
             .listener
             .take()
@@ -175,12 +180,11 @@ impl Server {
             gone: AtomicBool::new(false),
         };
         let registered = |fd: &OwnedFd| {
-            fd.try_clone()
-                .and_then(reactor::register_readable)
-                .map_err(|e| Error::Os {
-                    op: "registering a server's doorbell with tokio",
-                    source: e,
-                })
+            let own = fd.try_clone().map_err(|e| Error::Os {
+                op: "duplicating a server's doorbell",
+                source: e,
+            })?;
+            link::asynchronous::registered(own, "registering a server's doorbell with tokio")
         };
         let doorbell_ready = registered(&doorbell)?;
         let shutdown_ready = registered(&self.shared.shutdown_bell)?;
@@ -359,6 +363,15 @@ async fn serve_calls<C: AsyncCallHandler>(
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), Ended> {
     loop {
+        // Between calls: shutdown ends the connection at once (the check below, for an empty
+        // ring, is not reached while a client keeps its ring full), and one unit of the
+        // runtime's budget per call keeps a client whose requests are answered as fast as they
+        // come (or skipped: withdrawn, expired) from holding the runtime's thread, so that the
+        // other connections' tasks run and the task can be aborted.
+        if *stop.borrow() {
+            return Ok(());
+        }
+        tokio::task::coop::consume_budget().await;
         // A whole request.
         let stream = loop {
             match conn
