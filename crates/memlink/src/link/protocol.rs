@@ -42,8 +42,10 @@ pub(crate) const MAGIC: u32 = u32::from_le_bytes(*b"MLNK");
 /// Bumped whenever the handshake or region layout changes incompatibly. 3: record headers carry
 /// a `meta` word (an rpc request's deadline), rpc error reports and statistics grew. 4: the
 /// request ring's spare word is rpc's claim word (a server that does not claim would let its
-/// clients take every call they give up on for not executed).
-pub(crate) const PROTOCOL_VERSION: u32 = 4;
+/// clients take every call they give up on for not executed). 5: the wake-up barriers pair
+/// differently (an rpc client parks with a plain fence and must be woken after one; a side that
+/// parks rarely relies on its waker's light barrier and its own membarrier).
+pub(crate) const PROTOCOL_VERSION: u32 = 5;
 
 pub(crate) fn word(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))

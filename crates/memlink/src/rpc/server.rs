@@ -1422,9 +1422,11 @@ impl Connection {
                 self.push_reply(&mut budget)?;
                 break;
             } else if !self.claim()? {
-                // Its caller withdrew it (and went away): nothing of it runs, nothing answers.
+                // Its caller withdrew it: nothing of it runs, nothing answers. A client that
+                // kept the connection may be waiting for the room its request held: wake it.
                 self.phase = Phase::Idle;
                 worker.shared.expired.fetch_add(1, Ordering::Relaxed);
+                self.nudge_client()?;
                 break;
             } else if self.stream_request {
                 worker.calls.fetch_add(1, Ordering::Relaxed);
@@ -1584,7 +1586,9 @@ impl Connection {
                 header.flags, header.call_id, self.call
             )));
         }
-        self.requests.skip(header)
+        self.requests.skip(header)?;
+        // The client may be waiting for the room the cancel record held.
+        self.nudge_client()
     }
 
     /// Starts the stream the request in `request` asks for: on a handler thread of its own, or

@@ -403,9 +403,11 @@ async fn serve_calls<C: AsyncCallHandler>(
             conn.refuse_expired();
             context.shared.expired.fetch_add(1, Ordering::Relaxed);
         } else if !conn.claim().map_err(Ended::Corrupted)? {
-            // Its caller withdrew it (and went away): nothing of it runs, nothing answers.
+            // Its caller withdrew it: nothing of it runs, nothing answers. A client that kept
+            // the connection may be waiting for the room its request held: wake it.
             conn.phase = Phase::Idle;
             context.shared.expired.fetch_add(1, Ordering::Relaxed);
+            conn.nudge_client().map_err(Ended::Corrupted)?;
             continue;
         } else {
             // Claimed (see `rpc::claim`): ours to run.
