@@ -69,7 +69,7 @@ fn descriptor_kind(fd: &OwnedFd) -> String {
 
 impl RawConnection {
     fn connect(name: &str) -> RawConnection {
-        for version in [4u32, 3, 2, 1] {
+        for version in [5u32, 4, 3, 2, 1] {
             if let Some(conn) = Self::try_version(name, version) {
                 return conn;
             }

@@ -225,8 +225,14 @@ impl AsyncWake {
         mut ready: impl FnMut() -> Result<bool, RingError>,
     ) -> Result<Parked> {
         let corrupted = |e: RingError| Error::corrupted(name, e.0);
+        let mut flag: Option<ParkFlag<'_>> = None;
         loop {
-            let flag = ParkFlag::raise(map, me).map_err(corrupted)?;
+            match &flag {
+                // Kept up through a nap nobody ended: `park_begin` raises it again (with the
+                // barrier) only if a waker lowered it meanwhile, else it needs no new barrier.
+                Some(_) => park_begin(map, me).map_err(corrupted)?,
+                None => flag = Some(ParkFlag::raise(map, me).map_err(corrupted)?),
+            }
             if ready().map_err(corrupted)? {
                 drop(flag);
                 return Ok(Parked::Ready);
@@ -240,7 +246,13 @@ impl AsyncWake {
             };
             let nap = left.map_or(PARK_RECHECK, |left| left.min(PARK_RECHECK));
             let woken = self.sleep(name, nap).await?;
-            drop(flag);
+            if !(woken.wake || woken.hung_up || woken.not_now) {
+                // Only the timer (or a socket with nothing to say): keep the flag up, so that
+                // an idle waiter does not pay a membarrier at every re-check. Dropping this
+                // future still lowers it.
+                continue;
+            }
+            flag = None;
             if woken.not_now && !woken.hung_up {
                 // Readable still: look again in a moment rather than spin (as `park_until`).
                 tokio::time::sleep(TRANSIENT_PAUSE).await;

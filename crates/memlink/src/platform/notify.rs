@@ -94,6 +94,12 @@ pub(crate) fn private_wake_end(received: &OwnedFd, writable: bool) -> Result<Own
             if facts.nowait && facts.pipefs != Some(stat.st_dev) {
                 return Err(Errno::OPNOTSUPP);
             }
+            // An anonymous pipe's end that the peer opened by path (`/proc/PID/fd/N`) is on the
+            // pipe file system too, yet refuses `RWF_NOWAIT` like a named FIFO: ask the end
+            // itself. (The probe may take a wake-up byte or add one: both are only hints.)
+            if facts.nowait && !takes_nowait(received, writable) {
+                return Err(Errno::OPNOTSUPP);
+            }
             rustix::fs::fcntl_setfl(received, access | rustix::fs::OFlags::NONBLOCK)?;
             let own = received
                 .try_clone()
@@ -216,6 +222,22 @@ fn pipe_facts() -> &'static PipeFacts {
     })
 }
 
+/// Whether the pipe end `end` takes `RWF_NOWAIT` (tried with a one-byte read or write).
+fn takes_nowait(end: &OwnedFd, writable: bool) -> bool {
+    let result = if writable {
+        rustix::io::pwritev2(end, &[IoSlice::new(&[1])], u64::MAX, ReadWriteFlags::NOWAIT)
+    } else {
+        let mut byte = [0u8; 1];
+        rustix::io::preadv2(
+            end,
+            &mut [IoSliceMut::new(&mut byte)],
+            u64::MAX,
+            ReadWriteFlags::NOWAIT,
+        )
+    };
+    !matches!(result, Err(e) if nowait_refused(e))
+}
+
 /// Whether `e` says that the kernel does not take `RWF_NOWAIT` on this file.
 fn nowait_refused(e: Errno) -> bool {
     matches!(e, Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS)
@@ -255,7 +277,8 @@ fn write_wake(write_end: impl AsFd) -> Result<usize, Errno> {
 }
 
 /// A duplicate of the wake pipe end `end` (sharing its description), known for shared as `end`
-/// is (see [`SHARED_ENDS`]).
+/// is (see [`SHARED_ENDS`]). Used by the async waits' reactor registrations.
+#[cfg(any(feature = "tokio", test))]
 pub(crate) fn duplicate_wake_end(end: &OwnedFd) -> std::io::Result<OwnedFd> {
     let copy = end.try_clone()?;
     set_shared(copy.as_fd(), is_shared(end.as_fd()));

@@ -1030,6 +1030,10 @@ enum ReplyStep {
     Done,
 }
 
+/// The longest reply counted for in a cancelled call's stale-record allowance
+/// ([`Connection::cancel_through`]), whatever the server announced.
+const MAX_STALE_MESSAGE: usize = 4 << 30;
+
 /// One connection: a region with a request ring we produce and a response ring we consume.
 #[derive(Debug)]
 struct Connection {
@@ -1415,7 +1419,10 @@ impl Connection {
         // The response ring is laid out as the request ring (one capacity for both).
         let layout = self.requests.layout();
         let ring = (layout.capacity / RECORD_HEADER_LEN) as u64;
-        let message = self.max_message.div_ceil(layout.max_fragment().max(1)) as u64;
+        // The reply's limit is the server's word (unless the caller set one): capped, so that a
+        // server announcing an absurd maximum cannot buy itself an endless allowance.
+        let longest = self.max_reply.min(MAX_STALE_MESSAGE);
+        let message = longest.div_ceil(layout.max_fragment().max(1)) as u64;
         let allowance = 2 * ring + message + 64;
         self.stale_allowance = self.stale_allowance.saturating_add(allowance);
     }
