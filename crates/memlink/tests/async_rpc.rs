@@ -1307,8 +1307,8 @@ fn new_pipe_ends(before: &[(i32, bool)], write: bool) -> Vec<i32> {
 
 /// A descriptor a memlink object of this (child) process owns, borrowed for an attack on it.
 fn borrow_fd(fd: i32) -> std::os::fd::BorrowedFd<'static> {
-    // SAFETY: the descriptor belongs to a memlink connection this child keeps open until it
-    // exits (it parks until killed), so it stays open while borrowed.
+    // The descriptor belongs to a memlink connection this child keeps open until it exits.
+    // SAFETY: it stays open while borrowed (the child parks until it is killed).
     unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
 
@@ -1332,8 +1332,8 @@ fn duplex_hostile(args: &[String]) {
         let null = std::fs::File::open("/dev/null").unwrap();
         for fd in ends {
             use std::os::fd::AsRawFd;
-            // SAFETY: `dup2` onto a descriptor this process holds open replaces the pipe end it
-            // named with /dev/null; its owner closes /dev/null instead later.
+            // Its owner closes /dev/null instead of the pipe end later.
+            // SAFETY: `dup2` onto a descriptor this process holds open only replaces what it names.
             let rc = unsafe { libc::dup2(null.as_raw_fd(), fd) };
             assert_eq!(rc, fd);
         }

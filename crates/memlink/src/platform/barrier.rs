@@ -79,11 +79,10 @@ fn discover() -> u8 {
     if state == REGISTERED {
         static AT_FORK: std::sync::Once = std::sync::Once::new();
         AT_FORK.call_once(|| {
+            // A failure (ENOMEM) leaves no handler: then a forked child that never execs keeps
+            // our state and uses compiler fences unregistered, which costs it bounded parks.
             // SAFETY: `pthread_atfork` only records the handler; `forget_registration` is an
-            // `extern "C"` function with no arguments that performs one atomic store, which is
-            // async-signal-safe as a handler run in a forked child must be. A failure (ENOMEM)
-            // leaves no handler: then a forked child that never execs keeps our state and uses
-            // compiler fences unregistered, which costs it bounded parks, as documented.
+            // `extern "C"` function with no arguments doing one atomic store (async-signal-safe).
             let _ = unsafe { libc::pthread_atfork(None, None, Some(forget_registration)) };
         });
     }

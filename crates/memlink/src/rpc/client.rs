@@ -1187,6 +1187,22 @@ impl Connection {
         })
     }
 
+    /// The request record's `meta` word for `deadline`: CLOCK_MONOTONIC nanoseconds, converted
+    /// without a clock read, never later than ours (0 means none, and no clock reads 0), and
+    /// only to a server on our clock. One beyond what the protocol carries (centuries away)
+    /// travels as none: the server would refuse it.
+    pub(super) fn deadline_word(&self, deadline: Option<Instant>) -> u64 {
+        if let Some(after) = self.sent_deadline {
+            return clock::monotonic_ns().saturating_add(after.as_nanos() as u64);
+        }
+        deadline
+            .filter(|_| self.same_clock)
+            .map_or(0, |t| match clock::instant_to_ns(t).max(1) {
+                ns if ns > super::protocol::MAX_DEADLINE_NS => 0,
+                ns => ns,
+            })
+    }
+
     fn call(
         &mut self,
         request: &[u8],
@@ -1200,18 +1216,7 @@ impl Connection {
                 max: self.max_message,
             }));
         }
-        // The deadline travels as CLOCK_MONOTONIC nanoseconds, converted without a clock read,
-        // never later than ours (0 means none, and no clock reads 0). One beyond what the
-        // protocol carries (centuries away) travels as none: the server would refuse it.
-        let mut meta = deadline.filter(|_| self.same_clock).map_or(0, |t| {
-            match clock::instant_to_ns(t).max(1) {
-                ns if ns > super::protocol::MAX_DEADLINE_NS => 0,
-                ns => ns,
-            }
-        });
-        if let Some(after) = self.sent_deadline {
-            meta = clock::monotonic_ns().saturating_add(after.as_nanos() as u64);
-        }
+        let meta = self.deadline_word(deadline);
         let call = self.last_call + 1;
         let sent = match mode {
             Mode::Wait => {

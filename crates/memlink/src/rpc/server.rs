@@ -1216,6 +1216,17 @@ struct WorkerHandle {
     gone: AtomicBool,
 }
 
+/// What one request record was ([`Connection::take_request_record`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RequestRecord {
+    /// A stream's cancel that crossed its end (nothing of a request).
+    Cancel,
+    /// A fragment of a request not yet whole.
+    Part,
+    /// The last fragment: the request is whole.
+    Whole,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Idle,
@@ -1361,57 +1372,18 @@ impl Connection {
             let Some(header) = self.requests.peek()? else {
                 break;
             };
-            let bad = |why: String| RingError(format!("client broke the protocol: {why}"));
             if self.phase == Phase::Replying {
                 break;
             }
-            let user = header.flags & USER_FLAGS;
-            if user != 0 && user != STREAM_REQUEST {
-                if user == CANCEL && !self.reassembly.in_progress() {
-                    // A cancel that crossed the stream's end: nothing left to stop.
-                    self.take_cancel(&header)?;
-                    // Charged like a fragment, so a flood of them cannot hold the worker here.
-                    budget.charge(0);
-                    progressed = true;
-                    continue;
-                }
-                return Err(bad(format!("request flags {:#x}", header.flags)));
-            }
-            // Call ids increase, and stay below the claim word's withdrawn bit (see `claim`);
-            // an empty fragment that is not the last is refused (a client could otherwise keep
-            // a worker busy forever with fragments that move nothing).
-            let last_call = self.call;
-            let started = self
-                .reassembly
-                .accept(
-                    &header,
-                    |id| id > last_call && claim::is_call_id(id),
-                    self.max_message as u64,
-                )
-                .map_err(bad)?;
-            if started.is_some() {
-                // A deadline is a time some clock can read; a stream request carries none.
-                if header.meta > MAX_DEADLINE_NS || (user == STREAM_REQUEST && header.meta != 0) {
-                    return Err(bad(format!("a request deadline of {}", header.meta)));
-                }
-                self.call = header.call_id;
-                self.deadline = header.meta;
-                self.request.clear();
-                self.phase = Phase::Receiving;
-                self.stream_request = user == STREAM_REQUEST;
-            } else if self.stream_request != (user == STREAM_REQUEST) {
-                return Err(bad(
-                    "fragments of one request disagree on their flags".into()
-                ));
-            } else if header.meta != self.deadline {
-                return Err(bad(
-                    "fragments of one request disagree on their deadline".into()
-                ));
-            }
-            self.requests.take(&header, &mut self.request)?;
-            budget.charge(header.len as usize);
+            let record = self.take_request_record(&header)?;
             progressed = true;
-            if self.reassembly.taken(&header).map_err(bad)?.is_none() {
+            if record == RequestRecord::Cancel {
+                // Charged like a fragment, so a flood of them cannot hold the worker here.
+                budget.charge(0);
+                continue;
+            }
+            budget.charge(header.len as usize);
+            if record == RequestRecord::Part {
                 // The client may be waiting for the room we just freed to send the next fragment.
                 // After the last one it is not: it waits for the reply, which wakes it anyway.
                 self.nudge_client()?;
@@ -1458,6 +1430,62 @@ impl Connection {
             }
         }
         Ok(progressed)
+    }
+
+    /// Takes the request record `header` (just peeked) after validating it against the request
+    /// it belongs to: flags, call id (increasing, below the claim word's withdrawn bit, see
+    /// `claim`), deadline, and agreement between the fragments of one request. An empty fragment
+    /// that is not the last is refused (a client could otherwise keep a worker busy forever with
+    /// fragments that move nothing). The blocking worker and the async server both take
+    /// requests through this; they differ only in how they charge, wake and run what it gives.
+    pub(super) fn take_request_record(
+        &mut self,
+        header: &crate::memory::ring::RecordHeader,
+    ) -> Result<RequestRecord, RingError> {
+        let bad = |why: String| RingError(format!("client broke the protocol: {why}"));
+        let user = header.flags & USER_FLAGS;
+        if user != 0 && user != STREAM_REQUEST {
+            if user == CANCEL && !self.reassembly.in_progress() {
+                // A cancel that crossed the stream's end: nothing left to stop.
+                self.take_cancel(header)?;
+                return Ok(RequestRecord::Cancel);
+            }
+            return Err(bad(format!("request flags {:#x}", header.flags)));
+        }
+        let last_call = self.call;
+        let started = self
+            .reassembly
+            .accept(
+                header,
+                |id| id > last_call && claim::is_call_id(id),
+                self.max_message as u64,
+            )
+            .map_err(bad)?;
+        if started.is_some() {
+            // A deadline is a time some clock can read; a stream request carries none.
+            if header.meta > MAX_DEADLINE_NS || (user == STREAM_REQUEST && header.meta != 0) {
+                return Err(bad(format!("a request deadline of {}", header.meta)));
+            }
+            self.call = header.call_id;
+            self.deadline = header.meta;
+            self.request.clear();
+            self.phase = Phase::Receiving;
+            self.stream_request = user == STREAM_REQUEST;
+        } else if self.stream_request != (user == STREAM_REQUEST) {
+            return Err(bad(
+                "fragments of one request disagree on their flags".into()
+            ));
+        } else if header.meta != self.deadline {
+            return Err(bad(
+                "fragments of one request disagree on their deadline".into()
+            ));
+        }
+        self.requests.take(header, &mut self.request)?;
+        Ok(if self.reassembly.taken(header).map_err(bad)?.is_none() {
+            RequestRecord::Part
+        } else {
+            RequestRecord::Whole
+        })
     }
 
     /// Whether the complete request's deadline has passed. Reads the clock only for a request

@@ -55,7 +55,6 @@ use crate::link::wake::{self, RPC_CLIENT, SERVER};
 use crate::link::{self, Parked};
 use crate::memory::name::validate_name;
 use crate::memory::ring::{Consumer, LAST, Producer, RingError, USER_FLAGS};
-use crate::platform::clock;
 use crate::rpc::stream::{Verdict, judge};
 
 /// Longest an async call looks at its reply ring before it parks, when it is the only call of
@@ -647,17 +646,7 @@ impl AsyncConnection {
                 max: conn.max_message,
             }));
         }
-        // As in `Connection::call`: the deadline travels as CLOCK_MONOTONIC nanoseconds, only to
-        // a server on our clock, and one beyond what the protocol carries travels as none.
-        let mut meta = deadline.filter(|_| conn.same_clock).map_or(0, |t| {
-            match clock::instant_to_ns(t).max(1) {
-                ns if ns > super::super::protocol::MAX_DEADLINE_NS => 0,
-                ns => ns,
-            }
-        });
-        if let Some(after) = conn.sent_deadline {
-            meta = clock::monotonic_ns().saturating_add(after.as_nanos() as u64);
-        }
+        let meta = conn.deadline_word(deadline);
         let call = conn.last_call + 1;
         let sent = match mode {
             Mode::Wait => {

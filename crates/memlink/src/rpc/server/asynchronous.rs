@@ -35,9 +35,9 @@ use rustix::io::Errno;
 use tokio::io::unix::AsyncFd;
 
 use super::{
-    Budget, CANCEL, CallContext, Connection, ERR_HANDLER_PANICKED, ERR_NO_STREAMS,
-    ERR_REPLY_TOO_LARGE, ERROR_REPLY, Goodbye, HandlerError, MAX_DEADLINE_NS, Phase,
-    STREAM_REQUEST, SWEEP_FRAGMENTS, Server, Shared, USER_FLAGS, WorkerHandle,
+    Budget, CallContext, Connection, ERR_HANDLER_PANICKED, ERR_NO_STREAMS, ERR_REPLY_TOO_LARGE,
+    ERROR_REPLY, Goodbye, HandlerError, Phase, RequestRecord, SWEEP_FRAGMENTS, Server, Shared,
+    WorkerHandle,
 };
 use crate::error::{Error, Result};
 use crate::link::asynchronous::{AsyncPatience, AsyncWake};
@@ -509,58 +509,25 @@ async fn park(
 }
 
 impl Connection {
-    /// Takes up to `budget` records of the next request (the receiving half of `pump`, whose
-    /// checks it repeats): `Some(stream)` once it is whole, `None` while more is to come.
+    /// Takes up to `budget` records of the next request (through `take_request_record`, as
+    /// the blocking worker's `pump` does): `Some(stream)` once it is whole, `None` while more is
+    /// to come.
     fn take_request(&mut self, budget: usize) -> Result<Option<bool>, RingError> {
         for _ in 0..budget {
             let Some(header) = self.requests.peek()? else {
                 return Ok(None);
             };
-            let bad = |why: String| RingError(format!("client broke the protocol: {why}"));
-            let user = header.flags & USER_FLAGS;
-            if user != 0 && user != STREAM_REQUEST {
-                if user == CANCEL && !self.reassembly.in_progress() {
-                    // A cancel that crossed the stream's end: nothing left to stop.
-                    self.take_cancel(&header)?;
-                    continue;
+            match self.take_request_record(&header)? {
+                RequestRecord::Cancel => continue,
+                RequestRecord::Part => {
+                    self.active = true;
+                    // The client may be waiting for the room we just freed.
+                    self.nudge_client()?;
                 }
-                return Err(bad(format!("request flags {:#x}", header.flags)));
-            }
-            // Call ids increase, and stay below the claim word's withdrawn bit (see `claim`).
-            let last_call = self.call;
-            let started = self
-                .reassembly
-                .accept(
-                    &header,
-                    |id| id > last_call && crate::rpc::claim::is_call_id(id),
-                    self.max_message as u64,
-                )
-                .map_err(bad)?;
-            if started.is_some() {
-                if header.meta > MAX_DEADLINE_NS || (user == STREAM_REQUEST && header.meta != 0) {
-                    return Err(bad(format!("a request deadline of {}", header.meta)));
+                RequestRecord::Whole => {
+                    self.active = true;
+                    return Ok(Some(self.stream_request));
                 }
-                self.call = header.call_id;
-                self.deadline = header.meta;
-                self.request.clear();
-                self.phase = Phase::Receiving;
-                self.stream_request = user == STREAM_REQUEST;
-            } else if self.stream_request != (user == STREAM_REQUEST) {
-                return Err(bad(
-                    "fragments of one request disagree on their flags".into()
-                ));
-            } else if header.meta != self.deadline {
-                return Err(bad(
-                    "fragments of one request disagree on their deadline".into()
-                ));
-            }
-            self.requests.take(&header, &mut self.request)?;
-            self.active = true;
-            if self.reassembly.taken(&header).map_err(bad)?.is_none() {
-                // The client may be waiting for the room we just freed.
-                self.nudge_client()?;
-            } else {
-                return Ok(Some(self.stream_request));
             }
         }
         Ok(None)
