@@ -203,9 +203,9 @@ impl<const N: usize> Consumer<N> {
         self.ring.stamps[at].load(Ordering::Acquire) == self.head + 1
     }
 
-    /// `Consumer::peek` + `Consumer::take` + `Consumer::advance`: the record's bytes
-    /// (`copy_out`, `append_to_vec`), then `head` with Release (SYNC POINT with the Acquire load
-    /// in `Producer::consumer_position`).
+    /// `Consumer::peek` + `Consumer::take` (or `Consumer::take_whole`) + `Consumer::advance`:
+    /// the record's header words (relaxed) and bytes (`append_to_vec`), then `head` with Release
+    /// (SYNC POINT with the Acquire load in `Producer::consumer_position`).
     fn take(&mut self) -> Option<u64> {
         if !self.published() {
             return None;

@@ -838,9 +838,12 @@ impl Duplex {
 
 impl Connection {
     /// Marks a half failed if the other half found the peer gone.
+    #[inline]
     fn notice_peer_gone(&self, failed: &mut Option<Failed>) {
         if failed.is_none() {
-            failed.clone_from(&self.gone.get().cloned());
+            if let Some(gone) = self.gone.get() {
+                *failed = Some(gone.clone());
+            }
         }
     }
 
@@ -944,8 +947,11 @@ impl Outgoing {
         }
         let fragment = self.ring.layout().max_fragment();
         // A message that fits in the ring goes in whole once there is room for all of it, so
-        // a timeout never cuts one short.
-        if fits_whole(message.len(), fragment, self.ring.layout().capacity) {
+        // a timeout never cuts one short. (One record goes in whole anyway: `push_message`
+        // waits for room for it before it writes anything.)
+        if message.len() > fragment
+            && fits_whole(message.len(), fragment, self.ring.layout().capacity)
+        {
             self.wait_for_room(conn, deadline, |ring| {
                 ring.has_room_for_all(fragment_lens(message.len(), fragment))
             })?;
@@ -1117,6 +1123,19 @@ impl Incoming {
             |why: &str| Error::corrupted(&conn.name, format!("the peer broke the protocol: {why}"));
         let ring_error = |e: RingError| Error::corrupted(&conn.name, e.0);
         loop {
+            // The common case first: a whole message in one record.
+            if !self.reassembly.in_progress()
+                && self
+                    .ring
+                    .take_whole(self.next_id, conn.max_message as u64, message)
+                    .map_err(ring_error)?
+                    .is_some()
+            {
+                // The peer's sender may be waiting for the room we just freed.
+                wake::nudge(&conn.map, self.peer, &self.wake_peer).map_err(ring_error)?;
+                self.next_id += 1;
+                return Ok(true);
+            }
             let Some(header) = self.ring.peek().map_err(ring_error)? else {
                 if !wait {
                     if link::hung_up(&conn.socket, &self.wake_in)

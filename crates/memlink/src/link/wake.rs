@@ -50,7 +50,7 @@ use super::protocol::RegionLayout;
 use crate::memory::ring::RingError;
 use crate::platform::notify::{self, Wake};
 use crate::platform::{barrier, cpu, mapping::Mapping};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 /// Longest a parked side sleeps before it looks at its rings again on its own: a wake-up lost to
 /// a failed write then costs a moment, never a connection.
@@ -158,6 +158,7 @@ pub(crate) fn park_end(map: &Mapping, me: Side) -> Result<(), RingError> {
 /// is parked. A failed write is ignored: the peer is gone (which our own next wait sees as a
 /// hang-up). A write the kernel kept refusing for want of memory (`notify::wake` retries it) is
 /// logged: a parked peer looks again on its own within [`PARK_RECHECK`] anyway.
+#[inline]
 pub(crate) fn nudge(map: &Mapping, peer: Side, wake_write: impl AsFd) -> Result<(), RingError> {
     if peer.parks_often {
         // SYNC POINT: pairs with the fence in `park_begin` for such a side.
@@ -184,6 +185,7 @@ pub(crate) fn barrier_before_nudging() {
 
 /// As [`nudge`], after [`barrier_before_nudging`] (once, to wake many peers).
 /// Returns whether the wake-up found the peer's pipe full (a peer that does not read it).
+#[inline]
 pub(crate) fn nudge_fenced(
     map: &Mapping,
     peer: Side,
@@ -191,11 +193,21 @@ pub(crate) fn nudge_fenced(
 ) -> Result<bool, RingError> {
     let parked = word(map, peer.parked)?;
     // Read first: while the peer is awake the line stays shared and this costs no transfer.
-    let asleep = parked.load(Ordering::Relaxed) != 0 && parked.swap(0, Ordering::Relaxed) != 0;
-    if !asleep {
+    if parked.load(Ordering::Relaxed) == 0 {
         return Ok(false);
     }
-    let full = match notify::wake(&wake_write) {
+    wake_parked(parked, wake_write.as_fd())
+}
+
+/// The rest of [`nudge_fenced`] once the peer's flag was seen up: out of line, since an awake
+/// peer (the case that must be fast) never gets here.
+#[cold]
+#[inline(never)]
+fn wake_parked(parked: &AtomicU32, wake_write: BorrowedFd<'_>) -> Result<bool, RingError> {
+    if parked.swap(0, Ordering::Relaxed) == 0 {
+        return Ok(false);
+    }
+    let full = match notify::wake(wake_write) {
         Wake::Full => true,
         Wake::Sent | Wake::Gone => false,
         Wake::Lost(error) => {
@@ -206,7 +218,7 @@ pub(crate) fn nudge_fenced(
     };
     // A pipe full of one-byte wake-ups means the peer does not read them; enlarging it as well
     // would pin kernel memory charged to whoever created the pipe.
-    if full && notify::pipe_size(&wake_write).is_ok_and(|size| size > MAX_WAKE_PIPE) {
+    if full && notify::pipe_size(wake_write).is_ok_and(|size| size > MAX_WAKE_PIPE) {
         return Err(RingError(format!(
             "the peer enlarged its wake pipe beyond {MAX_WAKE_PIPE} bytes and does not read it"
         )));

@@ -116,26 +116,49 @@ pub(crate) struct RecordHeader {
 impl RecordHeader {
     pub(crate) const ENCODED_LEN: usize = 32;
 
+    /// The header as the four 64-bit words the ring stores (atomically, one by one: the hot
+    /// path neither copies the header through memory nor reassembles it from bytes).
+    #[inline]
+    fn to_words(self) -> [u64; 4] {
+        [
+            u64::from(self.len) | u64::from(self.flags) << 32,
+            self.call_id,
+            self.total,
+            self.meta,
+        ]
+    }
+
+    #[inline]
+    fn from_words(words: [u64; 4]) -> Self {
+        RecordHeader {
+            len: words[0] as u32,
+            flags: (words[0] >> 32) as u32,
+            call_id: words[1],
+            total: words[2],
+            meta: words[3],
+        }
+    }
+
+    /// The header's bytes as stored (each word little-endian).
+    #[cfg_attr(not(any(test, feature = "fault-injection")), allow(dead_code))]
     pub(crate) fn encode(&self) -> [u8; Self::ENCODED_LEN] {
         let mut b = [0u8; Self::ENCODED_LEN];
-        b[0..4].copy_from_slice(&self.len.to_le_bytes());
-        b[4..8].copy_from_slice(&self.flags.to_le_bytes());
-        b[8..16].copy_from_slice(&self.call_id.to_le_bytes());
-        b[16..24].copy_from_slice(&self.total.to_le_bytes());
-        b[24..32].copy_from_slice(&self.meta.to_le_bytes());
+        for (chunk, word) in b.chunks_exact_mut(8).zip(self.to_words()) {
+            chunk.copy_from_slice(&word.to_le_bytes());
+        }
         b
     }
 
+    /// The header stored as these bytes.
+    #[cfg_attr(not(any(test, feature = "fault-injection")), allow(dead_code))]
     pub(crate) fn decode(b: &[u8; Self::ENCODED_LEN]) -> Self {
-        let word = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-        let long = |at: usize| u64::from(word(at)) | (u64::from(word(at + 4)) << 32);
-        RecordHeader {
-            len: word(0),
-            flags: word(4),
-            call_id: long(8),
-            total: long(16),
-            meta: long(24),
+        let mut words = [0u64; 4];
+        for (word, chunk) in words.iter_mut().zip(b.chunks_exact(8)) {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(chunk);
+            *word = u64::from_le_bytes(bytes);
         }
+        Self::from_words(words)
     }
 }
 
@@ -190,6 +213,25 @@ impl RingLayout {
 fn index(map: &Mapping, at: usize) -> Result<&AtomicU64, RingError> {
     map.atomic_u64(at)
         .ok_or_else(|| RingError("ring index out of its mapping".into()))
+}
+
+/// The header line's words at data-area offset `at`: the stamp, then the four field words.
+#[inline]
+fn header_words<'m>(
+    map: &'m Mapping,
+    layout: &RingLayout,
+    at: usize,
+) -> Result<&'m [AtomicU64; 5], RingError> {
+    const _: () = assert!(FIELDS_AT == STAMP_AT + 8 && RecordHeader::ENCODED_LEN == 32);
+    map.atomic_u64s::<5>(layout.data + at + STAMP_AT)
+        .ok_or_else(|| RingError("record header outside the ring".into()))
+}
+
+/// Offset in the data area of stream position `position` (the capacity is a power of two,
+/// checked when the ring is set up: a mask, not a division).
+#[inline]
+fn offset_in(layout: &RingLayout, position: u64) -> usize {
+    (position as usize) & (layout.capacity - 1)
 }
 
 /// The writing end of a ring.
@@ -259,14 +301,19 @@ impl Producer {
     /// condition: "the consumer moved since I failed" can be true already when it is read, and
     /// then nobody wakes the producer again.
     pub(crate) fn has_room_for(&mut self, len: usize) -> Result<bool, RingError> {
-        let capacity = self.layout.capacity;
         let size = record_size(len);
-        let to_end = capacity - (self.tail % capacity as u64) as usize;
+        let to_end = self.layout.capacity - offset_in(&self.layout, self.tail);
         // A record that does not fit before the end needs padding to the end first.
-        let needed = (if to_end < size { to_end + size } else { size }) as u64;
-        let free = |head: u64, tail: u64| capacity as u64 - (tail - head);
-        Ok(free(self.head_seen, self.tail) >= needed
-            || free(self.consumer_position()?, self.tail) >= needed)
+        self.has_room(if to_end < size { to_end + size } else { size })
+    }
+
+    /// Whether `needed` bytes are free, reading the consumer's position only if the last one
+    /// seen leaves too little.
+    #[inline]
+    fn has_room(&mut self, needed: usize) -> Result<bool, RingError> {
+        let capacity = self.layout.capacity as u64;
+        Ok(capacity - (self.tail - self.head_seen) >= needed as u64
+            || capacity - (self.tail - self.consumer_position()?) >= needed as u64)
     }
 
     /// Allows or forbids going back to the front early. A producer about to write a message of
@@ -298,7 +345,7 @@ impl Producer {
         let mut tail = self.tail;
         for len in lens {
             let size = record_size(len) as u64;
-            let to_end = capacity - tail % capacity;
+            let to_end = capacity - offset_in(&self.layout, tail) as u64;
             let needed = if to_end < size { to_end + size } else { size };
             if capacity - (tail - head) < needed {
                 return false;
@@ -321,6 +368,7 @@ impl Producer {
     }
 
     /// [`Producer::try_push`] with the header's `meta` word (see [`RecordHeader::meta`]).
+    #[inline]
     pub(crate) fn try_push_with_meta(
         &mut self,
         flags: u32,
@@ -334,9 +382,10 @@ impl Producer {
             return corrupted("record too large or with reserved flags (memlink bug)");
         }
         let size = record_size(payload.len());
-        let position = (self.tail % capacity as u64) as usize;
+        let position = offset_in(&self.layout, self.tail);
         let to_end = capacity - position;
-        if !self.has_room_for(payload.len())? {
+        // A record that does not fit before the end needs padding to the end first.
+        if !self.has_room(if to_end < size { to_end + size } else { size })? {
             return Ok(false);
         }
         let mut at = position;
@@ -390,7 +439,7 @@ impl Producer {
     /// be), leaving our private position untouched.
     #[cfg(feature = "fault-injection")]
     pub(crate) fn publish_impossible_record(&self) -> Result<(), RingError> {
-        let at = (self.tail % self.layout.capacity as u64) as usize;
+        let at = offset_in(&self.layout, self.tail);
         let header = RecordHeader {
             len: u32::MAX,
             flags: FIRST | LAST,
@@ -403,20 +452,20 @@ impl Producer {
 
     /// Writes the header of the record at data offset `at` (stream position `position`), then
     /// its stamp, which publishes it.
+    #[inline]
     fn write_record_header(
         &self,
         at: usize,
         position: u64,
         header: RecordHeader,
     ) -> Result<(), RingError> {
-        let start = self.layout.data + at;
-        if !self.map.copy_in(start + FIELDS_AT, &header.encode()) {
-            return corrupted("record header outside the ring");
+        let [stamp_word, fields @ ..] = header_words(&self.map, &self.layout, at)?;
+        for (word, value) in fields.iter().zip(header.to_words()) {
+            word.store(value.to_le(), Ordering::Relaxed);
         }
         // SYNC POINT: Release, pairs with the Acquire stamp load in `Consumer::peek`: the fields
         // and payload written above are visible to a consumer that sees the stamp.
-        index(&self.map, start + STAMP_AT)?
-            .store(stamp(position, self.layout.key), Ordering::Release);
+        stamp_word.store(stamp(position, self.layout.key), Ordering::Release);
         Ok(())
     }
 }
@@ -441,8 +490,9 @@ impl Consumer {
     }
 
     /// Whether the record at `head` has been published: its stamp is the one we expect.
+    #[inline]
     fn published(&self) -> Result<bool, RingError> {
-        let position = (self.head % self.layout.capacity as u64) as usize;
+        let position = offset_in(&self.layout, self.head);
         // SYNC POINT: Acquire, pairs with the Release stamp store in
         // `Producer::write_record_header`: once we see the stamp, the record is complete.
         let found =
@@ -463,23 +513,26 @@ impl Consumer {
     }
 
     /// The next record's header, validated; `None` if the ring is empty.
+    #[inline]
     pub(crate) fn peek(&mut self) -> Result<Option<RecordHeader>, RingError> {
         // A producer pads at most once before a record, so a peek skips at most one padding: a
         // producer that keeps stamping paddings cannot keep us here.
         for _ in 0..2 {
-            if !self.published()? {
+            let capacity = self.layout.capacity;
+            let position = offset_in(&self.layout, self.head);
+            let [stamp_word, fields @ ..] = header_words(&self.map, &self.layout, position)?;
+            // SYNC POINT: Acquire, pairs with the Release stamp store in
+            // `Producer::write_record_header`: once we see the stamp, the record is complete.
+            if stamp_word.load(Ordering::Acquire) != stamp(self.head, self.layout.key) {
                 return Ok(None);
             }
-            let capacity = self.layout.capacity;
-            let position = (self.head % capacity as u64) as usize;
-            let mut raw = [0u8; RecordHeader::ENCODED_LEN];
-            if !self
-                .map
-                .copy_out(self.layout.data + position + FIELDS_AT, &mut raw)
-            {
-                return corrupted("record header outside the ring");
-            }
-            let header = RecordHeader::decode(&raw);
+            let load = |word: &AtomicU64| u64::from_le(word.load(Ordering::Relaxed));
+            let header = RecordHeader::from_words([
+                load(&fields[0]),
+                load(&fields[1]),
+                load(&fields[2]),
+                load(&fields[3]),
+            ]);
             if header.flags == PADDING {
                 if header.len != 0 || position == 0 {
                     return corrupted("malformed padding record");
@@ -505,13 +558,56 @@ impl Consumer {
         corrupted("padding follows padding")
     }
 
+    /// The common case of [`Consumer::peek`] then [`Consumer::take`] in one step, with nothing
+    /// built in memory between them: if the next record is a whole message by itself (flags
+    /// exactly `FIRST | LAST`) with id `id`, whose length is its total and at most `max_len`,
+    /// appends its payload to `out`, releases it and returns its `meta` word (unvalidated: the
+    /// protocol's). Returns `None`, taking nothing, if the ring is empty or the next record is
+    /// anything else (a padding, a fragment, something invalid): [`Consumer::peek`] then takes
+    /// the general path, and validates.
+    #[inline]
+    pub(crate) fn take_whole(
+        &mut self,
+        id: u64,
+        max_len: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<u64>, RingError> {
+        let position = offset_in(&self.layout, self.head);
+        let [stamp_word, fields @ ..] = header_words(&self.map, &self.layout, position)?;
+        // SYNC POINT: Acquire, pairs with the Release stamp store in
+        // `Producer::write_record_header`: once we see the stamp, the record is complete.
+        if stamp_word.load(Ordering::Acquire) != stamp(self.head, self.layout.key) {
+            return Ok(None);
+        }
+        let load = |word: &AtomicU64| u64::from_le(word.load(Ordering::Relaxed));
+        let len_and_flags = load(&fields[0]);
+        let len = u64::from(len_and_flags as u32);
+        if len_and_flags >> 32 != u64::from(FIRST | LAST)
+            || load(&fields[1]) != id
+            || load(&fields[2]) != len
+            || len > max_len
+            || len > self.layout.max_fragment() as u64
+            || position + record_size(len as usize) > self.layout.capacity
+        {
+            return Ok(None);
+        }
+        let meta = load(&fields[3]);
+        let start = self.layout.data + position + RECORD_HEADER_LEN;
+        if !self.map.append_to_vec(start, len as usize, out) {
+            return corrupted("record payload outside the ring");
+        }
+        self.advance(record_size(len as usize))?;
+        Ok(Some(meta))
+    }
+
     /// Appends the payload of the record `peek` returned to `out`, and releases the record.
+    #[inline]
     pub(crate) fn take(
         &mut self,
         header: &RecordHeader,
         out: &mut Vec<u8>,
     ) -> Result<(), RingError> {
-        let position = (self.head % self.layout.capacity as u64) as usize;
+        let position = offset_in(&self.layout, self.head);
         let start = self.layout.data + position + RECORD_HEADER_LEN;
         if !self.map.append_to_vec(start, header.len as usize, out) {
             return corrupted("record payload outside the ring");
@@ -532,6 +628,7 @@ impl Consumer {
         Ok(())
     }
 
+    #[inline]
     fn advance(&mut self, size: usize) -> Result<(), RingError> {
         self.head += size as u64;
         // SYNC POINT: Release, pairs with the Acquire `head` load in `Producer::consumer_position`:
@@ -631,6 +728,56 @@ mod tests {
         // The real record, when it comes, is read as usual.
         assert!(p.try_push(FIRST | LAST, 2, 2, b"ok").unwrap());
         assert_eq!(c.peek().unwrap().map(|h| h.call_id), Some(2));
+    }
+
+    /// `take_whole` takes exactly the records the general path would accept as a whole message
+    /// with the expected id, and leaves everything else, untouched, to `peek`.
+    #[test]
+    fn take_whole_takes_only_whole_messages_it_expects() {
+        let (mut p, mut c, _map) = ring(MIN_CAPACITY);
+        let mut out = Vec::new();
+        assert_eq!(c.take_whole(1, 100, &mut out).unwrap(), None, "empty ring");
+        for (flags, id, total, payload, max) in [
+            (FIRST, 1, 3, &b"abc"[..], 100),           // a first fragment only
+            (FIRST | LAST, 2, 3, b"abc", 100),         // another id
+            (FIRST | LAST, 1, 4, b"abc", 100),         // length disagrees with the total
+            (FIRST | LAST, 1, 3, b"abc", 2),           // over the caller's maximum
+            (FIRST | LAST | 0x100, 1, 3, b"abc", 100), // protocol flags
+        ] {
+            assert!(p.try_push(flags, id, total, payload).unwrap());
+            let taken = c.take_whole(1, max, &mut out).unwrap();
+            assert_eq!(taken, None, "{flags:#x} {id} {total}");
+            assert!(out.is_empty());
+            let h = c.peek().unwrap().unwrap();
+            assert_eq!((h.flags, h.call_id, h.total), (flags, id, total));
+            c.skip(&h).unwrap();
+        }
+        assert!(
+            p.try_push_with_meta(FIRST | LAST, 1, 3, 99, b"abc")
+                .unwrap()
+        );
+        assert_eq!(c.take_whole(1, 3, &mut out).unwrap(), Some(99));
+        assert_eq!(out, b"abc");
+        assert!(p.is_drained().unwrap());
+        // A record behind a padding: the general path skips the padding first.
+        while p.try_push(FIRST | LAST, 1, 1000, &[5; 1000]).unwrap() {
+            let h = c.peek().unwrap().unwrap();
+            c.skip(&h).unwrap();
+            if p.position() as usize % MIN_CAPACITY > MIN_CAPACITY - 1000 {
+                break;
+            }
+        }
+        assert!(p.try_push(FIRST | LAST, 7, 1000, &[6; 1000]).unwrap());
+        out.clear();
+        assert_eq!(
+            c.take_whole(7, 1000, &mut out).unwrap(),
+            None,
+            "a padding comes first"
+        );
+        let h = c.peek().unwrap().unwrap();
+        assert_eq!(h.call_id, 7);
+        assert_eq!(c.take_whole(7, 1000, &mut out).unwrap(), Some(0));
+        assert_eq!(out, [6; 1000]);
     }
 
     #[test]
@@ -804,7 +951,14 @@ mod tests {
                 map.atomic_u64(CONTROL_LEN + slot * 64).unwrap().store(stamp(position / 64 * 64, TEST_KEY), Ordering::Relaxed);
             }
             let mut out = Vec::new();
-            for _ in 0..8 {
+            for round in 0..8 {
+                if round % 2 == 0 {
+                    match c.take_whole(round, MIN_CAPACITY as u64, &mut out) {
+                        Ok(Some(_)) => continue,
+                        Ok(None) => {}
+                        Err(_) => break,
+                    }
+                }
                 match c.peek() {
                     Ok(Some(h)) => {
                         prop_assert!(h.len as usize <= MIN_CAPACITY / 4);

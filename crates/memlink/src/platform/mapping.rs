@@ -8,7 +8,7 @@
 //! Two kinds of copy: [`Mapping::read_atomic`] / [`Mapping::write_atomic`] copy with relaxed
 //! atomic loads and stores, for bytes that threads of this process may also reach through
 //! [`Mapping::atomic_u32`] / [`Mapping::atomic_u64`] at the same time (a segment's payload). The
-//! `memcpy`-based [`Mapping::copy_in`], [`Mapping::copy_out`] and [`Mapping::append_to_vec`] are
+//! `memcpy`-based [`Mapping::copy_in`] and [`Mapping::append_to_vec`] are
 //! for bytes that, within this process, only one thread touches at a time (a ring's slots, owned
 //! by one side of the ring between its index updates).
 
@@ -74,28 +74,6 @@ impl Mapping {
         (end <= self.len).then_some(end)
     }
 
-    /// Copies `out.len()` bytes starting at `offset` into `out` with `memcpy`. Returns `false`
-    /// (copying nothing) if the range is not inside the mapping.
-    ///
-    /// Caller's invariant: no other thread of this process writes the range, or accesses it
-    /// atomically, during the copy (a ring slot is only touched by the side that owns it). Use
-    /// [`Mapping::read_atomic`] for bytes without that guarantee.
-    #[must_use]
-    pub(crate) fn copy_out(&self, offset: usize, out: &mut [u8]) -> bool {
-        if self.check(offset, out.len()).is_none() {
-            return false;
-        }
-        let source = self.base.as_ptr().wrapping_add(offset);
-        // Within this process nothing races the copy (caller's invariant above), so it is not a
-        // data race in Rust's model. A writer in another process is outside that model: it can
-        // only make us read stale or torn bytes, which callers validate after copying; no
-        // reference into the mapping exists to be aliased.
-        // SAFETY: the source range is inside the live mapping (checked); `out` is disjoint from
-        // it; no thread of this process accesses the range concurrently (caller's invariant).
-        unsafe { std::ptr::copy_nonoverlapping(source, out.as_mut_ptr(), out.len()) };
-        true
-    }
-
     /// Copies `data` into the mapping at `offset` with `memcpy`. Returns `false` (copying
     /// nothing) if the range is not inside the mapping.
     ///
@@ -117,7 +95,7 @@ impl Mapping {
 
     /// Appends the `len` bytes at `offset` to `out` with `memcpy`, without zero-filling them
     /// first. Returns `false` (appending nothing) if the range is not inside the mapping. Same
-    /// caller's invariant as [`Mapping::copy_out`].
+    /// caller's invariant as [`Mapping::copy_in`], for reading.
     #[must_use]
     pub(crate) fn append_to_vec(&self, offset: usize, len: usize, out: &mut Vec<u8>) -> bool {
         if self.check(offset, len).is_none() {
@@ -128,7 +106,7 @@ impl Mapping {
         let source = self.base.as_ptr().wrapping_add(offset);
         let destination = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
         // `destination` is our own allocation, disjoint from the mapping; no thread of this
-        // process writes the source range meanwhile (caller's invariant, as for `copy_out`).
+        // process writes the source range meanwhile (caller's invariant, as for `copy_in`).
         // SAFETY: the source is inside the live mapping (checked); `destination` has room for
         // `len`; nothing in this process races the read (caller's invariant).
         unsafe { std::ptr::copy_nonoverlapping(source, destination, len) };
@@ -253,6 +231,22 @@ impl Mapping {
         // Shared words are only ever accessed atomically; the mapping outlives the borrow.
         // SAFETY: `ptr` is in bounds and aligned for `AtomicU64` (both checked above).
         Some(unsafe { AtomicU64::from_ptr(ptr.cast::<u64>()) })
+    }
+
+    /// The `N` consecutive `AtomicU64`s at `offset` (one bounds and alignment check for all of
+    /// them), or `None` if they are out of bounds or misaligned.
+    #[inline]
+    pub(crate) fn atomic_u64s<const N: usize>(&self, offset: usize) -> Option<&[AtomicU64; N]> {
+        self.check(offset, N * 8)?;
+        let ptr = self.base.as_ptr().wrapping_add(offset);
+        if !(ptr as usize).is_multiple_of(align_of::<AtomicU64>()) {
+            return None;
+        }
+        // Shared words are only ever accessed atomically; `[AtomicU64; N]` has the layout of `N`
+        // consecutive `AtomicU64`s; the mapping outlives the borrow.
+        // SAFETY: the `N * 8` bytes at `ptr` are in bounds and aligned for `AtomicU64` (both
+        // checked above), and every access to them from this process is atomic.
+        Some(unsafe { &*ptr.cast::<[AtomicU64; N]>() })
     }
 }
 
@@ -436,8 +430,8 @@ mod tests {
                 let mut part = vec![0u8; len];
                 assert!(map.read_atomic(offset, &mut part));
                 assert_eq!(part, data, "read at {offset} len {len}");
-                let mut plain = vec![0u8; len];
-                assert!(map.copy_out(offset, &mut plain));
+                let mut plain = Vec::new();
+                assert!(map.append_to_vec(offset, len, &mut plain));
                 assert_eq!(plain, data, "memcpy read at {offset} len {len}");
             }
         }

@@ -1535,6 +1535,16 @@ impl Connection {
         reply: &mut Vec<u8>,
     ) -> Result<ReplyStep> {
         let ring = |name: &str, e: RingError| Error::corrupted(name, e.0);
+        // The common case first: a whole successful reply in one record.
+        if !reassembly.in_progress()
+            && self
+                .responses
+                .take_whole(call, self.max_message.min(self.max_reply) as u64, reply)
+                .map_err(|e| ring(&self.name, e))?
+                .is_some()
+        {
+            return Ok(ReplyStep::Done);
+        }
         let Some(header) = self.responses.peek().map_err(|e| ring(&self.name, e))? else {
             return Ok(ReplyStep::Empty);
         };

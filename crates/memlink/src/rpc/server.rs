@@ -1369,20 +1369,25 @@ impl Connection {
             }
         }
         while !budget.spent() {
-            let Some(header) = self.requests.peek()? else {
-                break;
+            let (record, len) = match self.take_whole_request()? {
+                Some(len) => (RequestRecord::Whole, len),
+                None => {
+                    let Some(header) = self.requests.peek()? else {
+                        break;
+                    };
+                    if self.phase == Phase::Replying {
+                        break;
+                    }
+                    (self.take_request_record(&header)?, header.len as usize)
+                }
             };
-            if self.phase == Phase::Replying {
-                break;
-            }
-            let record = self.take_request_record(&header)?;
             progressed = true;
             if record == RequestRecord::Cancel {
                 // Charged like a fragment, so a flood of them cannot hold the worker here.
                 budget.charge(0);
                 continue;
             }
-            budget.charge(header.len as usize);
+            budget.charge(len);
             if record == RequestRecord::Part {
                 // The client may be waiting for the room we just freed to send the next fragment.
                 // After the last one it is not: it waits for the reply, which wakes it anyway.
@@ -1486,6 +1491,34 @@ impl Connection {
         } else {
             RequestRecord::Whole
         })
+    }
+
+    /// The common case of [`Connection::take_request_record`] in one step: if the next record
+    /// is a whole ordinary request by itself with the next call id, takes it as that function
+    /// would (same checks) and returns its length; else `None`, taking nothing.
+    #[inline]
+    fn take_whole_request(&mut self) -> Result<Option<usize>, RingError> {
+        let next = self.call + 1;
+        if self.phase != Phase::Idle || self.reassembly.in_progress() || !claim::is_call_id(next) {
+            return Ok(None);
+        }
+        self.request.clear();
+        let Some(deadline) =
+            self.requests
+                .take_whole(next, self.max_message as u64, &mut self.request)?
+        else {
+            return Ok(None);
+        };
+        if deadline > MAX_DEADLINE_NS {
+            return Err(RingError(format!(
+                "client broke the protocol: a request deadline of {deadline}"
+            )));
+        }
+        self.call = next;
+        self.deadline = deadline;
+        self.phase = Phase::Receiving;
+        self.stream_request = false;
+        Ok(Some(self.request.len()))
     }
 
     /// Whether the complete request's deadline has passed. Reads the clock only for a request
