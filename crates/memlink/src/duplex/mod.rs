@@ -1127,7 +1127,7 @@ impl Incoming {
             if !self.reassembly.in_progress()
                 && self
                     .ring
-                    .take_whole(self.next_id, conn.max_message as u64, message)
+                    .take_whole(self.next_id, 0, conn.max_message as u64, message)
                     .map_err(ring_error)?
                     .is_some()
             {

@@ -560,7 +560,8 @@ impl Consumer {
 
     /// The common case of [`Consumer::peek`] then [`Consumer::take`] in one step, with nothing
     /// built in memory between them: if the next record is a whole message by itself (flags
-    /// exactly `FIRST | LAST`) with id `id`, whose length is its total and at most `max_len`,
+    /// exactly `FIRST | LAST | user_flags`) with id `id`, whose length is its total and at most
+    /// `max_len`,
     /// appends its payload to `out`, releases it and returns its `meta` word (unvalidated: the
     /// protocol's). Returns `None`, taking nothing, if the ring is empty or the next record is
     /// anything else (a padding, a fragment, something invalid): [`Consumer::peek`] then takes
@@ -569,6 +570,7 @@ impl Consumer {
     pub(crate) fn take_whole(
         &mut self,
         id: u64,
+        user_flags: u32,
         max_len: u64,
         out: &mut Vec<u8>,
     ) -> Result<Option<u64>, RingError> {
@@ -582,7 +584,7 @@ impl Consumer {
         let load = |word: &AtomicU64| u64::from_le(word.load(Ordering::Relaxed));
         let len_and_flags = load(&fields[0]);
         let len = u64::from(len_and_flags as u32);
-        if len_and_flags >> 32 != u64::from(FIRST | LAST)
+        if len_and_flags >> 32 != u64::from(FIRST | LAST | (user_flags & USER_FLAGS))
             || load(&fields[1]) != id
             || load(&fields[2]) != len
             || len > max_len
@@ -736,7 +738,11 @@ mod tests {
     fn take_whole_takes_only_whole_messages_it_expects() {
         let (mut p, mut c, _map) = ring(MIN_CAPACITY);
         let mut out = Vec::new();
-        assert_eq!(c.take_whole(1, 100, &mut out).unwrap(), None, "empty ring");
+        assert_eq!(
+            c.take_whole(1, 0, 100, &mut out).unwrap(),
+            None,
+            "empty ring"
+        );
         for (flags, id, total, payload, max) in [
             (FIRST, 1, 3, &b"abc"[..], 100),           // a first fragment only
             (FIRST | LAST, 2, 3, b"abc", 100),         // another id
@@ -745,7 +751,7 @@ mod tests {
             (FIRST | LAST | 0x100, 1, 3, b"abc", 100), // protocol flags
         ] {
             assert!(p.try_push(flags, id, total, payload).unwrap());
-            let taken = c.take_whole(1, max, &mut out).unwrap();
+            let taken = c.take_whole(1, 0, max, &mut out).unwrap();
             assert_eq!(taken, None, "{flags:#x} {id} {total}");
             assert!(out.is_empty());
             let h = c.peek().unwrap().unwrap();
@@ -756,8 +762,13 @@ mod tests {
             p.try_push_with_meta(FIRST | LAST, 1, 3, 99, b"abc")
                 .unwrap()
         );
-        assert_eq!(c.take_whole(1, 3, &mut out).unwrap(), Some(99));
+        assert_eq!(c.take_whole(1, 0, 3, &mut out).unwrap(), Some(99));
         assert_eq!(out, b"abc");
+        // Protocol flags, when the caller expects them.
+        assert!(p.try_push(FIRST | LAST | 0x200, 2, 1, b"d").unwrap());
+        assert_eq!(c.take_whole(2, 0x100, 3, &mut out).unwrap(), None);
+        assert_eq!(c.take_whole(2, 0x200, 3, &mut out).unwrap(), Some(0));
+        assert_eq!(out, b"abcd");
         assert!(p.is_drained().unwrap());
         // A record behind a padding: the general path skips the padding first.
         while p.try_push(FIRST | LAST, 1, 1000, &[5; 1000]).unwrap() {
@@ -770,13 +781,13 @@ mod tests {
         assert!(p.try_push(FIRST | LAST, 7, 1000, &[6; 1000]).unwrap());
         out.clear();
         assert_eq!(
-            c.take_whole(7, 1000, &mut out).unwrap(),
+            c.take_whole(7, 0, 1000, &mut out).unwrap(),
             None,
             "a padding comes first"
         );
         let h = c.peek().unwrap().unwrap();
         assert_eq!(h.call_id, 7);
-        assert_eq!(c.take_whole(7, 1000, &mut out).unwrap(), Some(0));
+        assert_eq!(c.take_whole(7, 0, 1000, &mut out).unwrap(), Some(0));
         assert_eq!(out, [6; 1000]);
     }
 
@@ -953,7 +964,7 @@ mod tests {
             let mut out = Vec::new();
             for round in 0..8 {
                 if round % 2 == 0 {
-                    match c.take_whole(round, MIN_CAPACITY as u64, &mut out) {
+                    match c.take_whole(round, (round as u32) << 8, MIN_CAPACITY as u64, &mut out) {
                         Ok(Some(_)) => continue,
                         Ok(None) => {}
                         Err(_) => break,

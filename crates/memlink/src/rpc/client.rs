@@ -22,8 +22,8 @@ use super::launch::{self, LaunchHooks, ServerCommand};
 use super::protocol::{
     Admission, CANCEL, ERR_CALL_FAILED, ERR_DEADLINE_EXPIRED, ERR_HANDLER_FAILED,
     ERR_HANDLER_PANICKED, ERR_NO_STREAMS, ERR_REFUSED, ERR_REPLY_TOO_LARGE, ERR_TOO_MANY_STREAMS,
-    ERR_UNDECODABLE, ERROR_REPLY, Hello, Purpose, STREAM_END, STREAM_REQUEST, report_text,
-    socket_name,
+    ERR_UNDECODABLE, ERROR_REPLY, Hello, Purpose, STREAM_END, STREAM_ITEM, STREAM_REQUEST,
+    report_text, socket_name,
 };
 use super::stream::{Verdict, judge};
 use crate::error::{Error, NotExecuted, Payload, Result};
@@ -1372,6 +1372,23 @@ impl Connection {
         let mut kind = None;
         loop {
             let ring = |name: &str, e: RingError| Error::corrupted(name, e.0);
+            // The common case first: a whole item in one record.
+            if kind.is_none()
+                && self
+                    .responses
+                    .take_whole(
+                        call,
+                        STREAM_ITEM,
+                        self.max_message.min(self.max_reply) as u64,
+                        item,
+                    )
+                    .map_err(|e| ring(&self.name, e))?
+                    .is_some()
+            {
+                // The server may be waiting for the room we just freed.
+                wake::nudge(&self.map, SERVER, &self.wake_out).map_err(|e| ring(&self.name, e))?;
+                return Ok(true);
+            }
             let Some(header) = self.responses.peek().map_err(|e| ring(&self.name, e))? else {
                 *torn = reassembly.in_progress();
                 self.wait(deadline, |_, responses| responses.has_data())?;
@@ -1539,7 +1556,7 @@ impl Connection {
         if !reassembly.in_progress()
             && self
                 .responses
-                .take_whole(call, self.max_message.min(self.max_reply) as u64, reply)
+                .take_whole(call, 0, self.max_message.min(self.max_reply) as u64, reply)
                 .map_err(|e| ring(&self.name, e))?
                 .is_some()
         {

@@ -1505,7 +1505,7 @@ impl Connection {
         self.request.clear();
         let Some(deadline) =
             self.requests
-                .take_whole(next, self.max_message as u64, &mut self.request)?
+                .take_whole(next, 0, self.max_message as u64, &mut self.request)?
         else {
             return Ok(None);
         };
