@@ -166,8 +166,11 @@ pub mod ring_op {
     /// `n u16, n bytes`: the peer fills the data area with bytes from its start (repeated to
     /// its end, so that every record slot holds some of them).
     pub const FILL: u8 = 8;
+    /// `id u8, flags u8, max u16`: the consumer takes the next record if it is a whole message
+    /// with that id, those protocol flags and at most `max` bytes (`Consumer::take_whole`).
+    pub const TAKE_WHOLE: u8 = 9;
     /// How many operations there are.
-    pub const COUNT: u8 = 9;
+    pub const COUNT: u8 = 10;
 }
 
 fn payload(seed: u8, len: usize) -> Vec<u8> {
@@ -204,7 +207,7 @@ pub fn ring(data: &[u8]) {
         panic!("a valid ring layout was refused");
     };
     let max_fragment = layout.max_fragment();
-    let mut expected: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+    let mut expected: VecDeque<(u64, u32, Vec<u8>)> = VecDeque::new();
     let mut tampered = false;
     let mut out = Vec::new();
     for _ in 0..512 {
@@ -227,7 +230,7 @@ pub fn ring(data: &[u8]) {
                         "room check vs push"
                     );
                     match pushed {
-                        Ok(true) => expected.push_back((u64::from(id), bytes)),
+                        Ok(true) => expected.push_back((u64::from(id), flags, bytes)),
                         Ok(false) => {}
                         Err(e) => panic!("an untouched ring failed a push: {}", e.0),
                     }
@@ -262,7 +265,7 @@ pub fn ring(data: &[u8]) {
                     };
                     assert_eq!(
                         peeked.map(|h| h.call_id),
-                        expected.front().map(|(id, _)| *id),
+                        expected.front().map(|(id, _, _)| *id),
                         "the next record is the next one pushed"
                     );
                 }
@@ -277,7 +280,7 @@ pub fn ring(data: &[u8]) {
                     }
                     if !tampered {
                         assert!(taken.is_ok(), "an untouched ring failed a take");
-                        let front = expected.front().map(|(_, bytes)| bytes.as_slice());
+                        let front = expected.front().map(|(_, _, bytes)| bytes.as_slice());
                         assert_eq!(Some(out.as_slice()), front, "payload");
                     }
                 } else {
@@ -317,6 +320,54 @@ pub fn ring(data: &[u8]) {
             ring_op::EARLY_WRAP => {
                 let Some(allowed) = input.u8() else { break };
                 producer.set_early_wrap(allowed & 1 != 0);
+            }
+            ring_op::TAKE_WHOLE => {
+                let (Some(id), Some(flags), Some(max)) = (input.u8(), input.u8(), input.u16())
+                else {
+                    break;
+                };
+                let user = (u32::from(flags) << 8) & USER_FLAGS;
+                let before = out.len();
+                let mut taken = consumer.take_whole(u64::from(id), user, u64::from(max), &mut out);
+                if !tampered {
+                    // Every record pushed is whole (first and last), its total its length: the
+                    // shortcut takes the next one exactly when its id, flags and size are the
+                    // ones asked for (once a padding in front of it is skipped), and nothing else.
+                    let wanted = expected
+                        .front()
+                        .is_some_and(|(front_id, front_flags, bytes)| {
+                            *front_id == u64::from(id)
+                                && *front_flags == FIRST | LAST | user
+                                && bytes.len() <= usize::from(max)
+                        });
+                    if wanted && matches!(taken, Ok(None)) {
+                        // A padding first: the general path skips it, then the shortcut applies.
+                        let peeked = consumer.peek();
+                        assert!(
+                            matches!(peeked, Ok(Some(h)) if h.call_id == u64::from(id)),
+                            "the shortcut refused the next record: {peeked:?}"
+                        );
+                        taken = consumer.take_whole(u64::from(id), user, u64::from(max), &mut out);
+                    }
+                    let Ok(taken) = taken else {
+                        panic!("an untouched ring failed a take_whole");
+                    };
+                    assert_eq!(
+                        taken.is_some(),
+                        wanted,
+                        "take_whole disagrees with the queue"
+                    );
+                    if taken.is_some() {
+                        let (_, _, bytes) = expected.pop_front().expect("a record was expected");
+                        assert_eq!(&out[before..], bytes.as_slice(), "payload");
+                    }
+                } else if let Ok(Some(_)) = taken {
+                    let len = out.len() - before;
+                    assert!(
+                        len <= usize::from(max) && len <= max_fragment,
+                        "{len} bytes"
+                    );
+                }
             }
             _ => {
                 let Some(n) = input.u16() else { break };
@@ -997,6 +1048,22 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         .u32(1)
         .u8(TAKE);
     add("ring", "padding", padding.0);
+    // The whole-record shortcut: records with protocol flags, ids it is and is not asked for,
+    // a maximum too small and then large enough, paddings in front after wraps.
+    let flagged = |b: Bytes, len: u16, flags: u8, id: u8| b.u8(PUSH).u16(len).u8(flags).u8(id);
+    let take_whole =
+        |b: Bytes, id: u8, flags: u8, max: u16| b.u8(TAKE_WHOLE).u8(id).u8(flags).u16(max);
+    let mut whole = Bytes::default().u8(0);
+    for round in 0..24u8 {
+        whole = flagged(whole, u16::from(round) * 211 % 1024, round % 3, round);
+        whole = take_whole(whole, round + round % 2, round % 3, 1024).u8(HAS_DATA);
+        if round % 2 == 1 {
+            whole = whole.u8(TAKE); // the record the shortcut was not asked for
+        }
+    }
+    whole = take_whole(flagged(whole, 500, 0, 30), 30, 0, 100);
+    whole = take_whole(take_whole(whole, 30, 1, 500), 30, 0, 500).u8(HAS_DATA);
+    add("ring", "take-whole", whole.0);
     // The data area full of one record header repeated, with a stamp for position 0.
     let mut line = stamp(0, RING_KEY).to_le_bytes().to_vec();
     line.extend_from_slice(&header.encode());

@@ -22,8 +22,10 @@
 //! names the real function it mirrors (file and function); a change to an ordering or fence
 //! there must be made here too. What the models leave out, and why it does not matter to the
 //! property checked, is said where it is left out. Plain (non-atomic) bytes the real code copies
-//! with `memcpy` (ring payloads and record fields, sample slots) are loom `UnsafeCell`s here, so
-//! that loom reports any access to them not ordered by the protocol as a data race.
+//! with `memcpy` (ring payloads, sample slots) are loom `UnsafeCell`s here, so that loom reports
+//! any access to them not ordered by the protocol as a data race. A ring record's fields, which
+//! the real code stores and loads as relaxed atomic words, share the payload's cell: a stricter
+//! check (a relaxed atomic could not race), and the same ordering argument.
 //!
 //! # The models
 //!
@@ -135,7 +137,7 @@ struct Ring<const N: usize> {
     head: AtomicU64,
     /// Each record's stamp word (`STAMP_AT`), written last, with Release.
     stamps: [AtomicU64; N],
-    /// Each record's fields and payload (`FIELDS_AT` onwards), copied with `memcpy`.
+    /// Each record's fields (relaxed atomic words in the real code) and payload (`memcpy`).
     bytes: [UnsafeCell<u64>; N],
 }
 
@@ -173,9 +175,9 @@ impl<const N: usize> Producer<N> {
         free(self.head_seen, self.tail) >= 1 || free(self.consumer_position(), self.tail) >= 1
     }
 
-    /// `Producer::try_push` and `Producer::write_record_header`: room check, payload and fields
-    /// (`copy_in`), then the stamp with Release (SYNC POINT with the Acquire stamp load in
-    /// `Consumer::published`).
+    /// `Producer::try_push` and `Producer::write_record_header`: room check, payload (`copy_in`)
+    /// and fields (relaxed stores), then the stamp with Release (SYNC POINT with the Acquire
+    /// stamp load in `Consumer::published`, `Consumer::peek` and `Consumer::take_whole`).
     fn try_push(&mut self, value: u64) -> bool {
         if !self.has_room() {
             return false;
@@ -204,8 +206,8 @@ impl<const N: usize> Consumer<N> {
     }
 
     /// `Consumer::peek` + `Consumer::take` (or `Consumer::take_whole`) + `Consumer::advance`:
-    /// the record's header words (relaxed) and bytes (`append_to_vec`), then `head` with Release
-    /// (SYNC POINT with the Acquire load in `Producer::consumer_position`).
+    /// the record's header words and bytes (one cell here), then `head` with Release (SYNC POINT
+    /// with the Acquire load in `Producer::consumer_position`).
     fn take(&mut self) -> Option<u64> {
         if !self.published() {
             return None;

@@ -2,7 +2,8 @@
 //!
 //! An SPSC byte ring in the FastFlow style: the producer's position (`tail`) and the consumer's
 //! (`head`) are monotonically increasing byte counts (never wrapped; a 64-bit counter outlives the
-//! machine), and a position in the data area is `index % capacity`.
+//! machine), and a position in the data area is `index % capacity` (a mask: the capacity is a
+//! power of two).
 //!
 //! A record is a 64-byte header line followed by its payload padded to a multiple of 64 bytes, so
 //! every payload starts 64-byte aligned (glibc `memcpy` is several times slower for copies whose
@@ -463,8 +464,9 @@ impl Producer {
         for (word, value) in fields.iter().zip(header.to_words()) {
             word.store(value.to_le(), Ordering::Relaxed);
         }
-        // SYNC POINT: Release, pairs with the Acquire stamp load in `Consumer::peek`: the fields
-        // and payload written above are visible to a consumer that sees the stamp.
+        // SYNC POINT: Release, pairs with the Acquire stamp loads in `Consumer::peek`,
+        // `Consumer::take_whole` and `Consumer::published`: the fields and payload written above
+        // are visible to a consumer that sees the stamp.
         stamp_word.store(stamp(position, self.layout.key), Ordering::Release);
         Ok(())
     }
@@ -912,6 +914,40 @@ mod tests {
                 .iter()
                 .all(|&len| producer.try_push(FIRST | LAST, 2, len as u64, &pattern(2, len)).unwrap());
             prop_assert_eq!(approved, all_went_in);
+        }
+
+        /// `take_whole` agrees with the general path on any header a peer can write: it takes
+        /// a record exactly when `peek` accepts it and it is a whole message (first and last,
+        /// its total its length) with the id and protocol flags asked for, within the maximum.
+        #[test]
+        fn take_whole_agrees_with_peek_on_any_header(
+            len in 0u32..1100,
+            flags in prop_oneof![any::<u32>(), (0u32..16).prop_map(|f| f | 0x300)],
+            id in 0u64..3,
+            total in prop_oneof![Just(None), (0u64..1100).prop_map(Some)],
+            want_id in 0u64..3,
+            user in prop::sample::select(vec![0u32, 0x100, 0x200]),
+            max in 0u64..1100,
+        ) {
+            let (_p, mut c, map) = ring(MIN_CAPACITY);
+            let header = RecordHeader { len, flags, call_id: id, total: total.unwrap_or(u64::from(len)), meta: 5 };
+            let words = map.atomic_u64s::<5>(CONTROL_LEN).unwrap();
+            for (word, value) in words[1..].iter().zip(header.to_words()) {
+                word.store(value.to_le(), Ordering::Relaxed);
+            }
+            words[0].store(stamp(0, TEST_KEY), Ordering::Relaxed);
+            let general = matches!(c.peek(), Ok(Some(h))
+                if h.flags == FIRST | LAST | user
+                    && h.call_id == want_id
+                    && h.total == u64::from(h.len)
+                    && h.total <= max);
+            let mut out = Vec::new();
+            let taken = c.take_whole(want_id, user, max, &mut out).unwrap();
+            prop_assert_eq!(taken.is_some(), general);
+            if taken.is_some() {
+                prop_assert_eq!(taken, Some(5));
+                prop_assert_eq!(out.len(), len as usize);
+            }
         }
 
         #[test]

@@ -8,9 +8,11 @@
 //! Two kinds of copy: [`Mapping::read_atomic`] / [`Mapping::write_atomic`] copy with relaxed
 //! atomic loads and stores, for bytes that threads of this process may also reach through
 //! [`Mapping::atomic_u32`] / [`Mapping::atomic_u64`] at the same time (a segment's payload). The
-//! `memcpy`-based [`Mapping::copy_in`] and [`Mapping::append_to_vec`] are
-//! for bytes that, within this process, only one thread touches at a time (a ring's slots, owned
-//! by one side of the ring between its index updates).
+//! `memcpy`-based [`Mapping::copy_in`] and [`Mapping::append_to_vec`] are for bytes that, within
+//! this process, only one thread touches at a time (a ring's payloads, owned by one side of the
+//! ring between its index updates). A ring's record headers are words
+//! ([`Mapping::atomic_u64s`]), stored and loaded atomically; on another lap of the ring the same
+//! bytes may hold payload, and the ring's protocol orders the two kinds of access.
 
 use std::os::fd::AsFd;
 use std::ptr::NonNull;
@@ -237,15 +239,17 @@ impl Mapping {
     /// them), or `None` if they are out of bounds or misaligned.
     #[inline]
     pub(crate) fn atomic_u64s<const N: usize>(&self, offset: usize) -> Option<&[AtomicU64; N]> {
-        self.check(offset, N * 8)?;
+        self.check(offset, N.checked_mul(8)?)?;
         let ptr = self.base.as_ptr().wrapping_add(offset);
         if !(ptr as usize).is_multiple_of(align_of::<AtomicU64>()) {
             return None;
         }
-        // Shared words are only ever accessed atomically; `[AtomicU64; N]` has the layout of `N`
-        // consecutive `AtomicU64`s; the mapping outlives the borrow.
+        // `[AtomicU64; N]` has the layout of `N` consecutive `AtomicU64`s; the mapping outlives
+        // the borrow. The same bytes may also be copied with `memcpy` at other times (a ring's
+        // header line holds payload on another lap): the caller's protocol orders those copies
+        // before or after its atomic accesses (a ring's stamp and `head`), as `copy_in` requires.
         // SAFETY: the `N * 8` bytes at `ptr` are in bounds and aligned for `AtomicU64` (both
-        // checked above), and every access to them from this process is atomic.
+        // checked above); no non-atomic access races the atomics (the caller's protocol).
         Some(unsafe { &*ptr.cast::<[AtomicU64; N]>() })
     }
 }

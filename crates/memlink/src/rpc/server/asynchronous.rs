@@ -510,8 +510,8 @@ async fn park(
 
 impl Connection {
     /// Takes up to `budget` records of the next request (through `take_request_record`, as
-    /// the blocking worker's `pump` does): `Some(stream)` once it is whole, `None` while more is
-    /// to come.
+    /// the blocking worker's `pump` does when its whole-record shortcut does not apply):
+    /// `Some(stream)` once it is whole, `None` while more is to come.
     fn take_request(&mut self, budget: usize) -> Result<Option<bool>, RingError> {
         for _ in 0..budget {
             let Some(header) = self.requests.peek()? else {
