@@ -349,7 +349,7 @@ impl ServerOptions {
                 shutting_down: AtomicBool::new(false),
                 shutdown_bell,
                 connections: AtomicUsize::new(0),
-                calls: AtomicU64::new(0),
+                calls: CallCounts::new(self.workers),
                 expired: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
                 handler_times: (0..self.workers).map(|_| Histogram::default()).collect(),
@@ -395,12 +395,55 @@ fn raise_descriptor_limit(per_connection: usize, max_clients: usize) {
     }
 }
 
+/// Calls run, counted per worker: each worker's count is on its own line and has one writer, so
+/// counting a call is a plain load and store (no locked instruction on the round trip), and
+/// nobody else's count shares its line. The last count is the async server's, whose tasks may
+/// run on any thread (it adds atomically).
+#[derive(Debug)]
+struct CallCounts(Box<[WorkerCount]>);
+
+/// One worker's count of calls (see [`CallCounts`]).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct WorkerCount(AtomicU64);
+
+impl WorkerCount {
+    /// Counts a call; only the worker that owns this count calls it.
+    fn count(&self) {
+        self.0
+            .store(self.0.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+}
+
+impl CallCounts {
+    fn new(workers: usize) -> Self {
+        CallCounts((0..=workers).map(|_| WorkerCount::default()).collect())
+    }
+
+    /// Worker `index`'s count (the async server's for an index past the workers).
+    fn worker(&self, index: usize) -> &WorkerCount {
+        let last = self.0.len() - 1;
+        &self.0[index.min(last)]
+    }
+
+    /// Counts a call of the async server (from any thread).
+    fn count_async(&self) {
+        if let Some(slot) = self.0.last() {
+            slot.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.0.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     shutting_down: AtomicBool,
     shutdown_bell: OwnedFd,
     connections: AtomicUsize,
-    calls: AtomicU64,
+    calls: CallCounts,
     /// Requests skipped because their deadline had passed when a worker took them.
     expired: AtomicU64,
     /// Calls whose handler failed, refused or panicked.
@@ -738,7 +781,7 @@ impl Server {
             connections: shared.connections.load(Ordering::Relaxed) as u32,
             workers: self.options.workers as u32,
             max_connections: self.options.max_clients as u32,
-            calls: shared.calls.load(Ordering::Relaxed),
+            calls: shared.calls.total(),
             corrupt_disconnects: shared.corrupt_disconnects.load(Ordering::Relaxed),
             uptime_ms: shared.started.elapsed().as_millis() as u64,
             max_message: self.options.max_message_size as u64,
@@ -1406,7 +1449,7 @@ impl Connection {
                 self.nudge_client()?;
                 break;
             } else if self.stream_request {
-                worker.calls.fetch_add(1, Ordering::Relaxed);
+                worker.calls.count();
                 self.registration.entry.count_call();
                 self.start_stream(worker);
                 if self.phase == Phase::Streaming {
@@ -1424,7 +1467,7 @@ impl Connection {
                         .handler_times
                         .record(clock::monotonic_ns().saturating_sub(started));
                 }
-                worker.calls.fetch_add(1, Ordering::Relaxed);
+                worker.calls.count();
                 self.registration.entry.count_call();
                 if failed {
                     worker.shared.failed.fetch_add(1, Ordering::Relaxed);
@@ -1919,7 +1962,7 @@ struct WorkerContext<'a> {
     handler: &'a dyn CallHandler,
     streams: Option<&'a Arc<dyn StreamHandler>>,
     shared: &'a Arc<Shared>,
-    calls: &'a AtomicU64,
+    calls: &'a WorkerCount,
     /// This worker's handler times, and whether to time the next call.
     handler_times: &'a Histogram,
     time_next: &'a std::cell::Cell<bool>,
@@ -2084,7 +2127,7 @@ impl<'a> Worker<'a> {
             handler: self.handler,
             streams: self.streams.as_ref(),
             shared: &self.server.shared,
-            calls: &self.server.shared.calls,
+            calls: self.server.shared.calls.worker(self.index),
             handler_times: &self.server.shared.handler_times[self.index],
             time_next: &self.time_next,
             bell: &self.bell,
@@ -2211,7 +2254,7 @@ impl<'a> Worker<'a> {
                 .server
                 .options
                 .fail_workers_after
-                .is_some_and(|n| self.shared().calls.load(Ordering::Relaxed) >= n)
+                .is_some_and(|n| self.shared().calls.total() >= n)
             {
                 return Err(Error::os("a worker's injected failure", Errno::IO));
             }

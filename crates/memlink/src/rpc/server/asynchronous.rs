@@ -411,7 +411,7 @@ async fn serve_calls<C: AsyncCallHandler>(
             continue;
         } else {
             // Claimed (see `rpc::claim`): ours to run.
-            context.shared.calls.fetch_add(1, Ordering::Relaxed);
+            context.shared.calls.count_async();
             conn.registration.entry.count_call();
             if stream {
                 conn.answer_no_streams();
