@@ -1485,9 +1485,9 @@ impl Connection {
     /// `claim`), deadline, and agreement between the fragments of one request. An empty fragment
     /// that is not the last is refused (a client could otherwise keep a worker busy forever with
     /// fragments that move nothing). The blocking worker and the async server both take
-    /// requests through this (the blocking worker first tries the whole-record shortcut,
-    /// `take_whole_request`, which accepts a subset of what this does); they differ only in how
-    /// they charge, wake and run what it gives.
+    /// requests through this (both first try the whole-record shortcut, `take_whole_request`,
+    /// which accepts a subset of what this does); they differ only in how they charge, wake and
+    /// run what it gives.
     pub(super) fn take_request_record(
         &mut self,
         header: &crate::memory::ring::RecordHeader,

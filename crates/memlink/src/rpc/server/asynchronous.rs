@@ -509,11 +509,16 @@ async fn park(
 }
 
 impl Connection {
-    /// Takes up to `budget` records of the next request (through `take_request_record`, as
-    /// the blocking worker's `pump` does when its whole-record shortcut does not apply):
-    /// `Some(stream)` once it is whole, `None` while more is to come.
+    /// Takes up to `budget` records of the next request (the whole-record shortcut, else
+    /// through `take_request_record`, as the blocking worker's `pump` does): `Some(stream)` once
+    /// it is whole, `None` while more is to come.
     fn take_request(&mut self, budget: usize) -> Result<Option<bool>, RingError> {
         for _ in 0..budget {
+            // The whole-record shortcut first, as the blocking worker's `pump` takes it.
+            if self.take_whole_request()?.is_some() {
+                self.active = true;
+                return Ok(Some(false));
+            }
             let Some(header) = self.requests.peek()? else {
                 return Ok(None);
             };
