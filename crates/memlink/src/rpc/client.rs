@@ -1497,7 +1497,7 @@ impl Connection {
                 }
             } else {
                 let len = end - sent;
-                self.wait(deadline, |requests, _| requests.has_room_for(len))?;
+                self.wait_as(deadline, true, |requests, _| requests.has_room_for(len))?;
             }
         }
     }
@@ -1530,7 +1530,10 @@ impl Connection {
         let mut reassembly = Reassembly::default();
         loop {
             match self.reply_step(call, &mut reassembly, reply)? {
-                ReplyStep::Empty => self.wait(deadline, |_, responses| responses.has_data())?,
+                ReplyStep::Empty => {
+                    let bulk = reassembly.in_progress();
+                    self.wait_as(deadline, bulk, |_, responses| responses.has_data())?;
+                }
                 // A reply in many fragments, or records of a call given up: the deadline holds
                 // all the same (a wait that finds the next record at once does not look at it).
                 ReplyStep::More if deadline.is_some_and(|t| Instant::now() >= t) => {
@@ -1701,6 +1704,22 @@ impl Connection {
     fn wait(
         &mut self,
         deadline: Option<Instant>,
+        ready: impl FnMut(&mut Producer, &mut Consumer) -> Result<bool, RingError>,
+    ) -> Result<()> {
+        self.wait_as(deadline, false, ready)
+    }
+
+    /// [`Connection::wait`] in the middle of a bulk transfer (`bulk`: room for the next fragment
+    /// of a request, or the next fragment of a reply already begun). The next fragment comes
+    /// within one of the worker's sweeps, and meanwhile the CPU may be what another client's
+    /// small call is waiting for: such a wait looks a few times, then yields instead of
+    /// spinning. The server does not count a connection moving bulk as a busy client either
+    /// (see the server's `update_crowding`), so that a bulk transfer beside small calls does
+    /// not make every caller park.
+    fn wait_as(
+        &mut self,
+        deadline: Option<Instant>,
+        bulk: bool,
         mut ready: impl FnMut(&mut Producer, &mut Consumer) -> Result<bool, RingError>,
     ) -> Result<()> {
         let corrupted = |c: &Self, e: RingError| Error::corrupted(&c.name, e.0);
@@ -1720,7 +1739,7 @@ impl Connection {
             }
             std::hint::spin_loop();
         }
-        let mut backoff = Backoff::new(self.patience());
+        let mut backoff = Backoff::new(self.patience(bulk));
         loop {
             if ready(&mut self.requests, &mut self.responses).map_err(|e| corrupted(self, e))? {
                 self.record_wait(backoff.elapsed());
@@ -1765,7 +1784,7 @@ impl Connection {
     ///   when waits are short again.
     /// - Otherwise spin (unless the server runs on our CPU: it could not run while we spin),
     ///   then yield.
-    fn patience(&mut self) -> Patience {
+    fn patience(&mut self, bulk: bool) -> Patience {
         // Crowding first: under load every waiter must wait alike. A waiter that parked at once
         // because its own recent waits were long would keep waiting long (a wake-up on a busy
         // machine is slow) while the others kept being served: a starvation trap.
@@ -1773,6 +1792,12 @@ impl Connection {
             return Patience {
                 spin: Duration::ZERO,
                 yield_for: CROWDED_PATIENCE,
+            };
+        }
+        if bulk {
+            return Patience {
+                spin: Duration::ZERO,
+                yield_for: MAX_PATIENCE,
             };
         }
         self.waits = self.waits.wrapping_add(1);

@@ -1325,6 +1325,10 @@ struct Connection {
     claimed: u64,
     /// Made progress since the worker last counted its active clients.
     active: bool,
+    /// The call in progress (or the last one) moves a request or a reply of more than one
+    /// fragment: its client waits politely between fragments and is not counted as busy (see
+    /// `Worker::update_crowding`).
+    bulk: bool,
     /// Declared last: gives the uid's connection slot back once everything else is released.
     _slot: UidSlot,
 }
@@ -1365,6 +1369,7 @@ impl Connection {
             deadline: 0,
             claimed: 0,
             active: false,
+            bulk: false,
             _slot: slot,
         })
     }
@@ -1521,6 +1526,7 @@ impl Connection {
             self.request.clear();
             self.phase = Phase::Receiving;
             self.stream_request = user == STREAM_REQUEST;
+            self.bulk = header.total > self.responses.layout().max_fragment() as u64;
         } else if self.stream_request != (user == STREAM_REQUEST) {
             return Err(bad(
                 "fragments of one request disagree on their flags".into()
@@ -1563,6 +1569,7 @@ impl Connection {
         self.deadline = deadline;
         self.phase = Phase::Receiving;
         self.stream_request = false;
+        self.bulk = false;
         Ok(Some(self.request.len()))
     }
 
@@ -1647,7 +1654,7 @@ impl Connection {
             self.reply_flags = ERROR_REPLY;
         }
         self.reply_sent = 0;
-
+        self.bulk |= self.reply.len() > self.responses.layout().max_fragment();
         self.phase = Phase::Replying;
         failed
     }
@@ -2167,7 +2174,10 @@ impl<'a> Worker<'a> {
             // (A stream waiting for its handler or its reader costs the worker nothing.)
             let waiting = matches!(conn.phase, Phase::Receiving | Phase::Replying)
                 || conn.requests.has_data().unwrap_or(false);
-            active += usize::from(std::mem::take(&mut conn.active) || waiting);
+            // A client moving bulk waits politely between fragments (it yields instead of
+            // spinning): counting it would make every small caller park beside it.
+            let busy = std::mem::take(&mut conn.active) || waiting;
+            active += usize::from(busy && !conn.bulk);
         }
         let counts = &self.shared().active_clients;
         if let Some(mine) = counts.get(self.index) {

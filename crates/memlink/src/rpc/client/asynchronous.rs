@@ -803,7 +803,7 @@ impl AsyncConnection {
         let started = Instant::now();
         // The blocking client's adaptive patience (crowded server, slow handlers), bounded: a
         // call alone may spin a little; calls side by side yield to each other instead.
-        let patience = conn.patience();
+        let patience = conn.patience(false);
         let patience = if alone {
             AsyncPatience {
                 spin: patience.spin.min(ASYNC_SPIN),
