@@ -433,6 +433,7 @@ pub(crate) fn subscriber(way: &str, address: &str, size: usize, samples: u64) ->
             let mut sample = vec![0u8; size];
             ready()?;
             let mut seen = 0;
+            let mut last_taken = None;
             while received < samples {
                 let now = seq_word.load(Ordering::Acquire);
                 if now == seen {
@@ -443,9 +444,19 @@ pub(crate) fn subscriber(way: &str, address: &str, size: usize, samples: u64) ->
                     break;
                 }
                 segment.read(FLOOR_DATA, &mut sample).map_err(other)?;
-                let (stamp, _) = check(&sample)?;
+                // The floor has no protocol against overwriting: the publisher may have written
+                // the next sample before its sequence word moved, so the one read last time may
+                // be read again now. It was counted then; it is not a new one.
+                let number = word_at(&sample, 8);
+                if last_taken == Some(number) {
+                    seen = now;
+                    continue;
+                }
+                last_taken = Some(number);
+                // Missed samples are counted by number: a sample read early was not missed.
+                let (stamp, skipped) = check(&sample)?;
                 last = record(stamp, &mut histogram, &mut received);
-                missed += u64::from(now - seen - 1);
+                missed += skipped;
                 seen = now;
             }
         }

@@ -1052,6 +1052,9 @@ struct Connection {
     max_reply: usize,
     /// A reply was abandoned part-way (too large for us): the rings are out of step.
     abandoned: bool,
+    /// The call in progress sent a request of more than one fragment: the server counts it as
+    /// bulk (not a busy client), so all its waits are polite ([`Connection::wait_as`]).
+    bulk_call: bool,
     /// Streams up to this call id were cancelled: their records still in the ring are skipped.
     cancelled_through: u64,
     /// How many more records of cancelled calls we skip before taking the server for broken:
@@ -1174,6 +1177,7 @@ impl Connection {
                 .max_reply_size
                 .map_or(max_message, |m| m.min(max_message)),
             abandoned: false,
+            bulk_call: false,
             cancelled_through: 0,
             stale_allowance: 0,
             kept_withdrawal: 0,
@@ -1218,6 +1222,7 @@ impl Connection {
         }
         let meta = self.deadline_word(deadline);
         let call = self.last_call + 1;
+        self.bulk_call = request.len() > self.requests.layout().max_fragment();
         let sent = match mode {
             Mode::Wait => {
                 self.last_call = call;
@@ -1531,7 +1536,7 @@ impl Connection {
         loop {
             match self.reply_step(call, &mut reassembly, reply)? {
                 ReplyStep::Empty => {
-                    let bulk = reassembly.in_progress();
+                    let bulk = self.bulk_call || reassembly.in_progress();
                     self.wait_as(deadline, bulk, |_, responses| responses.has_data())?;
                 }
                 // A reply in many fragments, or records of a call given up: the deadline holds
@@ -1709,13 +1714,14 @@ impl Connection {
         self.wait_as(deadline, false, ready)
     }
 
-    /// [`Connection::wait`] in the middle of a bulk transfer (`bulk`: room for the next fragment
-    /// of a request, or the next fragment of a reply already begun). The next fragment comes
-    /// within one of the worker's sweeps, and meanwhile the CPU may be what another client's
-    /// small call is waiting for: such a wait looks a few times, then yields instead of
-    /// spinning. The server does not count a connection moving bulk as a busy client either
-    /// (see the server's `update_crowding`), so that a bulk transfer beside small calls does
-    /// not make every caller park.
+    /// [`Connection::wait`], or with `bulk` a wait in a bulk transfer: for room in the request
+    /// ring (which only a large request, or records of a call given up, fill), for the reply to
+    /// a request of more than one fragment, or for the next fragment of a reply already begun.
+    /// The next fragment comes within one of the worker's sweeps, and meanwhile the CPU may be
+    /// what another client's small call is waiting for: such a wait looks a few times, then
+    /// yields instead of spinning. The server does not count a connection moving bulk as a busy
+    /// client either (see the server's `update_crowding`), so that a bulk transfer beside small
+    /// calls does not make every caller park.
     fn wait_as(
         &mut self,
         deadline: Option<Instant>,
@@ -1782,6 +1788,7 @@ impl Connection {
     /// - Waits have been long although the server is not crowded (a slow handler): park at once,
     ///   so the server keeps the CPU; one wait in [`PROBE_EVERY`] is patient anyway, to notice
     ///   when waits are short again.
+    /// - A wait in a bulk transfer (`bulk`, see [`Connection::wait_as`]): yield from the start.
     /// - Otherwise spin (unless the server runs on our CPU: it could not run while we spin),
     ///   then yield.
     fn patience(&mut self, bulk: bool) -> Patience {
@@ -1794,6 +1801,8 @@ impl Connection {
                 yield_for: CROWDED_PATIENCE,
             };
         }
+        // A bulk transfer yields from the start (see `wait_as`): it never parks at once either,
+        // since the next fragment is at most a sweep away.
         if bulk {
             return Patience {
                 spin: Duration::ZERO,

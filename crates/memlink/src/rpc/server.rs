@@ -1326,8 +1326,10 @@ struct Connection {
     /// Made progress since the worker last counted its active clients.
     active: bool,
     /// The call in progress (or the last one) moves a request or a reply of more than one
-    /// fragment: its client waits politely between fragments and is not counted as busy (see
-    /// `Worker::update_crowding`).
+    /// fragment: a blocking client yields rather than spins while it waits on such a call, so
+    /// it is not counted as a busy client (see `Worker::update_crowding`). (An async client
+    /// yields to its runtime's other tasks, not to other processes: it is counted too little.)
+    /// A stream clears it: its client waits for items as for a small call.
     bulk: bool,
     /// Declared last: gives the uid's connection slot back once everything else is released.
     _slot: UidSlot,
@@ -1707,6 +1709,7 @@ impl Connection {
     /// Starts the stream the request in `request` asks for: on a handler thread of its own, or
     /// answers with an error report if there is no stream handler or too many streams run.
     fn start_stream(&mut self, worker: &WorkerContext<'_>) {
+        self.bulk = false;
         self.reply.clear();
         self.reply_sent = 0;
         self.reply_flags = ERROR_REPLY;
@@ -2166,27 +2169,32 @@ impl<'a> Worker<'a> {
     }
 
     /// Counts the clients active since the last count and tells every client whether the server
-    /// is crowded: more active clients, plus the busy workers serving them, than CPUs.
+    /// is crowded: more active clients, plus the busy workers serving them, than CPUs. A client
+    /// moving bulk is not counted (it yields while it waits), the worker serving it is.
     fn update_crowding(&mut self) {
         let mut active = 0;
+        let mut worker_busy = false;
         for conn in self.connections.iter_mut().flatten() {
             // Active: served a call this period, or has one waiting right now.
             // (A stream waiting for its handler or its reader costs the worker nothing.)
             let waiting = matches!(conn.phase, Phase::Receiving | Phase::Replying)
                 || conn.requests.has_data().unwrap_or(false);
-            // A client moving bulk waits politely between fragments (it yields instead of
-            // spinning): counting it would make every small caller park beside it.
+            // A blocking client moving bulk waits politely (it yields instead of spinning):
+            // counting it would make every small caller park beside it. The worker serving it
+            // is busy all the same.
             let busy = std::mem::take(&mut conn.active) || waiting;
             active += usize::from(busy && !conn.bulk);
+            worker_busy |= busy;
         }
+        // Per worker: its busy clients, times two, plus one if it served anything at all.
         let counts = &self.shared().active_clients;
         if let Some(mine) = counts.get(self.index) {
-            mine.store(active, Ordering::Relaxed);
+            mine.store(active * 2 + usize::from(worker_busy), Ordering::Relaxed);
         }
         let (clients, busy_workers) = counts
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
-            .fold((0, 0), |(c, w), a| (c + a, w + usize::from(a > 0)));
+            .fold((0, 0), |(c, w), a| (c + a / 2, w + a % 2));
         self.crowded = clients + busy_workers > self.cpus;
         for slot in 0..self.connections.len() {
             let Some(conn) = self.connections[slot].as_ref() else {
