@@ -81,8 +81,9 @@ fn discover() -> u8 {
         AT_FORK.call_once(|| {
             // A failure (ENOMEM) leaves no handler: then a forked child that never execs keeps
             // our state and uses compiler fences unregistered, which costs it bounded parks.
-            // SAFETY: `pthread_atfork` only records the handler; `forget_registration` is an
-            // `extern "C"` function with no arguments doing one atomic store (async-signal-safe).
+            // `pthread_atfork` only records the handler; `forget_registration` is an `extern "C"`
+            // function with no arguments doing one atomic store.
+            // SAFETY: the handler is a valid `extern "C" fn()` and async-signal-safe (see above).
             let _ = unsafe { libc::pthread_atfork(None, None, Some(forget_registration)) };
         });
     }

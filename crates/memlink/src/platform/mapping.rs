@@ -248,8 +248,8 @@ impl Mapping {
         // the borrow. The same bytes may also be copied with `memcpy` at other times (a ring's
         // header line holds payload on another lap): the caller's protocol orders those copies
         // before or after its atomic accesses (a ring's stamp and `head`), as `copy_in` requires.
-        // SAFETY: the `N * 8` bytes at `ptr` are in bounds and aligned for `AtomicU64` (both
-        // checked above); no non-atomic access races the atomics (the caller's protocol).
+        // The `N * 8` bytes at `ptr` are in bounds and aligned for `AtomicU64` (both checked above).
+        // SAFETY: in bounds, aligned, and no non-atomic access races them (the caller's protocol).
         Some(unsafe { &*ptr.cast::<[AtomicU64; N]>() })
     }
 }

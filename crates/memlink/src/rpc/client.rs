@@ -1381,12 +1381,7 @@ impl Connection {
             if kind.is_none()
                 && self
                     .responses
-                    .take_whole(
-                        call,
-                        STREAM_ITEM,
-                        self.max_message.min(self.max_reply) as u64,
-                        item,
-                    )
+                    .take_whole(call, STREAM_ITEM, self.max_reply as u64, item)
                     .map_err(|e| ring(&self.name, e))?
                     .is_some()
             {
@@ -1564,7 +1559,7 @@ impl Connection {
         if !reassembly.in_progress()
             && self
                 .responses
-                .take_whole(call, 0, self.max_message.min(self.max_reply) as u64, reply)
+                .take_whole(call, 0, self.max_reply as u64, reply)
                 .map_err(|e| ring(&self.name, e))?
                 .is_some()
         {

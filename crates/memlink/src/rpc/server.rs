@@ -420,9 +420,11 @@ impl CallCounts {
         CallCounts((0..=workers).map(|_| WorkerCount::default()).collect())
     }
 
-    /// Worker `index`'s count (the async server's for an index past the workers).
+    /// Worker `index`'s count (`index` below the number of workers: the last count is the
+    /// async server's, which has many writers).
     fn worker(&self, index: usize) -> &WorkerCount {
         let last = self.0.len() - 1;
+        debug_assert!(index < last, "worker {index} of {last}");
         &self.0[index.min(last)]
     }
 
