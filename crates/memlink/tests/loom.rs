@@ -59,7 +59,7 @@
 #![cfg(loom)]
 
 use loom::cell::UnsafeCell;
-use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 use loom::sync::{Arc, Condvar, Mutex};
 use loom::thread;
 
@@ -649,5 +649,101 @@ fn held_slot_reused_without_the_fence_in_start_scan() {
     let name = "held_slot_reused_without_the_fence_in_start_scan";
     if fails_in_a_child(name, "Causality violation") {
         holds_model(name, Bug::NoFenceInStartScan);
+    }
+}
+
+// --- the rpc client's connection slots: platform/exclusive.rs, rpc/client.rs --------------------
+
+/// One connection slot (an `Exclusive<Option<Connection>>`) and the client's sleepers.
+struct Slot {
+    held: AtomicBool,
+    /// The connection the holder uses: two holders at once are a data race on it.
+    connection: UnsafeCell<u64>,
+    /// `Client::waiting`, `wait_lock` and `connection_freed`.
+    waiting: AtomicUsize,
+    wait_lock: Mutex<()>,
+    freed: Condvar,
+}
+
+/// `Exclusive::try_take`.
+fn try_take(slot: &Slot) -> bool {
+    slot.held
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_ok()
+}
+
+/// `Client::free_connection` with one slot, without its bounded nap (so that a lost wake-up is
+/// a deadlock here).
+fn take_slot(slot: &Slot) {
+    loop {
+        if try_take(slot) {
+            return;
+        }
+        let lock = slot.wait_lock.lock().unwrap();
+        slot.waiting.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst); // barrier::heavy
+        let taken = try_take(slot);
+        if !taken {
+            drop(slot.freed.wait(lock).unwrap());
+        } else {
+            drop(lock);
+        }
+        slot.waiting.fetch_sub(1, Ordering::SeqCst);
+        if taken {
+            return;
+        }
+    }
+}
+
+/// `Held::drop`, then `WakeWaiter::drop`.
+fn give_back(slot: &Slot, barrier: bool) {
+    slot.held.store(false, Ordering::Release);
+    if barrier {
+        fence(Ordering::SeqCst); // barrier::light
+    }
+    if slot.waiting.load(Ordering::SeqCst) > 0 {
+        let _lock = slot.wait_lock.lock().unwrap();
+        slot.freed.notify_all();
+    }
+}
+
+/// Two callers of a client with one connection, each making one call.
+fn slot_model(name: &str, barrier: bool) {
+    check(name, move || {
+        let slot = Arc::new(Slot {
+            held: AtomicBool::new(false),
+            connection: UnsafeCell::new(0),
+            waiting: AtomicUsize::new(0),
+            wait_lock: Mutex::new(()),
+            freed: Condvar::new(),
+        });
+        let call = move |slot: &Slot| {
+            take_slot(slot);
+            // SAFETY: the model's own cell; loom reports any access that races this one.
+            slot.connection.with_mut(|c| unsafe { *c += 1 });
+            give_back(slot, barrier);
+        };
+        let other = slot.clone();
+        let caller = thread::spawn(move || call(&other));
+        call(&slot);
+        caller.join().unwrap();
+        // SAFETY: the model's own cell, after both callers are done.
+        assert_eq!(slot.connection.with(|c| unsafe { *c }), 2);
+    });
+}
+
+#[test]
+fn a_connection_slot_has_one_holder_and_no_lost_wake_up() {
+    slot_model("a_connection_slot_has_one_holder_and_no_lost_wake_up", true);
+}
+
+/// Without the barrier between giving the slot back and looking at the sleepers, the giver's
+/// look may miss a sleeper whose last look missed the slot given back: both miss, one sleeps
+/// for ever.
+#[test]
+fn lost_slot_wake_up_without_the_barrier_after_giving_back() {
+    let name = "lost_slot_wake_up_without_the_barrier_after_giving_back";
+    if fails_in_a_child(name, "deadlock") {
+        slot_model(name, false);
     }
 }

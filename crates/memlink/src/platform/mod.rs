@@ -20,6 +20,7 @@
 pub(crate) mod barrier;
 pub(crate) mod clock;
 pub(crate) mod cpu;
+pub(crate) mod exclusive;
 pub(crate) mod file_lock;
 pub(crate) mod futex;
 pub(crate) mod mapping;

@@ -1,15 +1,15 @@
 //! The calling side: [`Client`] and its per-thread connections.
 //!
 //! A `Client` owns a small pool of *connections* to the server, each with its own shared region,
-//! rings and wake pipes. A call borrows a free connection (an uncontended `try_lock`, no
-//! syscall), so threads calling through one client at once never share a ring and each gets its
-//! own reply. A connection that failed (server gone, timeout, corruption) is dropped; the next
+//! rings and wake pipes. A call borrows a free connection (one compare-and-swap, given back with
+//! a plain store: `platform::exclusive`), so threads calling through one client at once never
+//! share a ring and each gets its own reply. A connection that failed (server gone, timeout, corruption) is dropped; the next
 //! call opens a fresh one, which is how a `Client` transparently reconnects to a restarted server.
 //! The connection machinery itself (region validation, parking, hang-ups) is `link`'s.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 #[cfg(feature = "tokio")]
@@ -34,6 +34,8 @@ use crate::memory::name::validate_name;
 use crate::memory::ring::{
     Consumer, FIRST, LAST, Producer, RECORD_HEADER_LEN, RecordHeader, RingError, USER_FLAGS,
 };
+use crate::platform::barrier;
+use crate::platform::exclusive::{Exclusive, Held};
 use crate::platform::mapping::Mapping;
 #[cfg(feature = "fault-injection")]
 use crate::platform::notify;
@@ -345,7 +347,7 @@ pub struct Client {
     id: u64,
     name: String,
     options: ClientOptions,
-    connections: Box<[Mutex<Option<Connection>>]>,
+    connections: Box<[Exclusive<Option<Connection>>]>,
     /// Bumped by the first call that finds the server gone, so that idle connections to the dead
     /// server are dropped before use instead of each failing once.
     epoch: AtomicU64,
@@ -396,8 +398,17 @@ fn count_held_stream(id: u64, up: bool) {
 /// A connection slot held by one call. Fields drop in declaration order: the slot is released first,
 /// then `wake` wakes a caller waiting for a connection, if there is one.
 struct ConnectionGuard<'a> {
-    slot: MutexGuard<'a, Option<Connection>>,
+    slot: Held<'a, Option<Connection>>,
     _wake: WakeWaiter<'a>,
+}
+
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // A panic mid-call left the connection in an unknown state.
+            *self.slot = None;
+        }
+    }
 }
 
 impl std::ops::Deref for ConnectionGuard<'_> {
@@ -418,8 +429,9 @@ struct WakeWaiter<'a>(&'a Client);
 impl Drop for WakeWaiter<'_> {
     fn drop(&mut self) {
         let client = self.0;
-        // SYNC POINT: SeqCst, pairs with the waiter's SeqCst increment before its last look at
-        // the slots: either it saw our slot free, or we see it waiting and wake it.
+        // SYNC POINT: after the light barrier of the slot's release (`platform::exclusive`),
+        // pairs with the heavy barrier after the waiter's increment, before its last look at the
+        // slots: either it saw our slot free, or we see it waiting and wake it.
         if client.waiting.load(Ordering::SeqCst) > 0 {
             let _lock = client
                 .wait_lock
@@ -458,7 +470,9 @@ impl Client {
 
     fn new(name: &str, options: ClientOptions, wait_until: Option<Instant>) -> Result<Client> {
         validate_name(name)?;
-        let connections = (0..options.connections).map(|_| Mutex::new(None)).collect();
+        let connections = (0..options.connections)
+            .map(|_| Exclusive::new(None))
+            .collect();
         let client = Client {
             id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
             name: name.to_owned(),
@@ -484,7 +498,10 @@ impl Client {
         client
             .max_message
             .store(first.max_message as u64, Ordering::Relaxed);
-        *lock_slot(&client.connections[0]) = Some(first);
+        // Nobody else can hold a slot of a client not yet returned.
+        if let Some(mut slot) = client.connections.first().and_then(Exclusive::try_take) {
+            *slot = Some(first);
+        }
         Ok(client)
     }
 
@@ -858,7 +875,7 @@ impl Client {
         })
     }
 
-    /// A connection slot no other thread is using: the first free one (one uncontended `try_lock`),
+    /// A connection slot no other thread is using: the first free one (one compare-and-swap),
     /// else sleep until a call releases one.
     fn free_connection(&self, deadline: Option<Instant>) -> Result<ConnectionGuard<'_>> {
         let guard = |slot| ConnectionGuard {
@@ -881,8 +898,10 @@ impl Client {
                 .wait_lock
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            // SYNC POINT: SeqCst, pairs with the load in `WakeWaiter::drop`.
+            // SYNC POINT: the increment, then a heavy barrier, then the last look: pairs with the
+            // light barrier between a slot's release and the load in `WakeWaiter::drop`.
             self.waiting.fetch_add(1, Ordering::SeqCst);
+            barrier::heavy();
             let taken = self.try_take_connection();
             if taken.is_none() {
                 // Bounded, so that a wake-up lost to a panic elsewhere costs a moment, not forever.
@@ -926,19 +945,8 @@ impl Client {
         result
     }
 
-    fn try_take_connection(&self) -> Option<MutexGuard<'_, Option<Connection>>> {
-        for slot in self.connections.iter() {
-            match slot.try_lock() {
-                Ok(guard) => return Some(guard),
-                Err(TryLockError::Poisoned(poisoned)) => {
-                    let mut guard = poisoned.into_inner();
-                    *guard = None; // a panic mid-call left it in an unknown state
-                    return Some(guard);
-                }
-                Err(TryLockError::WouldBlock) => {}
-            }
-        }
-        None
+    fn try_take_connection(&self) -> Option<Held<'_, Option<Connection>>> {
+        self.connections.iter().find_map(Exclusive::try_take)
     }
 
     /// Fault injection for tests: corrupts this client's request ring in shared memory, as a buggy
@@ -993,11 +1001,6 @@ fn open_connection(
         }
         (_, first) => first,
     }
-}
-
-fn lock_slot(slot: &Mutex<Option<Connection>>) -> MutexGuard<'_, Option<Connection>> {
-    slot.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// How a call failed, and whether its connection survives.
