@@ -164,6 +164,7 @@ impl RecordHeader {
 }
 
 /// Space a record with `len` payload bytes takes in the data area.
+#[inline]
 pub(crate) fn record_size(len: usize) -> usize {
     RECORD_HEADER_LEN + len.div_ceil(RECORD_ALIGN) * RECORD_ALIGN
 }
@@ -187,6 +188,7 @@ impl RingLayout {
     /// large message are in flight at once and both sides copy in parallel, and at most
     /// [`MAX_FRAGMENT`], so that the unit a server moves for one connection before it turns to
     /// the next stays short.
+    #[inline]
     pub(crate) fn max_fragment(&self) -> usize {
         (self.capacity / 4).min(MAX_FRAGMENT)
     }
@@ -211,6 +213,7 @@ impl RingLayout {
     }
 }
 
+#[inline]
 fn index(map: &Mapping, at: usize) -> Result<&AtomicU64, RingError> {
     map.atomic_u64(at)
         .ok_or_else(|| RingError("ring index out of its mapping".into()))
@@ -632,7 +635,7 @@ impl Consumer {
         Ok(())
     }
 
-    #[inline]
+    #[inline(always)]
     fn advance(&mut self, size: usize) -> Result<(), RingError> {
         self.head += size as u64;
         // SYNC POINT: Release, pairs with the Acquire `head` load in `Producer::consumer_position`:

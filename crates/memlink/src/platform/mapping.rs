@@ -82,6 +82,7 @@ impl Mapping {
     /// Caller's invariant: no other thread of this process reads, writes or atomically accesses
     /// the range during the copy. Use [`Mapping::write_atomic`] for bytes without that guarantee.
     #[must_use]
+    #[inline]
     pub(crate) fn copy_in(&self, offset: usize, data: &[u8]) -> bool {
         if self.check(offset, data.len()).is_none() {
             return false;
@@ -99,6 +100,7 @@ impl Mapping {
     /// first. Returns `false` (appending nothing) if the range is not inside the mapping. Same
     /// caller's invariant as [`Mapping::copy_in`], for reading.
     #[must_use]
+    #[inline]
     pub(crate) fn append_to_vec(&self, offset: usize, len: usize, out: &mut Vec<u8>) -> bool {
         if self.check(offset, len).is_none() {
             return false;
@@ -224,6 +226,7 @@ impl Mapping {
     }
 
     /// The `AtomicU64` at `offset`, or `None` if it is out of bounds or misaligned.
+    #[inline]
     pub(crate) fn atomic_u64(&self, offset: usize) -> Option<&AtomicU64> {
         self.check(offset, 8)?;
         let ptr = self.base.as_ptr().wrapping_add(offset);

@@ -403,6 +403,7 @@ struct ConnectionGuard<'a> {
 }
 
 impl Drop for ConnectionGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         if std::thread::panicking() {
             // A panic mid-call left the connection in an unknown state.
@@ -427,17 +428,14 @@ impl std::ops::DerefMut for ConnectionGuard<'_> {
 struct WakeWaiter<'a>(&'a Client);
 
 impl Drop for WakeWaiter<'_> {
+    #[inline]
     fn drop(&mut self) {
         let client = self.0;
         // SYNC POINT: after the light barrier of the slot's release (`platform::exclusive`),
         // pairs with the heavy barrier after the waiter's increment, before its last look at the
         // slots: either it saw our slot free, or we see it waiting and wake it.
         if client.waiting.load(Ordering::SeqCst) > 0 {
-            let _lock = client
-                .wait_lock
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            client.connection_freed.notify_all();
+            client.wake_a_waiter();
         }
     }
 }
@@ -877,7 +875,20 @@ impl Client {
 
     /// A connection slot no other thread is using: the first free one (one compare-and-swap),
     /// else sleep until a call releases one.
+    #[inline]
     fn free_connection(&self, deadline: Option<Instant>) -> Result<ConnectionGuard<'_>> {
+        match self.try_take_connection() {
+            Some(slot) => Ok(ConnectionGuard {
+                slot,
+                _wake: WakeWaiter(self),
+            }),
+            None => self.wait_for_connection(deadline),
+        }
+    }
+
+    /// [`Client::free_connection`] once every slot was found taken.
+    #[cold]
+    fn wait_for_connection(&self, deadline: Option<Instant>) -> Result<ConnectionGuard<'_>> {
         let guard = |slot| ConnectionGuard {
             slot,
             _wake: WakeWaiter(self),
@@ -945,6 +956,17 @@ impl Client {
         result
     }
 
+    /// Wakes the callers sleeping until a connection is given back (see `WakeWaiter`).
+    #[cold]
+    fn wake_a_waiter(&self) {
+        let _lock = self
+            .wait_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.connection_freed.notify_all();
+    }
+
+    #[inline]
     fn try_take_connection(&self) -> Option<Held<'_, Option<Connection>>> {
         self.connections.iter().find_map(Exclusive::try_take)
     }
@@ -1210,6 +1232,7 @@ impl Connection {
             })
     }
 
+    #[inline]
     fn call(
         &mut self,
         request: &[u8],
@@ -1472,6 +1495,7 @@ impl Connection {
 
     /// Writes `request` into the request ring, each record with `user_flags` and `meta`,
     /// waiting for room as needed (until `deadline`).
+    #[inline]
     fn send_flagged(
         &mut self,
         call: u64,
@@ -1507,6 +1531,7 @@ impl Connection {
 
     /// [`Connection::receive`], or, with `ClientOptions::__presume_gone_after`, `Disconnected`
     /// once that has passed first.
+    #[inline]
     fn receive_or_presume_gone(
         &mut self,
         call: u64,
@@ -1528,6 +1553,7 @@ impl Connection {
         }
     }
 
+    #[inline]
     fn receive(&mut self, call: u64, reply: &mut Vec<u8>, deadline: Option<Instant>) -> Result<()> {
         reply.clear();
         let mut reassembly = Reassembly::default();
@@ -1551,6 +1577,7 @@ impl Connection {
     /// One step of receiving call `call`'s reply into `reply`: takes (or skips) the next record
     /// of the response ring, validated. The blocking and the async receive loops differ only
     /// in how they wait on [`ReplyStep::Empty`].
+    #[inline]
     pub(super) fn reply_step(
         &mut self,
         call: u64,
