@@ -679,9 +679,9 @@ fn take_slot(slot: &Slot) {
         if try_take(slot) {
             return;
         }
-        let lock = slot.wait_lock.lock().unwrap();
         slot.waiting.fetch_add(1, Ordering::SeqCst);
         fence(Ordering::SeqCst); // barrier::heavy
+        let lock = slot.wait_lock.lock().unwrap();
         let taken = try_take(slot);
         if !taken {
             drop(slot.freed.wait(lock).unwrap());
@@ -703,11 +703,12 @@ fn give_back(slot: &Slot, barrier: bool) {
     }
     if slot.waiting.load(Ordering::SeqCst) > 0 {
         let _lock = slot.wait_lock.lock().unwrap();
-        slot.freed.notify_all();
+        slot.freed.notify_one();
     }
 }
 
-/// Two callers of a client with one connection, each making one call.
+/// Three callers of a client with one connection, each making one call: two may sleep at once,
+/// and each give-back wakes one of them.
 fn slot_model(name: &str, barrier: bool) {
     check(name, move || {
         let slot = Arc::new(Slot {
@@ -723,12 +724,18 @@ fn slot_model(name: &str, barrier: bool) {
             slot.connection.with_mut(|c| unsafe { *c += 1 });
             give_back(slot, barrier);
         };
-        let other = slot.clone();
-        let caller = thread::spawn(move || call(&other));
+        let callers: Vec<_> = (0..2)
+            .map(|_| {
+                let other = slot.clone();
+                thread::spawn(move || call(&other))
+            })
+            .collect();
         call(&slot);
-        caller.join().unwrap();
-        // SAFETY: the model's own cell, after both callers are done.
-        assert_eq!(slot.connection.with(|c| unsafe { *c }), 2);
+        for caller in callers {
+            caller.join().unwrap();
+        }
+        // SAFETY: the model's own cell, after every caller is done.
+        assert_eq!(slot.connection.with(|c| unsafe { *c }), 3);
     });
 }
 

@@ -127,14 +127,19 @@ pub(crate) fn light() {
 }
 
 /// The barrier on the side that runs rarely (before sleeping, before reusing memory others may
-/// hold). Pairs with [`light`] on the other side, and with another `heavy`.
-pub(crate) fn heavy() {
+/// hold). Pairs with [`light`] on the other side, and with another `heavy`. Returns whether it
+/// pairs with this process's own [`light`] (the other threads'): `false` only if this process
+/// registered (so its light barrier is a compiler fence) and the membarrier then failed (a
+/// seccomp filter installed since, the kernel out of memory). A waiter told `false` must not
+/// sleep long on a wake-up from this process.
+pub(crate) fn heavy() -> bool {
     fence(Ordering::SeqCst);
-    if matches!(state(), REGISTERED | HEAVY_ONLY) {
-        // An error (a seccomp filter installed since we asked) leaves only the fence: see the
-        // module doc for what that costs.
-        let _ = membarrier(MembarrierCommand::GlobalExpedited);
+    let state = state();
+    if matches!(state, REGISTERED | HEAVY_ONLY) {
+        // An error leaves only the fence: see the module doc for what that costs.
+        return membarrier(MembarrierCommand::GlobalExpedited).is_ok() || state != REGISTERED;
     }
+    true
 }
 
 #[cfg(test)]
@@ -147,7 +152,7 @@ mod tests {
         let first = STATE.load(Ordering::Relaxed);
         assert_ne!(first, UNKNOWN);
         light();
-        heavy();
+        assert!(heavy(), "a barrier that just worked pairs");
         assert_eq!(STATE.load(Ordering::Relaxed), first);
     }
 }

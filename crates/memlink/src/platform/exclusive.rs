@@ -91,8 +91,10 @@ impl<T> Drop for Held<'_, T> {
         // SYNC POINT: Release, pairs with the Acquire compare-and-swap in `try_take`.
         self.cell.held.store(false, Ordering::Release);
         // SYNC POINT: pairs with the heavy barrier of a caller about to sleep until a value is
-        // given back (see the module doc): our store above is ordered before the holder's next
-        // load (its look at who sleeps).
+        // given back (see the module doc): with it, our store above and the giver's next load
+        // (its look at who sleeps) act as if a full barrier stood between them. Here it may be a
+        // compiler fence only: the sleeper's membarrier then supplies the hardware barrier on
+        // our CPU (`platform::barrier`).
         barrier::light();
     }
 }

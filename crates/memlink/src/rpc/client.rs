@@ -3,10 +3,12 @@
 //! A `Client` owns a small pool of *connections* to the server, each with its own shared region,
 //! rings and wake pipes. A call borrows a free connection (one compare-and-swap, given back with
 //! a plain store: `platform::exclusive`), so threads calling through one client at once never
-//! share a ring and each gets its own reply. A connection that failed (server gone, timeout, corruption) is dropped; the next
-//! call opens a fresh one, which is how a `Client` transparently reconnects to a restarted server.
+//! share a ring and each gets its own reply. A connection that failed (server gone, timeout,
+//! corruption) is dropped; the next call opens a fresh one, which is how a `Client`
+//! transparently reconnects to a restarted server.
 //! The connection machinery itself (region validation, parking, hang-ups) is `link`'s.
 
+use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -361,8 +363,8 @@ pub struct Client {
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
-    /// Open streams this thread holds, per client id (a [`ReplyStream`] holds a connection's lock,
-    /// so it never leaves the thread that opened it). Few entries: a thread holds few streams.
+    /// Open streams this thread holds, per client id (a [`ReplyStream`] holds a connection slot,
+    /// and is not `Send`, so it never leaves the thread that opened it). Few entries: a thread holds few streams.
     static HELD_STREAMS: std::cell::RefCell<Vec<(u64, usize)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -395,18 +397,37 @@ fn count_held_stream(id: u64, up: bool) {
     });
 }
 
-/// A connection slot held by one call. Fields drop in declaration order: the slot is released first,
-/// then `wake` wakes a caller waiting for a connection, if there is one.
+/// A connection slot held by one call. Fields drop in declaration order: the slot is given back
+/// first, then `_wake` wakes a caller waiting for a connection, if there is one. Dropped by a
+/// panic that began while it was held, it drops its connection first (the call left it in an
+/// unknown state).
 struct ConnectionGuard<'a> {
     slot: Held<'a, Option<Connection>>,
     _wake: WakeWaiter<'a>,
+    /// Whether the thread was already unwinding when it took the slot (a call made from a
+    /// destructor during a panic): only a panic that begins while the slot is held drops the
+    /// connection.
+    taken_while_panicking: bool,
+    /// Not `Send`: a slot stays with the thread that took it, which `held_streams` counts on
+    /// (a `ReplyStream` moved to another thread would leave its count behind).
+    _thread_bound: PhantomData<std::sync::MutexGuard<'static, ()>>,
+}
+
+impl<'a> ConnectionGuard<'a> {
+    fn new(client: &'a Client, slot: Held<'a, Option<Connection>>) -> Self {
+        ConnectionGuard {
+            slot,
+            _wake: WakeWaiter(client),
+            taken_while_panicking: std::thread::panicking(),
+            _thread_bound: PhantomData,
+        }
+    }
 }
 
 impl Drop for ConnectionGuard<'_> {
     #[inline]
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            // A panic mid-call left the connection in an unknown state.
+        if std::thread::panicking() && !self.taken_while_panicking {
             *self.slot = None;
         }
     }
@@ -471,7 +492,7 @@ impl Client {
         let connections = (0..options.connections)
             .map(|_| Exclusive::new(None))
             .collect();
-        let client = Client {
+        let mut client = Client {
             id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
             name: name.to_owned(),
             options,
@@ -496,9 +517,8 @@ impl Client {
         client
             .max_message
             .store(first.max_message as u64, Ordering::Relaxed);
-        // Nobody else can hold a slot of a client not yet returned.
-        if let Some(mut slot) = client.connections.first().and_then(Exclusive::try_take) {
-            *slot = Some(first);
+        if let Some(slot) = client.connections.first_mut() {
+            *slot = Exclusive::new(Some(first));
         }
         Ok(client)
     }
@@ -608,10 +628,7 @@ impl Client {
         let Some(slot) = self.try_take_connection() else {
             return Err(Error::Full);
         };
-        let mut slot = ConnectionGuard {
-            slot,
-            _wake: WakeWaiter(self),
-        };
+        let mut slot = ConnectionGuard::new(self, slot);
         self.on_connection(&mut slot, request, deadline, |connection| {
             connection.call(request, reply, deadline, Mode::Try)
         })
@@ -878,10 +895,7 @@ impl Client {
     #[inline]
     fn free_connection(&self, deadline: Option<Instant>) -> Result<ConnectionGuard<'_>> {
         match self.try_take_connection() {
-            Some(slot) => Ok(ConnectionGuard {
-                slot,
-                _wake: WakeWaiter(self),
-            }),
+            Some(slot) => Ok(ConnectionGuard::new(self, slot)),
             None => self.wait_for_connection(deadline),
         }
     }
@@ -889,13 +903,9 @@ impl Client {
     /// [`Client::free_connection`] once every slot was found taken.
     #[cold]
     fn wait_for_connection(&self, deadline: Option<Instant>) -> Result<ConnectionGuard<'_>> {
-        let guard = |slot| ConnectionGuard {
-            slot,
-            _wake: WakeWaiter(self),
-        };
         loop {
             if let Some(slot) = self.try_take_connection() {
-                return Ok(guard(slot));
+                return Ok(ConnectionGuard::new(self, slot));
             }
             // Every connection is held by this very thread's streams: nobody would free one.
             let held = held_streams(self.id);
@@ -905,20 +915,28 @@ impl Client {
                     held,
                 });
             }
+            // SYNC POINT: the increment, then a heavy barrier, then the last look: pairs with the
+            // light barrier between a slot's release and the load in `WakeWaiter::drop`. Both
+            // before the lock, so that a giver that sees us waiting never waits on our syscall.
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            let paired = barrier::heavy();
             let lock = self
                 .wait_lock
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            // SYNC POINT: the increment, then a heavy barrier, then the last look: pairs with the
-            // light barrier between a slot's release and the load in `WakeWaiter::drop`.
-            self.waiting.fetch_add(1, Ordering::SeqCst);
-            barrier::heavy();
+            // A giver that saw us waiting notifies under the lock: either before we took it (and
+            // then this look sees its slot), or while we wait.
             let taken = self.try_take_connection();
             if taken.is_none() {
-                // Bounded, so that a wake-up lost to a panic elsewhere costs a moment, not forever.
-                let nap = deadline.map_or(Duration::from_millis(100), |t| {
-                    t.saturating_duration_since(Instant::now())
-                        .min(Duration::from_millis(100))
+                // Bounded anyway. Without the kernel's barrier (see `barrier::heavy`), a giver's
+                // look at the count may miss us: then nap briefly, not a whole 100 ms.
+                let longest = if paired {
+                    Duration::from_millis(100)
+                } else {
+                    Duration::from_millis(1)
+                };
+                let nap = deadline.map_or(longest, |t| {
+                    t.saturating_duration_since(Instant::now()).min(longest)
                 });
                 drop(self.connection_freed.wait_timeout(lock, nap));
             } else {
@@ -926,7 +944,7 @@ impl Client {
             }
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             if let Some(slot) = taken {
-                return Ok(guard(slot));
+                return Ok(ConnectionGuard::new(self, slot));
             }
             if deadline.is_some_and(|t| Instant::now() >= t) {
                 return Err(Error::Timeout);
@@ -956,14 +974,16 @@ impl Client {
         result
     }
 
-    /// Wakes the callers sleeping until a connection is given back (see `WakeWaiter`).
+    /// Wakes one caller sleeping until a connection is given back (see `WakeWaiter`): one slot
+    /// came free. (Should it find the slot taken again, it sleeps again, and whoever took the
+    /// slot wakes the next one when it gives it back.)
     #[cold]
     fn wake_a_waiter(&self) {
         let _lock = self
             .wait_lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        self.connection_freed.notify_all();
+        self.connection_freed.notify_one();
     }
 
     #[inline]
@@ -1906,7 +1926,16 @@ impl Connection {
 /// server went away before it took the request, which is then withdrawn as a call's is, so the
 /// handler never ran and never will). Dropping it before the end cancels the stream on the
 /// server.
-/// Holds one of the client's connections (so it stays on the thread that made the call).
+/// Holds one of the client's connections, so it stays on the thread that made the call: it is not
+/// `Send`.
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// fn stream_elsewhere(client: &memlink::Client) -> memlink::Result<()> {
+///     send(client.call_stream(b"items")?);
+///     Ok(())
+/// }
+/// ```
 pub struct ReplyStream<'a> {
     client: &'a Client,
     slot: ConnectionGuard<'a>,

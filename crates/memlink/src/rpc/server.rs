@@ -429,6 +429,7 @@ impl CallCounts {
     }
 
     /// Counts a call of the async server (from any thread).
+    #[cfg(feature = "tokio")]
     fn count_async(&self) {
         if let Some(slot) = self.0.last() {
             slot.0.fetch_add(1, Ordering::Relaxed);
