@@ -8,8 +8,10 @@
 //! kernel without connecting to it ([`sock_diag`]), CPU identity ([`cpu`]), process identity and
 //! liveness ([`process`]), starting a program detached from us with its error output captured
 //! ([`spawn`]), unpredictable numbers ([`random`]) and the monotonic clock as a number other
-//! processes agree on ([`clock`]); with the `tokio` feature, registering descriptors with tokio's
-//! reactor ([`reactor`]). It may use only `rustix`, `libc` and
+//! processes agree on ([`clock`]), asymmetric memory barriers ([`barrier`]), and a value one
+//! thread at a time may hold, given back with a plain store ([`exclusive`]); with the `tokio`
+//! feature, registering descriptors with tokio's reactor ([`reactor`]). It may use only `rustix`,
+//! `libc` and
 //! `std`; nothing above it issues syscalls or dereferences raw pointers (the crate root denies
 //! `unsafe` outside this module).
 //!
