@@ -810,7 +810,7 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
             .iter()
             .find(|t| t.label == label && t.clients == clients)
     };
-    let (one, many) = (tp("memlink", 1), tp("memlink", 64));
+    let (one, sixteen, many) = (tp("memlink", 1), tp("memlink", 16), tp("memlink", 64));
     let targets = vec![
         Target::at_most(
             "64 B awake p50 / spin floor p50 (median of rounds in turns)",
@@ -858,6 +858,11 @@ pub(crate) fn run(options: &BenchOptions) -> io::Result<()> {
                 _ => 0.0,
             },
             0.8,
+        ),
+        Target::at_least(
+            "16 clients: slowest / fastest client",
+            sixteen.map_or(0.0, |m| m.slowest as f64 / m.fastest.max(1) as f64),
+            2.0 / 3.0,
         ),
         Target::at_least(
             "64 clients: slowest / fastest client",

@@ -272,7 +272,7 @@ fn bench_rpc_json_reports_every_transport_size_and_target() {
             assert!(row["slowest_client_calls"].as_u64() <= row["fastest_client_calls"].as_u64());
         }
     }
-    assert_eq!(report["targets"].as_array().unwrap().len(), 9);
+    assert_eq!(report["targets"].as_array().unwrap().len(), 10);
 
     let chart = std::fs::read_to_string(&svg).expect("the --svg file");
     std::fs::remove_dir_all(&dir).unwrap();
