@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::barrier;
 
 /// A `T` that at most one [`Held`] reaches at a time.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Exclusive<T> {
     held: AtomicBool,
     value: UnsafeCell<T>,
@@ -70,9 +70,8 @@ impl<T> std::ops::Deref for Held<'_, T> {
     type Target = T;
     #[inline]
     fn deref(&self) -> &T {
-        // SAFETY: this `Held` is the only one (`try_take` set `held` from false to true, and only
-        // our drop sets it back), so no other reference to the value exists while `self` is
-        // borrowed.
+        // `try_take` set `held` from false to true, and only our drop sets it back.
+        // SAFETY: this `Held` is the only one, so nothing else references the value meanwhile.
         unsafe { &*self.cell.value.get() }
     }
 }

@@ -11,9 +11,8 @@
 //! processes agree on ([`clock`]), asymmetric memory barriers ([`barrier`]), and a value one
 //! thread at a time may hold, given back with a plain store ([`exclusive`]); with the `tokio`
 //! feature, registering descriptors with tokio's reactor ([`reactor`]). It may use only `rustix`,
-//! `libc` and
-//! `std`; nothing above it issues syscalls or dereferences raw pointers (the crate root denies
-//! `unsafe` outside this module).
+//! `libc` and `std`; nothing above it issues syscalls or dereferences raw pointers (the crate
+//! root denies `unsafe` outside this module).
 //!
 //! Functions here return raw [`rustix::io::Errno`] values; the layers above know what was being
 //! attempted and turn them into actionable [`crate::Error`]s.

@@ -364,7 +364,8 @@ static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// Open streams this thread holds, per client id (a [`ReplyStream`] holds a connection slot,
-    /// and is not `Send`, so it never leaves the thread that opened it). Few entries: a thread holds few streams.
+    /// and is not `Send`, so it never leaves the thread that opened it). Few entries: a thread
+    /// holds few streams.
     static HELD_STREAMS: std::cell::RefCell<Vec<(u64, usize)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
