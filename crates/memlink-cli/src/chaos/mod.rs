@@ -55,9 +55,10 @@
 //! # Wake-up after a death
 //! Before each `SIGKILL` the driver writes the victim's pid and the instant (`CLOCK_MONOTONIC`) to
 //! the board, a shared segment. A caller that was blocked when a server died (its call started
-//! before the kill) and gets `Disconnected` measures now minus that instant; so do a duplex
-//! survivor (after draining what the victim sent) and a subscriber (after taking what the
-//! publisher published). A killed process keeps its sockets until the kernel has torn down its
+//! before the kill) and gets `Disconnected` measures now minus that instant; so does a duplex
+//! survivor (after draining what the victim sent). A subscriber first takes what the publisher
+//! published, at its own pace (a slow one may be thousands of samples behind), so its wait runs
+//! from the later of the kill and the last sample it took. A killed process keeps its sockets until the kernel has torn down its
 //! memory, which on a crowded machine can take seconds (we saw a victim wait 13 s in
 //! `exit_mmap` for a mapping lock), so a thread of the driver notes when each victim is dead
 //! (every thread of it gone, within a millisecond), and each wake-up is also reported from that
@@ -319,8 +320,10 @@ pub(crate) mod kind {
     pub(crate) const HELD_AT_END: u32 = 41;
     /// Publisher: publishing failed (aux code).
     pub(crate) const PUBLISH_FAILED: u32 = 42;
-    /// Subscriber: `Disconnected` from publisher a, next sample due b (`u64::MAX`: none seen),
-    /// c nanoseconds since its kill (`u64::MAX`: unknown); aux 1 if anything came from it.
+    /// Subscriber: `Disconnected` from publisher a (low 32 bits; the high 32: microseconds after
+    /// its kill that the subscriber took its last sample, 0 if before), next sample due b
+    /// (`u64::MAX`: none seen), c nanoseconds since its kill (`u64::MAX`: unknown); aux 1 if
+    /// anything came from it.
     pub(crate) const SUB_DISCONNECTED: u32 = 43;
     /// Subscriber: `Lagged` (a missed).
     pub(crate) const LAGGED: u32 = 44;

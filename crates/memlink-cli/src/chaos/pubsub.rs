@@ -153,9 +153,13 @@ pub(crate) fn subscriber(common: &Common, topic: &str, slow: bool) -> io::Result
         publisher: subscriber.publisher_pid(),
         ..Following::default()
     };
+    // When we last took a sample (or a lag report): a publisher killed while we were behind
+    // leaves samples we read first, at our own pace, and its `Disconnected` comes after them.
+    let mut last_taken = 0;
     while !board.stopped(Stop::Subscribers) {
         match subscriber.recv_timeout(Duration::from_millis(100)) {
             Ok(sample) => {
+                last_taken = now_ns();
                 let seq = sample.sequence();
                 let Some(pid) = subscriber.publisher_pid() else {
                     wrong(seq, "a sample while attached to no publisher".into())?;
@@ -198,6 +202,7 @@ pub(crate) fn subscriber(common: &Common, topic: &str, slow: bool) -> io::Result
                 }
             }
             Err(Error::Lagged { missed, .. }) => {
+                last_taken = now_ns();
                 now.seen = true;
                 now.expected = now.expected.map(|e| e + missed);
                 ledger.write(Record::new(kind::LAGGED, 0, missed, 0, 0))?;
@@ -211,13 +216,16 @@ pub(crate) fn subscriber(common: &Common, topic: &str, slow: bool) -> io::Result
                 let t1 = now_ns();
                 held.clear();
                 let pid = now.publisher.unwrap_or(0);
-                let woke = board
-                    .killed_at(pid)
-                    .map_or(u64::MAX, |killed| t1.saturating_sub(killed));
+                let killed = board.killed_at(pid);
+                let woke = killed.map_or(u64::MAX, |killed| t1.saturating_sub(killed));
+                // How long after the kill we were still reading its samples (microseconds).
+                let reading_us = killed.map_or(0, |killed| {
+                    (last_taken.saturating_sub(killed) / 1000).min(u64::from(u32::MAX))
+                });
                 ledger.write(Record::new(
                     kind::SUB_DISCONNECTED,
                     u32::from(now.seen),
-                    u64::from(pid),
+                    u64::from(pid) | reading_us << 32,
                     now.expected.unwrap_or(u64::MAX),
                     woke,
                 ))?;

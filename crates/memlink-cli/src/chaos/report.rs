@@ -202,6 +202,25 @@ impl Wake {
         self.after_death.push(ns.saturating_sub(dying));
     }
 
+    /// A subscriber of `victim` got its `Disconnected` `ns` after the kill, having read the
+    /// victim's samples until `reading` after it. The samples published before the kill come
+    /// first, at the subscriber's own pace (a slow one may be thousands behind), so the wait
+    /// counts from the later of the kill and the last sample read, and memlink's share from the
+    /// later of the victim's death and that sample.
+    fn push_after_reading(
+        &mut self,
+        ns: u64,
+        victim: u32,
+        deaths: &HashMap<u32, (u64, u64)>,
+        reading: u64,
+    ) {
+        self.from_kill.push(ns.saturating_sub(reading));
+        let dying = deaths
+            .get(&victim)
+            .map_or(0, |(killed, dead)| dead.saturating_sub(*killed));
+        self.after_death.push(ns.saturating_sub(dying.max(reading)));
+    }
+
     fn finish(&mut self) {
         self.from_kill.finish();
         self.after_death.finish();
@@ -687,8 +706,10 @@ fn pubsub(dir: &Path, facts: &Facts, totals: &Totals, report: &mut Report) -> io
                 kind::SUB_DISCONNECTED => {
                     p.disconnects += 1;
                     let publisher = record.a as u32;
+                    let reading = (record.a >> 32).saturating_mul(1000);
                     if record.c != u64::MAX {
-                        p.wake.push(record.c, publisher, &facts.deaths);
+                        p.wake
+                            .push_after_reading(record.c, publisher, &facts.deaths, reading);
                     }
                     if !killed.contains(&publisher) {
                         continue;
@@ -1188,7 +1209,7 @@ impl Report {
         );
         row(
             "",
-            "publisher death to subscriber's Disconnected",
+            "publisher death (or its last sample read) to subscriber's Disconnected",
             p.wake.text(),
             p.wake.promise(),
         );
@@ -1413,6 +1434,21 @@ mod tests {
         wake.finish();
         assert_eq!(wake.from_kill.max(), Some(Duration::from_millis(2005)));
         assert_eq!(wake.after_death.max(), Some(Duration::from_millis(5)));
+    }
+
+    #[test]
+    fn a_subscribers_wake_up_counts_only_once_it_read_the_victims_samples() {
+        // Killed at 1 s, dead 2 ms later; the subscriber read its backlog for 200 ms after the
+        // kill and got `Disconnected` 3 ms after that.
+        let deaths = HashMap::from([(7, (1_000_000_000, 1_002_000_000))]);
+        let mut wake = Wake::default();
+        wake.push_after_reading(203_000_000, 7, &deaths, 200_000_000);
+        // Caught up before the victim was dead: counted from the death.
+        wake.push_after_reading(10_000_000, 7, &deaths, 1_000_000);
+        wake.finish();
+        assert_eq!(wake.from_kill.max(), Some(Duration::from_millis(9)));
+        assert_eq!(wake.after_death.max(), Some(Duration::from_millis(8)));
+        assert_eq!(wake.after_death.at(0.0), Some(Duration::from_millis(3)));
     }
 
     #[test]
