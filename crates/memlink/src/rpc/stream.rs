@@ -17,13 +17,15 @@
 //! with the queue's lock released (unless it is small: see [`COPY_UNDER_LOCK`]), and buffers are
 //! freed with it released, so the worker never
 //! waits on a handler's copy. The worker stays the only producer of the
-//! connection's response ring: when it turns to a streaming connection it pops the next item and
-//! copies it into the ring in fragments, under the same per-sweep budget as a reply. So:
-//! - (a) server memory per stream is bounded: the queue (a few MiB, or one larger item), the item
-//!   being sent, a few spare buffers of at most 1 MiB each, plus the ring, however long
-//!   the stream is. When the client stops reading, the ring fills, the worker stops popping, the
-//!   queue fills and the handler's `send` blocks ([`StreamSink::try_send`] returns
-//!   [`Error::Full`]).
+//! connection's response ring: when it turns to a streaming connection it takes every queued
+//! item at once, under one lock ([`StreamFeed`]), and copies them into the ring one by one in
+//! fragments, under the same per-sweep budget as a reply; it takes the queue again once they
+//! are all sent. So:
+//! - (a) server memory per stream is bounded: the queue (a few MiB, or one larger item), what
+//!   the worker took from it and has not sent yet (as much again), a few spare buffers of at
+//!   most 1 MiB each, plus the ring, however long the stream is. When the client stops reading,
+//!   the ring fills, the worker stops taking, the queue fills and the handler's `send` blocks
+//!   ([`StreamSink::try_send`] returns [`Error::Full`]).
 //! - (b) a slow reader blocks only its own handler thread; the worker never waits for it.
 //! - (c) streams of different clients run on different threads and are interleaved by the worker
 //!   sweep by sweep (16 KiB per connection per sweep), so none waits for another to finish.
@@ -33,8 +35,8 @@
 //! The handler wakes a parked worker through the worker's doorbell, only if the worker said it
 //! is parked (a flag set before its last look at the queues, Dekker-style through the queue's
 //! lock). The worker wakes a handler blocked on a full queue through a condition variable, only
-//! if the handler said it is waiting, and only once the queue is down to half (so the handler
-//! refills it in a batch rather than item by item).
+//! if the handler said it is waiting, when it takes the whole queue (so the handler refills it
+//! in a batch while the worker sends the last one, rather than item by item).
 //!
 //! # Wire format
 //! - The request is an ordinary request whose fragments all carry [`STREAM_REQUEST`].
@@ -171,13 +173,6 @@ impl StreamState {
                 && queue.bytes.saturating_add(len) <= self.max_bytes)
     }
 
-    /// Whether the queue is down to its low-water mark: at most half full by both measures, or
-    /// empty (which always has room).
-    fn low(&self, queue: &Queue) -> bool {
-        queue.items.is_empty()
-            || (queue.items.len() <= self.capacity / 2 && queue.bytes <= self.max_bytes / 2)
-    }
-
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -190,33 +185,36 @@ impl StreamState {
         }
     }
 
-    /// Worker side: swaps the next item into `item` (whose old buffer is kept for reuse), or
-    /// takes the end once every item is out. A buffer not kept is freed after the lock is
-    /// released, so the handler never waits for a large `free`.
-    pub(crate) fn next(&self, item: &mut Vec<u8>) -> Next {
+    /// Worker side: moves every queued item into `taken` (which must be empty), or takes the
+    /// end once every item is out; gives `emptied` buffers back for reuse as it goes. One lock
+    /// for the whole queue: the worker's lock waits for its own stores to the ring before it,
+    /// which the client is reading, so a lock per item cost the worker a cache-line round trip
+    /// per item. A buffer not kept is freed after the lock is released, so the handler never
+    /// waits for a large `free`.
+    fn take_all(&self, taken: &mut VecDeque<Vec<u8>>, emptied: &mut Vec<Vec<u8>>) -> Next {
+        debug_assert!(taken.is_empty());
+        let keep = MAX_SPARE.min(self.max_bytes);
+        emptied.retain(|buffer| buffer.capacity() <= keep);
         let mut queue = self.lock();
-        let Some(mut next) = queue.items.pop_front() else {
-            return match queue.end.take() {
+        while queue.spare.len() < self.capacity {
+            let Some(buffer) = emptied.pop() else { break };
+            queue.spare.push(buffer);
+        }
+        if queue.items.is_empty() {
+            let next = match queue.end.take() {
                 Some(end) => Next::End(end),
                 None => Next::Nothing,
             };
-        };
-        queue.bytes = queue.bytes.saturating_sub(next.len());
-        std::mem::swap(item, &mut next);
-        next.clear();
-        let mut freed = None;
-        if queue.spare.len() < self.capacity && next.capacity() <= MAX_SPARE.min(self.max_bytes) {
-            queue.spare.push(next);
-        } else {
-            freed = Some(next);
+            drop(queue);
+            emptied.clear();
+            return next;
         }
-        // A handler waiting for room is woken once the queue is down to half (or empty), not at
-        // the first item taken: it then queues a batch before it waits again, instead of one
-        // item per wake-up (a futex wake and a thread switch per item, when the queue is full).
-        let wake = queue.waiting && self.low(&queue);
-        if wake {
-            queue.waiting = false;
-        }
+        // The deque's own allocation goes back to the queue in exchange.
+        std::mem::swap(taken, &mut queue.items);
+        queue.bytes = 0;
+        // The queue is empty now: a handler waiting for room refills it in a batch while we
+        // send this one.
+        let wake = std::mem::take(&mut queue.waiting);
         drop(queue);
         // Notified with the lock released: a handler woken while we still held it would find it
         // taken, and on a shared CPU go back to sleep on it at once (two more thread switches).
@@ -224,12 +222,12 @@ impl StreamState {
         if wake {
             self.room.notify_one();
         }
-        drop(freed);
+        emptied.clear();
         Next::Item
     }
 
-    /// Worker side: whether [`StreamState::next`] would return something.
-    pub(crate) fn has_next(&self) -> bool {
+    /// Worker side: whether [`StreamState::take_all`] would return something.
+    fn has_next(&self) -> bool {
         let queue = self.lock();
         !queue.items.is_empty() || queue.end.is_some()
     }
@@ -256,6 +254,55 @@ impl StreamState {
         }
         drop(queue);
         self.ring_worker();
+    }
+}
+
+/// The worker's end of a stream: its state, and the items the worker took from the queue in
+/// one go (see [`StreamState::take_all`]) and has not sent yet.
+#[derive(Debug)]
+pub(crate) struct StreamFeed {
+    state: Arc<StreamState>,
+    taken: VecDeque<Vec<u8>>,
+    /// Buffers of items sent, given back to the queue at the next take.
+    emptied: Vec<Vec<u8>>,
+}
+
+impl StreamFeed {
+    pub(crate) fn new(state: Arc<StreamState>) -> Self {
+        StreamFeed {
+            state,
+            taken: VecDeque::new(),
+            emptied: Vec::new(),
+        }
+    }
+
+    /// Swaps the next item into `item` (whose old buffer is kept for reuse), or takes the end
+    /// once every item is out.
+    pub(crate) fn next(&mut self, item: &mut Vec<u8>) -> Next {
+        if self.taken.is_empty() {
+            match self.state.take_all(&mut self.taken, &mut self.emptied) {
+                Next::Item => {}
+                other => return other,
+            }
+        }
+        let Some(mut next) = self.taken.pop_front() else {
+            return Next::Nothing;
+        };
+        std::mem::swap(item, &mut next);
+        next.clear();
+        self.emptied.push(next);
+        Next::Item
+    }
+
+    /// Whether [`StreamFeed::next`] would return something.
+    pub(crate) fn has_next(&self) -> bool {
+        !self.taken.is_empty() || self.state.has_next()
+    }
+
+    /// The client cancelled, or the connection is going away: the handler's next send reports
+    /// `Cancelled`. What was taken and not sent is freed with the feed.
+    pub(crate) fn cancel(&self) {
+        self.state.cancel();
     }
 }
 
@@ -510,6 +557,7 @@ mod tests {
             parked: Arc::new(AtomicBool::new(true)),
         };
         let state = Arc::new(StreamState::new(bell, 8, 100, 1000));
+        let mut feed = StreamFeed::new(state.clone());
         let mut sink = StreamSink::new(state.clone());
         sink.try_send(&[1; 60]).unwrap();
         sink.try_send(&[2; 40]).unwrap();
@@ -518,26 +566,35 @@ mod tests {
             "over the byte budget though under the item count"
         );
         let mut item = Vec::new();
-        assert!(matches!(state.next(&mut item), Next::Item));
+        // The worker takes the whole queue at once: room for a whole budget again, while what
+        // it took is still to be sent.
+        assert!(matches!(feed.next(&mut item), Next::Item));
         assert_eq!(item, [1; 60]);
-        assert!(matches!(sink.try_send(&[4; 61]), Err(Error::Full)));
-        sink.try_send(&[4; 60]).unwrap();
-        assert!(matches!(state.next(&mut item), Next::Item));
-        assert!(matches!(state.next(&mut item), Next::Item));
-        assert_eq!(item, [4; 60]);
-        // An empty queue takes one item larger than the whole budget, and nothing after it.
-        sink.try_send(&[5; 900]).unwrap();
-        assert!(matches!(sink.try_send(&[6; 1]), Err(Error::Full)));
-        assert!(matches!(state.next(&mut item), Next::Item));
-        assert_eq!(item.len(), 900);
-        sink.try_send(&[6; 1]).unwrap();
+        sink.try_send(&[4; 101]).unwrap();
+        assert!(matches!(sink.try_send(&[5; 1]), Err(Error::Full)));
+        assert!(matches!(feed.next(&mut item), Next::Item));
+        assert_eq!(item, [2; 40]);
+        assert!(matches!(feed.next(&mut item), Next::Item));
+        assert_eq!(
+            item.len(),
+            101,
+            "an empty queue takes one item larger than the budget"
+        );
+        sink.try_send(&[6; 60]).unwrap();
+        sink.try_send(&[7; 40]).unwrap();
+        assert!(matches!(sink.try_send(&[8; 1]), Err(Error::Full)));
         state.cancel();
-        assert!(matches!(sink.try_send(&[7; 1]), Err(Error::Cancelled)));
+        assert!(matches!(sink.try_send(&[9; 1]), Err(Error::Cancelled)));
+        assert!(
+            matches!(feed.next(&mut item), Next::Nothing),
+            "a cancel empties the queue"
+        );
     }
 
     #[test]
     fn the_queue_is_bounded_ordered_and_cancellable() {
         let state = state(2);
+        let mut feed = StreamFeed::new(state.clone());
         let mut sink = StreamSink::new(state.clone());
         sink.send(b"one").unwrap();
         sink.try_send(b"two").unwrap();
@@ -550,23 +607,49 @@ mod tests {
             })
         ));
         let mut item = Vec::new();
-        assert!(matches!(state.next(&mut item), Next::Item));
+        assert!(matches!(feed.next(&mut item), Next::Item));
         assert_eq!(item, b"one");
         sink.send(b"three").unwrap();
-        assert!(matches!(state.next(&mut item), Next::Item));
+        sink.send(b"four").unwrap();
+        assert!(matches!(sink.try_send(b"five"), Err(Error::Full)));
+        assert!(matches!(feed.next(&mut item), Next::Item));
         assert_eq!(item, b"two");
-        assert!(matches!(state.next(&mut item), Next::Item));
+        assert!(feed.has_next());
+        assert!(matches!(feed.next(&mut item), Next::Item));
         assert_eq!(item, b"three");
-        assert!(matches!(state.next(&mut item), Next::Nothing));
-        assert!(!state.has_next());
+        assert!(matches!(feed.next(&mut item), Next::Item));
+        assert_eq!(item, b"four");
+        assert!(matches!(feed.next(&mut item), Next::Nothing));
+        assert!(!feed.has_next());
         state.finish(End::Done);
-        assert!(state.has_next());
-        assert!(matches!(state.next(&mut item), Next::End(End::Done)));
+        assert!(feed.has_next());
+        assert!(matches!(feed.next(&mut item), Next::End(End::Done)));
+    }
+
+    #[test]
+    fn emptied_buffers_go_back_to_the_handler() {
+        let state = state(4);
+        let mut feed = StreamFeed::new(state.clone());
+        let mut sink = StreamSink::new(state.clone());
+        let mut item = Vec::new();
+        for round in 0..3u8 {
+            for n in 0..4 {
+                sink.try_send(&[round * 4 + n; 10]).unwrap();
+            }
+            for n in 0..4 {
+                assert!(matches!(feed.next(&mut item), Next::Item));
+                assert_eq!(item, [round * 4 + n; 10]);
+            }
+        }
+        // The next take gives the emptied buffers back (at most `capacity` of them).
+        assert!(matches!(feed.next(&mut item), Next::Nothing));
+        assert_eq!(state.lock().spare.len(), 4);
     }
 
     #[test]
     fn a_blocked_send_is_released_by_room_or_by_cancel() {
         let state = state(1);
+        let mut feed = StreamFeed::new(state.clone());
         let mut sink = StreamSink::new(state.clone());
         sink.send(b"a").unwrap();
         let blocked = std::thread::spawn(move || {
@@ -581,7 +664,7 @@ mod tests {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         let mut taken = Vec::new();
         while taken.len() < 2 && std::time::Instant::now() < deadline {
-            if let Next::Item = state.next(&mut item) {
+            if let Next::Item = feed.next(&mut item) {
                 taken.push(item.clone());
             } else {
                 std::thread::sleep(Duration::from_millis(1));
@@ -589,15 +672,15 @@ mod tests {
         }
         assert_eq!(taken, [b"a".to_vec(), b"b".to_vec()]);
         std::thread::sleep(Duration::from_millis(20));
-        state.cancel();
+        feed.cancel();
         let (first, second, third, cancelled) = blocked.join().unwrap();
         assert!(first.is_ok() && second.is_ok());
         assert!(matches!(third, Err(Error::Cancelled)), "{third:?}");
         assert!(cancelled);
-        assert!(matches!(state.next(&mut item), Next::Nothing));
+        assert!(matches!(feed.next(&mut item), Next::Nothing));
         state.finish(End::Done);
         assert!(
-            matches!(state.next(&mut item), Next::Nothing),
+            matches!(feed.next(&mut item), Next::Nothing),
             "no end after a cancel"
         );
     }
