@@ -122,6 +122,10 @@ struct Following {
     expected: Option<u64>,
     /// Whether any sample (or lag report) came from this publisher.
     seen: bool,
+    /// When we were last done with one of its samples (or lag reports), `CLOCK_MONOTONIC` ns:
+    /// a publisher killed while we were behind leaves samples we read first, at our own pace,
+    /// and its `Disconnected` comes after them.
+    last_taken: u64,
 }
 
 /// `memlink __chaos subscriber`.
@@ -153,13 +157,9 @@ pub(crate) fn subscriber(common: &Common, topic: &str, slow: bool) -> io::Result
         publisher: subscriber.publisher_pid(),
         ..Following::default()
     };
-    // When we last took a sample (or a lag report): a publisher killed while we were behind
-    // leaves samples we read first, at our own pace, and its `Disconnected` comes after them.
-    let mut last_taken = 0;
     while !board.stopped(Stop::Subscribers) {
         match subscriber.recv_timeout(Duration::from_millis(100)) {
             Ok(sample) => {
-                last_taken = now_ns();
                 let seq = sample.sequence();
                 let Some(pid) = subscriber.publisher_pid() else {
                     wrong(seq, "a sample while attached to no publisher".into())?;
@@ -200,9 +200,10 @@ pub(crate) fn subscriber(common: &Common, topic: &str, slow: bool) -> io::Result
                 if slow && rng.percent(3) {
                     std::thread::sleep(Duration::from_millis(rng.range(2, 8)));
                 }
+                now.last_taken = now_ns();
             }
             Err(Error::Lagged { missed, .. }) => {
-                last_taken = now_ns();
+                now.last_taken = now_ns();
                 now.seen = true;
                 now.expected = now.expected.map(|e| e + missed);
                 ledger.write(Record::new(kind::LAGGED, 0, missed, 0, 0))?;
@@ -220,7 +221,7 @@ pub(crate) fn subscriber(common: &Common, topic: &str, slow: bool) -> io::Result
                 let woke = killed.map_or(u64::MAX, |killed| t1.saturating_sub(killed));
                 // How long after the kill we were still reading its samples (microseconds).
                 let reading_us = killed.map_or(0, |killed| {
-                    (last_taken.saturating_sub(killed) / 1000).min(u64::from(u32::MAX))
+                    (now.last_taken.saturating_sub(killed) / 1000).min(u64::from(u32::MAX))
                 });
                 ledger.write(Record::new(
                     kind::SUB_DISCONNECTED,

@@ -236,9 +236,9 @@ impl ServerOptions {
     /// Bytes a stream handler may have queued ahead of the connection's ring before its `send`
     /// blocks (default 2 MiB). An item is always admitted into an empty queue, so items larger
     /// than this still go through, one at a time. The worker takes the whole queue at once, so
-    /// a stream holds at most about twice this much (or two items, if larger: the queue and
-    /// what the worker took from it and has not sent yet) and its ring of server memory, however
-    /// long it is.
+    /// a stream holds at most about twice this much in items (or two items, if larger: the
+    /// queue and what the worker took from it and has not sent yet), spare buffers kept for
+    /// reuse up to as much again, and its ring of server memory, however long it is.
     pub fn stream_queue_bytes(mut self, bytes: usize) -> Self {
         self.stream_queue_bytes = bytes;
         self
@@ -1790,14 +1790,14 @@ impl Connection {
         ignore_cancels: bool,
     ) -> Result<bool, RingError> {
         let mut pushed = false;
-        let progressed = self.move_stream(budget, ignore_cancels, &mut pushed)?;
+        let progressed = self.move_stream(budget, ignore_cancels, &mut pushed);
         // One wake-up check for everything this sweep pushed: its barrier waits until our stores
         // to the ring, which the client is reading, have left, so one per item cost a cache-line
         // round trip per item (a fifth of the worker's time with 64-byte items).
         if pushed {
             self.nudge_client()?;
         }
-        Ok(progressed)
+        progressed
     }
 
     /// [`Connection::pump_stream`] without the wake-up: `pushed` says whether anything went

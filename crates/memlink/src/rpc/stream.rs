@@ -22,8 +22,9 @@
 //! fragments, under the same per-sweep budget as a reply; it takes the queue again once they
 //! are all sent. So:
 //! - (a) server memory per stream is bounded: the queue (a few MiB, or one larger item), what
-//!   the worker took from it and has not sent yet (as much again), a few spare buffers of at
-//!   most 1 MiB each, plus the ring, however long the stream is. When the client stops reading,
+//!   the worker took from it and has not sent yet (as much again), spare buffers for reuse
+//!   (each at most 1 MiB, together at most the queue's byte budget), plus the ring, however
+//!   long the stream is. When the client stops reading,
 //!   the ring fills, the worker stops taking, the queue fills and the handler's `send` blocks
 //!   ([`StreamSink::try_send`] returns [`Error::Full`]).
 //! - (b) a slow reader blocks only its own handler thread; the worker never waits for it.
@@ -130,6 +131,8 @@ struct Queue {
     bytes: usize,
     /// Emptied buffers the worker gives back, so a long stream allocates only a few.
     spare: Vec<Vec<u8>>,
+    /// Capacity of the spare buffers, together at most the queue's byte budget.
+    spare_bytes: usize,
     end: Option<End>,
     cancelled: bool,
     /// The handler is blocked waiting for room.
@@ -196,8 +199,13 @@ impl StreamState {
         let keep = MAX_SPARE.min(self.max_bytes);
         emptied.retain(|buffer| buffer.capacity() <= keep);
         let mut queue = self.lock();
-        while queue.spare.len() < self.capacity {
-            let Some(buffer) = emptied.pop() else { break };
+        while let Some(buffer) = emptied.pop() {
+            let bytes = queue.spare_bytes.saturating_add(buffer.capacity());
+            if queue.spare.len() >= self.capacity || bytes > self.max_bytes {
+                emptied.push(buffer);
+                break;
+            }
+            queue.spare_bytes = bytes;
             queue.spare.push(buffer);
         }
         if queue.items.is_empty() {
@@ -238,6 +246,7 @@ impl StreamState {
         queue.cancelled = true;
         let items = std::mem::take(&mut queue.items);
         let spare = std::mem::take(&mut queue.spare);
+        queue.spare_bytes = 0;
         queue.bytes = 0;
         queue.waiting = false;
         self.room.notify_all();
@@ -290,7 +299,10 @@ impl StreamFeed {
         };
         std::mem::swap(item, &mut next);
         next.clear();
-        self.emptied.push(next);
+        // A buffer too large to keep is freed now, not held until the next take.
+        if next.capacity() <= MAX_SPARE.min(self.state.max_bytes) {
+            self.emptied.push(next);
+        }
         Next::Item
     }
 
@@ -301,7 +313,7 @@ impl StreamFeed {
 
     /// The client cancelled, or the connection is going away: the handler's next send reports
     /// `Cancelled`. What was taken and not sent is freed with the feed.
-    pub(crate) fn cancel(&self) {
+    pub(crate) fn cancel(self) {
         self.state.cancel();
     }
 }
@@ -371,6 +383,7 @@ impl StreamSink {
             }
             if state.has_room(&queue, item.len()) {
                 let mut buffer = queue.spare.pop().unwrap_or_default();
+                queue.spare_bytes = queue.spare_bytes.saturating_sub(buffer.capacity());
                 if item.len() <= COPY_UNDER_LOCK && buffer.capacity() >= item.len() {
                     // Small, and no allocation needed: copied with the lock held, which is
                     // quicker than taking the lock a second time.
@@ -617,6 +630,10 @@ mod tests {
         assert!(feed.has_next());
         assert!(matches!(feed.next(&mut item), Next::Item));
         assert_eq!(item, b"three");
+        assert!(
+            feed.has_next(),
+            "an item the worker took counts, though the queue is empty"
+        );
         assert!(matches!(feed.next(&mut item), Next::Item));
         assert_eq!(item, b"four");
         assert!(matches!(feed.next(&mut item), Next::Nothing));
@@ -647,6 +664,38 @@ mod tests {
     }
 
     #[test]
+    fn buffers_kept_for_reuse_stay_within_the_byte_budget() {
+        let bell = WorkerBell {
+            doorbell: Arc::new(notify::doorbell().expect("an eventfd")),
+            parked: Arc::new(AtomicBool::new(true)),
+        };
+        let state = Arc::new(StreamState::new(bell, 8, 100, 1000));
+        let mut feed = StreamFeed::new(state.clone());
+        let mut sink = StreamSink::new(state.clone());
+        let mut item = Vec::new();
+        sink.try_send(&[1; 500]).unwrap();
+        assert!(matches!(feed.next(&mut item), Next::Item));
+        for n in 2..6u8 {
+            sink.try_send(&[n; 60]).unwrap();
+            assert!(matches!(feed.next(&mut item), Next::Item));
+            assert_eq!(item, [n; 60]);
+            assert!(
+                feed.emptied.iter().all(|b| b.capacity() <= 100),
+                "a buffer larger than the budget is freed once sent, not held"
+            );
+        }
+        // The next take gives the emptied buffers back, within the byte budget.
+        assert!(matches!(feed.next(&mut item), Next::Nothing));
+        let queue = state.lock();
+        assert!(!queue.spare.is_empty());
+        assert_eq!(
+            queue.spare_bytes,
+            queue.spare.iter().map(Vec::capacity).sum::<usize>()
+        );
+        assert!(queue.spare_bytes <= 100, "{} bytes kept", queue.spare_bytes);
+    }
+
+    #[test]
     fn a_blocked_send_is_released_by_room_or_by_cancel() {
         let state = state(1);
         let mut feed = StreamFeed::new(state.clone());
@@ -673,6 +722,8 @@ mod tests {
         assert_eq!(taken, [b"a".to_vec(), b"b".to_vec()]);
         std::thread::sleep(Duration::from_millis(20));
         feed.cancel();
+        // What the worker sees of the stream afterwards.
+        let mut feed = StreamFeed::new(state.clone());
         let (first, second, third, cancelled) = blocked.join().unwrap();
         assert!(first.is_ok() && second.is_ok());
         assert!(matches!(third, Err(Error::Cancelled)), "{third:?}");
