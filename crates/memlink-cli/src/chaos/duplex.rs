@@ -78,12 +78,16 @@ pub(crate) fn peer(
     let from = 1 - side;
     let mut expected = 0;
     let mut message = Vec::new();
+    // When we were last done with a message (`CLOCK_MONOTONIC` ns): what the peer sent before
+    // its kill comes first, at our pace, and its `Disconnected` after it.
+    let mut last_taken = 0;
     loop {
         match chan.recv_into_timeout(&mut message, Duration::from_millis(100)) {
             Ok(()) => match wire::check_message(pair_seed, from, expected, &message) {
                 Ok(()) => {
                     expected += 1;
                     board.add(Counter::DuplexMessages, 1);
+                    last_taken = now_ns();
                 }
                 Err(why) => {
                     eprintln!("chaos duplex peer: WRONG message: {why}");
@@ -105,12 +109,15 @@ pub(crate) fn peer(
             }
             Err(Error::Disconnected { .. }) => {
                 let t1 = now_ns();
-                let woke = board
-                    .killed_at(peer)
-                    .map_or(u64::MAX, |killed| t1.saturating_sub(killed));
+                let killed = board.killed_at(peer);
+                let woke = killed.map_or(u64::MAX, |killed| t1.saturating_sub(killed));
+                // How long after the kill we were still taking its messages (microseconds).
+                let reading_us = killed.map_or(0, |killed| {
+                    (last_taken.saturating_sub(killed) / 1000).min(u64::from(u32::MAX))
+                });
                 return ledger.write(Record::new(
                     kind::DISCONNECTED,
-                    0,
+                    reading_us as u32,
                     expected,
                     u64::from(peer),
                     woke,

@@ -55,10 +55,10 @@
 //! # Wake-up after a death
 //! Before each `SIGKILL` the driver writes the victim's pid and the instant (`CLOCK_MONOTONIC`) to
 //! the board, a shared segment. A caller that was blocked when a server died (its call started
-//! before the kill) and gets `Disconnected` measures now minus that instant; so does a duplex
-//! survivor (after draining what the victim sent). A subscriber first takes what the publisher
-//! published, at its own pace (a slow one may be thousands of samples behind), so its wait runs
-//! from the later of the kill and the last sample it took. A killed process keeps its sockets until the kernel has torn down its
+//! before the kill) and gets `Disconnected` measures now minus that instant. A duplex survivor
+//! or a subscriber first takes what the victim sent, at its own pace (a slow subscriber may be
+//! thousands of samples behind), so its wait runs from the later of the kill and the last
+//! message or sample it took. A killed process keeps its sockets until the kernel has torn down its
 //! memory, which on a crowded machine can take seconds (we saw a victim wait 13 s in
 //! `exit_mmap` for a mapping lock), so a thread of the driver notes when each victim is dead
 //! (every thread of it gone, within a millisecond), and each wake-up is also reported from that
@@ -307,7 +307,8 @@ pub(crate) mod kind {
     /// Duplex: `send` acknowledged this many messages (a count).
     pub(crate) const SENT: u32 = 31;
     /// Duplex: `Disconnected` after receiving a messages, from peer b; c nanoseconds since its
-    /// kill (`u64::MAX` if it was not killed).
+    /// kill (`u64::MAX` if it was not killed); aux: microseconds after the kill that the last
+    /// message was taken (0 if before).
     pub(crate) const DISCONNECTED: u32 = 32;
     /// Duplex: an error (aux code; a 0 open, 1 send, 2 receive).
     pub(crate) const DUPLEX_ERROR: u32 = 33;

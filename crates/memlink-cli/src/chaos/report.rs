@@ -202,11 +202,11 @@ impl Wake {
         self.after_death.push(ns.saturating_sub(dying));
     }
 
-    /// A subscriber of `victim` got its `Disconnected` `ns` after the kill, having read the
-    /// victim's samples until `reading` after it. The samples published before the kill come
-    /// first, at the subscriber's own pace (a slow one may be thousands behind), so the wait
-    /// counts from the later of the kill and the last sample read, and memlink's share from the
-    /// later of the victim's death and that sample.
+    /// A subscriber (or duplex survivor) of `victim` got its `Disconnected` `ns` after the kill,
+    /// having taken the victim's samples (messages) until `reading` after it. What the victim
+    /// sent before the kill comes first, at the reader's own pace (a slow subscriber may be
+    /// thousands of samples behind), so the wait counts from the later of the kill and the last
+    /// one taken, and memlink's share from the later of the victim's death and that one.
     fn push_after_reading(
         &mut self,
         ns: u64,
@@ -655,7 +655,9 @@ fn duplex(dir: &Path, facts: &Facts, totals: &Totals, report: &mut Report) -> io
                     );
                 }
                 if record.c != u64::MAX {
-                    d.wake.push(record.c, end.victim, &facts.deaths);
+                    let reading = u64::from(record.aux) * 1000;
+                    d.wake
+                        .push_after_reading(record.c, end.victim, &facts.deaths, reading);
                 }
             }
             None if !end.hung => {
@@ -1166,7 +1168,7 @@ impl Report {
         );
         row(
             "",
-            "peer death to survivor's Disconnected",
+            "peer death (or its last message taken) to survivor's Disconnected",
             d.wake.text(),
             d.wake.promise(),
         );
@@ -1460,7 +1462,8 @@ mod tests {
                 .map(|n| rec(kind::SENT, 0, n, 0, 0))
                 .collect::<Vec<_>>(),
         );
-        staged.put(301, &[rec(kind::DISCONNECTED, 0, 3, 300, 1_000_000)]);
+        // Took the victim's messages until 0.4 ms after the kill: waited 0.6 ms after that.
+        staged.put(301, &[rec(kind::DISCONNECTED, 400, 3, 300, 1_000_000)]);
         staged.put(302, &[rec(kind::SENT, 0, 4, 0, 0)]);
         staged.put(303, &[rec(kind::DISCONNECTED, 0, 6, 302, u64::MAX)]);
         staged.put(304, &[rec(kind::SENT, 0, 2, 0, 0)]);
@@ -1472,7 +1475,17 @@ mod tests {
                 rec(kind::HELD_AT_END, 0, 2, 0, 0),
             ],
         );
-        staged.put(500, &[rec(kind::SUB_DISCONNECTED, 1, 400, 8, 5_000_000)]);
+        // Read samples until 2 ms after the kill (the high half of `a`): waited 3 ms after that.
+        staged.put(
+            500,
+            &[rec(
+                kind::SUB_DISCONNECTED,
+                1,
+                400 | 2000 << 32,
+                8,
+                5_000_000,
+            )],
+        );
         staged.put(
             501,
             &[rec(kind::SUB_DISCONNECTED, 0, 400, u64::MAX, u64::MAX)],
@@ -1496,11 +1509,12 @@ mod tests {
         let report = analyse(&staged.0, &facts, &Totals::default()).unwrap();
         let d = &report.duplex;
         assert_eq!((d.lost, d.wrong, d.without_disconnect), (2, 1, 1));
-        assert_eq!(d.wake.from_kill.max(), Some(Duration::from_millis(1)));
+        assert_eq!(d.wake.from_kill.max(), Some(Duration::from_micros(600)));
         let p = &report.pubsub;
         assert_eq!(p.lost, 2 + 10);
         assert_eq!((p.lag_reports, p.missed, p.disconnects), (1, 5, 3));
         assert_eq!(p.held_at_end, Some(2));
+        assert_eq!(p.wake.from_kill.max(), Some(Duration::from_millis(3)));
         assert_eq!(p.published, 13);
         let failures = report.failures().join("; ");
         for needle in ["lost", "wrong", "without Disconnected", "slots held"] {
