@@ -46,7 +46,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::{
     ClientOptions, Connection, ERROR_REPLY, Error, Failure, Mode, NotExecuted, ReplyStep,
-    STREAM_END, STREAM_REQUEST, open_connection,
+    STREAM_END, STREAM_ITEM, STREAM_REQUEST, open_connection,
 };
 use crate::error::Result;
 use crate::link::asynchronous::{AsyncPatience, AsyncWake, FIRST_LOOKS};
@@ -966,6 +966,19 @@ impl AsyncReplyStream<'_> {
             }
             let conn = &mut connection.conn;
             let ring = |name: &str, e: RingError| Error::corrupted(name, e.0);
+            // The common case first, as the blocking stream does: a whole item in one record
+            // (between messages `partial` is empty: `next_until` takes each one out of it).
+            if self.kind.is_none()
+                && conn
+                    .responses
+                    .take_whole(call, STREAM_ITEM, conn.max_reply as u64, &mut self.partial)
+                    .map_err(|e| ring(&conn.name, e))?
+                    .is_some()
+            {
+                // The server may be waiting for the room we just freed.
+                wake::nudge(&conn.map, SERVER, &conn.wake_out).map_err(|e| ring(&conn.name, e))?;
+                return Ok(Some(STREAM_ITEM));
+            }
             let Some(header) = conn.responses.peek().map_err(|e| ring(&conn.name, e))? else {
                 connection
                     .wait(deadline, false, |_, responses| responses.has_data())
