@@ -555,21 +555,21 @@ mod tests {
         );
     }
 
-    fn state(capacity: usize) -> Arc<StreamState> {
+    fn state_with(capacity: usize, max_bytes: usize, max_item: usize) -> Arc<StreamState> {
         let bell = WorkerBell {
             doorbell: Arc::new(notify::doorbell().expect("an eventfd")),
             parked: Arc::new(AtomicBool::new(true)),
         };
-        Arc::new(StreamState::new(bell, capacity, usize::MAX, 100))
+        Arc::new(StreamState::new(bell, capacity, max_bytes, max_item))
+    }
+
+    fn state(capacity: usize) -> Arc<StreamState> {
+        state_with(capacity, usize::MAX, 100)
     }
 
     #[test]
     fn the_queue_is_bounded_in_bytes_but_takes_one_large_item() {
-        let bell = WorkerBell {
-            doorbell: Arc::new(notify::doorbell().expect("an eventfd")),
-            parked: Arc::new(AtomicBool::new(true)),
-        };
-        let state = Arc::new(StreamState::new(bell, 8, 100, 1000));
+        let state = state_with(8, 100, 1000);
         let mut feed = StreamFeed::new(state.clone());
         let mut sink = StreamSink::new(state.clone());
         sink.try_send(&[1; 60]).unwrap();
@@ -665,11 +665,7 @@ mod tests {
 
     #[test]
     fn buffers_kept_for_reuse_stay_within_the_byte_budget() {
-        let bell = WorkerBell {
-            doorbell: Arc::new(notify::doorbell().expect("an eventfd")),
-            parked: Arc::new(AtomicBool::new(true)),
-        };
-        let state = Arc::new(StreamState::new(bell, 8, 100, 1000));
+        let state = state_with(8, 100, 1000);
         let mut feed = StreamFeed::new(state.clone());
         let mut sink = StreamSink::new(state.clone());
         let mut item = Vec::new();
