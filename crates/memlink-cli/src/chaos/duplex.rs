@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use memlink::{Duplex, Error};
 
-use super::ledger::{Counter, Record, Stop, now_ns};
+use super::ledger::{BusyLog, Counter, Record, Stop, now_ns};
 use super::wire::{self, Rng};
 use super::{Common, code, enter, kind};
 
@@ -78,16 +78,16 @@ pub(crate) fn peer(
     let from = 1 - side;
     let mut expected = 0;
     let mut message = Vec::new();
-    // When we were last done with a message (`CLOCK_MONOTONIC` ns): what the peer sent before
-    // its kill comes first, at our pace, and its `Disconnected` after it.
-    let mut last_taken = 0;
+    let mut busy = BusyLog::default();
     loop {
-        match chan.recv_into_timeout(&mut message, Duration::from_millis(100)) {
+        let received = chan.recv_into_timeout(&mut message, Duration::from_millis(100));
+        let got = now_ns();
+        match received {
             Ok(()) => match wire::check_message(pair_seed, from, expected, &message) {
                 Ok(()) => {
                     expected += 1;
                     board.add(Counter::DuplexMessages, 1);
-                    last_taken = now_ns();
+                    busy.record(got, now_ns());
                 }
                 Err(why) => {
                     eprintln!("chaos duplex peer: WRONG message: {why}");
@@ -108,16 +108,13 @@ pub(crate) fn peer(
                 }
             }
             Err(Error::Disconnected { .. }) => {
-                let t1 = now_ns();
+                let t1 = got;
                 let killed = board.killed_at(peer);
                 let woke = killed.map_or(u64::MAX, |killed| t1.saturating_sub(killed));
-                // How long after the kill we were still taking its messages (microseconds).
-                let reading_us = killed.map_or(0, |killed| {
-                    (last_taken.saturating_sub(killed) / 1000).min(u64::from(u32::MAX))
-                });
+                let busy_us = killed.map_or(0, |killed| busy.busy_us_after(killed));
                 return ledger.write(Record::new(
                     kind::DISCONNECTED,
-                    reading_us as u32,
+                    busy_us,
                     expected,
                     u64::from(peer),
                     woke,

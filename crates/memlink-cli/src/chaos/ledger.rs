@@ -23,6 +23,44 @@ pub(crate) fn now_ns() -> u64 {
         .saturating_add(t.tv_nsec as u64)
 }
 
+/// What a reader (a duplex survivor, a subscriber) did with its time lately: the spans in which
+/// it was busy with a message it had taken, rather than waiting in memlink for the next. A
+/// victim's messages sent before its kill come first, at the reader's pace (a slow subscriber
+/// may be thousands of samples behind), then its `Disconnected`: the wake-up after the kill is
+/// measured without the time spent busy since, and only that (a message that reached the reader
+/// late because its sender died before waking it still counts against memlink).
+#[derive(Debug, Default)]
+pub(crate) struct BusyLog {
+    spans: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl BusyLog {
+    /// Spans kept: a reader busy with more messages than this since a kill has the older ones
+    /// counted as waiting (overstating the wake-up, never hiding one).
+    const KEEP: usize = 4096;
+
+    /// The reader was busy from `from` to `to` (`CLOCK_MONOTONIC` ns).
+    pub(crate) fn record(&mut self, from: u64, to: u64) {
+        if self.spans.len() == Self::KEEP {
+            self.spans.pop_front();
+        }
+        self.spans.push_back((from, to.max(from)));
+    }
+
+    /// Nanoseconds the reader was busy after `since`.
+    pub(crate) fn busy_after(&self, since: u64) -> u64 {
+        self.spans
+            .iter()
+            .map(|&(from, to)| to.saturating_sub(from.max(since)))
+            .sum()
+    }
+
+    /// [`BusyLog::busy_after`] in microseconds, as the ledger records carry it.
+    pub(crate) fn busy_us_after(&self, since: u64) -> u32 {
+        u32::try_from(self.busy_after(since) / 1000).unwrap_or(u32::MAX)
+    }
+}
+
 /// One ledger record: what happened (`kind`, with a small `aux` value) and three numbers whose
 /// meaning depends on the kind (see `Kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -407,4 +445,29 @@ pub(crate) fn socket_leftovers(tag: &str) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_log_counts_only_what_follows_the_instant_asked_about() {
+        let mut log = BusyLog::default();
+        log.record(100, 200);
+        log.record(300, 350);
+        log.record(400, 390);
+        assert_eq!(log.busy_after(0), 150);
+        assert_eq!(log.busy_after(150), 100);
+        assert_eq!(log.busy_after(320), 30);
+        assert_eq!(log.busy_after(1000), 0);
+        for n in 0..5000u64 {
+            log.record(10_000 + n * 10, 10_000 + n * 10 + 5);
+        }
+        assert_eq!(
+            log.busy_after(0),
+            4096 * 5,
+            "only the latest spans are kept"
+        );
+    }
 }

@@ -57,8 +57,8 @@
 //! the board, a shared segment. A caller that was blocked when a server died (its call started
 //! before the kill) and gets `Disconnected` measures now minus that instant. A duplex survivor
 //! or a subscriber first takes what the victim sent, at its own pace (a slow subscriber may be
-//! thousands of samples behind), so its wait runs from the later of the kill and the last
-//! message or sample it took. A killed process keeps its sockets until the kernel has torn down its
+//! thousands of samples behind), so the time it spent busy with those messages since the kill
+//! is not counted (`ledger::BusyLog`); its waits in memlink are. A killed process keeps its sockets until the kernel has torn down its
 //! memory, which on a crowded machine can take seconds (we saw a victim wait 13 s in
 //! `exit_mmap` for a mapping lock), so a thread of the driver notes when each victim is dead
 //! (every thread of it gone, within a millisecond), and each wake-up is also reported from that
@@ -307,8 +307,8 @@ pub(crate) mod kind {
     /// Duplex: `send` acknowledged this many messages (a count).
     pub(crate) const SENT: u32 = 31;
     /// Duplex: `Disconnected` after receiving a messages, from peer b; c nanoseconds since its
-    /// kill (`u64::MAX` if it was not killed); aux: microseconds after the kill that the last
-    /// message was taken (0 if before).
+    /// kill (`u64::MAX` if it was not killed); aux: microseconds the survivor spent busy with
+    /// messages it had taken since the kill (see `ledger::BusyLog`).
     pub(crate) const DISCONNECTED: u32 = 32;
     /// Duplex: an error (aux code; a 0 open, 1 send, 2 receive).
     pub(crate) const DUPLEX_ERROR: u32 = 33;
@@ -321,8 +321,8 @@ pub(crate) mod kind {
     pub(crate) const HELD_AT_END: u32 = 41;
     /// Publisher: publishing failed (aux code).
     pub(crate) const PUBLISH_FAILED: u32 = 42;
-    /// Subscriber: `Disconnected` from publisher a (low 32 bits; the high 32: microseconds after
-    /// its kill that the subscriber took its last sample, 0 if before), next sample due b
+    /// Subscriber: `Disconnected` from publisher a (low 32 bits; the high 32: microseconds the
+    /// subscriber spent busy with samples it had taken since the kill), next sample due b
     /// (`u64::MAX`: none seen), c nanoseconds since its kill (`u64::MAX`: unknown); aux 1 if
     /// anything came from it.
     pub(crate) const SUB_DISCONNECTED: u32 = 43;

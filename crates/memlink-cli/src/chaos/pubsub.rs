@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use memlink::{Error, Publisher, Sample, Subscriber};
 
-use super::ledger::{Counter, Record, Stop, now_ns};
+use super::ledger::{BusyLog, Counter, Record, Stop, now_ns};
 use super::wire::{self, Rng, SAMPLE_HEADER};
 use super::{Common, code, enter, kind, other};
 
@@ -122,10 +122,8 @@ struct Following {
     expected: Option<u64>,
     /// Whether any sample (or lag report) came from this publisher.
     seen: bool,
-    /// When we were last done with one of its samples (or lag reports), `CLOCK_MONOTONIC` ns:
-    /// a publisher killed while we were behind leaves samples we read first, at our own pace,
-    /// and its `Disconnected` comes after them.
-    last_taken: u64,
+    /// When we were busy with its samples (see `BusyLog`).
+    busy: BusyLog,
 }
 
 /// `memlink __chaos subscriber`.
@@ -158,7 +156,9 @@ pub(crate) fn subscriber(common: &Common, topic: &str, slow: bool) -> io::Result
         ..Following::default()
     };
     while !board.stopped(Stop::Subscribers) {
-        match subscriber.recv_timeout(Duration::from_millis(100)) {
+        let received = subscriber.recv_timeout(Duration::from_millis(100));
+        let got = now_ns();
+        match received {
             Ok(sample) => {
                 let seq = sample.sequence();
                 let Some(pid) = subscriber.publisher_pid() else {
@@ -200,10 +200,9 @@ pub(crate) fn subscriber(common: &Common, topic: &str, slow: bool) -> io::Result
                 if slow && rng.percent(3) {
                     std::thread::sleep(Duration::from_millis(rng.range(2, 8)));
                 }
-                now.last_taken = now_ns();
+                now.busy.record(got, now_ns());
             }
             Err(Error::Lagged { missed, .. }) => {
-                now.last_taken = now_ns();
                 now.seen = true;
                 now.expected = now.expected.map(|e| e + missed);
                 ledger.write(Record::new(kind::LAGGED, 0, missed, 0, 0))?;
@@ -214,19 +213,16 @@ pub(crate) fn subscriber(common: &Common, topic: &str, slow: bool) -> io::Result
                 }
             }
             Err(Error::Disconnected { .. }) => {
-                let t1 = now_ns();
+                let t1 = got;
                 held.clear();
                 let pid = now.publisher.unwrap_or(0);
                 let killed = board.killed_at(pid);
                 let woke = killed.map_or(u64::MAX, |killed| t1.saturating_sub(killed));
-                // How long after the kill we were still reading its samples (microseconds).
-                let reading_us = killed.map_or(0, |killed| {
-                    (now.last_taken.saturating_sub(killed) / 1000).min(u64::from(u32::MAX))
-                });
+                let reading_us = killed.map_or(0, |killed| now.busy.busy_us_after(killed));
                 ledger.write(Record::new(
                     kind::SUB_DISCONNECTED,
                     u32::from(now.seen),
-                    u64::from(pid) | reading_us << 32,
+                    u64::from(pid) | u64::from(reading_us) << 32,
                     now.expected.unwrap_or(u64::MAX),
                     woke,
                 ))?;

@@ -203,10 +203,10 @@ impl Wake {
     }
 
     /// A subscriber (or duplex survivor) of `victim` got its `Disconnected` `ns` after the kill,
-    /// having taken the victim's samples (messages) until `reading` after it. What the victim
-    /// sent before the kill comes first, at the reader's own pace (a slow subscriber may be
-    /// thousands of samples behind), so the wait counts from the later of the kill and the last
-    /// one taken, and memlink's share from the later of the victim's death and that one.
+    /// having spent `reading` of that busy with the victim's samples (messages) it had taken:
+    /// what the victim sent before the kill comes first, at the reader's own pace (a slow
+    /// subscriber may be thousands of samples behind). The wait counts without that time, and
+    /// memlink's share without the longer of it and the victim's dying.
     fn push_after_reading(
         &mut self,
         ns: u64,
@@ -1168,7 +1168,7 @@ impl Report {
         );
         row(
             "",
-            "peer death (or its last message taken) to survivor's Disconnected",
+            "peer death to survivor's Disconnected (less time busy with its messages)",
             d.wake.text(),
             d.wake.promise(),
         );
@@ -1211,7 +1211,7 @@ impl Report {
         );
         row(
             "",
-            "publisher death (or its last sample read) to subscriber's Disconnected",
+            "publisher death to subscriber's Disconnected (less time busy with its samples)",
             p.wake.text(),
             p.wake.promise(),
         );
@@ -1440,12 +1440,12 @@ mod tests {
 
     #[test]
     fn a_subscribers_wake_up_counts_only_once_it_read_the_victims_samples() {
-        // Killed at 1 s, dead 2 ms later; the subscriber read its backlog for 200 ms after the
-        // kill and got `Disconnected` 3 ms after that.
+        // Killed at 1 s, dead 2 ms later; the subscriber was busy with its backlog for 200 ms
+        // after the kill and got `Disconnected` 3 ms after that.
         let deaths = HashMap::from([(7, (1_000_000_000, 1_002_000_000))]);
         let mut wake = Wake::default();
         wake.push_after_reading(203_000_000, 7, &deaths, 200_000_000);
-        // Caught up before the victim was dead: counted from the death.
+        // Busy for less than the victim took to die: counted from the death.
         wake.push_after_reading(10_000_000, 7, &deaths, 1_000_000);
         wake.finish();
         assert_eq!(wake.from_kill.max(), Some(Duration::from_millis(9)));
@@ -1462,7 +1462,7 @@ mod tests {
                 .map(|n| rec(kind::SENT, 0, n, 0, 0))
                 .collect::<Vec<_>>(),
         );
-        // Took the victim's messages until 0.4 ms after the kill: waited 0.6 ms after that.
+        // Busy 0.4 ms with the victim's messages after the kill: waited 0.6 ms in all.
         staged.put(301, &[rec(kind::DISCONNECTED, 400, 3, 300, 1_000_000)]);
         staged.put(302, &[rec(kind::SENT, 0, 4, 0, 0)]);
         staged.put(303, &[rec(kind::DISCONNECTED, 0, 6, 302, u64::MAX)]);
@@ -1475,7 +1475,7 @@ mod tests {
                 rec(kind::HELD_AT_END, 0, 2, 0, 0),
             ],
         );
-        // Read samples until 2 ms after the kill (the high half of `a`): waited 3 ms after that.
+        // Busy 2 ms with samples after the kill (the high half of `a`): waited 3 ms in all.
         staged.put(
             500,
             &[rec(
