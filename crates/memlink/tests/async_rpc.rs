@@ -6,7 +6,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{ChildProcess, WATCHDOG, Watchdog, await_parent, report, unique_name, variant};
@@ -655,6 +655,43 @@ fn concurrent_calls_under_random_timeouts() {
         eprintln!(
             "{} of 2000 calls under random timeouts completed",
             completed.load(Ordering::Relaxed)
+        );
+    });
+}
+
+/// A task reading a stream whose items are all there already (the server filled the ring while
+/// the reader slept) never waits, yet the runtime's other tasks still run between its items.
+#[test]
+fn an_async_stream_with_every_item_there_lets_other_tasks_run() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("async-coop");
+    let _server = start_blocking_server(&name, 1);
+    runtime().block_on(async {
+        let client = ClientOptions::new()
+            .max_concurrent_calls(1)
+            .connect_async_timeout(&name, WATCHDOG)
+            .await
+            .unwrap();
+        let mut stream = client.call_stream(b"count:1000").await.unwrap();
+        // The default ring holds about 2,000 records of 64-byte items: all 1,000 arrive meanwhile.
+        std::thread::sleep(Duration::from_millis(300));
+        let items = Arc::new(AtomicU64::new(0));
+        let ran_at = Arc::new(AtomicU64::new(u64::MAX));
+        let other = tokio::spawn({
+            let (items, ran_at) = (items.clone(), ran_at.clone());
+            async move { ran_at.store(items.load(Ordering::Relaxed), Ordering::Relaxed) }
+        });
+        let mut item = Vec::new();
+        while stream.next_into(&mut item).await.unwrap() {
+            assert_eq!(item_number(&item), items.load(Ordering::Relaxed));
+            items.fetch_add(1, Ordering::Relaxed);
+        }
+        assert_eq!(items.load(Ordering::Relaxed), 1000);
+        other.await.unwrap();
+        let ran_at = ran_at.load(Ordering::Relaxed);
+        assert!(
+            ran_at < 1000,
+            "the other task ran only after the stream ({ran_at})"
         );
     });
 }

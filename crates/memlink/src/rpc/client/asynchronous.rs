@@ -957,12 +957,13 @@ impl AsyncReplyStream<'_> {
         };
         let mut first = true;
         loop {
-            if !std::mem::take(&mut first) {
-                // Between records (see `AsyncConnection::receive`): what was taken is kept here.
-                if deadline.is_some_and(|t| Instant::now() >= t) {
-                    return Err(Error::Timeout);
-                }
-                tokio::task::coop::consume_budget().await;
+            // A unit of the runtime's budget per record, the first included: a stream whose
+            // items are all there already (a fast server, a reader that fell behind) still lets
+            // the other tasks run. Nothing is taken before it, and what was taken is kept here.
+            tokio::task::coop::consume_budget().await;
+            if !std::mem::take(&mut first) && deadline.is_some_and(|t| Instant::now() >= t) {
+                // Between records (see `AsyncConnection::receive`).
+                return Err(Error::Timeout);
             }
             let conn = &mut connection.conn;
             let ring = |name: &str, e: RingError| Error::corrupted(name, e.0);
