@@ -34,6 +34,7 @@ fn child_main() {
         ("failing_server", failing_server),
         ("async_server", async_server),
         ("withdrawn_flood", withdrawn_flood),
+        ("refuser", refuser),
     ]);
 }
 
@@ -865,4 +866,55 @@ fn attack_5_idle_connections_do_not_pin_their_rings() {
     );
     idle.kill_and_reap();
     stop_server(server);
+}
+
+/// A server that refuses its first caller as a real one does, but only once the caller's hello
+/// has arrived, and closes without reading it. The kernel then reports the reset to the caller
+/// ahead of the refusal queued for it. Args: name.
+fn refuser(args: &[String]) {
+    let address =
+        SocketAddrUnix::new_abstract_name(format!("memlink.rpc.{}", args[0]).as_bytes()).unwrap();
+    let listener = raw_socket();
+    rustix::net::bind(&listener, &address).unwrap();
+    rustix::net::listen(&listener, 8).unwrap();
+    report("ready");
+    let connection = rustix::net::accept(&listener).unwrap();
+    let mut fds = [rustix::event::PollFd::new(
+        &connection,
+        rustix::event::PollFlags::IN,
+    )];
+    rustix::event::poll(&mut fds, None).unwrap();
+    // Peeked, not read: the hello stays queued, as an unread one does on a busy server.
+    let mut hello = [0u8; 16];
+    let peeked = rustix::net::recv(&connection, &mut hello, RecvFlags::PEEK).unwrap();
+    assert!(peeked.0 >= 8, "a hello of {} bytes", peeked.0);
+    let mut refusal = Vec::new();
+    refusal.extend_from_slice(b"MLNK");
+    refusal.extend_from_slice(&hello[4..8]); // the caller's protocol version
+    refusal.extend_from_slice(&1u32.to_le_bytes()); // permission denied
+    refusal.extend_from_slice(&(256u32 << 10).to_le_bytes());
+    refusal.extend_from_slice(&(64u64 << 20).to_le_bytes());
+    refusal.extend_from_slice(&std::process::id().to_le_bytes());
+    refusal.extend_from_slice(&0u32.to_le_bytes());
+    rustix::net::send(&connection, &refusal, SendFlags::NOSIGNAL).unwrap();
+    drop(connection);
+    report("refused");
+    common::park_until_killed();
+}
+
+/// A server that refused us and closed before reading our hello: the caller reports the refusal
+/// (the kernel puts the reset ahead of it), not `Disconnected` after retrying until its patience
+/// ran out, as callers did on a loaded machine.
+#[test]
+fn a_refusal_closed_before_our_hello_was_read_is_still_a_refusal() {
+    let _watchdog = Watchdog::arm();
+    let name = unique_name("refuser");
+    let mut refuser = ChildProcess::spawn("refuser", &[&name]);
+    refuser.expect_line("ready");
+    let result = Client::connect(&name);
+    refuser.expect_line("refused");
+    match result {
+        Err(memlink::Error::PermissionDenied { .. }) => {}
+        other => panic!("expected PermissionDenied, got {other:?}"),
+    }
 }

@@ -137,14 +137,9 @@ pub(crate) fn handshake(
     }
     // A trusted peer: accept the descriptors its welcome carries, then no more.
     socket::set_accept_descriptors(&connection, true).map_err(fail)?;
-    // A side that refuses us may answer (and close) before reading our hello, so a failed send
-    // is only fatal if no answer is waiting either.
     let sent = socket::send_message(&connection, &hello.encode(), &[]);
     let mut buf = [0u8; Welcome::LEN + 8];
-    let (len, fds) = match socket::receive_message(&connection, &mut buf, true) {
-        Ok(received) => received,
-        Err(e) => return Err(fail(sent.err().unwrap_or(e))),
-    };
+    let (len, fds) = receive_answer(&connection, &mut buf, sent).map_err(fail)?;
     socket::set_accept_descriptors(&connection, false).map_err(fail)?;
     if len == 0 {
         // Closed without an answer: the handshake was dropped (shutting down, shedding half-open
@@ -160,6 +155,29 @@ pub(crate) fn handshake(
         welcome,
         fds,
     })
+}
+
+/// Receives the answer to the hello we sent on `connection` (`sent`: how sending it went), waiting
+/// for it (within the socket's timeout).
+///
+/// A side that refuses us may answer and close before reading our hello, so a failed send is only
+/// fatal if no answer is waiting either. And if it closed with our hello unread, the kernel
+/// reports that reset ahead of the answer it had queued before closing (clearing it as it does),
+/// so the answer is read next. Without that, a refused caller saw `Disconnected`, retried, and on
+/// a loaded machine kept losing the same race until its patience ran out.
+pub(crate) fn receive_answer(
+    connection: &OwnedFd,
+    buf: &mut [u8],
+    sent: Result<(), Errno>,
+) -> Result<(usize, Vec<OwnedFd>), Errno> {
+    let received = match socket::receive_message(connection, buf, true) {
+        Err(Errno::CONNRESET) => match socket::receive_message(connection, buf, false) {
+            Err(Errno::AGAIN) => Err(Errno::CONNRESET),
+            received => received,
+        },
+        received => received,
+    };
+    received.map_err(|e| sent.err().unwrap_or(e))
 }
 
 /// Which end of a wake pipe the accepting side keeps; the other end goes to the peer.

@@ -193,7 +193,8 @@ impl TopicStats {
 ///
 /// # Errors
 /// [`Error::NotRunning`] without a publisher, [`Error::PermissionDenied`] if it does not admit
-/// us, [`Error::Timeout`] if it does not answer within a second.
+/// us, [`Error::Timeout`] if it does not answer within a second, [`Error::Disconnected`] if it
+/// hangs up without answering (it is going away).
 pub fn topic_stats(topic: &str) -> Result<TopicStats> {
     validate_topic(topic)?;
     let fail = |e| crate::link::connect_error(topic, e);
@@ -203,10 +204,16 @@ pub fn topic_stats(topic: &str) -> Result<TopicStats> {
         purpose: Purpose::Stats,
         max_message: 0,
     };
-    socket::send_message(&connection, &hello.encode(), &[]).map_err(fail)?;
+    let sent = socket::send_message(&connection, &hello.encode(), &[]);
     socket::set_io_timeout(&connection, Duration::from_secs(1)).map_err(fail)?;
     let mut buf = vec![0u8; STATS_HEADER + MAX_STATS_SUBSCRIBERS * STATS_PER_SUBSCRIBER + 8];
-    let (len, _) = socket::receive_message(&connection, &mut buf, true).map_err(fail)?;
+    let (len, _) = crate::link::receive_answer(&connection, &mut buf, sent).map_err(fail)?;
+    if len == 0 {
+        // Closed without an answer (the publisher is going away).
+        return Err(Error::Disconnected {
+            name: topic.to_owned(),
+        });
+    }
     if Welcome::decode(&buf[..len]).is_ok() {
         // A refusal instead of statistics.
         return Err(Error::PermissionDenied {

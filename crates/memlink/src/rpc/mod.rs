@@ -136,7 +136,8 @@ use protocol::{Hello, Purpose, SOCKET_PREFIX, socket_name};
 ///
 /// # Errors
 /// [`Error::NotRunning`], [`Error::PermissionDenied`] (the server admits only other users),
-/// [`Error::Timeout`] if it does not answer within a second.
+/// [`Error::Timeout`] if it does not answer within a second, [`Error::Disconnected`] if it hangs
+/// up without answering (it is shutting down).
 pub fn server_stats(name: &str) -> Result<Stats> {
     validate_name(name)?;
     let fail = |e: rustix::io::Errno| match e {
@@ -148,7 +149,7 @@ pub fn server_stats(name: &str) -> Result<Stats> {
     };
     // Statistics carry no descriptors: the socket refuses them throughout.
     let connection = socket::connect(&socket_name(name), Duration::from_secs(1)).map_err(fail)?;
-    socket::send_message(
+    let sent = socket::send_message(
         &connection,
         &Hello {
             purpose: Purpose::Stats,
@@ -156,10 +157,15 @@ pub fn server_stats(name: &str) -> Result<Stats> {
         }
         .encode(),
         &[],
-    )
-    .map_err(fail)?;
+    );
     let mut buf = vec![0u8; Stats::MAX_LEN + 8];
-    let (len, _) = socket::receive_message(&connection, &mut buf, true).map_err(fail)?;
+    let (len, _) = crate::link::receive_answer(&connection, &mut buf, sent).map_err(fail)?;
+    if len == 0 {
+        // Closed without an answer (shutting down, or shedding connections).
+        return Err(Error::Disconnected {
+            name: name.to_owned(),
+        });
+    }
     if len == protocol::Welcome::LEN {
         // A refusal instead of statistics.
         return Err(Error::PermissionDenied {
