@@ -145,6 +145,9 @@ pub fn server_stats(name: &str) -> Result<Stats> {
             name: name.to_owned(),
         },
         rustix::io::Errno::AGAIN => Error::Timeout,
+        rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET => Error::Disconnected {
+            name: name.to_owned(),
+        },
         e => Error::os("querying a server", e),
     };
     // Statistics carry no descriptors: the socket refuses them throughout.
