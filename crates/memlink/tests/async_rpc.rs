@@ -659,6 +659,15 @@ fn concurrent_calls_under_random_timeouts() {
     });
 }
 
+/// A client of `name` with one connection (calls and streams one at a time).
+async fn single_connection_client(name: &str) -> AsyncClient {
+    ClientOptions::new()
+        .max_concurrent_calls(1)
+        .connect_async_timeout(name, WATCHDOG)
+        .await
+        .unwrap()
+}
+
 /// A task reading a stream whose items are all there already (the server filled the ring while
 /// the reader slept) never waits, yet the runtime's other tasks still run between its items.
 #[test]
@@ -667,11 +676,7 @@ fn an_async_stream_with_every_item_there_lets_other_tasks_run() {
     let name = unique_name("async-coop");
     let _server = start_blocking_server(&name, 1);
     runtime().block_on(async {
-        let client = ClientOptions::new()
-            .max_concurrent_calls(1)
-            .connect_async_timeout(&name, WATCHDOG)
-            .await
-            .unwrap();
+        let client = single_connection_client(&name).await;
         let mut stream = client.call_stream(b"count:1000").await.unwrap();
         // The default ring holds about 2,000 records of 64-byte items: all 1,000 arrive meanwhile.
         std::thread::sleep(Duration::from_millis(300));
@@ -702,11 +707,7 @@ fn async_streams_survive_dropped_nexts_and_cancel_when_dropped() {
     let name = unique_name("async-stream");
     let _server = start_blocking_server(&name, 1);
     runtime().block_on(async {
-        let client = ClientOptions::new()
-            .max_concurrent_calls(1)
-            .connect_async_timeout(&name, WATCHDOG)
-            .await
-            .unwrap();
+        let client = single_connection_client(&name).await;
         // Whole streams, each `next` cut short now and then: nothing is lost or repeated.
         let mut rng = Rng(42);
         for _ in 0..20 {
@@ -1613,11 +1614,7 @@ fn call_behind_a_cancelled_stream(name: &str, timeout: Option<Duration>) -> (Res
     let name = name.to_owned();
     std::thread::spawn(move || {
         runtime().block_on(async {
-            let client = ClientOptions::new()
-                .max_concurrent_calls(1)
-                .connect_async_timeout(&name, WATCHDOG)
-                .await
-                .unwrap();
+            let client = single_connection_client(&name).await;
             let mut stream = client.call_stream(b"count:1000000000").await.unwrap();
             assert_eq!(item_number(&stream.next().await.unwrap().unwrap()), 0);
             drop(stream);
