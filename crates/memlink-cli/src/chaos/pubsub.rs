@@ -218,11 +218,11 @@ pub(crate) fn subscriber(common: &Common, topic: &str, slow: bool) -> io::Result
                 let pid = now.publisher.unwrap_or(0);
                 let killed = board.killed_at(pid);
                 let woke = killed.map_or(u64::MAX, |killed| t1.saturating_sub(killed));
-                let reading_us = killed.map_or(0, |killed| now.busy.busy_us_after(killed));
+                let busy_us = killed.map_or(0, |killed| now.busy.busy_us_after(killed));
                 ledger.write(Record::new(
                     kind::SUB_DISCONNECTED,
                     u32::from(now.seen),
-                    u64::from(pid) | u64::from(reading_us) << 32,
+                    u64::from(pid) | u64::from(busy_us) << 32,
                     now.expected.unwrap_or(u64::MAX),
                     woke,
                 ))?;

@@ -195,11 +195,7 @@ pub(crate) struct Wake {
 impl Wake {
     /// A peer of `victim` got its error `ns` after the kill.
     fn push(&mut self, ns: u64, victim: u32, deaths: &HashMap<u32, (u64, u64)>) {
-        self.from_kill.push(ns);
-        let dying = deaths
-            .get(&victim)
-            .map_or(0, |(killed, dead)| dead.saturating_sub(*killed));
-        self.after_death.push(ns.saturating_sub(dying));
+        self.push_after_reading(ns, victim, deaths, 0);
     }
 
     /// A subscriber (or duplex survivor) of `victim` got its `Disconnected` `ns` after the kill,

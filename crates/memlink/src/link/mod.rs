@@ -584,7 +584,7 @@ mod tests {
         let name = format!(
             "memlink.unit.answer.{}.{}",
             std::process::id(),
-            rand_suffix()
+            next_suffix()
         );
         let (listener, _) = socket::listen(&name).unwrap();
         let ours = socket::connect(&name, Duration::from_secs(5)).unwrap();
@@ -592,7 +592,7 @@ mod tests {
         (ours, theirs)
     }
 
-    fn rand_suffix() -> u64 {
+    fn next_suffix() -> u64 {
         use std::sync::atomic::{AtomicU64, Ordering};
         static NEXT: AtomicU64 = AtomicU64::new(0);
         NEXT.fetch_add(1, Ordering::Relaxed)

@@ -24,9 +24,9 @@
 //! - (a) server memory per stream is bounded: the queue (a few MiB, or one larger item), what
 //!   the worker took from it and has not sent yet (as much again), spare buffers for reuse
 //!   (each at most 1 MiB, together at most the queue's byte budget), plus the ring, however
-//!   long the stream is. When the client stops reading,
-//!   the ring fills, the worker stops taking, the queue fills and the handler's `send` blocks
-//!   ([`StreamSink::try_send`] returns [`Error::Full`]).
+//!   long the stream is. When the client stops reading, the ring fills, the worker stops
+//!   taking, the queue fills and the handler's `send` blocks ([`StreamSink::try_send`] returns
+//!   [`Error::Full`]).
 //! - (b) a slow reader blocks only its own handler thread; the worker never waits for it.
 //! - (c) streams of different clients run on different threads and are interleaved by the worker
 //!   sweep by sweep (16 KiB per connection per sweep), so none waits for another to finish.
@@ -189,15 +189,14 @@ impl StreamState {
     }
 
     /// Worker side: moves every queued item into `taken` (which must be empty), or takes the
-    /// end once every item is out; gives `emptied` buffers back for reuse as it goes. One lock
+    /// end once every item is out; gives `emptied` buffers (each small enough to keep: see
+    /// [`StreamFeed::next`]) back for reuse as it goes, within the spares' budget. One lock
     /// for the whole queue: the worker's lock waits for its own stores to the ring before it,
     /// which the client is reading, so a lock per item cost the worker a cache-line round trip
     /// per item. A buffer not kept is freed after the lock is released, so the handler never
     /// waits for a large `free`.
     fn take_all(&self, taken: &mut VecDeque<Vec<u8>>, emptied: &mut Vec<Vec<u8>>) -> Next {
         debug_assert!(taken.is_empty());
-        let keep = MAX_SPARE.min(self.max_bytes);
-        emptied.retain(|buffer| buffer.capacity() <= keep);
         let mut queue = self.lock();
         while let Some(buffer) = emptied.pop() {
             let bytes = queue.spare_bytes.saturating_add(buffer.capacity());
