@@ -82,6 +82,8 @@ pub(crate) const USER_FLAGS: u32 = 0xff00;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RingError(pub(crate) String);
 
+#[cold]
+#[inline(never)]
 fn corrupted<T>(what: impl Into<String>) -> Result<T, RingError> {
     Err(RingError(what.into()))
 }
@@ -215,8 +217,10 @@ impl RingLayout {
 
 #[inline]
 fn index(map: &Mapping, at: usize) -> Result<&AtomicU64, RingError> {
-    map.atomic_u64(at)
-        .ok_or_else(|| RingError("ring index out of its mapping".into()))
+    match map.atomic_u64(at) {
+        Some(word) => Ok(word),
+        None => corrupted("ring index out of its mapping"),
+    }
 }
 
 /// The header line's words at data-area offset `at`: the stamp, then the four field words.
@@ -227,8 +231,10 @@ fn header_words<'m>(
     at: usize,
 ) -> Result<&'m [AtomicU64; 5], RingError> {
     const _: () = assert!(FIELDS_AT == STAMP_AT + 8 && RecordHeader::ENCODED_LEN == 32);
-    map.atomic_u64s::<5>(layout.data + at + STAMP_AT)
-        .ok_or_else(|| RingError("record header outside the ring".into()))
+    match map.atomic_u64s::<5>(layout.data + at + STAMP_AT) {
+        Some(words) => Ok(words),
+        None => corrupted("record header outside the ring"),
+    }
 }
 
 /// Offset in the data area of stream position `position` (the capacity is a power of two,
@@ -381,6 +387,47 @@ impl Producer {
         meta: u64,
         payload: &[u8],
     ) -> Result<bool, RingError> {
+        // The common case, decided without the consumer's position: a record of at most a
+        // fragment that fits before both the end of the data area and the end of the hot
+        // window, in room the last position seen already leaves. There the general path below
+        // writes no padding and never wraps early, so this writes exactly what it would.
+        let size = record_size(payload.len());
+        let position = offset_in(&self.layout, self.tail);
+        if position + size <= self.layout.capacity.min(HOT_WINDOW)
+            && payload.len() <= self.layout.max_fragment()
+            && flags & !(FIRST | LAST | USER_FLAGS) == 0
+            && (self.layout.capacity as u64) - (self.tail - self.head_seen) >= size as u64
+        {
+            let header = RecordHeader {
+                len: payload.len() as u32,
+                flags,
+                call_id,
+                total,
+                meta,
+            };
+            if !self
+                .map
+                .copy_in(self.layout.data + position + RECORD_HEADER_LEN, payload)
+            {
+                return corrupted("record outside the ring");
+            }
+            self.write_record_header(position, self.tail, header)?;
+            self.tail += size as u64;
+            return Ok(true);
+        }
+        self.push_general(flags, call_id, total, meta, payload)
+    }
+
+    /// [`Producer::try_push_with_meta`] in every case.
+    #[inline(never)]
+    fn push_general(
+        &mut self,
+        flags: u32,
+        call_id: u64,
+        total: u64,
+        meta: u64,
+        payload: &[u8],
+    ) -> Result<bool, RingError> {
         let capacity = self.layout.capacity;
         if payload.len() > self.layout.max_fragment() || flags & !(FIRST | LAST | USER_FLAGS) != 0 {
             return corrupted("record too large or with reserved flags (memlink bug)");
@@ -475,6 +522,18 @@ impl Producer {
     }
 }
 
+/// What [`Consumer::look_take_whole`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Whole {
+    /// The message was taken; its `meta` word (unvalidated: the protocol's).
+    Taken(u64),
+    /// Nothing published yet.
+    Empty,
+    /// A record that is not the whole message asked for (a padding, a fragment, another id,
+    /// something invalid): taken by the general path, which validates it.
+    Other,
+}
+
 /// The reading end of a ring.
 #[derive(Debug)]
 pub(crate) struct Consumer {
@@ -515,6 +574,26 @@ impl Consumer {
     /// Whether a record is waiting (cheap: one shared load).
     pub(crate) fn has_data(&mut self) -> Result<bool, RingError> {
         self.published()
+    }
+
+    /// Looks for a record at `head` up to `looks` times, with a spin-loop hint between looks;
+    /// whether one was published. The loop is one load and one compare per look: while a peer
+    /// spins here on the other hyperthread of a core, its instructions are taken from the
+    /// thread doing the work.
+    #[inline]
+    pub(crate) fn wait_published(&self, looks: u32) -> Result<bool, RingError> {
+        let position = offset_in(&self.layout, self.head);
+        let word = index(&self.map, self.layout.data + position + STAMP_AT)?;
+        let expected = stamp(self.head, self.layout.key);
+        for _ in 0..looks {
+            // SYNC POINT: Acquire, pairs with the Release stamp store in
+            // `Producer::write_record_header`: once we see the stamp, the record is complete.
+            if word.load(Ordering::Acquire) == expected {
+                return Ok(true);
+            }
+            std::hint::spin_loop();
+        }
+        Ok(false)
     }
 
     /// The next record's header, validated; `None` if the ring is empty.
@@ -579,12 +658,29 @@ impl Consumer {
         max_len: u64,
         out: &mut Vec<u8>,
     ) -> Result<Option<u64>, RingError> {
+        Ok(match self.look_take_whole(id, user_flags, max_len, out)? {
+            Whole::Taken(meta) => Some(meta),
+            Whole::Empty | Whole::Other => None,
+        })
+    }
+
+    /// [`Consumer::take_whole`], also saying whether the ring was empty or held something else
+    /// (so that a waiter can look for its message with one load and still learn, at no extra
+    /// cost, when the general path must take over).
+    #[inline]
+    pub(crate) fn look_take_whole(
+        &mut self,
+        id: u64,
+        user_flags: u32,
+        max_len: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<Whole, RingError> {
         let position = offset_in(&self.layout, self.head);
         let [stamp_word, fields @ ..] = header_words(&self.map, &self.layout, position)?;
         // SYNC POINT: Acquire, pairs with the Release stamp store in
         // `Producer::write_record_header`: once we see the stamp, the record is complete.
         if stamp_word.load(Ordering::Acquire) != stamp(self.head, self.layout.key) {
-            return Ok(None);
+            return Ok(Whole::Empty);
         }
         let load = |word: &AtomicU64| u64::from_le(word.load(Ordering::Relaxed));
         let len_and_flags = load(&fields[0]);
@@ -596,7 +692,7 @@ impl Consumer {
             || len > self.layout.max_fragment() as u64
             || position + record_size(len as usize) > self.layout.capacity
         {
-            return Ok(None);
+            return Ok(Whole::Other);
         }
         let meta = load(&fields[3]);
         let start = self.layout.data + position + RECORD_HEADER_LEN;
@@ -604,7 +700,7 @@ impl Consumer {
             return corrupted("record payload outside the ring");
         }
         self.advance(record_size(len as usize))?;
-        Ok(Some(meta))
+        Ok(Whole::Taken(meta))
     }
 
     /// Appends the payload of the record `peek` returned to `out`, and releases the record.
@@ -950,6 +1046,60 @@ mod tests {
             if taken.is_some() {
                 prop_assert_eq!(taken, Some(5));
                 prop_assert_eq!(out.len(), len as usize);
+            }
+        }
+
+        /// The push fast path writes exactly what the general path writes, in rings larger and
+        /// smaller than the hot window, as records cross its end, the ring's end and the room
+        /// the last consumer position seen leaves.
+        #[test]
+        fn the_push_fast_path_writes_what_the_general_path_does(
+            capacity in prop::sample::select(vec![MIN_CAPACITY, HOT_WINDOW, 4 * HOT_WINDOW]),
+            ops in proptest::collection::vec((0usize..5000, 0u8..3), 1..300),
+        ) {
+            let (mut fast, mut fast_reader, fast_map) = ring(capacity);
+            let (mut general, mut general_reader, general_map) = ring(capacity);
+            let bytes = |map: &Mapping| {
+                let mut all = vec![0u8; map.len()];
+                assert!(map.read_atomic(0, &mut all));
+                all
+            };
+            let mut out = Vec::new();
+            for (i, (len, consume)) in ops.into_iter().enumerate() {
+                let len = len.min(fast.layout().max_fragment());
+                let data = pattern(i as u64, len);
+                let a = fast.try_push_with_meta(FIRST | LAST, i as u64, len as u64, 9, &data).unwrap();
+                let b = general.push_general(FIRST | LAST, i as u64, len as u64, 9, &data).unwrap();
+                prop_assert_eq!(a, b);
+                prop_assert_eq!(fast.tail, general.tail);
+                for _ in 0..consume {
+                    for reader in [&mut fast_reader, &mut general_reader] {
+                        if let Some(h) = reader.peek().unwrap() {
+                            out.clear();
+                            reader.take(&h, &mut out).unwrap();
+                        }
+                    }
+                }
+                prop_assert!(bytes(&fast_map) == bytes(&general_map), "rings differ after op {}", i);
+            }
+        }
+
+        /// `look_take_whole` tells an empty ring from one holding something else.
+        #[test]
+        fn look_take_whole_tells_empty_from_other(len in 0usize..200, id in 1u64..3, flags in prop::sample::select(vec![FIRST | LAST, FIRST, LAST])) {
+            let (mut p, mut c, _map) = ring(MIN_CAPACITY);
+            let mut out = Vec::new();
+            prop_assert_eq!(c.look_take_whole(1, 0, 1000, &mut out).unwrap(), Whole::Empty);
+            prop_assert!(p.try_push(flags, id, len as u64, &pattern(id, len)).unwrap());
+            let found = c.look_take_whole(1, 0, 1000, &mut out).unwrap();
+            if id == 1 && flags == FIRST | LAST {
+                prop_assert_eq!(found, Whole::Taken(0));
+                prop_assert_eq!(out, pattern(1, len));
+                prop_assert_eq!(c.look_take_whole(1, 0, 1000, &mut Vec::new()).unwrap(), Whole::Empty);
+            } else {
+                prop_assert_eq!(found, Whole::Other);
+                prop_assert!(out.is_empty());
+                prop_assert!(c.peek().unwrap().is_some());
             }
         }
 

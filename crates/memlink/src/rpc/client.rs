@@ -34,7 +34,7 @@ use crate::link::wake::{self, Backoff, Patience, RPC_CLIENT, SERVER};
 use crate::link::{self, Keep, Parked};
 use crate::memory::name::validate_name;
 use crate::memory::ring::{
-    Consumer, FIRST, LAST, Producer, RECORD_HEADER_LEN, RecordHeader, RingError, USER_FLAGS,
+    Consumer, FIRST, LAST, Producer, RECORD_HEADER_LEN, RecordHeader, RingError, USER_FLAGS, Whole,
 };
 use crate::platform::barrier;
 use crate::platform::exclusive::{Exclusive, Held};
@@ -587,7 +587,45 @@ impl Client {
     /// # Errors
     /// As [`Client::call`].
     pub fn call_into(&self, request: &[u8], reply: &mut Vec<u8>) -> Result<()> {
+        if self.options.call_timeout.is_none() {
+            if let Some(slot) = self.try_take_connection() {
+                return self.call_on(ConnectionGuard::new(self, slot), request, reply);
+            }
+        }
         self.call_until(request, reply, self.default_deadline(), Mode::Wait)
+    }
+
+    /// [`Client::call_into`] without a timeout on the connection `slot` holds: straight to
+    /// [`Connection::quick_call`] when the connection is open and current and the request is
+    /// one record (the common case, kept short: every instruction here is on the round trip),
+    /// else as any call.
+    #[inline]
+    fn call_on(
+        &self,
+        mut slot: ConnectionGuard<'_>,
+        request: &[u8],
+        reply: &mut Vec<u8>,
+    ) -> Result<()> {
+        if let Some(connection) = slot.as_mut()
+            && connection.epoch == self.epoch.load(Ordering::Acquire)
+            && connection.quick_call_fits(request.len())
+        {
+            let call = connection.last_call + 1;
+            let failure = match connection.quick_call(call, request, 0, reply, None) {
+                Ok(()) => return Ok(()),
+                Err(failure) => failure,
+            };
+            let mut retried = false;
+            return match self.settle(&mut slot, failure, &mut retried) {
+                Some(result) => result,
+                None => self.keep_trying(&mut slot, retried, None, |connection| {
+                    connection.call(request, reply, None, Mode::Wait)
+                }),
+            };
+        }
+        self.on_connection(&mut slot, request, None, |connection| {
+            connection.call(request, reply, None, Mode::Wait)
+        })
     }
 
     /// Like [`Client::call`], but never waits for a free connection or for room in the request
@@ -764,7 +802,7 @@ impl Client {
         slot: &mut ConnectionGuard<'_>,
         request: &[u8],
         deadline: Option<Instant>,
-        mut op: impl FnMut(&mut Connection) -> Result<(), Failure>,
+        op: impl FnMut(&mut Connection) -> Result<(), Failure>,
     ) -> Result<()> {
         let max = self.max_message_size();
         if request.len() > max {
@@ -773,7 +811,18 @@ impl Client {
                 max,
             });
         }
-        let mut retried = false;
+        self.keep_trying(slot, false, deadline, op)
+    }
+
+    /// The loop of [`Client::on_connection`]; `retried` says whether the call was already sent
+    /// once on a connection that went away without taking it.
+    fn keep_trying(
+        &self,
+        slot: &mut ConnectionGuard<'_>,
+        mut retried: bool,
+        deadline: Option<Instant>,
+        mut op: impl FnMut(&mut Connection) -> Result<(), Failure>,
+    ) -> Result<()> {
         loop {
             let epoch = self.epoch.load(Ordering::Acquire);
             if slot.as_ref().is_some_and(|c| c.epoch != epoch) {
@@ -796,26 +845,45 @@ impl Client {
             };
             match op(connection) {
                 Ok(()) => return Ok(()),
-                Err(Failure::Kept(e)) => return Err(e),
-                Err(Failure::Broken { error, taken }) => {
-                    let dead_epoch = connection.epoch;
-                    **slot = None;
+                Err(failure) => {
+                    if let Some(result) = self.settle(slot, failure, &mut retried) {
+                        return result;
+                    }
+                }
+            }
+        }
+    }
+
+    /// What a call's `failure` on the connection in `slot` comes to: its result, or `None` if
+    /// the call is to be sent again on a fresh connection (the connection went away without
+    /// taking it, and it was not `retried` already: now it is).
+    #[cold]
+    fn settle(
+        &self,
+        slot: &mut ConnectionGuard<'_>,
+        failure: Failure,
+        retried: &mut bool,
+    ) -> Option<Result<()>> {
+        match failure {
+            Failure::Kept(e) => Some(Err(e)),
+            Failure::Broken { error, taken } => {
+                if let Some(connection) = slot.take() {
                     if let Error::Disconnected { .. } = error {
-                        self.note_disconnected(dead_epoch);
+                        self.note_disconnected(connection.epoch);
                     }
-                    if taken {
-                        return Err(error);
+                }
+                if taken {
+                    return Some(Err(error));
+                }
+                match error {
+                    // The server never took this request, and the connection it was written
+                    // to is gone, so sending it again on a fresh connection cannot execute
+                    // it twice. Once: a server that keeps vanishing is reported.
+                    Error::Disconnected { .. } if !*retried => {
+                        *retried = true;
+                        None
                     }
-                    match error {
-                        // The server never took this request, and the connection it was written
-                        // to is gone, so sending it again on a fresh connection cannot execute
-                        // it twice. Once: a server that keeps vanishing is reported.
-                        Error::Disconnected { .. } if !retried => {
-                            retried = true;
-                            continue;
-                        }
-                        error => return Err(self.unsent(error)),
-                    }
+                    error => Some(Err(self.unsent(error))),
                 }
             }
         }
@@ -1122,6 +1190,10 @@ struct Connection {
     sent_deadline: Option<Duration>,
     /// See `ClientOptions::__presume_gone_after`.
     presume_gone_after: Option<Duration>,
+    /// No test hook changes how calls are made ([`Connection::quick_call`] may be used).
+    quick_call_allowed: bool,
+    /// [`Connection::quick_call`] already made the first looks of this wait.
+    looked: bool,
     /// The server provably reads our `CLOCK_MONOTONIC` (same time namespace). Only then does a
     /// call carry its deadline: a server on another clock would skip live requests or keep
     /// expired ones (and its handler would see a wrong deadline). Whether a call that gave up
@@ -1233,6 +1305,10 @@ impl Connection {
             pause_before_receive: options.pause_before_receive,
             sent_deadline: options.sent_deadline,
             presume_gone_after: options.presume_gone_after,
+            quick_call_allowed: options.pause_before_receive.is_zero()
+                && options.presume_gone_after.is_none()
+                && options.sent_deadline.is_none(),
+            looked: false,
             same_clock: process::shares_monotonic_clock_with(peer.pid),
         })
     }
@@ -1269,6 +1345,9 @@ impl Connection {
         }
         let meta = self.deadline_word(deadline);
         let call = self.last_call + 1;
+        if mode == Mode::Wait && self.quick_call_fits(request.len()) {
+            return self.quick_call(call, request, meta, reply, deadline);
+        }
         self.bulk_call = request.len() > self.requests.layout().max_fragment();
         let sent = match mode {
             Mode::Wait => {
@@ -1293,6 +1372,83 @@ impl Connection {
             self.receive_or_presume_gone(call, reply, deadline)
         });
         result.map_err(|error| self.failure(error, call))
+    }
+
+    /// [`Connection::call`] for the common case, a request of one record (`Mode::Wait`, no
+    /// test hooks): written with one push, then the reply looked for where it will be, with
+    /// nothing between finding it and taking it. Everything else (no room for the request, a
+    /// reply that is not one whole record, a wait longer than the first looks) goes on as
+    /// [`Connection::call`] would, from where this left off, with the same error handling.
+    #[inline]
+    fn quick_call(
+        &mut self,
+        call: u64,
+        request: &[u8],
+        meta: u64,
+        reply: &mut Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<(), Failure> {
+        self.bulk_call = false;
+        let pushed = self
+            .requests
+            .try_push_with_meta(FIRST | LAST, call, request.len() as u64, meta, request)
+            .map_err(|e| Error::corrupted(&self.name, e.0));
+        let sent = match pushed {
+            Ok(true) => {
+                self.last_call = call;
+                wake::nudge(&self.map, SERVER, &self.wake_out)
+                    .map_err(|e| Error::corrupted(&self.name, e.0))
+            }
+            // No room now (the server has not taken earlier records): wait for it as any call.
+            Ok(false) => {
+                self.last_call = call;
+                self.send_flagged(call, request, 0, meta, deadline)
+            }
+            // Nothing was written: the call did not go out.
+            Err(error) => {
+                return Err(Failure::Broken {
+                    error,
+                    taken: false,
+                });
+            }
+        };
+        let result = sent.and_then(|()| {
+            reply.clear();
+            if !wake::server_is_crowded(&self.map) {
+                for _ in 0..FIRST_LOOKS {
+                    let found = self
+                        .responses
+                        .look_take_whole(call, 0, self.max_reply as u64, reply)
+                        .map_err(|e| Error::corrupted(&self.name, e.0))?;
+                    match found {
+                        Whole::Taken(_) => {
+                            self.record_wait(Duration::ZERO);
+                            return Ok(());
+                        }
+                        Whole::Empty => std::hint::spin_loop(),
+                        // Not a whole reply (a padding, a fragment, an error report): the
+                        // general receive takes it from here.
+                        Whole::Other => break,
+                    }
+                }
+            }
+            // The looks are spent: the general receive's first wait goes straight to its
+            // timed backoff.
+            self.looked = true;
+            let received = self.receive(call, reply, deadline);
+            self.looked = false;
+            received
+        });
+        result.map_err(|error| self.failure(error, call))
+    }
+
+    /// Whether a request of `len` bytes may take [`Connection::quick_call`]: one record, within
+    /// the server's limit, and no test hook in the way.
+    #[inline]
+    fn quick_call_fits(&self, len: usize) -> bool {
+        self.quick_call_allowed
+            && len <= self.max_message
+            && len <= self.requests.layout().max_fragment()
     }
 
     /// Sorts a call's failure: errors reported by the server over a connection still in step
@@ -1779,7 +1935,8 @@ impl Connection {
         // it before paying for the clock and CPU reads that deciding how to wait takes. Not when
         // the server is crowded: then every waiter yields at once, so the CPU goes to whoever
         // can use it.
-        let first_looks = if wake::server_is_crowded(&self.map) {
+        let first_looks = if std::mem::take(&mut self.looked) || wake::server_is_crowded(&self.map)
+        {
             0
         } else {
             FIRST_LOOKS

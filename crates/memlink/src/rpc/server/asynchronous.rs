@@ -37,7 +37,7 @@ use tokio::io::unix::AsyncFd;
 use super::{
     Budget, CallContext, Connection, ERR_HANDLER_PANICKED, ERR_NO_STREAMS, ERR_REPLY_TOO_LARGE,
     ERROR_REPLY, Goodbye, HandlerError, Phase, RequestRecord, SWEEP_FRAGMENTS, Server, Shared,
-    WorkerHandle,
+    WholeRequest, WorkerHandle,
 };
 use crate::error::{Error, Result};
 use crate::link::asynchronous::{AsyncPatience, AsyncWake};
@@ -515,9 +515,13 @@ impl Connection {
     fn take_request(&mut self, budget: usize) -> Result<Option<bool>, RingError> {
         for _ in 0..budget {
             // The whole-record shortcut first, as the blocking worker's `pump` takes it.
-            if self.take_whole_request()?.is_some() {
-                self.active = true;
-                return Ok(Some(false));
+            match self.take_whole_request()? {
+                WholeRequest::Taken(_) => {
+                    self.active = true;
+                    return Ok(Some(false));
+                }
+                WholeRequest::Empty => return Ok(None),
+                WholeRequest::Other => {}
             }
             let Some(header) = self.requests.peek()? else {
                 return Ok(None);
