@@ -8,9 +8,9 @@
 //! Two kinds of copy: [`Mapping::read_atomic`] / [`Mapping::write_atomic`] copy with relaxed
 //! atomic loads and stores, for bytes that threads of this process may also reach through
 //! [`Mapping::atomic_u32`] / [`Mapping::atomic_u64`] at the same time (a segment's payload). The
-//! `memcpy`-based [`Mapping::copy_in`] and [`Mapping::append_to_vec`] are for bytes that, within
-//! this process, only one thread touches at a time (a ring's payloads, owned by one side of the
-//! ring between its index updates). A ring's record headers are words
+//! plain (non-atomic, `memcpy`-like) [`Mapping::copy_in`] and [`Mapping::append_to_vec`] are for
+//! bytes that, within this process, only one thread touches at a time (a ring's payloads, owned by
+//! one side of the ring between its index updates). A ring's record headers are words
 //! ([`Mapping::atomic_u64s`]), stored and loaded atomically; on another lap of the ring the same
 //! bytes may hold payload, and the ring's protocol orders the two kinds of access.
 
@@ -72,13 +72,14 @@ unsafe fn copy_bytes(source: *const u8, destination: *mut u8, len: usize) {
         };
     }
     match len {
-        // SAFETY: 33..=64 is within 32..=64.
+        // SAFETY: the ranges are valid and disjoint (the caller's contract), and each arm's
+        // lengths keep `ends`'s windows inside them: 33..=64 is within 32..=64.
         33..=64 => unsafe { ends::<32>(source, destination, len) },
-        // SAFETY: 16..=32 is within 16..=32.
+        // SAFETY: as above, 16..=32 is within 16..=32.
         16..=32 => unsafe { ends::<16>(source, destination, len) },
-        // SAFETY: 8..=15 is within 8..=16.
+        // SAFETY: as above, 8..=15 is within 8..=16.
         8..=15 => unsafe { ends::<8>(source, destination, len) },
-        // SAFETY: 4..=7 is within 4..=8.
+        // SAFETY: as above, 4..=7 is within 4..=8.
         4..=7 => unsafe { ends::<4>(source, destination, len) },
         1..=3 => {
             for i in 0..len {
@@ -133,7 +134,7 @@ impl Mapping {
         (end <= self.len).then_some(end)
     }
 
-    /// Copies `data` into the mapping at `offset` with `memcpy`. Returns `false` (copying
+    /// Copies `data` into the mapping at `offset` with a plain copy. Returns `false` (copying
     /// nothing) if the range is not inside the mapping.
     ///
     /// Caller's invariant: no other thread of this process reads, writes or atomically accesses
@@ -153,7 +154,7 @@ impl Mapping {
         true
     }
 
-    /// Appends the `len` bytes at `offset` to `out` with `memcpy`, without zero-filling them
+    /// Appends the `len` bytes at `offset` to `out` with a plain copy, without zero-filling them
     /// first. Returns `false` (appending nothing) if the range is not inside the mapping. Same
     /// caller's invariant as [`Mapping::copy_in`], for reading.
     #[must_use]
@@ -501,7 +502,11 @@ mod tests {
                 let mut behind = vec![0xee; offset + 3];
                 assert!(map.append_to_vec(offset, len, &mut behind));
                 assert_eq!(behind[..offset + 3], vec![0xee; offset + 3][..]);
-                assert_eq!(behind[offset + 3..], data[..], "append at {offset} len {len}");
+                assert_eq!(
+                    behind[offset + 3..],
+                    data[..],
+                    "append at {offset} len {len}"
+                );
 
                 // `copy_in` (small copies skip `memcpy`): exactly the range, nothing around it.
                 assert!(map.write_atomic(0, &background));

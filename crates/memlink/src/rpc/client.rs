@@ -1404,7 +1404,8 @@ impl Connection {
                 self.last_call = call;
                 self.send_flagged(call, request, 0, meta, deadline)
             }
-            // Nothing was written: the call did not go out.
+            // Nothing was published (the push checks before it writes the stamp): the call did
+            // not go out, and there is nothing to withdraw through the claim word.
             Err(error) => {
                 return Err(Failure::Broken {
                     error,
@@ -1414,6 +1415,9 @@ impl Connection {
         };
         let result = sent.and_then(|()| {
             reply.clear();
+            // Spent looks make the general receive's first wait go straight to its timed
+            // backoff; crowded, it makes none either.
+            let mut looked = true;
             if !wake::server_is_crowded(&self.map) {
                 for _ in 0..FIRST_LOOKS {
                     let found = self
@@ -1427,14 +1431,15 @@ impl Connection {
                         }
                         Whole::Empty => std::hint::spin_loop(),
                         // Not a whole reply (a padding, a fragment, an error report): the
-                        // general receive takes it from here.
-                        Whole::Other => break,
+                        // general receive takes it from here, with its own looks.
+                        Whole::Other => {
+                            looked = false;
+                            break;
+                        }
                     }
                 }
             }
-            // The looks are spent: the general receive's first wait goes straight to its
-            // timed backoff.
-            self.looked = true;
+            self.looked = looked;
             let received = self.receive(call, reply, deadline);
             self.looked = false;
             received

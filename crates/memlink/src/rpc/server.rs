@@ -2039,6 +2039,8 @@ const FIRST_CONNECTION: u64 = 2;
 struct Sweep {
     /// Whether any connection made progress.
     progressed: bool,
+    /// Looks made while lingering on the only connection (each about a sweep's work).
+    lingering_looks: u32,
     /// Looks at an idle connection the sweep made after its last progress (counted against
     /// the looks a worker makes before its timed backoff).
     idle_looks: u32,
@@ -2247,7 +2249,7 @@ impl<'a> Worker<'a> {
         // tenth of it). These are the looks `Worker::run` would make before its timed backoff,
         // made early; with more than one connection every sweep serves them all in turn
         // instead, and a crowded worker does not spin at all (see `Worker::run`).
-        let mut idle_looks = 0;
+        let (mut looks, mut idle_looks) = (0, 0);
         let only = if open == 1 {
             self.connections.iter().position(Option::is_some)
         } else {
@@ -2256,11 +2258,13 @@ impl<'a> Worker<'a> {
         if let Some(slot) = only.filter(|_| progressed && broken.is_empty() && !self.crowded)
             && let Some(conn) = self.connections[slot].as_mut()
         {
-            // Bounded however fast the client calls, so that the chores come round.
-            for _ in 0..LINGER_LOOKS {
+            // Bounded however fast the client calls; each look counts as a sweep towards the
+            // chores (see `Worker::run`), so that they come round as often as without lingering.
+            while looks < LINGER_LOOKS {
                 if idle_looks == FIRST_LOOKS || conn.phase != Phase::Idle {
                     break;
                 }
+                looks += 1;
                 // The cheapest look first: while nothing is published there is nothing to pump.
                 match conn.requests.wait_published(1) {
                     Ok(true) => {}
@@ -2291,6 +2295,7 @@ impl<'a> Worker<'a> {
         }
         Sweep {
             progressed,
+            lingering_looks: looks,
             idle_looks,
         }
     }
@@ -2358,7 +2363,7 @@ impl<'a> Worker<'a> {
         let mut last_crowding_update = Instant::now();
         let mut last_timed_call = Instant::now();
         let mut grace_ends: Option<Instant> = None;
-        let mut sweeps = 0u32;
+        let mut sweeps_to_chores = CHORE_EVERY;
         let mut idle_sweeps = 0u32;
         self.adopt_new_connections();
         loop {
@@ -2393,16 +2398,18 @@ impl<'a> Worker<'a> {
                 parked = true;
             }
             // The periodic chores need the clock, which costs as much as a whole small call:
-            // look at it every few sweeps, and after every sleep.
-            sweeps = sweeps.wrapping_add(1);
-            if !parked && !sweeps.is_multiple_of(CHORE_EVERY) {
+            // look at it every few sweeps (a lingering sweep counts as the looks it made), and
+            // after every sleep.
+            sweeps_to_chores = sweeps_to_chores.saturating_sub(1 + sweep.lingering_looks);
+            if !parked && sweeps_to_chores > 0 {
                 if self.shared().shutting_down.load(Ordering::Relaxed) {
-                    sweeps = 0; // go straight to the shutdown handling below
+                    sweeps_to_chores = 0; // go straight to the shutdown handling below
                 }
-                if sweeps != 0 {
+                if sweeps_to_chores != 0 {
                     continue;
                 }
             }
+            sweeps_to_chores = CHORE_EVERY;
             // New connections too: the acceptor rings our doorbell for each, which ends a park.
             self.adopt_new_connections();
             if self
