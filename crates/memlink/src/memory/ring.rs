@@ -119,6 +119,18 @@ pub(crate) struct RecordHeader {
 impl RecordHeader {
     pub(crate) const ENCODED_LEN: usize = 32;
 
+    /// The header of a record carrying `payload` (at most a fragment: its length fits in 32 bits).
+    #[inline(always)]
+    fn of(payload: &[u8], flags: u32, call_id: u64, total: u64, meta: u64) -> Self {
+        RecordHeader {
+            len: payload.len() as u32,
+            flags,
+            call_id,
+            total,
+            meta,
+        }
+    }
+
     /// The header as the four 64-bit words the ring stores (atomically, one by one: the hot
     /// path neither copies the header through memory nor reassembles it from bytes).
     #[inline]
@@ -391,6 +403,7 @@ impl Producer {
         // fragment that fits before both the end of the data area and the end of the hot
         // window, in room the last position seen already leaves. There the general path below
         // writes no padding and never wraps early, so this writes exactly what it would.
+        let header = RecordHeader::of(payload, flags, call_id, total, meta);
         let size = record_size(payload.len());
         let position = offset_in(&self.layout, self.tail);
         if position + size <= self.layout.capacity.min(HOT_WINDOW)
@@ -398,40 +411,20 @@ impl Producer {
             && flags & !(FIRST | LAST | USER_FLAGS) == 0
             && (self.layout.capacity as u64) - (self.tail - self.head_seen) >= size as u64
         {
-            let header = RecordHeader {
-                len: payload.len() as u32,
-                flags,
-                call_id,
-                total,
-                meta,
-            };
-            if !self
-                .map
-                .copy_in(self.layout.data + position + RECORD_HEADER_LEN, payload)
-            {
-                return corrupted("record outside the ring");
-            }
-            self.write_record_header(position, self.tail, header)?;
-            self.tail += size as u64;
-            return Ok(true);
+            return self.write_record(position, self.tail, header, payload);
         }
-        self.push_general(flags, call_id, total, meta, payload)
+        self.push_general(header, payload)
     }
 
-    /// [`Producer::try_push_with_meta`] in every case. Inlined like its caller: out of line, the
-    /// call cost a duplex stream of 64 B messages a tenth of its rate (its records mostly lie
-    /// past the hot window).
+    /// [`Producer::try_push_with_meta`] in every case, for a record with `header` carrying
+    /// `payload`. Inlined like its caller: out of line, the call cost a duplex stream of 64 B
+    /// messages a tenth of its rate (its records mostly lie past the hot window).
     #[inline]
-    fn push_general(
-        &mut self,
-        flags: u32,
-        call_id: u64,
-        total: u64,
-        meta: u64,
-        payload: &[u8],
-    ) -> Result<bool, RingError> {
+    fn push_general(&mut self, header: RecordHeader, payload: &[u8]) -> Result<bool, RingError> {
         let capacity = self.layout.capacity;
-        if payload.len() > self.layout.max_fragment() || flags & !(FIRST | LAST | USER_FLAGS) != 0 {
+        if payload.len() > self.layout.max_fragment()
+            || header.flags & !(FIRST | LAST | USER_FLAGS) != 0
+        {
             return corrupted("record too large or with reserved flags (memlink bug)");
         }
         let size = record_size(payload.len());
@@ -470,21 +463,27 @@ impl Producer {
             tail += to_end as u64;
             at = 0;
         }
-        let header = RecordHeader {
-            len: payload.len() as u32,
-            flags,
-            call_id,
-            total,
-            meta,
-        };
+        self.write_record(at, tail, header, payload)
+    }
+
+    /// Writes a record at data offset `at` (stream position `position`): its payload, then its
+    /// header, then its stamp; our position moves past it.
+    #[inline(always)]
+    fn write_record(
+        &mut self,
+        at: usize,
+        position: u64,
+        header: RecordHeader,
+        payload: &[u8],
+    ) -> Result<bool, RingError> {
         if !self
             .map
             .copy_in(self.layout.data + at + RECORD_HEADER_LEN, payload)
         {
             return corrupted("record outside the ring");
         }
-        self.write_record_header(at, tail, header)?;
-        self.tail = tail + size as u64;
+        self.write_record_header(at, position, header)?;
+        self.tail = position + record_size(payload.len()) as u64;
         Ok(true)
     }
 
@@ -1071,7 +1070,8 @@ mod tests {
                 let len = len.min(fast.layout().max_fragment());
                 let data = pattern(i as u64, len);
                 let a = fast.try_push_with_meta(FIRST | LAST, i as u64, len as u64, 9, &data).unwrap();
-                let b = general.push_general(FIRST | LAST, i as u64, len as u64, 9, &data).unwrap();
+                let header = RecordHeader::of(&data, FIRST | LAST, i as u64, len as u64, 9);
+                let b = general.push_general(header, &data).unwrap();
                 prop_assert_eq!(a, b);
                 prop_assert_eq!(fast.tail, general.tail);
                 for _ in 0..consume {
