@@ -8,9 +8,9 @@
 //! Two kinds of copy: [`Mapping::read_atomic`] / [`Mapping::write_atomic`] copy with relaxed
 //! atomic loads and stores, for bytes that threads of this process may also reach through
 //! [`Mapping::atomic_u32`] / [`Mapping::atomic_u64`] at the same time (a segment's payload). The
-//! plain (non-atomic, `memcpy`-like) [`Mapping::copy_in`] and [`Mapping::append_to_vec`] are for
-//! bytes that, within this process, only one thread touches at a time (a ring's payloads, owned by
-//! one side of the ring between its index updates). A ring's record headers are words
+//! `memcpy`-based [`Mapping::copy_in`] and [`Mapping::append_to_vec`] are for bytes that, within
+//! this process, only one thread touches at a time (a ring's payloads, owned by one side of the
+//! ring between its index updates). A ring's record headers are words
 //! ([`Mapping::atomic_u64s`]), stored and loaded atomically; on another lap of the ring the same
 //! bytes may hold payload, and the ring's protocol orders the two kinds of access.
 
@@ -35,64 +35,6 @@ fn map_fresh(
     // SAFETY: a fresh mapping (null hint, no MAP_FIXED) replaces no existing memory.
     let ptr = unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0)? };
     NonNull::new(ptr.cast::<u8>()).ok_or(Errno::INVAL)
-}
-
-/// Copies `len` bytes from `source` to `destination`, as `ptr::copy_nonoverlapping` does, but
-/// without calling `memcpy` for up to 64 bytes: a small rpc message crosses four such copies on
-/// its round trip, and the call (with the registers a caller saves around it) cost more than the
-/// copy itself.
-///
-/// # Safety
-///
-/// As for `ptr::copy_nonoverlapping`: `source` valid for reading `len` bytes, `destination`
-/// valid for writing `len` bytes, the two ranges disjoint.
-#[inline(always)]
-unsafe fn copy_bytes(source: *const u8, destination: *mut u8, len: usize) {
-    /// Copies the first and the last `N` bytes of the range (which overlap when `len < 2 * N`):
-    /// together, all of it.
-    ///
-    /// # Safety
-    ///
-    /// As `copy_bytes`, and `N <= len <= 2 * N`.
-    #[inline(always)]
-    unsafe fn ends<const N: usize>(source: *const u8, destination: *mut u8, len: usize) {
-        let last = len - N;
-        // SAFETY: `N <= len`: the window at 0 lies inside the source range.
-        let head = unsafe { source.cast::<[u8; N]>().read_unaligned() };
-        // SAFETY: `last + N == len`: the window at `last` lies inside the source range.
-        let tail = unsafe { source.wrapping_add(last).cast::<[u8; N]>().read_unaligned() };
-        // SAFETY: as for `head`, in the destination range.
-        unsafe { destination.cast::<[u8; N]>().write_unaligned(head) };
-        // SAFETY: as for `tail`, in the destination range.
-        unsafe {
-            destination
-                .wrapping_add(last)
-                .cast::<[u8; N]>()
-                .write_unaligned(tail)
-        };
-    }
-    match len {
-        // SAFETY: the ranges are valid and disjoint (the caller's contract), and each arm's
-        // lengths keep `ends`'s windows inside them: 33..=64 is within 32..=64.
-        33..=64 => unsafe { ends::<32>(source, destination, len) },
-        // SAFETY: as above, 16..=32 is within 16..=32.
-        16..=32 => unsafe { ends::<16>(source, destination, len) },
-        // SAFETY: as above, 8..=15 is within 8..=16.
-        8..=15 => unsafe { ends::<8>(source, destination, len) },
-        // SAFETY: as above, 4..=7 is within 4..=8.
-        4..=7 => unsafe { ends::<4>(source, destination, len) },
-        1..=3 => {
-            for i in 0..len {
-                // SAFETY: `i < len`: inside the source range.
-                let byte = unsafe { source.wrapping_add(i).read() };
-                // SAFETY: `i < len`: inside the destination range.
-                unsafe { destination.wrapping_add(i).write(byte) };
-            }
-        }
-        0 => {}
-        // SAFETY: the caller's contract is `copy_nonoverlapping`'s.
-        _ => unsafe { std::ptr::copy_nonoverlapping(source, destination, len) },
-    }
 }
 
 /// A `MAP_SHARED`, read-write mapping of a whole file, unmapped on drop.
@@ -134,13 +76,13 @@ impl Mapping {
         (end <= self.len).then_some(end)
     }
 
-    /// Copies `data` into the mapping at `offset` with a plain copy. Returns `false` (copying
+    /// Copies `data` into the mapping at `offset` with `memcpy`. Returns `false` (copying
     /// nothing) if the range is not inside the mapping.
     ///
     /// Caller's invariant: no other thread of this process reads, writes or atomically accesses
     /// the range during the copy. Use [`Mapping::write_atomic`] for bytes without that guarantee.
     #[must_use]
-    #[inline(always)]
+    #[inline]
     pub(crate) fn copy_in(&self, offset: usize, data: &[u8]) -> bool {
         if self.check(offset, data.len()).is_none() {
             return false;
@@ -150,15 +92,15 @@ impl Mapping {
         // meanwhile (caller's invariant), so the write races nothing in this process.
         // SAFETY: the destination is inside the live, writable mapping (checked); `data` is
         // disjoint; no thread of this process accesses the range concurrently (caller's invariant).
-        unsafe { copy_bytes(data.as_ptr(), destination, data.len()) };
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), destination, data.len()) };
         true
     }
 
-    /// Appends the `len` bytes at `offset` to `out` with a plain copy, without zero-filling them
+    /// Appends the `len` bytes at `offset` to `out` with `memcpy`, without zero-filling them
     /// first. Returns `false` (appending nothing) if the range is not inside the mapping. Same
     /// caller's invariant as [`Mapping::copy_in`], for reading.
     #[must_use]
-    #[inline(always)]
+    #[inline]
     pub(crate) fn append_to_vec(&self, offset: usize, len: usize, out: &mut Vec<u8>) -> bool {
         if self.check(offset, len).is_none() {
             return false;
@@ -171,7 +113,7 @@ impl Mapping {
         // process writes the source range meanwhile (caller's invariant, as for `copy_in`).
         // SAFETY: the source is inside the live mapping (checked); `destination` has room for
         // `len`; nothing in this process races the read (caller's invariant).
-        unsafe { copy_bytes(source, destination, len) };
+        unsafe { std::ptr::copy_nonoverlapping(source, destination, len) };
         // `old_len + len` is within the capacity reserved above.
         // SAFETY: the copy above initialised exactly the `len` bytes following `old_len`.
         unsafe { out.set_len(old_len + len) };
@@ -419,7 +361,7 @@ impl ReadOnlyMapping {
         // The source is inside the live mapping (checked); `destination` is our own allocation
         // with room for `len`, disjoint from it.
         // SAFETY: both ranges valid and disjoint; nothing in this process writes the source.
-        unsafe { copy_bytes(source, destination, len) };
+        unsafe { std::ptr::copy_nonoverlapping(source, destination, len) };
         // SAFETY: the copy above initialised exactly the `len` bytes following `old_len`.
         unsafe { out.set_len(old_len + len) };
         true
@@ -508,7 +450,7 @@ mod tests {
                     "append at {offset} len {len}"
                 );
 
-                // `copy_in` (small copies skip `memcpy`): exactly the range, nothing around it.
+                // `copy_in`: exactly the range, nothing around it.
                 assert!(map.write_atomic(0, &background));
                 let reversed: Vec<u8> = data.iter().rev().copied().collect();
                 assert!(map.copy_in(offset, &reversed));
