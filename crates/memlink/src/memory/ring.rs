@@ -476,6 +476,11 @@ impl Producer {
         header: RecordHeader,
         payload: &[u8],
     ) -> Result<bool, RingError> {
+        debug_assert_eq!(
+            header.len as usize,
+            payload.len(),
+            "a header for another payload"
+        );
         if !self
             .map
             .copy_in(self.layout.data + at + RECORD_HEADER_LEN, payload)

@@ -464,5 +464,12 @@ mod tests {
         assert!(!map.read_atomic(LEN - 3, &mut [0u8; 4]));
         assert!(!map.write_atomic(usize::MAX, &[1]));
         assert!(!map.write_atomic(LEN - 7, &[0u8; 8]));
+        // The plain copies refuse the same ranges, and a refused append leaves the vector alone.
+        assert!(!map.copy_in(LEN - 7, &[0u8; 8]));
+        assert!(!map.copy_in(usize::MAX, &[1]));
+        let mut kept = vec![1, 2, 3];
+        assert!(!map.append_to_vec(LEN - 3, 4, &mut kept));
+        assert!(!map.append_to_vec(usize::MAX, 1, &mut kept));
+        assert_eq!(kept, [1, 2, 3]);
     }
 }
