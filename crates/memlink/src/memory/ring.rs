@@ -582,26 +582,6 @@ impl Consumer {
         self.published()
     }
 
-    /// Looks for a record at `head` up to `looks` times, with a spin-loop hint between looks;
-    /// whether one was published. The loop is one load and one compare per look: while a peer
-    /// spins here on the other hyperthread of a core, its instructions are taken from the
-    /// thread doing the work.
-    #[inline]
-    pub(crate) fn wait_published(&self, looks: u32) -> Result<bool, RingError> {
-        let position = offset_in(&self.layout, self.head);
-        let word = index(&self.map, self.layout.data + position + STAMP_AT)?;
-        let expected = stamp(self.head, self.layout.key);
-        for _ in 0..looks {
-            // SYNC POINT: Acquire, pairs with the Release stamp store in
-            // `Producer::write_record_header`: once we see the stamp, the record is complete.
-            if word.load(Ordering::Acquire) == expected {
-                return Ok(true);
-            }
-            std::hint::spin_loop();
-        }
-        Ok(false)
-    }
-
     /// The next record's header, validated; `None` if the ring is empty.
     #[inline]
     pub(crate) fn peek(&mut self) -> Result<Option<RecordHeader>, RingError> {

@@ -1192,8 +1192,6 @@ struct Connection {
     presume_gone_after: Option<Duration>,
     /// No test hook changes how calls are made ([`Connection::quick_call`] may be used).
     quick_call_allowed: bool,
-    /// [`Connection::quick_call`] already made the first looks of this wait.
-    looked: bool,
     /// The server provably reads our `CLOCK_MONOTONIC` (same time namespace). Only then does a
     /// call carry its deadline: a server on another clock would skip live requests or keep
     /// expired ones (and its handler would see a wrong deadline). Whether a call that gave up
@@ -1308,7 +1306,6 @@ impl Connection {
             quick_call_allowed: options.pause_before_receive.is_zero()
                 && options.presume_gone_after.is_none()
                 && options.sent_deadline.is_none(),
-            looked: false,
             same_clock: process::shares_monotonic_clock_with(peer.pid),
         })
     }
@@ -1439,10 +1436,7 @@ impl Connection {
                     }
                 }
             }
-            self.looked = looked;
-            let received = self.receive(call, reply, deadline);
-            self.looked = false;
-            received
+            self.receive_after(call, reply, deadline, looked)
         });
         result.map_err(|error| self.failure(error, call))
     }
@@ -1706,7 +1700,9 @@ impl Connection {
                 }
             } else {
                 let len = end - sent;
-                self.wait_as(deadline, true, |requests, _| requests.has_room_for(len))?;
+                self.wait_as(deadline, true, false, |requests, _| {
+                    requests.has_room_for(len)
+                })?;
             }
         }
     }
@@ -1725,9 +1721,9 @@ impl Connection {
             .and_then(|after| Instant::now().checked_add(after))
             .filter(|gone| deadline.is_none_or(|d| *gone < d))
         else {
-            return self.receive(call, reply, deadline);
+            return self.receive_after(call, reply, deadline, false);
         };
-        match self.receive(call, reply, Some(gone)) {
+        match self.receive_after(call, reply, Some(gone), false) {
             Err(Error::Timeout) => Err(Error::Disconnected {
                 name: self.name.clone(),
             }),
@@ -1736,14 +1732,23 @@ impl Connection {
     }
 
     #[inline]
-    fn receive(&mut self, call: u64, reply: &mut Vec<u8>, deadline: Option<Instant>) -> Result<()> {
+    /// Receives call `call`'s reply into `reply`; `looked` if the first looks of its first wait
+    /// were already made ([`Connection::quick_call`]).
+    fn receive_after(
+        &mut self,
+        call: u64,
+        reply: &mut Vec<u8>,
+        deadline: Option<Instant>,
+        mut looked: bool,
+    ) -> Result<()> {
         reply.clear();
         let mut reassembly = Reassembly::default();
         loop {
             match self.reply_step(call, &mut reassembly, reply)? {
                 ReplyStep::Empty => {
                     let bulk = self.bulk_call || reassembly.in_progress();
-                    self.wait_as(deadline, bulk, |_, responses| responses.has_data())?;
+                    let looked = std::mem::take(&mut looked);
+                    self.wait_as(deadline, bulk, looked, |_, responses| responses.has_data())?;
                 }
                 // A reply in many fragments, or records of a call given up: the deadline holds
                 // all the same (a wait that finds the next record at once does not look at it).
@@ -1918,7 +1923,7 @@ impl Connection {
         deadline: Option<Instant>,
         ready: impl FnMut(&mut Producer, &mut Consumer) -> Result<bool, RingError>,
     ) -> Result<()> {
-        self.wait_as(deadline, false, ready)
+        self.wait_as(deadline, false, false, ready)
     }
 
     /// [`Connection::wait`], or with `bulk` a wait in a bulk transfer: for room in the request
@@ -1928,11 +1933,12 @@ impl Connection {
     /// what another client's small call is waiting for: such a wait looks a few times, then
     /// yields instead of spinning. The server does not count a connection moving bulk as a busy
     /// client either (see the server's `update_crowding`), so that a bulk transfer beside small
-    /// calls does not make every caller park.
+    /// calls does not make every caller park. `looked`: the first looks were already made.
     fn wait_as(
         &mut self,
         deadline: Option<Instant>,
         bulk: bool,
+        looked: bool,
         mut ready: impl FnMut(&mut Producer, &mut Consumer) -> Result<bool, RingError>,
     ) -> Result<()> {
         let corrupted = |c: &Self, e: RingError| Error::corrupted(&c.name, e.0);
@@ -1940,8 +1946,7 @@ impl Connection {
         // it before paying for the clock and CPU reads that deciding how to wait takes. Not when
         // the server is crowded: then every waiter yields at once, so the CPU goes to whoever
         // can use it.
-        let first_looks = if std::mem::take(&mut self.looked) || wake::server_is_crowded(&self.map)
-        {
+        let first_looks = if looked || wake::server_is_crowded(&self.map) {
             0
         } else {
             FIRST_LOOKS

@@ -1935,22 +1935,6 @@ impl Connection {
     fn push_reply(&mut self, budget: &mut Budget) -> Result<bool, RingError> {
         let fragment = self.responses.layout().max_fragment();
         let total = self.reply.len();
-        // The common case in one step: a whole reply in one record.
-        if self.reply_sent == 0 && total <= fragment && !budget.spent() {
-            if !self.responses.try_push(
-                FIRST | LAST | self.reply_flags,
-                self.call,
-                total as u64,
-                &self.reply,
-            )? {
-                return Ok(false);
-            }
-            budget.charge(total);
-            self.nudge_client()?;
-            self.reply_sent = total;
-            self.finish_reply();
-            return Ok(true);
-        }
         let mut progressed = false;
         loop {
             if budget.spent() {
@@ -1971,20 +1955,15 @@ impl Connection {
             self.nudge_client()?;
             self.reply_sent = end;
             if end == total {
-                self.finish_reply();
+                self.phase = Phase::Idle;
+                if self.request.capacity() > KEEP_BUFFER {
+                    self.request = Vec::new();
+                }
+                if self.reply.capacity() > KEEP_BUFFER {
+                    self.reply = Vec::new();
+                }
                 return Ok(progressed);
             }
-        }
-    }
-
-    /// The reply is all in the ring: the connection is ready for the next request.
-    fn finish_reply(&mut self) {
-        self.phase = Phase::Idle;
-        if self.request.capacity() > KEEP_BUFFER {
-            self.request = Vec::new();
-        }
-        if self.reply.capacity() > KEEP_BUFFER {
-            self.reply = Vec::new();
         }
     }
 }
@@ -2265,18 +2244,6 @@ impl<'a> Worker<'a> {
                     break;
                 }
                 looks += 1;
-                // The cheapest look first: while nothing is published there is nothing to pump.
-                match conn.requests.wait_published(1) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        idle_looks += 1;
-                        continue;
-                    }
-                    Err(e) => {
-                        broken.push((slot, e));
-                        break;
-                    }
-                }
                 match conn.pump(&context) {
                     Ok(true) => idle_looks = 0,
                     Ok(false) => {
