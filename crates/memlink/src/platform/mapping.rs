@@ -8,14 +8,18 @@
 //! Two kinds of copy: [`Mapping::read_atomic`] / [`Mapping::write_atomic`] copy with relaxed
 //! atomic loads and stores, for bytes that threads of this process may also reach through
 //! [`Mapping::atomic_u32`] / [`Mapping::atomic_u64`] at the same time (a segment's payload). The
-//! `memcpy`-based [`Mapping::copy_in`] and [`Mapping::append_to_vec`] are for bytes that, within
-//! this process, only one thread touches at a time (a ring's payloads, owned by one side of the
-//! ring between its index updates). A ring's record headers are words
-//! ([`Mapping::atomic_u64s`]), stored and loaded atomically; on another lap of the ring the same
-//! bytes may hold payload, and the ring's protocol orders the two kinds of access.
+//! `memcpy`-based [`Mapping::copy_in`], [`RingArea::copy_in`] and [`RingArea::append_to_vec`] are
+//! for bytes that, within this process, only one thread touches at a time (a ring's payloads,
+//! owned by one side of the ring between its index updates). A ring's record headers are words
+//! ([`RingArea::line`]), stored and loaded atomically; on another lap of the ring the same bytes
+//! may hold payload, and the ring's protocol orders the two kinds of access.
+//!
+//! A [`RingArea`] is checked once, when it is made, and reaches its data area only through
+//! offsets masked into it: what a ring reads on every message costs no comparison.
 
 use std::os::fd::AsFd;
 use std::ptr::NonNull;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use rustix::io::Errno;
@@ -93,30 +97,6 @@ impl Mapping {
         // SAFETY: the destination is inside the live, writable mapping (checked); `data` is
         // disjoint; no thread of this process accesses the range concurrently (caller's invariant).
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), destination, data.len()) };
-        true
-    }
-
-    /// Appends the `len` bytes at `offset` to `out` with `memcpy`, without zero-filling them
-    /// first. Returns `false` (appending nothing) if the range is not inside the mapping. Same
-    /// caller's invariant as [`Mapping::copy_in`], for reading.
-    #[must_use]
-    #[inline]
-    pub(crate) fn append_to_vec(&self, offset: usize, len: usize, out: &mut Vec<u8>) -> bool {
-        if self.check(offset, len).is_none() {
-            return false;
-        }
-        out.reserve(len);
-        let old_len = out.len();
-        let source = self.base.as_ptr().wrapping_add(offset);
-        let destination = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
-        // `destination` is our own allocation, disjoint from the mapping; no thread of this
-        // process writes the source range meanwhile (caller's invariant, as for `copy_in`).
-        // SAFETY: the source is inside the live mapping (checked); `destination` has room for
-        // `len`; nothing in this process races the read (caller's invariant).
-        unsafe { std::ptr::copy_nonoverlapping(source, destination, len) };
-        // `old_len + len` is within the capacity reserved above.
-        // SAFETY: the copy above initialised exactly the `len` bytes following `old_len`.
-        unsafe { out.set_len(old_len + len) };
         true
     }
 
@@ -237,24 +217,6 @@ impl Mapping {
         // SAFETY: `ptr` is in bounds and aligned for `AtomicU64` (both checked above).
         Some(unsafe { AtomicU64::from_ptr(ptr.cast::<u64>()) })
     }
-
-    /// The `N` consecutive `AtomicU64`s at `offset` (one bounds and alignment check for all of
-    /// them), or `None` if they are out of bounds or misaligned.
-    #[inline]
-    pub(crate) fn atomic_u64s<const N: usize>(&self, offset: usize) -> Option<&[AtomicU64; N]> {
-        self.check(offset, N.checked_mul(8)?)?;
-        let ptr = self.base.as_ptr().wrapping_add(offset);
-        if !(ptr as usize).is_multiple_of(align_of::<AtomicU64>()) {
-            return None;
-        }
-        // `[AtomicU64; N]` has the layout of `N` consecutive `AtomicU64`s; the mapping outlives
-        // the borrow. The same bytes may also be copied with `memcpy` at other times (a ring's
-        // header line holds payload on another lap): the caller's protocol orders those copies
-        // before or after its atomic accesses (a ring's stamp and `head`), as `copy_in` requires.
-        // The `N * 8` bytes at `ptr` are in bounds and aligned for `AtomicU64` (both checked above).
-        // SAFETY: in bounds, aligned, and no non-atomic access races them (the caller's protocol).
-        Some(unsafe { &*ptr.cast::<[AtomicU64; N]>() })
-    }
 }
 
 impl Mapping {
@@ -289,6 +251,142 @@ impl Mapping {
         // The range is inside the live mapping (checked above).
         // SAFETY: in bounds, and nothing else accesses it while the slice lives (caller's contract).
         Some(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+    }
+}
+
+/// A ring's memory inside a [`Mapping`], checked once when made: a data area whose size is a
+/// power of two (at least a line), 64-byte aligned, and a control block of [`RING_CONTROL_LEN`]
+/// bytes. Data offsets are masked into the area, so finding a record's header line needs no
+/// further check: the ring's hot path pays one `and` where it paid a bounds and an alignment
+/// check per access. Holds the mapping, so it stays mapped while this lives.
+#[derive(Debug)]
+pub(crate) struct RingArea {
+    /// Keeps the mapping mapped while the pointers below are in use.
+    _map: Arc<Mapping>,
+    /// Start of the data area (inside `map`, 64-byte aligned).
+    data: NonNull<u8>,
+    /// Data area size minus one.
+    mask: usize,
+    /// Start of the control block (inside `map`, 8-byte aligned).
+    control: NonNull<u8>,
+}
+
+/// Bytes of a ring's control block that [`RingArea::control_word`] reaches.
+pub(crate) const RING_CONTROL_LEN: usize = 256;
+
+/// Bytes of one line of a ring's data area.
+const LINE: usize = 64;
+
+// SAFETY: the pointers point into `map`, which is `Send` and `Sync` and outlives them (held
+// here); `RingArea` hands out only atomics and copies, as `Mapping` does.
+unsafe impl Send for RingArea {}
+// SAFETY: as `Send`.
+unsafe impl Sync for RingArea {}
+
+impl RingArea {
+    /// The ring whose control block is at `control` and whose data area of `capacity` bytes is
+    /// at `data`; `None` unless both lie inside `map`, the capacity is a power of two of at
+    /// least a line, and the offsets are aligned (control to 8 bytes, data to 64).
+    pub(crate) fn new(
+        map: Arc<Mapping>,
+        control: usize,
+        data: usize,
+        capacity: usize,
+    ) -> Option<Self> {
+        if !capacity.is_power_of_two()
+            || capacity < LINE
+            || !data.is_multiple_of(LINE)
+            || !control.is_multiple_of(8)
+        {
+            return None;
+        }
+        map.check(control, RING_CONTROL_LEN)?;
+        map.check(data, capacity)?;
+        // The base is page-aligned, so aligned offsets are aligned addresses.
+        let data = map.base.as_ptr().wrapping_add(data);
+        let control = map.base.as_ptr().wrapping_add(control);
+        Some(RingArea {
+            data: NonNull::new(data)?,
+            control: NonNull::new(control)?,
+            mask: capacity - 1,
+            _map: map,
+        })
+    }
+
+    /// The words of the data area's line that holds offset `at & (capacity - 1)`.
+    #[inline(always)]
+    pub(crate) fn line(&self, at: usize) -> &[AtomicU64; LINE / 8] {
+        let ptr = self
+            .data
+            .as_ptr()
+            .wrapping_add(at & self.mask & !(LINE - 1));
+        // The masked offset is a multiple of 64 below the capacity, which is itself a multiple
+        // of 64 (a power of two of at least 64), so the line lies inside the data area, which
+        // `new` checked lies inside the live mapping; the data area is 64-byte aligned. As for
+        // `Mapping::atomic_u64s`, the bytes may at other times be copied with `memcpy` (payload
+        // on another lap of the ring): the ring's protocol orders those copies before or after
+        // its atomic accesses.
+        // SAFETY: in bounds, aligned, and no non-atomic access races them (the ring's protocol).
+        unsafe { &*ptr.cast::<[AtomicU64; LINE / 8]>() }
+    }
+
+    /// The control block's `index`-th word (`index < RING_CONTROL_LEN / 8`, checked at compile
+    /// time).
+    #[inline(always)]
+    pub(crate) fn control_word<const INDEX: usize>(&self) -> &AtomicU64 {
+        const { assert!(INDEX < RING_CONTROL_LEN / 8) };
+        let ptr = self.control.as_ptr().wrapping_add(INDEX * 8);
+        // `new` checked that the control block's bytes lie inside the live mapping and start
+        // 8-byte aligned; `INDEX * 8 + 8 <= RING_CONTROL_LEN`. Shared words are only ever
+        // accessed atomically.
+        // SAFETY: in bounds and aligned for `AtomicU64`.
+        unsafe { AtomicU64::from_ptr(ptr.cast::<u64>()) }
+    }
+
+    /// Whether `len` bytes from data offset `at` lie inside the data area.
+    #[inline(always)]
+    fn fits(&self, at: usize, len: usize) -> bool {
+        at <= self.mask + 1 && len <= self.mask + 1 - at
+    }
+
+    /// [`Mapping::copy_in`] at data offset `at`: `false` (copying nothing) unless the range lies
+    /// inside the data area. Same caller's invariant.
+    #[must_use]
+    #[inline(always)]
+    pub(crate) fn copy_in(&self, at: usize, data: &[u8]) -> bool {
+        if !self.fits(at, data.len()) {
+            return false;
+        }
+        let destination = self.data.as_ptr().wrapping_add(at);
+        // The destination range lies inside the data area (checked), inside the live, writable
+        // mapping; `data` is disjoint; no thread of this process accesses the range meanwhile
+        // (caller's invariant).
+        // SAFETY: in bounds, disjoint, unraced.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), destination, data.len()) };
+        true
+    }
+
+    /// [`Mapping::append_to_vec`] from data offset `at`: `false` (appending nothing) unless the
+    /// range lies inside the data area. Same caller's invariant.
+    #[must_use]
+    #[inline(always)]
+    pub(crate) fn append_to_vec(&self, at: usize, len: usize, out: &mut Vec<u8>) -> bool {
+        if !self.fits(at, len) {
+            return false;
+        }
+        out.reserve(len);
+        let old_len = out.len();
+        let source = self.data.as_ptr().wrapping_add(at);
+        let destination = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+        // The source range lies inside the data area (checked), inside the live mapping;
+        // `destination` has room for `len` and is our own allocation, disjoint from the mapping;
+        // nothing in this process races the read (caller's invariant).
+        // SAFETY: in bounds, disjoint, unraced.
+        unsafe { std::ptr::copy_nonoverlapping(source, destination, len) };
+        // `old_len + len` is within the capacity reserved above.
+        // SAFETY: the copy above initialised exactly the `len` bytes following `old_len`.
+        unsafe { out.set_len(old_len + len) };
+        true
     }
 }
 
@@ -417,7 +515,9 @@ mod tests {
     fn atomic_copies_match_a_reference_at_every_alignment_and_length() {
         const LEN: usize = 256;
         let fd = super::super::memfd::create_sealed("memlink-unit-copies", LEN as u64).unwrap();
-        let map = Mapping::map_shared(&fd, LEN).unwrap();
+        let map = Arc::new(Mapping::map_shared(&fd, LEN).unwrap());
+        // A ring area whose data area is the whole mapping, and whose control block too.
+        let area = RingArea::new(map.clone(), 0, 0, LEN).unwrap();
         let pattern = |i: usize| (i.wrapping_mul(37) ^ 0x5a) as u8;
         let mut reference = [0u8; LEN];
         for offset in 0..16 {
@@ -438,11 +538,11 @@ mod tests {
                 assert!(map.read_atomic(offset, &mut part));
                 assert_eq!(part, data, "read at {offset} len {len}");
                 let mut plain = Vec::new();
-                assert!(map.append_to_vec(offset, len, &mut plain));
+                assert!(area.append_to_vec(offset, len, &mut plain));
                 assert_eq!(plain, data, "memcpy read at {offset} len {len}");
                 // Appended after what the vector holds, which stays as it was.
                 let mut behind = vec![0xee; offset + 3];
-                assert!(map.append_to_vec(offset, len, &mut behind));
+                assert!(area.append_to_vec(offset, len, &mut behind));
                 assert_eq!(behind[..offset + 3], vec![0xee; offset + 3][..]);
                 assert_eq!(
                     behind[offset + 3..],
@@ -458,6 +558,11 @@ mod tests {
                 reference[offset..offset + len].copy_from_slice(&reversed);
                 assert!(map.read_atomic(0, &mut whole));
                 assert_eq!(whole, reference, "memcpy write at {offset} len {len}");
+                // The ring area's `copy_in` (its data area is the whole mapping) writes the same.
+                assert!(map.write_atomic(0, &background));
+                assert!(area.copy_in(offset, &reversed));
+                assert!(map.read_atomic(0, &mut whole));
+                assert_eq!(whole, reference, "ring copy_in at {offset} len {len}");
             }
         }
         assert!(map.read_atomic(LEN, &mut []));
@@ -468,8 +573,50 @@ mod tests {
         assert!(!map.copy_in(LEN - 7, &[0u8; 8]));
         assert!(!map.copy_in(usize::MAX, &[1]));
         let mut kept = vec![1, 2, 3];
-        assert!(!map.append_to_vec(LEN - 3, 4, &mut kept));
-        assert!(!map.append_to_vec(usize::MAX, 1, &mut kept));
+        assert!(!area.append_to_vec(LEN - 3, 4, &mut kept));
+        assert!(!area.append_to_vec(usize::MAX, 1, &mut kept));
+        assert!(!area.append_to_vec(LEN + 1, 0, &mut kept));
         assert_eq!(kept, [1, 2, 3]);
+        assert!(!area.copy_in(LEN - 7, &[0u8; 8]));
+        assert!(!area.copy_in(usize::MAX, &[1]));
+        assert!(area.copy_in(LEN, &[]));
+    }
+
+    /// A ring area is refused unless it lies inside its mapping, aligned, with a power-of-two
+    /// data area; a line is found by masking, so any offset reaches a line inside the area.
+    #[test]
+    fn ring_areas_are_checked_once_and_mask_their_offsets() {
+        const LEN: usize = 8192;
+        let fd = super::super::memfd::create_sealed("memlink-unit-ring-area", LEN as u64).unwrap();
+        let map = Arc::new(Mapping::map_shared(&fd, LEN).unwrap());
+        let area = |control, data, capacity| RingArea::new(map.clone(), control, data, capacity);
+        assert!(area(0, 4096, 4096).is_some());
+        assert!(area(LEN - RING_CONTROL_LEN, 0, 4096).is_some());
+        assert!(area(0, 4096, 2048).is_some());
+        for (control, data, capacity) in [
+            (0, 4096, 3000),            // not a power of two
+            (0, 4096, 32),              // smaller than a line
+            (0, 4096 + 8, 2048),        // data misaligned
+            (4, 4096, 4096),            // control misaligned
+            (0, 8192, 4096),            // data past the end
+            (LEN - 128, 0, 4096),       // control past the end
+            (0, usize::MAX - 63, 4096), // overflowing
+            (usize::MAX - 7, 0, 4096),  // overflowing
+        ] {
+            assert!(
+                area(control, data, capacity).is_none(),
+                "{control} {data} {capacity}"
+            );
+        }
+        // Lines are found modulo the capacity, at their line's start.
+        let ring = area(0, 4096, 4096).unwrap();
+        map.atomic_u64(4096 + 128)
+            .unwrap()
+            .store(7, Ordering::Relaxed);
+        for at in [128, 128 + 63, 4096 + 128, usize::MAX - 4095 + 128] {
+            assert_eq!(ring.line(at)[0].load(Ordering::Relaxed), 7, "{at}");
+        }
+        ring.control_word::<3>().store(9, Ordering::Relaxed);
+        assert_eq!(map.atomic_u64(24).unwrap().load(Ordering::Relaxed), 9);
     }
 }

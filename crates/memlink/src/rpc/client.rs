@@ -1419,8 +1419,7 @@ impl Connection {
                 for _ in 0..FIRST_LOOKS {
                     let found = self
                         .responses
-                        .look_take_whole(call, 0, self.max_reply as u64, reply)
-                        .map_err(|e| Error::corrupted(&self.name, e.0))?;
+                        .look_take_whole(call, 0, self.max_reply as u64, reply);
                     match found {
                         Whole::Taken(_) => {
                             self.record_wait(Duration::ZERO);

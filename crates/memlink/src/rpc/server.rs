@@ -1584,7 +1584,7 @@ impl Connection {
             0,
             self.max_message as u64,
             &mut self.request,
-        )? {
+        ) {
             Whole::Taken(deadline) => deadline,
             Whole::Empty => return Ok(WholeRequest::Empty),
             Whole::Other => return Ok(WholeRequest::Other),
