@@ -338,7 +338,7 @@ async fn stream_message(
     message: &[u8],
     deadline: Option<Instant>,
 ) -> Result<()> {
-    let fragment = tx.ring.layout().max_fragment();
+    let fragment = tx.ring.max_fragment();
     let id = tx.next_id;
     tx.ring.set_early_wrap(false);
     let mut part = PartSent {

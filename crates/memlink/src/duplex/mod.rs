@@ -897,7 +897,7 @@ impl Outgoing {
             let error = conn.failure(failed);
             return Err(TrySendError::Failed(message, error));
         }
-        let fragment = self.ring.layout().max_fragment();
+        let fragment = self.ring.max_fragment();
         if !fits_whole(message.len(), fragment, self.ring.layout().capacity) {
             return Err(TrySendError::TooLargeForTrySend(message));
         }
@@ -945,7 +945,7 @@ impl Outgoing {
         if let Some(failed) = &self.failed {
             return Err(conn.failure(failed));
         }
-        let fragment = self.ring.layout().max_fragment();
+        let fragment = self.ring.max_fragment();
         // A message that fits in the ring goes in whole once there is room for all of it, so
         // a timeout never cuts one short. (One record goes in whole anyway: `push_message`
         // waits for room for it before it writes anything.)
@@ -1009,7 +1009,7 @@ impl Outgoing {
         message: &[u8],
         deadline: Option<Instant>,
     ) -> Result<()> {
-        let fragment = self.ring.layout().max_fragment();
+        let fragment = self.ring.max_fragment();
         let id = self.next_id;
         let total = message.len() as u64;
         let mut sent = 0;

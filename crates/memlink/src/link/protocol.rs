@@ -313,7 +313,9 @@ impl RegionLayout {
                 .ok_or_else(|| RingError("region too small for its keys".into()))?
                 .load(Ordering::Relaxed);
             if key & KEY_BIT == 0 {
-                return Err(RingError(format!("ring key {key:#x} lacks its top bit")));
+                return Err(RingError(
+                    format!("ring key {key:#x} lacks its top bit").into(),
+                ));
             }
             Ok(key)
         };

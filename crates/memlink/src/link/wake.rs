@@ -220,9 +220,12 @@ fn wake_parked(parked: &AtomicU32, wake_write: BorrowedFd<'_>) -> Result<bool, R
     // A pipe full of one-byte wake-ups means the peer does not read them; enlarging it as well
     // would pin kernel memory charged to whoever created the pipe.
     if full && notify::pipe_size(wake_write).is_ok_and(|size| size > MAX_WAKE_PIPE) {
-        return Err(RingError(format!(
-            "the peer enlarged its wake pipe beyond {MAX_WAKE_PIPE} bytes and does not read it"
-        )));
+        return Err(RingError(
+            format!(
+                "the peer enlarged its wake pipe beyond {MAX_WAKE_PIPE} bytes and does not read it"
+            )
+            .into(),
+        ));
     }
     Ok(full)
 }

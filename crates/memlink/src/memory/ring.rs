@@ -81,12 +81,50 @@ pub(crate) const USER_FLAGS: u32 = 0xff00;
 
 /// A ring was found in an impossible state: the peer is broken or hostile.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct RingError(pub(crate) String);
+pub(crate) struct RingError(pub(crate) Reason);
+
+/// What a [`RingError`] says, boxed: a `Result` that may carry it stays small enough to come back
+/// in registers, and the hot path that never fails does not pay for the rare one that does.
+// A `Box<String>` is one word where a `String` is three and a `Box<str>` two: the point here.
+#[allow(clippy::box_collection)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Reason(Box<String>);
+
+impl From<String> for Reason {
+    fn from(message: String) -> Self {
+        Reason(Box::new(message))
+    }
+}
+
+impl From<&str> for Reason {
+    fn from(message: &str) -> Self {
+        Reason(Box::new(message.to_owned()))
+    }
+}
+
+impl From<Reason> for String {
+    fn from(reason: Reason) -> Self {
+        *reason.0
+    }
+}
+
+impl std::ops::Deref for Reason {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 #[cold]
 #[inline(never)]
 fn corrupted<T>(what: impl Into<String>) -> Result<T, RingError> {
-    Err(RingError(what.into()))
+    Err(RingError(what.into().into()))
 }
 
 /// Where a record's stamp sits in its header line; the fields follow it.
@@ -287,6 +325,12 @@ impl Producer {
         &self.layout
     }
 
+    /// [`RingLayout::max_fragment`], kept at hand: every push asks for it.
+    #[inline]
+    pub(crate) fn max_fragment(&self) -> usize {
+        self.max_fragment
+    }
+
     /// Bytes written so far (our private `tail`).
     #[cfg(test)]
     pub(crate) fn position(&self) -> u64 {
@@ -389,6 +433,7 @@ impl Producer {
 
     /// Appends one record, unless there is not room for it right now (`Ok(false)`: retry after the
     /// consumer has advanced). `payload` must not exceed [`RingLayout::max_fragment`].
+    #[inline]
     pub(crate) fn try_push(
         &mut self,
         flags: u32,
@@ -400,7 +445,7 @@ impl Producer {
     }
 
     /// [`Producer::try_push`] with the header's `meta` word (see [`RecordHeader::meta`]).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn try_push_with_meta(
         &mut self,
         flags: u32,
@@ -1075,7 +1120,7 @@ mod tests {
             };
             let mut out = Vec::new();
             for (i, (len, consume)) in ops.into_iter().enumerate() {
-                let len = len.min(fast.layout().max_fragment());
+                let len = len.min(fast.max_fragment());
                 let data = pattern(i as u64, len);
                 let a = fast.try_push_with_meta(FIRST | LAST, i as u64, len as u64, 9, &data).unwrap();
                 let header = RecordHeader::of(&data, FIRST | LAST, i as u64, len as u64, 9);
@@ -1120,7 +1165,7 @@ mod tests {
             let mut seq = 0u64;
             let mut out = Vec::new();
             for (len, consume) in ops {
-                let len = len.min(p.layout().max_fragment());
+                let len = len.min(p.max_fragment());
                 let data = pattern(seq, len);
                 if p.try_push(FIRST | LAST, seq, len as u64, &data).unwrap() {
                     expected.push_back((seq, data));

@@ -544,7 +544,7 @@ impl Publisher {
                 Ok(true) => member
                     .skip_wakes_until
                     .store(seq + FULL_PIPE_RESPITE, Ordering::Relaxed),
-                Err(e) => member.drop_corrupted(&self.shared.name, e.0),
+                Err(e) => member.drop_corrupted(&self.shared.name, e.0.into()),
             }
         }
         Ok(seq)

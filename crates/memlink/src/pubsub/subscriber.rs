@@ -521,7 +521,7 @@ impl Subscriber {
         }
         broadcast::read_entry(&attachment.data, &attachment.geometry, self.cursor)
             .map(|entry| entry != Entry::Pending)
-            .map_err(RingError)
+            .map_err(|e| RingError(e.into()))
     }
 
     /// Spins (unless the publisher last ran on our CPU), yields, then parks until the next

@@ -1345,7 +1345,7 @@ impl Connection {
         if mode == Mode::Wait && self.quick_call_fits(request.len()) {
             return self.quick_call(call, request, meta, reply, deadline);
         }
-        self.bulk_call = request.len() > self.requests.layout().max_fragment();
+        self.bulk_call = request.len() > self.requests.max_fragment();
         let sent = match mode {
             Mode::Wait => {
                 self.last_call = call;
@@ -1417,9 +1417,9 @@ impl Connection {
             let mut looked = true;
             if !wake::server_is_crowded(&self.map) {
                 for _ in 0..FIRST_LOOKS {
-                    let found = self
-                        .responses
-                        .look_take_whole(call, 0, self.max_reply as u64, reply);
+                    let found =
+                        self.responses
+                            .look_take_whole(call, 0, self.max_reply as u64, reply);
                     match found {
                         Whole::Taken(_) => {
                             self.record_wait(Duration::ZERO);
@@ -1444,9 +1444,7 @@ impl Connection {
     /// the server's limit, and no test hook in the way.
     #[inline]
     fn quick_call_fits(&self, len: usize) -> bool {
-        self.quick_call_allowed
-            && len <= self.max_message
-            && len <= self.requests.layout().max_fragment()
+        self.quick_call_allowed && len <= self.max_message && len <= self.requests.max_fragment()
     }
 
     /// Sorts a call's failure: errors reported by the server over a connection still in step
@@ -1679,7 +1677,7 @@ impl Connection {
         meta: u64,
         deadline: Option<Instant>,
     ) -> Result<()> {
-        let fragment = self.requests.layout().max_fragment();
+        let fragment = self.requests.max_fragment();
         let total = request.len() as u64;
         let mut sent = 0;
         loop {

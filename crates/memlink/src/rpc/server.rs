@@ -1405,13 +1405,11 @@ impl Connection {
     fn has_work(&mut self) -> Result<bool, RingError> {
         match self.phase {
             Phase::Replying => {
-                let next = (self.reply.len() - self.reply_sent)
-                    .min(self.responses.layout().max_fragment());
+                let next = (self.reply.len() - self.reply_sent).min(self.responses.max_fragment());
                 self.responses.has_room_for(next)
             }
             Phase::Streaming if !self.item_done => {
-                let next = (self.reply.len() - self.reply_sent)
-                    .min(self.responses.layout().max_fragment());
+                let next = (self.reply.len() - self.reply_sent).min(self.responses.max_fragment());
                 Ok(self.responses.has_room_for(next)? || self.requests.has_data()?)
             }
             Phase::Streaming => {
@@ -1521,7 +1519,7 @@ impl Connection {
         &mut self,
         header: &crate::memory::ring::RecordHeader,
     ) -> Result<RequestRecord, RingError> {
-        let bad = |why: String| RingError(format!("client broke the protocol: {why}"));
+        let bad = |why: String| RingError(format!("client broke the protocol: {why}").into());
         let user = header.flags & USER_FLAGS;
         if user != 0 && user != STREAM_REQUEST {
             if user == CANCEL && !self.reassembly.in_progress() {
@@ -1550,7 +1548,7 @@ impl Connection {
             self.request.clear();
             self.phase = Phase::Receiving;
             self.stream_request = user == STREAM_REQUEST;
-            self.bulk = header.total > self.responses.layout().max_fragment() as u64;
+            self.bulk = header.total > self.responses.max_fragment() as u64;
         } else if self.stream_request != (user == STREAM_REQUEST) {
             return Err(bad(
                 "fragments of one request disagree on their flags".into()
@@ -1572,27 +1570,26 @@ impl Connection {
     /// is a whole ordinary request by itself with the next call id, takes it as that function
     /// would (same checks); else takes nothing, and says whether the ring was empty (nothing
     /// for the general path either).
-    #[inline]
+    #[inline(always)]
     fn take_whole_request(&mut self) -> Result<WholeRequest, RingError> {
         let next = self.call + 1;
         if self.phase != Phase::Idle || self.reassembly.in_progress() || !claim::is_call_id(next) {
             return Ok(WholeRequest::Other);
         }
         self.request.clear();
-        let deadline = match self.requests.look_take_whole(
-            next,
-            0,
-            self.max_message as u64,
-            &mut self.request,
-        ) {
-            Whole::Taken(deadline) => deadline,
-            Whole::Empty => return Ok(WholeRequest::Empty),
-            Whole::Other => return Ok(WholeRequest::Other),
-        };
+        let deadline =
+            match self
+                .requests
+                .look_take_whole(next, 0, self.max_message as u64, &mut self.request)
+            {
+                Whole::Taken(deadline) => deadline,
+                Whole::Empty => return Ok(WholeRequest::Empty),
+                Whole::Other => return Ok(WholeRequest::Other),
+            };
         if deadline > MAX_DEADLINE_NS {
-            return Err(RingError(format!(
-                "client broke the protocol: a request deadline of {deadline}"
-            )));
+            return Err(RingError(
+                format!("client broke the protocol: a request deadline of {deadline}").into(),
+            ));
         }
         self.call = next;
         self.deadline = deadline;
@@ -1610,6 +1607,7 @@ impl Connection {
 
     /// Claims the complete request before anything of it runs (see `claim`): `true` if it is
     /// ours to run, `false` if its caller withdrew it first.
+    #[inline(always)]
     fn claim(&mut self) -> Result<bool, RingError> {
         let word = self.requests.spare_word()?;
         match claim::claim(word, &mut self.claimed, self.call) {
@@ -1623,10 +1621,13 @@ impl Connection {
                 );
                 Ok(false)
             }
-            Claim::Broken(found) => Err(RingError(format!(
-                "client broke the protocol: the claim word holds {found:#x} at call {}",
-                self.call
-            ))),
+            Claim::Broken(found) => Err(RingError(
+                format!(
+                    "client broke the protocol: the claim word holds {found:#x} at call {}",
+                    self.call
+                )
+                .into(),
+            )),
         }
     }
 
@@ -1648,6 +1649,7 @@ impl Connection {
 
     /// Runs the handler on the complete request and puts its reply (or error report) in
     /// `reply`; whether the handler failed, refused or panicked.
+    #[inline(always)]
     fn respond(&mut self, handler: &dyn CallHandler) -> bool {
         self.reply.clear();
         // Built from what the connection holds: no allocation, no system call.
@@ -1683,7 +1685,7 @@ impl Connection {
             self.reply_flags = ERROR_REPLY;
         }
         self.reply_sent = 0;
-        self.bulk |= self.reply.len() > self.responses.layout().max_fragment();
+        self.bulk |= self.reply.len() > self.responses.max_fragment();
         self.phase = Phase::Replying;
         failed
     }
@@ -1726,7 +1728,7 @@ impl Connection {
             return Err(RingError(format!(
                 "client broke the protocol: a cancel record with flags {:#x} for call {} (current call {})",
                 header.flags, header.call_id, self.call
-            )));
+            ).into()));
         }
         self.requests.skip(header)?;
         // The client may be waiting for the room the cancel record held.
@@ -1906,7 +1908,7 @@ impl Connection {
     /// without waking the client (the caller does, once for all it pushed). Returns whether
     /// anything moved and whether the message is now sent whole.
     fn push_out(&mut self, budget: &mut Budget) -> Result<(bool, bool), RingError> {
-        let fragment = self.responses.layout().max_fragment();
+        let fragment = self.responses.max_fragment();
         let total = self.reply.len();
         let mut progressed = false;
         loop {
@@ -1932,8 +1934,9 @@ impl Connection {
         }
     }
 
+    #[inline(always)]
     fn push_reply(&mut self, budget: &mut Budget) -> Result<bool, RingError> {
-        let fragment = self.responses.layout().max_fragment();
+        let fragment = self.responses.max_fragment();
         let total = self.reply.len();
         let mut progressed = false;
         loop {
@@ -2177,7 +2180,7 @@ impl<'a> Worker<'a> {
         self.shared()
             .corrupt_disconnects
             .fetch_add(1, Ordering::Relaxed);
-        self.drop_connection(slot, Some(Goodbye::Corrupted(error.0)));
+        self.drop_connection(slot, Some(Goodbye::Corrupted(error.0.into())));
     }
 
     fn sweep(&mut self) -> Sweep {

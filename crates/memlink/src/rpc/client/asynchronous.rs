@@ -722,7 +722,7 @@ impl AsyncConnection {
         deadline: Option<Instant>,
         alone: bool,
     ) -> Result<()> {
-        let fragment = self.conn.requests.layout().max_fragment();
+        let fragment = self.conn.requests.max_fragment();
         let total = request.len() as u64;
         let mut sent = 0;
         loop {

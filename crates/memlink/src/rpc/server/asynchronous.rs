@@ -340,7 +340,7 @@ async fn serve_connection<C: AsyncCallHandler>(
                 .shared
                 .corrupt_disconnects
                 .fetch_add(1, Ordering::Relaxed);
-            Some(Goodbye::Corrupted(e.0))
+            Some(Goodbye::Corrupted(e.0.into()))
         }
     };
     if let Some(goodbye) = goodbye {
