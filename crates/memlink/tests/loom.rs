@@ -175,9 +175,9 @@ impl<const N: usize> Producer<N> {
         free(self.head_seen, self.tail) >= 1 || free(self.consumer_position(), self.tail) >= 1
     }
 
-    /// `Producer::try_push` and `Producer::write_record_header`: room check, payload (`copy_in`)
-    /// and fields (relaxed stores), then the stamp with Release (SYNC POINT with the Acquire
-    /// stamp load in `Consumer::published`, `Consumer::peek` and `Consumer::take_whole`).
+    /// `Producer::try_push` and `Producer::write_record`: room check, fields (relaxed stores)
+    /// and payload (`copy_in`), then the stamp with Release (SYNC POINT with the Acquire stamp
+    /// load in `Consumer::published`, `Consumer::peek` and `Consumer::look_take_whole`).
     fn try_push(&mut self, value: u64) -> bool {
         if !self.has_room() {
             return false;

@@ -265,7 +265,8 @@ pub(crate) struct RingArea {
     _map: Arc<Mapping>,
     /// Start of the data area (inside `map`, 64-byte aligned).
     data: NonNull<u8>,
-    /// Data area size minus one.
+    /// Data area size, and that minus one.
+    capacity: usize,
     mask: usize,
     /// Start of the control block (inside `map`, 8-byte aligned).
     control: NonNull<u8>,
@@ -308,6 +309,7 @@ impl RingArea {
         Some(RingArea {
             data: NonNull::new(data)?,
             control: NonNull::new(control)?,
+            capacity,
             mask: capacity - 1,
             _map: map,
         })
@@ -346,7 +348,7 @@ impl RingArea {
     /// Whether `len` bytes from data offset `at` lie inside the data area.
     #[inline(always)]
     fn fits(&self, at: usize, len: usize) -> bool {
-        at <= self.mask + 1 && len <= self.mask + 1 - at
+        at.checked_add(len).is_some_and(|end| end <= self.capacity)
     }
 
     /// [`Mapping::copy_in`] at data offset `at`: `false` (copying nothing) unless the range lies

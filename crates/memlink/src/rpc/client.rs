@@ -1181,8 +1181,9 @@ struct Connection {
     /// withdrawal.
     kept_withdrawal: u64,
     epoch: u64,
-    /// Moving average of how long waits took (1/8 weight to the newest).
-    recent_wait: Duration,
+    /// Moving average of how long waits for a reply took, in nanoseconds (1/8 weight to the
+    /// newest).
+    recent_wait_ns: u64,
     waits: u32,
     /// See `ClientOptions::__pause_before_receive`.
     pause_before_receive: Duration,
@@ -1298,7 +1299,7 @@ impl Connection {
             stale_allowance: 0,
             kept_withdrawal: 0,
             epoch,
-            recent_wait: Duration::ZERO,
+            recent_wait_ns: 0,
             waits: 0,
             pause_before_receive: options.pause_before_receive,
             sent_deadline: options.sent_deadline,
@@ -1376,7 +1377,8 @@ impl Connection {
     /// nothing between finding it and taking it. Everything else (no room for the request, a
     /// reply that is not one whole record, a wait longer than the first looks) goes on as
     /// [`Connection::call`] would, from where this left off, with the same error handling.
-    #[inline]
+    /// Inlined into the caller; what is not the common case is not.
+    #[inline(always)]
     fn quick_call(
         &mut self,
         call: u64,
@@ -1386,58 +1388,86 @@ impl Connection {
         deadline: Option<Instant>,
     ) -> Result<(), Failure> {
         self.bulk_call = false;
-        let pushed = self
-            .requests
-            .try_push_with_meta(FIRST | LAST, call, request.len() as u64, meta, request)
-            .map_err(|e| Error::corrupted(&self.name, e.0));
-        let sent = match pushed {
+        let pushed = self.requests.try_push_with_meta(
+            FIRST | LAST,
+            call,
+            request.len() as u64,
+            meta,
+            request,
+        );
+        let result = match pushed {
             Ok(true) => {
                 self.last_call = call;
-                wake::nudge(&self.map, SERVER, &self.wake_out)
-                    .map_err(|e| Error::corrupted(&self.name, e.0))
+                match wake::nudge(&self.map, SERVER, &self.wake_out) {
+                    Ok(()) => self.quick_receive(call, reply, deadline),
+                    Err(e) => Err(Error::corrupted(&self.name, e.0)),
+                }
             }
-            // No room now (the server has not taken earlier records): wait for it as any call.
-            Ok(false) => {
-                self.last_call = call;
-                self.send_flagged(call, request, 0, meta, deadline)
-            }
+            Ok(false) => return self.quick_call_without_room(call, request, meta, reply, deadline),
             // Nothing was published (the push checks before it writes the stamp): the call did
             // not go out, and there is nothing to withdraw through the claim word.
-            Err(error) => {
+            Err(e) => {
                 return Err(Failure::Broken {
-                    error,
+                    error: Error::corrupted(&self.name, e.0),
                     taken: false,
                 });
             }
         };
-        let result = sent.and_then(|()| {
-            reply.clear();
-            // Spent looks make the general receive's first wait go straight to its timed
-            // backoff; crowded, it makes none either.
-            let mut looked = true;
-            if !wake::server_is_crowded(&self.map) {
-                for _ in 0..FIRST_LOOKS {
-                    let found =
-                        self.responses
-                            .look_take_whole(call, 0, self.max_reply as u64, reply);
-                    match found {
-                        Whole::Taken(_) => {
-                            self.record_wait(Duration::ZERO);
-                            return Ok(());
-                        }
-                        Whole::Empty => std::hint::spin_loop(),
-                        // Not a whole reply (a padding, a fragment, an error report): the
-                        // general receive takes it from here, with its own looks.
-                        Whole::Other => {
-                            looked = false;
-                            break;
-                        }
+        result.map_err(|error| self.failure(error, call))
+    }
+
+    /// [`Connection::quick_call`] when the request found no room (the server has not taken
+    /// earlier records): it waits for room as any call, then for the reply as `quick_call`.
+    #[inline(never)]
+    fn quick_call_without_room(
+        &mut self,
+        call: u64,
+        request: &[u8],
+        meta: u64,
+        reply: &mut Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<(), Failure> {
+        self.last_call = call;
+        let result = self
+            .send_flagged(call, request, 0, meta, deadline)
+            .and_then(|()| self.quick_receive(call, reply, deadline));
+        result.map_err(|error| self.failure(error, call))
+    }
+
+    /// The reply to the quick call `call`, sent: looked for where it will be for the first
+    /// looks, then waited for by the general receive.
+    #[inline(always)]
+    fn quick_receive(
+        &mut self,
+        call: u64,
+        reply: &mut Vec<u8>,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        reply.clear();
+        // Spent looks make the general receive's first wait go straight to its timed backoff;
+        // crowded, it makes none either.
+        let mut looked = true;
+        if !wake::server_is_crowded(&self.map) {
+            for _ in 0..FIRST_LOOKS {
+                match self
+                    .responses
+                    .look_take_whole(call, 0, self.max_reply as u64, reply)
+                {
+                    Whole::Taken(_) => {
+                        self.record_no_wait();
+                        return Ok(());
+                    }
+                    Whole::Empty => std::hint::spin_loop(),
+                    // Not a whole reply (a padding, a fragment, an error report): the general
+                    // receive takes it from here, with its own looks.
+                    Whole::Other => {
+                        looked = false;
+                        break;
                     }
                 }
             }
-            self.receive_after(call, reply, deadline, looked)
-        });
-        result.map_err(|error| self.failure(error, call))
+        }
+        self.receive_after(call, reply, deadline, looked)
     }
 
     /// Whether a request of `len` bytes may take [`Connection::quick_call`]: one record, within
@@ -1950,7 +1980,7 @@ impl Connection {
         };
         for _ in 0..first_looks {
             if ready(&mut self.requests, &mut self.responses).map_err(|e| corrupted(self, e))? {
-                self.record_wait(Duration::ZERO);
+                self.record_no_wait();
                 return Ok(());
             }
             std::hint::spin_loop();
@@ -2020,7 +2050,9 @@ impl Connection {
             };
         }
         self.waits = self.waits.wrapping_add(1);
-        if self.recent_wait > WORTH_STAYING_RUNNABLE && !self.waits.is_multiple_of(PROBE_EVERY) {
+        if self.recent_wait_ns > WORTH_STAYING_RUNNABLE.as_nanos() as u64
+            && !self.waits.is_multiple_of(PROBE_EVERY)
+        {
             return Patience {
                 spin: Duration::ZERO,
                 yield_for: Duration::ZERO,
@@ -2037,8 +2069,17 @@ impl Connection {
         }
     }
 
+    /// Folds a wait into the running average of recent ones (weight 1/8; capped at a second,
+    /// which already means "parks").
     fn record_wait(&mut self, waited: Duration) {
-        self.recent_wait = (self.recent_wait * 7 + waited) / 8;
+        let waited = waited.min(Duration::from_secs(1)).as_nanos() as u64;
+        self.recent_wait_ns = (self.recent_wait_ns * 7 + waited) / 8;
+    }
+
+    /// [`Connection::record_wait`] for a reply that was there at once.
+    #[inline(always)]
+    fn record_no_wait(&mut self) {
+        self.recent_wait_ns = self.recent_wait_ns * 7 / 8;
     }
 
     /// Fault injection: publishes an impossible request record, as a buggy or hostile client
