@@ -1494,13 +1494,15 @@ impl Connection {
                         .handler_times
                         .record(clock::monotonic_ns().saturating_sub(started));
                 }
+                // The reply first: the counting is nobody's wait.
+                let pushed = self.push_reply(&mut budget);
                 worker.calls.count();
                 self.registration.entry.count_call();
                 if failed {
                     worker.shared.failed.fetch_add(1, Ordering::Relaxed);
                 }
                 tracing::trace!(parent: &self.registration.span, call = self.call, failed, "answered a call");
-                self.push_reply(&mut budget)?;
+                pushed?;
                 break;
             }
         }
