@@ -626,7 +626,8 @@ impl Consumer {
     fn published(&self) -> Result<bool, RingError> {
         let position = offset_in(&self.layout, self.head);
         // SYNC POINT: Acquire, pairs with the Release stamp store in
-        // `Producer::write_record_header`: once we see the stamp, the record is complete.
+        // `Producer::write_record` (`write_record_header` for a padding): once we see the stamp,
+        // the record is complete.
         let (stamp_word, _) = header_words(&self.area, position);
         Ok(stamp_word.load(Ordering::Acquire) == stamp(self.head, self.layout.key))
     }
@@ -654,7 +655,8 @@ impl Consumer {
             let position = offset_in(&self.layout, self.head);
             let (stamp_word, fields) = header_words(&self.area, position);
             // SYNC POINT: Acquire, pairs with the Release stamp store in
-            // `Producer::write_record_header`: once we see the stamp, the record is complete.
+            // `Producer::write_record` (`write_record_header` for a padding): once we see the stamp,
+            // the record is complete.
             if stamp_word.load(Ordering::Acquire) != stamp(self.head, self.layout.key) {
                 return Ok(None);
             }
@@ -727,7 +729,8 @@ impl Consumer {
         let position = offset_in(&self.layout, self.head);
         let (stamp_word, fields) = header_words(&self.area, position);
         // SYNC POINT: Acquire, pairs with the Release stamp store in
-        // `Producer::write_record_header`: once we see the stamp, the record is complete.
+        // `Producer::write_record` (`write_record_header` for a padding): once we see the stamp,
+        // the record is complete.
         if stamp_word.load(Ordering::Acquire) != stamp(self.head, self.layout.key) {
             return Whole::Empty;
         }

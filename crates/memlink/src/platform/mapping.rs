@@ -278,16 +278,17 @@ pub(crate) const RING_CONTROL_LEN: usize = 256;
 /// Bytes of one line of a ring's data area.
 const LINE: usize = 64;
 
-// SAFETY: the pointers point into `map`, which is `Send` and `Sync` and outlives them (held
-// here); `RingArea` hands out only atomics and copies, as `Mapping` does.
+// SAFETY: the pointers point into `map`, which is `Send` and outlives them (held here);
+// `RingArea` hands out only atomics and copies, as `Mapping` does. Not `Sync`: its `memcpy`
+// copies rely on one thread at a time touching a range, which the ring's single producer and
+// single consumer, each owning its `RingArea`, keep.
 unsafe impl Send for RingArea {}
-// SAFETY: as `Send`.
-unsafe impl Sync for RingArea {}
 
 impl RingArea {
     /// The ring whose control block is at `control` and whose data area of `capacity` bytes is
-    /// at `data`; `None` unless both lie inside `map`, the capacity is a power of two of at
-    /// least a line, and the offsets are aligned (control to 8 bytes, data to 64).
+    /// at `data`; `None` unless both lie inside `map` without overlapping, the capacity is a
+    /// power of two of at least a line, and the offsets are aligned (control to 8 bytes, data
+    /// to 64).
     pub(crate) fn new(
         map: Arc<Mapping>,
         control: usize,
@@ -301,8 +302,12 @@ impl RingArea {
         {
             return None;
         }
-        map.check(control, RING_CONTROL_LEN)?;
-        map.check(data, capacity)?;
+        let control_end = map.check(control, RING_CONTROL_LEN)?;
+        let data_end = map.check(data, capacity)?;
+        // Apart: the control words are atomics, the data area is also copied with `memcpy`.
+        if control < data_end && data < control_end {
+            return None;
+        }
         // The base is page-aligned, so aligned offsets are aligned addresses.
         let data = map.base.as_ptr().wrapping_add(data);
         let control = map.base.as_ptr().wrapping_add(control);
@@ -324,10 +329,9 @@ impl RingArea {
             .wrapping_add(at & self.mask & !(LINE - 1));
         // The masked offset is a multiple of 64 below the capacity, which is itself a multiple
         // of 64 (a power of two of at least 64), so the line lies inside the data area, which
-        // `new` checked lies inside the live mapping; the data area is 64-byte aligned. As for
-        // `Mapping::atomic_u64s`, the bytes may at other times be copied with `memcpy` (payload
-        // on another lap of the ring): the ring's protocol orders those copies before or after
-        // its atomic accesses.
+        // `new` checked lies inside the live mapping; the data area is 64-byte aligned. The
+        // bytes may at other times be copied with `memcpy` (payload on another lap of the
+        // ring): the ring's protocol orders those copies before or after its atomic accesses.
         // SAFETY: in bounds, aligned, and no non-atomic access races them (the ring's protocol).
         unsafe { &*ptr.cast::<[AtomicU64; LINE / 8]>() }
     }
@@ -516,10 +520,11 @@ mod tests {
     #[test]
     fn atomic_copies_match_a_reference_at_every_alignment_and_length() {
         const LEN: usize = 256;
-        let fd = super::super::memfd::create_sealed("memlink-unit-copies", LEN as u64).unwrap();
-        let map = Arc::new(Mapping::map_shared(&fd, LEN).unwrap());
-        // A ring area whose data area is the whole mapping, and whose control block too.
-        let area = RingArea::new(map.clone(), 0, 0, LEN).unwrap();
+        // The first `LEN` bytes are also a ring area's data area (its control block follows).
+        const MAP_LEN: usize = LEN + RING_CONTROL_LEN;
+        let fd = super::super::memfd::create_sealed("memlink-unit-copies", MAP_LEN as u64).unwrap();
+        let map = Arc::new(Mapping::map_shared(&fd, MAP_LEN).unwrap());
+        let area = RingArea::new(map.clone(), LEN, 0, LEN).unwrap();
         let pattern = |i: usize| (i.wrapping_mul(37) ^ 0x5a) as u8;
         let mut reference = [0u8; LEN];
         for offset in 0..16 {
@@ -560,19 +565,20 @@ mod tests {
                 reference[offset..offset + len].copy_from_slice(&reversed);
                 assert!(map.read_atomic(0, &mut whole));
                 assert_eq!(whole, reference, "memcpy write at {offset} len {len}");
-                // The ring area's `copy_in` (its data area is the whole mapping) writes the same.
+                // The ring area's `copy_in` (its data area starts the mapping) writes the same.
                 assert!(map.write_atomic(0, &background));
                 assert!(area.copy_in(offset, &reversed));
                 assert!(map.read_atomic(0, &mut whole));
                 assert_eq!(whole, reference, "ring copy_in at {offset} len {len}");
             }
         }
-        assert!(map.read_atomic(LEN, &mut []));
-        assert!(!map.read_atomic(LEN - 3, &mut [0u8; 4]));
+        assert!(map.read_atomic(MAP_LEN, &mut []));
+        assert!(!map.read_atomic(MAP_LEN - 3, &mut [0u8; 4]));
         assert!(!map.write_atomic(usize::MAX, &[1]));
-        assert!(!map.write_atomic(LEN - 7, &[0u8; 8]));
-        // The plain copies refuse the same ranges, and a refused append leaves the vector alone.
-        assert!(!map.copy_in(LEN - 7, &[0u8; 8]));
+        assert!(!map.write_atomic(MAP_LEN - 7, &[0u8; 8]));
+        // The plain copies refuse the same ranges (the ring area's, past its data area), and a
+        // refused append leaves the vector alone.
+        assert!(!map.copy_in(MAP_LEN - 7, &[0u8; 8]));
         assert!(!map.copy_in(usize::MAX, &[1]));
         let mut kept = vec![1, 2, 3];
         assert!(!area.append_to_vec(LEN - 3, 4, &mut kept));
@@ -604,6 +610,8 @@ mod tests {
             (LEN - 128, 0, 4096),       // control past the end
             (0, usize::MAX - 63, 4096), // overflowing
             (usize::MAX - 7, 0, 4096),  // overflowing
+            (4096 + 1024, 4096, 4096),  // control inside the data area
+            (4096 - 128, 4096, 4096),   // control overlapping its start
         ] {
             assert!(
                 area(control, data, capacity).is_none(),

@@ -1494,13 +1494,14 @@ impl Connection {
                         .handler_times
                         .record(clock::monotonic_ns().saturating_sub(started));
                 }
-                // The reply first: the counting is nobody's wait.
-                let pushed = self.push_reply(&mut budget);
+                // Counted before the reply goes out: a client that has its reply finds its
+                // call in the server's statistics.
                 worker.calls.count();
                 self.registration.entry.count_call();
                 if failed {
                     worker.shared.failed.fetch_add(1, Ordering::Relaxed);
                 }
+                let pushed = self.push_reply(&mut budget);
                 tracing::trace!(parent: &self.registration.span, call = self.call, failed, "answered a call");
                 pushed?;
                 break;
