@@ -101,6 +101,7 @@ pub(crate) const CLIENT_ROOM: Side =
 pub(crate) const SERVER_ROOM: Side =
     Side::at(RegionLayout::SERVER_ROOM_PARKED, RegionLayout::SERVER_CPU);
 
+#[inline]
 fn word(map: &Mapping, at: usize) -> Result<&AtomicU32, RingError> {
     map.atomic_u32(at)
         .ok_or_else(|| RingError("region flag outside the mapping".into()))
@@ -255,6 +256,7 @@ pub(crate) fn set_crowded(map: &Mapping, crowded: bool) -> Result<(), RingError>
 
 /// Client side: whether the server says it is crowded. Any nonzero value counts (untrusted, but
 /// it only changes how we wait, never what we read).
+#[inline]
 pub(crate) fn server_is_crowded(map: &Mapping) -> bool {
     word(map, RegionLayout::SERVER_CROWDED).is_ok_and(|w| w.load(Ordering::Relaxed) != 0)
 }

@@ -622,7 +622,7 @@ impl Consumer {
     }
 
     /// Whether the record at `head` has been published: its stamp is the one we expect.
-    #[inline]
+    #[inline(always)]
     fn published(&self) -> Result<bool, RingError> {
         let position = offset_in(&self.layout, self.head);
         // SYNC POINT: Acquire, pairs with the Release stamp store in
@@ -641,6 +641,7 @@ impl Consumer {
     }
 
     /// Whether a record is waiting (cheap: one shared load).
+    #[inline]
     pub(crate) fn has_data(&mut self) -> Result<bool, RingError> {
         self.published()
     }

@@ -75,6 +75,7 @@ impl Mapping {
         self.len
     }
 
+    #[inline]
     fn check(&self, offset: usize, len: usize) -> Option<usize> {
         let end = offset.checked_add(len)?;
         (end <= self.len).then_some(end)
@@ -193,6 +194,7 @@ impl Mapping {
     }
 
     /// The `AtomicU32` at `offset`, or `None` if it is out of bounds or misaligned.
+    #[inline]
     pub(crate) fn atomic_u32(&self, offset: usize) -> Option<&AtomicU32> {
         self.check(offset, 4)?;
         let ptr = self.base.as_ptr().wrapping_add(offset);
@@ -419,6 +421,7 @@ impl ReadOnlyMapping {
         Ok(ReadOnlyMapping { base, len })
     }
 
+    #[inline]
     fn check(&self, offset: usize, len: usize) -> Option<usize> {
         let end = offset.checked_add(len)?;
         (end <= self.len).then_some(end)

@@ -2250,6 +2250,13 @@ impl<'a> Worker<'a> {
                     break;
                 }
                 looks += 1;
+                // A look that finds nothing costs one load, not a pump: on a CPU shared with
+                // the client (SMT), every instruction spent looking is one the client waits for.
+                if matches!(conn.requests.has_data(), Ok(false)) {
+                    idle_looks += 1;
+                    std::hint::spin_loop();
+                    continue;
+                }
                 match conn.pump(&context) {
                     Ok(true) => idle_looks = 0,
                     Ok(false) => {
