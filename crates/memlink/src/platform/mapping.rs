@@ -3,7 +3,8 @@
 //! Memory in a [`Mapping`] is shared with other processes that may write it at any moment, so this
 //! module never hands out `&[u8]` or `&mut [u8]` over it: bytes are copied in and out through raw
 //! pointers, and the only references formed are to atomics, which are made for concurrent mutation.
-//! Every access is bounds- and alignment-checked here, whatever the caller already checked.
+//! Every access is bounds- and alignment-checked here, whatever the caller already checked (a
+//! [`RingArea`]'s once, when it is made, then by masking).
 //!
 //! Two kinds of copy: [`Mapping::read_atomic`] / [`Mapping::write_atomic`] copy with relaxed
 //! atomic loads and stores, for bytes that threads of this process may also reach through
@@ -374,8 +375,9 @@ impl RingArea {
         true
     }
 
-    /// [`Mapping::append_to_vec`] from data offset `at`: `false` (appending nothing) unless the
-    /// range lies inside the data area. Same caller's invariant.
+    /// Appends the `len` bytes at data offset `at` to `out` with `memcpy`, without zero-filling
+    /// them first: `false` (appending nothing) unless the range lies inside the data area. Same
+    /// caller's invariant as [`Mapping::copy_in`], for reading.
     #[must_use]
     #[inline(always)]
     pub(crate) fn append_to_vec(&self, at: usize, len: usize, out: &mut Vec<u8>) -> bool {
