@@ -4,7 +4,7 @@
 //! module never hands out `&[u8]` or `&mut [u8]` over it: bytes are copied in and out through raw
 //! pointers, and the only references formed are to atomics, which are made for concurrent mutation.
 //! Every access is bounds- and alignment-checked here, whatever the caller already checked (a
-//! [`RingArea`]'s once, when it is made, then by masking).
+//! [`RingArea`]'s header lines by masking, see below).
 //!
 //! Two kinds of copy: [`Mapping::read_atomic`] / [`Mapping::write_atomic`] copy with relaxed
 //! atomic loads and stores, for bytes that threads of this process may also reach through
@@ -15,8 +15,9 @@
 //! ([`RingArea::line`]), stored and loaded atomically; on another lap of the ring the same bytes
 //! may hold payload, and the ring's protocol orders the two kinds of access.
 //!
-//! A [`RingArea`] is checked once, when it is made, and reaches its data area only through
-//! offsets masked into it: what a ring reads on every message costs no comparison.
+//! A [`RingArea`] is checked once, when it is made: its header lines are then found by masking
+//! an offset into the data area, with no comparison, and a payload copy makes one comparison
+//! against the area's size.
 
 use std::os::fd::AsFd;
 use std::ptr::NonNull;
@@ -275,6 +276,27 @@ pub(crate) struct RingArea {
     control: NonNull<u8>,
 }
 
+/// Appends the `len` bytes at `source` to `out` with `memcpy`, without zero-filling them first.
+///
+/// # Safety
+///
+/// `source` is valid for reading `len` bytes, which no thread of this process writes during the
+/// copy, and lies outside any buffer `out` owns, before or after growing (mapped memory, say,
+/// which is never part of a heap allocation).
+#[inline(always)]
+unsafe fn append_from(source: *const u8, len: usize, out: &mut Vec<u8>) {
+    out.reserve(len);
+    let old_len = out.len();
+    let destination = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+    // `destination` has room for `len` (reserved above) and is disjoint from the source (the
+    // caller's contract), which nothing races.
+    // SAFETY: both ranges valid and disjoint, the read unraced.
+    unsafe { std::ptr::copy_nonoverlapping(source, destination, len) };
+    // `old_len + len` is within the capacity reserved above.
+    // SAFETY: the copy above initialised exactly the `len` bytes following `old_len`.
+    unsafe { out.set_len(old_len + len) };
+}
+
 /// Bytes of a ring's control block that [`RingArea::control_word`] reaches.
 pub(crate) const RING_CONTROL_LEN: usize = 256;
 
@@ -384,18 +406,11 @@ impl RingArea {
         if !self.fits(at, len) {
             return false;
         }
-        out.reserve(len);
-        let old_len = out.len();
-        let source = self.data.as_ptr().wrapping_add(at);
-        let destination = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
-        // The source range lies inside the data area (checked), inside the live mapping;
-        // `destination` has room for `len` and is our own allocation, disjoint from the mapping;
-        // nothing in this process races the read (caller's invariant).
-        // SAFETY: in bounds, disjoint, unraced.
-        unsafe { std::ptr::copy_nonoverlapping(source, destination, len) };
-        // `old_len + len` is within the capacity reserved above.
-        // SAFETY: the copy above initialised exactly the `len` bytes following `old_len`.
-        unsafe { out.set_len(old_len + len) };
+        // The source range lies inside the data area (checked), inside the live mapping, which
+        // no allocation of ours overlaps; nothing in this process writes it meanwhile (caller's
+        // invariant).
+        // SAFETY: as `append_from` requires.
+        unsafe { append_from(self.data.as_ptr().wrapping_add(at), len, out) };
         true
     }
 }
@@ -463,16 +478,12 @@ impl ReadOnlyMapping {
         if self.check(offset, len).is_none() {
             return false;
         }
-        out.reserve(len);
-        let old_len = out.len();
-        let source = self.base.as_ptr().wrapping_add(offset);
-        let destination = out.spare_capacity_mut().as_mut_ptr().cast::<u8>();
-        // The source is inside the live mapping (checked); `destination` is our own allocation
-        // with room for `len`, disjoint from it.
-        // SAFETY: both ranges valid and disjoint; nothing in this process writes the source.
-        unsafe { std::ptr::copy_nonoverlapping(source, destination, len) };
-        // SAFETY: the copy above initialised exactly the `len` bytes following `old_len`.
-        unsafe { out.set_len(old_len + len) };
+        // The source is inside the live mapping (checked), which no allocation of ours
+        // overlaps. This mapping is never written; the caller holds the range it reads (a
+        // subscriber's held slot), so no writer of ours touches it through another mapping of
+        // the same memory either.
+        // SAFETY: as `append_from` requires.
+        unsafe { append_from(self.base.as_ptr().wrapping_add(offset), len, out) };
         true
     }
 
