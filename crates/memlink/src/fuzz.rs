@@ -297,7 +297,7 @@ pub fn ring(data: &[u8]) {
             ring_op::HAS_DATA => {
                 let waiting = consumer.has_data();
                 if !tampered {
-                    assert_eq!(waiting.ok(), Some(!expected.is_empty()), "has_data");
+                    assert_eq!(waiting, !expected.is_empty(), "has_data");
                 }
             }
             ring_op::ROOM_FOR_ALL => {
@@ -445,11 +445,7 @@ pub fn region(data: &[u8]) {
     // rpc's claim word, the request ring's spare word: whatever it holds, a caller's withdrawal
     // succeeds exactly when the worker's claim then finds the call withdrawn.
     let requests = Consumer::new(map.clone(), layout.requests());
-    if let Ok(word) = requests
-        .as_ref()
-        .map_err(drop)
-        .and_then(|c| c.spare_word().map_err(drop))
-    {
+    if let Ok(word) = requests.as_ref().map_err(drop).map(|c| c.spare_word()) {
         let seen = word.load(std::sync::atomic::Ordering::Relaxed);
         let call = (seen & 0xffff) + 1;
         let withdrawn = claim::withdraw(word, call, 0);

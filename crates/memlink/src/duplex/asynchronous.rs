@@ -273,7 +273,7 @@ impl AsyncDuplex {
                     me,
                     AsyncPatience::default(),
                     deadline,
-                    || ring.has_data(),
+                    || Ok(ring.has_data()),
                 )
                 .await;
             let error = match parked {

@@ -1138,9 +1138,7 @@ impl Incoming {
             }
             let Some(header) = self.ring.peek().map_err(ring_error)? else {
                 if !wait {
-                    if link::hung_up(&conn.socket, &self.wake_in)
-                        && !self.ring.has_data().map_err(ring_error)?
-                    {
+                    if link::hung_up(&conn.socket, &self.wake_in) && !self.ring.has_data() {
                         return Err(link::goodbye(&conn.name, &conn.socket));
                     }
                     return Ok(false);
@@ -1160,7 +1158,7 @@ impl Incoming {
                     wake_in,
                     &conn.socket,
                     deadline,
-                    || ring.has_data(),
+                    || Ok(ring.has_data()),
                 )? {
                     Parked::Ready => continue,
                     Parked::TimedOut => return Err(Error::Timeout),

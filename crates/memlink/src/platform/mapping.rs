@@ -269,8 +269,7 @@ pub(crate) struct RingArea {
     _map: Arc<Mapping>,
     /// Start of the data area (inside `map`, 64-byte aligned).
     data: NonNull<u8>,
-    /// Data area size, and that minus one.
-    capacity: usize,
+    /// Data area size minus one.
     mask: usize,
     /// Start of the control block (inside `map`, 8-byte aligned).
     control: NonNull<u8>,
@@ -339,7 +338,6 @@ impl RingArea {
         Some(RingArea {
             data: NonNull::new(data)?,
             control: NonNull::new(control)?,
-            capacity,
             mask: capacity - 1,
             _map: map,
         })
@@ -377,7 +375,7 @@ impl RingArea {
     /// Whether `len` bytes from data offset `at` lie inside the data area.
     #[inline(always)]
     fn fits(&self, at: usize, len: usize) -> bool {
-        at.checked_add(len).is_some_and(|end| end <= self.capacity)
+        at.checked_add(len).is_some_and(|end| end <= self.mask + 1)
     }
 
     /// [`Mapping::copy_in`] at data offset `at`: `false` (copying nothing) unless the range lies

@@ -1502,9 +1502,7 @@ impl Connection {
     /// Withdraws call `call` through the claim word (see `claim`): `true` if the server had not
     /// claimed it, which it then never does.
     fn withdraw(&self, call: u64) -> bool {
-        self.requests
-            .spare_word()
-            .is_ok_and(|word| claim::withdraw(word, call, self.kept_withdrawal))
+        claim::withdraw(self.requests.spare_word(), call, self.kept_withdrawal)
     }
 
     /// Writes the whole of `request` into the request ring if it fits now (`Ok(false)`, nothing
@@ -1620,7 +1618,7 @@ impl Connection {
             }
             let Some(header) = self.responses.peek().map_err(|e| ring(&self.name, e))? else {
                 *torn = reassembly.in_progress();
-                self.wait(deadline, |_, responses| responses.has_data())?;
+                self.wait(deadline, |_, responses| Ok(responses.has_data()))?;
                 continue;
             };
             let bad = |why: &str| {
@@ -1758,9 +1756,9 @@ impl Connection {
         }
     }
 
-    #[inline]
     /// Receives call `call`'s reply into `reply`; `looked` if the first looks of its first wait
     /// were already made ([`Connection::quick_call`]).
+    #[inline]
     fn receive_after(
         &mut self,
         call: u64,
@@ -1775,7 +1773,9 @@ impl Connection {
                 ReplyStep::Empty => {
                     let bulk = self.bulk_call || reassembly.in_progress();
                     let looked = std::mem::take(&mut looked);
-                    self.wait_as(deadline, bulk, looked, |_, responses| responses.has_data())?;
+                    self.wait_as(deadline, bulk, looked, |_, responses| {
+                        Ok(responses.has_data())
+                    })?;
                 }
                 // A reply in many fragments, or records of a call given up: the deadline holds
                 // all the same (a wait that finds the next record at once does not look at it).

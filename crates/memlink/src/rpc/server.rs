@@ -1410,13 +1410,12 @@ impl Connection {
             }
             Phase::Streaming if !self.item_done => {
                 let next = (self.reply.len() - self.reply_sent).min(self.responses.max_fragment());
-                Ok(self.responses.has_room_for(next)? || self.requests.has_data()?)
+                Ok(self.responses.has_room_for(next)? || self.requests.has_data())
             }
             Phase::Streaming => {
-                Ok(self.stream.as_ref().is_some_and(|s| s.has_next())
-                    || self.requests.has_data()?)
+                Ok(self.stream.as_ref().is_some_and(|s| s.has_next()) || self.requests.has_data())
             }
-            Phase::Idle | Phase::Receiving => self.requests.has_data(),
+            Phase::Idle | Phase::Receiving => Ok(self.requests.has_data()),
         }
     }
 
@@ -1612,8 +1611,7 @@ impl Connection {
     /// ours to run, `false` if its caller withdrew it first.
     #[inline(always)]
     fn claim(&mut self) -> Result<bool, RingError> {
-        let word = self.requests.spare_word()?;
-        match claim::claim(word, &mut self.claimed, self.call) {
+        match claim::claim(self.requests.spare_word(), &mut self.claimed, self.call) {
             Claim::Run => Ok(true),
             Claim::Withdrawn => {
                 tracing::debug!(
@@ -2252,12 +2250,12 @@ impl<'a> Worker<'a> {
                 looks += 1;
                 // A look that finds nothing costs one load, not a pump: on a CPU shared with
                 // the client (SMT), every instruction spent looking is one the client waits for.
-                if matches!(conn.requests.has_data(), Ok(false)) {
-                    idle_looks += 1;
-                    std::hint::spin_loop();
-                    continue;
-                }
-                match conn.pump(&context) {
+                let pumped = if conn.requests.has_data() {
+                    conn.pump(&context)
+                } else {
+                    Ok(false)
+                };
+                match pumped {
                     Ok(true) => idle_looks = 0,
                     Ok(false) => {
                         idle_looks += 1;
@@ -2290,7 +2288,7 @@ impl<'a> Worker<'a> {
             // Active: served a call this period, or has one waiting right now.
             // (A stream waiting for its handler or its reader costs the worker nothing.)
             let waiting = matches!(conn.phase, Phase::Receiving | Phase::Replying)
-                || conn.requests.has_data().unwrap_or(false);
+                || conn.requests.has_data();
             // A blocking client moving bulk waits politely (it yields instead of spinning):
             // counting it would make every small caller park beside it. The worker serving it
             // is busy all the same.

@@ -762,7 +762,7 @@ impl AsyncConnection {
         loop {
             match self.conn.reply_step(call, &mut reassembly, reply)? {
                 ReplyStep::Empty => {
-                    self.wait(deadline, alone, |_, responses| responses.has_data())
+                    self.wait(deadline, alone, |_, responses| Ok(responses.has_data()))
                         .await?;
                 }
                 ReplyStep::More => {
@@ -982,7 +982,7 @@ impl AsyncReplyStream<'_> {
             }
             let Some(header) = conn.responses.peek().map_err(|e| ring(&conn.name, e))? else {
                 connection
-                    .wait(deadline, false, |_, responses| responses.has_data())
+                    .wait(deadline, false, |_, responses| Ok(responses.has_data()))
                     .await?;
                 continue;
             };

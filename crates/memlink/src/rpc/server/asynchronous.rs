@@ -379,7 +379,7 @@ async fn serve_calls<C: AsyncCallHandler>(
                 .map_err(Ended::Corrupted)?
             {
                 Some(stream) => break stream,
-                None if conn.requests.has_data().map_err(Ended::Corrupted)? => {
+                None if conn.requests.has_data() => {
                     // A long request (or a flood of records): let the other tasks run.
                     tokio::task::yield_now().await;
                 }
