@@ -59,10 +59,10 @@
 //! or a subscriber first takes what the victim sent, at its own pace (a slow subscriber may be
 //! thousands of samples behind), so the time it spent busy with those messages since the kill
 //! is not counted (`ledger::BusyLog`); its waits in memlink are. A killed process keeps its
-//! sockets until the kernel has torn down its memory, which on a crowded machine can take seconds (we saw a victim wait 13 s in
-//! `exit_mmap` for a mapping lock), so a thread of the driver notes when each victim is dead
-//! (every thread of it gone, within a millisecond), and each wake-up is also reported from that
-//! moment: the part memlink controls. A call whose server died before reading its request is
+//! sockets until the kernel has torn down its memory, which on a crowded machine can take
+//! seconds (we saw a victim wait 13 s in `exit_mmap` for a mapping lock), so a thread of the
+//! driver notes when each victim is dead (every thread of it gone, within a millisecond), and
+//! each wake-up is also reported from that moment: the part memlink controls. A call whose server died before reading its request is
 //! sent again to the next server; if that one dies too, the call is measured from the last
 //! kill. The goal is 100 ms from the `SIGKILL`; the run fails if a peer was woken more than
 //! [`WAKE_BOUND`] (1 s) after its victim was dead, a generous bound for a small shared machine
